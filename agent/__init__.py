@@ -1,0 +1,1 @@
+"""The node agent: DNS listeners, resolver pipeline, upstream forwarding, cache, policy reload."""

@@ -1,0 +1,1 @@
+"""The controller: policies in a database, the REST API, tokens and the audit trail."""

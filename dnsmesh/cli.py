@@ -1,0 +1,54 @@
+"""The ``dnsmesh`` command: one entry point whose subcommands live with the part they drive.
+
+Each part registers its own subcommands (``agent.cli``, ``controller.cli``); a subcommand
+imports its heavy modules only when it runs, so ``dnsmesh --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from dnsmesh.errors import DnsmeshError
+from dnsmesh.logs import configure_logging
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Imported here, not at the top, because the parts import the core and not the reverse.
+    from agent.cli import add_agent_commands
+    from controller.cli import add_controller_commands
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    common.add_argument("--log-format", default="text", choices=["text", "json"])
+
+    parser = argparse.ArgumentParser(
+        prog="dnsmesh", description="A DNS-based service mesh: controller, agent and client."
+    )
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_agent_commands(subcommands, common)
+    add_controller_commands(subcommands, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    run: Command = args.run
+    try:
+        return run(args)
+    except DnsmeshError as exc:
+        print(f"dnsmesh {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""The policy schema: what an operator writes, defined once for YAML, REST and the wire.
+
+Validation is strict (unknown fields are errors) because a typo in a traffic policy
+should be refused, not silently ignored. ``parse_policy`` turns pydantic's errors into
+``PolicyError`` with dotted field paths, so every edge reports the same way.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import idna
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from dnsmesh.errors import FieldError, PolicyError
+
+API_VERSION = "dnsmesh/v1"
+KIND = "Policy"
+
+# RFC 1035 §2.3.4: 63 octets a label, 255 octets a wire name, so 253 characters of text.
+_MAX_LABEL = 63
+_MAX_NAME = 253
+# Letters, digits, hyphen; underscore too, for service labels such as _http._tcp (RFC 2782).
+_LABEL_RE = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?$")
+# Kubernetes-style object names (RFC 1123 label): they appear in URLs and file names.
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class Strategy(StrEnum):
+    WEIGHTED = "weighted"
+    LATENCY_WEIGHTED = "latency-weighted"
+    FAILOVER = "failover"
+    STICKY = "sticky"
+
+
+class ProbeType(StrEnum):
+    ICMP = "icmp"
+    TCP = "tcp"
+    HTTP = "http"
+
+
+class SliceAction(StrEnum):
+    ANSWER = "answer"
+    REFUSE = "refuse"
+
+
+def parse_duration(value: object) -> float:
+    """'250ms', '5s', '10m', '1h' or a number of seconds -> seconds as a float."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string such as '5s'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if not match:
+            raise ValueError(f"{value!r} is not a duration such as '250ms', '5s', '10m' or '1h'")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    else:
+        raise ValueError("a duration is a number of seconds or a string such as '5s'")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact text for a duration, so documents round-trip unchanged."""
+    millis = round(seconds * 1000)
+    if millis % 3_600_000 == 0 and millis:
+        return f"{millis // 3_600_000}h"
+    if millis % 60_000 == 0 and millis:
+        return f"{millis // 60_000}m"
+    if millis % 1000 == 0:
+        return f"{millis // 1000}s"
+    return f"{millis}ms"
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+]
+
+
+def normalize_domain(value: str) -> str:
+    """Lower-case, IDNA-encoded, without the trailing dot; a leading '*.' marks a wildcard."""
+    text = value.strip().rstrip(".")
+    if not text:
+        raise ValueError("a domain is required")
+    wildcard = text.startswith("*.")
+    labels = text[2:].split(".") if wildcard else text.split(".")
+    out: list[str] = []
+    for label in labels:
+        if not label:
+            raise ValueError(f"{value!r} has an empty label")
+        if "*" in label:
+            raise ValueError("'*' is allowed only as the whole first label ('*.example.com')")
+        if label.isascii():
+            ascii_label = label.lower()
+        else:
+            try:
+                ascii_label = idna.encode(label, uts46=True).decode("ascii")
+            except idna.IDNAError as exc:
+                raise ValueError(f"label {label!r} is not a valid IDNA name: {exc}") from exc
+        if len(ascii_label) > _MAX_LABEL:
+            raise ValueError(f"label {ascii_label!r} is longer than {_MAX_LABEL} characters")
+        if not _LABEL_RE.match(ascii_label):
+            raise ValueError(
+                f"label {ascii_label!r} may hold only letters, digits, '-' and '_', "
+                "and may not start or end with '-'"
+            )
+        out.append(ascii_label)
+    if wildcard and not out:
+        raise ValueError("a wildcard needs a suffix ('*.example.com')")
+    name = ("*." if wildcard else "") + ".".join(out)
+    if len(name) > _MAX_NAME:
+        raise ValueError(f"the domain is longer than {_MAX_NAME} characters")
+    return name
+
+
+def _parse_address(value: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return value
+    try:
+        return ipaddress.ip_address(str(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+
+
+def _parse_network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    try:
+        return ipaddress.ip_network(str(value))
+    except ValueError as exc:
+        # ip_network's own text says what is wrong ("... has host bits set")
+        raise ValueError(f"{value!r} is not a network in CIDR form: {exc}") from None
+
+
+# Parsed by hand rather than as a pydantic union so that a bad value gets one clear message.
+IPAddress = Annotated[
+    ipaddress.IPv4Address | ipaddress.IPv6Address,
+    PlainValidator(_parse_address),
+    PlainSerializer(str, return_type=str),
+]
+IPNetwork = Annotated[
+    ipaddress.IPv4Network | ipaddress.IPv6Network,
+    PlainValidator(_parse_network),
+    PlainSerializer(str, return_type=str),
+]
+GroupName = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62})$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Endpoint(_Strict):
+    address: IPAddress
+    weight: int = Field(default=1, ge=0, le=1_000_000)
+    priority: int = Field(default=0, ge=0, le=1000, description="failover: lowest first")
+    group: GroupName | None = None
+
+
+class Probe(_Strict):
+    type: ProbeType
+    port: int | None = Field(default=None, ge=1, le=65535)
+    path: str = Field(default="/", pattern=r"^/")
+    expect_status: Literal["1xx", "2xx", "3xx", "4xx", "5xx"] = "2xx"
+    interval: Duration = 5.0
+    timeout: Duration = 1.0
+
+    @model_validator(mode="after")
+    def _port_fits_type(self) -> Probe:
+        if self.type is ProbeType.TCP and self.port is None:
+            raise ValueError("a tcp probe needs a port")
+        if self.type is ProbeType.ICMP and self.port is not None:
+            raise ValueError("an icmp probe takes no port")
+        if self.interval <= 0 or self.timeout <= 0:
+            raise ValueError("interval and timeout must be positive")
+        return self
+
+
+class Outlier(_Strict):
+    consecutive_failures: int = Field(default=5, ge=1, le=1000)
+    base_ejection: Duration = 30.0
+    max_ejection_percent: int = Field(default=50, ge=0, le=100)
+
+
+class Health(_Strict):
+    probe: Probe | None = None
+    outlier: Outlier = Field(default_factory=Outlier)
+
+
+class SliceMatch(_Strict):
+    client_cidrs: list[IPNetwork] = Field(min_length=1)
+
+
+class Slice(_Strict):
+    id: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+    match: SliceMatch
+    groups: list[GroupName] | None = Field(default=None, min_length=1)
+    action: SliceAction = SliceAction.ANSWER
+
+    @model_validator(mode="after")
+    def _refuse_takes_no_groups(self) -> Slice:
+        if self.action is SliceAction.REFUSE and self.groups is not None:
+            raise ValueError("a slice with action 'refuse' takes no groups")
+        return self
+
+
+class Canary(_Strict):
+    group: GroupName
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(min_length=1)
+    interval: Duration = 600.0
+    max_loss: float = Field(default=0.02, ge=0.0, le=1.0)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_increase(cls, steps: list[int]) -> list[int]:
+        if any(b <= a for a, b in itertools.pairwise(steps)):
+            raise ValueError("canary steps must increase")
+        return steps
+
+
+def _domain_field(value: object) -> object:
+    return normalize_domain(value) if isinstance(value, str) else value
+
+
+class PolicySpec(_Strict):
+    domain: Annotated[str, BeforeValidator(_domain_field)]
+    ttl: int = Field(default=30, ge=0, le=86400)
+    strategy: Strategy = Strategy.WEIGHTED
+    answers: int = Field(default=1, ge=1, le=32)
+    endpoints: list[Endpoint] = Field(min_length=1, max_length=1024)
+    health: Health | None = None
+    slices: list[Slice] = Field(default_factory=list)
+    canary: Canary | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PolicySpec:
+        seen: set[str] = set()
+        for endpoint in self.endpoints:
+            address = str(endpoint.address)
+            if address in seen:
+                raise ValueError(f"endpoint {address} appears twice")
+            seen.add(address)
+        if not any(e.weight > 0 for e in self.endpoints):
+            raise ValueError("at least one endpoint needs a weight above 0")
+        groups = {e.group for e in self.endpoints if e.group}
+        ids: set[str] = set()
+        for slice_ in self.slices:
+            if slice_.id in ids:
+                raise ValueError(f"slice id {slice_.id!r} appears twice")
+            ids.add(slice_.id)
+            for group in slice_.groups or ():
+                if group not in groups:
+                    raise ValueError(
+                        f"slice {slice_.id!r} names group {group!r}, which no endpoint has"
+                    )
+        if self.canary and self.canary.group not in groups:
+            raise ValueError(f"canary group {self.canary.group!r} is not a group of any endpoint")
+        return self
+
+
+class Metadata(_Strict):
+    name: Annotated[str, Field(pattern=_NAME_RE.pattern)]
+    labels: dict[
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$")],
+        Annotated[str, Field(max_length=63)],
+    ] = Field(default_factory=dict)
+    # Set by the controller (the revision at which the policy last changed); ignored on input
+    # to the agent's files, and used as the ETag by the REST API.
+    revision: int | None = Field(default=None, ge=0)
+
+
+class Policy(_Strict):
+    api_version: Literal["dnsmesh/v1"] = Field(alias="apiVersion")
+    kind: Literal["Policy"]
+    metadata: Metadata
+    spec: PolicySpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def to_document(self, *, with_revision: bool = True) -> dict[str, Any]:
+        """The JSON/YAML document form (aliases, durations as text, no unset revision)."""
+        exclude: dict[str, Any] = {} if with_revision else {"metadata": {"revision"}}
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude=exclude)
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """('spec', 'endpoints', 1, 'weight') -> 'spec.endpoints[1].weight'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def field_errors(exc: ValidationError) -> list[FieldError]:
+    """pydantic's errors as FieldErrors, one per offending field (deduplicated)."""
+    errors: list[FieldError] = []
+    seen: set[tuple[str, str]] = set()
+    for err in exc.errors(include_url=False):
+        path = field_path(tuple(err["loc"]))
+        message = err["msg"].removeprefix("Value error, ")
+        if (path, message) not in seen:
+            seen.add((path, message))
+            errors.append(FieldError(path, message))
+    return errors
+
+
+def parse_policy(document: object) -> Policy:
+    """Validate one document (a mapping from YAML or JSON); raises PolicyError naming fields."""
+    if not isinstance(document, dict):
+        raise PolicyError([FieldError("", "a policy document must be a mapping")])
+    try:
+        return Policy.model_validate(document)
+    except ValidationError as exc:
+        metadata = document.get("metadata")
+        name = metadata.get("name") if isinstance(metadata, dict) else None
+        named = name if isinstance(name, str) else None
+        raise PolicyError(field_errors(exc), policy=named) from exc
+
+
+def check_policy_set(policies: list[Policy]) -> None:
+    """A set of policies must not repeat a name or a domain: which one wins would be a guess."""
+    names: dict[str, int] = {}
+    domains: dict[str, str] = {}
+    errors: list[FieldError] = []
+    for index, policy in enumerate(policies):
+        if policy.name in names:
+            errors.append(
+                FieldError(f"[{index}].metadata.name", f"{policy.name!r} is defined twice")
+            )
+        names.setdefault(policy.name, index)
+        domain = policy.spec.domain
+        if domain in domains and domains[domain] != policy.name:
+            errors.append(
+                FieldError(
+                    f"[{index}].spec.domain",
+                    f"{domain!r} is already the domain of policy {domains[domain]!r}",
+                )
+            )
+        domains.setdefault(domain, policy.name)
+    if errors:
+        raise PolicyError(errors)

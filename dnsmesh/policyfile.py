@@ -1,0 +1,89 @@
+"""Policy files: YAML text (one or many '---' documents) to validated policies.
+
+``parse_policy_documents`` is pure. ``load_policy_path`` reads a file or a folder of
+``*.yaml``/``*.yml`` files; it is the core's only filesystem read, kept here so the agent
+and ``dnsmesh apply`` load files the same way and report errors the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from dnsmesh.errors import FieldError, PolicyError, PolicyFileError
+from dnsmesh.policy import Policy, check_policy_set, parse_policy
+
+POLICY_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True, slots=True)
+class SourcedPolicy:
+    """A policy and where it came from, for error messages and diffs."""
+
+    policy: Policy
+    source: str
+    document: int  # 1-based position of the document in its file
+
+
+def parse_policy_documents(text: str, source: str) -> list[SourcedPolicy]:
+    """Every document of one file, or PolicyFileError for the first one that is bad.
+
+    Empty documents (a trailing '---') are skipped. A file is all or nothing: one bad
+    document refuses the whole file.
+    """
+    try:
+        documents = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        message = f"not valid YAML: {where}{problem}"
+        raise PolicyFileError(source, [FieldError("", message)]) from exc
+    out: list[SourcedPolicy] = []
+    for number, document in enumerate(documents, start=1):
+        if document is None:
+            continue
+        try:
+            policy = parse_policy(document)
+        except PolicyError as exc:
+            raise PolicyFileError(source, exc.errors, document=number) from exc
+        out.append(SourcedPolicy(policy, source, number))
+    return out
+
+
+def policy_files(path: Path) -> list[Path]:
+    """The policy files at ``path``: the file itself, or the folder's YAML files sorted by name."""
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix in POLICY_SUFFIXES and p.is_file())
+    return [path]
+
+
+def load_policy_path(path: Path) -> list[SourcedPolicy]:
+    """All policies under ``path``, validated as one set (no repeated name or domain)."""
+    if not path.exists():
+        raise PolicyFileError(str(path), [FieldError("", "no such file or folder")])
+    loaded: list[SourcedPolicy] = []
+    for file in policy_files(path):
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PolicyFileError(str(file), [FieldError("", f"cannot read: {exc}")]) from exc
+        loaded.extend(parse_policy_documents(text, str(file)))
+    check_sourced_set(loaded)
+    return loaded
+
+
+def check_sourced_set(loaded: list[SourcedPolicy]) -> None:
+    """check_policy_set, with errors that name the file and document of the duplicate."""
+    try:
+        check_policy_set([s.policy for s in loaded])
+    except PolicyError as exc:
+        first = exc.errors[0]
+        index = int(first.path[1 : first.path.index("]")])
+        culprit = loaded[index]
+        field = first.path[first.path.index("]") + 2 :]
+        raise PolicyFileError(
+            culprit.source, [FieldError(field, first.message)], document=culprit.document
+        ) from exc
