@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from dnsmesh.errors import FieldError, PolicyError
 
@@ -166,6 +167,25 @@ IPNetwork = Annotated[
 GroupName = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62})$")]
 
 
+Location = tuple[str | int, ...]
+
+
+def consistency_error(title: str, problems: list[tuple[Location, str]]) -> ValidationError:
+    """A rule across fields, reported at the field it names (``spec.slices[2].groups``) rather
+    than at the model that checked it, and every broken rule at once."""
+    return ValidationError.from_exception_data(
+        title,
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("consistency", "{reason}", {"reason": reason}),
+                loc=loc,
+                input=None,
+            )
+            for loc, reason in problems
+        ],
+    )
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -187,12 +207,16 @@ class Probe(_Strict):
 
     @model_validator(mode="after")
     def _port_fits_type(self) -> Probe:
+        problems: list[tuple[Location, str]] = []
         if self.type is ProbeType.TCP and self.port is None:
-            raise ValueError("a tcp probe needs a port")
+            problems.append((("port",), "a tcp probe needs a port"))
         if self.type is ProbeType.ICMP and self.port is not None:
-            raise ValueError("an icmp probe takes no port")
-        if self.interval <= 0 or self.timeout <= 0:
-            raise ValueError("interval and timeout must be positive")
+            problems.append((("port",), "an icmp probe takes no port"))
+        for name in ("interval", "timeout"):
+            if getattr(self, name) <= 0:
+                problems.append(((name,), "must be longer than 0"))
+        if problems:
+            raise consistency_error(type(self).__name__, problems)
         return self
 
 
@@ -220,7 +244,9 @@ class Slice(_Strict):
     @model_validator(mode="after")
     def _refuse_takes_no_groups(self) -> Slice:
         if self.action is SliceAction.REFUSE and self.groups is not None:
-            raise ValueError("a slice with action 'refuse' takes no groups")
+            raise consistency_error(
+                type(self).__name__, [(("groups",), "a slice with action 'refuse' takes no groups")]
+            )
         return self
 
 
@@ -254,27 +280,35 @@ class PolicySpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> PolicySpec:
+        problems: list[tuple[Location, str]] = []
         seen: set[str] = set()
-        for endpoint in self.endpoints:
+        for index, endpoint in enumerate(self.endpoints):
             address = str(endpoint.address)
             if address in seen:
-                raise ValueError(f"endpoint {address} appears twice")
+                problems.append((("endpoints", index, "address"), f"{address} appears twice"))
             seen.add(address)
         if not any(e.weight > 0 for e in self.endpoints):
-            raise ValueError("at least one endpoint needs a weight above 0")
+            problems.append((("endpoints",), "at least one endpoint needs a weight above 0"))
         groups = {e.group for e in self.endpoints if e.group}
         ids: set[str] = set()
-        for slice_ in self.slices:
+        for index, slice_ in enumerate(self.slices):
             if slice_.id in ids:
-                raise ValueError(f"slice id {slice_.id!r} appears twice")
+                problems.append((("slices", index, "id"), f"{slice_.id!r} appears twice"))
             ids.add(slice_.id)
             for group in slice_.groups or ():
                 if group not in groups:
-                    raise ValueError(
-                        f"slice {slice_.id!r} names group {group!r}, which no endpoint has"
+                    problems.append(
+                        (
+                            ("slices", index, "groups"),
+                            f"group {group!r} is not a group of any endpoint",
+                        )
                     )
         if self.canary and self.canary.group not in groups:
-            raise ValueError(f"canary group {self.canary.group!r} is not a group of any endpoint")
+            problems.append(
+                (("canary", "group"), f"{self.canary.group!r} is not a group of any endpoint")
+            )
+        if problems:
+            raise consistency_error(type(self).__name__, problems)
         return self
 
 

@@ -126,7 +126,8 @@ def test_bad_domains_are_refused(raw: str) -> None:
             lambda d: d["spec"]["health"]["probe"].update(interval="5 parsecs"),
             "spec.health.probe.interval",
         ),
-        (lambda d: d["spec"]["health"]["probe"].pop("port"), "spec.health.probe"),
+        (lambda d: d["spec"]["health"]["probe"].pop("port"), "spec.health.probe.port"),
+        (lambda d: d["spec"]["health"]["probe"].update(timeout=0), "spec.health.probe.timeout"),
         (
             lambda d: d["spec"]["slices"][0]["match"].update(client_cidrs=["10.8.0.1/16"]),
             "spec.slices[0].match.client_cidrs[0]",
@@ -145,13 +146,28 @@ def test_an_invalid_field_is_named(mutate: Any, field: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("spec", "words"),
+    ("spec", "field", "words"),
     [
-        ({"endpoints": [{"address": "10.0.0.1"}, {"address": "10.0.0.1"}]}, "appears twice"),
-        ({"endpoints": [{"address": "10.0.0.1", "weight": 0}]}, "weight above 0"),
+        (
+            {"endpoints": [{"address": "10.0.0.1"}, {"address": "10.0.0.1"}]},
+            "spec.endpoints[1].address",
+            "appears twice",
+        ),
+        ({"endpoints": [{"address": "10.0.0.1", "weight": 0}]}, "spec.endpoints", "weight above 0"),
         (
             {"slices": [{"id": "x", "match": {"client_cidrs": ["10.0.0.0/8"]}, "groups": ["v9"]}]},
+            "spec.slices[0].groups",
             "group 'v9'",
+        ),
+        (
+            {
+                "slices": [
+                    {"id": "x", "match": {"client_cidrs": ["10.0.0.0/8"]}},
+                    {"id": "x", "match": {"client_cidrs": ["10.1.0.0/16"]}},
+                ]
+            },
+            "spec.slices[1].id",
+            "appears twice",
         ),
         (
             {
@@ -164,14 +180,26 @@ def test_an_invalid_field_is_named(mutate: Any, field: str) -> None:
                     }
                 ]
             },
+            "spec.slices[0].groups",
             "takes no groups",
         ),
-        ({"canary": {"group": "nope", "steps": [100]}}, "canary group"),
+        ({"canary": {"group": "nope", "steps": [100]}}, "spec.canary.group", "not a group"),
     ],
 )
-def test_cross_field_rules_are_refused(spec: dict[str, Any], words: str) -> None:
+def test_cross_field_rules_name_the_field(spec: dict[str, Any], field: str, words: str) -> None:
     messages = refusal(example(**spec))
-    assert any(words in message for message in messages.values()), messages
+    assert words in messages.get(field, ""), messages
+
+
+def test_every_broken_rule_is_reported_at_once() -> None:
+    messages = refusal(
+        example(
+            endpoints=[{"address": "10.0.0.1"}, {"address": "10.0.0.1"}],
+            slices=[{"id": "x", "match": {"client_cidrs": ["10.0.0.0/8"]}, "groups": ["v9"]}],
+            canary=None,
+        )
+    )
+    assert {"spec.endpoints[1].address", "spec.slices[0].groups"} <= set(messages)
 
 
 def test_a_document_that_is_not_a_mapping_is_refused() -> None:
