@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv6Address
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 from dnsmesh.errors import DnsmeshError
 
@@ -117,6 +117,13 @@ def _header_only(packet: bytes, rcode: int) -> bytes:
     return HEADER.pack(msg_id, FLAG_QR | (flags & _ECHO_MASK) | FLAG_RA | rcode, 0, 0, 0, 0)
 
 
+# Parsed question+OPT tails by their bytes: most traffic repeats the same few questions, and
+# a dict hit skips the label walk, the slicing and the OPT checks. Only clean parses are
+# stored; the table is cleared when full, so a flood of distinct names costs a re-parse each.
+_TAILS: dict[bytes, tuple[bytes, bytes, int, int, int | None, bool]] = {}
+TAIL_MEMO_LIMIT = 4096
+
+
 def parse_query(packet: bytes) -> Query:
     """Parse a client query: the header, the one question, and an OPT right after it.
 
@@ -124,16 +131,34 @@ def parse_query(packet: bytes) -> Query:
     its ``reply`` is None when silence is right (no readable header, or a response, which
     must never be answered so that two resolvers cannot loop), else FORMERR/NOTIMP/BADVERS.
     """
-    size = len(packet)
-    if size < 12:
+    if len(packet) < 12:
         raise MalformedQuery("shorter than a DNS header")
     msg_id, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(packet)
+    if flags & 0xF800 or qdcount != 1 or ancount or nscount or arcount > 1:
+        _reject_header(packet, flags)
+    # The key starts at ARCOUNT's low octet: the same bytes parse differently with and
+    # without an additional record (the high octet is 0, checked above).
+    tail = packet[11:]
+    parsed = _TAILS.get(tail)
+    if parsed is None:
+        parsed = _parse_tail(packet, arcount)
+        if len(_TAILS) >= TAIL_MEMO_LIMIT:
+            _TAILS.clear()
+        _TAILS[tail] = parsed
+    return _new_query(Query, (msg_id, flags, *parsed))
+
+
+def _reject_header(packet: bytes, flags: int) -> NoReturn:
     if flags & FLAG_QR:
         raise MalformedQuery("a response, not a query")
     if flags & _OPCODE_MASK:
         raise MalformedQuery("opcode not implemented", _header_only(packet, RCODE_NOTIMP))
-    if qdcount != 1 or ancount or nscount or arcount > 1:
-        raise MalformedQuery("not exactly one question", _header_only(packet, RCODE_FORMERR))
+    raise MalformedQuery("not exactly one question", _header_only(packet, RCODE_FORMERR))
+
+
+def _parse_tail(packet: bytes, arcount: int) -> tuple[bytes, bytes, int, int, int | None, bool]:
+    """(qname, question, qtype, qclass, edns_payload, dnssec_ok) from after the header."""
+    size = len(packet)
     # Walk the question name. A query has nothing before its question to point at, so a
     # compression pointer (or an extended label type, RFC 6891 §5) here is malformed.
     pos = 12
@@ -155,28 +180,17 @@ def parse_query(packet: bytes) -> Query:
     if end > size or name_end - 12 > _MAX_NAME:
         raise MalformedQuery("truncated or overlong question", _header_only(packet, RCODE_FORMERR))
     qtype, qclass = _TYPE_CLASS.unpack_from(packet, name_end)
+    qname = packet[12:name_end].lower()
+    question = packet[12:end]
     if arcount == 0:
         if end != size:
             raise MalformedQuery("trailing bytes", _header_only(packet, RCODE_FORMERR))
-        return _new_query(
-            Query,
-            (
-                msg_id,
-                flags,
-                packet[12:name_end].lower(),
-                packet[12:end],
-                qtype,
-                qclass,
-                None,
-                False,
-            ),
-        )
-    return _parse_opt(packet, msg_id, flags, name_end, end, qtype, qclass)
+        return qname, question, qtype, qclass, None, False
+    payload, dnssec_ok = _parse_opt(packet, end, question)
+    return qname, question, qtype, qclass, payload, dnssec_ok
 
 
-def _parse_opt(
-    packet: bytes, msg_id: int, flags: int, name_end: int, end: int, qtype: int, qclass: int
-) -> Query:
+def _parse_opt(packet: bytes, end: int, question: bytes) -> tuple[int, bool]:
     """The query's one additional record must be an OPT (RFC 6891 §6.1.1) ending the packet."""
     size = len(packet)
     if end + 11 > size or packet[end] != 0:
@@ -192,25 +206,13 @@ def _parse_opt(
         pos += 4 + _OPTION.unpack_from(packet, pos)[1]
     if pos != size:
         raise MalformedQuery("bad EDNS option", _header_only(packet, RCODE_FORMERR))
-    question = packet[12:end]
     if version:
         # RFC 6891 §6.1.3: answer BADVERS with our OPT (version 0) and the question.
+        msg_id, flags = struct.unpack_from("!HH", packet)
         reply = HEADER.pack(msg_id, FLAG_QR | (flags & _ECHO_MASK) | FLAG_RA, 1, 0, 0, 1)
         opt = _OPT_FIXED.pack(TYPE_OPT, EDNS_PAYLOAD, RCODE_BADVERS >> 4, 0, 0, 0)
         raise MalformedQuery("unsupported EDNS version", reply + question + b"\x00" + opt)
-    return _new_query(
-        Query,
-        (
-            msg_id,
-            flags,
-            packet[12:name_end].lower(),
-            question,
-            qtype,
-            qclass,
-            payload,
-            bool(opt_flags & _DO_BIT),
-        ),
-    )
+    return payload, bool(opt_flags & _DO_BIT)
 
 
 def name_to_wire(text: str) -> bytes:
