@@ -1,0 +1,598 @@
+#!/usr/bin/env python3
+"""The agent's DNS benchmark: `dnsmesh agent` against dnsmasq under dnsperf, same names, same run.
+
+Usage, from the repository root (plain python3: this script needs only the standard library;
+it runs the agent from .venv, creating it with `pip install -e .` if missing):
+
+    python3 bench/dns.py                # full run: 10 s per measurement, about 3 minutes
+    python3 bench/dns.py --quick        # smoke: 2 s per measurement, about 40 seconds
+    python3 bench/dns.py --duration 5 --servers agent,dnsmasq --scenarios hit,latency
+
+It installs dnsperf and dnsmasq from Debian when missing (apt-get, as root), starts an
+upstream dnsmasq (serving the whole zone bench.test), then for every scenario starts each
+server fresh on a free 127.0.0.1 port pinned to one core (taskset -c 1), drives it with
+dnsperf pinned to the other core (taskset -c 0), and prints one table: QPS, mean and p99
+latency, the server's peak RSS (VmHWM), the ratio ours/dnsmasq and whether the targets of
+issue 2 are met. Results also go to bench/results/ as JSON and markdown. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _dnsperf import DnsperfFailed, PerfResult, run_dnsperf
+from _servers import (
+    Server,
+    ServerFailed,
+    free_port,
+    start,
+    wait_answering,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+
+POLICY_NAME = "hit.mesh.internal"
+POLICY_ADDRESSES = ("127.0.10.1", "127.0.10.2")  # weighted 90/10: the real pick path runs
+ZONE = "bench.test"
+ZONE_ADDRESS = "127.0.0.1"
+UPSTREAM_TTL = 3600  # long, so forwarded answers stay cached for the whole run
+
+SERVERS = ("agent", "dnsmasq", "ceiling")
+SERVER_LABELS = {
+    "agent": "dnsmesh agent",
+    "dnsmasq": "dnsmasq",
+    "ceiling": "py-ceiling (ref)",
+}
+SCENARIOS = ("hit", "cached", "uncached", "latency")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    probe: str  # a name to ask before timing: the server is up and answers correctly
+    expect: tuple[str, ...]
+    max_qps: int | None = None
+    qps_ratio_target: float | None = None  # ours/dnsmasq QPS must reach this
+    p99_target_ms: float | None = None  # our p99 must stay under this
+    servers: tuple[str, ...] = ("agent", "dnsmasq")
+
+
+SCENARIO_DEFS = {
+    "hit": Scenario("hit", "policy hit", POLICY_NAME, POLICY_ADDRESSES, None, 0.5, None, SERVERS),
+    "cached": Scenario("cached", "cached forward", f"c000.{ZONE}", (ZONE_ADDRESS,), None, 0.5),
+    "uncached": Scenario(
+        "uncached", "uncached forward", f"probe.{ZONE}", (ZONE_ADDRESS,), None, 1.0
+    ),
+    "latency": Scenario(
+        "latency", "policy hit @2000 QPS", POLICY_NAME, POLICY_ADDRESSES, 2000, None, 0.3
+    ),
+}
+
+
+@dataclass
+class Row:
+    scenario: str
+    server: str
+    qps: float | None = None
+    mean_ms: float | None = None
+    p99_ms: float | None = None
+    p50_ms: float | None = None
+    peak_rss_kib: int | None = None
+    ok_pct: float | None = None  # NOERROR responses / queries sent
+    ratio: float | None = None  # ours / dnsmasq QPS, same scenario, same run
+    target: str = ""
+    met: bool | None = None
+    error: str = ""
+    detail: dict[str, object] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------
+# Tools and the agent
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
+
+
+def ensure_tools() -> dict[str, str]:
+    """dnsperf, dnsmasq and taskset, installed from Debian when missing (needs root)."""
+    missing = [tool for tool in ("dnsperf", "dnsmasq", "taskset") if _which(tool) is None]
+    if missing:
+        if os.geteuid() != 0 or _which("apt-get") is None:
+            sys.exit(f"bench: missing {missing}; install: apt-get install -y dnsperf dnsmasq-base")
+        print(f"bench: installing {missing} with apt-get", file=sys.stderr)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "dnsperf", "dnsmasq-base", "util-linux"],
+            check=True,
+            env=env,
+        )
+    tools = {tool: _which(tool) for tool in ("dnsperf", "dnsmasq", "taskset")}
+    absent = [tool for tool, path in tools.items() if path is None]
+    if absent:
+        sys.exit(f"bench: still missing {absent} after installing")
+    return {tool: str(path) for tool, path in tools.items()}
+
+
+def ensure_venv(dnsmesh: str | None) -> tuple[str, str]:
+    """(the dnsmesh command, a python with uvloop if possible): .venv, created if missing."""
+    venv = REPO / ".venv"
+    if dnsmesh is None:
+        if not (venv / "bin" / "dnsmesh").exists():
+            print("bench: creating .venv with `pip install -e .`", file=sys.stderr)
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            subprocess.run(
+                [str(venv / "bin" / "pip"), "install", "--quiet", "-e", str(REPO)], check=True
+            )
+        dnsmesh = str(venv / "bin" / "dnsmesh")
+    python = venv / "bin" / "python"
+    return dnsmesh, str(python if python.exists() else sys.executable)
+
+
+def agent_importable(python: str) -> str:
+    """'' if the agent's code can be imported by PYTHON, else why not."""
+    probe = subprocess.run(
+        [python, "-c", "import agent.app"], capture_output=True, text=True, check=False
+    )
+    if probe.returncode == 0:
+        return ""
+    lines = probe.stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit {probe.returncode}"
+
+
+def tool_version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return "?"
+    for line in (out.stdout + out.stderr).splitlines():
+        if "ersion" in line:
+            return line.strip()
+    return "?"
+
+
+def git_commit() -> str:
+    out = subprocess.run(
+        ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.stdout.strip() or "?"
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs
+
+
+POLICY_YAML = f"""\
+# The benchmark's one policy: a weighted pick between two endpoints, as in production.
+apiVersion: dnsmesh/v1
+kind: Policy
+metadata: {{name: bench-hit}}
+spec:
+  domain: {POLICY_NAME}
+  ttl: 5
+  strategy: weighted
+  answers: 1
+  endpoints:
+    - {{address: {POLICY_ADDRESSES[0]}, weight: 90}}
+    - {{address: {POLICY_ADDRESSES[1]}, weight: 10}}
+"""
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def unique_names(path: Path, count: int) -> Path:
+    """COUNT distinct names under the zone, never asked before (a fresh random label)."""
+    token = secrets.token_hex(4)
+    return write_lines(path, [f"u{i}-{token}.{ZONE} A" for i in range(count)])
+
+
+# ---------------------------------------------------------------------------------------
+# Servers
+
+
+@dataclass
+class Setup:
+    workdir: Path
+    dnsmesh: str
+    python: str
+    dnsmasq: str
+    upstream_port: int
+    server_core: int | None
+    client_core: int | None
+    policies: Path
+    log_level: str
+
+
+def start_upstream(dnsmasq: str, workdir: Path, core: int | None) -> Server:
+    """The local upstream: dnsmasq answering every name under the zone itself."""
+    port = free_port()
+    cmd = [
+        dnsmasq,
+        *_dnsmasq_common(port),
+        f"--address=/{ZONE}/{ZONE_ADDRESS}",
+        f"--local-ttl={UPSTREAM_TTL}",
+        "--cache-size=0",
+    ]
+    server = start("upstream", cmd, port, workdir, core)
+    wait_answering(server, f"up.{ZONE}", (ZONE_ADDRESS,), 10)
+    return server
+
+
+def _dnsmasq_common(port: int) -> list[str]:
+    return [
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--no-poll",
+        "--bind-interfaces",
+        "--listen-address=127.0.0.1",
+        f"--port={port}",
+        "--pid-file=",
+        "--log-facility=-",
+    ]
+
+
+def start_server(kind: str, setup: Setup) -> Server:
+    port = free_port()
+    if kind == "agent":
+        cmd = [
+            setup.dnsmesh,
+            "agent",
+            "--log-level",
+            setup.log_level,
+            "--policies",
+            str(setup.policies),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--upstream",
+            f"127.0.0.1:{setup.upstream_port}",
+        ]
+    elif kind == "dnsmasq":
+        # The reference forwarder of issue 2, plus the policy name as a local record.
+        cmd = [
+            setup.dnsmasq,
+            *_dnsmasq_common(port),
+            f"--server=127.0.0.1#{setup.upstream_port}",
+            "--cache-size=10000",
+            f"--host-record={POLICY_NAME},{POLICY_ADDRESSES[0]}",
+            "--local-ttl=5",
+        ]
+    elif kind == "ceiling":
+        cmd = [
+            setup.python,
+            str(REPO / "bench" / "refserver.py"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--name",
+            POLICY_NAME,
+            "--address",
+            POLICY_ADDRESSES[0],
+        ]
+    else:
+        raise ValueError(kind)
+    return start(kind, cmd, port, setup.workdir, setup.server_core)
+
+
+# ---------------------------------------------------------------------------------------
+# Measuring
+
+
+@dataclass(frozen=True)
+class Timing:
+    seconds: float  # the main (throughput) measurement per server and scenario
+    p99_seconds: float  # the separate `dnsperf -v` pass for p99 at saturation; 0: none
+
+
+def measure(kind: str, scenario: Scenario, setup: Setup, timing: Timing) -> Row:
+    row = Row(scenario.key, kind)
+    server = start_server(kind, setup)
+    try:
+        wait_answering(server, scenario.probe, scenario.expect, 30 if kind == "agent" else 10)
+        inputs = setup.workdir / f"{scenario.key}-{kind}"
+
+        def datafile(tag: str, seconds: float) -> tuple[Path, int | None]:
+            if scenario.key == "uncached":
+                # Every query a new name: -n 1 stops dnsperf rather than repeat one.
+                count = int(seconds * 40_000) + 1000
+                return unique_names(Path(f"{inputs}-{tag}.txt"), count), 1
+            if scenario.key == "cached":
+                names = [f"c{i:03d}.{ZONE} A" for i in range(100)]
+                return write_lines(Path(f"{inputs}-{tag}.txt"), names), None
+            return write_lines(Path(f"{inputs}-{tag}.txt"), [f"{POLICY_NAME} A"]), None
+
+        verbose = setup.workdir / f"{scenario.key}-{kind}-v.out"
+        path, runs = datafile("main", timing.seconds)
+        if scenario.max_qps is not None:
+            # Paced: -v costs little at 2,000 QPS, so p99 comes from the same run.
+            main = run_dnsperf(
+                port=server.port,
+                datafile=path,
+                seconds=timing.seconds,
+                core=setup.client_core,
+                max_qps=scenario.max_qps,
+                verbose_to=verbose,
+            )
+            p99 = main
+        else:
+            main = run_dnsperf(
+                port=server.port,
+                datafile=path,
+                seconds=timing.seconds,
+                core=setup.client_core,
+                max_runs=runs,
+            )
+            p99 = None
+            if timing.p99_seconds > 0:
+                path, runs = datafile("p99", timing.p99_seconds)
+                p99 = run_dnsperf(
+                    port=server.port,
+                    datafile=path,
+                    seconds=timing.p99_seconds,
+                    core=setup.client_core,
+                    max_runs=runs,
+                    verbose_to=verbose,
+                )
+        if not server.alive():
+            raise ServerFailed(f"{kind} died during the run:\n{server.log_tail()}")
+        row.peak_rss_kib = server.peak_rss_kib()
+        _fill(row, main, p99)
+    except (ServerFailed, DnsperfFailed) as exc:
+        row.error = str(exc).splitlines()[0][:200]
+        row.detail["error"] = str(exc)
+    finally:
+        server.stop()
+        for stale in setup.workdir.glob(f"{scenario.key}-{kind}*"):
+            stale.unlink()
+    return row
+
+
+def _fill(row: Row, main: PerfResult, p99: PerfResult | None) -> None:
+    row.qps = main.qps
+    row.mean_ms = main.mean_ms
+    row.ok_pct = 100.0 * main.noerror / main.sent if main.sent else 0.0
+    row.detail["main"] = asdict(main)
+    if p99 is not None:
+        row.p99_ms = p99.p99_ms
+        row.p50_ms = p99.p50_ms
+        row.detail["p99_pass"] = asdict(p99)
+
+
+def judge(rows: list[Row]) -> None:
+    """Ratios against dnsmasq in the same scenario and the targets of issue 2."""
+    for scenario in SCENARIO_DEFS.values():
+        mine = [row for row in rows if row.scenario == scenario.key]
+        ref = next((row for row in mine if row.server == "dnsmasq"), None)
+        for row in mine:
+            if row.server == "dnsmasq" or row.qps is None:
+                continue
+            if ref is not None and ref.qps and scenario.max_qps is None:
+                row.ratio = row.qps / ref.qps
+            if row.server != "agent":
+                continue
+            healthy = (row.ok_pct or 0.0) >= 99.0
+            if scenario.qps_ratio_target is not None:
+                row.target = f">= {scenario.qps_ratio_target:g}x dnsmasq QPS"
+                if row.ratio is not None:
+                    row.met = healthy and row.ratio >= scenario.qps_ratio_target
+            if scenario.p99_target_ms is not None:
+                row.target = f"p99 <= {scenario.p99_target_ms:g} ms"
+                if row.p99_ms is not None:
+                    row.met = healthy and row.p99_ms <= scenario.p99_target_ms
+
+
+# ---------------------------------------------------------------------------------------
+# Reporting
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def table(rows: list[Row]) -> str:
+    head = (
+        "| scenario | server | QPS | mean ms | p99 ms | peak RSS MiB | NOERROR % "
+        "| ours/dnsmasq | target | met |"
+    )
+    lines = [head, "|" + "---|" * 10]
+    for row in rows:
+        met = {True: "YES", False: "NO", None: "-" if not row.target else "?"}[row.met]
+        rss = None if row.peak_rss_kib is None else row.peak_rss_kib / 1024
+        cells = [
+            SCENARIO_DEFS[row.scenario].title,
+            SERVER_LABELS[row.server],
+            _num(row.qps, ",.0f"),
+            _num(row.mean_ms, ".3f"),
+            _num(row.p99_ms, ".3f"),
+            _num(rss, ".1f"),
+            _num(row.ok_pct, ".1f"),
+            "-" if row.ratio is None else f"{row.ratio:.2f}x",
+            row.target or "-",
+            met if not row.error else f"ERROR: {row.error}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def notes(setup: Setup, timing: Timing, versions: dict[str, str], skipped: list[str]) -> str:
+    pin = (
+        f"servers pinned to core {setup.server_core}, dnsperf and the upstream dnsmasq share "
+        f"core {setup.client_core}"
+        if setup.server_core is not None
+        else "no pinning (fewer than 2 cores)"
+    )
+    items = [
+        f"{timing.seconds:g} s per measurement; every server started fresh per scenario; {pin}.",
+        "QPS and mean latency: dnsperf at saturation (-q 100 outstanding, UDP, no EDNS).",
+        (
+            f"p99 in throughput rows: a separate {timing.p99_seconds:.2g} s `dnsperf -v` pass "
+            "(per-response lines cost dnsperf CPU, so that pass is not used for QPS)."
+            if timing.p99_seconds > 0
+            else "p99 in throughput rows: not measured (--no-p99-pass)."
+        ),
+        "p99 at 2000 QPS: from the same paced run (-Q 2000 -v).",
+        "uncached forward: every query a distinct name (dnsperf -n 1, no repeats); both "
+        "forwarders ask the same upstream dnsmasq.",
+        "py-ceiling is a reference, not dnsmesh: Python+uvloop reading only the question "
+        "and joining a prebuilt answer (bench/refserver.py).",
+        "peak RSS: VmHWM of the server process at the end of its scenario.",
+        "The machine is shared: compare rows of one run, not across runs.",
+        "versions: " + "; ".join(f"{key} {value}" for key, value in versions.items()),
+    ]
+    items += [f"skipped: {why}" for why in skipped]
+    return "\n".join(f"- {item}" for item in items)
+
+
+def save(results: Path, markdown: str, payload: dict[str, object]) -> Path:
+    results.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    text = json.dumps(payload, indent=2)
+    for name in (f"dns-{stamp}", "dns-latest"):
+        (results / f"{name}.md").write_text(markdown)
+        (results / f"{name}.json").write_text(text)
+    return results / f"dns-{stamp}.md"
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark the dnsmesh agent against dnsmasq with dnsperf (loopback only)."
+    )
+    parser.add_argument("--duration", type=float, help="seconds per measurement (default 10)")
+    parser.add_argument("--quick", action="store_true", help="a smoke: 2 s per measurement")
+    parser.add_argument(
+        "--p99-seconds", type=float, help="length of the -v pass for p99 at saturation"
+    )
+    parser.add_argument("--no-p99-pass", action="store_true", help="skip the -v pass")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="of " + ",".join(SERVERS))
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help="of " + ",".join(SCENARIOS)
+    )
+    parser.add_argument("--dnsmesh", help="the dnsmesh command (default .venv/bin/dnsmesh)")
+    parser.add_argument("--agent-log-level", default="warning")
+    parser.add_argument("--server-core", type=int, default=1)
+    parser.add_argument("--client-core", type=int, default=0)
+    parser.add_argument("--no-save", action="store_true", help="do not write the results")
+    parser.add_argument(
+        "--results-dir", type=Path, default=RESULTS, help="default bench/results/ (gitignored)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (server logs)")
+    args = parser.parse_args(argv)
+    if args.duration is None:
+        args.duration = 2.0 if args.quick else 10.0
+    if args.p99_seconds is None:
+        args.p99_seconds = max(0.5, min(3.0, args.duration / 3))
+    if args.no_p99_pass:
+        args.p99_seconds = 0.0
+    for name, allowed in (("servers", SERVERS), ("scenarios", SCENARIOS)):
+        chosen = [item for item in getattr(args, name).split(",") if item]
+        unknown = set(chosen) - set(allowed)
+        if unknown:
+            parser.error(f"unknown {name}: {sorted(unknown)}")
+        setattr(args, name, chosen)
+    if not 0 < args.duration <= 120:
+        parser.error("--duration must be in (0, 120] seconds")
+    return args
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop servers
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    tools = ensure_tools()
+    dnsmesh, python = ensure_venv(args.dnsmesh)
+    skipped: list[str] = []
+    servers = list(args.servers)
+    if "agent" in servers:
+        why = agent_importable(python)
+        if why:
+            servers.remove("agent")
+            skipped.append(f"dnsmesh agent not runnable ({why})")
+            print(f"bench: skipping the agent: {why}", file=sys.stderr)
+    pinned = (os.cpu_count() or 1) >= 2
+    workdir = Path(tempfile.mkdtemp(prefix="dnsmesh-bench-"))
+    policies = workdir / "policies.yaml"
+    policies.write_text(POLICY_YAML)
+    timing = Timing(args.duration, args.p99_seconds)
+    versions = {
+        "dnsperf": tool_version([tools["dnsperf"], "-h"]),
+        "dnsmasq": tool_version([tools["dnsmasq"], "--version"]).split(" Copyright")[0],
+        "python": platform.python_version(),
+        "dnsmesh": git_commit(),
+    }
+    rows: list[Row] = []
+    upstream: Server | None = None
+    try:
+        upstream = start_upstream(tools["dnsmasq"], workdir, args.client_core if pinned else None)
+        setup = Setup(
+            workdir=workdir,
+            dnsmesh=dnsmesh,
+            python=python,
+            dnsmasq=tools["dnsmasq"],
+            upstream_port=upstream.port,
+            server_core=args.server_core if pinned else None,
+            client_core=args.client_core if pinned else None,
+            policies=policies,
+            log_level=args.agent_log_level,
+        )
+        for key in args.scenarios:
+            scenario = SCENARIO_DEFS[key]
+            for kind in scenario.servers:
+                if kind not in servers:
+                    continue
+                print(f"bench: {scenario.title} / {SERVER_LABELS[kind]} ...", file=sys.stderr)
+                rows.append(measure(kind, scenario, setup, timing))
+    finally:
+        if upstream is not None:
+            upstream.stop()
+        if args.keep:
+            print(f"bench: work dir kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    judge(rows)
+    markdown = f"{table(rows)}\n\n{notes(setup, timing, versions, skipped)}\n"
+    print(markdown)
+    if not args.no_save:
+        payload: dict[str, object] = {
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "duration_s": timing.seconds,
+            "p99_pass_s": timing.p99_seconds,
+            "versions": versions,
+            "skipped": skipped,
+            "rows": [asdict(row) for row in rows],
+        }
+        print(f"bench: saved {save(args.results_dir, markdown, payload)}", file=sys.stderr)
+    return 1 if any(row.error for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
