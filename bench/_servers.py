@@ -86,6 +86,18 @@ def peak_rss_kib(pid: int) -> int | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a live process has used so far (/proc/PID/stat, in ticks)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the command name, which is in parentheses and may hold spaces.
+    rest = stat.rsplit(")", 1)[1].split()
+    utime, stime = int(rest[11]), int(rest[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Server:
     """One server process under test; `stop()` is idempotent."""
@@ -101,6 +113,9 @@ class Server:
 
     def peak_rss_kib(self) -> int | None:
         return peak_rss_kib(self.proc.pid)
+
+    def cpu_seconds(self) -> float | None:
+        return cpu_seconds(self.proc.pid)
 
     def alive(self) -> bool:
         return self.proc.poll() is None

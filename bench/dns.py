@@ -36,6 +36,7 @@ from types import FrameType
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _dnsperf import DnsperfFailed, PerfResult, run_dnsperf
+from _profile import find_py_spy, start_recording, summarize
 from _servers import (
     Server,
     ServerFailed,
@@ -96,6 +97,8 @@ class Row:
     p50_ms: float | None = None
     peak_rss_kib: int | None = None
     ok_pct: float | None = None  # NOERROR responses / queries sent
+    cpu_pct: float | None = None  # the server's CPU use during the main run (100 = one core)
+    cpu_us_per_query: float | None = None  # server CPU time / queries completed
     ratio: float | None = None  # ours / dnsmasq QPS, same scenario, same run
     target: str = ""
     met: bool | None = None
@@ -308,7 +311,15 @@ class Timing:
     p99_seconds: float  # the separate `dnsperf -v` pass for p99 at saturation; 0: none
 
 
-def measure(kind: str, scenario: Scenario, setup: Setup, timing: Timing) -> Row:
+@dataclass(frozen=True)
+class Profiling:
+    py_spy: str
+    results: Path  # where the raw stacks and their summary go
+
+
+def measure(
+    kind: str, scenario: Scenario, setup: Setup, timing: Timing, profiling: Profiling | None = None
+) -> Row:
     row = Row(scenario.key, kind)
     server = start_server(kind, setup)
     try:
@@ -327,6 +338,13 @@ def measure(kind: str, scenario: Scenario, setup: Setup, timing: Timing) -> Row:
 
         verbose = setup.workdir / f"{scenario.key}-{kind}-v.out"
         path, runs = datafile("main", timing.seconds)
+        recorder = None
+        if profiling is not None:
+            stacks = profiling.results / f"profile-{scenario.key}-{kind}.raw"
+            recorder = start_recording(
+                profiling.py_spy, server.pid, timing.seconds, stacks, "raw", setup.client_core
+            )
+        cpu_before = server.cpu_seconds()
         if scenario.max_qps is not None:
             # Paced: -v costs little at 2,000 QPS, so p99 comes from the same run.
             main = run_dnsperf(
@@ -338,6 +356,7 @@ def measure(kind: str, scenario: Scenario, setup: Setup, timing: Timing) -> Row:
                 verbose_to=verbose,
             )
             p99 = main
+            cpu_after = server.cpu_seconds()
         else:
             main = run_dnsperf(
                 port=server.port,
@@ -346,6 +365,7 @@ def measure(kind: str, scenario: Scenario, setup: Setup, timing: Timing) -> Row:
                 core=setup.client_core,
                 max_runs=runs,
             )
+            cpu_after = server.cpu_seconds()
             p99 = None
             if timing.p99_seconds > 0:
                 path, runs = datafile("p99", timing.p99_seconds)
@@ -361,6 +381,18 @@ def measure(kind: str, scenario: Scenario, setup: Setup, timing: Timing) -> Row:
             raise ServerFailed(f"{kind} died during the run:\n{server.log_tail()}")
         row.peak_rss_kib = server.peak_rss_kib()
         _fill(row, main, p99)
+        if cpu_before is not None and cpu_after is not None and main.completed:
+            row.cpu_pct = 100.0 * (cpu_after - cpu_before) / main.run_s
+            row.cpu_us_per_query = 1e6 * (cpu_after - cpu_before) / main.completed
+        if recorder is not None and profiling is not None:
+            _, err = recorder.communicate(timeout=60)
+            if recorder.returncode != 0:
+                raise ServerFailed(f"py-spy failed: {err.decode(errors='replace')}")
+            summary = f"{scenario.title} / {SERVER_LABELS[kind]}: {row.qps or 0:,.0f} QPS\n"
+            summary += summarize(stacks)
+            stacks.with_suffix(".txt").write_text(summary + "\n")
+            row.detail["profile"] = str(stacks.with_suffix(".txt"))
+            print(summary, file=sys.stderr)
     except (ServerFailed, DnsperfFailed) as exc:
         row.error = str(exc).splitlines()[0][:200]
         row.detail["error"] = str(exc)
@@ -416,9 +448,9 @@ def _num(value: float | None, fmt: str) -> str:
 def table(rows: list[Row]) -> str:
     head = (
         "| scenario | server | QPS | mean ms | p99 ms | peak RSS MiB | NOERROR % "
-        "| ours/dnsmasq | target | met |"
+        "| CPU % | CPU us/query | ours/dnsmasq | target | met |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 12]
     for row in rows:
         met = {True: "YES", False: "NO", None: "-" if not row.target else "?"}[row.met]
         rss = None if row.peak_rss_kib is None else row.peak_rss_kib / 1024
@@ -430,6 +462,8 @@ def table(rows: list[Row]) -> str:
             _num(row.p99_ms, ".3f"),
             _num(rss, ".1f"),
             _num(row.ok_pct, ".1f"),
+            _num(row.cpu_pct, ".0f"),
+            _num(row.cpu_us_per_query, ".1f"),
             "-" if row.ratio is None else f"{row.ratio:.2f}x",
             row.target or "-",
             met if not row.error else f"ERROR: {row.error}",
@@ -459,7 +493,9 @@ def notes(setup: Setup, timing: Timing, versions: dict[str, str], skipped: list[
         "forwarders ask the same upstream dnsmasq.",
         "py-ceiling is a reference, not dnsmesh: Python+uvloop reading only the question "
         "and joining a prebuilt answer (bench/refserver.py).",
-        "peak RSS: VmHWM of the server process at the end of its scenario.",
+        "peak RSS: VmHWM of the server process at the end of its scenario. CPU: the "
+        "server's user+system time over the main run (100 % = its one core), per query "
+        "completed.",
         "The machine is shared: compare rows of one run, not across runs.",
         "versions: " + "; ".join(f"{key} {value}" for key, value in versions.items()),
     ]
@@ -498,6 +534,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--agent-log-level", default="warning")
     parser.add_argument("--server-core", type=int, default=1)
     parser.add_argument("--client-core", type=int, default=0)
+    parser.add_argument(
+        "--profile",
+        metavar="SCENARIO",
+        choices=SCENARIOS,
+        help="instead of the table: run the agent alone in SCENARIO under py-spy and print "
+        "where its CPU time goes (raw stacks and summary in the results dir)",
+    )
     parser.add_argument("--no-save", action="store_true", help="do not write the results")
     parser.add_argument(
         "--results-dir", type=Path, default=RESULTS, help="default bench/results/ (gitignored)"
@@ -508,7 +551,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.duration = 2.0 if args.quick else 10.0
     if args.p99_seconds is None:
         args.p99_seconds = max(0.5, min(3.0, args.duration / 3))
-    if args.no_p99_pass:
+    if args.no_p99_pass or args.profile:
         args.p99_seconds = 0.0
     for name, allowed in (("servers", SERVERS), ("scenarios", SCENARIOS)):
         chosen = [item for item in getattr(args, name).split(",") if item]
@@ -551,6 +594,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows: list[Row] = []
     upstream: Server | None = None
+    profiling = None
+    if args.profile:
+        args.scenarios, servers = [args.profile], ["agent"] if "agent" in servers else []
+        if not servers:
+            sys.exit("bench: --profile needs the agent")
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+        profiling = Profiling(find_py_spy(REPO, args.results_dir), args.results_dir)
     try:
         upstream = start_upstream(tools["dnsmasq"], workdir, args.client_core if pinned else None)
         setup = Setup(
@@ -570,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
                 if kind not in servers:
                     continue
                 print(f"bench: {scenario.title} / {SERVER_LABELS[kind]} ...", file=sys.stderr)
-                rows.append(measure(kind, scenario, setup, timing))
+                rows.append(measure(kind, scenario, setup, timing, profiling))
     finally:
         if upstream is not None:
             upstream.stop()
@@ -581,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     judge(rows)
     markdown = f"{table(rows)}\n\n{notes(setup, timing, versions, skipped)}\n"
     print(markdown)
-    if not args.no_save:
+    if not args.no_save and profiling is None:
         payload: dict[str, object] = {
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "duration_s": timing.seconds,
