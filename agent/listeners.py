@@ -156,7 +156,8 @@ class TcpConnection(asyncio.Protocol):
         peer = self.transport.get_extra_info("peername")
         self.client = peer[0] if peer else ""
         if not self.service.accepting or not self.connections.admit(self):
-            transport.abort()
+            self.closing = True
+            self.transport.abort()
             self.service.counts["dropped"] += 1
             return
         self._arm_idle()

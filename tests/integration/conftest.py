@@ -72,8 +72,8 @@ def loop_thread() -> Iterator[LoopThread]:
 def make_upstream(loop_thread: LoopThread) -> Iterator[Callable[..., FakeUpstream]]:
     started: list[FakeUpstream] = []
 
-    def make(host: str = "127.0.0.1") -> FakeUpstream:
-        fake = FakeUpstream(loop_thread, host).start()
+    def make(host: str = "127.0.0.1", port: int = 0) -> FakeUpstream:
+        fake = FakeUpstream(loop_thread, host, port).start()
         started.append(fake)
         return fake
 
@@ -131,7 +131,8 @@ def start_agent(loop_thread: LoopThread, tmp_path: Path) -> Iterator[Callable[..
         )
         fields: dict[str, Any] = {
             "listen": (HostPort("127.0.0.1", 0),),
-            "upstreams": ups,
+            # Given a resolv.conf and no upstreams, the agent reads its upstreams from it.
+            "upstreams": None if upstreams is None and "resolv_conf" in overrides else ups,
             "resolv_conf": tmp_path / "no-resolv.conf",
             "attempt_timeout": 0.4,
             "query_timeout": 1.0,
@@ -258,6 +259,8 @@ class AgentProcess:
                 self.proc.kill()
                 self.proc.wait()
             self._reader.join(5)
+            if self.proc.stderr is not None:
+                self.proc.stderr.close()
 
 
 @pytest.fixture

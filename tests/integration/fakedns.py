@@ -82,10 +82,10 @@ class Received:
 class FakeUpstream:
     """A DNS server for tests; ``on(name, type, ...)`` programs it, ``count(...)`` inspects it."""
 
-    def __init__(self, loop_thread: LoopThread, host: str = "127.0.0.1") -> None:
+    def __init__(self, loop_thread: LoopThread, host: str = "127.0.0.1", port: int = 0) -> None:
         self.loop_thread = loop_thread
         self.host = host
-        self.port = 0
+        self.port = port
         self.rules: dict[tuple[str, str], Rule] = {}
         self.default = Rule(rcode=dns.rcode.NXDOMAIN, soa=(60, 60))
         self.received: list[Received] = []
@@ -134,13 +134,15 @@ class FakeUpstream:
         # Same port for UDP and TCP; retry if the UDP port is taken for TCP.
         for _ in range(20):
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpServer(self), local_addr=(self.host, 0)
+                lambda: _UdpServer(self), local_addr=(self.host, self.port)
             )
             port = transport.get_extra_info("sockname")[1]
             try:
                 self._tcp = await loop.create_server(lambda: _TcpServer(self), self.host, port)
             except OSError:
                 transport.close()
+                if self.port:
+                    raise
                 continue
             self._udp = transport  # type: ignore[assignment]
             self.port = port
