@@ -4,16 +4,18 @@
 Usage, from the repository root (plain python3: this script needs only the standard library;
 it runs the agent from .venv, creating it with `pip install -e .` if missing):
 
-    python3 bench/dns.py                # full run: 10 s per measurement, about 3 minutes
-    python3 bench/dns.py --quick        # smoke: 2 s per measurement, about 40 seconds
+    python3 bench/dns.py                # full: 3 alternating rounds of 4 s, about 3 minutes
+    python3 bench/dns.py --quick        # smoke: one round of 2 s, about 30 seconds
     python3 bench/dns.py --duration 5 --servers agent,dnsmasq --scenarios hit,latency
+    python3 bench/dns.py --profile cached --duration 5   # where the agent's CPU goes (py-spy)
 
 It installs dnsperf and dnsmasq from Debian when missing (apt-get, as root), starts an
 upstream dnsmasq (serving the whole zone bench.test), then for every scenario starts each
-server fresh on a free 127.0.0.1 port pinned to one core (taskset -c 1), drives it with
-dnsperf pinned to the other core (taskset -c 0), and prints one table: QPS, mean and p99
-latency, the server's peak RSS (VmHWM), the ratio ours/dnsmasq and whether the targets of
-issue 2 are met. Results also go to bench/results/ as JSON and markdown. See bench/README.md.
+server fresh on a free 127.0.0.1 port pinned to one core (taskset -c 1), drives them in
+alternating rounds with dnsperf pinned to the other core (taskset -c 0), and prints one
+table: QPS, mean and p99 latency, the server's peak RSS (VmHWM) and CPU per query, the
+ratios ours/dnsmasq and whether the targets of issue 2 are met. Results also go to
+bench/results/ as JSON and markdown. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -99,6 +101,8 @@ class Row:
     ok_pct: float | None = None  # NOERROR responses / queries sent
     cpu_pct: float | None = None  # the server's CPU use during the main run (100 = one core)
     cpu_us_per_query: float | None = None  # server CPU time / queries completed
+    qps_spread_pct: float | None = None  # half the max-min range of the rounds, of the median
+    cpu_ratio: float | None = None  # our CPU per query / dnsmasq's
     ratio: float | None = None  # ours / dnsmasq QPS, same scenario, same run
     target: str = ""
     met: bool | None = None
@@ -307,7 +311,8 @@ def start_server(kind: str, setup: Setup) -> Server:
 
 @dataclass(frozen=True)
 class Timing:
-    seconds: float  # the main (throughput) measurement per server and scenario
+    seconds: float  # one dnsperf run (a round) per server and scenario
+    rounds: int  # rounds per scenario, servers alternating, first server rotating
     p99_seconds: float  # the separate `dnsperf -v` pass for p99 at saturation; 0: none
 
 
@@ -317,101 +322,167 @@ class Profiling:
     results: Path  # where the raw stacks and their summary go
 
 
-def measure(
-    kind: str, scenario: Scenario, setup: Setup, timing: Timing, profiling: Profiling | None = None
-) -> Row:
-    row = Row(scenario.key, kind)
-    server = start_server(kind, setup)
-    try:
-        wait_answering(server, scenario.probe, scenario.expect, 30 if kind == "agent" else 10)
-        inputs = setup.workdir / f"{scenario.key}-{kind}"
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
 
-        def datafile(tag: str, seconds: float) -> tuple[Path, int | None]:
-            if scenario.key == "uncached":
-                # Every query a new name: -n 1 stops dnsperf rather than repeat one.
-                count = int(seconds * 40_000) + 1000
-                return unique_names(Path(f"{inputs}-{tag}.txt"), count), 1
-            if scenario.key == "cached":
-                names = [f"c{i:03d}.{ZONE} A" for i in range(100)]
-                return write_lines(Path(f"{inputs}-{tag}.txt"), names), None
-            return write_lines(Path(f"{inputs}-{tag}.txt"), [f"{POLICY_NAME} A"]), None
 
-        verbose = setup.workdir / f"{scenario.key}-{kind}-v.out"
-        path, runs = datafile("main", timing.seconds)
-        recorder = None
-        if profiling is not None:
-            stacks = profiling.results / f"profile-{scenario.key}-{kind}.raw"
-            recorder = start_recording(
-                profiling.py_spy, server.pid, timing.seconds, stacks, "raw", setup.client_core
-            )
-        cpu_before = server.cpu_seconds()
-        if scenario.max_qps is not None:
-            # Paced: -v costs little at 2,000 QPS, so p99 comes from the same run.
-            main = run_dnsperf(
+class _Inputs:
+    """dnsperf input files for one scenario; uncached ones are fresh names every time."""
+
+    def __init__(self, scenario: Scenario, workdir: Path) -> None:
+        self.scenario = scenario
+        self.workdir = workdir
+        self.made = 0
+
+    def make(self, seconds: float) -> tuple[Path, int | None]:
+        """(the file, dnsperf -n): -n 1 for unique names, so no name is ever asked twice."""
+        self.made += 1
+        path = self.workdir / f"input-{self.scenario.key}-{self.made}.txt"
+        if self.scenario.key == "uncached":
+            return unique_names(path, int(seconds * 40_000) + 1000), 1
+        if self.scenario.key == "cached":
+            return write_lines(path, [f"c{i:03d}.{ZONE} A" for i in range(100)]), None
+        return write_lines(path, [f"{POLICY_NAME} A"]), None
+
+    def drop(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+
+
+def measure_scenario(
+    scenario: Scenario,
+    kinds: list[str],
+    setup: Setup,
+    timing: Timing,
+    profiling: Profiling | None = None,
+) -> list[Row]:
+    """Every server of the scenario up at once, driven in turns: round r starts with server r.
+
+    Alternating short rounds and taking the median keeps a burst of load from others on
+    the shared machine from landing on one server only.
+    """
+    rows = {kind: Row(scenario.key, kind) for kind in kinds}
+    servers: dict[str, Server] = {}
+    runs: dict[str, list[PerfResult]] = {kind: [] for kind in kinds}
+    cpu: dict[str, float] = dict.fromkeys(kinds, 0.0)
+    inputs = _Inputs(scenario, setup.workdir)
+    verbose = setup.workdir / f"{scenario.key}-v.out"
+
+    def fail(kind: str, exc: Exception) -> None:
+        rows[kind].error = str(exc).splitlines()[0][:200]
+        rows[kind].detail["error"] = str(exc)
+
+    def drive(kind: str, seconds: float, with_v: bool) -> PerfResult:
+        server = servers[kind]
+        path, max_runs = inputs.make(seconds)
+        try:
+            return run_dnsperf(
                 port=server.port,
                 datafile=path,
-                seconds=timing.seconds,
+                seconds=seconds,
                 core=setup.client_core,
                 max_qps=scenario.max_qps,
-                verbose_to=verbose,
+                max_runs=max_runs,
+                verbose_to=verbose if with_v else None,
             )
-            p99 = main
-            cpu_after = server.cpu_seconds()
-        else:
-            main = run_dnsperf(
-                port=server.port,
-                datafile=path,
-                seconds=timing.seconds,
-                core=setup.client_core,
-                max_runs=runs,
-            )
-            cpu_after = server.cpu_seconds()
-            p99 = None
-            if timing.p99_seconds > 0:
-                path, runs = datafile("p99", timing.p99_seconds)
-                p99 = run_dnsperf(
-                    port=server.port,
-                    datafile=path,
-                    seconds=timing.p99_seconds,
-                    core=setup.client_core,
-                    max_runs=runs,
-                    verbose_to=verbose,
-                )
-        if not server.alive():
-            raise ServerFailed(f"{kind} died during the run:\n{server.log_tail()}")
-        row.peak_rss_kib = server.peak_rss_kib()
-        _fill(row, main, p99)
-        if cpu_before is not None and cpu_after is not None and main.completed:
-            row.cpu_pct = 100.0 * (cpu_after - cpu_before) / main.run_s
-            row.cpu_us_per_query = 1e6 * (cpu_after - cpu_before) / main.completed
-        if recorder is not None and profiling is not None:
-            _, err = recorder.communicate(timeout=60)
-            if recorder.returncode != 0:
-                raise ServerFailed(f"py-spy failed: {err.decode(errors='replace')}")
-            summary = f"{scenario.title} / {SERVER_LABELS[kind]}: {row.qps or 0:,.0f} QPS\n"
-            summary += summarize(stacks)
-            stacks.with_suffix(".txt").write_text(summary + "\n")
-            row.detail["profile"] = str(stacks.with_suffix(".txt"))
-            print(summary, file=sys.stderr)
-    except (ServerFailed, DnsperfFailed) as exc:
-        row.error = str(exc).splitlines()[0][:200]
-        row.detail["error"] = str(exc)
+        finally:
+            inputs.drop(path)
+            if not server.alive():
+                raise ServerFailed(f"{kind} died during the run:\n{server.log_tail()}")
+
+    try:
+        for kind in kinds:
+            try:
+                servers[kind] = start_server(kind, setup)
+                deadline = 30 if kind == "agent" else 10
+                wait_answering(servers[kind], scenario.probe, scenario.expect, deadline)
+            except ServerFailed as exc:
+                fail(kind, exc)
+        for round_index in range(timing.rounds):
+            live = [kind for kind in kinds if not rows[kind].error]
+            if not live:
+                break
+            shift = round_index % len(live)
+            for kind in live[shift:] + live[:shift]:
+                recorder = None
+                if profiling is not None:
+                    stacks = profiling.results / f"profile-{scenario.key}-{kind}.raw"
+                    recorder = start_recording(
+                        profiling.py_spy,
+                        servers[kind].pid,
+                        timing.seconds,
+                        stacks,
+                        "raw",
+                        setup.client_core,
+                    )
+                before = servers[kind].cpu_seconds() or 0.0
+                try:
+                    # Paced runs are cheap to log per response, so p99 comes from them.
+                    result = drive(kind, timing.seconds, with_v=scenario.max_qps is not None)
+                except (ServerFailed, DnsperfFailed) as exc:
+                    fail(kind, exc)
+                    continue
+                cpu[kind] += (servers[kind].cpu_seconds() or 0.0) - before
+                runs[kind].append(result)
+                if recorder is not None:
+                    rows[kind].detail["profile"] = _finish_profile(
+                        recorder, stacks, f"{scenario.title}: {result.qps:,.0f} QPS"
+                    )
+        if scenario.max_qps is None and timing.p99_seconds > 0:
+            for kind in kinds:
+                if rows[kind].error or not runs[kind]:
+                    continue
+                try:
+                    p99_run = drive(kind, timing.p99_seconds, with_v=True)
+                except (ServerFailed, DnsperfFailed) as exc:
+                    fail(kind, exc)
+                    continue
+                rows[kind].p99_ms = p99_run.p99_ms
+                rows[kind].p50_ms = p99_run.p50_ms
+                rows[kind].detail["p99_pass"] = asdict(p99_run)
+        for kind in kinds:
+            if kind in servers:
+                rows[kind].peak_rss_kib = servers[kind].peak_rss_kib()
+            _fill(rows[kind], runs[kind], cpu[kind], paced=scenario.max_qps is not None)
     finally:
-        server.stop()
-        for stale in setup.workdir.glob(f"{scenario.key}-{kind}*"):
-            stale.unlink()
-    return row
+        for server in servers.values():
+            server.stop()
+        verbose.unlink(missing_ok=True)
+    return [rows[kind] for kind in kinds]
 
 
-def _fill(row: Row, main: PerfResult, p99: PerfResult | None) -> None:
-    row.qps = main.qps
-    row.mean_ms = main.mean_ms
-    row.ok_pct = 100.0 * main.noerror / main.sent if main.sent else 0.0
-    row.detail["main"] = asdict(main)
-    if p99 is not None:
-        row.p99_ms = p99.p99_ms
-        row.p50_ms = p99.p50_ms
-        row.detail["p99_pass"] = asdict(p99)
+def _finish_profile(recorder: subprocess.Popen[bytes], stacks: Path, title: str) -> str:
+    _, err = recorder.communicate(timeout=60)
+    if recorder.returncode != 0:
+        raise ServerFailed(f"py-spy failed: {err.decode(errors='replace')}")
+    summary = f"{title}\n{summarize(stacks)}"
+    stacks.with_suffix(".txt").write_text(summary + "\n")
+    print(summary, file=sys.stderr)
+    return str(stacks.with_suffix(".txt"))
+
+
+def _fill(row: Row, runs: list[PerfResult], cpu: float, *, paced: bool) -> None:
+    if not runs:
+        return
+    qps = [run.qps for run in runs]
+    row.qps = _median(qps)
+    row.qps_spread_pct = 100.0 * (max(qps) - min(qps)) / 2 / row.qps if row.qps else 0.0
+    row.mean_ms = _median([run.mean_ms for run in runs])
+    sent = sum(run.sent for run in runs)
+    completed = sum(run.completed for run in runs)
+    row.ok_pct = 100.0 * sum(run.noerror for run in runs) / sent if sent else 0.0
+    seconds = sum(run.run_s for run in runs)
+    row.cpu_pct = 100.0 * cpu / seconds if seconds else None
+    row.cpu_us_per_query = 1e6 * cpu / completed if completed else None
+    if paced:
+        p99s = [run.p99_ms for run in runs if run.p99_ms is not None]
+        row.p99_ms = _median(p99s) if p99s else None
+        p50s = [run.p50_ms for run in runs if run.p50_ms is not None]
+        row.p50_ms = _median(p50s) if p50s else None
+    row.detail["runs"] = [asdict(run) for run in runs]
 
 
 def judge(rows: list[Row]) -> None:
@@ -424,6 +495,8 @@ def judge(rows: list[Row]) -> None:
                 continue
             if ref is not None and ref.qps and scenario.max_qps is None:
                 row.ratio = row.qps / ref.qps
+            if ref is not None and ref.cpu_us_per_query and row.cpu_us_per_query:
+                row.cpu_ratio = row.cpu_us_per_query / ref.cpu_us_per_query
             if row.server != "agent":
                 continue
             healthy = (row.ok_pct or 0.0) >= 99.0
@@ -448,16 +521,16 @@ def _num(value: float | None, fmt: str) -> str:
 def table(rows: list[Row]) -> str:
     head = (
         "| scenario | server | QPS | mean ms | p99 ms | peak RSS MiB | NOERROR % "
-        "| CPU % | CPU us/query | ours/dnsmasq | target | met |"
+        "| CPU % | CPU us/query | QPS ours/dnsmasq | CPU/query ours/dnsmasq | target | met |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 13]
     for row in rows:
         met = {True: "YES", False: "NO", None: "-" if not row.target else "?"}[row.met]
         rss = None if row.peak_rss_kib is None else row.peak_rss_kib / 1024
         cells = [
             SCENARIO_DEFS[row.scenario].title,
             SERVER_LABELS[row.server],
-            _num(row.qps, ",.0f"),
+            _num(row.qps, ",.0f") + (f" ±{row.qps_spread_pct:.0f}%" if row.qps_spread_pct else ""),
             _num(row.mean_ms, ".3f"),
             _num(row.p99_ms, ".3f"),
             _num(rss, ".1f"),
@@ -465,6 +538,7 @@ def table(rows: list[Row]) -> str:
             _num(row.cpu_pct, ".0f"),
             _num(row.cpu_us_per_query, ".1f"),
             "-" if row.ratio is None else f"{row.ratio:.2f}x",
+            "-" if row.cpu_ratio is None else f"{row.cpu_ratio:.2f}x",
             row.target or "-",
             met if not row.error else f"ERROR: {row.error}",
         ]
@@ -480,7 +554,10 @@ def notes(setup: Setup, timing: Timing, versions: dict[str, str], skipped: list[
         else "no pinning (fewer than 2 cores)"
     )
     items = [
-        f"{timing.seconds:g} s per measurement; every server started fresh per scenario; {pin}.",
+        f"{timing.rounds} round(s) of {timing.seconds:g} s per server and scenario, servers "
+        "alternating (the first one rotates per round); QPS and mean latency are the median "
+        "of the rounds, ± half their range; every server started fresh per scenario; "
+        f"{pin}.",
         "QPS and mean latency: dnsperf at saturation (-q 100 outstanding, UDP, no EDNS).",
         (
             f"p99 in throughput rows: a separate {timing.p99_seconds:.2g} s `dnsperf -v` pass "
@@ -520,8 +597,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark the dnsmesh agent against dnsmasq with dnsperf (loopback only)."
     )
-    parser.add_argument("--duration", type=float, help="seconds per measurement (default 10)")
-    parser.add_argument("--quick", action="store_true", help="a smoke: 2 s per measurement")
+    parser.add_argument(
+        "--duration", type=float, help="seconds per dnsperf run (a round; default 4, --quick 2)"
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke: one 2 s round")
+    parser.add_argument(
+        "--rounds", type=int, help="rounds per scenario, servers alternating (default 3)"
+    )
     parser.add_argument(
         "--p99-seconds", type=float, help="length of the -v pass for p99 at saturation"
     )
@@ -548,9 +630,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the work dir (server logs)")
     args = parser.parse_args(argv)
     if args.duration is None:
-        args.duration = 2.0 if args.quick else 10.0
+        args.duration = 2.0 if args.quick else 4.0
+    if args.rounds is None:
+        args.rounds = 1 if args.quick or args.profile else 3
+    if not 1 <= args.rounds <= 20:
+        parser.error("--rounds must be in [1, 20]")
     if args.p99_seconds is None:
-        args.p99_seconds = max(0.5, min(3.0, args.duration / 3))
+        args.p99_seconds = max(0.5, min(3.0, args.duration * args.rounds / 4))
     if args.no_p99_pass or args.profile:
         args.p99_seconds = 0.0
     for name, allowed in (("servers", SERVERS), ("scenarios", SCENARIOS)):
@@ -585,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="dnsmesh-bench-"))
     policies = workdir / "policies.yaml"
     policies.write_text(POLICY_YAML)
-    timing = Timing(args.duration, args.p99_seconds)
+    timing = Timing(args.duration, args.rounds, args.p99_seconds)
     versions = {
         "dnsperf": tool_version([tools["dnsperf"], "-h"]),
         "dnsmasq": tool_version([tools["dnsmasq"], "--version"]).split(" Copyright")[0],
@@ -616,11 +702,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         for key in args.scenarios:
             scenario = SCENARIO_DEFS[key]
-            for kind in scenario.servers:
-                if kind not in servers:
-                    continue
-                print(f"bench: {scenario.title} / {SERVER_LABELS[kind]} ...", file=sys.stderr)
-                rows.append(measure(kind, scenario, setup, timing, profiling))
+            kinds = [kind for kind in scenario.servers if kind in servers]
+            print(f"bench: {scenario.title}: {', '.join(kinds)} ...", file=sys.stderr)
+            rows += measure_scenario(scenario, kinds, setup, timing, profiling)
     finally:
         if upstream is not None:
             upstream.stop()
@@ -635,6 +719,7 @@ def main(argv: list[str] | None = None) -> int:
         payload: dict[str, object] = {
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "duration_s": timing.seconds,
+            "rounds": timing.rounds,
             "p99_pass_s": timing.p99_seconds,
             "versions": versions,
             "skipped": skipped,
