@@ -19,8 +19,9 @@ from itertools import accumulate
 
 @dataclass(frozen=True, slots=True)
 class WeightedTable:
-    """Cumulative weights for one O(log n) weighted pick with bisect."""
+    """Weights with their running sums, for O(log n) weighted picks with bisect."""
 
+    weights: tuple[int, ...]
     cumulative: tuple[int, ...]
     total: int
 
@@ -32,33 +33,42 @@ class WeightedTable:
         total = cumulative[-1] if cumulative else 0
         if total <= 0:
             raise ValueError("at least one weight must be above 0")
-        return cls(cumulative, total)
+        return cls(tuple(weights), cumulative, total)
 
     def pick(self, rng: random.Random) -> int:
         """One index with probability weight/total; zero weights are skipped by bisect_right."""
         # random() < 1, so the product is < total and the index is always in range.
         return bisect_right(self.cumulative, rng.random() * self.total)
 
+    def pick_distinct(self, count: int, rng: random.Random) -> list[int]:
+        """Up to ``count`` distinct indices, drawn one after another, each with probability
+        proportional to its weight among those not drawn yet. The first draw is one bisect;
+        later ones scan the (few) endpoints, skipping those already drawn."""
+        weights = self.weights
+        draw = rng.random
+        first = bisect_right(self.cumulative, draw() * self.total)
+        picked = [first]
+        left = self.total - weights[first]
+        while len(picked) < count and left > 0:
+            target = draw() * left
+            chosen = -1
+            for index, weight in enumerate(weights):
+                if weight and index not in picked:
+                    chosen = index  # the last candidate also absorbs float rounding
+                    target -= weight
+                    if target < 0:
+                        break
+            picked.append(chosen)
+            left -= weights[chosen]
+        return picked
+
 
 def pick_weighted(weights: Sequence[int], count: int, rng: random.Random) -> list[int]:
     """``count`` distinct indices (fewer if fewer weights are > 0), drawn one after another,
     each with probability proportional to its weight among those not yet drawn."""
-    remaining = [(index, weight) for index, weight in enumerate(weights) if weight > 0]
-    total = sum(weight for _, weight in remaining)
-    chosen: list[int] = []
-    while remaining and len(chosen) < count:
-        target = rng.random() * total
-        position = len(remaining) - 1  # float rounding can only fall past the end
-        running = 0
-        for slot, (_, weight) in enumerate(remaining):
-            running += weight
-            if target < running:
-                position = slot
-                break
-        index, weight = remaining.pop(position)
-        chosen.append(index)
-        total -= weight
-    return chosen
+    if count < 1 or not any(w > 0 for w in weights):
+        return []
+    return WeightedTable.build(weights).pick_distinct(count, rng)
 
 
 def failover_members(priorities: Sequence[int], weights: Sequence[int]) -> list[int]:

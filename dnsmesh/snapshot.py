@@ -38,7 +38,6 @@ from dnsmesh.selection import (
     WeightedTable,
     failover_members,
     pick_sticky,
-    pick_weighted,
     sticky_key,
 )
 
@@ -90,19 +89,40 @@ class _WeightedOne(_Picker):
         return self.rrs[bisect_right(self.cumulative, rng.random() * self.total)]
 
 
+# Up to this many weight units, a weighted pick indexes a table holding each answer `weight`
+# times: exact, and an int() is cheaper than a bisect. Weights are usually small integers.
+SLOT_TABLE_LIMIT = 4096
+
+
+class _WeightedSlots(_Picker):
+    """One record, weighted, by indexing a table with one slot per unit of weight."""
+
+    __slots__ = ("slots", "total")
+
+    def __init__(self, rrs: Sequence[bytes], weights: Sequence[int]) -> None:
+        self.slots = tuple(
+            (rr, 1) for rr, weight in zip(rrs, weights, strict=True) for _ in range(weight)
+        )
+        self.total = len(self.slots)
+
+    def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
+        # random() < 1, so the index is always below total.
+        return self.slots[int(rng.random() * self.total)]
+
+
 class _WeightedMany(_Picker):
     """Several distinct records, drawn by weight without replacement."""
 
-    __slots__ = ("count", "rrs", "weights")
+    __slots__ = ("count", "rrs", "table")
 
     def __init__(self, rrs: Sequence[bytes], weights: Sequence[int], count: int) -> None:
         self.rrs = tuple(rrs)
-        self.weights = tuple(weights)
+        self.table = WeightedTable.build(weights)
         self.count = count
 
     def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
         rrs = self.rrs
-        picked = pick_weighted(self.weights, self.count, rng)
+        picked = self.table.pick_distinct(self.count, rng)
         return b"".join([rrs[i] for i in picked]), len(picked)
 
 
@@ -146,6 +166,8 @@ def _compile_picker(
         return _Sticky(rrs, [(sticky_key(str(e.address)), e.weight) for e in live], count)
     # weighted, failover (within its group) and, for now, latency-weighted.
     if count == 1:
+        if sum(weights) <= SLOT_TABLE_LIMIT:
+            return _WeightedSlots(rrs, weights)
         return _WeightedOne(rrs, weights)
     return _WeightedMany(rrs, weights, count)
 
@@ -263,25 +285,33 @@ class CompiledPolicy:
         NXDOMAIN, since the name exists. A class other than IN is REFUSED: we hold data only
         for IN. A slice with action refuse answers REFUSED with EDE 18 (RFC 8914 §4.19).
         """
-        if query.qclass != CLASS_IN:
+        msg_id, query_flags, _qname, question, qtype, qclass, payload, dnssec_ok = query
+        if qclass != CLASS_IN:
             return build_error(query, RCODE_REFUSED)
-        view = self.view_for(client) if self._slices else self._default
-        if view.refuse:
-            return build_error(query, RCODE_REFUSED, ede=(EDE_PROHIBITED, ""))
-        qtype = query.qtype
-        picker = view.v4 if qtype == TYPE_A else view.v6 if qtype == TYPE_AAAA else None
-        flags = _ANSWER_FLAGS | (query.flags & _ECHO)
-        if query.edns_payload is None:
+        if self._slices:
+            view = self.view_for(client)
+            if view.refuse:
+                return build_error(query, RCODE_REFUSED, ede=(EDE_PROHIBITED, ""))
+        else:
+            view = self._default
+        if qtype == TYPE_A:
+            picker = view.v4
+        elif qtype == TYPE_AAAA:
+            picker = view.v6
+        else:
+            picker = None
+        flags = _ANSWER_FLAGS | (query_flags & _ECHO)
+        if payload is None:
             opt = b""
             arcount = 0
         else:
-            opt = OPT_DO if query.dnssec_ok else OPT_PLAIN
+            opt = OPT_DO if dnssec_ok else OPT_PLAIN
             arcount = 1
         if picker is None:
-            header = _pack_header(query.id, flags, 1, 0, 1, arcount)
-            return header + query.question + self._soa + opt
+            header = _pack_header(msg_id, flags, 1, 0, 1, arcount)
+            return b"".join((header, question, self._soa, opt))
         rrs, count = picker.choose(client, rng)
-        return _pack_header(query.id, flags, 1, count, 0, arcount) + query.question + rrs + opt
+        return b"".join((_pack_header(msg_id, flags, 1, count, 0, arcount), question, rrs, opt))
 
 
 @dataclass(frozen=True, slots=True)

@@ -422,3 +422,37 @@ def test_sticky_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         answers[i] = compiled.respond(q, f"10.1.0.{i}", random.Random(0))
     for i in range(50):  # recomputed after eviction, and the same
         assert compiled.respond(q, f"10.1.0.{i}", random.Random(1)) == answers[i]
+
+
+def test_weighted_split_with_large_weights() -> None:
+    # a total above the slot-table limit takes the bisect path
+    weights = [700_000, 300_000]
+    assert sum(weights) > snapshot_module.SLOT_TABLE_LIMIT
+    snap = compile_snapshot(
+        [policy("p", "api.example", [ep("10.0.0.1", weights[0]), ep("10.0.0.2", weights[1])])]
+    )
+    q = query("api.example")
+    compiled = snap.lookup(q.qname)
+    assert compiled is not None
+    rng = random.Random(77)
+    counts = Counter(compiled.respond(q, "127.0.0.1", rng)[-1] for _ in range(N))
+    assert abs(counts[1] / N - 0.7) <= TOLERANCE
+    assert set(counts) == {1, 2}
+
+
+def test_answers_many_split_of_the_first_record() -> None:
+    endpoints = [ep("10.0.0.1", 60), ep("10.0.0.2", 30), ep("10.0.0.3", 10), ep("10.0.0.4", 0)]
+    snap = compile_snapshot([policy("p", "api.example", endpoints, answers=2)])
+    q = query("api.example")
+    compiled = snap.lookup(q.qname)
+    assert compiled is not None
+    rng = random.Random(12)
+    firsts: Counter[int] = Counter()
+    start = 12 + len(q.question)  # answers follow; each A RR is 16 octets, address last
+    for _ in range(N):
+        wire = compiled.respond(q, "127.0.0.1", rng)
+        found = [wire[start + 15], wire[start + 31]]
+        assert len(wire) == start + 32 and found[0] != found[1] and 4 not in found
+        firsts[found[0]] += 1
+    assert abs(firsts[1] / N - 0.6) <= TOLERANCE
+    assert abs(firsts[3] / N - 0.1) <= TOLERANCE
