@@ -93,6 +93,7 @@ class AgentConfig:
     tcp_max_connections: int = 256
     tcp_max_pipelined: int = 64
     drain_timeout: float = 2.0
+    max_inflight: int = 4096  # forwards in flight at once; beyond, new ones are dropped
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:

@@ -25,11 +25,20 @@ _LENGTH = struct.Struct("!H")
 class QueryService:
     """What every listener shares: the pipeline, answer counts, the in-flight forwards."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, max_inflight: int = 4096) -> None:
         self.pipeline = pipeline
+        self.max_inflight = max_inflight
         self.counts: dict[str, int] = dict.fromkeys([*Source, "malformed", "dropped"], 0)
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepting = True
+
+    def full(self) -> bool:
+        """Whether the bound on forwards in flight is reached (a flood of unique names):
+        new ones are then dropped, as resolvers under load do, and clients retry."""
+        if len(self.tasks) < self.max_inflight:
+            return False
+        self.counts["dropped"] += 1
+        return True
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -81,7 +90,8 @@ class UdpListener(asyncio.DatagramProtocol):
             assert self.transport is not None
             self.transport.sendto(fit_udp(answer.wire, query.udp_limit), addr)
             return
-        service.spawn(self._forward(query, addr))
+        if not service.full():
+            service.spawn(self._forward(query, addr))
 
     async def _forward(self, query: Query, addr: tuple[str, int]) -> None:
         answer = await self.service.pipeline.final(query, addr[0])
@@ -188,6 +198,8 @@ class TcpConnection(asyncio.Protocol):
         if answer is not None:
             service.counts[answer.source] += 1
             self._send(answer.wire)
+            return
+        if service.full():
             return
         self.pending += 1
         if self.pending >= self.max_pipelined and self.transport is not None:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from dnsmesh.errors import PolicyFileError
+from dnsmesh.errors import PolicyError, PolicyFileError
 from dnsmesh.logs import fields
 from dnsmesh.policyfile import load_policy_path, policy_files
 from dnsmesh.snapshot import Snapshot, compile_snapshot
@@ -58,14 +58,15 @@ class PolicyWatcher:
         self._seen = fingerprint(self.path)
         try:
             snapshot = self._compile()
-        except PolicyFileError as exc:
+        except PolicyError as exc:
             self.failures += 1
             first = exc.errors[0] if exc.errors else None
+            where = exc if isinstance(exc, PolicyFileError) else None
             log.error(
                 "policy.reload_failed",
                 extra=fields(
-                    file=exc.source,
-                    document=exc.document,
+                    file=where.source if where else str(self.path),
+                    document=where.document if where else None,
                     field=first.path if first else "",
                     error=first.message if first else str(exc),
                     kept_revision=self.revision,

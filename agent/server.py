@@ -63,7 +63,7 @@ class AgentServer:
             query_timeout=config.query_timeout,
             stale_ttl=config.stale_ttl,
         )
-        self.service = QueryService(self.pipeline)
+        self.service = QueryService(self.pipeline, config.max_inflight)
         self.tcp_connections = TcpConnections(config.tcp_max_connections)
         self.watcher: PolicyWatcher | None = None
         self.addresses: list[HostPort] = []
@@ -87,12 +87,12 @@ class AgentServer:
                 config.policies, self.apply_snapshot, interval=config.reload_interval
             )
             self.watcher.load()
-        try:
-            for address in config.listen:
+        for address in config.listen:
+            try:
                 await self._listen(address)
-        except OSError:
-            await self._close_listeners()
-            raise
+            except OSError as exc:
+                await self._close_listeners()
+                raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
         if config.upstreams is None:
             upstreams = upstreams_from_resolv_conf(config.resolv_conf, self.addresses)
         else:

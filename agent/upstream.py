@@ -6,6 +6,11 @@ ephemeral port at random), and acceptance only of a reply from the address/port 
 (the socket is connected, so the kernel filters) whose ID and question match
 (``parse_upstream_response``). Everything else is discarded and we keep listening.
 
+A socket per query rather than a pool, measured (uvloop, loopback echo upstream, 5000
+exchanges): socket+connect+endpoint+close costs ~16 us of a ~35-43 us exchange (23-29k
+exchanges/s on one core). A pool would save at most that on cache misses only, and reusing
+ports is exactly what RFC 5452 asks us not to do, so the fresh socket stays.
+
 Upstreams that fail are avoided for a backoff that doubles per consecutive failure, yet
 never dropped: they stay at the end of the order (tried when the others fail too) and move
 back to the front once their backoff has run out.

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import dns.asyncquery
 import dns.edns
+import dns.exception
 import dns.flags
 import dns.message
 import dns.rcode
@@ -248,3 +249,24 @@ def test_forwarded_answers_work_over_both_transports(
     upstream.answer("both.example.test", "AAAA", "2001:db8::1")
     agent = start_agent(upstreams=[upstream])
     assert addresses(agent.query("both.example.test", "AAAA", tcp=tcp)) == ["2001:db8::1"]
+
+
+def test_forwards_in_flight_are_bounded(start_agent: StartAgent, upstream: FakeUpstream) -> None:
+    for i in range(5):
+        upstream.answer(f"f{i}.example.test", "A", "192.0.2.90", delay=0.3)
+    agent = start_agent(upstreams=[upstream], max_inflight=2)
+
+    async def many() -> list[dns.message.Message | None]:
+        async def one(i: int) -> dns.message.Message | None:
+            q = dns.message.make_query(f"f{i}.example.test", "A")
+            try:
+                return await dns.asyncquery.udp(q, agent.host, port=agent.port, timeout=1.0)
+            except dns.exception.Timeout:
+                return None
+
+        return await asyncio.gather(*(one(i) for i in range(5)))
+
+    answered = [r for r in asyncio.run(many()) if r is not None]
+    assert len(answered) == 2
+    assert upstream.count() == 2
+    assert agent.server.counts()["dropped"] == 3

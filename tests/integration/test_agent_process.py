@@ -184,3 +184,21 @@ def test_bad_flags_exit_nonzero_with_a_message(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "nonsense" in result.stderr
+
+
+def test_a_taken_port_is_reported_not_a_traceback() -> None:
+    from tests.integration.conftest import DNSMESH
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", 0))  # no SO_REUSEPORT: nobody may share it
+        port = holder.getsockname()[1]
+        result = subprocess.run(
+            [DNSMESH, "agent", "--listen", f"127.0.0.1:{port}", "--upstream", "127.0.0.1"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
