@@ -314,6 +314,14 @@ class CompiledPolicy:
         return b"".join((_pack_header(msg_id, flags, 1, count, 0, arcount), question, rrs, opt))
 
 
+def _at_label_start(qname: bytes, offset: int) -> bool:
+    """Whether ``offset`` starts a label of ``qname`` (and not the inside of one)."""
+    pos = 0
+    while pos < offset:
+        pos += qname[pos] + 1
+    return pos == offset
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """Every policy of one revision, indexed by wire name for exact and wildcard lookup."""
@@ -322,6 +330,9 @@ class Snapshot:
     exact: Mapping[bytes, CompiledPolicy] = field(default_factory=dict)
     # keyed by the wildcard's suffix in wire form ("*.a.b" -> b"\x01a\x01b\x00")
     wildcards: Mapping[bytes, CompiledPolicy] = field(default_factory=dict)
+    # the distinct lengths of those keys, longest first: a miss costs one slice and one dict
+    # probe per length rather than one per label of the name
+    wildcard_lengths: tuple[int, ...] = ()
 
     def lookup(self, qname: bytes) -> CompiledPolicy | None:
         """Exact name first, then the longest '*.suffix' wildcard with the name strictly below.
@@ -329,19 +340,17 @@ class Snapshot:
         ``qname`` is lower-cased wire format (``Query.qname``).
         """
         hit = self.exact.get(qname)
-        if hit is not None or not self.wildcards:
+        if hit is not None or not self.wildcard_lengths:
             return hit
-        wildcards = self.wildcards
-        pos = 0
         size = len(qname)
-        while pos < size:
-            length = qname[pos]
-            if length == 0:
-                return None
-            pos += length + 1
-            hit = wildcards.get(qname[pos:])
-            if hit is not None:
-                return hit
+        wildcards = self.wildcards
+        for length in self.wildcard_lengths:
+            if length < size:
+                hit = wildcards.get(qname[size - length :])
+                # A byte suffix can also end inside a label (a label holding "\x03svc...");
+                # only a suffix on a label boundary is a parent name.
+                if hit is not None and _at_label_start(qname, size - length):
+                    return hit
         return None
 
     def __len__(self) -> int:
@@ -362,4 +371,5 @@ def compile_snapshot(policies: Sequence[Policy], revision: int = 0) -> Snapshot:
             wildcards[compiled.zone] = compiled
         else:
             exact[compiled.zone] = compiled
-    return Snapshot(revision, exact, wildcards)
+    lengths = tuple(sorted({len(key) for key in wildcards}, reverse=True))
+    return Snapshot(revision, exact, wildcards, lengths)

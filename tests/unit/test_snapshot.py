@@ -456,3 +456,18 @@ def test_answers_many_split_of_the_first_record() -> None:
         firsts[found[0]] += 1
     assert abs(firsts[1] / N - 0.6) <= TOLERANCE
     assert abs(firsts[3] / N - 0.1) <= TOLERANCE
+
+
+def test_wildcard_suffix_must_start_on_a_label_boundary() -> None:
+    snap = compile_snapshot(
+        [
+            policy("svc", "*.svc.example", [ep("10.0.0.1")]),
+            policy("top", "*.example", [ep("10.0.0.2")]),
+        ]
+    )
+    # one label "a\003svc" under "example": its bytes end like "svc.example" does
+    trap = query("a\\003svc.example")
+    assert trap.qname.endswith(name_to_wire("svc.example"))
+    found = snap.lookup(trap.qname)
+    assert found is not None and found.name == "top"
+    assert _name(snap, "a.svc.example") == "svc"
