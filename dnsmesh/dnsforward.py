@@ -10,7 +10,7 @@ the same length as ours: the cache is keyed by the lower-cased name, so only cas
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dnsmesh.dnswire import (
     EDE_STALE_ANSWER,
@@ -80,6 +80,9 @@ class UpstreamAnswer:
     cache_ttl: int  # seconds it may be cached; 0 = do not cache
     truncated: bool  # TC was set: ask again over TCP; sections are then empty
     ttls: tuple[int, ...] = ()  # the TTL at each offset as received (top bit set -> 0)
+    # {age: sections patched for that age}, at most one entry: every cache hit within the
+    # same second reuses one patched copy. A cache, invisible to equality; the only mutable part.
+    _patched: dict[int, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _bad(reason: str) -> BadUpstreamResponse:
@@ -181,6 +184,18 @@ def _walk(
 _pack_ttl = _TTL.pack_into
 
 
+def _count_down(answer: UpstreamAnswer, age: int) -> bytes:
+    """``answer.sections`` with every TTL lowered by ``age`` seconds, floored at 0."""
+    sections = answer.sections
+    patched = bytearray(sections)
+    ttls = answer.ttls or tuple(
+        _TTL.unpack_from(sections, offset)[0] for offset in answer.ttl_offsets
+    )
+    for offset, ttl in zip(answer.ttl_offsets, ttls, strict=True):
+        _pack_ttl(patched, offset, ttl - age if ttl > age else 0)
+    return bytes(patched)
+
+
 def build_forwarded_response(
     query: Query, answer: UpstreamAnswer, age: int, stale_ttl: int | None = None
 ) -> bytes:
@@ -197,18 +212,19 @@ def build_forwarded_response(
     if answer.flags & FLAG_AD and (query.dnssec_ok or query.flags & FLAG_AD):
         flags |= FLAG_AD
     sections = answer.sections
-    if stale_ttl is not None or age > 0:
+    if stale_ttl is not None:
         patched = bytearray(sections)
-        if stale_ttl is not None:
-            for offset in answer.ttl_offsets:
-                _pack_ttl(patched, offset, stale_ttl)
-        else:
-            ttls = answer.ttls or tuple(
-                _TTL.unpack_from(sections, offset)[0] for offset in answer.ttl_offsets
-            )
-            for offset, ttl in zip(answer.ttl_offsets, ttls, strict=True):
-                _pack_ttl(patched, offset, ttl - age if ttl > age else 0)
+        for offset in answer.ttl_offsets:
+            _pack_ttl(patched, offset, stale_ttl)
         sections = bytes(patched)
+    elif age > 0:
+        memo = answer._patched
+        cached = memo.get(age)
+        if cached is None:
+            cached = _count_down(answer, age)
+            memo.clear()
+            memo[age] = cached
+        sections = cached
     arcount = answer.arcount
     if query.edns_payload is None:
         opt = b""

@@ -297,3 +297,20 @@ def test_answer_without_ttls_tuple_still_counts_down() -> None:
     )
     message = dns.message.from_wire(build_forwarded_response(client_query(), bare, 2))
     assert message.answer[0].ttl == 3
+
+
+def test_count_down_is_right_whatever_the_order_of_ages() -> None:
+    wire = upstream_response(
+        ("answer", "www.example.com.", 100, "A", ["192.0.2.1"]),
+        ("authority", "example.com.", 7, "NS", ["ns.example.com."]),
+    )
+    answer = parse_upstream_response(wire, MSG_ID, QUESTION)
+    query = client_query()
+    for age in [5, 5, 6, 5, 0, 99, 100, 101, 6, 5]:
+        message = dns.message.from_wire(build_forwarded_response(query, answer, age))
+        assert message.answer[0].ttl == max(100 - age, 0)
+        assert message.authority[0].ttl == max(7 - age, 0)
+    stale = dns.message.from_wire(build_forwarded_response(query, answer, 5, stale_ttl=30))
+    assert stale.answer[0].ttl == 30
+    again = dns.message.from_wire(build_forwarded_response(query, answer, 5))
+    assert again.answer[0].ttl == 95
