@@ -207,9 +207,10 @@ def build_forwarded_response(
     AA is clear (we are not the authority); AD is passed on only to a client that asked
     with DO or AD (RFC 6840 §5.7).
     """
+    msg_id, query_flags, _qname, question, _qtype, _qclass, payload, dnssec_ok = query
     rcode = answer.rcode
-    flags = FLAG_QR | FLAG_RA | (query.flags & (FLAG_RD | FLAG_CD)) | (rcode & 0xF)
-    if answer.flags & FLAG_AD and (query.dnssec_ok or query.flags & FLAG_AD):
+    flags = FLAG_QR | FLAG_RA | (query_flags & (FLAG_RD | FLAG_CD)) | (rcode & 0xF)
+    if answer.flags & FLAG_AD and (dnssec_ok or query_flags & FLAG_AD):
         flags |= FLAG_AD
     sections = answer.sections
     if stale_ttl is not None:
@@ -226,15 +227,15 @@ def build_forwarded_response(
             memo[age] = cached
         sections = cached
     arcount = answer.arcount
-    if query.edns_payload is None:
+    if payload is None:
         opt = b""
     else:
         arcount += 1
         if stale_ttl is not None:
-            opt = _STALE_OPT_DO if query.dnssec_ok else _STALE_OPT_PLAIN
+            opt = _STALE_OPT_DO if dnssec_ok else _STALE_OPT_PLAIN
         elif rcode > 15:
-            opt = build_opt(query.dnssec_ok, None, rcode)
+            opt = build_opt(dnssec_ok, None, rcode)
         else:
-            opt = OPT_DO if query.dnssec_ok else OPT_PLAIN
-    header = HEADER.pack(query.id, flags, 1, answer.ancount, answer.nscount, arcount)
-    return header + query.question + sections + opt
+            opt = OPT_DO if dnssec_ok else OPT_PLAIN
+    header = HEADER.pack(msg_id, flags, 1, answer.ancount, answer.nscount, arcount)
+    return b"".join((header, question, sections, opt))

@@ -145,7 +145,8 @@ def parse_query(packet: bytes) -> Query:
         if len(_TAILS) >= TAIL_MEMO_LIMIT:
             _TAILS.clear()
         _TAILS[tail] = parsed
-    return _new_query(Query, (msg_id, flags, *parsed))
+    # concatenation, not (msg_id, flags, *parsed): measured ~50 ns cheaper per query
+    return _new_query(Query, (msg_id, flags) + parsed)  # noqa: RUF005
 
 
 def _reject_header(packet: bytes, flags: int) -> NoReturn:
