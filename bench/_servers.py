@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
+import signal
 import socket
 import struct
 import subprocess
@@ -136,6 +138,20 @@ class Server:
             return ""
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the benchmark dies, even by SIGKILL.
+
+    prctl(PR_SET_PDEATHSIG) survives exec (taskset execs the server), so no server outlives
+    a killed benchmark. dnsmasq loses it when it drops root (prctl(2)); it exits on its own
+    only by SIGTERM, so the benchmark's own cleanup still matters for it.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
 def start(
     label: str,
     cmd: Sequence[str],
@@ -154,6 +170,7 @@ def start(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
+            preexec_fn=_die_with_parent,  # safe: the benchmark starts no threads
         )
     return Server(label, port, proc, log)
 

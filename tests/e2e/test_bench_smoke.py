@@ -28,7 +28,7 @@ def test_quick_bench_fills_a_row_per_server_and_scenario(tmp_path: Path) -> None
     # dnsmesh command is the one of the interpreter running the tests (the project's venv).
     dnsmesh = Path(sys.executable).with_name("dnsmesh")
     assert dnsmesh.exists(), f"no dnsmesh next to {sys.executable}"
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [
             sys.executable,
             str(BENCH),
@@ -44,12 +44,17 @@ def test_quick_bench_fills_a_row_per_server_and_scenario(tmp_path: Path) -> None
             "--results-dir",
             str(tmp_path),
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=90,
-        check=False,
     )
-    assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
+    try:
+        stdout, stderr = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # SIGTERM: the bench stops every server it started, then exits
+        stdout, stderr = proc.communicate(timeout=15)
+        pytest.fail(f"bench did not finish in 90 s:\n{stdout}\n{stderr}")
+    assert proc.returncode == 0, f"bench failed:\n{stdout}\n{stderr}"
 
     payload = json.loads((tmp_path / "dns-latest.json").read_text())
     rows = payload["rows"]
@@ -69,6 +74,6 @@ def test_quick_bench_fills_a_row_per_server_and_scenario(tmp_path: Path) -> None
             assert row["met"] in (True, False), where
 
     # The table printed on stdout has one line per row, each with numbers in it.
-    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
+    table = [line for line in stdout.splitlines() if line.startswith("| ")][1:]
     assert len(table) == len(rows)
     assert all(any(ch.isdigit() for ch in line.split("|")[3]) for line in table)
