@@ -70,6 +70,13 @@ def add_agent_commands(
         help="how long past expiry an answer may be served stale (default %(default)s)",
         **seconds,
     )
+    tuning.add_argument(
+        "--max-inflight",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="forwarded queries in flight at once; beyond, new ones are dropped",
+    )
     tuning.add_argument("--tcp-idle-timeout", default=10.0, **seconds)
     tuning.add_argument("--tcp-max-connections", type=int, default=256, metavar="N")
     tuning.add_argument(

@@ -107,6 +107,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
     if args.cache_size < 0:
         raise ConfigError("--cache-size cannot be negative")
+    if args.max_inflight < 1 or args.tcp_max_connections < 1:
+        raise ConfigError("--max-inflight and --tcp-max-connections must be at least 1")
     return AgentConfig(
         listen=listen,
         upstreams=upstreams,
@@ -123,4 +125,5 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         tcp_idle_timeout=args.tcp_idle_timeout,
         tcp_max_connections=args.tcp_max_connections,
         drain_timeout=args.drain_timeout,
+        max_inflight=args.max_inflight,
     )

@@ -54,7 +54,7 @@ class QueryService:
         """Wait up to ``grace`` seconds for in-flight forwards; cancel the rest, say how many."""
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=grace)
-        left = list(self.tasks)
+        left = [task for task in self.tasks if not task.done()]
         for task in left:
             task.cancel()
         if left:

@@ -66,6 +66,8 @@ def test_dig_against_the_agent_process(
     assert "status: NXDOMAIN" in dig(v4.port, "nothing.invalid")
     assert agent.stop() == 0
     assert agent.events("agent.stopped")
+    # --log-format json: every line is one JSON event.
+    assert len(agent.logs) == len(agent.raw) >= 5
 
 
 def test_policy_files_reload_within_two_seconds(

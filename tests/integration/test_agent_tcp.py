@@ -55,7 +55,7 @@ def test_slow_forward_does_not_hold_back_a_policy_answer(
         first = read_message(sock)
         first_at = time.monotonic() - began
         second = read_message(sock)
-    assert first.id == fast.id and first_at < 0.3, first_at
+    assert first.id == fast.id and first_at < 0.4, first_at  # the slow one takes 0.5 s
     assert second.id == slow.id
     assert second.answer[0][0].to_text() == "192.0.2.1"
 
