@@ -106,7 +106,12 @@ def parse_upstream_response(packet: bytes, msg_id: int, question: bytes) -> Upst
     if qdcount != 1:
         raise _bad("not exactly one question")
     start = 12 + len(question)
-    if packet[12:start].lower() != question.lower():
+    # The name compares case-insensitively (0x20), type and class exactly: lower() would
+    # also fold type octets such as 0x41 (HTTPS) into 0x61.
+    if (
+        packet[start - 4 : start] != question[-4:]
+        or packet[12 : start - 4].lower() != question[:-4].lower()
+    ):
         raise _bad("question does not match ours")
     rcode = flags & 0xF
     if flags & FLAG_TC:

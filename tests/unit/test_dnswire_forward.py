@@ -314,3 +314,13 @@ def test_count_down_is_right_whatever_the_order_of_ages() -> None:
     assert stale.answer[0].ttl == 30
     again = dns.message.from_wire(build_forwarded_response(query, answer, 5))
     assert again.answer[0].ttl == 95
+
+
+def test_question_type_compares_exactly_not_case_folded() -> None:
+    # HTTPS is type 65 = 0x0041 ("A"); lower-casing would turn it into 0x0061 (97)
+    question = build_question(QNAME, 65, 1)
+    packet = struct.pack("!HHHHHH", MSG_ID, 0x8180, 1, 0, 0, 0) + QNAME + b"\x00\x61\x00\x01"
+    with pytest.raises(BadUpstreamResponse):
+        parse_upstream_response(packet, MSG_ID, question)
+    good = struct.pack("!HHHHHH", MSG_ID, 0x8180, 1, 0, 0, 0) + QNAME.upper() + b"\x00\x41\x00\x01"
+    assert parse_upstream_response(good, MSG_ID, question).rcode == RCODE_NOERROR
