@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import struct
 import threading
 from collections.abc import Callable, Coroutine
@@ -68,6 +69,7 @@ class Rule:
     truncate_udp: bool = False  # over UDP: TC=1 and no records, so the client asks over TCP
     wrong_id_first: bool = False  # send a reply with another ID before the real one
     wrong_question_first: bool = False  # send a reply for another name before the real one
+    spoof_first: str | None = None  # over UDP, this A answer first from another port (forged)
     forward_to: tuple[str, int] | None = None  # relay the query there (loop tests)
 
 
@@ -77,6 +79,7 @@ class Received:
     name: str  # lower-case text without the trailing dot
     qtype: str  # "A", "AAAA", ...
     source: tuple[str, int]
+    id: int
 
 
 class FakeUpstream:
@@ -175,12 +178,12 @@ class FakeUpstream:
         name = question.name.to_text().lower().rstrip(".")
         qtype = dns.rdatatype.to_text(question.rdtype)
         with self._lock:
-            self.received.append(Received(transport, name, qtype, source))
+            self.received.append(Received(transport, name, qtype, source, query.id))
         rule = self.rules.get((name, qtype)) or self.rules.get((name, "*")) or self.default
         if rule.silent:
             return
         task = asyncio.get_running_loop().create_task(
-            self._reply(query, rule, transport, send, data)
+            self._reply(query, rule, transport, send, source)
         )
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -191,7 +194,7 @@ class FakeUpstream:
         rule: Rule,
         transport: str,
         send: Callable[[bytes], None],
-        raw: bytes,
+        source: tuple[str, int],
     ) -> None:
         if rule.delay:
             await asyncio.sleep(rule.delay)
@@ -208,6 +211,15 @@ class FakeUpstream:
             bad.answer = []
             bad.set_rcode(dns.rcode.NXDOMAIN)
             send(bad.to_wire())
+        if rule.spoof_first is not None and transport == "udp":
+            forged = dns.message.make_response(query)
+            forged.answer.append(
+                dns.rrset.from_text(query.question[0].name, 300, "IN", "A", rule.spoof_first)
+            )
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as spoofer:
+                spoofer.bind((self.host, 0))  # right ID and question, wrong source port
+                spoofer.sendto(forged.to_wire(), source)
+            await asyncio.sleep(0.05)
         if rule.wrong_question_first:
             other = dns.message.make_query("spoofed.example.", query.question[0].rdtype)
             other.id = query.id

@@ -288,3 +288,23 @@ def test_upstream_down_and_up_are_logged_once_each(
     assert events == [("upstream.down", "WARNING"), ("upstream.up", "INFO")]
     down = caplog.records[0].dnsmesh_fields  # type: ignore[attr-defined]
     assert down["upstream"] == flaky.address and down["failures"] == 1
+
+
+def test_a_forged_reply_from_another_port_is_not_accepted(
+    start_agent: StartAgent, upstream: FakeUpstream
+) -> None:
+    upstream.answer("spoof.example.test", "A", "192.0.2.96", spoof_first="203.0.113.66")
+    agent = start_agent(upstreams=[upstream])
+    assert addresses(agent.query("spoof.example.test")) == ["192.0.2.96"]
+
+
+def test_each_upstream_query_has_a_fresh_id_and_source_port(
+    start_agent: StartAgent, upstream: FakeUpstream
+) -> None:
+    agent = start_agent(upstreams=[upstream])
+    for i in range(30):
+        agent.query(f"fresh{i}.example.test")
+    seen = [r for r in upstream.received if r.name.startswith("fresh")]
+    assert len(seen) == 30
+    assert len({r.source[1] for r in seen}) >= 29  # RFC 5452 §4: new port per query
+    assert len({r.id for r in seen}) >= 28  # random 16-bit IDs: a repeat is rare

@@ -61,3 +61,15 @@ def test_own_listen_address_is_never_an_upstream(start_agent: StartAgent) -> Non
     agent.call(lambda: agent.server.set_upstreams([hostport(agent)]))
     assert agent.server.upstream.servers == []
     assert agent.query("self.example.test").rcode() == dns.rcode.SERVFAIL
+
+
+def test_loop_is_found_at_start(start_agent: StartAgent, upstream: FakeUpstream) -> None:
+    from tests.integration.conftest import free_port
+
+    port = free_port()
+    upstream.default = Rule(forward_to=("127.0.0.1", port))
+    agent = start_agent(
+        upstreams=[upstream], loop_check=True, listen=(HostPort("127.0.0.1", port),)
+    )
+    wait_for(lambda: agent.server.loop_guard.detected == [hostport(upstream)], 3, "detection")
+    assert agent.server.upstream.servers[0].disabled == "forwarding loop"
