@@ -218,8 +218,21 @@ class CompiledPolicy:
         "zone",
     )
 
-    def __init__(self, policy: Policy, revision: int = 0) -> None:
+    def __init__(
+        self, policy: Policy, revision: int = 0, weights: Mapping[str, int] | None = None
+    ) -> None:
         spec = policy.spec
+        endpoints = list(spec.endpoints)
+        if weights:
+            if any(w < 0 for w in weights.values()):
+                raise ValueError(f"policy {policy.name!r}: weight overrides cannot be negative")
+            # Effective weights from health/latency (0 = ejected); the policy itself is kept.
+            endpoints = [
+                e.model_copy(update={"weight": weights[str(e.address)]})
+                if str(e.address) in weights
+                else e
+                for e in endpoints
+            ]
         self.policy = policy
         self.name = policy.name
         self.domain = spec.domain
@@ -229,15 +242,13 @@ class CompiledPolicy:
         self._ttl = spec.ttl
         self._soa = record_soa(self.zone, spec.ttl, spec.ttl, serial=revision)
         strategy = spec.strategy
-        self._default = _compile_view(spec.endpoints, None, strategy, spec.answers, spec.ttl)
+        self._default = _compile_view(endpoints, None, strategy, spec.answers, spec.ttl)
         slices: list[tuple[tuple[Network, ...], _View]] = []
         for slice_ in spec.slices:
             if slice_.action is SliceAction.REFUSE:
                 view = _REFUSE
             else:
-                view = _compile_view(
-                    spec.endpoints, slice_.groups, strategy, spec.answers, spec.ttl
-                )
+                view = _compile_view(endpoints, slice_.groups, strategy, spec.answers, spec.ttl)
             slices.append((tuple(slice_.match.client_cidrs), view))
         self._slices = tuple(slices)
         self._memo: dict[str, _View] = {}
@@ -360,13 +371,25 @@ class Snapshot:
         return [*self.exact.values(), *self.wildcards.values()]
 
 
-def compile_snapshot(policies: Sequence[Policy], revision: int = 0) -> Snapshot:
-    """Compile a validated policy set; raises PolicyError if names or domains repeat."""
+def compile_snapshot(
+    policies: Sequence[Policy],
+    revision: int = 0,
+    *,
+    weights: Mapping[str, Mapping[str, int]] | None = None,
+) -> Snapshot:
+    """Compile a validated policy set; raises PolicyError if names or domains repeat.
+
+    ``weights`` optionally overrides endpoint weights per policy name and address text
+    (``{"checkout": {"10.0.1.10": 0}}``): what health checks and latency scoring decide.
+    Deciding them (and keeping within max_ejection_percent) is the caller's job; an endpoint
+    at weight 0 is never answered, and a family left with none answers NODATA.
+    """
     check_policy_set(list(policies))
     exact: dict[bytes, CompiledPolicy] = {}
     wildcards: dict[bytes, CompiledPolicy] = {}
+    overrides = weights or {}
     for policy in policies:
-        compiled = CompiledPolicy(policy, revision)
+        compiled = CompiledPolicy(policy, revision, overrides.get(policy.name))
         if compiled.wildcard:
             wildcards[compiled.zone] = compiled
         else:

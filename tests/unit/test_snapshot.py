@@ -471,3 +471,23 @@ def test_wildcard_suffix_must_start_on_a_label_boundary() -> None:
     found = snap.lookup(trap.qname)
     assert found is not None and found.name == "top"
     assert _name(snap, "a.svc.example") == "svc"
+
+
+def test_weight_overrides_from_health() -> None:
+    endpoints = [ep("10.0.0.1", 50), ep("10.0.0.2", 50), ep("2001:db8::1", 1)]
+    policies = [policy("p", "api.example", endpoints)]
+    ejected = compile_snapshot(policies, weights={"p": {"10.0.0.1": 0, "2001:db8::1": 0}})
+    rng = random.Random(3)
+    seen = {addresses(ask(ejected, "api.example", rng=rng))[0] for _ in range(200)}
+    assert seen == {"10.0.0.2"}
+    _assert_nodata(ask(ejected, "api.example", "AAAA"), "api.example.", 30)
+    skewed = compile_snapshot(policies, weights={"p": {"10.0.0.1": 90, "10.0.0.2": 10}})
+    q = query("api.example")
+    compiled = skewed.lookup(q.qname)
+    assert compiled is not None
+    counts = Counter(compiled.respond(q, "127.0.0.1", rng)[-1] for _ in range(N))
+    assert abs(counts[1] / N - 0.9) <= TOLERANCE
+    # other policies and the policy object itself are untouched
+    assert compiled.policy.spec.endpoints[0].weight == 50
+    with pytest.raises(ValueError):
+        compile_snapshot(policies, weights={"p": {"10.0.0.1": -1}})
