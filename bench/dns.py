@@ -79,12 +79,14 @@ class Scenario:
 
 SCENARIO_DEFS = {
     "hit": Scenario("hit", "policy hit", POLICY_NAME, POLICY_ADDRESSES, None, 0.5, None, SERVERS),
-    "cached": Scenario("cached", "cached forward", f"c000.{ZONE}", (ZONE_ADDRESS,), None, 0.5),
+    "cached": Scenario(
+        "cached", "cached forward", f"c000.{ZONE}", (ZONE_ADDRESS,), None, 0.5, None, SERVERS
+    ),
     "uncached": Scenario(
-        "uncached", "uncached forward", f"probe.{ZONE}", (ZONE_ADDRESS,), None, 1.0
+        "uncached", "uncached forward", f"probe.{ZONE}", (ZONE_ADDRESS,), None, 1.0, None, SERVERS
     ),
     "latency": Scenario(
-        "latency", "policy hit @2000 QPS", POLICY_NAME, POLICY_ADDRESSES, 2000, None, 0.3
+        "latency", "policy hit @2000 QPS", POLICY_NAME, POLICY_ADDRESSES, 2000, None, 0.3, SERVERS
     ),
 }
 
@@ -299,6 +301,8 @@ def start_server(kind: str, setup: Setup) -> Server:
             POLICY_NAME,
             "--address",
             POLICY_ADDRESSES[0],
+            "--upstream",
+            f"127.0.0.1:{setup.upstream_port}",
         ]
     else:
         raise ValueError(kind)
@@ -546,7 +550,17 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def notes(setup: Setup, timing: Timing, versions: dict[str, str], skipped: list[str]) -> str:
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def notes(
+    setup: Setup,
+    timing: Timing,
+    versions: dict[str, str],
+    skipped: list[str],
+    load: tuple[float, float],
+) -> str:
     pin = (
         f"servers pinned to core {setup.server_core}, dnsperf and the upstream dnsmasq share "
         f"core {setup.client_core}"
@@ -568,12 +582,16 @@ def notes(setup: Setup, timing: Timing, versions: dict[str, str], skipped: list[
         "p99 at 2000 QPS: from the same paced run (-Q 2000 -v).",
         "uncached forward: every query a distinct name (dnsperf -n 1, no repeats); both "
         "forwarders ask the same upstream dnsmasq.",
-        "py-ceiling is a reference, not dnsmesh: Python+uvloop reading only the question "
-        "and joining a prebuilt answer (bench/refserver.py).",
+        "py-ceiling is a reference, not dnsmesh (bench/refserver.py): Python+uvloop reading "
+        "only the question, a prebuilt answer for the policy name, a dict cache, and "
+        "callback forwarding over a fixed pool of 32 upstream sockets; it skips most of what "
+        "a resolver must do, so it bounds what Python can reach here.",
         "peak RSS: VmHWM of the server process at the end of its scenario. CPU: the "
         "server's user+system time over the main run (100 % = its one core), per query "
         "completed.",
-        "The machine is shared: compare rows of one run, not across runs.",
+        f"1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end, on "
+        f"{os.cpu_count()} cores: above ~1 others were competing for the cores and QPS moves "
+        "with them (CPU us/query much less); compare rows of one run, not across runs.",
         "versions: " + "; ".join(f"{key} {value}" for key, value in versions.items()),
     ]
     items += [f"skipped: {why}" for why in skipped]
@@ -679,6 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         "dnsmesh": git_commit(),
     }
     rows: list[Row] = []
+    load_start = load_average()
     upstream: Server | None = None
     profiling = None
     if args.profile:
@@ -713,7 +732,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     judge(rows)
-    markdown = f"{table(rows)}\n\n{notes(setup, timing, versions, skipped)}\n"
+    load = (load_start, load_average())
+    markdown = f"{table(rows)}\n\n{notes(setup, timing, versions, skipped, load)}\n"
     print(markdown)
     if not args.no_save and profiling is None:
         payload: dict[str, object] = {
@@ -723,6 +743,7 @@ def main(argv: list[str] | None = None) -> int:
             "p99_pass_s": timing.p99_seconds,
             "versions": versions,
             "skipped": skipped,
+            "load_average": load,
             "rows": [asdict(row) for row in rows],
         }
         print(f"bench: saved {save(args.results_dir, markdown, payload)}", file=sys.stderr)
