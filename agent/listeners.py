@@ -139,7 +139,9 @@ class TcpConnection(asyncio.Protocol):
     """One client connection: length-framed queries, pipelined, answered as each is ready.
 
     RFC 7766 §6.2.1.1: answers may go out of order, so a slow forward never holds back a
-    quick answer behind it. Reading pauses while ``max_pipelined`` queries are in flight.
+    quick answer behind it. Reading (and handling what is already buffered) pauses while
+    ``max_pipelined`` queries are in flight or the client does not read its answers
+    (write buffer full), so one client cannot make us hold unbounded work.
     """
 
     def __init__(
@@ -157,7 +159,8 @@ class TcpConnection(asyncio.Protocol):
         self.client = ""
         self.buffer = bytearray()
         self.pending = 0
-        self.paused = False
+        self.paused = False  # reading paused by us
+        self.write_blocked = False  # the transport's write buffer is above its high mark
         self.closing = False
         self._idle: asyncio.TimerHandle | None = None
 
@@ -175,15 +178,44 @@ class TcpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         self.connections.touch(self)
+        self._process()
+        self._arm_idle()
+
+    def _blocked(self) -> bool:
+        return self.pending >= self.max_pipelined or self.write_blocked
+
+    def _process(self) -> None:
+        """Handle every whole message buffered, until blocked; a partial one waits for more."""
         buffer = self.buffer
-        while len(buffer) >= 2 and not self.closing:
+        while len(buffer) >= 2 and not self.closing and not self._blocked():
             (size,) = _LENGTH.unpack_from(buffer)
             if len(buffer) < 2 + size:
-                break  # a partial message: wait for the rest
+                break
             message = bytes(buffer[2 : 2 + size])
             del buffer[: 2 + size]
             self._handle(message)
-        self._arm_idle()
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        if self._blocked():
+            if not self.paused:
+                self.paused = True
+                transport.pause_reading()
+        elif self.paused:
+            self.paused = False
+            transport.resume_reading()
+            self._process()  # what arrived before we paused
+
+    def pause_writing(self) -> None:
+        self.write_blocked = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self.write_blocked = False
+        self._update_reading()
 
     def _handle(self, message: bytes) -> None:
         service = self.service
@@ -202,9 +234,6 @@ class TcpConnection(asyncio.Protocol):
         if service.full():
             return
         self.pending += 1
-        if self.pending >= self.max_pipelined and self.transport is not None:
-            self.transport.pause_reading()
-            self.paused = True
         service.spawn(self._forward(query))
 
     async def _forward(self, query: Query) -> None:
@@ -214,11 +243,9 @@ class TcpConnection(asyncio.Protocol):
             self._send(answer.wire)
         finally:
             self.pending -= 1
-            if self.paused and self.transport is not None and not self.closing:
-                self.paused = False
-                self.transport.resume_reading()
             if self.closing and self.pending == 0 and self.transport is not None:
                 self.transport.close()  # draining: the last answer is out
+            self._update_reading()
             self._arm_idle()
 
     def _send(self, wire: bytes) -> None:

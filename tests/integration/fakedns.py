@@ -13,6 +13,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -80,6 +81,7 @@ class Received:
     qtype: str  # "A", "AAAA", ...
     source: tuple[str, int]
     id: int
+    at: float  # time.monotonic() when it arrived
 
 
 class FakeUpstream:
@@ -178,7 +180,9 @@ class FakeUpstream:
         name = question.name.to_text().lower().rstrip(".")
         qtype = dns.rdatatype.to_text(question.rdtype)
         with self._lock:
-            self.received.append(Received(transport, name, qtype, source, query.id))
+            self.received.append(
+                Received(transport, name, qtype, source, query.id, time.monotonic())
+            )
         rule = self.rules.get((name, qtype)) or self.rules.get((name, "*")) or self.default
         if rule.silent:
             return

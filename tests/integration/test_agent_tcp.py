@@ -120,3 +120,20 @@ def test_a_client_disconnecting_mid_query_does_not_hurt(
     # The forward completes after the client left; its answer has nowhere to go.
     wait_for(lambda: agent.server.counts()["upstream"] == 1, what="the forward")
     assert agent.query("gone.example.test", tcp=True).answer
+
+
+def test_pipelined_forwards_per_connection_are_bounded(
+    start_agent: StartAgent, upstream: FakeUpstream
+) -> None:
+    for i in range(4):
+        upstream.answer(f"s{i}.example.test", "A", f"192.0.2.{i + 1}", delay=0.3)
+    agent = start_agent(upstreams=[upstream], tcp_max_pipelined=2, attempt_timeout=1.0)
+    queries = [dns.message.make_query(f"s{i}.example.test", "A") for i in range(4)]
+    with connect(agent) as sock:
+        sock.sendall(b"".join(frame(q) for q in queries))
+        ids = {read_message(sock).id for _ in queries}
+    assert ids == {q.id for q in queries}  # all answered in the end
+    arrivals = sorted(r.at for r in upstream.received)
+    # Two at once; the third only after an answer freed a slot (0.3 s later).
+    assert arrivals[1] - arrivals[0] < 0.15
+    assert arrivals[2] - arrivals[0] > 0.25
