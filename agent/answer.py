@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import StrEnum
+from typing import Final, NamedTuple
 
 
-class Source(StrEnum):
-    """Where an answer came from; logs and metrics read this, never the handlers' insides."""
+class Source:
+    """Where an answer came from; logs and metrics read this, never the handlers' insides.
 
-    LOCAL = "local"  # special-use names answered here (RFC 6761/6762)
-    POLICY = "policy"  # the policy snapshot
-    CACHE = "cache"  # a fresh cached upstream answer
-    STALE = "stale"  # an expired cached answer while upstreams fail (RFC 8767)
-    UPSTREAM = "upstream"  # forwarded and answered just now
-    ERROR = "error"  # SERVFAIL/REFUSED/FORMERR/NOTIMP made here
+    Plain string constants rather than an Enum: an Enum member's ``__hash__`` is a Python
+    call, and the listeners count every answer by source in a dict.
+    """
+
+    LOCAL: Final = "local"  # special-use names answered here (RFC 6761/6762)
+    POLICY: Final = "policy"  # the policy snapshot
+    CACHE: Final = "cache"  # a fresh cached upstream answer
+    STALE: Final = "stale"  # an expired cached answer while upstreams fail (RFC 8767)
+    UPSTREAM: Final = "upstream"  # forwarded and answered just now
+    ERROR: Final = "error"  # SERVFAIL/REFUSED made here
+    ALL: Final = (LOCAL, POLICY, CACHE, STALE, UPSTREAM, ERROR)
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
+    """A NamedTuple, not a frozen dataclass: one is built per query, and a frozen dataclass's
+    ``__init__`` costs several times as much."""
+
     wire: bytes
-    source: Source
+    source: str  # one of Source's constants
     reason: str = ""  # a word for logs when the source alone does not say it ("loop", ...)

@@ -28,7 +28,7 @@ class QueryService:
     def __init__(self, pipeline: Pipeline, max_inflight: int = 4096) -> None:
         self.pipeline = pipeline
         self.max_inflight = max_inflight
-        self.counts: dict[str, int] = dict.fromkeys([*Source, "malformed", "dropped"], 0)
+        self.counts: dict[str, int] = dict.fromkeys([*Source.ALL, "malformed", "dropped"], 0)
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepting = True
 
@@ -87,8 +87,10 @@ class UdpListener(asyncio.DatagramProtocol):
         answer = service.pipeline.answer_now(query, addr[0])
         if answer is not None:
             service.counts[answer.source] += 1
-            assert self.transport is not None
-            self.transport.sendto(fit_udp(answer.wire, query.udp_limit), addr)
+            wire = answer.wire
+            if len(wire) > 512:  # every client takes 512 (RFC 1035 §4.2.1): skip the rest
+                wire = fit_udp(wire, query.udp_limit)
+            self.transport.sendto(wire, addr)  # type: ignore[union-attr]  # set before data
             return
         if not service.full():
             service.spawn(self._forward(query, addr))

@@ -16,7 +16,7 @@ def ask(name: str, qtype: str = "A") -> dns.message.Message | None:
     answer = LocalNames().answer(query, "127.0.0.1")
     if answer is None:
         return None
-    assert answer.source is Source.LOCAL
+    assert answer.source == Source.LOCAL
     return dns.message.from_wire(answer.wire)
 
 
