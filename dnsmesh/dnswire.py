@@ -122,6 +122,9 @@ def _header_only(packet: bytes, rcode: int) -> bytes:
 # stored; the table is cleared when full, so a flood of distinct names costs a re-parse each.
 _TAILS: dict[bytes, tuple[bytes, bytes, int, int, int | None, bool]] = {}
 TAIL_MEMO_LIMIT = 4096
+# Only ordinary-sized queries are kept (a question is at most 259 octets, an OPT with a
+# cookie ~30): big padded or TCP queries would let a client pin megabytes in the memo.
+TAIL_MEMO_MAX_OCTETS = 512
 
 
 def parse_query(packet: bytes) -> Query:
@@ -142,9 +145,10 @@ def parse_query(packet: bytes) -> Query:
     parsed = _TAILS.get(tail)
     if parsed is None:
         parsed = _parse_tail(packet, arcount)
-        if len(_TAILS) >= TAIL_MEMO_LIMIT:
-            _TAILS.clear()
-        _TAILS[tail] = parsed
+        if len(tail) <= TAIL_MEMO_MAX_OCTETS:
+            if len(_TAILS) >= TAIL_MEMO_LIMIT:
+                _TAILS.clear()
+            _TAILS[tail] = parsed
     # concatenation, not (msg_id, flags, *parsed): measured ~50 ns cheaper per query
     return _new_query(Query, (msg_id, flags) + parsed)  # noqa: RUF005
 

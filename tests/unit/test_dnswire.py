@@ -382,3 +382,17 @@ def test_fit_udp_truncates_to_header_question_and_opt(edns: bool) -> None:
     assert str(message.question[0].name) == "many.test."
     assert message.edns == (0 if edns else -1)
     assert header(cut)[1] & FLAG_TC
+
+
+def test_tail_memo_is_bounded_in_entries_and_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dnswire, "TAIL_MEMO_LIMIT", 8)
+    for i in range(50):
+        parse_query(make_query(f"n{i}.example"))
+        assert len(dnswire._TAILS) <= 8
+    dnswire._TAILS.clear()
+    padding = dns.edns.GenericOption(dns.edns.OptionType.PADDING, b"\x00" * 1000)
+    big = make_query("padded.example", options=[padding])
+    assert parse_query(big).edns_payload == 1232
+    assert not dnswire._TAILS  # too big to keep
+    parse_query(make_query("small.example"))
+    assert len(dnswire._TAILS) == 1
