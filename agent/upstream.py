@@ -114,7 +114,12 @@ class UpstreamClient:
         self.set_upstreams(upstreams)
 
     def set_upstreams(self, upstreams: Sequence[HostPort]) -> None:
-        """Replace the list; an upstream that stays keeps its health record."""
+        """Replace the list; an upstream that stays keeps its health record.
+
+        A loop mark is not kept: the loop check that follows a change decides afresh. (A
+        loop meanwhile does not multiply queries: the looped query comes back as the same
+        question and joins the in-flight one, so it ends at the timeout.)
+        """
         old = {s.address: s for s in self.servers}
         servers = []
         for index, address in enumerate(dict.fromkeys(upstreams)):
@@ -122,14 +127,17 @@ class UpstreamClient:
             server = Upstream(address, index)
             if previous is not None:
                 server.failures, server.down_until = previous.failures, previous.down_until
-                server.disabled = previous.disabled
             servers.append(server)
         self.servers = servers
 
-    def disable(self, address: HostPort, reason: str) -> None:
+    def disable(self, address: HostPort, reason: str) -> bool:
+        """Never use ``address`` again (until the list changes); False if it already was."""
+        changed = False
         for server in self.servers:
-            if server.address == address:
+            if server.address == address and server.disabled is None:
                 server.disabled = reason
+                changed = True
+        return changed
 
     def usable(self) -> list[Upstream]:
         """Upstreams to try, healthy ones first in configured order, then the soonest back."""
