@@ -98,3 +98,18 @@ def test_upstream_change_probes_afresh(start_agent: StartAgent, upstream: FakeUp
     wait_for(lambda: upstream.count(qtype="HINFO") == 3, 3, "third probe")
     assert agent.query("fixed.example.test").answer[0][0].to_text() == "192.0.2.77"
     assert servers.servers[0].disabled is None
+
+
+def test_an_undetected_loop_does_not_multiply_queries(start_agent: StartAgent) -> None:
+    a = start_agent(upstreams=[], query_timeout=0.6, attempt_timeout=0.6)
+    b = start_agent(upstreams=[f"{a.host}:{a.port}"], query_timeout=0.6, attempt_timeout=0.6)
+    a.call(lambda: a.server.set_upstreams([hostport(b)]))  # loop checks are off here
+    began = time.monotonic()
+    assert a.query("round.example.test").rcode() == dns.rcode.SERVFAIL
+    assert time.monotonic() - began < 1.5
+    # The query went round once and then joined itself at A (coalescing) until A's timeout.
+    # A answered twice (the client, and its own query coming back), B once.
+    wait_for(lambda: sum(b.server.counts().values()) >= 1, 2, "B's answer")
+    wait_for(lambda: sum(a.server.counts().values()) >= 2, 2, "A's answers")
+    assert sum(a.server.counts().values()) == 2
+    assert sum(b.server.counts().values()) == 1
