@@ -231,3 +231,11 @@ def test_sticky_removal_property(weights: list[int], removed: int, count: int) -
         assert all(weights[names.index(n)] > 0 for n in old)
         # the survivors keep their relative order; only the removed one leaves
         assert [n for n in old if n != names[removed]] == new[: len(old) - (names[removed] in old)]
+
+
+def test_sticky_hash_is_pinned_across_processes_and_releases() -> None:
+    # blake2b, not hash(): the same client keeps its endpoint after an agent restart or
+    # upgrade. A change here moves every sticky client at once; do it only on purpose.
+    endpoints = [(sticky_key(f"10.0.0.{i}"), 1) for i in range(1, 6)]
+    picks = [pick_sticky(f"192.0.2.{c}", endpoints, 2) for c in range(1, 9)]
+    assert picks == [[2, 1], [0, 1], [1, 4], [3, 1], [2, 3], [3, 2], [1, 0], [4, 3]]
