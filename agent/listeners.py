@@ -142,6 +142,7 @@ class TcpConnections:
             if idle is None:
                 return False
             idle.close("connection limit")
+            self.remove(idle)  # now, not at connection_lost: the slot is the newcomer's
         self.open[conn] = None
         return True
 
