@@ -212,7 +212,7 @@ def build_forwarded_response(
     AA is clear (we are not the authority); AD is passed on only to a client that asked
     with DO or AD (RFC 6840 §5.7).
     """
-    msg_id, query_flags, _qname, question, _qtype, _qclass, payload, dnssec_ok = query
+    msg_id, query_flags, _qname, question, _qtype, _qclass, payload, dnssec_ok, _limit = query
     rcode = answer.rcode
     flags = FLAG_QR | FLAG_RA | (query_flags & (FLAG_RD | FLAG_CD)) | (rcode & 0xF)
     if answer.flags & FLAG_AD and (dnssec_ok or query_flags & FLAG_AD):
