@@ -42,6 +42,7 @@ from _profile import find_py_spy, start_recording, summarize
 from _servers import (
     Server,
     ServerFailed,
+    core_ticks,
     free_port,
     start,
     wait_answering,
@@ -112,6 +113,7 @@ class Row:
     ok_pct: float | None = None  # NOERROR responses / queries sent
     cpu_pct: float | None = None  # the server's CPU use during the main run (100 = one core)
     cpu_us_per_query: float | None = None  # server CPU time / queries completed
+    core_busy_pct: float | None = None  # the server's core, busy with anything (incl. softirq)
     qps_spread_pct: float | None = None  # half the max-min range of the rounds, of the median
     cpu_ratio: float | None = None  # our CPU per query / dnsmasq's
     ratio: float | None = None  # ours / dnsmasq QPS, same scenario, same run
@@ -383,6 +385,8 @@ def measure_scenario(
     servers: dict[str, Server] = {}
     runs: dict[str, list[PerfResult]] = {kind: [] for kind in kinds}
     cpu: dict[str, float] = dict.fromkeys(kinds, 0.0)
+    # The server core's busy and softirq jiffies during the runs, and all its jiffies.
+    core: dict[str, list[int]] = {kind: [0, 0, 0] for kind in kinds}
     inputs = _Inputs(scenario, setup.workdir)
     verbose = setup.workdir / f"{scenario.key}-v.out"
 
@@ -434,6 +438,7 @@ def measure_scenario(
                         setup.client_core,
                     )
                 before = servers[kind].cpu_seconds() or 0.0
+                core_before = core_ticks(setup.server_core)
                 try:
                     # Paced runs are cheap to log per response, so p99 comes from them.
                     result = drive(kind, timing.seconds, with_v=scenario.max_qps is not None)
@@ -441,6 +446,9 @@ def measure_scenario(
                     fail(kind, exc)
                     continue
                 cpu[kind] += (servers[kind].cpu_seconds() or 0.0) - before
+                core_after = core_ticks(setup.server_core)
+                for index in range(3):
+                    core[kind][index] += core_after[index] - core_before[index]
                 runs[kind].append(result)
                 if recorder is not None:
                     rows[kind].detail["profile"] = _finish_profile(
@@ -462,6 +470,10 @@ def measure_scenario(
             if kind in servers:
                 rows[kind].peak_rss_kib = servers[kind].peak_rss_kib()
             _fill(rows[kind], runs[kind], cpu[kind], paced=scenario.max_qps is not None)
+            busy, softirq, total = core[kind]
+            if total:
+                rows[kind].core_busy_pct = 100.0 * busy / total
+                rows[kind].detail["server_core_softirq_pct"] = 100.0 * softirq / total
     finally:
         for server in servers.values():
             server.stop()
@@ -536,7 +548,8 @@ def _num(value: float | None, fmt: str) -> str:
 def table(rows: list[Row]) -> str:
     head = (
         "| scenario | server | QPS | mean ms | p99 ms | peak RSS MiB | NOERROR % "
-        "| CPU % | CPU us/query | QPS ours/dnsmasq | CPU/query ours/dnsmasq | target | met |"
+        "| CPU % server/core | CPU us/query | QPS ours/dnsmasq | CPU/query ours/dnsmasq "
+        "| target | met |"
     )
     lines = [head, "|" + "---|" * 13]
     for row in rows:
@@ -550,7 +563,7 @@ def table(rows: list[Row]) -> str:
             _num(row.p99_ms, ".3f"),
             _num(rss, ".1f"),
             _num(row.ok_pct, ".1f"),
-            _num(row.cpu_pct, ".0f"),
+            f"{_num(row.cpu_pct, '.0f')}/{_num(row.core_busy_pct, '.0f')}",
             _num(row.cpu_us_per_query, ".1f"),
             "-" if row.ratio is None else f"{row.ratio:.2f}x",
             "-" if row.cpu_ratio is None else f"{row.cpu_ratio:.2f}x",
@@ -599,9 +612,12 @@ def notes(
         "a resolver must do, so it bounds what Python can reach here. The fresh-ports "
         "variant (uncached only) opens a new upstream socket per query as the agent does "
         "(RFC 5452 §9.2), with add_reader instead of a transport.",
-        "peak RSS: VmHWM of the server process at the end of its scenario. CPU: the "
-        "server's user+system time over the main run (100 % = its one core), per query "
-        "completed.",
+        "peak RSS: VmHWM of the server process at the end of its scenario. CPU % server: "
+        "its user+system time over its runs (100 = its one core); core: how busy that core "
+        "was with anything (others' work, softirq) meanwhile. Server well under 100 with "
+        "core near 100 means it was starved, and its QPS understates it; softirq (kernel "
+        "packet and socket work) is not charged to the server. CPU us/query: the server's "
+        "time per query completed.",
         f"1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end, on "
         f"{os.cpu_count()} cores: above ~1 others were competing for the cores and QPS moves "
         "with them (CPU us/query much less); compare rows of one run, not across runs.",
