@@ -578,12 +578,26 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+def starved(rows: list[Row]) -> list[str]:
+    """Throughput rows whose server got well under its core while the core was full."""
+    return [
+        f"{SCENARIO_DEFS[row.scenario].title} / {SERVER_LABELS[row.server]}"
+        for row in rows
+        if SCENARIO_DEFS[row.scenario].max_qps is None
+        and row.cpu_pct is not None
+        and row.core_busy_pct is not None
+        and row.core_busy_pct >= 95
+        and row.cpu_pct < 75
+    ]
+
+
 def notes(
     setup: Setup,
     timing: Timing,
     versions: dict[str, str],
     skipped: list[str],
     load: tuple[float, float],
+    rows: list[Row],
 ) -> str:
     pin = (
         f"servers pinned to core {setup.server_core}, dnsperf and the upstream dnsmasq share "
@@ -624,6 +638,13 @@ def notes(
         "versions: " + "; ".join(f"{key} {value}" for key, value in versions.items()),
     ]
     items += [f"skipped: {why}" for why in skipped]
+    hungry = starved(rows)
+    if hungry:
+        items.append(
+            "WARNING: other work held the server core (server CPU < 75 % while the core was "
+            f"busy >= 95 %) for: {'; '.join(hungry)}. Their QPS, and the ratios and targets "
+            "built on it, say more about the neighbours than the server; read CPU us/query."
+        )
     return "\n".join(f"- {item}" for item in items)
 
 
@@ -764,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     judge(rows)
     load = (load_start, load_average())
-    markdown = f"{table(rows)}\n\n{notes(setup, timing, versions, skipped, load)}\n"
+    markdown = f"{table(rows)}\n\n{notes(setup, timing, versions, skipped, load, rows)}\n"
     print(markdown)
     if not args.no_save and profiling is None:
         payload: dict[str, object] = {
