@@ -101,7 +101,7 @@ class UpstreamClient:
         attempt_timeout: float = 1.0,
         query_timeout: float = 2.0,
         down_base: float = 1.0,
-        down_max: float = 60.0,
+        down_max: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.attempt_timeout = attempt_timeout
@@ -206,6 +206,8 @@ class UpstreamClient:
                     fallback = answer
                     continue
                 return answer
+            if fallback is not None:
+                break  # someone answered, if unhelpfully: a second round would only repeat it
         if fallback is not None:
             return fallback  # every upstream said SERVFAIL/REFUSED: pass the last one on
         raise UpstreamTimeout(f"no upstream answered: {last_error}")

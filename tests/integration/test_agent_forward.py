@@ -308,3 +308,14 @@ def test_each_upstream_query_has_a_fresh_id_and_source_port(
     assert len(seen) == 30
     assert len({r.source[1] for r in seen}) >= 29  # RFC 5452 §4: new port per query
     assert len({r.id for r in seen}) >= 28  # random 16-bit IDs: a repeat is rare
+
+
+def test_an_upstream_servfail_is_passed_on_after_one_ask(
+    start_agent: StartAgent, upstream: FakeUpstream
+) -> None:
+    upstream.on("sf1.example.test", "A", rcode=dns.rcode.SERVFAIL)
+    agent = start_agent(upstreams=[upstream])
+    assert agent.query("sf1.example.test").rcode() == dns.rcode.SERVFAIL
+    assert upstream.count("sf1.example.test") == 1  # no second round for an answer
+    assert agent.query("sf1.example.test").rcode() == dns.rcode.SERVFAIL
+    assert upstream.count("sf1.example.test") == 2  # and SERVFAIL is not cached
