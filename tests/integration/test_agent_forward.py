@@ -38,8 +38,11 @@ def test_forwards_unknown_names(start_agent: StartAgent, upstream: FakeUpstream)
     assert not r.flags & dns.flags.AA
     assert r.flags & dns.flags.RA
     assert upstream.count("www.example.test") == 1
-    # The agent asked with its own fresh ID and EDNS; the client got its own ID back.
+    assert r.edns == 0
     assert agent.server.counts()["upstream"] == 1
+    # From the cache, to a client without EDNS: no OPT in the answer (RFC 6891 §7).
+    plain = agent.query("www.example.test", edns=False)
+    assert plain.edns == -1 and addresses(plain) == ["192.0.2.10"]
 
 
 def test_cache_counts_ttl_down(start_agent: StartAgent, upstream: FakeUpstream) -> None:
