@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import struct
 
 import dns.edns
@@ -328,3 +329,28 @@ def test_question_type_compares_exactly_not_case_folded() -> None:
         parse_upstream_response(packet, MSG_ID, question)
     good = struct.pack("!HHHHHH", MSG_ID, 0x8180, 1, 0, 0, 0) + QNAME.upper() + b"\x00\x41\x00\x01"
     assert parse_upstream_response(good, MSG_ID, question).rcode == RCODE_NOERROR
+
+
+def test_memoised_responses_match_fresh_ones_for_every_query_shape() -> None:
+    wire = upstream_response(("answer", "www.example.com.", 300, "A", ["192.0.2.1"]), ad=True)
+    shared = parse_upstream_response(wire, MSG_ID, QUESTION)
+    shapes = []
+    for edns in (False, True):
+        for dnssec in (False, True) if edns else (False,):
+            for flag_bits in (0x0000, 0x0100, 0x0010, 0x0020, 0x0130):
+                message = dns.message.make_query(
+                    "wWw.example.com", "A", use_edns=0 if edns else False, want_dnssec=dnssec
+                )
+                message.flags = flag_bits
+                shapes.append(parse_query(message.to_wire()))
+    order = [(shape, age) for age in (0, 3, 0, 3, 301) for shape in shapes]
+    random.Random(5).shuffle(order)
+    for shape, age in order:
+        fresh = parse_upstream_response(wire, MSG_ID, QUESTION)
+        assert build_forwarded_response(shape, shared, age) == build_forwarded_response(
+            shape, fresh, age
+        )
+        flags = dns.message.from_wire(build_forwarded_response(shape, shared, age)).flags
+        assert bool(flags & dns.flags.RD) == bool(shape.flags & 0x0100)
+        assert bool(flags & dns.flags.CD) == bool(shape.flags & 0x0010)
+        assert bool(flags & dns.flags.AD) == bool(shape.dnssec_ok or shape.flags & 0x0020)
