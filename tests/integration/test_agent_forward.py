@@ -322,3 +322,14 @@ def test_an_upstream_servfail_is_passed_on_after_one_ask(
     assert upstream.count("sf1.example.test") == 1  # no second round for an answer
     assert agent.query("sf1.example.test").rcode() == dns.rcode.SERVFAIL
     assert upstream.count("sf1.example.test") == 2  # and SERVFAIL is not cached
+
+
+def test_an_ipv6_upstream(start_agent: StartAgent, make_upstream: MakeUpstream) -> None:
+    v6 = make_upstream("::1")
+    v6.answer("six.example.test", "A", "192.0.2.6")
+    records = [f"2001:db8::{i:x}" for i in range(1, 80)]
+    v6.answer("six.example.test", "AAAA", *records, truncate_udp=True)
+    agent = start_agent(upstreams=[v6])
+    assert addresses(agent.query("six.example.test")) == ["192.0.2.6"]
+    assert len(addresses(agent.query("six.example.test", "AAAA", tcp=True))) == 79
+    assert v6.count("six.example.test", "AAAA", transport="tcp") == 1
