@@ -27,6 +27,7 @@ from dnsmesh.dnswire import (
     RCODE_NXDOMAIN,
     RCODE_SERVFAIL,
     TYPE_A,
+    fit_udp,
     name_to_wire,
     parse_query,
 )
@@ -354,3 +355,27 @@ def test_memoised_responses_match_fresh_ones_for_every_query_shape() -> None:
         assert bool(flags & dns.flags.RD) == bool(shape.flags & 0x0100)
         assert bool(flags & dns.flags.CD) == bool(shape.flags & 0x0010)
         assert bool(flags & dns.flags.AD) == bool(shape.dnssec_ok or shape.flags & 0x0020)
+
+
+def test_large_forwarded_answer_is_truncated_for_a_plain_udp_client() -> None:
+    addresses = [f"192.0.2.{i}" for i in range(1, 60)]
+    wire = upstream_response(
+        ("answer", "www.example.com.", 300, "CNAME", ["web.example.com."]),
+        ("answer", "web.example.com.", 60, "A", addresses),
+        ("authority", "example.com.", 60, "NS", ["ns1.example.com.", "ns2.example.com."]),
+        ("additional", "ns1.example.com.", 60, "A", ["192.0.2.250"]),
+    )
+    answer = parse_upstream_response(wire, MSG_ID, QUESTION)
+    for edns in (False, True):
+        query = client_query(edns=edns)
+        full = build_forwarded_response(query, answer, 0)
+        assert len(dns.message.from_wire(full).answer[1]) == 59
+        cut = fit_udp(full, query.udp_limit)
+        if len(full) <= query.udp_limit:
+            assert cut == full
+            continue
+        message = dns.message.from_wire(cut)
+        assert message.flags & dns.flags.TC
+        assert not message.answer and not message.authority
+        assert message.edns == (0 if edns else -1)
+        assert message.id == 777
