@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable, Coroutine
@@ -39,6 +40,10 @@ def run(main: Coroutine[Any, Any, int]) -> int:
 async def serve(config: AgentConfig) -> int:
     server = AgentServer(config)
     await server.start()
+    # Everything built so far (modules, the policy snapshot) lives as long as the process;
+    # freezing it keeps a full collection from scanning it: measured 6.3 ms -> ~0 ms per
+    # gen-2 collection with the example policies, a pause every query in flight would feel.
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     received: list[str] = []
