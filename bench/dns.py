@@ -628,7 +628,8 @@ def notes(
         "uncached forward: every query a distinct name (dnsperf -n 1, no repeats); both "
         "forwarders ask the same upstream dnsmasq.",
         "py-ceiling is a reference, not dnsmesh (bench/refserver.py): Python+uvloop reading "
-        "only the question, a prebuilt answer for the policy name, a dict cache, and "
+        "its socket itself (add_reader, recvfrom/sendto, up to 64 per wakeup) and only the "
+        "question, a prebuilt answer for the policy name, a dict cache, and "
         "callback forwarding over a fixed pool of 32 upstream sockets; it skips most of what "
         "a resolver must do, so it bounds what Python can reach here. The fresh-ports "
         "variant (uncached only) opens a new upstream socket per query as the agent does "
