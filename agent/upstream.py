@@ -1,0 +1,321 @@
+"""Forwarding to upstream resolvers: UDP then TCP, spoofing-resistant, failover, coalescing.
+
+RFC 5452 asks three things of a forwarder, and each exchange here does them: a fresh random
+ID (``secrets``), a fresh source port (a new UDP socket per query; Linux picks its
+ephemeral port at random), and acceptance only of a reply from the address/port we asked
+(the socket is connected, so the kernel filters) whose ID and question match
+(``parse_upstream_response``). Everything else is discarded and we keep listening.
+
+A socket per query rather than a pool, measured (uvloop, loopback echo upstream): a
+datagram transport per query (socket+connect+endpoint+close) cost ~16 us of a ~35-43 us
+exchange; a bare reader callback instead of the transport saves ~12 us of that, leaving
+socket+connect+close at ~6 us. A pool would save only those ~6 us, on cache misses only,
+and reusing ports is exactly what RFC 5452 asks us not to do, so the fresh socket stays.
+
+Upstreams that fail are avoided for a backoff that doubles per consecutive failure, yet
+never dropped: they stay at the end of the order (tried when the others fail too) and move
+back to the front once their backoff has run out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from agent.config import HostPort
+from dnsmesh import dnswire
+from dnsmesh.dnsforward import (
+    BadUpstreamResponse,
+    UpstreamAnswer,
+    build_question,
+    build_upstream_query,
+    parse_upstream_response,
+)
+from dnsmesh.errors import UpstreamError, UpstreamTimeout
+from dnsmesh.logs import fields
+
+log = logging.getLogger(__name__)
+
+Key = tuple[bytes, int, int]
+_LENGTH = struct.Struct("!H")
+# Rounds over the upstream list per query: a second round gives a lone upstream one retry
+# (a lost datagram) without spinning when every upstream refuses at once.
+_ROUNDS = 2
+# rcodes that say "this server could not help", not "the name is so": try the next one.
+_TRY_NEXT = frozenset({dnswire.RCODE_SERVFAIL, dnswire.RCODE_REFUSED})
+
+
+@dataclass(slots=True)
+class Upstream:
+    """One upstream and what we learned about it."""
+
+    address: HostPort
+    index: int  # configured position: the preference among healthy upstreams
+    failures: int = 0  # consecutive
+    down_until: float = 0.0  # clock time before which it is tried only as a last resort
+    disabled: str | None = None  # never used again (a forwarding loop through it)
+
+
+def _expire(done: asyncio.Future[UpstreamAnswer]) -> None:
+    if not done.done():
+        done.set_exception(TimeoutError())
+
+
+def _on_readable(
+    sock: socket.socket, msg_id: int, question: bytes, done: asyncio.Future[UpstreamAnswer]
+) -> None:
+    """Reader callback of an upstream socket: take the one datagram that answers our query.
+
+    A bare reader callback rather than a datagram transport: measured ~12 us cheaper per
+    exchange, which is most of the agent's own cost of a cache miss.
+    """
+    while not done.done():
+        try:
+            data = sock.recv(65535)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            # ICMP port unreachable on a connected socket: the upstream is not there; fail
+            # now rather than at the timeout.
+            done.set_exception(exc)
+            return
+        try:
+            answer = parse_upstream_response(data, msg_id, question)
+        except BadUpstreamResponse as exc:
+            # RFC 5452 §9.1: a mismatch may be a spoofing attempt; ignore it and keep waiting.
+            log.debug("upstream.reply_rejected", extra=fields(reason=str(exc)))
+            continue
+        done.set_result(answer)
+
+
+class UpstreamClient:
+    """Asks the configured upstreams, in order of health, within a bounded time."""
+
+    def __init__(
+        self,
+        upstreams: Sequence[HostPort] = (),
+        *,
+        attempt_timeout: float = 1.0,
+        query_timeout: float = 2.0,
+        down_base: float = 1.0,
+        down_max: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.attempt_timeout = attempt_timeout
+        self.query_timeout = query_timeout
+        self.down_base = down_base
+        self.down_max = down_max
+        self.clock = clock
+        self.servers: list[Upstream] = []
+        self._inflight: dict[Key, asyncio.Future[UpstreamAnswer]] = {}
+        self.set_upstreams(upstreams)
+
+    def set_upstreams(self, upstreams: Sequence[HostPort]) -> None:
+        """Replace the list; an upstream that stays keeps its health record.
+
+        A loop mark is not kept: the loop check that follows a change decides afresh. (A
+        loop meanwhile does not multiply queries: the looped query comes back as the same
+        question and joins the in-flight one, so it ends at the timeout.)
+        """
+        old = {s.address: s for s in self.servers}
+        servers = []
+        for index, address in enumerate(dict.fromkeys(upstreams)):
+            previous = old.get(address)
+            server = Upstream(address, index)
+            if previous is not None:
+                server.failures, server.down_until = previous.failures, previous.down_until
+            servers.append(server)
+        self.servers = servers
+
+    def disable(self, address: HostPort, reason: str) -> bool:
+        """Never use ``address`` again (until the list changes); False if it already was."""
+        changed = False
+        for server in self.servers:
+            if server.address == address and server.disabled is None:
+                server.disabled = reason
+                changed = True
+        return changed
+
+    def usable(self) -> list[Upstream]:
+        """Upstreams to try, healthy ones first in configured order, then the soonest back."""
+        now = self.clock()
+        live = [s for s in self.servers if s.disabled is None]
+        live.sort(
+            key=lambda s: (s.down_until > now, s.down_until if s.down_until > now else 0, s.index)
+        )
+        return live
+
+    def all_down(self) -> bool:
+        now = self.clock()
+        return all(s.disabled is not None or s.down_until > now for s in self.servers)
+
+    async def resolve(self, qname: bytes, qtype: int, qclass: int) -> UpstreamAnswer:
+        """The upstream answer for a question; concurrent identical questions share one query.
+
+        The first asker runs the query in its own task and publishes the outcome on a
+        future; later askers wait on that future, shielded, so one of them giving up does
+        not cancel it for the rest. (No task of its own per query: a cache miss is the
+        agent's most expensive path and a task plus a shield cost ~8 us.)
+        """
+        key = (qname, qtype, qclass)
+        shared = self._inflight.get(key)
+        if shared is not None:
+            return await asyncio.shield(shared)
+        shared = asyncio.get_running_loop().create_future()
+        self._inflight[key] = shared
+        try:
+            answer = await self._resolve(qname, qtype, qclass)
+        except BaseException as exc:
+            failure = exc if isinstance(exc, UpstreamError) else UpstreamError("query abandoned")
+            shared.set_exception(failure)
+            shared.exception()  # retrieved: nobody may be waiting, and that is fine
+            raise
+        else:
+            shared.set_result(answer)
+            return answer
+        finally:
+            if self._inflight.get(key) is shared:
+                del self._inflight[key]
+
+    async def close(self) -> None:
+        """Nothing of ours runs on its own: queries live in their askers' tasks."""
+        self._inflight.clear()
+
+    async def _resolve(self, qname: bytes, qtype: int, qclass: int) -> UpstreamAnswer:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.query_timeout
+        fallback: UpstreamAnswer | None = None
+        last_error = "no upstream configured"
+        for _ in range(_ROUNDS):
+            order = self.usable()
+            if not order:
+                break
+            for server in order:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    answer = await self.exchange(
+                        server.address, qname, qtype, qclass, min(self.attempt_timeout, remaining)
+                    )
+                except UpstreamError as exc:
+                    last_error = str(exc)
+                    self._failed(server, last_error)
+                    continue
+                self._answered(server)
+                if answer.rcode in _TRY_NEXT:
+                    fallback = answer
+                    continue
+                return answer
+            if fallback is not None:
+                break  # someone answered, if unhelpfully: a second round would only repeat it
+        if fallback is not None:
+            return fallback  # every upstream said SERVFAIL/REFUSED: pass the last one on
+        raise UpstreamTimeout(f"no upstream answered: {last_error}")
+
+    def _failed(self, server: Upstream, reason: str) -> None:
+        server.failures += 1
+        backoff = min(self.down_max, self.down_base * 2 ** min(server.failures - 1, 30))
+        server.down_until = self.clock() + backoff
+        level = logging.WARNING if server.failures == 1 else logging.DEBUG
+        log.log(
+            level,
+            "upstream.down",
+            extra=fields(
+                upstream=str(server.address),
+                reason=reason,
+                failures=server.failures,
+                retry_in=round(backoff, 3),
+            ),
+        )
+
+    def _answered(self, server: Upstream) -> None:
+        if server.failures:
+            log.info(
+                "upstream.up", extra=fields(upstream=str(server.address), after=server.failures)
+            )
+            server.failures = 0
+            server.down_until = 0.0
+
+    async def exchange(
+        self, server: HostPort, qname: bytes, qtype: int, qclass: int, budget: float
+    ) -> UpstreamAnswer:
+        """One question to one server: UDP, and TCP when the UDP answer is truncated.
+
+        Raises UpstreamError (UpstreamTimeout when it did not answer in time).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        question = build_question(qname, qtype, qclass)
+        try:
+            answer = await self._udp(server, qname, qtype, qclass, question, deadline)
+            if answer.truncated:  # RFC 7766 §5: retry the same server over TCP
+                async with asyncio.timeout_at(deadline):
+                    answer = await self._tcp(server, qname, qtype, qclass, question)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"{server}: no answer in {budget:.2f}s") from exc
+        except OSError as exc:
+            raise UpstreamError(f"{server}: {exc.strerror or exc}") from exc
+        except (asyncio.IncompleteReadError, BadUpstreamResponse) as exc:
+            raise UpstreamError(f"{server}: bad TCP answer: {exc}") from exc
+        return answer
+
+    async def _udp(
+        self,
+        server: HostPort,
+        qname: bytes,
+        qtype: int,
+        qclass: int,
+        question: bytes,
+        deadline: float,
+    ) -> UpstreamAnswer:
+        loop = asyncio.get_running_loop()
+        msg_id = secrets.randbits(16)
+        family = socket.AF_INET6 if server.family_v6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        done: asyncio.Future[UpstreamAnswer] = loop.create_future()
+        # A plain timer rather than an asyncio.timeout context: cheaper, and all it has to
+        # do is fail the one future we wait on.
+        timer = loop.call_at(deadline, _expire, done)
+        fd = -1
+        try:
+            sock.setblocking(False)
+            # connect() binds a fresh random ephemeral port and makes the kernel drop
+            # datagrams from any other address or port.
+            sock.connect((server.host, server.port))
+            fd = sock.fileno()
+            loop.add_reader(fd, _on_readable, sock, msg_id, question, done)
+            sock.send(build_upstream_query(qname, qtype, qclass, msg_id))
+            return await done
+        finally:
+            timer.cancel()
+            if fd >= 0:
+                loop.remove_reader(fd)
+            sock.close()
+
+    async def _tcp(
+        self, server: HostPort, qname: bytes, qtype: int, qclass: int, question: bytes
+    ) -> UpstreamAnswer:
+        msg_id = secrets.randbits(16)
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        try:
+            packet = build_upstream_query(qname, qtype, qclass, msg_id)
+            writer.write(_LENGTH.pack(len(packet)) + packet)
+            while True:  # skip anything that is not our answer, as over UDP
+                (size,) = _LENGTH.unpack(await reader.readexactly(2))
+                data = await reader.readexactly(size)
+                try:
+                    return parse_upstream_response(data, msg_id, question)
+                except BadUpstreamResponse:
+                    continue
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
