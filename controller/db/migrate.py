@@ -15,8 +15,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 import migrations
-from controller.db.engine import build_engine, is_unavailable, redact
-from controller.errors import DatabaseUnavailable, SchemaNotCurrent
+from controller.db.engine import redact
+from controller.errors import SchemaNotCurrent
 
 # Alembic announces each of its plugins at INFO; only the migrations it runs are news.
 logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
@@ -53,16 +53,12 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(config, revision)
 
 
-def upgrade_url(url: str) -> None:
-    engine = build_engine(url)
-    try:
-        upgrade(engine)
-    except Exception as error:
-        if is_unavailable(error):
-            raise DatabaseUnavailable(f"cannot reach {redact(url)}: {error}") from error
-        raise
-    finally:
-        engine.dispose()
+def downgrade(engine: Engine, revision: str) -> None:
+    """Migrates the database back to ``revision`` ("base": no schema); for tests and repairs."""
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
 
 
 @dataclass(frozen=True, slots=True)
