@@ -221,6 +221,8 @@ class ControllerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
 
 
 def run_cli(
