@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import re
 import secrets
 import socket
@@ -190,27 +191,30 @@ class ControllerProcess:
             stderr=subprocess.PIPE,
             text=True,
         )
+        lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._drain, args=(lines,), daemon=True).start()
         deadline = time.monotonic() + 30
-        assert self.process.stderr is not None
-        while time.monotonic() < deadline:
-            line = self.process.stderr.readline()
-            if not line:
+        while not self.base_url:
+            try:
+                line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
                 break
-            self.stderr_lines.append(line)
+            if line is None:  # the process ended
+                break
             match = _LISTENING.search(line)
             if match:
                 self.base_url = f"http://{match.group(1)}"
-                break
         if not self.base_url:
             self.__exit__(None, None, None)
             raise AssertionError("controller did not start:\n" + "".join(self.stderr_lines))
-        threading.Thread(target=self._drain, daemon=True).start()
         return self
 
-    def _drain(self) -> None:
+    def _drain(self, lines: queue.Queue[str | None]) -> None:
         assert self.process is not None and self.process.stderr is not None
         for line in self.process.stderr:
             self.stderr_lines.append(line)
+            lines.put(line)
+        lines.put(None)
 
     def __exit__(self, *_exc: object) -> None:
         if self.process is None:
@@ -222,7 +226,8 @@ class ControllerProcess:
             self.process.kill()
             self.process.wait(timeout=10)
         if self.process.stderr is not None:
-            self.process.stderr.close()
+            with contextlib.suppress(ValueError):  # the drain thread may still be reading
+                self.process.stderr.close()
 
 
 def run_cli(
