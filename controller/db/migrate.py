@@ -18,9 +18,6 @@ import migrations
 from controller.db.engine import redact
 from controller.errors import SchemaNotCurrent
 
-# Alembic announces each of its plugins at INFO; only the migrations it runs are news.
-logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-
 
 @contextmanager
 def _quiet_alembic() -> Iterator[None]:
