@@ -6,6 +6,7 @@ driver errors into the controller's errors once (connection trouble -> DatabaseU
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -18,8 +19,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from controller.db.engine import WRITE_OPTION, is_unavailable
 from controller.db.models import StateRow
 from controller.errors import AlreadyExists, DatabaseUnavailable
+from dnsmesh.logs import fields
 
 T = TypeVar("T")
+log = logging.getLogger("dnsmesh.controller.db")
+
+# PostgreSQL NOTIFY channel: the payload is each committed revision, as text.
+NOTIFY_CHANNEL = "dnsmesh_revision"
 Clock = Callable[[], datetime]
 
 
@@ -60,6 +66,7 @@ class Database:
         self._write_gate: AbstractContextManager[object] = (
             threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
         )
+        self._listeners: list[Callable[[int], None]] = []
 
     @contextmanager
     def guard(self) -> Iterator[None]:
@@ -99,6 +106,8 @@ class Database:
         that ``work`` makes (If-Match, name and domain uniqueness) cannot race.
         """
 
+        committed: list[int] = []
+
         def bumped(session: Session) -> T:
             revision = session.execute(
                 update(StateRow)
@@ -106,17 +115,38 @@ class Database:
                 .values(revision=StateRow.revision + 1)
                 .returning(StateRow.revision)
             ).scalar_one()
-            return work(session, revision)
+            if self.engine.dialect.name == "postgresql":
+                # Delivered at commit (and never on rollback) to every LISTENing replica.
+                session.execute(
+                    text("SELECT pg_notify(:channel, :revision)"),
+                    {"channel": NOTIFY_CHANNEL, "revision": str(revision)},
+                )
+            result = work(session, revision)  # a Rollback raised here skips the next line
+            committed.append(revision)
+            return result
 
-        return self.write(bumped)
+        result = self.write(bumped)
+        if committed:
+            self._announce(committed[0])
+        return result
+
+    def on_commit(self, listener: Callable[[int], None]) -> None:
+        """Calls ``listener(revision)`` after each committed revision of this process.
+
+        For waking this process's own watchers at once; other replicas learn of revisions
+        through LISTEN on ``NOTIFY_CHANNEL`` (PostgreSQL). Called on the writer's thread.
+        """
+        self._listeners.append(listener)
+
+    def _announce(self, revision: int) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(revision)
+            except Exception:
+                log.exception("revision.listener_failed", extra=fields(revision=revision))
 
     def current_revision(self) -> int:
         return self.read(_current_revision)
-
-    def ping(self) -> None:
-        """Raises DatabaseUnavailable unless the database answers."""
-        with self.guard(), self.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
 
 
 def _current_revision(session: Session) -> int:

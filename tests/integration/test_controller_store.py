@@ -6,12 +6,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import func, select
 
 from controller.db.engine import build_engine
 from controller.db.models import AuditRow, ChangeRow
-from controller.db.session import Database
+from controller.db.session import NOTIFY_CHANNEL, Database
 from controller.errors import AlreadyExists, DomainConflict, NotFound, PreconditionFailed
 from controller.store import IfMatch, PolicyStore
 from dnsmesh.errors import PolicyError
@@ -166,5 +167,36 @@ def test_concurrent_creates_of_one_name_or_domain(database_url: str) -> None:
         )
         assert sum(not isinstance(r, Exception) for r in results) == 1
         assert store.current_revision() == 2
+    finally:
+        engine.dispose()
+
+
+def test_commit_listeners_hear_each_committed_revision_once(controller_db: Database) -> None:
+    heard: list[int] = []
+    controller_db.on_commit(heard.append)
+    store = PolicyStore(controller_db)
+    store.put_policy("a", policy_doc("a"), actor="t")
+    store.put_policy("a", policy_doc("a"), actor="t")  # unchanged: no revision
+    with pytest.raises(AlreadyExists):
+        store.create_policy(policy_doc("a"), actor="t")  # refused: rolled back
+    store.delete_policy("a", actor="t")
+    assert heard == [1, 2]
+
+
+@pytest.mark.postgres
+def test_postgres_notifies_listeners_at_commit(clean_postgres_url: str) -> None:
+    libpq = clean_postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    engine = build_engine(clean_postgres_url)
+    try:
+        store = PolicyStore(Database(engine))
+        with psycopg.connect(libpq, autocommit=True) as listener:
+            listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            store.put_policy("a", policy_doc("a"), actor="t")
+            with pytest.raises(AlreadyExists):
+                store.create_policy(policy_doc("a"), actor="t")
+            store.put_policy("b", policy_doc("b"), actor="t")
+            payloads = [n.payload for n in listener.notifies(timeout=5, stop_after=2)]
+            assert payloads == ["1", "2"]
+            assert list(listener.notifies(timeout=0.2)) == []  # nothing from the refused write
     finally:
         engine.dispose()
