@@ -8,7 +8,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from controller.api.deps import blocking, json_body, policy_store, require, token_store
+from controller.api.deps import (
+    blocking,
+    json_body,
+    log_change,
+    policy_store,
+    require,
+    token_store,
+)
 from controller.api.errors import ApiError
 from controller.auth import Permission, Principal
 from dnsmesh.errors import FieldError
@@ -74,6 +81,7 @@ async def create_token(request: Request, who: Admin) -> JSONResponse:
     info, secret = await blocking(
         token_store(request).create, body.get("name"), body.get("role"), actor=who.name
     )
+    log_change("token.created", who, token=info.name, role=info.role.value)
     # The secret is in this response and nowhere else, ever.
     return JSONResponse({**info.to_json(), "token": secret}, status_code=201)
 
@@ -81,6 +89,7 @@ async def create_token(request: Request, who: Admin) -> JSONResponse:
 @router.delete("/v1/tokens/{name}", tags=["tokens"])
 async def revoke_token(request: Request, name: str, who: Admin) -> JSONResponse:
     await blocking(token_store(request).revoke, name, actor=who.name)
+    log_change("token.revoked", who, token=name)
     return JSONResponse({"revoked": name})
 
 

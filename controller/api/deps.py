@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -12,8 +13,10 @@ from starlette.concurrency import run_in_threadpool
 from controller.api.errors import ApiError
 from controller.auth import Permission, Principal, TokenStore
 from controller.store import IfMatch, PolicyStore
+from dnsmesh.logs import fields
 
 T = TypeVar("T")
+log = logging.getLogger("dnsmesh.controller.api")
 _BEARER = {"WWW-Authenticate": 'Bearer realm="dnsmesh"'}
 MAX_BODY = 4 * 1024 * 1024  # a policy with 1,024 endpoints is well under 1 MiB
 
@@ -57,6 +60,9 @@ def require(permission: Permission) -> Callable[[Request], Awaitable[Principal]]
 
 async def json_body(request: Request) -> object:
     """The body parsed as JSON; 400 ``malformed_json`` when it is not JSON at all."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:  # refuse before reading it all
+        raise ApiError(413, "payload_too_large", f"the body is larger than {MAX_BODY} bytes")
     raw = await request.body()
     if len(raw) > MAX_BODY:
         raise ApiError(413, "payload_too_large", f"the body is larger than {MAX_BODY} bytes")
@@ -87,3 +93,8 @@ def if_match(request: Request) -> IfMatch | None:
 
 def etag(revision: int) -> str:
     return f'"{revision}"'
+
+
+def log_change(event: str, who: Principal, **values: object) -> None:
+    """One log line per committed change, beside the audit row (who, what, which revision)."""
+    log.info(event, extra=fields(actor=who.name, **values))

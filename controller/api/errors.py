@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,7 +26,10 @@ from controller.errors import (
     StoreError,
 )
 from dnsmesh.errors import FieldError, PolicyError
+from dnsmesh.logs import fields
 from dnsmesh.policy import field_path
+
+log = logging.getLogger("dnsmesh.controller.api")
 
 # Clients may retry a 503 after this many seconds; the pool reconnects on its own.
 RETRY_AFTER_S = "1"
@@ -103,8 +107,13 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(error, ApiError)
         return error_response(error)
 
-    async def on_store_error(_request: Request, error: Exception) -> JSONResponse:
+    async def on_store_error(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, StoreError)
+        if isinstance(error, DatabaseUnavailable):
+            log.warning(
+                "database.unavailable",
+                extra=fields(method=request.method, path=request.url.path, error=str(error)),
+            )
         return error_response(from_store_error(error))
 
     async def on_policy_error(_request: Request, error: Exception) -> JSONResponse:
@@ -126,7 +135,12 @@ def install_error_handlers(app: FastAPI) -> None:
         fields = [FieldError(field_path(tuple(e["loc"])), str(e["msg"])) for e in error.errors()]
         return error_response(ApiError(422, "invalid_request", "the request is not valid", fields))
 
-    async def on_unexpected(_request: Request, _error: Exception) -> JSONResponse:
+    async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.error(
+            "request.failed",
+            exc_info=error,
+            extra=fields(method=request.method, path=request.url.path),
+        )
         return error_response(ApiError(500, "internal", "internal error; see the controller log"))
 
     app.add_exception_handler(ApiError, on_api_error)

@@ -7,7 +7,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from controller.api.deps import blocking, etag, if_match, json_body, policy_store, require
+from controller.api.deps import (
+    blocking,
+    etag,
+    if_match,
+    json_body,
+    log_change,
+    policy_store,
+    require,
+)
 from controller.api.errors import ApiError
 from controller.auth import Permission, Principal
 from dnsmesh.errors import FieldError
@@ -62,6 +70,7 @@ async def list_policies(
 async def create_policy(request: Request, who: Writer) -> JSONResponse:
     document = await json_body(request)
     stored = await blocking(policy_store(request).create_policy, document, actor=who.name)
+    log_change("policy.created", who, policy=stored.name, revision=stored.revision)
     return JSONResponse(
         stored.document,
         status_code=201,
@@ -85,6 +94,9 @@ async def put_policy(request: Request, name: str, who: Writer) -> JSONResponse:
         actor=who.name,
         if_match=if_match(request),
     )
+    if written.changed:
+        event = "policy.created" if written.created else "policy.updated"
+        log_change(event, who, policy=name, revision=written.policy.revision)
     return JSONResponse(
         written.policy.document,
         status_code=201 if written.created else 200,
@@ -97,6 +109,7 @@ async def delete_policy(request: Request, name: str, who: Writer) -> JSONRespons
     revision = await blocking(
         policy_store(request).delete_policy, name, actor=who.name, if_match=if_match(request)
     )
+    log_change("policy.deleted", who, policy=name, revision=revision)
     return JSONResponse({"deleted": name, "revision": revision})
 
 
@@ -115,12 +128,14 @@ async def create_slice(request: Request, name: str, who: Writer) -> JSONResponse
     stored, slice_doc = await blocking(
         policy_store(request).create_slice, name, body, actor=who.name, if_match=if_match(request)
     )
+    slice_id = slice_doc.get("id")
+    log_change("slice.created", who, policy=name, slice=slice_id, revision=stored.revision)
     return JSONResponse(
         slice_doc,
         status_code=201,
         headers={
             "ETag": etag(stored.revision),
-            "Location": f"/v1/policies/{name}/slices/{slice_doc.get('id')}",
+            "Location": f"/v1/policies/{name}/slices/{slice_id}",
         },
     )
 
@@ -142,6 +157,7 @@ async def put_slice(request: Request, name: str, slice_id: str, who: Writer) -> 
         actor=who.name,
         if_match=if_match(request),
     )
+    log_change("slice.updated", who, policy=name, slice=slice_id, revision=stored.revision)
     return JSONResponse(
         slice_doc, status_code=201 if created else 200, headers={"ETag": etag(stored.revision)}
     )
@@ -156,6 +172,7 @@ async def delete_slice(request: Request, name: str, slice_id: str, who: Writer) 
         actor=who.name,
         if_match=if_match(request),
     )
+    log_change("slice.deleted", who, policy=name, slice=slice_id, revision=stored.revision)
     return JSONResponse(
         {"deleted": slice_id, "policy": name, "revision": stored.revision},
         headers={"ETag": etag(stored.revision)},

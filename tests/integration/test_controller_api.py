@@ -420,3 +420,10 @@ def test_health_readiness_and_openapi_need_no_token(api: Api) -> None:
 def test_unknown_routes_and_methods_keep_the_error_shape(api: Api) -> None:
     assert_error(api.get("/v1/nothing"), 404, "not_found")
     assert_error(api.request("PATCH", "/v1/policies/checkout"), 405, "method_not_allowed")
+
+
+def test_oversized_body_is_413(api: Api) -> None:
+    huge = b" " * (4 * 1024 * 1024 + 1)
+    response = api.put("/v1/policies/checkout", content=huge)
+    assert_error(response, 413, "payload_too_large")
+    assert revision_of(api) == 0
