@@ -9,31 +9,21 @@ REST API, YAML files and the agents agree on what a valid policy is.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from controller.db.models import AuditRow, ChangeRow, PolicyRow
-from controller.db.session import Database, Rollback, current_revision_in, iso
+from controller.db.session import Database, Rollback, current_revision_in
 from controller.errors import AlreadyExists, DomainConflict, NotFound, PreconditionFailed
+from controller.history import AuditEntry, Change, Operation, read_audit, read_changes_since
 from dnsmesh.errors import FieldError, PolicyError
 from dnsmesh.policy import Policy, parse_policy
 
-Operation = Literal["create", "update", "delete"]
 Document = dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One committed revision: the policy it touched and its document after (None: deleted)."""
-
-    revision: int
-    policy: str
-    operation: Operation
-    document: Document | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,18 +60,6 @@ class IfMatch:
         return self.revisions is None or current in self.revisions
 
 
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    id: int
-    at: str
-    actor: str
-    operation: str
-    target: str
-    revision: int | None
-    before: Document | None
-    after: Document | None
-
-
 class PolicyStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -93,19 +71,11 @@ class PolicyStore:
 
     def changes_since(self, revision: int, limit: int | None = None) -> list[Change]:
         """Every change with a revision above ``revision``, oldest first."""
+        return self.db.read(lambda session: read_changes_since(session, revision, limit))
 
-        def work(session: Session) -> list[Change]:
-            query = (
-                select(ChangeRow).where(ChangeRow.revision > revision).order_by(ChangeRow.revision)
-            )
-            if limit is not None:
-                query = query.limit(limit)
-            return [
-                Change(row.revision, row.policy_name, _operation(row.operation), row.document)
-                for row in session.scalars(query)
-            ]
-
-        return self.db.read(work)
+    def audit(self, *, limit: int = 50, before: int | None = None) -> list[AuditEntry]:
+        """Audit entries newest first; ``before`` (an entry id) pages back in time."""
+        return self.db.read(lambda session: read_audit(session, limit, before))
 
     def list_policies(self, labels: Mapping[str, str] | None = None) -> PolicyList:
         """All policies (by name), or those whose labels include every pair in ``labels``."""
@@ -134,29 +104,6 @@ class PolicyStore:
             if slice_doc.get("id") == slice_id:
                 return policy.revision, slice_doc
         raise NotFound(f"policy {name!r} has no slice {slice_id!r}")
-
-    def audit(self, *, limit: int = 50, before: int | None = None) -> list[AuditEntry]:
-        """Audit entries newest first; ``before`` (an entry id) pages back in time."""
-
-        def work(session: Session) -> list[AuditEntry]:
-            query = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)
-            if before is not None:
-                query = query.where(AuditRow.id < before)
-            return [
-                AuditEntry(
-                    row.id,
-                    iso(row.at),
-                    row.actor,
-                    row.operation,
-                    row.target,
-                    row.revision,
-                    row.before,
-                    row.after,
-                )
-                for row in session.scalars(query)
-            ]
-
-        return self.db.read(work)
 
     # -- policy writes -------------------------------------------------------------------
 
@@ -218,8 +165,7 @@ class PolicyStore:
             slices.append(slice_doc)
             return len(slices) - 1
 
-        written = self._edit_slices(name, edit, actor, "slice.create", if_match)
-        return written
+        return self._edit_slices(name, edit, actor, "slice.create", if_match)
 
     def put_slice(
         self,
@@ -258,8 +204,7 @@ class PolicyStore:
             slices.append(body)
             return len(slices) - 1
 
-        operation = "slice.update"
-        policy, stored_slice = self._edit_slices(name, edit, actor, operation, if_match)
+        policy, stored_slice = self._edit_slices(name, edit, actor, "slice.update", if_match)
         return policy, stored_slice, created
 
     def delete_slice(
@@ -280,7 +225,7 @@ class PolicyStore:
     def _edit_slices(
         self,
         name: str,
-        edit: Any,
+        edit: Callable[[list[Any]], int],
         actor: str,
         operation: str,
         if_match: IfMatch | None,
@@ -424,11 +369,3 @@ def _parse_named(document: object, name: str) -> Policy:
     if errors or policy is None:
         raise PolicyError(errors, policy=name)
     return policy
-
-
-def _operation(value: str) -> Operation:
-    if value == "create":
-        return "create"
-    if value == "update":
-        return "update"
-    return "delete"
