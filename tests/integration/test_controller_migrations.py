@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
+from controller.db import migrate
 from controller.db.engine import build_engine
 from controller.db.migrate import (
     downgrade,
@@ -149,3 +150,19 @@ def test_cli_unreachable_database_says_so(tmp_path: Path) -> None:
     result = run_cli("db", "upgrade", "--database", url, cwd=tmp_path)
     assert result.returncode == 1
     assert "cannot reach the database" in result.stderr
+
+
+def test_a_database_behind_head_is_refused(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # There is one migration so far; a second head stands in for the next one.
+    monkeypatch.setattr(migrate, "head_revisions", lambda: ("0001", "0002"))
+    engine = build_engine(sqlite_url)
+    try:
+        with pytest.raises(SchemaNotCurrent) as refused:
+            require_current_schema(engine, sqlite_url)
+        message = str(refused.value)
+        assert "at revision 0001, behind head 0001, 0002" in message
+        assert "dnsmesh db upgrade --database" in message and "--migrate" in message
+    finally:
+        engine.dispose()
