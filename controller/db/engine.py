@@ -63,6 +63,10 @@ def build_engine(url: str | URL, *, pool_size: int = 10) -> Engine:
         "keepalives_interval": 3,
         "keepalives_count": 3,
         "application_name": "dnsmesh-controller",
+        # A writer queues on the revision row's lock; if the holder is stuck, give up (503,
+        # Retry-After) instead of hanging the request, and end sessions left idle inside a
+        # transaction so they cannot hold that lock for ever.
+        "options": "-c lock_timeout=10s -c idle_in_transaction_session_timeout=60s",
     }
     return create_engine(
         parsed,
