@@ -11,9 +11,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import delete, select
+from sqlalchemy import Select, Text, cast, delete, select
 from sqlalchemy.orm import Session
 
 from controller.db.models import AuditRow, ChangeRow, PolicyRow
@@ -24,6 +24,7 @@ from dnsmesh.errors import FieldError, PolicyError
 from dnsmesh.policy import Policy, parse_policy
 
 Document = dict[str, Any]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +85,22 @@ class PolicyStore:
             # The revision first: the items are then at least as new as it, which is the safe
             # side for a client that lists and then asks for the changes since.
             revision = current_revision_in(session)
-            query = select(PolicyRow.document).order_by(PolicyRow.name)
-            for key, value in (labels or {}).items():
-                query = query.where(PolicyRow.labels[key].as_string() == value)
+            query = _labelled(select(PolicyRow.document), labels)
             return PolicyList(revision, list(session.scalars(query)))
+
+        return self.db.read(work)
+
+    def list_policies_json(self, labels: Mapping[str, str] | None = None) -> tuple[int, bytes]:
+        """``list_policies`` as the JSON array text, straight from the database.
+
+        Decoding a thousand documents only to encode them again costs three times the
+        query itself; the stored JSON text is already valid JSON.
+        """
+
+        def work(session: Session) -> tuple[int, bytes]:
+            revision = current_revision_in(session)
+            query = _labelled(select(cast(PolicyRow.document, Text)), labels)
+            return revision, b"[" + ",".join(session.scalars(query)).encode() + b"]"
 
         return self.db.read(work)
 
@@ -318,6 +331,13 @@ class PolicyStore:
             )
         )
         session.flush()
+
+
+def _labelled(query: Select[T], labels: Mapping[str, str] | None) -> Select[T]:
+    """Policies by name whose labels include every pair in ``labels``."""
+    for key, value in (labels or {}).items():
+        query = query.where(PolicyRow.labels[key].as_string() == value)
+    return query.order_by(PolicyRow.name)
 
 
 def _find(session: Session, name: str) -> PolicyRow | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from controller.api.deps import (
     blocking,
@@ -60,10 +60,12 @@ def _labels(selectors: list[str]) -> dict[str, str]:
 async def list_policies(
     request: Request,
     _who: Reader,
-    label: Annotated[list[str], Query(description="KEY=VALUE; repeat to require all")] = [],  # noqa: B006
-) -> JSONResponse:
-    listing = await blocking(policy_store(request).list_policies, _labels(label))
-    return JSONResponse({"revision": listing.revision, "items": listing.items})
+    label: Annotated[list[str] | None, Query(description="KEY=VALUE; repeat to AND")] = None,
+) -> Response:
+    wanted = _labels(label or [])
+    revision, items = await blocking(policy_store(request).list_policies_json, wanted)
+    body = b'{"revision":' + str(revision).encode() + b',"items":' + items + b"}"
+    return Response(body, media_type="application/json")
 
 
 @router.post("", status_code=201, openapi_extra=_POLICY_BODY)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -200,3 +201,15 @@ def test_postgres_notifies_listeners_at_commit(clean_postgres_url: str) -> None:
             assert list(listener.notifies(timeout=0.2)) == []  # nothing from the refused write
     finally:
         engine.dispose()
+
+
+def test_list_as_json_text_matches_the_decoded_list(controller_db: Database) -> None:
+    store = PolicyStore(controller_db)
+    store.put_policy("a", policy_doc("a", labels={"team": "x"}), actor="t")
+    store.put_policy("b", policy_doc("b", labels={"team": "y"}), actor="t")
+    store.put_policy("c", policy_doc("c", labels={"team": "x", "tier": "z"}), actor="t")
+    for labels in (None, {"team": "x"}, {"team": "x", "tier": "z"}, {"team": "none"}):
+        decoded = store.list_policies(labels)
+        revision, text = store.list_policies_json(labels)
+        assert revision == decoded.revision == 3
+        assert json.loads(text) == decoded.items
