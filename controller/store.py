@@ -251,9 +251,11 @@ class PolicyStore:
             index: int = edit(slices)
             document["spec"]["slices"] = slices
             policy = parse_policy(document)  # the whole resulting policy must validate
+            if policy.to_document(with_revision=False) == _content(row.document):
+                # The same slice again: not a change (no revision), as for a policy PUT.
+                raise Rollback((_stored(row), _slice_at(row.document, index)))
             written = self._save(session, revision, policy, row, actor, operation)
-            spec_slices = written.policy.document["spec"].get("slices", [])
-            return written.policy, (spec_slices[index] if index >= 0 else {})
+            return written.policy, _slice_at(written.policy.document, index)
 
         result: tuple[StoredPolicy, Document] = self.db.write_revision(work)
         return result
@@ -331,6 +333,11 @@ class PolicyStore:
             )
         )
         session.flush()
+
+
+def _slice_at(document: Document, index: int) -> Document:
+    slices: list[Document] = document["spec"].get("slices", [])
+    return slices[index] if 0 <= index < len(slices) else {}
 
 
 def _labelled(query: Select[T], labels: Mapping[str, str] | None) -> Select[T]:

@@ -26,7 +26,8 @@ the resulting policy; ETag/If-Match are the policy's revision)
     POST   /v1/policies/{name}/slices            201 slice (appended last); 409 id taken
     GET    /v1/policies/{name}/slices/{id}       200 slice
     PUT    /v1/policies/{name}/slices/{id}       200 replaced in place | 201 appended; body id
-                                                   may be omitted, else must equal {id}
+                                                   may be omitted, else must equal {id}; an
+                                                   unchanged slice is 200 and no new revision
     DELETE /v1/policies/{name}/slices/{id}       200 {"deleted": id, "policy": name, "revision": R}
 
 Tokens (admin)

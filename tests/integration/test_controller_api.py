@@ -225,6 +225,11 @@ def test_slices_crud(api: Api, controller_db: Any) -> None:
     )
     assert replaced.status_code == 200
     assert replaced.json()["id"] == "beta" and replaced.json()["action"] == "refuse"
+    same = api.put(
+        "/v1/policies/checkout/slices/beta",
+        json={"id": "beta", "match": {"client_cidrs": ["10.6.0.0/16"]}, "action": "refuse"},
+    )
+    assert same.status_code == 200 and same.headers["etag"] == '"3"'  # unchanged: no revision
     appended = api.put(
         "/v1/policies/checkout/slices/delta",
         json={"id": "delta", "match": {"client_cidrs": ["10.5.0.0/16"]}},
