@@ -36,7 +36,7 @@ class StoredPolicy:
 
 @dataclass(frozen=True, slots=True)
 class PolicyList:
-    revision: int  # the global revision the list is at least as new as
+    revision: int  # the global revision the items are the state of
     items: list[Document]
 
 
@@ -82,8 +82,8 @@ class PolicyStore:
         """All policies (by name), or those whose labels include every pair in ``labels``."""
 
         def work(session: Session) -> PolicyList:
-            # The revision first: the items are then at least as new as it, which is the safe
-            # side for a client that lists and then asks for the changes since.
+            # One snapshot (see Database.read): the items are the state at exactly this
+            # revision, so a client can list and then ask for the changes since it.
             revision = current_revision_in(session)
             query = _labelled(select(PolicyRow.document), labels)
             return PolicyList(revision, list(session.scalars(query)))

@@ -5,8 +5,8 @@ Bodies are JSON; a policy body is the same document as one YAML policy document.
 
 Policies (read: viewer, editor, admin, agent; write: editor, admin)
     GET    /v1/policies[?label=K=V&label=K2=V2]  200 {"revision": R, "items": [policy, ...]}
-                                                   (by name; R = global revision, the items
-                                                   are at least that new)
+                                                   (by name; the items are the state at
+                                                   global revision R, read in one snapshot)
     POST   /v1/policies                          201 policy (+ETag, Location); 409 name taken
     GET    /v1/policies/{name}                   200 policy (+ETag)
     PUT    /v1/policies/{name}                   201 created | 200 replaced, policy (+ETag).

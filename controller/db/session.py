@@ -56,7 +56,15 @@ class Database:
     def __init__(self, engine: Engine, clock: Clock = utc_now) -> None:
         self.engine = engine
         self.clock = clock
-        self._reads = sessionmaker(engine, expire_on_commit=False)
+        # Reads see one snapshot for the whole transaction (REPEATABLE READ on PostgreSQL;
+        # an SQLite read transaction already is one), so a list and the revision read with
+        # it agree exactly. Read-only transactions never fail serialisation there.
+        reads = (
+            engine.execution_options(isolation_level="REPEATABLE READ")
+            if engine.dialect.name == "postgresql"
+            else engine
+        )
+        self._reads = sessionmaker(reads, expire_on_commit=False)
         self._writes = sessionmaker(
             engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
         )

@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from controller.db.engine import build_engine
 from controller.db.models import AuditRow, ChangeRow
@@ -213,3 +213,32 @@ def test_list_as_json_text_matches_the_decoded_list(controller_db: Database) -> 
         revision, text = store.list_policies_json(labels)
         assert revision == decoded.revision == 3
         assert json.loads(text) == decoded.items
+
+
+def test_a_list_and_its_revision_are_one_snapshot(database_url: str) -> None:
+    engine = build_engine(database_url)
+    other_engine = build_engine(database_url)
+    try:
+        store = PolicyStore(Database(engine))
+        other = PolicyStore(Database(other_engine))
+        store.put_policy("a", policy_doc("a"), actor="t")
+        pending = ["b", "c"]
+        sneaked: list[int] = []
+
+        # Commit another change between a list's two statements (the revision, the items).
+        @event.listens_for(engine, "after_cursor_execute")
+        def sneak(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if pending and "FROM mesh_state" in statement:
+                name = pending.pop(0)
+                sneaked.append(other.put_policy(name, policy_doc(name), actor="t").policy.revision)
+
+        listing = store.list_policies()
+        assert sneaked == [2]
+        assert (listing.revision, [p["metadata"]["name"] for p in listing.items]) == (1, ["a"])
+        revision, text = store.list_policies_json()
+        assert sneaked == [2, 3]
+        assert (revision, [p["metadata"]["name"] for p in json.loads(text)]) == (2, ["a", "b"])
+        event.remove(engine, "after_cursor_execute", sneak)
+    finally:
+        engine.dispose()
+        other_engine.dispose()
