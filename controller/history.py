@@ -1,0 +1,76 @@
+"""What happened: the change log (one row per revision) and the audit log, read back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.db.models import AuditRow, ChangeRow
+from controller.db.session import iso
+
+Operation = Literal["create", "update", "delete"]
+Document = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One committed revision: the policy it touched and its document after (None: deleted)."""
+
+    revision: int
+    policy: str
+    operation: Operation
+    document: Document | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One audit row: who (token name) did what to which target, with the documents."""
+
+    id: int
+    at: str
+    actor: str
+    operation: str
+    target: str
+    revision: int | None
+    before: Document | None
+    after: Document | None
+
+
+def read_changes_since(session: Session, revision: int, limit: int | None) -> list[Change]:
+    query = select(ChangeRow).where(ChangeRow.revision > revision).order_by(ChangeRow.revision)
+    if limit is not None:
+        query = query.limit(limit)
+    return [
+        Change(row.revision, row.policy_name, _operation(row.operation), row.document)
+        for row in session.scalars(query)
+    ]
+
+
+def read_audit(session: Session, limit: int, before: int | None) -> list[AuditEntry]:
+    query = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)
+    if before is not None:
+        query = query.where(AuditRow.id < before)
+    return [
+        AuditEntry(
+            row.id,
+            iso(row.at),
+            row.actor,
+            row.operation,
+            row.target,
+            row.revision,
+            row.before,
+            row.after,
+        )
+        for row in session.scalars(query)
+    ]
+
+
+def _operation(value: str) -> Operation:
+    if value == "create":
+        return "create"
+    if value == "update":
+        return "update"
+    return "delete"
