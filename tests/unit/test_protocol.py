@@ -1,0 +1,130 @@
+"""The controller <-> agent protocol: messages round-trip, updates apply whole or not at all."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dnsmesh.errors import PolicyError
+from dnsmesh.protocol import (
+    Ack,
+    AppliedState,
+    Delta,
+    Hello,
+    Nack,
+    PolicyChange,
+    ProtocolError,
+    RevisionGap,
+    Snapshot,
+    apply_update,
+    build_delta,
+    decode_message,
+    decode_state,
+    encode_message,
+    encode_state,
+)
+
+
+def doc(name: str, address: str = "10.0.0.1", domain: str | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "dnsmesh/v1",
+        "kind": "Policy",
+        "metadata": {"name": name},
+        "spec": {"domain": domain or f"{name}.mesh", "endpoints": [{"address": address}]},
+    }
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Hello(agent_id="a1", node_name="node-1", labels={"zone": "a"}, software="0.1", revision=7),
+        Snapshot(revision=3, policies=[doc("web")]),
+        Delta(since=3, revision=5, changes=[PolicyChange(name="web", policy=None)]),
+        Ack(revision=5),
+        Nack(revision=5, reason="spec.domain: clash"),
+    ],
+)
+def test_messages_round_trip(message: Any) -> None:
+    assert decode_message(encode_message(message)) == message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "[]",
+        '{"type": "teleport"}',
+        '{"type": "ack"}',
+        '{"type": "ack", "revision": -1}',
+        '{"v": 2, "type": "ack", "revision": 1}',
+        '{"type": "ack", "revision": 1, "extra": true}',
+    ],
+)
+def test_bad_messages_are_protocol_errors(text: str) -> None:
+    with pytest.raises(ProtocolError):
+        decode_message(text)
+
+
+def test_a_snapshot_replaces_everything() -> None:
+    state = apply_update(AppliedState.empty(), Snapshot(revision=2, policies=[doc("a"), doc("b")]))
+    assert state.revision == 2 and set(state.policies) == {"a", "b"}
+    state = apply_update(state, Snapshot(revision=9, policies=[doc("c")]))
+    assert state.revision == 9 and set(state.policies) == {"c"}
+
+
+def test_a_delta_puts_and_deletes_on_top_of_its_revision() -> None:
+    state = apply_update(AppliedState.empty(), Snapshot(revision=2, policies=[doc("a"), doc("b")]))
+    delta = Delta(
+        since=2,
+        revision=4,
+        changes=[
+            PolicyChange(name="a", policy=None),
+            PolicyChange(name="b", policy=doc("b", "10.0.0.2")),
+            PolicyChange(name="c", policy=doc("c")),
+        ],
+    )
+    after = apply_update(state, delta)
+    assert after.revision == 4 and set(after.policies) == {"b", "c"}
+    assert str(after.policies["b"].spec.endpoints[0].address) == "10.0.0.2"
+    assert state.revision == 2 and set(state.policies) == {"a", "b"}  # the old state is untouched
+
+
+def test_a_delta_with_a_gap_is_refused() -> None:
+    state = AppliedState(5, {})
+    with pytest.raises(RevisionGap, match="starts at revision 3, agent is at 5"):
+        apply_update(state, Delta(since=3, revision=6, changes=[]))
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        Snapshot(revision=3, policies=[doc("a"), doc("b", "not-an-ip")]),
+        Snapshot(revision=3, policies=[doc("a"), doc("b", domain="a.mesh")]),
+        Delta(since=1, revision=2, changes=[PolicyChange(name="x", policy=doc("y"))]),
+        Delta(
+            since=1, revision=2, changes=[PolicyChange(name="b", policy=doc("b", domain="a.mesh"))]
+        ),
+    ],
+)
+def test_an_update_that_does_not_validate_changes_nothing(update: Snapshot | Delta) -> None:
+    state = apply_update(AppliedState.empty(), Snapshot(revision=1, policies=[doc("a")]))
+    with pytest.raises(PolicyError):
+        apply_update(state, update)
+    assert state.revision == 1 and set(state.policies) == {"a"}
+
+
+def test_build_delta_keeps_each_names_last_change() -> None:
+    delta = build_delta(10, 13, [("a", doc("a")), ("b", doc("b")), ("a", None)])
+    assert delta.since == 10 and delta.revision == 13
+    assert [(c.name, c.policy is None) for c in delta.changes] == [("b", False), ("a", True)]
+
+
+def test_the_state_file_round_trips_and_refuses_corruption() -> None:
+    state = apply_update(AppliedState.empty(), Snapshot(revision=4, policies=[doc("a"), doc("b")]))
+    restored = decode_state(encode_state(state))
+    assert restored == state
+    with pytest.raises(ProtocolError):
+        decode_state(b'{"revision": 4, "policies": [')
+    with pytest.raises(PolicyError):
+        decode_state(Snapshot(revision=1, policies=[doc("a", "x")]).model_dump_json().encode())
