@@ -235,7 +235,14 @@ class Hub:
         if retention <= 0 or self.head <= retention or loop.time() - self._compacted_at < 1.0:
             return
         self._compacted_at = loop.time()
-        removed = await asyncio.to_thread(self.store.compact_changes, self.head - retention)
+        keep_after = self.head - retention
+        removed = await asyncio.to_thread(self.store.compact_changes, keep_after)
+        # Forget the same changes here, so every replica answers an agent that far behind
+        # alike (with a snapshot), whatever its window still held.
+        while self._window and self._window[0].revision <= keep_after:
+            self._floor = self._window.popleft().revision
+        self._floor = max(self._floor, keep_after)
+        self._deltas = {s: u for s, u in self._deltas.items() if s >= self._floor}
         if removed:
             log.info(
                 "changes.compacted", extra=fields(removed=removed, kept_after=self.head - retention)
