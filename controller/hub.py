@@ -251,8 +251,12 @@ class Hub:
     # -- updates -------------------------------------------------------------------------
 
     async def update_for(self, since: int, *, snapshot: bool = False) -> Update | None:
-        """What takes an agent at ``since`` to the head; None when it is there already."""
-        if snapshot or since == 0 or since > self.head:
+        """What takes an agent at ``since`` to the head; None when it is there already.
+
+        ``since`` 0 is an empty state like any other (a delta if the log reaches back to
+        revision 1); a new agent gets a snapshot because its hello asks for one.
+        """
+        if snapshot or since > self.head:
             return await self.snapshot()
         if since == self.head:
             return None
@@ -300,7 +304,7 @@ class Hub:
         deadline = loop.time() + wait
         while True:
             if since == 0 or since != self.head:
-                return await self.update_for(since)
+                return await self.update_for(since, snapshot=since == 0)
             advanced = self._advanced
             remaining = deadline - loop.time()
             if remaining <= 0:

@@ -99,6 +99,10 @@ def test_a_new_agent_on_an_empty_database_gets_an_empty_snapshot(served: ServedC
     async def scenario() -> None:
         agent = await TestAgent.connect(served.ws_url, served.tokens["agent"])
         assert await agent.next() == protocol.Snapshot(revision=0, policies=[])
+        async with served.http() as http:
+            revision = await put(http, served, "alpha")
+        delta = await agent.next()  # from the empty state: a delta, not another snapshot
+        assert isinstance(delta, protocol.Delta) and (delta.since, delta.revision) == (0, revision)
         await agent.close()
 
     asyncio.run(scenario())
