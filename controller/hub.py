@@ -135,9 +135,11 @@ class Hub:
 
     async def start(self) -> None:
         """Reads the head and starts the watcher, recorder and LISTEN tasks (idempotent)."""
-        if self._started is None:
-            self._started = asyncio.get_running_loop().create_task(self._start())
-        await asyncio.shield(self._started)
+        started = self._started
+        if started is None or (started.done() and started.exception() is not None):
+            # First use, or the last try failed (database away): try (again) now.
+            started = self._started = asyncio.get_running_loop().create_task(self._start())
+        await asyncio.shield(started)
 
     async def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
