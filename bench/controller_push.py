@@ -99,7 +99,7 @@ async def _worker(args: argparse.Namespace) -> None:
     times: list[dict[int, tuple[float, float]]] = [{} for _ in range(count)]
     readies = [asyncio.Event() for _ in range(count)]
     progress = asyncio.Event()
-    compression = None if args.no_compression else "deflate"
+    compression = "deflate" if args.deflate else None
     tasks = [
         asyncio.create_task(
             _agent(
@@ -186,7 +186,7 @@ def database(url: str | None, folder: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def controller(url: str, folder: Path) -> Iterator[Controller]:
+def controller(url: str, folder: Path, *extra: str) -> Iterator[Controller]:
     process = subprocess.Popen(
         [
             sys.executable,
@@ -197,6 +197,7 @@ def controller(url: str, folder: Path) -> Iterator[Controller]:
             "127.0.0.1:0",
             "--database",
             url,
+            *extra,
         ],
         cwd=folder,
         stdin=subprocess.DEVNULL,
@@ -284,7 +285,10 @@ class Row:
 
 def run_size(args: argparse.Namespace, size: int, folder: Path) -> list[Row]:
     rows: list[Row] = []
-    with database(args.database, folder) as url, controller(url, folder) as ctl:
+    with (
+        database(args.database, folder) as url,
+        controller(url, folder, *(["--ws-deflate"] if args.deflate else [])) as ctl,
+    ):
         secret = tokens(url)
         http = httpx.Client(base_url=ctl.base_url, trust_env=False, timeout=30)
         editor = {"Authorization": f"Bearer {secret['editor']}"}
@@ -311,8 +315,8 @@ def run_size(args: argparse.Namespace, size: int, folder: Path) -> list[Row]:
                 "--worker-prefix",
                 f"w{index}",
             ]
-            if args.no_compression:
-                command.append("--no-compression")
+            if args.deflate:
+                command.append("--deflate")
             workers.append(
                 subprocess.Popen(
                     command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
@@ -414,7 +418,9 @@ def main() -> int:
     parser.add_argument(
         "--database", help="a PostgreSQL URL to create a database from (default: SQLite)"
     )
-    parser.add_argument("--no-compression", action="store_true", help="no permessage-deflate")
+    parser.add_argument(
+        "--deflate", action="store_true", help="permessage-deflate (controller --ws-deflate)"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--worker-agents", type=int, help=argparse.SUPPRESS)
@@ -430,7 +436,7 @@ def main() -> int:
     print(
         f"controller push bench: {os.cpu_count()} CPUs, {args.workers} client processes, "
         f"{'PostgreSQL' if args.database and args.database.startswith('postgres') else 'SQLite'}, "
-        f"compression {'off' if args.no_compression else 'deflate'}",
+        f"permessage-deflate {'on' if args.deflate else 'off'}",
         flush=True,
     )
     print(HEADER, flush=True)

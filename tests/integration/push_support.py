@@ -88,6 +88,7 @@ class ServedController:
             lifespan="on",
             ws_ping_interval=self.settings.ping_interval_s,
             ws_ping_timeout=self.settings.ping_interval_s,
+            ws_per_message_deflate=self.settings.ws_deflate,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
