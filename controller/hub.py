@@ -65,7 +65,7 @@ class PushSettings:
 
     @property
     def stale_after(self) -> timedelta:
-        """A row not refreshed for three heartbeats belongs to a replica that is gone."""
+        """Three heartbeats plus the longest long-poll: a row older belongs to no live agent."""
         return timedelta(seconds=3 * self.heartbeat_s + self.max_wait_s)
 
 
