@@ -98,13 +98,14 @@ class Feed:
         if self.retention <= 0 or keep_after <= self._kept_after:
             return 0
         self._kept_after = keep_after
-        removed = await asyncio.to_thread(self.store.compact_changes, keep_after)
-        # Forget the same changes here, so every replica answers an agent that far behind
-        # alike (with a snapshot), whatever its window still held.
+        # Forget the same changes here first, so every replica answers an agent that far
+        # behind alike (with a snapshot), whatever its window held, from the moment anyone
+        # can see the log trimmed.
         while self._window and self._window[0].revision <= keep_after:
             self._floor = self._window.popleft().revision
         self._floor = max(self._floor, keep_after)
         self._deltas = {s: u for s, u in self._deltas.items() if s >= self._floor}
+        removed = await asyncio.to_thread(self.store.compact_changes, keep_after)
         if removed:
             log.info("changes.compacted", extra=fields(removed=removed, kept_after=keep_after))
         return removed

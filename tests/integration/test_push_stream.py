@@ -200,7 +200,8 @@ def test_ack_and_nack_are_recorded_and_convergence_counts_them(served: ServedCon
                 body = (
                     await http.get(f"/v1/revisions/{revision}", headers=served.auth("viewer"))
                 ).json()
-                return bool(body["converged"] == 1 and body["pending"])
+                pending = body["pending"]
+                return bool(body["converged"] == 1 and pending and pending[0]["last_nack"])
 
             await eventually(recorded)
             body = (
