@@ -25,12 +25,77 @@ def add_agent_commands(
         action="append",
         help="upstream resolver (repeatable; default: the nameservers of resolv.conf)",
     )
-    agent.add_argument("--resolv-conf", metavar="PATH", default="/etc/resolv.conf")
+    agent.add_argument(
+        "--resolv-conf",
+        metavar="PATH",
+        default="/etc/resolv.conf",
+        help="where to find upstreams when no --upstream is given (default %(default)s)",
+    )
+    tuning = agent.add_argument_group("tuning (defaults suit a node resolver)")
+    seconds = {"type": float, "metavar": "SECONDS"}
+    tuning.add_argument(
+        "--query-timeout",
+        default=2.0,
+        help="bound on a forwarded query; then SERVFAIL (default %(default)s)",
+        **seconds,
+    )
+    tuning.add_argument(
+        "--attempt-timeout",
+        default=1.0,
+        help="bound on one upstream attempt before the next upstream (default %(default)s)",
+        **seconds,
+    )
+    tuning.add_argument(
+        "--down-backoff",
+        default=1.0,
+        help="first time a failed upstream is avoided; doubles per failure (default %(default)s)",
+        **seconds,
+    )
+    tuning.add_argument(
+        "--no-loop-check",
+        action="store_true",
+        help="do not probe upstreams for a forwarding loop at start",
+    )
+    tuning.add_argument("--cache-size", type=int, default=10_000, metavar="ENTRIES")
+    tuning.add_argument(
+        "--stale-ttl",
+        type=int,
+        default=30,
+        metavar="SECONDS",
+        help="TTL of stale answers served while upstreams are down (RFC 8767)",
+    )
+    tuning.add_argument(
+        "--max-stale",
+        default=86_400.0,
+        help="how long past expiry an answer may be served stale (default %(default)s)",
+        **seconds,
+    )
+    tuning.add_argument(
+        "--max-inflight",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="forwarded queries in flight at once; beyond, new ones are dropped",
+    )
+    tuning.add_argument("--tcp-idle-timeout", default=10.0, **seconds)
+    tuning.add_argument("--tcp-max-connections", type=int, default=256, metavar="N")
+    tuning.add_argument(
+        "--drain-timeout",
+        default=2.0,
+        help="on SIGTERM, how long in-flight queries may finish (default %(default)s)",
+        **seconds,
+    )
+    tuning.add_argument(
+        "--reload-interval",
+        default=0.5,
+        help="how often policy files are checked for changes (default %(default)s)",
+        **seconds,
+    )
     agent.set_defaults(run=_run_agent)
 
 
 def _run_agent(args: argparse.Namespace) -> int:
-    from agent.app import run_agent  # type: ignore[import-not-found]  # arrives with the agent
+    from agent.app import run_agent
 
     status: int = run_agent(args)
     return status

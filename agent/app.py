@@ -1,0 +1,59 @@
+"""``dnsmesh agent``: run the AgentServer on uvloop until SIGTERM/SIGINT, then drain and exit 0."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from agent.config import AgentConfig, config_from_args
+from agent.server import AgentServer
+from dnsmesh.logs import fields
+
+log = logging.getLogger(__name__)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (several times asyncio's datagram throughput), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    return run(serve(config))
+
+
+def run(main: Coroutine[Any, Any, int]) -> int:
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(main)
+
+
+async def serve(config: AgentConfig) -> int:
+    server = AgentServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    received: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("agent.stopping", extra=fields(signal=received[0] if received else ""))
+    await server.stop()
+    return 0

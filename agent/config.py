@@ -1,0 +1,129 @@
+"""The agent's settings: command-line text turned into typed, checked values once."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from dnsmesh.errors import ConfigError
+
+DNS_PORT = 53
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class HostPort:
+    """A numeric address and port; ``host`` is normalised text (``::1``, not ``[::1]``)."""
+
+    host: str
+    port: int
+
+    @property
+    def family_v6(self) -> bool:
+        return ":" in self.host
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if self.family_v6 else f"{self.host}:{self.port}"
+
+
+def parse_host_port(text: str, default_port: int | None = None) -> HostPort:
+    """``1.2.3.4:53``, ``[::1]:53``, and, when ``default_port`` is given, ``1.2.3.4`` or ``::1``.
+
+    Only numeric addresses: a resolver that must resolve its own upstream's name has nobody
+    to ask.
+    """
+    text = text.strip()
+    host: str
+    port_text: str | None
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ConfigError(f"{text!r}: missing ']' after an IPv6 address")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ConfigError(f"{text!r}: expected ':PORT' after ']'")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, None  # IPv4 without port, or a bare IPv6 address
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{text!r}: {host!r} is not a numeric IPv4 or IPv6 address") from None
+    if port_text is None:
+        if default_port is None:
+            raise ConfigError(f"{text!r}: a port is required (HOST:PORT, [V6]:PORT)")
+        port = default_port
+    else:
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise ConfigError(f"{text!r}: {port_text!r} is not a port number") from None
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{text!r}: port {port} is out of range")
+    return HostPort(address.compressed, port)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Everything the agent needs to run, with defaults that suit a node resolver."""
+
+    listen: tuple[HostPort, ...] = (HostPort("127.0.0.1", DNS_PORT),)
+    # None: take the nameservers of resolv_conf (minus our own addresses).
+    upstreams: tuple[HostPort, ...] | None = None
+    resolv_conf: Path = Path("/etc/resolv.conf")
+    policies: Path | None = None
+    reload_interval: float = 0.5  # policy files are polled this often (effect within 2 s)
+    # Forwarding: one attempt per upstream is bounded by attempt_timeout, the whole query by
+    # query_timeout, after which the client gets SERVFAIL (never silence).
+    attempt_timeout: float = 1.0
+    query_timeout: float = 2.0
+    down_base: float = 1.0  # first backoff of a failed upstream; doubles up to down_max
+    down_max: float = 60.0
+    loop_check: bool = True
+    # Cache (RFC 8767 serve-stale: stale answers carry stale_ttl, at most max_stale old).
+    cache_size: int = 10_000
+    max_ttl: int = 86_400
+    stale_ttl: int = 30
+    max_stale: float = 86_400.0
+    # TCP (RFC 7766 §6.2.3: idle timeouts of seconds; bound what one client can hold).
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 256
+    tcp_max_pipelined: int = 64
+    drain_timeout: float = 2.0
+    max_inflight: int = 4096  # forwards in flight at once; beyond, new ones are dropped
+
+
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    """The AgentConfig for ``dnsmesh agent`` flags; ConfigError names the bad flag."""
+    listen = tuple(parse_host_port(t) for t in (args.listen or ["127.0.0.1:53"]))
+    upstreams = (
+        tuple(parse_host_port(t, DNS_PORT) for t in args.upstream) if args.upstream else None
+    )
+    for name in ("query_timeout", "attempt_timeout", "drain_timeout", "tcp_idle_timeout"):
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    if args.cache_size < 0:
+        raise ConfigError("--cache-size cannot be negative")
+    if args.max_inflight < 1 or args.tcp_max_connections < 1:
+        raise ConfigError("--max-inflight and --tcp-max-connections must be at least 1")
+    return AgentConfig(
+        listen=listen,
+        upstreams=upstreams,
+        resolv_conf=Path(args.resolv_conf),
+        policies=Path(args.policies) if args.policies else None,
+        reload_interval=args.reload_interval,
+        attempt_timeout=min(args.attempt_timeout, args.query_timeout),
+        query_timeout=args.query_timeout,
+        down_base=args.down_backoff,
+        loop_check=not args.no_loop_check,
+        cache_size=args.cache_size,
+        stale_ttl=args.stale_ttl,
+        max_stale=args.max_stale,
+        tcp_idle_timeout=args.tcp_idle_timeout,
+        tcp_max_connections=args.tcp_max_connections,
+        drain_timeout=args.drain_timeout,
+        max_inflight=args.max_inflight,
+    )

@@ -1,0 +1,1 @@
+"""The resolver pipeline's handlers, one job each; ``agent.pipeline`` puts them in order."""

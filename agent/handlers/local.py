@@ -1,0 +1,61 @@
+"""Special-use names answered here and never forwarded (RFC 6761 §6.3/§6.4, RFC 6762 §22.1)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv6Address
+
+from agent.answer import Answer, Source
+from dnsmesh import dnswire
+from dnsmesh.dnswire import Query
+
+_LOCALHOST = b"\x09localhost\x00"
+_INVALID = b"\x07invalid\x00"
+_LOCAL = b"\x05local\x00"
+_SPECIAL = (_LOCALHOST, _INVALID, _LOCAL)
+_NEGATIVE_TTL = 300  # these answers never change; a client may keep them a while
+_ANSWER_TTL = 300
+
+
+class LocalNames:
+    """``localhost`` (and below) -> loopback; ``invalid`` and ``local`` (and below) -> NXDOMAIN.
+
+    RFC 6761 §6.3: caching servers answer address queries for localhost names with the
+    loopback address and everything else negatively, without asking anyone. §6.4: invalid
+    names get NXDOMAIN. RFC 6762 §22.1: ``.local`` belongs to multicast DNS, so a unicast
+    resolver answers negatively rather than leaking the query upstream.
+    """
+
+    __slots__ = ("_a", "_aaaa", "_soa")
+
+    def __init__(self) -> None:
+        self._a = dnswire.record_a(IPv4Address("127.0.0.1"), _ANSWER_TTL)
+        self._aaaa = dnswire.record_a(IPv6Address("::1"), _ANSWER_TTL)
+        self._soa = {
+            zone: dnswire.record_soa(zone, _NEGATIVE_TTL, _NEGATIVE_TTL) for zone in _SPECIAL
+        }
+
+    def answer(self, query: Query, client: str) -> Answer | None:
+        qname = query.qname
+        # One C-level suffix test is all a non-special name pays. A name such as
+        # "xlocalhost." does not end with the length-prefixed label, so it is not caught.
+        if not qname.endswith(_SPECIAL) or query.qclass != dnswire.CLASS_IN:
+            return None
+        if qname.endswith(_LOCALHOST):
+            if query.qtype == dnswire.TYPE_A:
+                wire = dnswire.build_response(
+                    query, dnswire.RCODE_NOERROR, (self._a,), authoritative=True
+                )
+            elif query.qtype == dnswire.TYPE_AAAA:
+                wire = dnswire.build_response(
+                    query, dnswire.RCODE_NOERROR, (self._aaaa,), authoritative=True
+                )
+            else:  # the name exists, the type does not: NODATA with the zone's SOA
+                wire = dnswire.build_response(
+                    query, dnswire.RCODE_NOERROR, (), (self._soa[_LOCALHOST],), authoritative=True
+                )
+            return Answer(wire, Source.LOCAL, "localhost")
+        zone = _INVALID if qname.endswith(_INVALID) else _LOCAL
+        wire = dnswire.build_response(
+            query, dnswire.RCODE_NXDOMAIN, (), (self._soa[zone],), authoritative=True
+        )
+        return Answer(wire, Source.LOCAL, "special-use")

@@ -1,0 +1,326 @@
+"""DNS listeners over UDP and TCP: move bytes between sockets and the pipeline, nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import struct
+from collections import OrderedDict
+from collections.abc import Coroutine
+from typing import Any, cast
+
+from agent.answer import Answer, Source
+from agent.config import HostPort
+from agent.pipeline import Pipeline
+from dnsmesh.dnswire import MalformedQuery, Query, fit_udp, parse_query
+from dnsmesh.logs import fields
+
+log = logging.getLogger(__name__)
+
+_LENGTH = struct.Struct("!H")
+
+
+class QueryService:
+    """What every listener shares: the pipeline, answer counts, the in-flight forwards."""
+
+    def __init__(self, pipeline: Pipeline, max_inflight: int = 4096) -> None:
+        self.pipeline = pipeline
+        self.max_inflight = max_inflight
+        self.counts: dict[str, int] = dict.fromkeys([*Source.ALL, "malformed", "dropped"], 0)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.accepting = True
+
+    def full(self) -> bool:
+        """Whether the bound on forwards in flight is reached (a flood of unique names):
+        new ones are then dropped, as resolvers under load do, and clients retry."""
+        if len(self.tasks) < self.max_inflight:
+            return False
+        self.counts["dropped"] += 1
+        return True
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("query.failed", exc_info=task.exception())
+
+    async def drain(self, grace: float) -> int:
+        """Wait up to ``grace`` seconds for in-flight forwards; cancel the rest, say how many."""
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=grace)
+        left = [task for task in self.tasks if not task.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left)
+        return len(left)
+
+
+class UdpListener(asyncio.DatagramProtocol):
+    """One UDP socket. A query answered at once is sent from inside datagram_received."""
+
+    def __init__(self, service: QueryService) -> None:
+        self.service = service
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDP transport does not subclass asyncio.DatagramTransport, hence a cast.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        service = self.service
+        if not service.accepting:
+            return  # draining: a datagram is not accepted; the client retries elsewhere
+        try:
+            query = parse_query(data)
+        except MalformedQuery as exc:
+            service.counts["malformed"] += 1
+            if exc.reply is not None and self.transport is not None:
+                self.transport.sendto(exc.reply, addr)
+            return
+        answer = service.pipeline.answer_now(query, addr[0])
+        if answer is not None:
+            service.counts[answer.source] += 1
+            wire = answer.wire
+            if len(wire) > 512:  # every client takes 512 (RFC 1035 §4.2.1): skip the rest
+                wire = fit_udp(wire, query.udp_limit)
+            self.transport.sendto(wire, addr)  # type: ignore[union-attr]  # set before data
+            return
+        if not service.full():
+            service.spawn(self._forward(query, addr))
+
+    async def _forward(self, query: Query, addr: tuple[str, int]) -> None:
+        answer = await self.service.pipeline.final(query, addr[0])
+        self.service.counts[answer.source] += 1
+        if self.transport is not None and not self.transport.is_closing():
+            # RFC 6891 §7 / RFC 1035 §4.2.1: no more than the client takes; TC tells it
+            # to ask again over TCP.
+            self.transport.sendto(fit_udp(answer.wire, query.udp_limit), addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for earlier replies (a client gone): nothing to do, keep serving.
+        log.debug("udp.error", extra=fields(error=str(exc)))
+
+
+class TcpConnections:
+    """The open TCP connections, least recently active first, bounded in number."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: OrderedDict[TcpConnection, None] = OrderedDict()
+
+    def admit(self, conn: TcpConnection) -> bool:
+        """Make room for ``conn`` by closing the least recently active idle connection.
+
+        RFC 7766 §6.2.2: a server may close idle connections to save resources. If every
+        connection has queries in flight, the newcomer is refused instead.
+        """
+        if len(self.open) >= self.limit:
+            idle = next((c for c in self.open if c.pending == 0), None)
+            if idle is None:
+                return False
+            idle.close("connection limit")
+        self.open[conn] = None
+        return True
+
+    def touch(self, conn: TcpConnection) -> None:
+        if conn in self.open:
+            self.open.move_to_end(conn)
+
+    def remove(self, conn: TcpConnection) -> None:
+        self.open.pop(conn, None)
+
+
+class TcpConnection(asyncio.Protocol):
+    """One client connection: length-framed queries, pipelined, answered as each is ready.
+
+    RFC 7766 §6.2.1.1: answers may go out of order, so a slow forward never holds back a
+    quick answer behind it. Reading (and handling what is already buffered) pauses while
+    ``max_pipelined`` queries are in flight or the client does not read its answers
+    (write buffer full), so one client cannot make us hold unbounded work.
+    """
+
+    def __init__(
+        self,
+        service: QueryService,
+        connections: TcpConnections,
+        idle_timeout: float,
+        max_pipelined: int,
+    ) -> None:
+        self.service = service
+        self.connections = connections
+        self.idle_timeout = idle_timeout
+        self.max_pipelined = max_pipelined
+        self.transport: asyncio.Transport | None = None
+        self.client = ""
+        self.buffer = bytearray()
+        self.pending = 0
+        self.paused = False  # reading paused by us
+        self.write_blocked = False  # the transport's write buffer is above its high mark
+        self.closing = False
+        self._idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = self.transport.get_extra_info("peername")
+        self.client = peer[0] if peer else ""
+        if not self.service.accepting or not self.connections.admit(self):
+            self.closing = True
+            self.transport.abort()
+            self.service.counts["dropped"] += 1
+            return
+        self._arm_idle()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self.connections.touch(self)
+        self._process()
+        self._arm_idle()
+
+    def _blocked(self) -> bool:
+        return self.pending >= self.max_pipelined or self.write_blocked
+
+    def _process(self) -> None:
+        """Handle every whole message buffered, until blocked; a partial one waits for more."""
+        buffer = self.buffer
+        while len(buffer) >= 2 and not self.closing and not self._blocked():
+            (size,) = _LENGTH.unpack_from(buffer)
+            if len(buffer) < 2 + size:
+                break
+            message = bytes(buffer[2 : 2 + size])
+            del buffer[: 2 + size]
+            self._handle(message)
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        if self._blocked():
+            if not self.paused:
+                self.paused = True
+                transport.pause_reading()
+        elif self.paused:
+            self.paused = False
+            transport.resume_reading()
+            self._process()  # what arrived before we paused
+
+    def pause_writing(self) -> None:
+        self.write_blocked = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self.write_blocked = False
+        self._update_reading()
+
+    def _handle(self, message: bytes) -> None:
+        service = self.service
+        try:
+            query = parse_query(message)
+        except MalformedQuery as exc:
+            service.counts["malformed"] += 1
+            if exc.reply is not None:
+                self._send(exc.reply)
+            return
+        answer = service.pipeline.answer_now(query, self.client)
+        if answer is not None:
+            service.counts[answer.source] += 1
+            self._send(answer.wire)
+            return
+        if service.full():
+            return
+        self.pending += 1
+        service.spawn(self._forward(query))
+
+    async def _forward(self, query: Query) -> None:
+        try:
+            answer: Answer = await self.service.pipeline.final(query, self.client)
+            self.service.counts[answer.source] += 1
+            self._send(answer.wire)
+        finally:
+            self.pending -= 1
+            if self.closing and self.pending == 0 and self.transport is not None:
+                self.transport.close()  # draining: the last answer is out
+            self._update_reading()
+            self._arm_idle()
+
+    def _send(self, wire: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(_LENGTH.pack(len(wire)) + wire)
+
+    def _arm_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if self.pending == 0 and not self.closing and self.transport is not None:
+            loop = asyncio.get_running_loop()
+            self._idle = loop.call_later(self.idle_timeout, self.close, "idle")
+
+    def close(self, reason: str) -> None:
+        """Close now if nothing is in flight, else stop reading and close after the last answer."""
+        self.closing = True
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if self.transport is None:
+            return
+        if self.pending == 0:
+            self.transport.close()
+        else:
+            self.transport.pause_reading()
+        log.debug("tcp.close", extra=fields(client=self.client, reason=reason))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.remove(self)
+        self.closing = True
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+
+def bind_socket(address: HostPort, kind: socket.SocketKind, reuse: bool = True) -> socket.socket:
+    """A socket bound to ``address`` with SO_REUSEPORT, so a new agent can start beside us.
+
+    IPv6 sockets are V6ONLY: an IPv4 listener on the same port is a separate --listen, and
+    clients never show up as IPv4-mapped addresses (which slices would not match).
+    ``reuse=False`` binds exclusively: bind_pair uses it for port 0 ("any free port", as
+    tests ask), since with SO_REUSEPORT the kernel may hand out a port that another socket
+    of the same user holds, and two tests would share it.
+    """
+    family = socket.AF_INET6 if address.family_v6 else socket.AF_INET
+    sock = socket.socket(family, kind)
+    try:
+        if reuse:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address.host, address.port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_pair(address: HostPort) -> tuple[socket.socket, socket.socket]:
+    """A UDP and a TCP socket on the same address and port (port 0: one free for both)."""
+    for _ in range(20):
+        reuse = address.port != 0
+        udp = bind_socket(address, socket.SOCK_DGRAM, reuse)
+        port = udp.getsockname()[1]
+        try:
+            tcp = bind_socket(HostPort(address.host, port), socket.SOCK_STREAM, reuse)
+        except OSError as exc:
+            udp.close()
+            if address.port == 0 and exc.errno == errno.EADDRINUSE:
+                continue  # the kernel's free UDP port is taken for TCP: pick another
+            raise
+        return udp, tcp
+    raise OSError(errno.EADDRINUSE, f"no port free for both UDP and TCP on {address.host}")

@@ -1,0 +1,72 @@
+"""The resolver pipeline: small handlers in a fixed order, assembled in one place.
+
+Handlers before the last answer at once (no awaits), so a policy hit over UDP costs a parse,
+a dict lookup, the pre-built response and a sendto. Only the last handler, forwarding, is
+asynchronous; the listeners start a task for it only when every handler before passed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from agent.answer import Answer
+from agent.cache import Cache
+from agent.handlers.cached import CachedAnswers
+from agent.handlers.forward import Forwarder
+from agent.handlers.local import LocalNames
+from agent.handlers.policy import PolicyAnswers
+from agent.loopcheck import LoopGuard
+from agent.state import PolicyState
+from agent.upstream import UpstreamClient
+from dnsmesh.dnsforward import UpstreamAnswer
+from dnsmesh.dnswire import Query
+
+ImmediateHandler = Callable[[Query, str], Answer | None]
+FinalHandler = Callable[[Query, str], Awaitable[Answer]]
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    immediate: tuple[ImmediateHandler, ...]
+    final: FinalHandler
+
+    def answer_now(self, query: Query, client: str) -> Answer | None:
+        """The first immediate handler's answer, or None: the query must be forwarded."""
+        for handler in self.immediate:
+            answer = handler(query, client)
+            if answer is not None:
+                return answer
+        return None
+
+
+def build_pipeline(
+    state: PolicyState,
+    cache: Cache[UpstreamAnswer],
+    upstream: UpstreamClient,
+    loop_guard: LoopGuard,
+    rng: random.Random,
+    *,
+    query_timeout: float,
+    stale_ttl: int,
+) -> Pipeline:
+    return Pipeline(
+        immediate=(
+            # 1. Special-use names first: RFC 6761/6762 say they are answered locally and
+            #    never sent anywhere, and no policy may take "localhost" over.
+            LocalNames().answer,
+            # 2. Policies before the cache: a policy answer is picked per query (weights,
+            #    stickiness, the client's slice) and a reload must show on the next query;
+            #    a cached copy would freeze one pick. A name that was forwarded and cached
+            #    before a policy appeared for it is answered by the policy from then on.
+            PolicyAnswers(state, rng).answer,
+            # 3. The cache before forwarding, the point of having one.
+            CachedAnswers(cache).answer,
+            # 4. The loop guard just before forwarding: only a query about to be forwarded
+            #    can be our own probe coming back, and hits above never pay for the check.
+            loop_guard.answer,
+        ),
+        # 5. Forwarding last: the only step that waits on the network.
+        final=Forwarder(upstream, cache, query_timeout=query_timeout, stale_ttl=stale_ttl).answer,
+    )

@@ -1,0 +1,191 @@
+"""The agent as one object: listeners, pipeline, upstreams, cache and reload, started and stopped.
+
+Tests start it in-process on port 0; ``agent.app`` runs it as the ``dnsmesh agent`` process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+
+from agent.cache import Cache
+from agent.config import AgentConfig, HostPort
+from agent.listeners import QueryService, TcpConnection, TcpConnections, UdpListener, bind_pair
+from agent.loopcheck import LoopGuard
+from agent.pipeline import Pipeline, build_pipeline
+from agent.reload import PolicyWatcher
+from agent.resolvconf import is_self, upstreams_from_resolv_conf
+from agent.state import PolicyState
+from agent.upstream import UpstreamClient
+from dnsmesh.dnsforward import UpstreamAnswer
+from dnsmesh.errors import ConfigError
+from dnsmesh.logs import fields
+from dnsmesh.snapshot import Snapshot, compile_snapshot
+
+log = logging.getLogger(__name__)
+
+
+class AgentServer:
+    """``await start()``, ``await stop()``; ``addresses`` are the bound ones (port 0 resolved)."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.state = PolicyState(compile_snapshot([]))
+        self.cache: Cache[UpstreamAnswer] = Cache(
+            config.cache_size, clock, max_ttl=config.max_ttl, max_stale=config.max_stale
+        )
+        self.upstream = UpstreamClient(
+            attempt_timeout=config.attempt_timeout,
+            query_timeout=config.query_timeout,
+            down_base=config.down_base,
+            down_max=config.down_max,
+            clock=clock,
+        )
+        self.loop_guard = LoopGuard(self.upstream, config.attempt_timeout)
+        self.pipeline: Pipeline = build_pipeline(
+            self.state,
+            self.cache,
+            self.upstream,
+            self.loop_guard,
+            self.rng,
+            query_timeout=config.query_timeout,
+            stale_ttl=config.stale_ttl,
+        )
+        self.service = QueryService(self.pipeline, config.max_inflight)
+        self.tcp_connections = TcpConnections(config.tcp_max_connections)
+        self.watcher: PolicyWatcher | None = None
+        self.addresses: list[HostPort] = []
+        self._transports: list[asyncio.BaseTransport] = []
+        self._servers: list[asyncio.Server] = []
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.state.snapshot
+
+    def apply_snapshot(self, snapshot: Snapshot) -> None:
+        self.state.snapshot = snapshot  # one assignment: queries see the old or the new, whole
+
+    async def start(self) -> None:
+        config = self.config
+        if config.policies is not None:
+            # A bad file at start is logged like a bad reload: the agent serves (forwards)
+            # with no policies rather than leave the node without DNS.
+            self.watcher = PolicyWatcher(
+                config.policies, self.apply_snapshot, interval=config.reload_interval
+            )
+            self.watcher.load()
+        for address in config.listen:
+            try:
+                await self._listen(address)
+            except OSError as exc:
+                await self._close_listeners()
+                raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
+        if config.upstreams is None:
+            upstreams = upstreams_from_resolv_conf(config.resolv_conf, self.addresses)
+        else:
+            upstreams = self._without_self(config.upstreams)
+            if config.upstreams and not upstreams:
+                await self._close_listeners()
+                raise ConfigError("every --upstream is this agent's own address")
+        self.set_upstreams(upstreams)
+        if self.watcher is not None:
+            self.watcher.start()
+        log.info(
+            "agent.started",
+            extra=fields(
+                listen=[str(a) for a in self.addresses],
+                upstreams=[str(u) for u in upstreams],
+                policies=len(self.state.snapshot),
+            ),
+        )
+
+    async def _listen(self, address: HostPort) -> None:
+        loop = asyncio.get_running_loop()
+        udp, tcp = bind_pair(address)
+        bound = HostPort(address.host, udp.getsockname()[1])
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: UdpListener(self.service), sock=udp
+        )
+        self._transports.append(transport)
+        config = self.config
+        server = await loop.create_server(
+            lambda: TcpConnection(
+                self.service,
+                self.tcp_connections,
+                config.tcp_idle_timeout,
+                config.tcp_max_pipelined,
+            ),
+            sock=tcp,
+            backlog=128,
+        )
+        self._servers.append(server)
+        self.addresses.append(bound)
+        log.info("agent.listening", extra=fields(address=str(bound), protocols="udp,tcp"))
+
+    def _without_self(self, upstreams: Sequence[HostPort]) -> list[HostPort]:
+        out = []
+        for upstream in upstreams:
+            if is_self(upstream, self.addresses):
+                log.warning("upstream.skipped_self", extra=fields(upstream=str(upstream)))
+            else:
+                out.append(upstream)
+        return out
+
+    def set_upstreams(self, upstreams: Sequence[HostPort]) -> None:
+        """Use these upstreams from now on (minus ourselves) and probe them for loops."""
+        upstreams = self._without_self(upstreams)
+        self.upstream.set_upstreams(upstreams)
+        if self.config.loop_check and upstreams:
+            task = asyncio.get_running_loop().create_task(self.loop_guard.probe_all())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        """Stop accepting, let in-flight queries finish (bounded), then close everything."""
+        drain = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        self.service.accepting = False
+        for server in self._servers:
+            server.close()  # no new TCP connections; open ones finish what they hold
+        if self.watcher is not None:
+            await self.watcher.stop()
+        for conn in list(self.tcp_connections.open):
+            conn.close("shutdown")
+        left = await self.service.drain(drain)
+        for task in list(self._background):
+            task.cancel()
+        for task in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.upstream.close()
+        for conn in list(self.tcp_connections.open):
+            if conn.transport is not None:
+                conn.transport.abort()
+        await self._close_listeners()
+        log.info("agent.stopped", extra=fields(abandoned=left, **self.counts()))
+
+    async def _close_listeners(self) -> None:
+        for transport in self._transports:
+            transport.close()
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        self._transports.clear()
+        self._servers.clear()
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.service.counts)

@@ -1,0 +1,294 @@
+"""Forwarding to upstream resolvers: UDP then TCP, spoofing-resistant, failover, coalescing.
+
+RFC 5452 asks three things of a forwarder, and each exchange here does them: a fresh random
+ID (``secrets``), a fresh source port (a new UDP socket per query; Linux picks its
+ephemeral port at random), and acceptance only of a reply from the address/port we asked
+(the socket is connected, so the kernel filters) whose ID and question match
+(``parse_upstream_response``). Everything else is discarded and we keep listening.
+
+A socket per query rather than a pool, measured (uvloop, loopback echo upstream, 5000
+exchanges): socket+connect+endpoint+close costs ~16 us of a ~35-43 us exchange (23-29k
+exchanges/s on one core). A pool would save at most that on cache misses only, and reusing
+ports is exactly what RFC 5452 asks us not to do, so the fresh socket stays.
+
+Upstreams that fail are avoided for a backoff that doubles per consecutive failure, yet
+never dropped: they stay at the end of the order (tried when the others fail too) and move
+back to the front once their backoff has run out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+from agent.config import HostPort
+from dnsmesh import dnswire
+from dnsmesh.dnsforward import (
+    BadUpstreamResponse,
+    UpstreamAnswer,
+    build_question,
+    build_upstream_query,
+    parse_upstream_response,
+)
+from dnsmesh.errors import UpstreamError, UpstreamTimeout
+from dnsmesh.logs import fields
+
+log = logging.getLogger(__name__)
+
+Key = tuple[bytes, int, int]
+_LENGTH = struct.Struct("!H")
+# Rounds over the upstream list per query: a second round gives a lone upstream one retry
+# (a lost datagram) without spinning when every upstream refuses at once.
+_ROUNDS = 2
+# rcodes that say "this server could not help", not "the name is so": try the next one.
+_TRY_NEXT = frozenset({dnswire.RCODE_SERVFAIL, dnswire.RCODE_REFUSED})
+
+
+@dataclass(slots=True)
+class Upstream:
+    """One upstream and what we learned about it."""
+
+    address: HostPort
+    index: int  # configured position: the preference among healthy upstreams
+    failures: int = 0  # consecutive
+    down_until: float = 0.0  # clock time before which it is tried only as a last resort
+    disabled: str | None = None  # never used again (a forwarding loop through it)
+
+
+class _UdpExchange(asyncio.DatagramProtocol):
+    """Waits on a connected socket for the one datagram that answers our query."""
+
+    def __init__(self, msg_id: int, question: bytes, done: asyncio.Future[UpstreamAnswer]) -> None:
+        self.msg_id = msg_id
+        self.question = question
+        self.done = done
+        self.rejected = 0
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            answer = parse_upstream_response(data, self.msg_id, self.question)
+        except BadUpstreamResponse as exc:
+            # RFC 5452 §9.1: a mismatch may be a spoofing attempt; ignore it and keep waiting.
+            self.rejected += 1
+            log.debug("upstream.reply_rejected", extra=fields(upstream=addr[0], reason=str(exc)))
+            return
+        if not self.done.done():
+            self.done.set_result(answer)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable on a connected socket: the upstream is not there; fail now
+        # rather than at the timeout.
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+
+class UpstreamClient:
+    """Asks the configured upstreams, in order of health, within a bounded time."""
+
+    def __init__(
+        self,
+        upstreams: Sequence[HostPort] = (),
+        *,
+        attempt_timeout: float = 1.0,
+        query_timeout: float = 2.0,
+        down_base: float = 1.0,
+        down_max: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.attempt_timeout = attempt_timeout
+        self.query_timeout = query_timeout
+        self.down_base = down_base
+        self.down_max = down_max
+        self.clock = clock
+        self.servers: list[Upstream] = []
+        self._inflight: dict[Key, asyncio.Task[UpstreamAnswer]] = {}
+        self.set_upstreams(upstreams)
+
+    def set_upstreams(self, upstreams: Sequence[HostPort]) -> None:
+        """Replace the list; an upstream that stays keeps its health record."""
+        old = {s.address: s for s in self.servers}
+        servers = []
+        for index, address in enumerate(dict.fromkeys(upstreams)):
+            previous = old.get(address)
+            server = Upstream(address, index)
+            if previous is not None:
+                server.failures, server.down_until = previous.failures, previous.down_until
+                server.disabled = previous.disabled
+            servers.append(server)
+        self.servers = servers
+
+    def disable(self, address: HostPort, reason: str) -> None:
+        for server in self.servers:
+            if server.address == address:
+                server.disabled = reason
+
+    def usable(self) -> list[Upstream]:
+        """Upstreams to try, healthy ones first in configured order, then the soonest back."""
+        now = self.clock()
+        live = [s for s in self.servers if s.disabled is None]
+        live.sort(
+            key=lambda s: (s.down_until > now, s.down_until if s.down_until > now else 0, s.index)
+        )
+        return live
+
+    def all_down(self) -> bool:
+        now = self.clock()
+        return all(s.disabled is not None or s.down_until > now for s in self.servers)
+
+    async def resolve(self, qname: bytes, qtype: int, qclass: int) -> UpstreamAnswer:
+        """The upstream answer for a question; concurrent identical questions share one query.
+
+        Each waiter is shielded: a client that gives up (its task cancelled) does not
+        cancel the query the others wait for.
+        """
+        key = (qname, qtype, qclass)
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._resolve(qname, qtype, qclass))
+            self._inflight[key] = task
+            task.add_done_callback(partial(self._finished, key))
+        return await asyncio.shield(task)
+
+    def _finished(self, key: Key, task: asyncio.Task[UpstreamAnswer]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here, so a failure nobody awaited is not reported
+
+    async def close(self) -> None:
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, UpstreamError):
+                await task
+
+    async def _resolve(self, qname: bytes, qtype: int, qclass: int) -> UpstreamAnswer:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.query_timeout
+        fallback: UpstreamAnswer | None = None
+        last_error = "no upstream configured"
+        for _ in range(_ROUNDS):
+            order = self.usable()
+            if not order:
+                break
+            for server in order:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    answer = await self.exchange(
+                        server.address, qname, qtype, qclass, min(self.attempt_timeout, remaining)
+                    )
+                except UpstreamError as exc:
+                    last_error = str(exc)
+                    self._failed(server, last_error)
+                    continue
+                self._answered(server)
+                if answer.rcode in _TRY_NEXT:
+                    fallback = answer
+                    continue
+                return answer
+        if fallback is not None:
+            return fallback  # every upstream said SERVFAIL/REFUSED: pass the last one on
+        raise UpstreamTimeout(f"no upstream answered: {last_error}")
+
+    def _failed(self, server: Upstream, reason: str) -> None:
+        server.failures += 1
+        backoff = min(self.down_max, self.down_base * 2 ** min(server.failures - 1, 30))
+        server.down_until = self.clock() + backoff
+        level = logging.WARNING if server.failures == 1 else logging.DEBUG
+        log.log(
+            level,
+            "upstream.down",
+            extra=fields(
+                upstream=str(server.address),
+                reason=reason,
+                failures=server.failures,
+                retry_in=round(backoff, 3),
+            ),
+        )
+
+    def _answered(self, server: Upstream) -> None:
+        if server.failures:
+            log.info(
+                "upstream.up", extra=fields(upstream=str(server.address), after=server.failures)
+            )
+            server.failures = 0
+            server.down_until = 0.0
+
+    async def exchange(
+        self, server: HostPort, qname: bytes, qtype: int, qclass: int, budget: float
+    ) -> UpstreamAnswer:
+        """One question to one server: UDP, and TCP when the UDP answer is truncated.
+
+        Raises UpstreamError (UpstreamTimeout when it did not answer in time).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        question = build_question(qname, qtype, qclass)
+        try:
+            async with asyncio.timeout_at(deadline):
+                answer = await self._udp(server, qname, qtype, qclass, question)
+                if answer.truncated:  # RFC 7766 §5: retry the same server over TCP
+                    answer = await self._tcp(server, qname, qtype, qclass, question)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"{server}: no answer in {budget:.2f}s") from exc
+        except OSError as exc:
+            raise UpstreamError(f"{server}: {exc.strerror or exc}") from exc
+        except (asyncio.IncompleteReadError, BadUpstreamResponse) as exc:
+            raise UpstreamError(f"{server}: bad TCP answer: {exc}") from exc
+        return answer
+
+    async def _udp(
+        self, server: HostPort, qname: bytes, qtype: int, qclass: int, question: bytes
+    ) -> UpstreamAnswer:
+        loop = asyncio.get_running_loop()
+        msg_id = secrets.randbits(16)
+        family = socket.AF_INET6 if server.family_v6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            # connect() binds a fresh random ephemeral port and makes the kernel drop
+            # datagrams from any other address or port.
+            sock.connect((server.host, server.port))
+        except OSError:
+            sock.close()
+            raise
+        done: asyncio.Future[UpstreamAnswer] = loop.create_future()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpExchange(msg_id, question, done), sock=sock
+        )
+        try:
+            transport.sendto(build_upstream_query(qname, qtype, qclass, msg_id))
+            return await done
+        finally:
+            transport.close()
+
+    async def _tcp(
+        self, server: HostPort, qname: bytes, qtype: int, qclass: int, question: bytes
+    ) -> UpstreamAnswer:
+        msg_id = secrets.randbits(16)
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        try:
+            packet = build_upstream_query(qname, qtype, qclass, msg_id)
+            writer.write(_LENGTH.pack(len(packet)) + packet)
+            while True:  # skip anything that is not our answer, as over UDP
+                (size,) = _LENGTH.unpack(await reader.readexactly(2))
+                data = await reader.readexactly(size)
+                try:
+                    return parse_upstream_response(data, msg_id, question)
+                except BadUpstreamResponse:
+                    continue
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()

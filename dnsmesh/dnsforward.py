@@ -1,0 +1,246 @@
+"""Forwarding on the wire: our upstream query, the checked upstream answer, the client's copy.
+
+An upstream response is walked once when it arrives (off the hot path) and kept as the
+bytes after its question plus the offsets of every TTL. A cache hit then costs one header,
+the client's own question bytes, and a TTL patch per record (``build_forwarded_response``).
+Compression pointers inside the kept sections stay valid because the client's question has
+the same length as ours: the cache is keyed by the lower-cased name, so only case differs.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from dnsmesh.dnswire import (
+    EDE_STALE_ANSWER,
+    FLAG_AD,
+    FLAG_CD,
+    FLAG_QR,
+    FLAG_RA,
+    FLAG_RD,
+    FLAG_TC,
+    HEADER,
+    OPT_DO,
+    OPT_PLAIN,
+    RCODE_NOERROR,
+    RCODE_NXDOMAIN,
+    TYPE_OPT,
+    TYPE_SOA,
+    Query,
+    build_opt,
+    skip_name,
+)
+from dnsmesh.errors import DnsmeshError
+
+# RFC 8767 §4: cap what we keep, so one odd upstream TTL cannot pin a record for weeks.
+MAX_CACHE_TTL = 604800
+# RFC 2181 §8: a TTL with the top bit set is to be read as zero.
+_MAX_TTL = 0x7FFFFFFF
+
+_RR_FIXED = struct.Struct("!HHIH")
+_TYPE_CLASS = struct.Struct("!HH")
+_TTL = struct.Struct("!I")
+_OPCODE_MASK = 0x7800
+_QUERY_OPT = OPT_PLAIN  # payload 1232, DO=0: we do not validate, so we do not ask for RRSIGs
+_STALE_OPT_PLAIN = build_opt(False, (EDE_STALE_ANSWER, ""))
+_STALE_OPT_DO = build_opt(True, (EDE_STALE_ANSWER, ""))
+
+
+class BadUpstreamResponse(DnsmeshError):
+    """An upstream packet is not a well-formed answer to the query we sent."""
+
+
+def build_question(qname: bytes, qtype: int, qclass: int) -> bytes:
+    """The question section for a wire name: what ``parse_upstream_response`` compares."""
+    return qname + _TYPE_CLASS.pack(qtype, qclass)
+
+
+def build_upstream_query(qname: bytes, qtype: int, qclass: int, msg_id: int) -> bytes:
+    """Our query to an upstream: RD=1, EDNS0 with payload 1232 (RFC 6891), DO clear."""
+    return (
+        HEADER.pack(msg_id, FLAG_RD, 1, 0, 0, 1)
+        + qname
+        + _TYPE_CLASS.pack(qtype, qclass)
+        + (_QUERY_OPT)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAnswer:
+    """An upstream response reduced to what a cached answer needs."""
+
+    rcode: int  # may be extended (> 15) when the upstream OPT carried upper bits
+    flags: int  # the upstream header flags word
+    sections: bytes  # answer + authority + additional after the question, OPT removed
+    ancount: int
+    nscount: int
+    arcount: int  # additional records in ``sections`` (the OPT is not counted)
+    ttl_offsets: tuple[int, ...]  # offset of every RR's TTL within ``sections``
+    cache_ttl: int  # seconds it may be cached; 0 = do not cache
+    truncated: bool  # TC was set: ask again over TCP; sections are then empty
+    ttls: tuple[int, ...] = ()  # the TTL at each offset as received (top bit set -> 0)
+    # {age: sections patched for that age}, at most one entry: every cache hit within the
+    # same second reuses one patched copy. A cache, invisible to equality; the only mutable part.
+    _patched: dict[int, bytes] = field(default_factory=dict, compare=False, repr=False)
+
+
+def _bad(reason: str) -> BadUpstreamResponse:
+    return BadUpstreamResponse(reason)
+
+
+def parse_upstream_response(packet: bytes, msg_id: int, question: bytes) -> UpstreamAnswer:
+    """Check and reduce an upstream response; raises BadUpstreamResponse and nothing else.
+
+    Accepted only if the ID matches, QR=1, the opcode is QUERY and the one question equals
+    ours case-insensitively (RFC 5452 §9.1: anything else may be a spoofing attempt).
+    """
+    size = len(packet)
+    if size < 12:
+        raise _bad("shorter than a DNS header")
+    rid, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(packet)
+    if rid != msg_id:
+        raise _bad("ID does not match")
+    if not flags & FLAG_QR or flags & _OPCODE_MASK:
+        raise _bad("not a response to a standard query")
+    if qdcount != 1:
+        raise _bad("not exactly one question")
+    start = 12 + len(question)
+    # The name compares case-insensitively (0x20), type and class exactly: lower() would
+    # also fold type octets such as 0x41 (HTTPS) into 0x61.
+    if (
+        packet[start - 4 : start] != question[-4:]
+        or packet[12 : start - 4].lower() != question[:-4].lower()
+    ):
+        raise _bad("question does not match ours")
+    rcode = flags & 0xF
+    if flags & FLAG_TC:
+        return UpstreamAnswer(rcode, flags, b"", 0, 0, 0, (), 0, True)
+    try:
+        return _walk(packet, flags, rcode, start, ancount, nscount, arcount)
+    except (IndexError, ValueError, struct.error) as exc:
+        raise _bad(f"malformed records: {exc}") from None
+
+
+def _walk(
+    packet: bytes, flags: int, rcode: int, start: int, ancount: int, nscount: int, arcount: int
+) -> UpstreamAnswer:
+    size = len(packet)
+    offsets: list[int] = []
+    ttls: list[int] = []
+    min_answer = MAX_CACHE_TTL
+    negative_ttl = -1  # from the authority SOA, -1 while none seen
+    pos = start
+    end_kept = start
+    kept_additional = 0
+    total = ancount + nscount + arcount
+    for index in range(total):
+        record = pos
+        pos = skip_name(packet, pos)
+        if pos + 10 > size:
+            raise ValueError("record header past the end")
+        rtype, _rclass, ttl, rdlen = _RR_FIXED.unpack_from(packet, pos)
+        rdata = pos + 10
+        end = rdata + rdlen
+        if end > size:
+            raise ValueError("rdata past the end")
+        if rtype == TYPE_OPT:
+            if index < ancount + nscount or packet[record] != 0:
+                raise ValueError("OPT outside the additional section or not owned by root")
+            rcode |= (ttl >> 24) << 4  # RFC 6891 §6.1.3: upper 8 bits of the rcode
+            # Drop the OPT and every record after it: removing bytes would break compression
+            # pointers into what follows, and additional data is only a hint (RFC 2181 §5.4.1).
+            break
+        if ttl > _MAX_TTL:
+            ttl = 0
+        offsets.append(pos + 4 - start)
+        ttls.append(ttl)
+        if index < ancount:
+            min_answer = min(min_answer, ttl)
+        elif index < ancount + nscount:
+            if rtype == TYPE_SOA and negative_ttl < 0 and rdlen >= 22:
+                # RFC 2308 §5: negative answers live min(SOA TTL, SOA MINIMUM) seconds.
+                minimum = _TTL.unpack_from(packet, end - 4)[0]
+                negative_ttl = min(ttl, minimum if minimum <= _MAX_TTL else 0)
+        else:
+            kept_additional += 1
+        pos = end
+        end_kept = end
+    if rcode == RCODE_NOERROR and ancount:
+        cache_ttl = min_answer
+    elif rcode in (RCODE_NOERROR, RCODE_NXDOMAIN):
+        cache_ttl = max(negative_ttl, 0)  # no SOA: do not cache (RFC 2308 §5)
+    else:
+        cache_ttl = 0
+    return UpstreamAnswer(
+        rcode=rcode,
+        flags=flags,
+        sections=packet[start:end_kept],
+        ancount=ancount,
+        nscount=nscount,
+        arcount=kept_additional,
+        ttl_offsets=tuple(offsets),
+        cache_ttl=min(cache_ttl, MAX_CACHE_TTL),
+        truncated=False,
+        ttls=tuple(ttls),
+    )
+
+
+_pack_ttl = _TTL.pack_into
+
+
+def _count_down(answer: UpstreamAnswer, age: int) -> bytes:
+    """``answer.sections`` with every TTL lowered by ``age`` seconds, floored at 0."""
+    sections = answer.sections
+    patched = bytearray(sections)
+    ttls = answer.ttls or tuple(
+        _TTL.unpack_from(sections, offset)[0] for offset in answer.ttl_offsets
+    )
+    for offset, ttl in zip(answer.ttl_offsets, ttls, strict=True):
+        _pack_ttl(patched, offset, ttl - age if ttl > age else 0)
+    return bytes(patched)
+
+
+def build_forwarded_response(
+    query: Query, answer: UpstreamAnswer, age: int, stale_ttl: int | None = None
+) -> bytes:
+    """The client's response from a (cached) upstream answer.
+
+    The client's ID, flags it set (RD, CD) and question bytes; the upstream's rcode and
+    records with every TTL lowered by ``age`` seconds (floored at 0), or set to
+    ``stale_ttl`` when serving stale (RFC 8767 §4, with EDE 3 when the client has EDNS).
+    AA is clear (we are not the authority); AD is passed on only to a client that asked
+    with DO or AD (RFC 6840 §5.7).
+    """
+    msg_id, query_flags, _qname, question, _qtype, _qclass, payload, dnssec_ok = query
+    rcode = answer.rcode
+    flags = FLAG_QR | FLAG_RA | (query_flags & (FLAG_RD | FLAG_CD)) | (rcode & 0xF)
+    if answer.flags & FLAG_AD and (dnssec_ok or query_flags & FLAG_AD):
+        flags |= FLAG_AD
+    sections = answer.sections
+    if stale_ttl is not None:
+        patched = bytearray(sections)
+        for offset in answer.ttl_offsets:
+            _pack_ttl(patched, offset, stale_ttl)
+        sections = bytes(patched)
+    elif age > 0:
+        memo = answer._patched
+        cached = memo.get(age)
+        if cached is None:
+            cached = _count_down(answer, age)
+            memo.clear()
+            memo[age] = cached
+        sections = cached
+    arcount = answer.arcount
+    if payload is None:
+        opt = b""
+    else:
+        arcount += 1
+        if stale_ttl is not None:
+            opt = _STALE_OPT_DO if dnssec_ok else _STALE_OPT_PLAIN
+        elif rcode > 15:
+            opt = build_opt(dnssec_ok, None, rcode)
+        else:
+            opt = OPT_DO if dnssec_ok else OPT_PLAIN
+    header = HEADER.pack(msg_id, flags, 1, answer.ancount, answer.nscount, arcount)
+    return b"".join((header, question, sections, opt))

@@ -1,0 +1,398 @@
+"""Compile policies into an immutable snapshot that answers policy names from pre-encoded RRs.
+
+Everything that does not depend on the query is done here, once per snapshot: names in wire
+form, every A/AAAA and SOA record encoded, slices parsed, cumulative weights summed. Per
+query, ``CompiledPolicy.respond`` picks records and joins header + question + RRs + OPT.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from dnsmesh.dnswire import (
+    CLASS_IN,
+    EDE_PROHIBITED,
+    FLAG_AA,
+    FLAG_CD,
+    FLAG_QR,
+    FLAG_RA,
+    FLAG_RD,
+    HEADER,
+    OPT_DO,
+    OPT_PLAIN,
+    RCODE_REFUSED,
+    TYPE_A,
+    TYPE_AAAA,
+    Query,
+    build_error,
+    name_to_wire,
+    record_a,
+    record_soa,
+)
+from dnsmesh.policy import Endpoint, Policy, SliceAction, Strategy, check_policy_set
+from dnsmesh.selection import (
+    WeightedTable,
+    failover_members,
+    pick_sticky,
+    sticky_key,
+)
+
+# Per-client memo tables are cleared when they reach this size: a flood of distinct source
+# addresses costs a re-parse each, never unbounded memory.
+MEMO_LIMIT = 65536
+
+_ANSWER_FLAGS = FLAG_QR | FLAG_AA | FLAG_RA
+_ECHO = FLAG_RD | FLAG_CD
+_pack_header = HEADER.pack
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class _Picker:
+    """Chooses the answer records of one address family for one view of a policy."""
+
+    __slots__ = ()
+
+    def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
+        """(the chosen RRs joined, how many) for this client."""
+        raise NotImplementedError
+
+
+class _Fixed(_Picker):
+    """Only one possible answer (a single eligible endpoint)."""
+
+    __slots__ = ("answer",)
+
+    def __init__(self, rrs: bytes, count: int) -> None:
+        self.answer = (rrs, count)
+
+    def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
+        return self.answer
+
+
+class _WeightedOne(_Picker):
+    """One record, weighted: one random() and one bisect per query."""
+
+    __slots__ = ("cumulative", "rrs", "total")
+
+    def __init__(self, rrs: Sequence[bytes], weights: Sequence[int]) -> None:
+        table = WeightedTable.build(weights)
+        self.cumulative = table.cumulative
+        self.total = table.total
+        self.rrs = tuple((rr, 1) for rr in rrs)
+
+    def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
+        return self.rrs[bisect_right(self.cumulative, rng.random() * self.total)]
+
+
+# Up to this many weight units, a weighted pick indexes a table holding each answer `weight`
+# times: exact, and an int() is cheaper than a bisect. Weights are usually small integers.
+SLOT_TABLE_LIMIT = 4096
+
+
+class _WeightedSlots(_Picker):
+    """One record, weighted, by indexing a table with one slot per unit of weight."""
+
+    __slots__ = ("slots", "total")
+
+    def __init__(self, rrs: Sequence[bytes], weights: Sequence[int]) -> None:
+        self.slots = tuple(
+            (rr, 1) for rr, weight in zip(rrs, weights, strict=True) for _ in range(weight)
+        )
+        self.total = len(self.slots)
+
+    def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
+        # random() < 1, so the index is always below total.
+        return self.slots[int(rng.random() * self.total)]
+
+
+class _WeightedMany(_Picker):
+    """Several distinct records, drawn by weight without replacement."""
+
+    __slots__ = ("count", "rrs", "table")
+
+    def __init__(self, rrs: Sequence[bytes], weights: Sequence[int], count: int) -> None:
+        self.rrs = tuple(rrs)
+        self.table = WeightedTable.build(weights)
+        self.count = count
+
+    def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
+        rrs = self.rrs
+        picked = self.table.pick_distinct(self.count, rng)
+        return b"".join([rrs[i] for i in picked]), len(picked)
+
+
+class _Sticky(_Picker):
+    """Weighted rendezvous hashing on the client address, memoised per client."""
+
+    __slots__ = ("count", "members", "memo", "rrs")
+
+    def __init__(self, rrs: Sequence[bytes], members: Sequence[tuple[bytes, int]], count: int):
+        self.rrs = tuple(rrs)
+        self.members = tuple(members)
+        self.count = count
+        self.memo: dict[str, tuple[bytes, int]] = {}
+
+    def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
+        answer = self.memo.get(client)
+        if answer is None:
+            picked = pick_sticky(client, self.members, self.count)
+            answer = (b"".join([self.rrs[i] for i in picked]), len(picked))
+            if len(self.memo) >= MEMO_LIMIT:
+                self.memo.clear()
+            self.memo[client] = answer
+        return answer
+
+
+def _compile_picker(
+    endpoints: Sequence[Endpoint], strategy: Strategy, count: int, ttl: int
+) -> _Picker | None:
+    """The picker for one family's endpoints, or None when none of them can be answered."""
+    live = [e for e in endpoints if e.weight > 0]
+    if strategy is Strategy.FAILOVER:
+        members = failover_members([e.priority for e in live], [e.weight for e in live])
+        live = [live[i] for i in members]
+    if not live:
+        return None
+    rrs = [record_a(e.address, ttl) for e in live]
+    weights = [e.weight for e in live]
+    if len(live) == 1:
+        return _Fixed(rrs[0], 1)
+    if strategy is Strategy.STICKY:
+        return _Sticky(rrs, [(sticky_key(str(e.address)), e.weight) for e in live], count)
+    # weighted, failover (within its group) and, for now, latency-weighted.
+    if count == 1:
+        if sum(weights) <= SLOT_TABLE_LIMIT:
+            return _WeightedSlots(rrs, weights)
+        return _WeightedOne(rrs, weights)
+    return _WeightedMany(rrs, weights, count)
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """What one slice (or the default) answers: a picker per family, or a refusal."""
+
+    v4: _Picker | None
+    v6: _Picker | None
+    refuse: bool = False
+
+
+def _compile_view(
+    endpoints: Sequence[Endpoint],
+    groups: Sequence[str] | None,
+    spec_strategy: Strategy,
+    count: int,
+    ttl: int,
+) -> _View:
+    if groups is not None:
+        wanted = set(groups)
+        endpoints = [e for e in endpoints if e.group in wanted]
+    v4 = [e for e in endpoints if e.address.version == 4]
+    v6 = [e for e in endpoints if e.address.version == 6]
+    return _View(
+        _compile_picker(v4, spec_strategy, count, ttl),
+        _compile_picker(v6, spec_strategy, count, ttl),
+    )
+
+
+_REFUSE = _View(None, None, refuse=True)
+
+
+class CompiledPolicy:
+    """One policy, ready to answer: ``respond`` builds the whole wire response."""
+
+    __slots__ = (
+        "_default",
+        "_memo",
+        "_slices",
+        "_soa",
+        "_ttl",
+        "domain",
+        "name",
+        "policy",
+        "wildcard",
+        "zone",
+    )
+
+    def __init__(
+        self, policy: Policy, revision: int = 0, weights: Mapping[str, int] | None = None
+    ) -> None:
+        spec = policy.spec
+        endpoints = list(spec.endpoints)
+        if weights:
+            if any(w < 0 for w in weights.values()):
+                raise ValueError(f"policy {policy.name!r}: weight overrides cannot be negative")
+            # Effective weights from health/latency (0 = ejected); the policy itself is kept.
+            endpoints = [
+                e.model_copy(update={"weight": weights[str(e.address)]})
+                if str(e.address) in weights
+                else e
+                for e in endpoints
+            ]
+        self.policy = policy
+        self.name = policy.name
+        self.domain = spec.domain
+        self.wildcard = spec.domain.startswith("*.")
+        # The zone a NODATA SOA is owned by: the name itself, or a wildcard's suffix.
+        self.zone = name_to_wire(spec.domain[2:] if self.wildcard else spec.domain)
+        self._ttl = spec.ttl
+        self._soa = record_soa(self.zone, spec.ttl, spec.ttl, serial=revision)
+        strategy = spec.strategy
+        self._default = _compile_view(endpoints, None, strategy, spec.answers, spec.ttl)
+        slices: list[tuple[tuple[Network, ...], _View]] = []
+        for slice_ in spec.slices:
+            if slice_.action is SliceAction.REFUSE:
+                view = _REFUSE
+            else:
+                view = _compile_view(endpoints, slice_.groups, strategy, spec.answers, spec.ttl)
+            slices.append((tuple(slice_.match.client_cidrs), view))
+        self._slices = tuple(slices)
+        self._memo: dict[str, _View] = {}
+
+    def __repr__(self) -> str:
+        return f"CompiledPolicy({self.name!r}, {self.domain!r})"
+
+    def view_for(self, client: str) -> _View:
+        """The first slice whose client_cidrs contain ``client``, else the default view.
+
+        Memoised per client string: parsing an address and testing networks costs
+        microseconds, a dict hit tens of nanoseconds. An unparseable client matches no slice.
+        """
+        if not self._slices:
+            return self._default
+        view = self._memo.get(client)
+        if view is None:
+            view = self._match(client)
+            memo = self._memo
+            if len(memo) >= MEMO_LIMIT:
+                memo.clear()
+            memo[client] = view
+        return view
+
+    def _match(self, client: str) -> _View:
+        try:
+            address = ipaddress.ip_address(client)
+        except ValueError:
+            return self._default
+        candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [address]
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            candidates.append(address.ipv4_mapped)  # a v4 client on a dual-stack socket
+        for networks, view in self._slices:
+            for network in networks:
+                for candidate in candidates:
+                    if candidate in network:
+                        return view
+        return self._default
+
+    def respond(self, query: Query, client: str, rng: random.Random) -> bytes:
+        """The whole wire response to ``query`` (whose qname this policy matched) from ``client``.
+
+        A/AAAA: records of that family picked per the strategy; any other type, or a family
+        with no endpoints: NOERROR/NODATA with the synthesised SOA (RFC 2308 §2.2), never
+        NXDOMAIN, since the name exists. A class other than IN is REFUSED: we hold data only
+        for IN. A slice with action refuse answers REFUSED with EDE 18 (RFC 8914 §4.19).
+        """
+        msg_id, query_flags, _qname, question, qtype, qclass, payload, dnssec_ok = query
+        if qclass != CLASS_IN:
+            return build_error(query, RCODE_REFUSED)
+        if self._slices:
+            view = self.view_for(client)
+            if view.refuse:
+                return build_error(query, RCODE_REFUSED, ede=(EDE_PROHIBITED, ""))
+        else:
+            view = self._default
+        if qtype == TYPE_A:
+            picker = view.v4
+        elif qtype == TYPE_AAAA:
+            picker = view.v6
+        else:
+            picker = None
+        flags = _ANSWER_FLAGS | (query_flags & _ECHO)
+        if payload is None:
+            opt = b""
+            arcount = 0
+        else:
+            opt = OPT_DO if dnssec_ok else OPT_PLAIN
+            arcount = 1
+        if picker is None:
+            header = _pack_header(msg_id, flags, 1, 0, 1, arcount)
+            return b"".join((header, question, self._soa, opt))
+        rrs, count = picker.choose(client, rng)
+        return b"".join((_pack_header(msg_id, flags, 1, count, 0, arcount), question, rrs, opt))
+
+
+def _at_label_start(qname: bytes, offset: int) -> bool:
+    """Whether ``offset`` starts a label of ``qname`` (and not the inside of one)."""
+    pos = 0
+    while pos < offset:
+        pos += qname[pos] + 1
+    return pos == offset
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every policy of one revision, indexed by wire name for exact and wildcard lookup."""
+
+    revision: int
+    exact: Mapping[bytes, CompiledPolicy] = field(default_factory=dict)
+    # keyed by the wildcard's suffix in wire form ("*.a.b" -> b"\x01a\x01b\x00")
+    wildcards: Mapping[bytes, CompiledPolicy] = field(default_factory=dict)
+    # the distinct lengths of those keys, longest first: a miss costs one slice and one dict
+    # probe per length rather than one per label of the name
+    wildcard_lengths: tuple[int, ...] = ()
+
+    def lookup(self, qname: bytes) -> CompiledPolicy | None:
+        """Exact name first, then the longest '*.suffix' wildcard with the name strictly below.
+
+        ``qname`` is lower-cased wire format (``Query.qname``).
+        """
+        hit = self.exact.get(qname)
+        if hit is not None or not self.wildcard_lengths:
+            return hit
+        size = len(qname)
+        wildcards = self.wildcards
+        for length in self.wildcard_lengths:
+            if length < size:
+                hit = wildcards.get(qname[size - length :])
+                # A byte suffix can also end inside a label (a label holding "\x03svc...");
+                # only a suffix on a label boundary is a parent name.
+                if hit is not None and _at_label_start(qname, size - length):
+                    return hit
+        return None
+
+    def __len__(self) -> int:
+        return len(self.exact) + len(self.wildcards)
+
+    def policies(self) -> list[CompiledPolicy]:
+        return [*self.exact.values(), *self.wildcards.values()]
+
+
+def compile_snapshot(
+    policies: Sequence[Policy],
+    revision: int = 0,
+    *,
+    weights: Mapping[str, Mapping[str, int]] | None = None,
+) -> Snapshot:
+    """Compile a validated policy set; raises PolicyError if names or domains repeat.
+
+    ``weights`` optionally overrides endpoint weights per policy name and address text
+    (``{"checkout": {"10.0.1.10": 0}}``): what health checks and latency scoring decide.
+    Deciding them (and keeping within max_ejection_percent) is the caller's job; an endpoint
+    at weight 0 is never answered, and a family left with none answers NODATA.
+    """
+    check_policy_set(list(policies))
+    exact: dict[bytes, CompiledPolicy] = {}
+    wildcards: dict[bytes, CompiledPolicy] = {}
+    overrides = weights or {}
+    for policy in policies:
+        compiled = CompiledPolicy(policy, revision, overrides.get(policy.name))
+        if compiled.wildcard:
+            wildcards[compiled.zone] = compiled
+        else:
+            exact[compiled.zone] = compiled
+    lengths = tuple(sorted({len(key) for key in wildcards}, reverse=True))
+    return Snapshot(revision, exact, wildcards, lengths)

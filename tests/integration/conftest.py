@@ -1,0 +1,280 @@
+"""Fixtures for the agent's integration tests: a real agent and real upstreams on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import pytest
+
+from agent.config import AgentConfig, HostPort, parse_host_port
+from agent.server import AgentServer
+from tests.integration.fakedns import FakeUpstream, LoopThread
+
+REPO = Path(__file__).resolve().parents[2]
+DNSMESH = str(Path(sys.executable).parent / "dnsmesh")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip this folder's ``slow`` tests unless the run selects them (``-m slow``)."""
+    if "slow" in (config.option.markexpr or ""):
+        return
+    here = Path(__file__).parent
+    skip = pytest.mark.skip(reason="slow: run with -m slow")
+    for item in items:
+        if "slow" in item.keywords and here in Path(str(item.fspath)).parents:
+            item.add_marker(skip)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until it holds, failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout}s")
+        time.sleep(0.01)
+
+
+class FakeClock:
+    """A clock tests move by hand, so TTL countdown needs no sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(scope="session")
+def loop_thread() -> Iterator[LoopThread]:
+    thread = LoopThread()
+    yield thread
+    thread.close()
+
+
+@pytest.fixture
+def make_upstream(loop_thread: LoopThread) -> Iterator[Callable[..., FakeUpstream]]:
+    started: list[FakeUpstream] = []
+
+    def make(host: str = "127.0.0.1", port: int = 0) -> FakeUpstream:
+        fake = FakeUpstream(loop_thread, host, port).start()
+        started.append(fake)
+        return fake
+
+    yield make
+    for fake in started:
+        fake.stop()
+
+
+@pytest.fixture
+def upstream(make_upstream: Callable[..., FakeUpstream]) -> FakeUpstream:
+    return make_upstream()
+
+
+class RunningAgent:
+    """An AgentServer running on the test loop; ``host``/``port`` is its first listener."""
+
+    def __init__(self, server: AgentServer, loop_thread: LoopThread) -> None:
+        self.server = server
+        self.loop_thread = loop_thread
+        self.host = server.addresses[0].host
+        self.port = server.addresses[0].port
+
+    def query(
+        self,
+        name: str,
+        qtype: str = "A",
+        *,
+        tcp: bool = False,
+        source: str | None = None,
+        edns: bool = True,
+        payload: int = 1232,
+        timeout: float = 3.0,
+    ) -> dns.message.Message:
+        q = dns.message.make_query(name, qtype, use_edns=0 if edns else False, payload=payload)
+        if tcp:
+            return dns.query.tcp(q, self.host, timeout=timeout, port=self.port, source=source)
+        return dns.query.udp(q, self.host, timeout=timeout, port=self.port, source=source)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        return self.loop_thread.call(fn)
+
+
+@pytest.fixture
+def start_agent(loop_thread: LoopThread, tmp_path: Path) -> Iterator[Callable[..., RunningAgent]]:
+    """``start_agent(upstreams=[fake], policies=path, **AgentConfig fields)``; stopped after."""
+    running: list[AgentServer] = []
+
+    def start(
+        upstreams: list[FakeUpstream | str] | None = None,
+        clock: Callable[[], float] | None = None,
+        **overrides: Any,
+    ) -> RunningAgent:
+        ups = tuple(
+            parse_host_port(u if isinstance(u, str) else u.address) for u in (upstreams or [])
+        )
+        fields: dict[str, Any] = {
+            "listen": (HostPort("127.0.0.1", 0),),
+            # Given a resolv.conf and no upstreams, the agent reads its upstreams from it.
+            "upstreams": None if upstreams is None and "resolv_conf" in overrides else ups,
+            "resolv_conf": tmp_path / "no-resolv.conf",
+            "attempt_timeout": 0.4,
+            "query_timeout": 1.0,
+            "down_base": 0.5,
+            "loop_check": False,
+            "drain_timeout": 1.0,
+            "reload_interval": 0.1,
+        }
+        fields.update(overrides)
+        config = dataclasses.replace(AgentConfig(), **fields)
+        server = AgentServer(config, clock=clock) if clock else AgentServer(config)
+        loop_thread.run(server.start())
+        running.append(server)
+        return RunningAgent(server, loop_thread)
+
+    yield start
+    for server in running:
+        loop_thread.run(server.stop(0.5))
+
+
+# -- policies -------------------------------------------------------------------------------
+
+
+def policy_yaml(
+    name: str,
+    domain: str,
+    endpoints: list[dict[str, Any]],
+    *,
+    strategy: str = "weighted",
+    ttl: int = 5,
+    answers: int = 1,
+    slices: list[dict[str, Any]] | None = None,
+) -> str:
+    spec: dict[str, Any] = {
+        "domain": domain,
+        "ttl": ttl,
+        "strategy": strategy,
+        "answers": answers,
+        "endpoints": endpoints,
+    }
+    if slices:
+        spec["slices"] = slices
+    doc = {"apiVersion": "dnsmesh/v1", "kind": "Policy", "metadata": {"name": name}, "spec": spec}
+    return json.dumps(doc)  # JSON is YAML
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# -- subprocess agents ----------------------------------------------------------------------
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP right now (for tests that need a fixed port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(50):
+        with socket.socket(family, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port: int = udp.getsockname()[1]
+            with socket.socket(family, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise OSError("no free port")
+
+
+class AgentProcess:
+    """A real ``dnsmesh agent`` process with JSON logs collected from stderr."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.args = [DNSMESH, "agent", "--log-format", "json", *args]
+        self.proc = subprocess.Popen(
+            self.args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        self.logs: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._lock:
+                self.raw.append(line)
+                with contextlib.suppress(ValueError):
+                    self.logs.append(json.loads(line))
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [entry for entry in self.logs if entry.get("event") == event]
+
+    def wait_event(self, event: str, timeout: float = 10.0, count: int = 1) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.events(event)
+            if len(found) >= count:
+                return found
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"no {event!r} in time; stderr:\n{''.join(self.raw)}")
+
+    @property
+    def addresses(self) -> list[HostPort]:
+        return [parse_host_port(e["address"]) for e in self.events("agent.listening")]
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._reader.join(5)
+            if self.proc.stderr is not None:
+                self.proc.stderr.close()
+
+
+@pytest.fixture
+def spawn_agent() -> Iterator[Callable[..., AgentProcess]]:
+    """``spawn_agent(*flags)`` starts ``dnsmesh agent`` and waits until it has started."""
+    procs: list[AgentProcess] = []
+
+    def spawn(*args: str, wait: bool = True) -> AgentProcess:
+        proc = AgentProcess(list(args))
+        procs.append(proc)
+        if wait:
+            proc.wait_event("agent.started")
+        return proc
+
+    yield spawn
+    for proc in procs:
+        proc.stop()
