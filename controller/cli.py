@@ -1,12 +1,80 @@
-"""The controller's subcommands: controller, db, token, apply, get, delete."""
+"""The controller's subcommands: controller, db upgrade, token create (apply, get, delete: client).
+
+Each handler imports its heavy modules only when it runs. To add a subcommand, add a
+parser in ``add_controller_commands`` with ``parents=[common]`` and ``set_defaults(run=fn)``.
+"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+_DATABASE_HELP = (
+    "database URL: postgresql://USER@HOST:PORT/DB or sqlite:///PATH "
+    "(default: $DNSMESH_DATABASE_URL, else sqlite:///dnsmesh.db in the working folder)"
+)
+
+
+def add_database_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database", metavar="URL", help=_DATABASE_HELP)
+
 
 def add_controller_commands(
     subcommands: argparse._SubParsersAction[Any], common: argparse.ArgumentParser
 ) -> None:
-    """Registers nothing yet: the controller arrives with its own issue."""
+    controller = subcommands.add_parser(
+        "controller", parents=[common], help="run the controller (REST API over the policy store)"
+    )
+    controller.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        default="127.0.0.1:8053",
+        help="address for the HTTP API (default 127.0.0.1:8053; port 0 picks a free one)",
+    )
+    add_database_argument(controller)
+    controller.add_argument(
+        "--migrate",
+        action="store_true",
+        help="migrate the database to the current schema before starting",
+    )
+    controller.set_defaults(run=_run_controller)
+
+    db = subcommands.add_parser("db", parents=[common], help="manage the controller database")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    upgrade = db_commands.add_parser(
+        "upgrade", parents=[common], help="migrate the database to the current schema"
+    )
+    add_database_argument(upgrade)
+    upgrade.set_defaults(run=_run_db_upgrade)
+
+    token = subcommands.add_parser("token", parents=[common], help="manage API tokens")
+    token_commands = token.add_subparsers(
+        dest="token_command", required=True, metavar="TOKEN_COMMAND"
+    )
+    create = token_commands.add_parser(
+        "create",
+        parents=[common],
+        help="mint a token straight in the database (for bootstrapping); prints it once",
+    )
+    add_database_argument(create)
+    create.add_argument("--role", required=True, choices=["admin", "editor", "viewer", "agent"])
+    create.add_argument("--name", required=True, help="the token's name (shown in the audit log)")
+    create.set_defaults(run=_run_token_create)
+
+
+def _run_controller(args: argparse.Namespace) -> int:
+    from controller.server import run_controller
+
+    return run_controller(args)
+
+
+def _run_db_upgrade(args: argparse.Namespace) -> int:
+    from controller.server import run_db_upgrade
+
+    return run_db_upgrade(args)
+
+
+def _run_token_create(args: argparse.Namespace) -> int:
+    from controller.server import run_token_create
+
+    return run_token_create(args)

@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Imported here, not at the top, because the parts import the core and not the reverse.
     from agent.cli import add_agent_commands
     from controller.cli import add_controller_commands
+    from controller.commands import add_client_commands
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_agent_commands(subcommands, common)
     add_controller_commands(subcommands, common)
+    add_client_commands(subcommands, common)
     return parser
 
 

@@ -12,6 +12,8 @@ import time
 from typing import Any
 
 _FIELDS = "dnsmesh_fields"
+# Libraries that log every request at info; their lines drown ours unless asked for.
+_CHATTY = ("httpx", "httpcore", "websockets", "uvicorn.access")
 
 
 def fields(**values: Any) -> dict[str, Any]:
@@ -52,3 +54,5 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)

@@ -1,0 +1,71 @@
+"""The controller's REST API (FastAPI); ``create_app(Database)`` builds it.
+
+Every route but /healthz, /readyz and /openapi.json needs ``Authorization: Bearer dnsm_...``.
+Bodies are JSON; a policy body is the same document as one YAML policy document.
+
+Policies (read: viewer, editor, admin, agent; write: editor, admin)
+    GET    /v1/policies[?label=K=V&label=K2=V2]  200 {"revision": R, "items": [policy, ...]}
+                                                   (by name; R = global revision, the items
+                                                   are at least that new)
+    POST   /v1/policies                          201 policy (+ETag, Location); 409 name taken
+    GET    /v1/policies/{name}                   200 policy (+ETag)
+    PUT    /v1/policies/{name}                   201 created | 200 replaced, policy (+ETag).
+                                                   An unchanged document is 200 and no new
+                                                   revision. Body metadata.name must equal
+                                                   {name} (else 422); metadata.revision in a
+                                                   body is ignored.
+    DELETE /v1/policies/{name}                   200 {"deleted": name, "revision": R}
+  A stored policy carries metadata.revision (the revision of its last change); its ETag is
+  that number quoted ("42"). If-Match: "42" (or *) on PUT/DELETE (and slice writes) makes
+  the write conditional: 412 when the policy is at another revision or does not exist.
+
+Slices (the slice manager; each change is a change of the whole policy and is validated as
+the resulting policy; ETag/If-Match are the policy's revision)
+    GET    /v1/policies/{name}/slices            200 {"policy": name, "revision": R,
+                                                      "items": [slice, ...]}
+    POST   /v1/policies/{name}/slices            201 slice (appended last); 409 id taken
+    GET    /v1/policies/{name}/slices/{id}       200 slice
+    PUT    /v1/policies/{name}/slices/{id}       200 replaced in place | 201 appended; body id
+                                                   may be omitted, else must equal {id}
+    DELETE /v1/policies/{name}/slices/{id}       200 {"deleted": id, "policy": name, "revision": R}
+
+Tokens (admin)
+    POST   /v1/tokens {"name", "role"}           201 {"name","role","prefix","created_at",
+                                                   "created_by","token"}: the only time the
+                                                   secret is shown; 409 name taken
+    GET    /v1/tokens                            200 {"items": [{name, role, prefix,
+                                                   created_at, created_by}]}
+    DELETE /v1/tokens/{name}                     200 {"revoked": name}
+
+Audit (viewer, editor, admin)
+    GET    /v1/audit?limit=50&before=ID          200 {"items": [{"id","at","actor","operation",
+                                                   "target","revision","before","after"}],
+                                                   "next_before": ID | null}, newest first.
+  operation: policy.create|policy.update|policy.delete|slice.create|slice.update|
+  slice.delete|token.create|token.revoke; actor is the token name ("cli" for the CLI).
+
+Health (no token)
+    GET /healthz  200 {"status": "ok"}
+    GET /readyz   200 {"status": "ready", "revision": R} | 503 database_unavailable
+
+Errors: every error status has one shape, with ``fields`` always present:
+    {"error": {"code": CODE, "message": TEXT, "fields": [{"path": P, "message": M}]}}
+    400 malformed_json        the body is empty or not JSON
+    401 unauthorized          no/unknown/revoked token (with WWW-Authenticate: Bearer)
+    403 forbidden             the token's role may not do this
+    404 not_found             no such policy, slice, token or route
+    405 method_not_allowed
+    409 already_exists        POST of an existing policy/slice/token name
+    409 domain_conflict       another policy has spec.domain (fields: spec.domain)
+    412 precondition_failed   If-Match is stale
+    413 payload_too_large
+    422 invalid_policy        fields name every offending path, e.g. spec.endpoints[1].weight
+                              (slice writes report paths in the whole policy: spec.slices[2].groups)
+    422 invalid_request       a bad query parameter, token name or role
+    503 database_unavailable  the database is down or dropped the connection; nothing was
+                              written; Retry-After: 1
+"""
+
+from controller.api.app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,89 @@
+"""Request plumbing shared by the routes: the bearer token check, JSON bodies, If-Match."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from controller.api.errors import ApiError
+from controller.auth import Permission, Principal, TokenStore
+from controller.store import IfMatch, PolicyStore
+
+T = TypeVar("T")
+_BEARER = {"WWW-Authenticate": 'Bearer realm="dnsmesh"'}
+MAX_BODY = 4 * 1024 * 1024  # a policy with 1,024 endpoints is well under 1 MiB
+
+
+def policy_store(request: Request) -> PolicyStore:
+    store: PolicyStore = request.app.state.policies
+    return store
+
+
+def token_store(request: Request) -> TokenStore:
+    tokens: TokenStore = request.app.state.tokens
+    return tokens
+
+
+async def blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Runs a (blocking, SQLAlchemy) store call on the thread pool."""
+    return await run_in_threadpool(func, *args, **kwargs)
+
+
+def require(permission: Permission) -> Callable[[Request], Awaitable[Principal]]:
+    """A dependency: the caller's principal, 401 without a valid token, 403 if too weak."""
+
+    async def check(request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise ApiError(401, "unauthorized", "a bearer token is required", headers=_BEARER)
+        principal = await blocking(token_store(request).authenticate, secret.strip())
+        if principal is None:
+            raise ApiError(401, "unauthorized", "the token is unknown or revoked", headers=_BEARER)
+        if not principal.can(permission):
+            raise ApiError(
+                403,
+                "forbidden",
+                f"role {principal.role.value!r} may not {permission.value.replace(':', ' ')}",
+            )
+        return principal
+
+    return check
+
+
+async def json_body(request: Request) -> object:
+    """The body parsed as JSON; 400 ``malformed_json`` when it is not JSON at all."""
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, "payload_too_large", f"the body is larger than {MAX_BODY} bytes")
+    if not raw.strip():
+        raise ApiError(400, "malformed_json", "the request body is empty; send a JSON object")
+    try:
+        parsed: object = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {error}") from None
+    return parsed
+
+
+def if_match(request: Request) -> IfMatch | None:
+    """RFC 9110 §13.1.1 If-Match: ``*`` or a list of entity tags; ours are quoted revisions."""
+    header = request.headers.get("if-match")
+    if header is None:
+        return None
+    if header.strip() == "*":
+        return IfMatch(None)
+    revisions: set[int] = set()
+    for tag in header.split(","):
+        # A weak tag never matches under If-Match (strong comparison, RFC 9110 §8.8.3.2).
+        value = tag.strip()
+        if value.startswith('"') and value.endswith('"') and value[1:-1].isdigit():
+            revisions.add(int(value[1:-1]))
+    return IfMatch(frozenset(revisions))
+
+
+def etag(revision: int) -> str:
+    return f'"{revision}"'

@@ -1,0 +1,162 @@
+"""Routes for policies and their slices: /v1/policies[/{name}[/slices[/{id}]]]."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from controller.api.deps import blocking, etag, if_match, json_body, policy_store, require
+from controller.api.errors import ApiError
+from controller.auth import Permission, Principal
+from dnsmesh.errors import FieldError
+
+router = APIRouter(prefix="/v1/policies", tags=["policies"])
+
+Reader = Annotated[Principal, Depends(require(Permission.READ_POLICIES))]
+Writer = Annotated[Principal, Depends(require(Permission.WRITE_POLICIES))]
+
+# The body is a raw JSON object validated by dnsmesh.policy, so its errors name policy
+# fields (spec.endpoints[1].weight) rather than FastAPI's own locations.
+_POLICY_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "a Policy document (the same as one YAML document, as JSON)",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
+_SLICE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "a slice: {id, match: {client_cidrs}, groups?, action?}",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
+
+
+def _labels(selectors: list[str]) -> dict[str, str]:
+    wanted: dict[str, str] = {}
+    errors: list[FieldError] = []
+    for index, selector in enumerate(selectors):
+        key, sep, value = selector.partition("=")
+        if not sep or not key:
+            errors.append(FieldError(f"label[{index}]", f"{selector!r} is not KEY=VALUE"))
+        wanted[key] = value
+    if errors:
+        raise ApiError(422, "invalid_request", "a label filter is not KEY=VALUE", errors)
+    return wanted
+
+
+@router.get("")
+async def list_policies(
+    request: Request,
+    _who: Reader,
+    label: Annotated[list[str], Query(description="KEY=VALUE; repeat to require all")] = [],  # noqa: B006
+) -> JSONResponse:
+    listing = await blocking(policy_store(request).list_policies, _labels(label))
+    return JSONResponse({"revision": listing.revision, "items": listing.items})
+
+
+@router.post("", status_code=201, openapi_extra=_POLICY_BODY)
+async def create_policy(request: Request, who: Writer) -> JSONResponse:
+    document = await json_body(request)
+    stored = await blocking(policy_store(request).create_policy, document, actor=who.name)
+    return JSONResponse(
+        stored.document,
+        status_code=201,
+        headers={"ETag": etag(stored.revision), "Location": f"/v1/policies/{stored.name}"},
+    )
+
+
+@router.get("/{name}")
+async def get_policy(request: Request, name: str, _who: Reader) -> JSONResponse:
+    stored = await blocking(policy_store(request).get_policy, name)
+    return JSONResponse(stored.document, headers={"ETag": etag(stored.revision)})
+
+
+@router.put("/{name}", openapi_extra=_POLICY_BODY)
+async def put_policy(request: Request, name: str, who: Writer) -> JSONResponse:
+    document = await json_body(request)
+    written = await blocking(
+        policy_store(request).put_policy,
+        name,
+        document,
+        actor=who.name,
+        if_match=if_match(request),
+    )
+    return JSONResponse(
+        written.policy.document,
+        status_code=201 if written.created else 200,
+        headers={"ETag": etag(written.policy.revision)},
+    )
+
+
+@router.delete("/{name}")
+async def delete_policy(request: Request, name: str, who: Writer) -> JSONResponse:
+    revision = await blocking(
+        policy_store(request).delete_policy, name, actor=who.name, if_match=if_match(request)
+    )
+    return JSONResponse({"deleted": name, "revision": revision})
+
+
+@router.get("/{name}/slices")
+async def list_slices(request: Request, name: str, _who: Reader) -> JSONResponse:
+    revision, slices = await blocking(policy_store(request).list_slices, name)
+    return JSONResponse(
+        {"policy": name, "revision": revision, "items": slices},
+        headers={"ETag": etag(revision)},
+    )
+
+
+@router.post("/{name}/slices", status_code=201, openapi_extra=_SLICE_BODY)
+async def create_slice(request: Request, name: str, who: Writer) -> JSONResponse:
+    body = await json_body(request)
+    stored, slice_doc = await blocking(
+        policy_store(request).create_slice, name, body, actor=who.name, if_match=if_match(request)
+    )
+    return JSONResponse(
+        slice_doc,
+        status_code=201,
+        headers={
+            "ETag": etag(stored.revision),
+            "Location": f"/v1/policies/{name}/slices/{slice_doc.get('id')}",
+        },
+    )
+
+
+@router.get("/{name}/slices/{slice_id}")
+async def get_slice(request: Request, name: str, slice_id: str, _who: Reader) -> JSONResponse:
+    revision, slice_doc = await blocking(policy_store(request).get_slice, name, slice_id)
+    return JSONResponse(slice_doc, headers={"ETag": etag(revision)})
+
+
+@router.put("/{name}/slices/{slice_id}", openapi_extra=_SLICE_BODY)
+async def put_slice(request: Request, name: str, slice_id: str, who: Writer) -> JSONResponse:
+    body = await json_body(request)
+    stored, slice_doc, created = await blocking(
+        policy_store(request).put_slice,
+        name,
+        slice_id,
+        body,
+        actor=who.name,
+        if_match=if_match(request),
+    )
+    return JSONResponse(
+        slice_doc, status_code=201 if created else 200, headers={"ETag": etag(stored.revision)}
+    )
+
+
+@router.delete("/{name}/slices/{slice_id}")
+async def delete_slice(request: Request, name: str, slice_id: str, who: Writer) -> JSONResponse:
+    stored = await blocking(
+        policy_store(request).delete_slice,
+        name,
+        slice_id,
+        actor=who.name,
+        if_match=if_match(request),
+    )
+    return JSONResponse(
+        {"deleted": slice_id, "policy": name, "revision": stored.revision},
+        headers={"ETag": etag(stored.revision)},
+    )

@@ -1,0 +1,189 @@
+"""The client subcommands, kubectl-like: ``apply``, ``get``, ``delete`` against a controller."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from dnsmesh.errors import ConfigError
+from dnsmesh.policy import Policy
+from dnsmesh.policyfile import SourcedPolicy, load_policy_path
+
+_OUTPUTS = ("table", "yaml", "json")
+
+
+def add_client_commands(
+    subcommands: argparse._SubParsersAction[Any], common: argparse.ArgumentParser
+) -> None:
+    client = argparse.ArgumentParser(add_help=False, parents=[common])
+    client.add_argument(
+        "--server",
+        metavar="URL",
+        default=os.environ.get("DNSMESH_SERVER", "http://127.0.0.1:8053"),
+        help="the controller's URL (default: $DNSMESH_SERVER, else http://127.0.0.1:8053)",
+    )
+    client.add_argument(
+        "--token",
+        default=os.environ.get("DNSMESH_TOKEN"),
+        help="an API token (default: $DNSMESH_TOKEN)",
+    )
+
+    apply = subcommands.add_parser(
+        "apply", parents=[client], help="create or update the policies in files on the controller"
+    )
+    apply.add_argument("-f", "--filename", required=True, metavar="PATH", type=Path)
+    apply.add_argument(
+        "--dry-run", action="store_true", help="print what would change and change nothing"
+    )
+    apply.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete policies on the controller that the files do not hold",
+    )
+    apply.add_argument(
+        "-l",
+        "--selector",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --prune: only prune policies with these labels",
+    )
+    apply.set_defaults(run=run_apply)
+
+    get = subcommands.add_parser("get", parents=[client], help="show policies")
+    get.add_argument("kind", choices=["policies", "policy"])
+    get.add_argument("name", nargs="?")
+    get.add_argument("-o", "--output", choices=_OUTPUTS, default="table")
+    get.add_argument("-l", "--selector", action="append", default=[], metavar="KEY=VALUE")
+    get.set_defaults(run=run_get)
+
+    delete = subcommands.add_parser("delete", parents=[client], help="delete a policy")
+    delete.add_argument("kind", choices=["policy", "policies"])
+    delete.add_argument("names", nargs="+", metavar="NAME")
+    delete.set_defaults(run=run_delete)
+
+
+def run_apply(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    from controller.client import ControllerClient
+
+    # Every document of every file is validated before the first request: a file with one
+    # bad document applies nothing (the error names file, document and field).
+    wanted = load_policy_path(args.filename)
+    selector = _selector(args.selector)
+    with ControllerClient(args.server, args.token) as client:
+        existing = {p.name: p for p in client.list_policies().policies}
+        suffix = " (dry run)" if args.dry_run else ""
+        for sourced in wanted:
+            policy = sourced.policy
+            current = existing.get(policy.name)
+            if current is not None and _comparable(current) == _comparable(policy):
+                print(f"policy/{policy.name} unchanged", file=out)
+                continue
+            if args.dry_run:
+                out.writelines(_diff(current, sourced))
+            elif current is None:
+                client.create_policy(policy)
+            else:
+                # If-Match: a change made by someone else since our read is not overwritten.
+                client.replace_policy(policy, if_match=current.metadata.revision)
+            verb = "created" if current is None else "configured"
+            print(f"policy/{policy.name} {verb}{suffix}", file=out)
+        if args.prune:
+            keep = {s.policy.name for s in wanted}
+            for name, current in sorted(existing.items()):
+                if name in keep or not _matches(current, selector):
+                    continue
+                if not args.dry_run:
+                    client.delete_policy(name, if_match=current.metadata.revision)
+                print(f"policy/{name} pruned{suffix}", file=out)
+    return 0
+
+
+def run_get(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    from controller.client import ControllerClient, ControllerRefused
+
+    with ControllerClient(args.server, args.token) as client:
+        if args.name:
+            found = client.get_policy(args.name)
+            if found is None:
+                raise ControllerRefused(404, "not_found", f"no policy named {args.name!r}", [])
+            policies = [found]
+        else:
+            policies = client.list_policies(_selector(args.selector)).policies
+    if args.output == "json":
+        documents = [p.to_document() for p in policies]
+        json.dump(documents[0] if args.name else documents, out, indent=2)
+        out.write("\n")
+    elif args.output == "yaml":
+        yaml.safe_dump_all((p.to_document() for p in policies), out, sort_keys=False)
+    else:
+        out.write(_table(policies))
+    return 0
+
+
+def run_delete(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    from controller.client import ControllerClient
+
+    with ControllerClient(args.server, args.token) as client:
+        for name in args.names:
+            client.delete_policy(name)
+            print(f"policy/{name} deleted", file=out)
+    return 0
+
+
+def _comparable(policy: Policy) -> dict[str, Any]:
+    return policy.to_document(with_revision=False)
+
+
+def _diff(current: Policy | None, sourced: SourcedPolicy) -> Iterable[str]:
+    before = yaml.safe_dump(_comparable(current), sort_keys=False) if current else ""
+    after = yaml.safe_dump(_comparable(sourced.policy), sort_keys=False)
+    return difflib.unified_diff(
+        before.splitlines(keepends=True),
+        after.splitlines(keepends=True),
+        fromfile=f"controller/{sourced.policy.name}" if current else "/dev/null",
+        tofile=f"{sourced.source} (document {sourced.document})",
+    )
+
+
+def _selector(pairs: list[str]) -> dict[str, str]:
+    wanted: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"selector {pair!r} is not KEY=VALUE")
+        wanted[key] = value
+    return wanted
+
+
+def _matches(policy: Policy, selector: dict[str, str]) -> bool:
+    return all(policy.metadata.labels.get(k) == v for k, v in selector.items())
+
+
+def _table(policies: list[Policy]) -> str:
+    header = ("NAME", "DOMAIN", "STRATEGY", "ENDPOINTS", "TTL", "REVISION")
+    rows = [header] + [
+        (
+            p.name,
+            p.spec.domain,
+            p.spec.strategy.value,
+            str(len(p.spec.endpoints)),
+            str(p.spec.ttl),
+            str(p.metadata.revision if p.metadata.revision is not None else "-"),
+        )
+        for p in policies
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "".join(
+        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        + "\n"
+        for row in rows
+    )

@@ -1,0 +1,1 @@
+"""The controller's database layer: typed models, engines and migrations."""

@@ -1,0 +1,58 @@
+"""What the controller's store refuses, each mapped once to an HTTP status by the API.
+
+    ControllerError (dnsmesh.errors)
+    └── StoreError
+        ├── NotFound             404  no such policy, slice or token
+        ├── AlreadyExists        409  the name (or slice id) is taken
+        ├── DomainConflict       409  another policy already has the domain
+        ├── PreconditionFailed   412  If-Match names a revision that is no longer current
+        ├── DatabaseUnavailable  503  the database cannot be reached or dropped the connection
+        ├── SchemaNotCurrent          the database is not migrated to head (refuse to start)
+        └── InvalidRequest       422  a value other than a policy document is unusable
+
+Invalid documents raise ``dnsmesh.errors.PolicyError`` (422) with every offending field.
+"""
+
+from __future__ import annotations
+
+from dnsmesh.errors import ControllerError, FieldError
+
+
+class StoreError(ControllerError):
+    """The store refused an operation."""
+
+
+class NotFound(StoreError):
+    """The policy, slice or token does not exist."""
+
+
+class AlreadyExists(StoreError):
+    """The name is taken."""
+
+
+class DomainConflict(StoreError):
+    """Another policy already answers for the domain."""
+
+    def __init__(self, message: str, fields: list[FieldError]) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
+class PreconditionFailed(StoreError):
+    """If-Match does not match the current revision."""
+
+
+class DatabaseUnavailable(StoreError):
+    """The database cannot be reached or dropped the connection; nothing was changed."""
+
+
+class SchemaNotCurrent(StoreError):
+    """The database schema is not at the head migration."""
+
+
+class InvalidRequest(StoreError):
+    """A request value other than a policy document is unusable (a token name, a role)."""
+
+    def __init__(self, message: str, fields: list[FieldError]) -> None:
+        super().__init__(message)
+        self.fields = fields

@@ -1,0 +1,130 @@
+"""Running the controller: open the database, check (or migrate) its schema, serve the API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+from types import FrameType
+
+from sqlalchemy import Engine
+
+from controller.db.engine import build_engine, is_unavailable, redact, resolve_database_url
+from controller.db.migrate import require_current_schema, upgrade
+from controller.db.session import Database
+from controller.errors import DatabaseUnavailable
+from dnsmesh.errors import ConfigError
+from dnsmesh.logs import fields
+
+log = logging.getLogger("dnsmesh.controller")
+
+CLI_ACTOR = "cli"  # the audit log's "who" for changes made with a local command
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """'127.0.0.1:8053', '[::1]:8053' -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"--listen {value!r} is not HOST:PORT")
+    host = host.removeprefix("[").removesuffix("]") or "127.0.0.1"
+    return host, int(port)
+
+
+def open_database(url: str, *, migrate: bool) -> Engine:
+    """An engine on a database at the current schema (migrated first if asked)."""
+    engine = build_engine(url)
+    try:
+        if migrate:
+            upgrade(engine)
+        require_current_schema(engine, url)
+    except Exception as error:
+        engine.dispose()
+        if is_unavailable(error):
+            raise DatabaseUnavailable(
+                f"cannot reach the database {redact(url)}: {error}"
+            ) from error
+        raise
+    return engine
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {error}") from error
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_controller(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from controller.api import create_app
+
+    url = resolve_database_url(args.database)
+    host, port = parse_listen(args.listen)
+    engine = open_database(url, migrate=args.migrate)
+    sock = bind(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
+    app = create_app(Database(engine))
+    config = uvicorn.Config(
+        app,
+        log_config=None,  # our handlers (dnsmesh.logs) format uvicorn's records too
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    # Tests and scripts read this line to learn the port when --listen asked for port 0.
+    log.info("controller.listening", extra=fields(address=shown, database=redact(url)))
+    # uvicorn drains connections on SIGTERM and then re-raises the signal to the handler
+    # that was in place before it; a handler (rather than SIG_DFL) lets a stop requested by
+    # systemd or a test end with status 0 instead of being killed by the re-raised signal.
+    previous = signal.signal(signal.SIGTERM, _note_sigterm)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sock.close()
+        engine.dispose()
+    log.info("controller.stopped")
+    return 0
+
+
+def _note_sigterm(_signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM after uvicorn's graceful shutdown: nothing left to do."""
+
+
+def run_db_upgrade(args: argparse.Namespace) -> int:
+    from controller.db.migrate import head_revisions
+
+    url = resolve_database_url(args.database)
+    engine = open_database(url, migrate=True)
+    engine.dispose()
+    print(f"database {redact(url)} is at revision {', '.join(head_revisions())} (head)")
+    return 0
+
+
+def run_token_create(args: argparse.Namespace) -> int:
+    from controller.auth import TokenStore
+
+    url = resolve_database_url(args.database)
+    engine = open_database(url, migrate=False)
+    try:
+        info, secret = TokenStore(Database(engine)).create(args.name, args.role, actor=CLI_ACTOR)
+    finally:
+        engine.dispose()
+    print(secret)  # alone on stdout so `TOKEN=$(dnsmesh token create ...)` works
+    print(
+        f"created token {info.name!r} (role {info.role.value}); it is shown only this once",
+        file=sys.stderr,
+    )
+    return 0

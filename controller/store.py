@@ -1,0 +1,434 @@
+"""Policies and their slices in the database: validated writes, the change log and the audit.
+
+Every write is one transaction that bumps the global revision, writes the policy, appends
+the change log row and the audit row, or does none of them. Documents are validated with
+``dnsmesh.policy.parse_policy`` (a slice change as the whole resulting policy), so the
+REST API, YAML files and the agents agree on what a valid policy is.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from controller.db.models import AuditRow, ChangeRow, PolicyRow
+from controller.db.session import Database, Rollback, current_revision_in, iso
+from controller.errors import AlreadyExists, DomainConflict, NotFound, PreconditionFailed
+from dnsmesh.errors import FieldError, PolicyError
+from dnsmesh.policy import Policy, parse_policy
+
+Operation = Literal["create", "update", "delete"]
+Document = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One committed revision: the policy it touched and its document after (None: deleted)."""
+
+    revision: int
+    policy: str
+    operation: Operation
+    document: Document | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPolicy:
+    name: str
+    revision: int
+    document: Document
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyList:
+    revision: int  # the global revision the list is at least as new as
+    items: list[Document]
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A write's outcome: the policy after it, and whether it was created or left unchanged."""
+
+    policy: StoredPolicy
+    created: bool = False
+    changed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class IfMatch:
+    """An If-Match precondition: ``revisions`` None means ``*`` (any current version)."""
+
+    revisions: frozenset[int] | None
+
+    def holds(self, current: int | None) -> bool:
+        if current is None:  # RFC 9110 §13.1.1: no current representation, If-Match fails
+            return False
+        return self.revisions is None or current in self.revisions
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    at: str
+    actor: str
+    operation: str
+    target: str
+    revision: int | None
+    before: Document | None
+    after: Document | None
+
+
+class PolicyStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def current_revision(self) -> int:
+        return self.db.current_revision()
+
+    def changes_since(self, revision: int, limit: int | None = None) -> list[Change]:
+        """Every change with a revision above ``revision``, oldest first."""
+
+        def work(session: Session) -> list[Change]:
+            query = (
+                select(ChangeRow).where(ChangeRow.revision > revision).order_by(ChangeRow.revision)
+            )
+            if limit is not None:
+                query = query.limit(limit)
+            return [
+                Change(row.revision, row.policy_name, _operation(row.operation), row.document)
+                for row in session.scalars(query)
+            ]
+
+        return self.db.read(work)
+
+    def list_policies(self, labels: Mapping[str, str] | None = None) -> PolicyList:
+        """All policies (by name), or those whose labels include every pair in ``labels``."""
+
+        def work(session: Session) -> PolicyList:
+            # The revision first: the items are then at least as new as it, which is the safe
+            # side for a client that lists and then asks for the changes since.
+            revision = current_revision_in(session)
+            query = select(PolicyRow.document).order_by(PolicyRow.name)
+            for key, value in (labels or {}).items():
+                query = query.where(PolicyRow.labels[key].as_string() == value)
+            return PolicyList(revision, list(session.scalars(query)))
+
+        return self.db.read(work)
+
+    def get_policy(self, name: str) -> StoredPolicy:
+        return self.db.read(lambda session: _stored(_require(session, name)))
+
+    def list_slices(self, name: str) -> tuple[int, list[Document]]:
+        policy = self.get_policy(name)
+        return policy.revision, list(policy.document["spec"].get("slices", []))
+
+    def get_slice(self, name: str, slice_id: str) -> tuple[int, Document]:
+        policy = self.get_policy(name)
+        for slice_doc in policy.document["spec"].get("slices", []):
+            if slice_doc.get("id") == slice_id:
+                return policy.revision, slice_doc
+        raise NotFound(f"policy {name!r} has no slice {slice_id!r}")
+
+    def audit(self, *, limit: int = 50, before: int | None = None) -> list[AuditEntry]:
+        """Audit entries newest first; ``before`` (an entry id) pages back in time."""
+
+        def work(session: Session) -> list[AuditEntry]:
+            query = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)
+            if before is not None:
+                query = query.where(AuditRow.id < before)
+            return [
+                AuditEntry(
+                    row.id,
+                    iso(row.at),
+                    row.actor,
+                    row.operation,
+                    row.target,
+                    row.revision,
+                    row.before,
+                    row.after,
+                )
+                for row in session.scalars(query)
+            ]
+
+        return self.db.read(work)
+
+    # -- policy writes -------------------------------------------------------------------
+
+    def create_policy(self, document: object, *, actor: str) -> StoredPolicy:
+        """Creates a policy; AlreadyExists when the name is taken."""
+        policy = parse_policy(document)
+
+        def work(session: Session, revision: int) -> StoredPolicy:
+            if _find(session, policy.name) is not None:
+                raise AlreadyExists(f"policy {policy.name!r} already exists")
+            return self._save(session, revision, policy, None, actor, "policy.create").policy
+
+        return self.db.write_revision(work)
+
+    def put_policy(
+        self, name: str, document: object, *, actor: str, if_match: IfMatch | None = None
+    ) -> Written:
+        """Creates or replaces ``name``; an unchanged document is not a change (no revision)."""
+        policy = _parse_named(document, name)
+
+        def work(session: Session, revision: int) -> Written:
+            row = _find(session, name)
+            _check_precondition(name, row, if_match)
+            if row is not None and _content(row.document) == policy.to_document(
+                with_revision=False
+            ):
+                raise Rollback(Written(_stored(row), changed=False))
+            operation = "policy.update" if row else "policy.create"
+            return self._save(session, revision, policy, row, actor, operation)
+
+        return self.db.write_revision(work)
+
+    def delete_policy(self, name: str, *, actor: str, if_match: IfMatch | None = None) -> int:
+        """Deletes ``name``; returns the revision of the deletion."""
+
+        def work(session: Session, revision: int) -> int:
+            row = _find(session, name)
+            if row is None:
+                raise NotFound(f"policy {name!r} does not exist")
+            _check_precondition(name, row, if_match)
+            before = row.document
+            session.execute(delete(PolicyRow).where(PolicyRow.id == row.id))
+            self._log(session, revision, name, "delete", None, actor, "policy.delete", before)
+            return revision
+
+        return self.db.write_revision(work)
+
+    # -- slice writes (each one a change of the whole policy) -----------------------------
+
+    def create_slice(
+        self, name: str, slice_doc: object, *, actor: str, if_match: IfMatch | None = None
+    ) -> tuple[StoredPolicy, Document]:
+        """Appends a slice (slices match in order, so a new one goes last)."""
+        slice_id = slice_doc.get("id") if isinstance(slice_doc, dict) else None
+
+        def edit(slices: list[Any]) -> int:
+            if slice_id is not None and any(s.get("id") == slice_id for s in slices):
+                raise AlreadyExists(f"policy {name!r} already has a slice {slice_id!r}")
+            slices.append(slice_doc)
+            return len(slices) - 1
+
+        written = self._edit_slices(name, edit, actor, "slice.create", if_match)
+        return written
+
+    def put_slice(
+        self,
+        name: str,
+        slice_id: str,
+        slice_doc: object,
+        *,
+        actor: str,
+        if_match: IfMatch | None = None,
+    ) -> tuple[StoredPolicy, Document, bool]:
+        """Replaces slice ``slice_id`` in place, or appends it; the body's id must match."""
+        body = slice_doc
+        if isinstance(body, dict) and "id" not in body:
+            body = {"id": slice_id, **body}
+        created = False
+
+        def edit(slices: list[Any]) -> int:
+            nonlocal created
+            if isinstance(body, dict) and body.get("id") != slice_id:
+                index = next(
+                    (i for i, s in enumerate(slices) if s.get("id") == slice_id), len(slices)
+                )
+                raise PolicyError(
+                    [
+                        FieldError(
+                            f"spec.slices[{index}].id",
+                            f"the slice id must match the path ({slice_id!r})",
+                        )
+                    ]
+                )
+            for index, existing in enumerate(slices):
+                if existing.get("id") == slice_id:
+                    slices[index] = body
+                    return index
+            created = True
+            slices.append(body)
+            return len(slices) - 1
+
+        operation = "slice.update"
+        policy, stored_slice = self._edit_slices(name, edit, actor, operation, if_match)
+        return policy, stored_slice, created
+
+    def delete_slice(
+        self, name: str, slice_id: str, *, actor: str, if_match: IfMatch | None = None
+    ) -> StoredPolicy:
+        def edit(slices: list[Any]) -> int:
+            for index, existing in enumerate(slices):
+                if existing.get("id") == slice_id:
+                    del slices[index]
+                    return -1
+            raise NotFound(f"policy {name!r} has no slice {slice_id!r}")
+
+        policy, _ = self._edit_slices(name, edit, actor, "slice.delete", if_match)
+        return policy
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _edit_slices(
+        self,
+        name: str,
+        edit: Any,
+        actor: str,
+        operation: str,
+        if_match: IfMatch | None,
+    ) -> tuple[StoredPolicy, Document]:
+        def work(session: Session, revision: int) -> tuple[StoredPolicy, Document]:
+            row = _require(session, name)
+            _check_precondition(name, row, if_match)
+            document = _content(row.document)
+            slices: list[Any] = list(document["spec"].get("slices", []))
+            index: int = edit(slices)
+            document["spec"]["slices"] = slices
+            policy = parse_policy(document)  # the whole resulting policy must validate
+            written = self._save(session, revision, policy, row, actor, operation)
+            spec_slices = written.policy.document["spec"].get("slices", [])
+            return written.policy, (spec_slices[index] if index >= 0 else {})
+
+        result: tuple[StoredPolicy, Document] = self.db.write_revision(work)
+        return result
+
+    def _save(
+        self,
+        session: Session,
+        revision: int,
+        policy: Policy,
+        row: PolicyRow | None,
+        actor: str,
+        operation: str,
+    ) -> Written:
+        domain = policy.spec.domain
+        taken = session.scalar(
+            select(PolicyRow.name).where(PolicyRow.domain == domain, PolicyRow.name != policy.name)
+        )
+        if taken is not None:
+            raise DomainConflict(
+                f"{domain!r} is already the domain of policy {taken!r}",
+                [
+                    FieldError(
+                        "spec.domain", f"{domain!r} is already the domain of policy {taken!r}"
+                    )
+                ],
+            )
+        document = policy.to_document(with_revision=False)
+        document["metadata"]["revision"] = revision
+        now = self.db.clock()
+        before = row.document if row is not None else None
+        created = row is None
+        if row is None:
+            row = PolicyRow(name=policy.name, created_at=now)
+            session.add(row)
+        row.domain = domain
+        row.revision = revision
+        row.labels = dict(policy.metadata.labels)
+        row.document = document
+        row.updated_at = now
+        session.flush()
+        change: Operation = "create" if created else "update"
+        self._log(session, revision, policy.name, change, document, actor, operation, before)
+        return Written(StoredPolicy(policy.name, revision, document), created=created)
+
+    def _log(
+        self,
+        session: Session,
+        revision: int,
+        name: str,
+        change: Operation,
+        document: Document | None,
+        actor: str,
+        operation: str,
+        before: Document | None,
+    ) -> None:
+        now = self.db.clock()
+        session.add(
+            ChangeRow(
+                revision=revision,
+                policy_name=name,
+                operation=change,
+                document=document,
+                created_at=now,
+            )
+        )
+        session.add(
+            AuditRow(
+                at=now,
+                actor=actor,
+                operation=operation,
+                target=name,
+                revision=revision,
+                before=before,
+                after=document,
+            )
+        )
+        session.flush()
+
+
+def _find(session: Session, name: str) -> PolicyRow | None:
+    return session.scalars(select(PolicyRow).where(PolicyRow.name == name)).one_or_none()
+
+
+def _require(session: Session, name: str) -> PolicyRow:
+    row = _find(session, name)
+    if row is None:
+        raise NotFound(f"policy {name!r} does not exist")
+    return row
+
+
+def _stored(row: PolicyRow) -> StoredPolicy:
+    return StoredPolicy(row.name, row.revision, row.document)
+
+
+def _content(document: Document) -> Document:
+    """A stored document without its revision: what an operator wrote, as validated."""
+    copied = copy.deepcopy(document)
+    copied.get("metadata", {}).pop("revision", None)
+    return copied
+
+
+def _check_precondition(name: str, row: PolicyRow | None, if_match: IfMatch | None) -> None:
+    if if_match is None or if_match.holds(row.revision if row else None):
+        return
+    if row is None:
+        raise PreconditionFailed(f"If-Match given but policy {name!r} does not exist")
+    raise PreconditionFailed(
+        f"policy {name!r} is at revision {row.revision}, not the one If-Match names"
+    )
+
+
+def _parse_named(document: object, name: str) -> Policy:
+    """Validates ``document`` and that its metadata.name is ``name``, naming every bad field."""
+    errors: list[FieldError] = []
+    policy: Policy | None = None
+    try:
+        policy = parse_policy(document)
+    except PolicyError as error:
+        errors.extend(error.errors)
+    metadata = document.get("metadata") if isinstance(document, dict) else None
+    given = metadata.get("name") if isinstance(metadata, dict) else None
+    if isinstance(given, str) and given != name:
+        errors.append(
+            FieldError("metadata.name", f"{given!r} does not match the name in the path {name!r}")
+        )
+    if errors or policy is None:
+        raise PolicyError(errors, policy=name)
+    return policy
+
+
+def _operation(value: str) -> Operation:
+    if value == "create":
+        return "create"
+    if value == "update":
+        return "update"
+    return "delete"

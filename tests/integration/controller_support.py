@@ -1,0 +1,267 @@
+"""Helpers for the controller tests: throwaway PostgreSQL databases, policies, a TCP proxy."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+POSTGRES_ENV = "DNSMESH_TEST_POSTGRES_URL"
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def admin_postgres_url() -> str:
+    return os.environ.get(POSTGRES_ENV, DEFAULT_POSTGRES)
+
+
+def _libpq(url: str) -> str:
+    """A SQLAlchemy-style URL as libpq wants it (no +driver)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@contextlib.contextmanager
+def temporary_postgres_database(purpose: str) -> Iterator[str]:
+    """CREATE a uniquely named database, yield its URL, DROP it (even if tests failed)."""
+    admin = admin_postgres_url()
+    name = f"dnsmesh_test_{purpose}_{os.getpid()}_{secrets.token_hex(4)}"
+    with psycopg.connect(_libpq(admin), autocommit=True, connect_timeout=5) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(admin).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(_libpq(admin), autocommit=True, connect_timeout=5) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def terminate_backends(url: str) -> int:
+    """pg_terminate_backend every other connection to ``url``'s database; returns how many."""
+    database = make_url(url).database
+    with psycopg.connect(_libpq(admin_postgres_url()), autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        ).fetchall()
+    return len(rows)
+
+
+def policy_doc(
+    name: str = "checkout",
+    *,
+    domain: str | None = None,
+    labels: dict[str, str] | None = None,
+    weight: int = 90,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "dnsmesh/v1",
+        "kind": "Policy",
+        "metadata": {"name": name, "labels": labels if labels is not None else {"team": "pay"}},
+        "spec": {
+            "domain": domain or f"{name}.mesh.internal",
+            "ttl": 5,
+            "endpoints": [
+                {"address": "127.0.10.1", "weight": weight, "group": "v1"},
+                {"address": "127.0.10.2", "weight": 10, "group": "v2"},
+            ],
+            "slices": [
+                {"id": "beta", "match": {"client_cidrs": ["10.8.0.0/16"]}, "groups": ["v2"]}
+            ],
+        },
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class TcpProxy:
+    """A loopback TCP relay to PostgreSQL that a test can stop (connections reset) and restart."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self._listener: socket.socket | None = None
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> TcpProxy:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))  # the same port again after a stop
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads = []
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets.update((client, upstream))
+            for src, dst in ((client, upstream), (upstream, client)):
+                thread = threading.Thread(target=self._pipe, args=(src, dst), daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+
+_LISTENING = re.compile(r"controller\.listening address=(\S+)")
+
+
+class ControllerProcess:
+    """``dnsmesh controller`` as a real subprocess on a free loopback port."""
+
+    def __init__(self, database_url: str, cwd: Path, *extra: str) -> None:
+        self.args = [
+            sys.executable,
+            "-m",
+            "dnsmesh.cli",
+            "controller",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            database_url,
+            *extra,
+        ]
+        self.cwd = cwd
+        self.process: subprocess.Popen[str] | None = None
+        self.base_url = ""
+        self.stderr_lines: list[str] = []
+
+    def __enter__(self) -> ControllerProcess:
+        self.process = subprocess.Popen(
+            self.args,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        assert self.process.stderr is not None
+        while time.monotonic() < deadline:
+            line = self.process.stderr.readline()
+            if not line:
+                break
+            self.stderr_lines.append(line)
+            match = _LISTENING.search(line)
+            if match:
+                self.base_url = f"http://{match.group(1)}"
+                break
+        if not self.base_url:
+            self.__exit__(None, None, None)
+            raise AssertionError("controller did not start:\n" + "".join(self.stderr_lines))
+        threading.Thread(target=self._drain, daemon=True).start()
+        return self
+
+    def _drain(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        for line in self.process.stderr:
+            self.stderr_lines.append(line)
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs the real ``dnsmesh`` CLI in a subprocess (with a deadline)."""
+    return subprocess.run(
+        [sys.executable, "-m", "dnsmesh.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+class Api:
+    """A TestClient on the controller app with one token per role."""
+
+    def __init__(self, client: Any, tokens: dict[str, str]) -> None:
+        self.client = client
+        self.tokens = tokens
+
+    def auth(self, role: str = "admin") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[role]}"}
+
+    def request(self, method: str, path: str, role: str = "admin", **kwargs: Any) -> Any:
+        headers = {**self.auth(role), **kwargs.pop("headers", {})}
+        return self.client.request(method, path, headers=headers, **kwargs)
+
+    def get(self, path: str, role: str = "admin", **kwargs: Any) -> Any:
+        return self.request("GET", path, role, **kwargs)
+
+    def post(self, path: str, role: str = "admin", **kwargs: Any) -> Any:
+        return self.request("POST", path, role, **kwargs)
+
+    def put(self, path: str, role: str = "admin", **kwargs: Any) -> Any:
+        return self.request("PUT", path, role, **kwargs)
+
+    def delete(self, path: str, role: str = "admin", **kwargs: Any) -> Any:
+        return self.request("DELETE", path, role, **kwargs)

@@ -1,0 +1,88 @@
+"""Controller pieces with no I/O: tokens and roles, URLs, If-Match, --listen."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from starlette.requests import Request
+
+from controller.api.deps import etag, if_match
+from controller.auth import (
+    ROLE_PERMISSIONS,
+    TOKEN_PREFIX,
+    Permission,
+    Principal,
+    Role,
+    check_token_name,
+    new_token,
+    parse_role,
+    token_digest,
+)
+from controller.db.engine import normalize_url, redact, resolve_database_url
+from controller.errors import InvalidRequest
+from controller.server import parse_listen
+from controller.store import IfMatch
+from dnsmesh.errors import ConfigError
+
+
+def test_tokens_are_prefixed_random_and_stored_as_sha256() -> None:
+    tokens = {new_token() for _ in range(50)}
+    assert len(tokens) == 50
+    for token in tokens:
+        assert token.startswith(TOKEN_PREFIX) and len(token) == len(TOKEN_PREFIX) + 43
+        assert token_digest(token) == hashlib.sha256(token.encode()).hexdigest()
+
+
+def test_roles_and_permissions() -> None:
+    admin, editor, viewer, agent = (Principal("x", r) for r in Role)
+    assert all(admin.can(p) for p in Permission)
+    assert editor.can(Permission.WRITE_POLICIES) and not editor.can(Permission.MANAGE_TOKENS)
+    assert viewer.can(Permission.READ_AUDIT) and not viewer.can(Permission.WRITE_POLICIES)
+    assert agent.can(Permission.READ_POLICIES) and not agent.can(Permission.READ_AUDIT)
+    assert ROLE_PERMISSIONS[Role.AGENT] == {Permission.READ_POLICIES}
+    assert parse_role("agent") is Role.AGENT
+    with pytest.raises(InvalidRequest):
+        parse_role("root")
+    assert check_token_name("ci-bot@team.a") == "ci-bot@team.a"
+    for bad in ("", "UPPER", "-x", "x" * 64, 7):
+        with pytest.raises(InvalidRequest):
+            check_token_name(bad)
+
+
+def test_database_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DNSMESH_DATABASE_URL", raising=False)
+    assert resolve_database_url(None) == "sqlite:///dnsmesh.db"
+    monkeypatch.setenv("DNSMESH_DATABASE_URL", "sqlite:///env.db")
+    assert resolve_database_url(None) == "sqlite:///env.db"
+    assert resolve_database_url("sqlite:///given.db") == "sqlite:///given.db"
+    assert normalize_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
+    assert normalize_url("postgres://u@h/db").drivername == "postgresql+psycopg"
+    assert normalize_url("sqlite:///x.db").drivername == "sqlite"
+    assert "secret" not in redact("postgresql://u:secret@h/db")
+    for bad in ("mysql://u@h/db", "not a url"):
+        with pytest.raises(ConfigError):
+            normalize_url(bad)
+
+
+def _request(value: str | None) -> Request:
+    headers = [] if value is None else [(b"if-match", value.encode())]
+    return Request({"type": "http", "headers": headers})
+
+
+def test_if_match_parsing() -> None:
+    assert if_match(_request(None)) is None
+    assert if_match(_request("*")) == IfMatch(None)
+    assert if_match(_request('"5"')) == IfMatch(frozenset({5}))
+    assert if_match(_request('"5", "7" ,W/"8", "x"')) == IfMatch(frozenset({5, 7}))
+    assert IfMatch(None).holds(3) and not IfMatch(None).holds(None)
+    assert IfMatch(frozenset({3})).holds(3) and not IfMatch(frozenset({3})).holds(4)
+    assert etag(12) == '"12"'
+
+
+def test_parse_listen() -> None:
+    assert parse_listen("127.0.0.1:8053") == ("127.0.0.1", 8053)
+    assert parse_listen("[::1]:0") == ("::1", 0)
+    for bad in ("8053", "host:", "host:99999", "host:x"):
+        with pytest.raises(ConfigError):
+            parse_listen(bad)
