@@ -14,7 +14,7 @@ from typing import Any, cast
 from agent.answer import Answer, Source
 from agent.config import HostPort
 from agent.pipeline import Pipeline
-from dnsmesh.dnswire import MalformedQuery, Query, fit_udp, parse_query
+from dnsmesh.dnswire import MalformedQuery, Query, fit_udp, name_to_text, parse_query
 from dnsmesh.logs import fields
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,22 @@ class QueryService:
             return False
         self.counts["dropped"] += 1
         return True
+
+    def count_forwarded(self, query: Query, answer: Answer, client: str) -> None:
+        """Count a forwarded query's answer; at debug level, log it (never for immediate ones,
+        which are the hot path)."""
+        self.counts[answer.source] += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "query.forwarded",
+                extra=fields(
+                    client=client,
+                    name=name_to_text(query.qname),
+                    qtype=query.qtype,
+                    source=answer.source,
+                    reason=answer.reason,
+                ),
+            )
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -97,7 +113,7 @@ class UdpListener(asyncio.DatagramProtocol):
 
     async def _forward(self, query: Query, addr: tuple[str, int]) -> None:
         answer = await self.service.pipeline.final(query, addr[0])
-        self.service.counts[answer.source] += 1
+        self.service.count_forwarded(query, answer, addr[0])
         if self.transport is not None and not self.transport.is_closing():
             # RFC 6891 §7 / RFC 1035 §4.2.1: no more than the client takes; TC tells it
             # to ask again over TCP.
@@ -126,6 +142,7 @@ class TcpConnections:
             if idle is None:
                 return False
             idle.close("connection limit")
+            self.remove(idle)  # now, not at connection_lost: the slot is the newcomer's
         self.open[conn] = None
         return True
 
@@ -241,7 +258,7 @@ class TcpConnection(asyncio.Protocol):
     async def _forward(self, query: Query) -> None:
         try:
             answer: Answer = await self.service.pipeline.final(query, self.client)
-            self.service.counts[answer.source] += 1
+            self.service.count_forwarded(query, answer, self.client)
             self._send(answer.wire)
         finally:
             self.pending -= 1

@@ -45,6 +45,7 @@ class LoopGuard:
             return None
         if server not in self.detected:
             self.detected.append(server)
+        if self._upstream.disable(server, "forwarding loop"):
             log.error(
                 "upstream.loop_detected",
                 extra=fields(
@@ -54,7 +55,6 @@ class LoopGuard:
                     action="upstream disabled",
                 ),
             )
-            self._upstream.disable(server, "forwarding loop")
         # Answer the looped probe at once so it stops circling.
         return Answer(dnswire.build_error(query, dnswire.RCODE_REFUSED), Source.ERROR, "loop")
 

@@ -66,8 +66,8 @@ def is_self(
     """Whether a query sent to ``upstream`` would arrive at one of our own listeners.
 
     A listener on a specific address catches only that address; one on 0.0.0.0 or ::
-    catches every local address of its family (and an IPv6 wildcard also IPv4-mapped ones,
-    which we treat as the same family here to stay on the safe side).
+    catches every local address of its family (only its family: the agent's IPv6 sockets
+    are V6ONLY, see agent.listeners.bind_socket).
     """
     up = ipaddress.ip_address(upstream.host)
     for own in listening:
@@ -76,8 +76,7 @@ def is_self(
         mine = ipaddress.ip_address(own.host)
         if mine == up:
             return True
-        same_family = mine.version == up.version or mine.version == 6
-        if mine.is_unspecified and same_family and is_local(upstream.host):
+        if mine.is_unspecified and mine.version == up.version and is_local(upstream.host):
             return True
     return False
 

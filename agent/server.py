@@ -93,14 +93,17 @@ class AgentServer:
             except OSError as exc:
                 await self._close_listeners()
                 raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
-        if config.upstreams is None:
-            upstreams = upstreams_from_resolv_conf(config.resolv_conf, self.addresses)
-        else:
-            upstreams = self._without_self(config.upstreams)
-            if config.upstreams and not upstreams:
-                await self._close_listeners()
-                raise ConfigError("every --upstream is this agent's own address")
-        self.set_upstreams(upstreams)
+        try:
+            if config.upstreams is None:
+                upstreams = upstreams_from_resolv_conf(config.resolv_conf, self.addresses)
+            else:
+                upstreams = self._without_self(config.upstreams)
+                if config.upstreams and not upstreams:
+                    raise ConfigError("every --upstream is this agent's own address")
+        except ConfigError:
+            await self._close_listeners()
+            raise
+        self._use_upstreams(upstreams)
         if self.watcher is not None:
             self.watcher.start()
         log.info(
@@ -146,7 +149,9 @@ class AgentServer:
 
     def set_upstreams(self, upstreams: Sequence[HostPort]) -> None:
         """Use these upstreams from now on (minus ourselves) and probe them for loops."""
-        upstreams = self._without_self(upstreams)
+        self._use_upstreams(self._without_self(upstreams))
+
+    def _use_upstreams(self, upstreams: Sequence[HostPort]) -> None:
         self.upstream.set_upstreams(upstreams)
         if self.config.loop_check and upstreams:
             task = asyncio.get_running_loop().create_task(self.loop_guard.probe_all())

@@ -57,10 +57,12 @@ ZONE_ADDRESS = "127.0.0.1"
 UPSTREAM_TTL = 3600  # long, so forwarded answers stay cached for the whole run
 
 SERVERS = ("agent", "dnsmasq", "ceiling")
+ALL_SERVERS = (*SERVERS, "ceiling-fresh")
 SERVER_LABELS = {
     "agent": "dnsmesh agent",
     "dnsmasq": "dnsmasq",
     "ceiling": "py-ceiling (ref)",
+    "ceiling-fresh": "py-ceiling fresh ports (ref)",
 }
 SCENARIOS = ("hit", "cached", "uncached", "latency")
 
@@ -83,7 +85,14 @@ SCENARIO_DEFS = {
         "cached", "cached forward", f"c000.{ZONE}", (ZONE_ADDRESS,), None, 0.5, None, SERVERS
     ),
     "uncached": Scenario(
-        "uncached", "uncached forward", f"probe.{ZONE}", (ZONE_ADDRESS,), None, 1.0, None, SERVERS
+        "uncached",
+        "uncached forward",
+        f"probe.{ZONE}",
+        (ZONE_ADDRESS,),
+        None,
+        1.0,
+        None,
+        ALL_SERVERS,
     ),
     "latency": Scenario(
         "latency", "policy hit @2000 QPS", POLICY_NAME, POLICY_ADDRESSES, 2000, None, 0.3, SERVERS
@@ -291,7 +300,7 @@ def start_server(kind: str, setup: Setup) -> Server:
             f"--host-record={POLICY_NAME},{POLICY_ADDRESSES[0]}",
             "--local-ttl=5",
         ]
-    elif kind == "ceiling":
+    elif kind in ("ceiling", "ceiling-fresh"):
         cmd = [
             setup.python,
             str(REPO / "bench" / "refserver.py"),
@@ -304,6 +313,8 @@ def start_server(kind: str, setup: Setup) -> Server:
             "--upstream",
             f"127.0.0.1:{setup.upstream_port}",
         ]
+        if kind == "ceiling-fresh":
+            cmd.append("--fresh-ports")
     else:
         raise ValueError(kind)
     return start(kind, cmd, port, setup.workdir, setup.server_core)
@@ -585,7 +596,9 @@ def notes(
         "py-ceiling is a reference, not dnsmesh (bench/refserver.py): Python+uvloop reading "
         "only the question, a prebuilt answer for the policy name, a dict cache, and "
         "callback forwarding over a fixed pool of 32 upstream sockets; it skips most of what "
-        "a resolver must do, so it bounds what Python can reach here.",
+        "a resolver must do, so it bounds what Python can reach here. The fresh-ports "
+        "variant (uncached only) opens a new upstream socket per query as the agent does "
+        "(RFC 5452 §9.2), with add_reader instead of a transport.",
         "peak RSS: VmHWM of the server process at the end of its scenario. CPU: the "
         "server's user+system time over the main run (100 % = its one core), per query "
         "completed.",
@@ -626,7 +639,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--p99-seconds", type=float, help="length of the -v pass for p99 at saturation"
     )
     parser.add_argument("--no-p99-pass", action="store_true", help="skip the -v pass")
-    parser.add_argument("--servers", default=",".join(SERVERS), help="of " + ",".join(SERVERS))
+    parser.add_argument(
+        "--servers", default=",".join(ALL_SERVERS), help="of " + ",".join(ALL_SERVERS)
+    )
     parser.add_argument(
         "--scenarios", default=",".join(SCENARIOS), help="of " + ",".join(SCENARIOS)
     )
@@ -657,7 +672,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.p99_seconds = max(0.5, min(3.0, args.duration * args.rounds / 4))
     if args.no_p99_pass or args.profile:
         args.p99_seconds = 0.0
-    for name, allowed in (("servers", SERVERS), ("scenarios", SCENARIOS)):
+    for name, allowed in (("servers", ALL_SERVERS), ("scenarios", SCENARIOS)):
         chosen = [item for item in getattr(args, name).split(",") if item]
         unknown = set(chosen) - set(allowed)
         if unknown:

@@ -92,6 +92,7 @@ class Forwarder:
         self.pending: list[dict[int, Pending]] = []
         self.cache: dict[bytes, tuple[int, int, int, int, bytes, float]] = {}
         self.ids = b""
+        self.id_at = 0
         self.next = 0
 
     async def connect(self, host: str, port: int) -> None:
@@ -105,11 +106,11 @@ class Forwarder:
 
     def random_id(self) -> int:
         # urandom in batches: one syscall per 2048 IDs instead of one per query.
-        if len(self.ids) < 2:
-            self.ids = os.urandom(4096)
-        value = self.ids[0] << 8 | self.ids[1]
-        self.ids = self.ids[2:]
-        return value
+        at = self.id_at
+        if at + 2 > len(self.ids):
+            self.ids, at = os.urandom(4096), 0
+        self.id_at = at + 2
+        return self.ids[at] << 8 | self.ids[at + 1]
 
     def forward(
         self,
@@ -160,6 +161,63 @@ class Forwarder:
                 client, addr, client_id, question, _key, _sent = table.pop(msg_id)
                 header = HEADER.pack(client_id, SERVFAIL_FLAGS, 1, 0, 0, 0)
                 client.sendto(header + question, addr)
+        self.loop.call_later(0.25, self.sweep)
+
+
+class FreshPortForwarder(Forwarder):
+    """The same, but a new socket (so a new random source port) per query, as the agent does.
+
+    RFC 5452 §9.2 asks for source ports as unpredictable as practicable; this prices that
+    choice in Python without transports: socket + connect + add_reader, close on answer.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.upstream: tuple[str, int] = ("127.0.0.1", 53)
+        self.open: dict[int, tuple[socket.socket, int, Pending]] = {}
+
+    async def connect(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+
+    def forward(
+        self,
+        client: asyncio.DatagramTransport,
+        addr: tuple[str, int],
+        data: bytes,
+        end: int,
+        key: bytes,
+    ) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.connect(self.upstream)  # binds a fresh random ephemeral port
+        msg_id = self.random_id()
+        fd = sock.fileno()
+        entry = (client, addr, data[0] << 8 | data[1], data[12:end], key, self.loop.time())
+        self.open[fd] = (sock, msg_id, entry)
+        self.loop.add_reader(fd, self.readable, fd)
+        sock.send(HEADER.pack(msg_id, 0x0100, 1, 0, 0, 0) + key)
+
+    def readable(self, fd: int) -> None:
+        sock, msg_id, entry = self.open[fd]
+        try:
+            data = sock.recv(4096)
+        except OSError:
+            return
+        if len(data) < 12 or data[0] << 8 | data[1] != msg_id:
+            return
+        self.loop.remove_reader(fd)
+        del self.open[fd]
+        sock.close()
+        self.answered({msg_id: entry}, data)
+
+    def sweep(self) -> None:
+        cutoff = self.loop.time() - TIMEOUT
+        for fd in [fd for fd, (_s, _i, entry) in self.open.items() if entry[5] < cutoff]:
+            sock, _msg_id, entry = self.open.pop(fd)
+            self.loop.remove_reader(fd)
+            sock.close()
+            client, addr, client_id, question, _key, _sent = entry
+            client.sendto(HEADER.pack(client_id, SERVFAIL_FLAGS, 1, 0, 0, 0) + question, addr)
         self.loop.call_later(0.25, self.sweep)
 
 
@@ -214,12 +272,17 @@ class Answerer(asyncio.DatagramProtocol):
 
 
 async def serve(
-    host: str, port: int, qname: bytes, address: bytes, upstream: tuple[str, int] | None
+    host: str,
+    port: int,
+    qname: bytes,
+    address: bytes,
+    upstream: tuple[str, int] | None,
+    fresh_ports: bool,
 ) -> None:
     loop = asyncio.get_running_loop()
     forwarder = None
     if upstream is not None:
-        forwarder = Forwarder(loop)
+        forwarder = FreshPortForwarder(loop) if fresh_ports else Forwarder(loop)
         await forwarder.connect(*upstream)
         forwarder.sweep()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -245,6 +308,9 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--address", required=True)
     parser.add_argument("--upstream", metavar="HOST:PORT", help="forward other names here")
+    parser.add_argument(
+        "--fresh-ports", action="store_true", help="a new upstream socket per query, no pool"
+    )
     args = parser.parse_args()
     host, _, port = args.listen.rpartition(":")
     upstream = None
@@ -253,7 +319,7 @@ def main() -> None:
         upstream = (up_host, int(up_port))
     packed = ipaddress.IPv4Address(args.address).packed
     qname = wire_name(args.name.lower())
-    main_task = serve(host, int(port), qname, packed, upstream)
+    main_task = serve(host, int(port), qname, packed, upstream, args.fresh_ports)
     try:
         import uvloop  # type: ignore[import-not-found,unused-ignore]
     except ImportError:  # plain asyncio still works, only slower

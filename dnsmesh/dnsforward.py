@@ -217,6 +217,8 @@ def build_forwarded_response(
     flags = FLAG_QR | FLAG_RA | (query_flags & (FLAG_RD | FLAG_CD)) | (rcode & 0xF)
     if answer.flags & FLAG_AD and (dnssec_ok or query_flags & FLAG_AD):
         flags |= FLAG_AD
+    if answer.truncated:
+        flags |= FLAG_TC  # no records were kept: the client must ask again over TCP
     sections = answer.sections
     if stale_ttl is not None:
         patched = bytearray(sections)

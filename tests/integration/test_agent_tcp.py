@@ -137,3 +137,20 @@ def test_pipelined_forwards_per_connection_are_bounded(
     # Two at once; the third only after an answer freed a slot (0.3 s later).
     assert arrivals[1] - arrivals[0] < 0.15
     assert arrivals[2] - arrivals[0] > 0.25
+
+
+def test_when_every_connection_is_busy_a_new_one_is_refused(
+    start_agent: StartAgent, upstream: FakeUpstream
+) -> None:
+    upstream.answer("busy.example.test", "A", "192.0.2.3", delay=0.4)
+    agent = start_agent(upstreams=[upstream], tcp_max_connections=1, attempt_timeout=1.0)
+    with connect(agent) as busy:
+        busy.sendall(frame(dns.message.make_query("busy.example.test", "A")))
+        wait_for(lambda: upstream.count("busy.example.test") == 1, 2, "the forward")
+        with connect(agent) as refused:
+            try:
+                assert refused.recv(10) == b""
+            except ConnectionResetError:
+                pass  # aborted: an RST rather than a FIN
+        assert read_message(busy).answer  # the busy one is served on
+    assert agent.server.counts()["dropped"] == 1

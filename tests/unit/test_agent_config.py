@@ -75,6 +75,7 @@ def test_is_self_exact_and_wildcard() -> None:
     v6_wildcard = [HostPort("::", 53)]
     assert is_self(HostPort("::1", 53), v6_wildcard, never_local)
     assert not is_self(HostPort("2001:db8::1", 53), v6_wildcard, never_local)
+    assert not is_self(HostPort("127.0.0.1", 53), v6_wildcard, never_local)  # V6ONLY
 
 
 def test_upstreams_from_resolv_conf_skip_self(tmp_path: Path) -> None:

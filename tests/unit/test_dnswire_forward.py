@@ -141,6 +141,10 @@ def test_truncated_upstream_response() -> None:
     assert answer.truncated
     assert answer.cache_ttl == 0
     assert answer.sections == b""
+    # passed on as is, it tells the client to retry over TCP rather than look like NODATA
+    message = dns.message.from_wire(build_forwarded_response(client_query(), answer, 0))
+    assert message.flags & dns.flags.TC
+    assert not message.answer
 
 
 def test_nxdomain_caches_for_min_of_soa_ttl_and_minimum() -> None:

@@ -11,6 +11,8 @@ import random
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dnsmesh.selection import (
     WeightedTable,
@@ -196,3 +198,44 @@ def test_rendezvous_score_is_positive_and_finite() -> None:
     for i in range(2000):
         score = rendezvous_score(str(i).encode(), b"k", 1)
         assert 0 < score < float("inf")
+
+
+weights_lists = st.lists(st.integers(0, 1_000_000), min_size=1, max_size=40)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(weights=weights_lists, count=st.integers(1, 50), seed=st.integers(0, 2**32))
+def test_pick_weighted_properties(weights: list[int], count: int, seed: int) -> None:
+    picked = pick_weighted(weights, count, random.Random(seed))
+    live = [i for i, w in enumerate(weights) if w > 0]
+    assert len(picked) == min(count, len(live))
+    assert len(set(picked)) == len(picked)
+    assert all(weights[i] > 0 for i in picked)
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(
+    weights=st.lists(st.integers(0, 100), min_size=2, max_size=12),
+    removed=st.integers(0, 11),
+    count=st.integers(1, 3),
+)
+def test_sticky_removal_property(weights: list[int], removed: int, count: int) -> None:
+    removed %= len(weights)
+    names = [f"10.0.0.{i}" for i in range(len(weights))]
+    before = [(sticky_key(n), w) for n, w in zip(names, weights, strict=True)]
+    after = [pair for i, pair in enumerate(before) if i != removed]
+    kept_names = [n for i, n in enumerate(names) if i != removed]
+    for client in _clients(60):
+        old = [names[i] for i in pick_sticky(client, before, count)]
+        new = [kept_names[i] for i in pick_sticky(client, after, count)]
+        assert all(weights[names.index(n)] > 0 for n in old)
+        # the survivors keep their relative order; only the removed one leaves
+        assert [n for n in old if n != names[removed]] == new[: len(old) - (names[removed] in old)]
+
+
+def test_sticky_hash_is_pinned_across_processes_and_releases() -> None:
+    # blake2b, not hash(): the same client keeps its endpoint after an agent restart or
+    # upgrade. A change here moves every sticky client at once; do it only on purpose.
+    endpoints = [(sticky_key(f"10.0.0.{i}"), 1) for i in range(1, 6)]
+    picks = [pick_sticky(f"192.0.2.{c}", endpoints, 2) for c in range(1, 9)]
+    assert picks == [[2, 1], [0, 1], [1, 4], [3, 1], [2, 3], [3, 2], [1, 0], [4, 3]]
