@@ -37,6 +37,34 @@ def add_controller_commands(
         action="store_true",
         help="migrate the database to the current schema before starting",
     )
+    push = controller.add_argument_group("push to agents")
+    push.add_argument(
+        "--ping-interval",
+        metavar="SECONDS",
+        type=float,
+        default=5.0,
+        help="WebSocket ping period; an agent silent for about two is dropped (default 5)",
+    )
+    push.add_argument(
+        "--change-retention",
+        metavar="REVISIONS",
+        type=int,
+        default=10_000,
+        help="keep the change log for this many revisions (agents further behind get a "
+        "snapshot); 0 keeps it all (default 10000)",
+    )
+    push.add_argument(
+        "--catch-up-interval",
+        metavar="SECONDS",
+        type=float,
+        default=1.0,
+        help="read the revision this often even without a notification (default 1)",
+    )
+    push.add_argument(
+        "--replica-id",
+        metavar="ID",
+        help="this replica's name in the agents table (default: host-pid-random)",
+    )
     controller.set_defaults(run=_run_controller)
 
     db = subcommands.add_parser("db", parents=[common], help="manage the controller database")

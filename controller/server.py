@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import socket
 import sys
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -17,6 +19,9 @@ from controller.db.session import Database
 from controller.errors import DatabaseUnavailable
 from dnsmesh.errors import ConfigError
 from dnsmesh.logs import fields
+
+if TYPE_CHECKING:
+    from controller.hub import PushSettings
 
 log = logging.getLogger("dnsmesh.controller")
 
@@ -74,13 +79,18 @@ def run_controller(args: argparse.Namespace) -> int:
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
-    app = create_app(Database(engine))
+    push = push_settings(args)
+    app = create_app(Database(engine), push)
     config = uvicorn.Config(
         app,
         log_config=None,  # our handlers (dnsmesh.logs) format uvicorn's records too
         access_log=False,
-        lifespan="off",
+        lifespan="on",  # the push hub says goodbye to its agents at shutdown
         server_header=False,
+        # A pong must come back within one more interval, so a dead agent is dropped
+        # (and shown disconnected) about two intervals after it last answered.
+        ws_ping_interval=push.ping_interval_s,
+        ws_ping_timeout=push.ping_interval_s,
     )
     server = uvicorn.Server(config)
     # Tests and scripts read this line to learn the port when --listen asked for port 0.
@@ -97,6 +107,23 @@ def run_controller(args: argparse.Namespace) -> int:
         engine.dispose()
     log.info("controller.stopped")
     return 0
+
+
+def push_settings(args: argparse.Namespace) -> PushSettings:
+    from controller.hub import PushSettings
+
+    settings = PushSettings(
+        ping_interval_s=args.ping_interval,
+        catch_up_s=args.catch_up_interval,
+        change_retention=args.change_retention,
+    )
+    if args.ping_interval <= 0 or args.catch_up_interval <= 0 or args.change_retention < 0:
+        raise ConfigError(
+            "--ping-interval and --catch-up-interval must be > 0, --change-retention >= 0"
+        )
+    if args.replica_id:
+        settings = dataclasses.replace(settings, replica_id=args.replica_id)
+    return settings
 
 
 def _note_sigterm(_signum: int, _frame: FrameType | None) -> None:

@@ -107,6 +107,21 @@ class PolicyStore:
 
         return self.db.read(work)
 
+    def compact_changes(self, keep_after_revision: int) -> int:
+        """Deletes change-log rows at or below ``keep_after_revision``; returns how many.
+
+        Agents further behind than what is kept get a full snapshot instead of a delta
+        (controller.hub), so compaction bounds the log without losing anyone.
+        """
+
+        def work(session: Session) -> int:
+            result = session.execute(
+                delete(ChangeRow).where(ChangeRow.revision <= keep_after_revision)
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
+        return self.db.write(work)
+
     def list_policies(self, labels: Mapping[str, str] | None = None) -> PolicyList:
         """All policies (by name), or those whose labels include every pair in ``labels``."""
 

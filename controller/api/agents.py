@@ -1,0 +1,228 @@
+"""Routes for agents: the WebSocket stream, HTTP long-polling, and convergence for operators.
+
+How an agent speaks to the controller (messages are dnsmesh.protocol's, JSON text frames):
+
+WebSocket ``GET /v1/agents/stream`` (ws:// or wss://)
+  1. The upgrade request carries ``Authorization: Bearer <token>`` of role ``agent`` or
+     ``admin``. Otherwise the upgrade is refused with an HTTP response before any WebSocket
+     exists: 401 (no, unknown or revoked token; WWW-Authenticate: Bearer) or 403 (another
+     role), body ``{"error": {"code", "message", "fields"}}`` like every API error.
+  2. The agent sends ``hello`` {agent_id, node_name, labels, software, revision} first,
+     within 10 s (else ``error`` hello_timeout and close 4408). ``revision`` is the last
+     revision it applied, 0 when it has nothing.
+  3. The controller answers with at most one update: a ``snapshot`` {revision, policies}
+     when the agent is new (revision 0), is ahead of the database, or is older than the
+     change log reaches back (compaction); else a ``delta`` {since: the agent's revision,
+     revision, changes} of every policy changed since (each name once, its latest
+     document, null when deleted); nothing when the agent is current.
+  4. From then on, every commit is pushed as it happens, in revision order: a ``delta``
+     whose ``since`` is the revision of the previous update sent on this connection.
+     Several commits close together may arrive as one delta.
+  5. The agent answers each update with ``ack`` {revision} once applied, or ``nack``
+     {revision, reason} when it refused it (it keeps running its previous state). After a
+     NACK the controller sends nothing more until a newer revision commits, and then a
+     delta from the agent's last ACKed revision (or a snapshot if it never ACKed one). An
+     agent that sees a delta whose ``since`` is not its revision should reconnect: its
+     hello then gets exactly what it lacks.
+  6. Anything else from the agent (not JSON, not a protocol message, a second hello) gets
+     an ``error`` {code: bad_message | unexpected_message, message} and close 4400.
+     Close 4409: the same agent_id connected again to this controller (the older
+     connection is closed). Close 1011: internal error. Close 1012: the controller is
+     restarting. Reconnect on any close, with backoff and jitter.
+  7. Keepalive: the controller pings every ``--ping-interval`` seconds (default 5) and
+     closes a connection whose pong has not come within another interval (1011), so a
+     dead agent shows as disconnected within about two intervals. Agents must answer
+     pings (every WebSocket library does); they may ping too.
+
+HTTP polling (when a WebSocket cannot be opened), same tokens and revision semantics:
+  ``GET /v1/changes?since=R&wait=S[&agent_id=ID]``
+      200 and the update as JSON (the same ``snapshot``/``delta`` message as above) as soon
+      as something is newer than R (at once if it already is; R=0: a snapshot), or 204
+      with no body after S seconds (0-30, default 0) of nothing new. ``agent_id`` keeps
+      that polling agent shown as connected.
+  ``POST /v1/agents/{agent_id}/ack``
+      {"node_name", "labels"?, "software"?, "revision": R, "nack"?: {"revision", "reason"}}
+      R is the revision the agent runs now (after applying: the ACK); ``nack`` reports an
+      update it refused. 200 {"agent_id", "applied_revision"}. A polling agent posts after
+      every update and at least every 30 s to stay shown as connected.
+
+For operators (viewer, editor, admin):
+  ``GET /v1/agents`` and ``GET /v1/revisions/{r}`` (documented in controller.api).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, WebSocket
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from controller.agents import Hello, Nacked, Seen
+from controller.api.deps import blocking, json_body, policy_store, require
+from controller.api.errors import ApiError, error_body
+from controller.auth import Permission, Principal, Role, TokenStore
+from controller.hub import Hub
+from dnsmesh.policy import field_errors
+
+router = APIRouter(tags=["agents"])
+
+_BEARER = {"WWW-Authenticate": 'Bearer realm="dnsmesh"'}
+_AGENT_ROLES = frozenset({Role.AGENT, Role.ADMIN})
+
+Operator = Annotated[Principal, Depends(require(Permission.READ_AUDIT))]  # viewer and up
+Reader = Annotated[Principal, Depends(require(Permission.READ_POLICIES))]
+
+
+def hub_of(app: Any) -> Hub:
+    hub: Hub = app.state.hub
+    return hub
+
+
+def _agent_only(who: Principal) -> None:
+    if who.role not in _AGENT_ROLES:
+        raise ApiError(403, "forbidden", f"role {who.role.value!r} may not act as an agent")
+
+
+class _WebSocketChannel:
+    """Starlette's WebSocket as the hub's Channel."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+        self.closed = False
+
+    async def send(self, text: str) -> None:
+        await self.websocket.send_text(text)
+
+    async def receive(self) -> str | bytes | None:
+        if self.closed:
+            return None
+        message = await self.websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            self.closed = True
+            return None
+        data: str | bytes | None = message.get("text")
+        if data is None:
+            data = message.get("bytes") or b""
+        return data
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):  # already closed by the peer or the server
+            await self.websocket.close(code, reason)
+
+
+@router.websocket("/v1/agents/stream")
+async def agent_stream(websocket: WebSocket) -> None:
+    header = websocket.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    principal = None
+    if scheme.lower() == "bearer" and secret.strip():
+        tokens: TokenStore = websocket.app.state.tokens
+        principal = await blocking(tokens.authenticate, secret.strip())
+    if principal is None:
+        body = error_body("unauthorized", "a valid bearer token of role agent is required")
+        await websocket.send_denial_response(JSONResponse(body, 401, headers=_BEARER))
+        return
+    if principal.role not in _AGENT_ROLES:
+        message = f"role {principal.role.value!r} may not act as an agent"
+        await websocket.send_denial_response(JSONResponse(error_body("forbidden", message), 403))
+        return
+    await websocket.accept()
+    await hub_of(websocket.app).serve(_WebSocketChannel(websocket))
+
+
+@router.get("/v1/changes", responses={204: {"description": "nothing newer within wait"}})
+async def changes(
+    request: Request,
+    who: Reader,
+    since: Annotated[int, Query(ge=0, description="the revision the agent runs")],
+    wait: Annotated[float, Query(ge=0, le=30, description="seconds to wait for news")] = 0,
+    agent_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+) -> Response:
+    _agent_only(who)
+    hub = hub_of(request.app)
+    if agent_id is not None:
+        await hub.start()
+        hub.recorder.record(Seen(agent_id))
+    update = await hub.poll(since, min(wait, hub.settings.max_wait_s))
+    if update is None:
+        return Response(status_code=204)
+    return Response(update.text, media_type="application/json")
+
+
+class _NackReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    revision: int = Field(ge=0)
+    reason: str = Field(max_length=4096)
+
+
+class _PollReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    node_name: str = Field(min_length=1, max_length=253)
+    labels: dict[str, str] = Field(default_factory=dict)
+    software: str = Field(default="", max_length=64)
+    revision: int = Field(ge=0, description="the revision the agent runs now")
+    nack: _NackReport | None = None
+
+
+@router.post("/v1/agents/{agent_id}/ack")
+async def report(
+    request: Request,
+    who: Reader,
+    agent_id: Annotated[str, Path(min_length=1, max_length=128)],
+) -> JSONResponse:
+    _agent_only(who)
+    try:
+        body = _PollReport.model_validate(await json_body(request))
+    except ValidationError as error:
+        raise ApiError(422, "invalid_request", "not an agent report", field_errors(error)) from None
+    hub = hub_of(request.app)
+    await hub.start()
+    hub.recorder.record(
+        Hello(
+            agent_id=agent_id,
+            node_name=body.node_name,
+            labels=body.labels,
+            software=body.software,
+            revision=body.revision,
+            transport="poll",
+            replica=hub.settings.replica_id,
+            session="poll",
+        )
+    )
+    if body.nack is not None:
+        hub.recorder.record(Nacked(agent_id, body.nack.revision, body.nack.reason))
+    await hub.recorder.flush()  # the answer means "recorded": a read right after sees it
+    return JSONResponse({"agent_id": agent_id, "applied_revision": body.revision})
+
+
+@router.get("/v1/agents")
+async def list_agents(request: Request, _who: Operator) -> JSONResponse:
+    hub = hub_of(request.app)
+    agents = await blocking(hub.registry.list)
+    revision = await blocking(policy_store(request).current_revision)
+    return JSONResponse({"revision": revision, "items": [a.to_json() for a in agents]})
+
+
+@router.get("/v1/revisions/{revision}")
+async def convergence(
+    request: Request, revision: Annotated[int, Path(ge=0)], _who: Operator
+) -> JSONResponse:
+    hub = hub_of(request.app)
+    current = await blocking(policy_store(request).current_revision)
+    if revision > current:
+        raise ApiError(404, "not_found", f"revision {revision} is not committed (at {current})")
+    state = await blocking(hub.registry.convergence, revision)
+    return JSONResponse(
+        {
+            "revision": revision,
+            "current_revision": current,
+            "total": state.total,
+            "converged": state.converged,
+            "pending": [a.to_json() for a in state.pending],
+        }
+    )

@@ -1,0 +1,445 @@
+"""The push hub: serves every connected agent the revisions it lacks, in order, as they commit.
+
+Modelled on go-control-plane's snapshot cache: the hub knows one ``head`` (the newest
+revision it has seen committed) and, per agent session, the revision it last sent. When the
+head moves, every session behind it is woken and sent one update from where it is to the
+head. Updates are built and encoded once per starting revision and shared by every session
+that starts there (a thousand agents at R-1 cost one ``build_delta`` and one JSON encode),
+from an in-memory window of recent changes, so a commit costs each replica one read of the
+change log, not one per agent.
+
+An update is a delta from the change log, or a snapshot of every policy when the agent is
+new (revision 0), claims a revision newer than the database's, or is older than the log
+reaches back (compaction). The protocol an agent speaks is documented in
+controller/api/agents.py; the messages are dnsmesh.protocol's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Protocol
+
+from controller.agents import Acked, AgentRegistry, Gone, Hello, Nacked
+from controller.db.session import Database
+from controller.notify import PgListener, add_commit_listener, remove_commit_listener
+from controller.recorder import AgentRecorder
+from controller.store import Change, PolicyStore
+from dnsmesh import protocol
+from dnsmesh.logs import fields
+
+log = logging.getLogger("dnsmesh.controller.hub")
+
+# WebSocket close codes (RFC 6455 §7.4.2: 4000-4999 are for applications).
+CLOSE_PROTOCOL_ERROR = 4400  # a message that is not valid, or not expected now
+CLOSE_REPLACED = 4409  # the same agent id connected again to this replica
+CLOSE_HELLO_TIMEOUT = 4408  # no hello within hello_timeout_s
+CLOSE_INTERNAL = 1011  # RFC 6455: the server hit an unexpected condition
+
+
+def default_replica_id() -> str:
+    """Unique per process: a restarted replica is a new one (its old rows go stale)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True, slots=True)
+class PushSettings:
+    """Knobs of the push path (``dnsmesh controller`` flags; short values in tests)."""
+
+    ping_interval_s: float = 5.0  # WebSocket pings; a peer silent for ~2 of these is dropped
+    hello_timeout_s: float = 10.0
+    catch_up_s: float = 1.0  # read the revision this often even without a notification
+    change_retention: int = 10_000  # keep this many revisions of change log; 0: keep all
+    heartbeat_s: float = 10.0  # refresh last_seen of this replica's agents
+    max_wait_s: float = 30.0  # the longest long-poll
+    window: int = 1024  # recent changes kept in memory for deltas
+    replica_id: str = field(default_factory=default_replica_id)
+
+    @property
+    def stale_after(self) -> timedelta:
+        """A row not refreshed for three heartbeats belongs to a replica that is gone."""
+        return timedelta(seconds=3 * self.heartbeat_s + self.max_wait_s)
+
+
+class Channel(Protocol):
+    """One agent connection as the hub sees it (the API adapts Starlette's WebSocket)."""
+
+    async def send(self, text: str) -> None: ...
+
+    async def receive(self) -> str | bytes | None:
+        """The next message, or None once the peer is gone."""
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """An encoded snapshot or delta that takes an agent to ``revision``."""
+
+    revision: int
+    text: str
+
+
+@dataclass(eq=False, slots=True)
+class AgentSession:
+    agent_id: str
+    session: str
+    channel: Channel
+    sent: int  # the revision the agent has been sent (its hello's before the first update)
+    acked: int  # the last revision it ACKed (or its hello's): what it runs
+    refused: int = -1  # the last revision it NACKed: no resend until the head passes it
+    force_snapshot: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Hub:
+    """One per controller process; its tasks start with the first agent (or ``start()``)."""
+
+    def __init__(self, db: Database, settings: PushSettings | None = None) -> None:
+        self.db = db
+        self.settings = settings or PushSettings()
+        self.store = PolicyStore(db)
+        self.registry = AgentRegistry(db, stale_after=self.settings.stale_after)
+        self.recorder = AgentRecorder(
+            self.registry,
+            replica=self.settings.replica_id,
+            heartbeat_s=self.settings.heartbeat_s,
+            has_agents=lambda: bool(self.sessions),
+        )
+        self.head = 0
+        self.sessions: dict[str, AgentSession] = {}  # by agent id
+        self.encoded = 0  # updates built and encoded (each shared by many sessions)
+        self.listener: PgListener | None = None
+        self._window: deque[Change] = deque()
+        self._floor = 0  # the window holds every change in (floor, head]
+        self._deltas: dict[int, Update] = {}  # since -> update to head
+        self._snapshot: Update | None = None
+        self._snapshot_lock = asyncio.Lock()
+        self._advance_lock = asyncio.Lock()
+        self._advanced = asyncio.Event()  # replaced by a fresh one at every advance
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started: asyncio.Task[None] | None = None
+        self._compacted_at = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Reads the head and starts the watcher, recorder and LISTEN tasks (idempotent)."""
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_task(self._start())
+        await asyncio.shield(self._started)
+
+    async def _start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.registry.release, self.settings.replica_id)
+        self.head = self._floor = await asyncio.to_thread(self.store.current_revision)
+        add_commit_listener(self._wake_threadsafe)
+        self._spawn(self._watch(), "watch")
+        self._spawn(self.recorder.run(), "recorder")
+        if self.db.engine.dialect.name == "postgresql":
+            self.listener = PgListener(self.db.engine.url, self._on_notify)
+            self._spawn(self.listener.run(), "listen")
+        log.info(
+            "hub.started",
+            extra=fields(replica=self.settings.replica_id, revision=self.head),
+        )
+
+    async def stop(self) -> None:
+        if self._started is None:
+            return
+        remove_commit_listener(self._wake_threadsafe)
+        for session in list(self.sessions.values()):
+            await session.channel.close(1001, "controller stopping")
+        await self.recorder.flush(within_s=5.0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.registry.release, self.settings.replica_id)
+        self._started = None
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(work, name=f"hub-{name}"))
+
+    def wake(self) -> None:
+        """Something may have committed: read the revision now (call on the hub's loop)."""
+        self._wake.set()
+
+    def _wake_threadsafe(self) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._wake.set)
+
+    def _on_notify(self, _revision: int) -> None:
+        self._wake.set()
+
+    # -- following the database ----------------------------------------------------------
+
+    async def _watch(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.catch_up_s)
+            self._wake.clear()
+            try:
+                await self.catch_up()
+                await self._maybe_compact()
+            except Exception as error:  # the database is away: the next round retries
+                log.warning("hub.catch_up_failed", extra=fields(error=str(error)))
+
+    async def catch_up(self) -> None:
+        """Reads the committed revision; if it moved, loads the new changes and wakes sessions."""
+        async with self._advance_lock:
+            current = await asyncio.to_thread(self.store.current_revision)
+            if current == self.head:
+                return
+            if current < self.head:
+                # The database went back in time (restored): every agent starts over.
+                log.warning("hub.revision_went_back", extra=fields(was=self.head, now=current))
+                self._window.clear()
+                self.head = self._floor = current
+                for session in self.sessions.values():
+                    session.force_snapshot = True
+            else:
+                changes = await asyncio.to_thread(self.store.changes_since, self.head)
+                if changes and changes[0].revision == self.head + 1:
+                    self._window.extend(changes)
+                else:  # compacted past our head while we were not looking
+                    self._window.clear()
+                    self._floor = max(current, changes[-1].revision if changes else 0)
+                self.head = max(current, changes[-1].revision if changes else current)
+                while len(self._window) > self.settings.window:
+                    self._floor = self._window.popleft().revision
+            self._deltas.clear()
+            advanced, self._advanced = self._advanced, asyncio.Event()
+            advanced.set()
+            for session in self.sessions.values():
+                session.wake.set()
+
+    async def _maybe_compact(self) -> None:
+        retention = self.settings.change_retention
+        loop = asyncio.get_running_loop()
+        if retention <= 0 or self.head <= retention or loop.time() - self._compacted_at < 1.0:
+            return
+        self._compacted_at = loop.time()
+        removed = await asyncio.to_thread(self.store.compact_changes, self.head - retention)
+        if removed:
+            log.info(
+                "changes.compacted", extra=fields(removed=removed, kept_after=self.head - retention)
+            )
+
+    # -- updates -------------------------------------------------------------------------
+
+    async def update_for(self, since: int, *, snapshot: bool = False) -> Update | None:
+        """What takes an agent at ``since`` to the head; None when it is there already."""
+        if snapshot or since == 0 or since > self.head:
+            return await self.snapshot()
+        if since == self.head:
+            return None
+        cached = self._deltas.get(since)
+        if cached is not None:
+            return cached
+        if since >= self._floor:
+            changes = [c for c in self._window if c.revision > since]
+            update = self._encode_delta(since, changes)
+            self._deltas[since] = update
+            return update
+        # Older than the window: the change log, if it still reaches back that far.
+        changes = await asyncio.to_thread(self.store.changes_since, since)
+        if not changes or changes[0].revision != since + 1:
+            return await self.snapshot()
+        return self._encode_delta(since, changes)
+
+    def _encode_delta(self, since: int, changes: list[Change]) -> Update:
+        delta = protocol.build_delta(
+            since, changes[-1].revision, ((c.policy, c.document) for c in changes)
+        )
+        self.encoded += 1
+        return Update(delta.revision, protocol.encode_message(delta))
+
+    async def snapshot(self) -> Update:
+        """Every policy at (at least) the head; shared until the head moves."""
+        async with self._snapshot_lock:
+            cached = self._snapshot
+            if cached is not None and cached.revision >= self.head:
+                return cached
+            listing = await asyncio.to_thread(self.store.list_policies)
+            message = protocol.build_snapshot(listing.revision, listing.items)
+            self.encoded += 1
+            self._snapshot = Update(listing.revision, protocol.encode_message(message))
+            return self._snapshot
+
+    # -- long-polling ----------------------------------------------------------------------
+
+    async def poll(self, since: int, wait: float) -> Update | None:
+        """The update from ``since`` as soon as there is one, or None after ``wait`` seconds."""
+        await self.start()
+        if since > self.head:
+            await self.catch_up()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            if since == 0 or since != self.head:
+                return await self.update_for(since)
+            advanced = self._advanced
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(advanced.wait(), remaining)
+            except TimeoutError:
+                return None
+
+    # -- one WebSocket agent ----------------------------------------------------------------
+
+    async def serve(self, channel: Channel) -> None:
+        """Speaks the protocol with one agent until it goes; never raises."""
+        try:
+            await self._serve(channel)
+        except Exception:
+            log.exception("hub.session_failed")
+            await _fail(channel, CLOSE_INTERNAL, "internal", "internal error; see the log")
+
+    async def _serve(self, channel: Channel) -> None:
+        await self.start()
+        try:
+            first = await asyncio.wait_for(channel.receive(), self.settings.hello_timeout_s)
+        except TimeoutError:
+            await _fail(channel, CLOSE_HELLO_TIMEOUT, "hello_timeout", "send hello first")
+            return
+        if first is None:
+            return
+        hello = await _decode(channel, first)
+        if hello is None:
+            return
+        if not isinstance(hello, protocol.Hello):
+            await _fail(
+                channel, CLOSE_PROTOCOL_ERROR, "expected_hello", "the first message must be hello"
+            )
+            return
+        if hello.revision > self.head:
+            await self.catch_up()  # another replica may have pushed it before we heard
+        session = AgentSession(
+            agent_id=hello.agent_id,
+            session=secrets.token_hex(8),
+            channel=channel,
+            sent=hello.revision,
+            acked=hello.revision,
+            force_snapshot=hello.revision == 0 or hello.revision > self.head,
+        )
+        self.recorder.record(
+            Hello(
+                agent_id=hello.agent_id,
+                node_name=hello.node_name,
+                labels=dict(hello.labels),
+                software=hello.software,
+                revision=hello.revision,
+                transport="websocket",
+                replica=self.settings.replica_id,
+                session=session.session,
+            )
+        )
+        previous = self.sessions.get(hello.agent_id)
+        self.sessions[hello.agent_id] = session
+        if previous is not None:
+            await previous.channel.close(CLOSE_REPLACED, "replaced by a newer connection")
+        log.debug("agent.connected", extra=fields(agent=hello.agent_id, revision=hello.revision))
+        session.wake.set()
+        pusher = asyncio.get_running_loop().create_task(self._push(session))
+        try:
+            await self._listen(session)
+        finally:
+            pusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pusher
+            if self.sessions.get(session.agent_id) is session:
+                del self.sessions[session.agent_id]
+            self.recorder.record(Gone(session.agent_id, session.session))
+            log.debug("agent.disconnected", extra=fields(agent=session.agent_id))
+
+    async def _listen(self, session: AgentSession) -> None:
+        while True:
+            data = await session.channel.receive()
+            if data is None:
+                return
+            message = await _decode(session.channel, data)
+            if message is None:
+                return
+            if isinstance(message, protocol.Ack):
+                session.acked = message.revision
+                self.recorder.record(Acked(session.agent_id, message.revision))
+            elif isinstance(message, protocol.Nack):
+                # The agent still runs what it last ACKed: the next update starts there,
+                # once a revision newer than the refused one exists (no resend loop).
+                session.refused = message.revision
+                session.sent = session.acked
+                self.recorder.record(Nacked(session.agent_id, message.revision, message.reason))
+                log.info(
+                    "agent.nack",
+                    extra=fields(
+                        agent=session.agent_id, revision=message.revision, reason=message.reason
+                    ),
+                )
+            else:
+                await _fail(
+                    session.channel,
+                    CLOSE_PROTOCOL_ERROR,
+                    "unexpected_message",
+                    f"an agent may send ack or nack here, not {message.type}",
+                )
+                return
+
+    async def _push(self, session: AgentSession) -> None:
+        try:
+            while True:
+                await session.wake.wait()
+                session.wake.clear()
+                while self._behind(session):
+                    update = await self.update_for(session.sent, snapshot=session.force_snapshot)
+                    if update is None or (
+                        update.revision <= session.sent and not session.force_snapshot
+                    ):
+                        break
+                    session.force_snapshot = False
+                    await session.channel.send(update.text)
+                    session.sent = update.revision
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the connection went away under a send
+            log.debug("agent.send_failed", extra=fields(agent=session.agent_id, error=str(error)))
+            await session.channel.close(CLOSE_INTERNAL, "send failed")
+
+    def _behind(self, session: AgentSession) -> bool:
+        if session.force_snapshot:
+            return True
+        return session.sent < self.head and self.head > session.refused
+
+
+async def _decode(channel: Channel, data: str | bytes) -> protocol.Message | None:
+    try:
+        return protocol.decode_message(data)
+    except protocol.ProtocolError as error:
+        await _fail(channel, CLOSE_PROTOCOL_ERROR, "bad_message", str(error))
+        return None
+
+
+async def _fail(channel: Channel, close_code: int, code: str, message: str) -> None:
+    """Tells the agent what went wrong (an ``error`` message), then closes."""
+    with contextlib.suppress(Exception):
+        await channel.send(
+            protocol.encode_message(protocol.ErrorMessage(code=code, message=message[:1000]))
+        )
+    await channel.close(close_code, code)
