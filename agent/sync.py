@@ -118,6 +118,13 @@ class _LocalApplied:
     revision: int
 
 
+# Close codes of controller/hub.py worth a word in the log (RFC 6455 §7.4.2: 4000-4999 are
+# the application's).
+_CLOSE_HINTS = {
+    4409: ": another connection uses this agent id; is the state folder shared between nodes?",
+    4400: ": the controller did not understand this agent (versions apart?)",
+}
+
 _Item = Snapshot | Delta | ErrorMessage | _Closed | _LocalApplied | object
 
 
@@ -369,7 +376,10 @@ class AgentSync:
                         "sync.controller_error", extra=fields(code=item.code, error=item.message)
                     )
                 elif isinstance(item, _Closed):
-                    raise SyncRetry(f"the controller closed the stream ({item.code} {item.reason})")
+                    hint = _CLOSE_HINTS.get(item.code or 0, "")
+                    raise SyncRetry(
+                        f"the controller closed the stream ({item.code} {item.reason}){hint}"
+                    )
                 else:
                     raise ProtocolError(f"unexpected message from the controller: {item!r}"[:200])
             await self._ws_apply(ws, updates)

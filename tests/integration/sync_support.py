@@ -7,6 +7,7 @@ file; it keeps its port across restarts because agents are configured with its U
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -20,11 +21,15 @@ import dns.query
 import dns.rdatatype
 import httpx
 
+from agent.config import AgentConfig, HostPort
+from agent.syncconfig import SyncConfig
+from agent.synced import SyncedAgent
 from controller.auth import TokenStore
 from controller.db.engine import build_engine
 from controller.db.migrate import upgrade
 from controller.db.session import Database
 from tests.integration.controller_support import ControllerProcess, free_port
+from tests.integration.fakedns import LoopThread
 
 # Short keepalive and catch-up so that loss and recovery show within a second in tests.
 FAST_CONTROLLER = ("--ping-interval", "0.5", "--catch-up-interval", "0.2")
@@ -192,3 +197,72 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {timeout}s")
         time.sleep(0.01)
+
+
+class Synced:
+    def __init__(self, agent: SyncedAgent, loop_thread: LoopThread) -> None:
+        self.agent = agent
+        self.loop_thread = loop_thread
+        self.host = agent.server.addresses[0].host
+        self.port = agent.server.addresses[0].port
+
+    @property
+    def agent_id(self) -> str:
+        assert self.agent.sync is not None
+        return self.agent.sync.agent_id
+
+    @property
+    def transport(self) -> str | None:
+        assert self.agent.sync is not None
+        return self.agent.sync.transport
+
+    def resolve(self, name: str) -> list[str] | None:
+        return resolve(self.host, self.port, name)
+
+
+class SyncedAgents:
+    """Starts SyncedAgents on the test loop with quick sync settings; ``stop_all`` after."""
+
+    def __init__(self, loop_thread: LoopThread, tmp_path: Path) -> None:
+        self.loop_thread = loop_thread
+        self.tmp_path = tmp_path
+        self.started: list[SyncedAgent] = []
+
+    def start(
+        self, controller: str, token: str, *, policies: Path | None = None, **sync: Any
+    ) -> Synced:
+        config = dataclasses.replace(
+            AgentConfig(),
+            listen=(HostPort("127.0.0.1", 0),),
+            upstreams=(),
+            resolv_conf=self.tmp_path / "no-resolv.conf",
+            policies=policies,
+            reload_interval=0.05,
+            loop_check=False,
+            drain_timeout=0.5,
+        )
+        settings: dict[str, Any] = {
+            "controller": controller,
+            "token": token,
+            "state_dir": self.tmp_path / "state",
+            "node_name": "test-node",
+            "labels": {"zone": "t1"},
+            "backoff_base": 0.05,
+            "backoff_cap": 0.5,
+            "fatal_retry": 0.3,
+            "ping_interval": 0.3,
+            "ping_timeout": 0.3,
+            "open_timeout": 2.0,
+            "ws_retry": 0.5,
+            "poll_wait": 1.0,
+            "report_interval": 1.0,
+        }
+        settings.update(sync)
+        agent = SyncedAgent(config, SyncConfig(**settings))
+        self.loop_thread.run(agent.start())
+        self.started.append(agent)
+        return Synced(agent, self.loop_thread)
+
+    def stop_all(self) -> None:
+        for agent in self.started:
+            self.loop_thread.run(agent.stop(0.2))

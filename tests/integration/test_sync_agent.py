@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import time
@@ -19,43 +18,20 @@ from typing import Any
 
 import pytest
 
-from agent.config import AgentConfig, HostPort
 from agent.statefile import StateDir
-from agent.syncconfig import SyncConfig
-from agent.synced import SyncedAgent
 from dnsmesh.protocol import AppliedState, Snapshot, apply_update
 from tests.integration.fakedns import LoopThread
 from tests.integration.sync_support import (
     Controller,
     Rest,
+    Synced,
+    SyncedAgents,
     migrated_sqlite,
     mint_tokens,
     policy,
-    resolve,
     running_controller,
     wait_until,
 )
-
-
-class Synced:
-    def __init__(self, agent: SyncedAgent, loop_thread: LoopThread) -> None:
-        self.agent = agent
-        self.loop_thread = loop_thread
-        self.host = agent.server.addresses[0].host
-        self.port = agent.server.addresses[0].port
-
-    @property
-    def agent_id(self) -> str:
-        assert self.agent.sync is not None
-        return self.agent.sync.agent_id
-
-    @property
-    def transport(self) -> str | None:
-        assert self.agent.sync is not None
-        return self.agent.sync.transport
-
-    def resolve(self, name: str) -> list[str] | None:
-        return resolve(self.host, self.port, name)
 
 
 @pytest.fixture
@@ -72,44 +48,9 @@ def mesh(tmp_path: Path) -> Iterator[tuple[Controller, Rest, dict[str, str]]]:
 
 @pytest.fixture
 def start_synced(loop_thread: LoopThread, tmp_path: Path) -> Iterator[Callable[..., Synced]]:
-    started: list[SyncedAgent] = []
-
-    def start(controller: str, token: str, *, policies: Path | None = None, **sync: Any) -> Synced:
-        config = dataclasses.replace(
-            AgentConfig(),
-            listen=(HostPort("127.0.0.1", 0),),
-            upstreams=(),
-            resolv_conf=tmp_path / "no-resolv.conf",
-            policies=policies,
-            reload_interval=0.05,
-            loop_check=False,
-            drain_timeout=0.5,
-        )
-        settings: dict[str, Any] = {
-            "controller": controller,
-            "token": token,
-            "state_dir": tmp_path / "state",
-            "node_name": "test-node",
-            "labels": {"zone": "t1"},
-            "backoff_base": 0.05,
-            "backoff_cap": 0.5,
-            "fatal_retry": 0.3,
-            "ping_interval": 0.3,
-            "ping_timeout": 0.3,
-            "open_timeout": 2.0,
-            "ws_retry": 0.5,
-            "poll_wait": 1.0,
-            "report_interval": 1.0,
-        }
-        settings.update(sync)
-        agent = SyncedAgent(config, SyncConfig(**settings))
-        loop_thread.run(agent.start())
-        started.append(agent)
-        return Synced(agent, loop_thread)
-
-    yield start
-    for agent in started:
-        loop_thread.run(agent.stop(0.2))
+    agents = SyncedAgents(loop_thread, tmp_path)
+    yield agents.start
+    agents.stop_all()
 
 
 def local_file(path: Path, *docs: dict[str, Any]) -> Path:
