@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable, Coroutine
@@ -44,6 +45,10 @@ async def serve(config: AgentConfig, sync: SyncConfig | None = None) -> int:
     # With --controller, the controller's policies are pushed (agent/synced.py).
     server = AgentServer(config) if sync is None else SyncedAgent(config, sync)
     await server.start()
+    # Everything built so far (modules, the policy snapshot) lives as long as the process;
+    # freezing it keeps a full collection from scanning it: measured 6.3 ms -> ~0 ms per
+    # gen-2 collection with the example policies, a pause every query in flight would feel.
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     received: list[str] = []

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 V = TypeVar("V")
 CacheKey = tuple[bytes, int, int]
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry(Generic[V]):
+class _Entry(NamedTuple, Generic[V]):
+    """A NamedTuple: one is built per cached upstream answer, cheaper than a dataclass."""
+
     value: V
     stored: float  # clock time when the upstream answered
     expires: float  # stored + TTL: fresh before, stale after

@@ -81,7 +81,7 @@ class AgentConfig:
     attempt_timeout: float = 1.0
     query_timeout: float = 2.0
     down_base: float = 1.0  # first backoff of a failed upstream; doubles up to down_max
-    down_max: float = 60.0
+    down_max: float = 30.0  # RFC 8767 §5 suggests re-trying a failed resolution after 30 s
     loop_check: bool = True
     # Cache (RFC 8767 serve-stale: stale answers carry stale_ttl, at most max_stale old).
     cache_size: int = 10_000

@@ -55,9 +55,22 @@ class PolicyWatcher:
 
     def load(self) -> bool:
         """Load, compile and apply once; False (logged, nothing applied) if a file is bad."""
+        snapshot = self._build()
+        if snapshot is None:
+            return False
+        self._apply(snapshot)
+        return True
+
+    def _build(self) -> Snapshot | None:
+        """The snapshot of the files as they are now, or None (logged) if one is bad.
+
+        Pure file reading and CPU work, so reloads run it in a worker thread: a thousand
+        policies take seconds of YAML parsing (pure-Python PyYAML), and the event loop
+        must keep answering meanwhile.
+        """
         self._seen = fingerprint(self.path)
         try:
-            snapshot = self._compile()
+            return self._compile()
         except PolicyError as exc:
             self.failures += 1
             first = exc.errors[0] if exc.errors else None
@@ -72,13 +85,14 @@ class PolicyWatcher:
                     kept_revision=self.revision,
                 ),
             )
-            return False
+            return None
+
+    def _apply(self, snapshot: Snapshot) -> None:
         self.apply(snapshot)
         log.info(
             "policy.reloaded",
             extra=fields(path=str(self.path), policies=len(snapshot), revision=snapshot.revision),
         )
-        return True
 
     def _compile(self) -> Snapshot:
         loaded = load_policy_path(self.path)
@@ -102,8 +116,12 @@ class PolicyWatcher:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            if self.changed():
-                try:
-                    self.load()
-                except Exception:  # a bug must not stop reloads for good
-                    log.exception("policy.reload_crashed")
+            if not self.changed():
+                continue
+            try:
+                snapshot = await asyncio.to_thread(self._build)
+            except Exception:  # a bug must not stop reloads for good
+                log.exception("policy.reload_crashed")
+                continue
+            if snapshot is not None:
+                self._apply(snapshot)  # on the loop's thread: one assignment, seen whole

@@ -28,7 +28,6 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 from agent.config import HostPort
 from dnsmesh import dnswire
@@ -62,6 +61,11 @@ class Upstream:
     failures: int = 0  # consecutive
     down_until: float = 0.0  # clock time before which it is tried only as a last resort
     disabled: str | None = None  # never used again (a forwarding loop through it)
+
+
+def _expire(done: asyncio.Future[UpstreamAnswer]) -> None:
+    if not done.done():
+        done.set_exception(TimeoutError())
 
 
 def _on_readable(
@@ -101,7 +105,7 @@ class UpstreamClient:
         attempt_timeout: float = 1.0,
         query_timeout: float = 2.0,
         down_base: float = 1.0,
-        down_max: float = 60.0,
+        down_max: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.attempt_timeout = attempt_timeout
@@ -110,7 +114,7 @@ class UpstreamClient:
         self.down_max = down_max
         self.clock = clock
         self.servers: list[Upstream] = []
-        self._inflight: dict[Key, asyncio.Task[UpstreamAnswer]] = {}
+        self._inflight: dict[Key, asyncio.Future[UpstreamAnswer]] = {}
         self.set_upstreams(upstreams)
 
     def set_upstreams(self, upstreams: Sequence[HostPort]) -> None:
@@ -155,30 +159,34 @@ class UpstreamClient:
     async def resolve(self, qname: bytes, qtype: int, qclass: int) -> UpstreamAnswer:
         """The upstream answer for a question; concurrent identical questions share one query.
 
-        Each waiter is shielded: a client that gives up (its task cancelled) does not
-        cancel the query the others wait for.
+        The first asker runs the query in its own task and publishes the outcome on a
+        future; later askers wait on that future, shielded, so one of them giving up does
+        not cancel it for the rest. (No task of its own per query: a cache miss is the
+        agent's most expensive path and a task plus a shield cost ~8 us.)
         """
         key = (qname, qtype, qclass)
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._resolve(qname, qtype, qclass))
-            self._inflight[key] = task
-            task.add_done_callback(partial(self._finished, key))
-        return await asyncio.shield(task)
-
-    def _finished(self, key: Key, task: asyncio.Task[UpstreamAnswer]) -> None:
-        if self._inflight.get(key) is task:
-            del self._inflight[key]
-        if not task.cancelled():
-            task.exception()  # retrieved here, so a failure nobody awaited is not reported
+        shared = self._inflight.get(key)
+        if shared is not None:
+            return await asyncio.shield(shared)
+        shared = asyncio.get_running_loop().create_future()
+        self._inflight[key] = shared
+        try:
+            answer = await self._resolve(qname, qtype, qclass)
+        except BaseException as exc:
+            failure = exc if isinstance(exc, UpstreamError) else UpstreamError("query abandoned")
+            shared.set_exception(failure)
+            shared.exception()  # retrieved: nobody may be waiting, and that is fine
+            raise
+        else:
+            shared.set_result(answer)
+            return answer
+        finally:
+            if self._inflight.get(key) is shared:
+                del self._inflight[key]
 
     async def close(self) -> None:
-        tasks = list(self._inflight.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, UpstreamError):
-                await task
+        """Nothing of ours runs on its own: queries live in their askers' tasks."""
+        self._inflight.clear()
 
     async def _resolve(self, qname: bytes, qtype: int, qclass: int) -> UpstreamAnswer:
         loop = asyncio.get_running_loop()
@@ -206,6 +214,8 @@ class UpstreamClient:
                     fallback = answer
                     continue
                 return answer
+            if fallback is not None:
+                break  # someone answered, if unhelpfully: a second round would only repeat it
         if fallback is not None:
             return fallback  # every upstream said SERVFAIL/REFUSED: pass the last one on
         raise UpstreamTimeout(f"no upstream answered: {last_error}")
@@ -245,9 +255,9 @@ class UpstreamClient:
         deadline = loop.time() + budget
         question = build_question(qname, qtype, qclass)
         try:
-            async with asyncio.timeout_at(deadline):
-                answer = await self._udp(server, qname, qtype, qclass, question)
-                if answer.truncated:  # RFC 7766 §5: retry the same server over TCP
+            answer = await self._udp(server, qname, qtype, qclass, question, deadline)
+            if answer.truncated:  # RFC 7766 §5: retry the same server over TCP
+                async with asyncio.timeout_at(deadline):
                     answer = await self._tcp(server, qname, qtype, qclass, question)
         except TimeoutError as exc:
             raise UpstreamTimeout(f"{server}: no answer in {budget:.2f}s") from exc
@@ -258,13 +268,22 @@ class UpstreamClient:
         return answer
 
     async def _udp(
-        self, server: HostPort, qname: bytes, qtype: int, qclass: int, question: bytes
+        self,
+        server: HostPort,
+        qname: bytes,
+        qtype: int,
+        qclass: int,
+        question: bytes,
+        deadline: float,
     ) -> UpstreamAnswer:
         loop = asyncio.get_running_loop()
         msg_id = secrets.randbits(16)
         family = socket.AF_INET6 if server.family_v6 else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         done: asyncio.Future[UpstreamAnswer] = loop.create_future()
+        # A plain timer rather than an asyncio.timeout context: cheaper, and all it has to
+        # do is fail the one future we wait on.
+        timer = loop.call_at(deadline, _expire, done)
         fd = -1
         try:
             sock.setblocking(False)
@@ -276,6 +295,7 @@ class UpstreamClient:
             sock.send(build_upstream_query(qname, qtype, qclass, msg_id))
             return await done
         finally:
+            timer.cancel()
             if fd >= 0:
                 loop.remove_reader(fd)
             sock.close()

@@ -100,6 +100,21 @@ def cpu_seconds(pid: int) -> float | None:
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
+def core_ticks(core: int | None) -> tuple[int, int, int]:
+    """(busy, softirq, total) jiffies of one CPU, or of all when CORE is None (/proc/stat)."""
+    name = "cpu" if core is None else f"cpu{core}"
+    with open("/proc/stat") as stat:
+        for line in stat:
+            fields = line.split()
+            if fields[0] == name:
+                values = [
+                    int(v) for v in fields[1:9]
+                ]  # user nice system idle iowait irq softirq steal
+                idle = values[3] + values[4]
+                return sum(values) - idle, values[6], sum(values)
+    return 0, 0, 0
+
+
 @dataclass
 class Server:
     """One server process under test; `stop()` is idempotent."""

@@ -42,6 +42,7 @@ from _profile import find_py_spy, start_recording, summarize
 from _servers import (
     Server,
     ServerFailed,
+    core_ticks,
     free_port,
     start,
     wait_answering,
@@ -112,6 +113,8 @@ class Row:
     ok_pct: float | None = None  # NOERROR responses / queries sent
     cpu_pct: float | None = None  # the server's CPU use during the main run (100 = one core)
     cpu_us_per_query: float | None = None  # server CPU time / queries completed
+    core_busy_pct: float | None = None  # the server's core, busy with anything (incl. softirq)
+    softirq_pct: float | None = None  # of that, kernel packet work (not charged to the server)
     qps_spread_pct: float | None = None  # half the max-min range of the rounds, of the median
     cpu_ratio: float | None = None  # our CPU per query / dnsmasq's
     ratio: float | None = None  # ours / dnsmasq QPS, same scenario, same run
@@ -383,6 +386,8 @@ def measure_scenario(
     servers: dict[str, Server] = {}
     runs: dict[str, list[PerfResult]] = {kind: [] for kind in kinds}
     cpu: dict[str, float] = dict.fromkeys(kinds, 0.0)
+    # The server core's busy and softirq jiffies during the runs, and all its jiffies.
+    core: dict[str, list[int]] = {kind: [0, 0, 0] for kind in kinds}
     inputs = _Inputs(scenario, setup.workdir)
     verbose = setup.workdir / f"{scenario.key}-v.out"
 
@@ -434,6 +439,7 @@ def measure_scenario(
                         setup.client_core,
                     )
                 before = servers[kind].cpu_seconds() or 0.0
+                core_before = core_ticks(setup.server_core)
                 try:
                     # Paced runs are cheap to log per response, so p99 comes from them.
                     result = drive(kind, timing.seconds, with_v=scenario.max_qps is not None)
@@ -441,6 +447,9 @@ def measure_scenario(
                     fail(kind, exc)
                     continue
                 cpu[kind] += (servers[kind].cpu_seconds() or 0.0) - before
+                core_after = core_ticks(setup.server_core)
+                for index in range(3):
+                    core[kind][index] += core_after[index] - core_before[index]
                 runs[kind].append(result)
                 if recorder is not None:
                     rows[kind].detail["profile"] = _finish_profile(
@@ -462,6 +471,10 @@ def measure_scenario(
             if kind in servers:
                 rows[kind].peak_rss_kib = servers[kind].peak_rss_kib()
             _fill(rows[kind], runs[kind], cpu[kind], paced=scenario.max_qps is not None)
+            busy, softirq, total = core[kind]
+            if total:
+                rows[kind].core_busy_pct = 100.0 * busy / total
+                rows[kind].softirq_pct = 100.0 * softirq / total
     finally:
         for server in servers.values():
             server.stop()
@@ -536,7 +549,8 @@ def _num(value: float | None, fmt: str) -> str:
 def table(rows: list[Row]) -> str:
     head = (
         "| scenario | server | QPS | mean ms | p99 ms | peak RSS MiB | NOERROR % "
-        "| CPU % | CPU us/query | QPS ours/dnsmasq | CPU/query ours/dnsmasq | target | met |"
+        "| CPU % server/softirq/other | CPU us/query | QPS ours/dnsmasq | CPU/query ours/dnsmasq "
+        "| target | met |"
     )
     lines = [head, "|" + "---|" * 13]
     for row in rows:
@@ -550,7 +564,8 @@ def table(rows: list[Row]) -> str:
             _num(row.p99_ms, ".3f"),
             _num(rss, ".1f"),
             _num(row.ok_pct, ".1f"),
-            _num(row.cpu_pct, ".0f"),
+            f"{_num(row.cpu_pct, '.0f')}/{_num(row.softirq_pct, '.0f')}/"
+            f"{_num(other_pct(row), '.0f')}",
             _num(row.cpu_us_per_query, ".1f"),
             "-" if row.ratio is None else f"{row.ratio:.2f}x",
             "-" if row.cpu_ratio is None else f"{row.cpu_ratio:.2f}x",
@@ -565,12 +580,31 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+def other_pct(row: Row) -> float | None:
+    """How much of the server's core went to neither the server nor softirq: others' work."""
+    if row.core_busy_pct is None or row.cpu_pct is None or row.softirq_pct is None:
+        return None
+    return max(0.0, row.core_busy_pct - row.cpu_pct - row.softirq_pct)
+
+
+def crowded(rows: list[Row]) -> list[str]:
+    """Throughput rows during which others' work took a fifth or more of the server core."""
+    return [
+        f"{SCENARIO_DEFS[row.scenario].title} / {SERVER_LABELS[row.server]} ({other:.0f} %)"
+        for row in rows
+        if SCENARIO_DEFS[row.scenario].max_qps is None
+        and (other := other_pct(row)) is not None
+        and other >= 20
+    ]
+
+
 def notes(
     setup: Setup,
     timing: Timing,
     versions: dict[str, str],
     skipped: list[str],
     load: tuple[float, float],
+    rows: list[Row],
 ) -> str:
     pin = (
         f"servers pinned to core {setup.server_core}, dnsperf and the upstream dnsmasq share "
@@ -594,20 +628,31 @@ def notes(
         "uncached forward: every query a distinct name (dnsperf -n 1, no repeats); both "
         "forwarders ask the same upstream dnsmasq.",
         "py-ceiling is a reference, not dnsmesh (bench/refserver.py): Python+uvloop reading "
-        "only the question, a prebuilt answer for the policy name, a dict cache, and "
+        "its socket itself (add_reader, recvfrom/sendto, up to 64 per wakeup) and only the "
+        "question, a prebuilt answer for the policy name, a dict cache, and "
         "callback forwarding over a fixed pool of 32 upstream sockets; it skips most of what "
         "a resolver must do, so it bounds what Python can reach here. The fresh-ports "
         "variant (uncached only) opens a new upstream socket per query as the agent does "
         "(RFC 5452 §9.2), with add_reader instead of a transport.",
-        "peak RSS: VmHWM of the server process at the end of its scenario. CPU: the "
-        "server's user+system time over the main run (100 % = its one core), per query "
-        "completed.",
+        "peak RSS: VmHWM of the server process at the end of its scenario. CPU % of the "
+        "server's core over its runs: the server's own user+system time / softirq (kernel "
+        "packet and socket work, partly for the server's packets, never charged to it) / "
+        "other (the rest of the busy time: others' processes). CPU us/query: the server's "
+        "own time per query completed.",
         f"1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end, on "
         f"{os.cpu_count()} cores: above ~1 others were competing for the cores and QPS moves "
         "with them (CPU us/query much less); compare rows of one run, not across runs.",
         "versions: " + "; ".join(f"{key} {value}" for key, value in versions.items()),
     ]
     items += [f"skipped: {why}" for why in skipped]
+    busy = crowded(rows)
+    if busy:
+        items.append(
+            "WARNING: others' work took >= 20 % of the server core during: "
+            f"{'; '.join(busy)}. Where that server was below ~80 % itself it was probably "
+            "starved, so its QPS (and the ratios and targets built on it) understate it; "
+            "CPU us/query holds."
+        )
     return "\n".join(f"- {item}" for item in items)
 
 
@@ -748,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     judge(rows)
     load = (load_start, load_average())
-    markdown = f"{table(rows)}\n\n{notes(setup, timing, versions, skipped, load)}\n"
+    markdown = f"{table(rows)}\n\n{notes(setup, timing, versions, skipped, load, rows)}\n"
     print(markdown)
     if not args.no_save and profiling is None:
         payload: dict[str, object] = {

@@ -27,7 +27,6 @@ import socket
 import struct
 import time
 from functools import partial
-from typing import cast
 
 TTL = 5
 POOL = 32  # upstream sockets: the source-port spread a forwarder keeps (RFC 5452 §9.2)
@@ -37,9 +36,19 @@ HEADER = struct.Struct(">HHHHHH")
 RR_FIXED = struct.Struct(">HHIH")
 SERVFAIL_FLAGS = 0x8182  # QR, RD, RA, rcode 2
 
-# (client transport, client address, client ID, question bytes as the client sent them,
+# (client socket, client address, client ID, question bytes as the client sent them,
 #  lower-cased question, time sent)
-Pending = tuple[asyncio.DatagramTransport, tuple[str, int], int, bytes, bytes, float]
+Pending = tuple[socket.socket, tuple[str, int], int, bytes, bytes, float]
+DRAIN = 64  # datagrams read per wakeup at most, so one busy client cannot starve the loop
+
+
+def send(sock: socket.socket, data: bytes, addr: tuple[str, int]) -> None:
+    """sendto on the non-blocking client socket; a full send buffer drops the reply (the
+    client retries), which a real server would queue instead."""
+    try:  # noqa: SIM105 (contextlib.suppress costs a context manager per reply)
+        sock.sendto(data, addr)
+    except (BlockingIOError, InterruptedError):
+        pass
 
 
 def wire_name(name: str) -> bytes:
@@ -114,7 +123,7 @@ class Forwarder:
 
     def forward(
         self,
-        client: asyncio.DatagramTransport,
+        client: socket.socket,
         addr: tuple[str, int],
         data: bytes,
         end: int,
@@ -150,7 +159,7 @@ class Forwarder:
             expires = time.monotonic() + ttl
             self.cache[key] = (flags, ancount, nscount, arcount, sections, expires)
         header = HEADER.pack(client_id, flags, 1, ancount, nscount, arcount)
-        client.sendto(header + question + sections, addr)
+        send(client, header + question + sections, addr)
 
     def sweep(self) -> None:
         """Fail queries the upstream never answered, then look again in a quarter second."""
@@ -160,7 +169,7 @@ class Forwarder:
             for msg_id in late:
                 client, addr, client_id, question, _key, _sent = table.pop(msg_id)
                 header = HEADER.pack(client_id, SERVFAIL_FLAGS, 1, 0, 0, 0)
-                client.sendto(header + question, addr)
+                send(client, header + question, addr)
         self.loop.call_later(0.25, self.sweep)
 
 
@@ -181,7 +190,7 @@ class FreshPortForwarder(Forwarder):
 
     def forward(
         self,
-        client: asyncio.DatagramTransport,
+        client: socket.socket,
         addr: tuple[str, int],
         data: bytes,
         end: int,
@@ -217,7 +226,7 @@ class FreshPortForwarder(Forwarder):
             self.loop.remove_reader(fd)
             sock.close()
             client, addr, client_id, question, _key, _sent = entry
-            client.sendto(HEADER.pack(client_id, SERVFAIL_FLAGS, 1, 0, 0, 0) + question, addr)
+            send(client, HEADER.pack(client_id, SERVFAIL_FLAGS, 1, 0, 0, 0) + question, addr)
         self.loop.call_later(0.25, self.sweep)
 
 
@@ -230,35 +239,48 @@ class Upstream(asyncio.DatagramProtocol):
         self.forwarder.answered(self.table, data)
 
 
-class Answerer(asyncio.DatagramProtocol):
-    """The client side: the local name from a prebuilt record, the rest cached or forwarded."""
+class Answerer:
+    """The client side: the local name from a prebuilt record, the rest cached or forwarded.
 
-    def __init__(self, qname: bytes, address: bytes, forwarder: Forwarder | None) -> None:
+    A raw non-blocking socket read with add_reader, draining several datagrams per wakeup,
+    rather than a datagram transport: measured here, that saves about 0.7 us per query
+    (uvloop's transport pays a callback and an address conversion per datagram).
+    """
+
+    def __init__(
+        self, sock: socket.socket, qname: bytes, address: bytes, forwarder: Forwarder | None
+    ) -> None:
+        self.sock = sock
         self.question = qname + b"\x00\x01\x00\x01"  # QTYPE A, QCLASS IN
         # Owner is a pointer to the question name at offset 12 (RFC 1035 §4.1.4).
         self.record = b"\xc0\x0c\x00\x01\x00\x01" + struct.pack(">IH", TTL, 4) + address
         self.forwarder = forwarder
-        self.transport: asyncio.DatagramTransport | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's UDP transport is not an asyncio.DatagramTransport subclass: cast, not check.
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def drain(self) -> None:
+        recvfrom = self.sock.recvfrom
+        for _ in range(DRAIN):
+            try:
+                data, addr = recvfrom(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # an ICMP error for an earlier reply: keep reading
+            self.datagram_received(data, addr)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if len(data) < 17 or data[2] & 0x80 or data[4:6] != b"\x00\x01":
             return  # short, a response (never answer those), or not one question
-        transport = self.transport
-        assert transport is not None
+        transport = self.sock
         rd = data[2] & 0x01
         end = 12 + len(self.question)
         if data[12:end].lower() == self.question:
             # QR=1, AA=1, RD echoed, RA=1; one question, one answer; EDNS dropped.
             header = data[:2] + bytes([0x84 | rd, 0x80]) + b"\x00\x01\x00\x01\x00\x00\x00\x00"
-            transport.sendto(header + data[12:end] + self.record, addr)
+            send(transport, header + data[12:end] + self.record, addr)
             return
         end = question_end(data)
         if self.forwarder is None or not end:
-            transport.sendto(data[:2] + bytes([0x80 | rd, 0x85]) + b"\x00\x00" * 4, addr)
+            send(transport, data[:2] + bytes([0x80 | rd, 0x85]) + b"\x00\x00" * 4, addr)
             return
         key = data[12:end].lower()
         hit = self.forwarder.cache.get(key)
@@ -266,7 +288,7 @@ class Answerer(asyncio.DatagramProtocol):
             flags, ancount, nscount, arcount, sections, expires = hit
             if expires > time.monotonic():
                 header = data[:2] + HEADER.pack(0, flags, 1, ancount, nscount, arcount)[2:]
-                transport.sendto(header + data[12:end] + sections, addr)
+                send(transport, header + data[12:end] + sections, addr)
                 return
         self.forwarder.forward(transport, addr, data, end, key)
 
@@ -287,16 +309,17 @@ async def serve(
         forwarder.sweep()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((host, port))
-    transport, _ = await loop.create_datagram_endpoint(
-        lambda: Answerer(qname, address, forwarder), sock=sock
-    )
+    sock.setblocking(False)
+    answerer = Answerer(sock, qname, address, forwarder)
+    loop.add_reader(sock.fileno(), answerer.drain)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
-        transport.close()
+        loop.remove_reader(sock.fileno())
+        sock.close()
         if forwarder is not None:
             for pooled in forwarder.sockets:
                 pooled.close()

@@ -38,8 +38,11 @@ def test_forwards_unknown_names(start_agent: StartAgent, upstream: FakeUpstream)
     assert not r.flags & dns.flags.AA
     assert r.flags & dns.flags.RA
     assert upstream.count("www.example.test") == 1
-    # The agent asked with its own fresh ID and EDNS; the client got its own ID back.
+    assert r.edns == 0
     assert agent.server.counts()["upstream"] == 1
+    # From the cache, to a client without EDNS: no OPT in the answer (RFC 6891 §7).
+    plain = agent.query("www.example.test", edns=False)
+    assert plain.edns == -1 and addresses(plain) == ["192.0.2.10"]
 
 
 def test_cache_counts_ttl_down(start_agent: StartAgent, upstream: FakeUpstream) -> None:
@@ -308,3 +311,25 @@ def test_each_upstream_query_has_a_fresh_id_and_source_port(
     assert len(seen) == 30
     assert len({r.source[1] for r in seen}) >= 29  # RFC 5452 §4: new port per query
     assert len({r.id for r in seen}) >= 28  # random 16-bit IDs: a repeat is rare
+
+
+def test_an_upstream_servfail_is_passed_on_after_one_ask(
+    start_agent: StartAgent, upstream: FakeUpstream
+) -> None:
+    upstream.on("sf1.example.test", "A", rcode=dns.rcode.SERVFAIL)
+    agent = start_agent(upstreams=[upstream])
+    assert agent.query("sf1.example.test").rcode() == dns.rcode.SERVFAIL
+    assert upstream.count("sf1.example.test") == 1  # no second round for an answer
+    assert agent.query("sf1.example.test").rcode() == dns.rcode.SERVFAIL
+    assert upstream.count("sf1.example.test") == 2  # and SERVFAIL is not cached
+
+
+def test_an_ipv6_upstream(start_agent: StartAgent, make_upstream: MakeUpstream) -> None:
+    v6 = make_upstream("::1")
+    v6.answer("six.example.test", "A", "192.0.2.6")
+    records = [f"2001:db8::{i:x}" for i in range(1, 80)]
+    v6.answer("six.example.test", "AAAA", *records, truncate_udp=True)
+    agent = start_agent(upstreams=[v6])
+    assert addresses(agent.query("six.example.test")) == ["192.0.2.6"]
+    assert len(addresses(agent.query("six.example.test", "AAAA", tcp=True))) == 79
+    assert v6.count("six.example.test", "AAAA", transport="tcp") == 1

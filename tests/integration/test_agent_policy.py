@@ -208,3 +208,42 @@ def test_special_use_names_are_answered_here(
         assert r.authority and r.authority[0].rdtype == dns.rdatatype.SOA
     assert upstream.count() == 0
     assert agent.server.counts()["local"] == 6
+
+
+def test_a_large_reload_does_not_stall_answers(tmp_path: Path, start_agent: StartAgent) -> None:
+    import json
+    import time
+
+    from tests.integration.conftest import wait_for, write_atomically
+
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "a.yaml").write_text(policy_yaml("live", "live.mesh.test", [{"address": "10.0.8.1"}]))
+    agent = start_agent(policies=folder)
+    many = [
+        json.dumps(
+            {
+                "apiVersion": "dnsmesh/v1",
+                "kind": "Policy",
+                "metadata": {"name": f"bulk{i}"},
+                "spec": {
+                    "domain": f"bulk{i}.mesh.test",
+                    "endpoints": [{"address": f"10.9.{i // 200}.{i % 200 + j}"} for j in range(4)],
+                },
+            }
+        )
+        for i in range(400)
+    ]
+    write_atomically(folder / "b.yaml", "\n---\n".join(many))
+    worst = 0.0
+    began = time.monotonic()
+    # Until the reload lands, the live policy keeps being answered without a stall.
+    while time.monotonic() - began < 10:
+        sent = time.monotonic()
+        assert addresses(agent.query("live.mesh.test")) == ["10.0.8.1"]
+        worst = max(worst, time.monotonic() - sent)
+        if agent.server.snapshot.lookup(b"\x07bulk399\x04mesh\x04test\x00") is not None:
+            break
+    reload_took = time.monotonic() - began
+    wait_for(lambda: len(agent.server.snapshot) == 401, 1, "the reload")
+    assert worst < 0.25, (worst, reload_took)

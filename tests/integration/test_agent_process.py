@@ -204,3 +204,17 @@ def test_a_taken_port_is_reported_not_a_traceback() -> None:
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_shipped_example_policies_load_and_answer(spawn_agent: Spawn) -> None:
+    from tests.integration.conftest import REPO
+
+    agent = spawn_agent(
+        "--policies", str(REPO / "policies"), "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:9"
+    )  # fmt: skip
+    assert agent.events("policy.reloaded")[0]["policies"] == 4
+    port = agent.addresses[0].port
+    assert first_address(ask(port, "checkout.mesh.internal")) in {"127.0.10.1", "127.0.10.2"}
+    assert first_address(ask(port, "orders-db.mesh.internal")) == "127.0.20.1"
+    tenant = ask(port, "acme.api.mesh.internal")
+    assert len(tenant.answer[0]) == 2  # answers: 2

@@ -35,6 +35,7 @@ from dnsmesh.dnswire import (
     parse_query,
     record_a,
     record_soa,
+    udp_limit_for,
 )
 
 
@@ -118,6 +119,9 @@ def test_query_keyword_construction() -> None:
         dnssec_ok=False,
     )
     assert query.udp_limit == 512
+    assert udp_limit_for(None) == 512
+    assert udp_limit_for(4096) == 1232
+    assert udp_limit_for(100) == 512
 
 
 def _reply_rcode(exc: MalformedQuery) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import struct
 
 import dns.edns
@@ -26,6 +27,7 @@ from dnsmesh.dnswire import (
     RCODE_NXDOMAIN,
     RCODE_SERVFAIL,
     TYPE_A,
+    fit_udp,
     name_to_wire,
     parse_query,
 )
@@ -328,3 +330,52 @@ def test_question_type_compares_exactly_not_case_folded() -> None:
         parse_upstream_response(packet, MSG_ID, question)
     good = struct.pack("!HHHHHH", MSG_ID, 0x8180, 1, 0, 0, 0) + QNAME.upper() + b"\x00\x41\x00\x01"
     assert parse_upstream_response(good, MSG_ID, question).rcode == RCODE_NOERROR
+
+
+def test_memoised_responses_match_fresh_ones_for_every_query_shape() -> None:
+    wire = upstream_response(("answer", "www.example.com.", 300, "A", ["192.0.2.1"]), ad=True)
+    shared = parse_upstream_response(wire, MSG_ID, QUESTION)
+    shapes = []
+    for edns in (False, True):
+        for dnssec in (False, True) if edns else (False,):
+            for flag_bits in (0x0000, 0x0100, 0x0010, 0x0020, 0x0130):
+                message = dns.message.make_query(
+                    "wWw.example.com", "A", use_edns=0 if edns else False, want_dnssec=dnssec
+                )
+                message.flags = flag_bits
+                shapes.append(parse_query(message.to_wire()))
+    order = [(shape, age) for age in (0, 3, 0, 3, 301) for shape in shapes]
+    random.Random(5).shuffle(order)
+    for shape, age in order:
+        fresh = parse_upstream_response(wire, MSG_ID, QUESTION)
+        assert build_forwarded_response(shape, shared, age) == build_forwarded_response(
+            shape, fresh, age
+        )
+        flags = dns.message.from_wire(build_forwarded_response(shape, shared, age)).flags
+        assert bool(flags & dns.flags.RD) == bool(shape.flags & 0x0100)
+        assert bool(flags & dns.flags.CD) == bool(shape.flags & 0x0010)
+        assert bool(flags & dns.flags.AD) == bool(shape.dnssec_ok or shape.flags & 0x0020)
+
+
+def test_large_forwarded_answer_is_truncated_for_a_plain_udp_client() -> None:
+    addresses = [f"192.0.2.{i}" for i in range(1, 60)]
+    wire = upstream_response(
+        ("answer", "www.example.com.", 300, "CNAME", ["web.example.com."]),
+        ("answer", "web.example.com.", 60, "A", addresses),
+        ("authority", "example.com.", 60, "NS", ["ns1.example.com.", "ns2.example.com."]),
+        ("additional", "ns1.example.com.", 60, "A", ["192.0.2.250"]),
+    )
+    answer = parse_upstream_response(wire, MSG_ID, QUESTION)
+    for edns in (False, True):
+        query = client_query(edns=edns)
+        full = build_forwarded_response(query, answer, 0)
+        assert len(dns.message.from_wire(full).answer[1]) == 59
+        cut = fit_udp(full, query.udp_limit)
+        if len(full) <= query.udp_limit:
+            assert cut == full
+            continue
+        message = dns.message.from_wire(cut)
+        assert message.flags & dns.flags.TC
+        assert not message.answer and not message.authority
+        assert message.edns == (0 if edns else -1)
+        assert message.id == 777

@@ -33,6 +33,7 @@ from dnsmesh.dnswire import (
     name_to_text,
     name_to_wire,
     parse_query,
+    udp_limit_for,
 )
 from dnsmesh.policy import parse_policy
 from dnsmesh.snapshot import CompiledPolicy, compile_snapshot
@@ -116,6 +117,7 @@ def _check_query_packet(packet: bytes, client: str) -> None:
             assert exc.reply[:2] == packet[:2]
         return
     assert isinstance(query, Query)
+    assert query.udp_limit == udp_limit_for(query.edns_payload)
     name_to_text(query.qname)
     assert query.question.lower().startswith(query.qname)
     for policy in POLICIES:
