@@ -114,7 +114,7 @@ class PolicySources:
         self.view = self.running
         # Called with the new running state when a local edit lets a pending one run.
         self.on_pending_applied: Callable[[AppliedState], None] | None = None
-        self._staged_local: list[SourcedPolicy] | None = None
+        self._staged_local: tuple[list[SourcedPolicy], AppliedState] | None = None
 
     @property
     def pending(self) -> bool:
@@ -190,37 +190,71 @@ class PolicySources:
     # -- the local side (called by LocalPolicyWatcher) -------------------------------------
 
     def stage_local(self, loaded: list[SourcedPolicy]) -> CompiledSnapshot:
-        """The snapshot with these local files, or PolicyFileError naming the clash."""
-        clashes = find_clashes(loaded, self.running.policies)
-        if clashes:
-            first = clashes[0]
-            errors = [c.for_local(self.running.revision) for c in clashes[:5]]
-            raise PolicyFileError(first.local.source, errors, document=first.local.document)
-        snapshot = self._compile(loaded, self.running)
-        self._staged_local = loaded
+        """The snapshot with these local files, or PolicyFileError naming the clash.
+
+        Runs in the reloader's worker thread: it only reads ``running`` (one reference)
+        and remembers what it checked against, so ``commit_local`` can tell whether a
+        controller update landed in between.
+        """
+        running = self.running
+        self._check_local(loaded, running)
+        snapshot = self._compile(loaded, running)
+        self._staged_local = (loaded, running)
         return snapshot
 
-    def commit_local(self, snapshot: CompiledSnapshot) -> None:
-        if self._staged_local is not None:
-            self.local, self._staged_local = self._staged_local, None
+    def _check_local(self, loaded: list[SourcedPolicy], running: AppliedState) -> None:
+        clashes = find_clashes(loaded, running.policies)
+        if clashes:
+            first = clashes[0]
+            errors = [c.for_local(running.revision) for c in clashes[:5]]
+            raise PolicyFileError(first.local.source, errors, document=first.local.document)
+
+    def commit_local(self, snapshot: CompiledSnapshot) -> bool:
+        """Publish the staged local files (on the loop); False if they clash after all."""
+        if self._staged_local is None:
+            self.publish(snapshot)
+            return True
+        loaded, checked = self._staged_local
+        self._staged_local = None
+        if checked is not self.running:
+            # A controller update was applied while the files were parsed: check and
+            # compile again against what runs now, or a stale set would be swapped in.
+            try:
+                self._check_local(loaded, self.running)
+                snapshot = self._compile(loaded, self.running)
+            except PolicyError as exc:
+                log.error(
+                    "policy.reload_failed",
+                    extra=fields(error=str(exc), kept_revision=self.running.revision),
+                )
+                return False
+        self.local = loaded
         self.publish(snapshot)
         if self.pending and not find_clashes(self.local, self.view.policies):
             outcome = self._run_view()
             if isinstance(outcome, Applied) and self.on_pending_applied is not None:
                 log.info("sync.pending_applied", extra=fields(revision=outcome.revision))
                 self.on_pending_applied(self.running)
+        return True
 
 
 class LocalPolicyWatcher(PolicyWatcher):
     """The agent's file watcher, but each load is checked against the controller's policies."""
 
     def __init__(self, path: Path, sources: PolicySources, *, interval: float = 0.5) -> None:
-        super().__init__(path, sources.commit_local, interval=interval)
+        super().__init__(path, sources.publish, interval=interval)
         self.sources = sources
 
     def _compile(self) -> CompiledSnapshot:
-        # Inside PolicyWatcher.load's error handling: a clash is logged as a failed reload
+        # Inside PolicyWatcher._build's error handling: a clash is logged as a failed reload
         # and the previous local files stay in force.
         snapshot = self.sources.stage_local(load_policy_path(self.path))
         self.revision += 1
         return snapshot
+
+    def _apply(self, snapshot: CompiledSnapshot) -> None:
+        if self.sources.commit_local(snapshot):
+            log.info(
+                "policy.reloaded",
+                extra=fields(path=str(self.path), policies=len(self.sources.local)),
+            )

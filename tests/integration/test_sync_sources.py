@@ -143,6 +143,24 @@ def test_removing_the_clash_locally_runs_the_pending_state_and_reports_it(tmp_pa
     assert published.names == {"other", "web"}
 
 
+def test_a_controller_update_landing_while_files_are_parsed_is_not_lost(tmp_path: Path) -> None:
+    sources, published = sources_with_local(tmp_path, doc("local"))
+    staged = sources.stage_local(write_local(tmp_path / "local.yaml", doc("local2")))
+    # The reloader parses in a worker thread; meanwhile the loop applies a push.
+    assert sources.receive([Snapshot(revision=2, policies=[doc("pushed")])]) == [Applied(2)]
+    assert sources.commit_local(staged)
+    assert published.names == {"local2", "pushed"} and published.snapshots[-1].revision == 2
+
+    staged = sources.stage_local(write_local(tmp_path / "local.yaml", doc("late", "late.mesh")))
+    late = Delta(
+        since=2, revision=3, changes=[PolicyChange(name="x", policy=doc("x", "late.mesh"))]
+    )
+    assert sources.receive([late]) == [Applied(3)]  # no clash with what runs (local2)
+    assert not sources.commit_local(staged)  # but the staged files now clash: refused
+    assert published.names == {"local2", "pushed", "x"}
+    assert [s.policy.name for s in sources.local] == ["local2"]
+
+
 # -- coalescing, gaps, invalid updates -------------------------------------------------------
 
 
