@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    func,
     select,
     update,
 )
@@ -227,10 +228,25 @@ class AgentRegistry:
 
         return self.db.read(work)
 
-    def convergence(self, revision: int) -> Convergence:
-        agents = [a for a in self.list() if a.connected]
-        pending = [a for a in agents if a.applied_revision < revision]
-        return Convergence(revision, len(agents), len(agents) - len(pending), pending)
+    def convergence(self, revision: int, *, limit: int = 100) -> Convergence:
+        """Counted in the database (no row per agent read); at most ``limit`` pending listed."""
+        now = self.db.clock()
+        live = and_(AgentRow.connected.is_(True), AgentRow.last_seen >= now - self.stale_after)
+        count = select(func.count()).select_from(AgentRow).where(live)
+
+        def work(session: Session) -> Convergence:
+            total = session.scalar(count) or 0
+            converged = session.scalar(count.where(AgentRow.applied_revision >= revision)) or 0
+            behind = (
+                select(AgentRow)
+                .where(live, AgentRow.applied_revision < revision)
+                .order_by(AgentRow.agent_id)
+                .limit(limit)
+            )
+            pending = [self._info(row, now) for row in session.scalars(behind)]
+            return Convergence(revision, total, converged, pending)
+
+        return self.db.read(work)
 
     def _info(self, row: AgentRow, now: datetime) -> AgentInfo:
         last_seen = as_utc(row.last_seen)

@@ -58,8 +58,8 @@ def add_client_commands(
     )
     apply.set_defaults(run=run_apply)
 
-    get = subcommands.add_parser("get", parents=[client], help="show policies")
-    get.add_argument("kind", choices=["policies", "policy"])
+    get = subcommands.add_parser("get", parents=[client], help="show policies or agents")
+    get.add_argument("kind", choices=["policies", "policy", "agents"])
     get.add_argument("name", nargs="?")
     get.add_argument("-o", "--output", choices=_OUTPUTS, default="table")
     get.add_argument("-l", "--selector", action="append", default=[], metavar="KEY=VALUE")
@@ -110,6 +110,8 @@ def run_apply(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 def run_get(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     from controller.client import ControllerClient, ControllerRefused
 
+    if args.kind == "agents":
+        return run_get_agents(args, out)
     with ControllerClient(args.server, args.token) as client:
         if args.name:
             found = client.get_policy(args.name)
@@ -126,6 +128,22 @@ def run_get(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         yaml.safe_dump_all((p.to_document() for p in policies), out, sort_keys=False)
     else:
         out.write(_table(policies))
+    return 0
+
+
+def run_get_agents(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """``dnsmesh get agents``: every agent, what it runs and whether it is connected."""
+    from controller.client import ControllerClient
+
+    with ControllerClient(args.server, args.token) as client:
+        agents: list[dict[str, Any]] = client._request("GET", "/v1/agents").json()["items"]
+    if args.output == "json":
+        json.dump(agents, out, indent=2)
+        out.write("\n")
+    elif args.output == "yaml":
+        yaml.safe_dump(agents, out, sort_keys=False)
+    else:
+        out.write(_agents_table(agents))
     return 0
 
 
@@ -181,6 +199,30 @@ def _table(policies: list[Policy]) -> str:
         )
         for p in policies
     ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "".join(
+        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        + "\n"
+        for row in rows
+    )
+
+
+def _agents_table(agents: list[dict[str, Any]]) -> str:
+    header = ("ID", "NODE", "CONNECTED", "APPLIED", "LAST SEEN", "LAST NACK")
+    rows = [header]
+    for agent in agents:
+        nack = agent.get("last_nack")
+        reason = f"{nack['revision']}: {nack['reason']}" if nack else "-"
+        rows.append(
+            (
+                agent["agent_id"],
+                agent["node_name"],
+                "yes" if agent["connected"] else "no",
+                str(agent["applied_revision"]),
+                agent["last_seen"][:19].replace("T", " "),  # to the second, UTC
+                reason if len(reason) <= 60 else reason[:57] + "...",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "".join(
         "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()

@@ -91,6 +91,7 @@ def run_controller(args: argparse.Namespace) -> int:
         # (and shown disconnected) about two intervals after it last answered.
         ws_ping_interval=push.ping_interval_s,
         ws_ping_timeout=push.ping_interval_s,
+        ws_per_message_deflate=push.ws_deflate,
     )
     server = uvicorn.Server(config)
     # Tests and scripts read this line to learn the port when --listen asked for port 0.
@@ -116,6 +117,7 @@ def push_settings(args: argparse.Namespace) -> PushSettings:
         ping_interval_s=args.ping_interval,
         catch_up_s=args.catch_up_interval,
         change_retention=args.change_retention,
+        ws_deflate=args.ws_deflate,
     )
     if args.ping_interval <= 0 or args.catch_up_interval <= 0 or args.change_retention < 0:
         raise ConfigError(

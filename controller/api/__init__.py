@@ -44,6 +44,35 @@ Audit (viewer, editor, admin)
   operation: policy.create|policy.update|policy.delete|slice.create|slice.update|
   slice.delete|token.create|token.revoke; actor is the token name ("cli" for the CLI).
 
+Agents (the push protocol, HTTP polling and close codes: controller/api/agents.py)
+    GET    /v1/agents/stream                     WebSocket for agents (agent, admin); a
+                                                   refused token is an HTTP 401/403 before
+                                                   the upgrade
+    GET    /v1/changes?since=R&wait=S[&agent_id=ID]
+                                                 (agent, admin) 200 snapshot|delta message
+                                                   newer than R (R=0: snapshot), or 204
+                                                   after S seconds (0-30) of nothing new
+    POST   /v1/agents/{id}/ack {"node_name", "labels"?, "software"?, "revision": R,
+                                "nack"?: {"revision", "reason"}}
+                                                 (agent, admin) 200 {"agent_id",
+                                                   "applied_revision"}: a polling agent's
+                                                   hello and ACK/NACK, recorded on return
+    GET    /v1/agents                            (viewer, editor, admin) 200 {"revision": R,
+                                                   "items": [{agent_id, node_name, labels,
+                                                   software, transport (websocket|poll),
+                                                   connected, replica, first_seen,
+                                                   connected_at, disconnected_at, last_seen,
+                                                   applied_revision, last_nack: {revision,
+                                                   reason, at} | null}]} by agent_id
+    GET    /v1/revisions/{r}?limit=100           (viewer, editor, admin) 200 {"revision": r,
+                                                   "current_revision", "total": connected
+                                                   agents, "converged": how many applied >= r,
+                                                   "pending": [agent, ...] (the first `limit`
+                                                   by id of the total - converged behind)};
+                                                   404 if r is not committed yet
+  connected: the agent's connection is open (WebSocket) or it reported within the last
+  ~60 s (polling), and its replica refreshed it within the last ~60 s.
+
 Health (no token)
     GET /healthz  200 {"status": "ok"}
     GET /readyz   200 {"status": "ready", "revision": R} | 503 database_unavailable

@@ -210,13 +210,16 @@ async def list_agents(request: Request, _who: Operator) -> JSONResponse:
 
 @router.get("/v1/revisions/{revision}")
 async def convergence(
-    request: Request, revision: Annotated[int, Path(ge=0)], _who: Operator
+    request: Request,
+    revision: Annotated[int, Path(ge=0)],
+    _who: Operator,
+    limit: Annotated[int, Query(ge=0, le=1000, description="pending agents listed")] = 100,
 ) -> JSONResponse:
     hub = hub_of(request.app)
     current = await blocking(policy_store(request).current_revision)
     if revision > current:
         raise ApiError(404, "not_found", f"revision {revision} is not committed (at {current})")
-    state = await blocking(hub.registry.convergence, revision)
+    state = await blocking(hub.registry.convergence, revision, limit=limit)
     return JSONResponse(
         {
             "revision": revision,

@@ -1,0 +1,450 @@
+"""Benchmark of the push path: N WebSocket agents on one controller, one change, convergence.
+
+For each N it starts a real ``dnsmesh controller`` process on loopback (a fresh SQLite file
+by default, or a fresh PostgreSQL database made from --database and dropped afterwards),
+opens N simulated agents (``websockets`` clients spread over a few worker processes; each
+says hello at revision 0, gets the snapshot and ACKs it), then makes one policy change via
+REST and measures, at the clients, when each agent received the delta and when it had
+ACKed it, relative to the moment the PUT was sent; then it checks /v1/revisions/{r} until
+the controller reports all N agents converged. Memory per agent is the controller's RSS
+(/proc/PID/status) after connecting minus before, over N. Every phase has a deadline.
+
+    python bench/controller_push.py --agents 100,1000,5000 [--rounds 3] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import resource
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+_LISTENING = re.compile(r"controller\.listening address=(\S+)")
+CONNECT_DEADLINE_S = 180.0
+ROUND_DEADLINE_S = 60.0
+
+
+def raise_fd_limit() -> int:
+    """Each agent is one socket here and one in the controller (which inherits this limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+# -- the worker: a process of simulated agents ------------------------------------------------
+
+
+async def _agent(
+    url: str,
+    token: str,
+    agent_id: str,
+    gate: asyncio.Semaphore,
+    times: dict[int, tuple[float, float]],
+    ready: asyncio.Event,
+    progress: asyncio.Event,
+    compression: str | None,
+) -> None:
+    from websockets.asyncio.client import connect
+
+    from dnsmesh import protocol
+
+    async with gate:  # bounded concurrent handshakes: the listen backlog is finite
+        ws = await connect(
+            url,
+            additional_headers={"Authorization": f"Bearer {token}"},
+            proxy=None,
+            open_timeout=60,
+            compression=compression,
+        )
+        hello = protocol.Hello(agent_id=agent_id, node_name=f"node-{agent_id}", revision=0)
+        await ws.send(protocol.encode_message(hello))
+        first = protocol.decode_message(await ws.recv())
+        assert isinstance(first, protocol.Snapshot)
+        await ws.send(protocol.encode_message(protocol.Ack(revision=first.revision)))
+    ready.set()
+    async with ws:
+        async for data in ws:
+            received = time.monotonic()
+            message = protocol.decode_message(data)
+            if isinstance(message, protocol.Delta | protocol.Snapshot):
+                await ws.send(protocol.encode_message(protocol.Ack(revision=message.revision)))
+                times[message.revision] = (received, time.monotonic())
+                progress.set()
+
+
+async def _worker(args: argparse.Namespace) -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    count, prefix = args.worker_agents, args.worker_prefix
+    token = os.environ["DNSMESH_BENCH_TOKEN"]
+    gate = asyncio.Semaphore(64)
+    times: list[dict[int, tuple[float, float]]] = [{} for _ in range(count)]
+    readies = [asyncio.Event() for _ in range(count)]
+    progress = asyncio.Event()
+    compression = "deflate" if args.deflate else None
+    tasks = [
+        asyncio.create_task(
+            _agent(
+                args.url, token, f"{prefix}-{i}", gate, times[i], readies[i], progress, compression
+            )
+        )
+        for i in range(count)
+    ]
+    deadline = time.monotonic() + CONNECT_DEADLINE_S
+    while not all(r.is_set() for r in readies) and time.monotonic() < deadline:
+        failed = [t for t in tasks if t.done() and t.exception() is not None]
+        if failed:
+            print(json.dumps({"error": repr(failed[0].exception())}), flush=True)
+            return
+        await asyncio.sleep(0.05)
+    print(json.dumps({"ready": sum(r.is_set() for r in readies)}), flush=True)
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        command = json.loads(line)
+        if command.get("quit"):
+            break
+        revision = command["expect"]
+        deadline = time.monotonic() + ROUND_DEADLINE_S
+        while not all(revision in t for t in times):
+            progress.clear()
+            try:
+                await asyncio.wait_for(progress.wait(), deadline - time.monotonic())
+            except (TimeoutError, ValueError):
+                break
+        got = [t[revision] for t in times if revision in t]
+        print(
+            json.dumps({"revision": revision, "times": got, "missing": count - len(got)}),
+            flush=True,
+        )
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# -- the driver ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Controller:
+    process: subprocess.Popen[str]
+    base_url: str
+    lines: list[str]
+
+    def rss_kib(self) -> int:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        match = re.search(r"VmRSS:\s+(\d+) kB", status)
+        return int(match.group(1)) if match else 0
+
+
+@contextlib.contextmanager
+def database(url: str | None, folder: Path) -> Iterator[str]:
+    """A fresh migrated database with no policies: SQLite in ``folder`` or a new PostgreSQL."""
+    from controller.db.engine import build_engine
+    from controller.db.migrate import upgrade
+
+    if url is None or url.startswith("sqlite"):
+        fresh = f"sqlite:///{folder / f'push-{secrets.token_hex(3)}.db'}"
+        engine = build_engine(fresh)
+        upgrade(engine)
+        engine.dispose()
+        yield fresh
+        return
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(url).set(drivername="postgresql")
+    name = f"dnsmesh_bench_push_{os.getpid()}_{secrets.token_hex(3)}"
+    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    fresh = admin.set(database=name).render_as_string(hide_password=False)
+    try:
+        engine = build_engine(fresh)
+        upgrade(engine)
+        engine.dispose()
+        yield fresh
+    finally:
+        with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def controller(url: str, folder: Path, *extra: str) -> Iterator[Controller]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dnsmesh.cli",
+            "controller",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            url,
+            *extra,
+        ],
+        cwd=folder,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    base_url = ""
+    assert process.stderr is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not base_url:
+        line = process.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if match := _LISTENING.search(line):
+            base_url = f"http://{match.group(1)}"
+    stderr = process.stderr
+    threading.Thread(target=lambda: lines.extend(stderr), daemon=True).start()
+    try:
+        if not base_url:
+            raise RuntimeError("controller did not start:\n" + "".join(lines))
+        yield Controller(process, base_url, lines)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def tokens(url: str) -> dict[str, str]:
+    from controller.auth import TokenStore
+    from controller.db.engine import build_engine
+    from controller.db.session import Database
+
+    engine = build_engine(url)
+    try:
+        store = TokenStore(Database(engine))
+        return {
+            role: store.create(f"bench-{role}", role, actor="bench")[1]
+            for role in ("agent", "editor", "viewer")
+        }
+    finally:
+        engine.dispose()
+
+
+def policy(weight: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "dnsmesh/v1",
+        "kind": "Policy",
+        "metadata": {"name": "checkout", "labels": {"team": "bench"}},
+        "spec": {
+            "domain": "checkout.mesh.internal",
+            "ttl": 5,
+            "endpoints": [
+                {"address": "127.0.10.1", "weight": weight, "group": "v1"},
+                {"address": "127.0.10.2", "weight": 100 - weight, "group": "v2"},
+            ],
+        },
+    }
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
+
+
+@dataclass
+class Row:
+    agents: int
+    round: int
+    recv_p50: float
+    recv_p99: float
+    ack_p50: float
+    ack_p99: float
+    ack_max: float
+    confirmed: float
+    missing: int
+    kib_per_agent: float
+    connect_s: float
+
+
+def run_size(args: argparse.Namespace, size: int, folder: Path) -> list[Row]:
+    rows: list[Row] = []
+    with (
+        database(args.database, folder) as url,
+        controller(url, folder, *(["--ws-deflate"] if args.deflate else [])) as ctl,
+    ):
+        secret = tokens(url)
+        http = httpx.Client(base_url=ctl.base_url, trust_env=False, timeout=30)
+        editor = {"Authorization": f"Bearer {secret['editor']}"}
+        viewer = {"Authorization": f"Bearer {secret['viewer']}"}
+        assert http.put("/v1/policies/checkout", json=policy(90), headers=editor).status_code == 201
+        rss_before = ctl.rss_kib()
+        stream = ctl.base_url.replace("http://", "ws://") + "/v1/agents/stream"
+        workers = []
+        share = [
+            size // args.workers + (1 if i < size % args.workers else 0)
+            for i in range(args.workers)
+        ]
+        started = time.monotonic()
+        env = {**os.environ, "DNSMESH_BENCH_TOKEN": secret["agent"]}
+        for index, count in enumerate(share):
+            command = [
+                sys.executable,
+                __file__,
+                "--worker",
+                "--url",
+                stream,
+                "--worker-agents",
+                str(count),
+                "--worker-prefix",
+                f"w{index}",
+            ]
+            if args.deflate:
+                command.append("--deflate")
+            workers.append(
+                subprocess.Popen(
+                    command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+                )
+            )
+        try:
+            for worker in workers:
+                assert worker.stdout is not None
+                answer = json.loads(worker.stdout.readline() or '{"error": "worker died"}')
+                if "error" in answer:
+                    raise RuntimeError(f"a worker failed to connect its agents: {answer['error']}")
+            connect_s = time.monotonic() - started
+            time.sleep(1.0)  # let the ACKs of the snapshots be written
+            rss_after = ctl.rss_kib()
+            per_agent = (rss_after - rss_before) / size
+            for round_number in range(1, args.rounds + 1):
+                sent = time.monotonic()
+                response = http.put(
+                    "/v1/policies/checkout", json=policy(90 - round_number), headers=editor
+                )
+                assert response.status_code == 200, response.text
+                revision = response.json()["metadata"]["revision"]
+                times: list[tuple[float, float]] = []
+                missing = 0
+                for worker in workers:
+                    assert worker.stdin is not None and worker.stdout is not None
+                    worker.stdin.write(json.dumps({"expect": revision}) + "\n")
+                    worker.stdin.flush()
+                for worker in workers:
+                    assert worker.stdout is not None
+                    answer = json.loads(worker.stdout.readline())
+                    times.extend((r, a) for r, a in answer["times"])
+                    missing += answer["missing"]
+                confirmed = float("nan")
+                deadline = time.monotonic() + ROUND_DEADLINE_S
+                while time.monotonic() < deadline:
+                    state = http.get(f"/v1/revisions/{revision}", headers=viewer).json()
+                    if state["converged"] >= size:
+                        confirmed = time.monotonic() - sent
+                        break
+                    time.sleep(0.02)
+                received = [(r - sent) * 1000 for r, _ in times] or [float("nan")]
+                acked = [(a - sent) * 1000 for _, a in times] or [float("nan")]
+                rows.append(
+                    Row(
+                        size,
+                        round_number,
+                        percentile(received, 0.5),
+                        percentile(received, 0.99),
+                        percentile(acked, 0.5),
+                        percentile(acked, 0.99),
+                        max(acked),
+                        confirmed * 1000,
+                        missing,
+                        per_agent,
+                        connect_s,
+                    )
+                )
+                print(format_row(rows[-1]), flush=True)
+                time.sleep(0.5)
+        finally:
+            for worker in workers:
+                with contextlib.suppress(Exception):
+                    assert worker.stdin is not None
+                    worker.stdin.write(json.dumps({"quit": True}) + "\n")
+                    worker.stdin.flush()
+            for worker in workers:
+                try:
+                    worker.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+                    worker.wait()
+            http.close()
+    return rows
+
+
+HEADER = (
+    "| agents | round | recv p50 ms | recv p99 ms | ack p50 ms | ack p99 ms | ack 100% ms "
+    "| /v1/revisions all ms | missing | KiB/agent | connect s |\n"
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def format_row(row: Row) -> str:
+    return (
+        f"| {row.agents} | {row.round} | {row.recv_p50:.1f} | {row.recv_p99:.1f} | "
+        f"{row.ack_p50:.1f} | {row.ack_p99:.1f} | {row.ack_max:.1f} | {row.confirmed:.1f} | "
+        f"{row.missing} | {row.kib_per_agent:.1f} | {row.connect_s:.1f} |"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--agents", default="100,1000", help="comma-separated sizes (e.g. 100,1000,5000)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="changes per size")
+    parser.add_argument("--workers", type=int, default=2, help="client processes")
+    parser.add_argument(
+        "--database", help="a PostgreSQL URL to create a database from (default: SQLite)"
+    )
+    parser.add_argument(
+        "--deflate", action="store_true", help="permessage-deflate (controller --ws-deflate)"
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-agents", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-prefix", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    limit = raise_fd_limit()
+    if args.worker:
+        asyncio.run(_worker(args))
+        return 0
+    sizes = [int(s) for s in args.agents.split(",")]
+    if max(sizes) * 2 + 200 > limit * max(1, args.workers):
+        print(f"warning: RLIMIT_NOFILE is {limit}", file=sys.stderr)
+    print(
+        f"controller push bench: {os.cpu_count()} CPUs, {args.workers} client processes, "
+        f"{'PostgreSQL' if args.database and args.database.startswith('postgres') else 'SQLite'}, "
+        f"permessage-deflate {'on' if args.deflate else 'off'}",
+        flush=True,
+    )
+    print(HEADER, flush=True)
+    with tempfile.TemporaryDirectory(prefix="dnsmesh-bench-push-") as folder:
+        for size in sizes:
+            run_size(args, size, Path(folder))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Several controllers on one database: LISTEN/NOTIFY across replicas, and the catch-up poll."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+from websockets.exceptions import ConnectionClosed
+
+from controller.auth import TokenStore
+from controller.db.engine import build_engine
+from controller.db.migrate import upgrade
+from controller.db.session import Database
+from dnsmesh import protocol
+from tests.integration.controller_support import (
+    ControllerProcess,
+    admin_postgres_url,
+    policy_doc,
+    temporary_postgres_database,
+)
+from tests.integration.push_support import ServedController, TestAgent, eventually, fast_settings
+
+
+@pytest.fixture
+def shared_postgres() -> Iterator[tuple[str, dict[str, str]]]:
+    """A migrated database of its own (replicas start and stop on it) and a token per role."""
+    with temporary_postgres_database("replicas") as url:
+        engine = build_engine(url)
+        try:
+            upgrade(engine)
+            tokens = TokenStore(Database(engine))
+            secrets = {
+                role: tokens.create(f"{role}-token", role, actor="test")[1]
+                for role in ("editor", "agent", "viewer")
+            }
+        finally:
+            engine.dispose()
+        yield url, secrets
+
+
+def client(base_url: str, token: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=base_url,
+        headers={"Authorization": f"Bearer {token}"},
+        trust_env=False,
+        timeout=10,
+    )
+
+
+@pytest.mark.postgres
+def test_a_change_through_one_replica_reaches_an_agent_on_another(
+    shared_postgres: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    url, tokens = shared_postgres
+    # Replica B polls the revision only every 30 s: within a second, only NOTIFY can tell it.
+    quiet = ("--catch-up-interval", "30", "--ping-interval", "1")
+    with (
+        ControllerProcess(url, tmp_path, "--replica-id", "replica-a", *quiet) as a,
+        ControllerProcess(url, tmp_path, "--replica-id", "replica-b", *quiet) as b,
+        client(a.base_url, tokens["editor"]) as editor_a,
+        client(a.base_url, tokens["viewer"]) as viewer_a,
+    ):
+        first = editor_a.put("/v1/policies/alpha", json=policy_doc("alpha"))
+        assert first.status_code == 201
+        head = first.json()["metadata"]["revision"]
+        stream_b = b.base_url.replace("http://", "ws://") + "/v1/agents/stream"
+
+        async def scenario() -> None:
+            agent = await TestAgent.connect(
+                stream_b, tokens["agent"], agent_id="on-b", revision=head
+            )
+            await agent.silent_for(0.3)
+            latencies = []
+            revision = head
+            for weight in (70, 50, 30):
+                start = time.monotonic()
+                response = await asyncio.to_thread(
+                    editor_a.put, "/v1/policies/alpha", json=policy_doc("alpha", weight=weight)
+                )
+                assert response.status_code == 200
+                delta = await agent.next(within=3)
+                latencies.append(time.monotonic() - start)
+                assert isinstance(delta, protocol.Delta)
+                assert delta.since == revision
+                revision = response.json()["metadata"]["revision"]
+                assert delta.revision == revision
+                await agent.ack(revision)
+            print(
+                "replica A change -> agent on replica B: "
+                + ", ".join(f"{s * 1000:.1f} ms" for s in latencies)
+            )
+            assert max(latencies) < 1.0
+
+            def seen_on_a() -> dict[str, object]:
+                items = viewer_a.get("/v1/agents").json()["items"]
+                return {i["agent_id"]: i for i in items}.get("on-b") or {}
+
+            async def recorded() -> bool:
+                row = await asyncio.to_thread(seen_on_a)
+                return row.get("applied_revision") == revision and row.get("connected") is True
+
+            await eventually(recorded)
+            assert (await asyncio.to_thread(seen_on_a))["replica"] == "replica-b"
+            converged = viewer_a.get(f"/v1/revisions/{revision}").json()
+            assert (converged["total"], converged["converged"]) == (1, 1)
+
+            # B stops: its agent is told (1012 service restart) and shown disconnected.
+            b.__exit__(None, None, None)
+            with pytest.raises(ConnectionClosed) as closed:
+                await agent.next(within=10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code in (1001, 1012)
+
+            async def released() -> bool:
+                return (await asyncio.to_thread(seen_on_a)).get("connected") is False
+
+            await eventually(released, within=5)
+
+        asyncio.run(scenario())
+
+
+def _kill_listeners(url: str) -> int:
+    database = make_url(url).database
+    admin = make_url(admin_postgres_url()).set(drivername="postgresql")
+    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND application_name = 'dnsmesh-controller-listen'",
+            (database,),
+        ).fetchall()
+    return len(rows)
+
+
+@pytest.mark.postgres
+def test_the_listener_reconnects_and_notifications_flow_again(
+    shared_postgres: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    url, tokens = shared_postgres
+    settings = fast_settings(catch_up_s=30.0)  # only NOTIFY can deliver in time
+    with (
+        ControllerProcess(url, tmp_path, "--replica-id", "writer") as writer,
+        client(writer.base_url, tokens["editor"]) as editor,
+        ServedController(url, settings) as served,
+    ):
+
+        async def scenario() -> None:
+            agent = await TestAgent.connect(served.ws_url, tokens["agent"], agent_id="listening")
+            assert (await agent.next()).type == "snapshot"
+            listener = served.hub.listener
+            assert listener is not None
+
+            async def listening(times: int) -> bool:
+                return listener.connections == times and listener.connected.is_set()
+
+            await eventually(lambda: listening(1))
+            assert await asyncio.to_thread(_kill_listeners, url) == 1
+            await eventually(lambda: listening(2), within=10)
+            start = time.monotonic()
+            response = await asyncio.to_thread(
+                editor.put, "/v1/policies/alpha", json=policy_doc("alpha")
+            )
+            assert response.status_code == 201
+            delta = await agent.next(within=3)
+            took = time.monotonic() - start
+            assert isinstance(delta, protocol.Delta) and delta.revision == 1
+            assert took < 1.0, took
+            await agent.close()
+
+        asyncio.run(scenario())
+
+
+_WRITE = """
+import json, sys
+from controller.db.engine import build_engine
+from controller.db.session import Database
+from controller.store import PolicyStore
+engine = build_engine(sys.argv[1])
+PolicyStore(Database(engine)).put_policy("alpha", json.loads(sys.argv[2]), actor="other")
+engine.dispose()
+"""
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_change_nobody_announced_arrives_by_the_catch_up_poll(database_url: str) -> None:
+    """Written by another process on SQLite: no notification at all, only the poll."""
+    with ServedController(database_url, fast_settings(catch_up_s=0.3)) as served:
+
+        async def scenario() -> None:
+            agent = await TestAgent.connect(served.ws_url, served.tokens["agent"])
+            assert (await agent.next()).type == "snapshot"
+            await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-c", _WRITE, database_url, json.dumps(policy_doc("alpha"))],
+                check=True,
+                timeout=60,
+            )
+            written = time.monotonic()
+            delta = await agent.next(within=3)
+            assert isinstance(delta, protocol.Delta) and delta.revision == 1
+            assert time.monotonic() - written < 0.3 + 0.5
+            await agent.close()
+
+        asyncio.run(scenario())
