@@ -25,7 +25,7 @@ import pytest
 from controller.db.engine import build_engine
 from controller.db.session import Database
 from controller.store import PolicyStore
-from tests.e2e.push_support import agent_id, agent_process, mesh
+from tests.e2e.mesh_support import agent_id, agent_process, mesh
 from tests.integration.sync_support import policy, wait_until
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.push_support import agent_id, agent_process, ask, mesh
+from tests.e2e.mesh_support import agent_id, agent_process, ask, mesh
 from tests.integration.sync_support import policy, wait_until
 
 CHANGES = 15

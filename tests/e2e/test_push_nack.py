@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.e2e.push_support import agent_id, agent_process, ask, mesh
+from tests.e2e.mesh_support import agent_id, agent_process, ask, mesh
 from tests.integration.sync_support import policy, wait_until
 
 
