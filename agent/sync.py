@@ -200,7 +200,9 @@ class AgentSync:
                         retry_in=config.fatal_retry,
                     ),
                 )
-                await asyncio.sleep(config.fatal_retry)
+                # Jittered too, so agents whose token was revoked together do not retry
+                # in lockstep.
+                await asyncio.sleep(config.fatal_retry * self.rng.uniform(0.75, 1.25))
                 continue
             except WebSocketRefused as exc:
                 if config.mode == "auto":

@@ -84,7 +84,10 @@ def parse_labels(pairs: list[str]) -> dict[str, str]:
 def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``dnsmesh agent`` flags that connect it to a controller."""
     group = parser.add_argument_group(
-        "controller (push)", "with --controller, the controller's policies are pushed to the agent"
+        "controller (push)",
+        "with --controller, the controller pushes its policies to the agent. --policies files "
+        "still apply, but may not define a name or domain the controller defines: whichever "
+        "comes second is refused (a controller update is NACKed, a file edit is not loaded).",
     )
     group.add_argument("--controller", metavar="URL", help="the controller, e.g. http://ctl:8053")
     group.add_argument(
@@ -110,13 +113,29 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto: WebSocket, HTTP long-polling where it is refused (default %(default)s)",
     )
     seconds: dict[str, Any] = {"type": float, "metavar": "SECONDS"}
-    group.add_argument("--sync-backoff-base", default=0.2, **seconds)
-    group.add_argument("--sync-backoff-cap", default=10.0, **seconds)
-    group.add_argument("--sync-fatal-retry", default=30.0, **seconds)
-    group.add_argument("--sync-ping-interval", default=10.0, **seconds)
-    group.add_argument("--sync-ping-timeout", default=10.0, **seconds)
-    group.add_argument("--sync-ws-retry", default=60.0, **seconds)
-    group.add_argument("--sync-poll-wait", default=25.0, **seconds)
+    group.add_argument(
+        "--sync-backoff-base",
+        default=0.2,
+        help="first reconnect window; doubles per failure, wait drawn in [0, window)",
+        **seconds,
+    )
+    group.add_argument("--sync-backoff-cap", default=10.0, help="largest window", **seconds)
+    group.add_argument(
+        "--sync-fatal-retry", default=30.0, help="retry period after 401/403", **seconds
+    )
+    group.add_argument("--sync-ping-interval", default=10.0, help="keepalive pings", **seconds)
+    group.add_argument(
+        "--sync-ping-timeout",
+        default=10.0,
+        help="a ping unanswered this long drops the connection",
+        **seconds,
+    )
+    group.add_argument(
+        "--sync-ws-retry", default=60.0, help="while polling, retry the WebSocket", **seconds
+    )
+    group.add_argument(
+        "--sync-poll-wait", default=25.0, help="long-poll hold time (at most 30)", **seconds
+    )
 
 
 def sync_config_from_args(args: argparse.Namespace) -> SyncConfig | None:
