@@ -249,10 +249,11 @@ def run_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     policies: Path | None = args.filename
     if policies is None and Path("policies").is_dir():
         policies = Path("policies")
+    count = 0
     if policies is not None:
         from dnsmesh.policyfile import load_policy_path
 
-        load_policy_path(policies)  # a bad file stops us before anything starts
+        count = len(load_policy_path(policies))  # a bad file stops us before anything starts
     _check_free(api_host, api_port, socket.SOCK_STREAM, "--api")
     _check_free(dns_host, dns_port, socket.SOCK_DGRAM, "--dns")
     _check_free(dns_host, dns_port, socket.SOCK_STREAM, "--dns")
@@ -308,7 +309,8 @@ def run_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             lambda: _agent_converged(api, admin, agent_state / "agent-id", revision),
             stop,
         )
-        _print_summary(out, api, args.dns, data_dir, policies, revision, dns_host, dns_port)
+        applied = f"{count} from {policies} (revision {revision})" if policies else "none"
+        _print_summary(out, api, args.dns, data_dir, applied, dns_host, dns_port)
         while not stop.wait(0.2):
             dead = next((c for c in children if not c.alive()), None)
             if dead is not None:
@@ -338,13 +340,11 @@ def _print_summary(
     api: str,
     dns: str,
     data_dir: Path,
-    policies: Path | None,
-    revision: int,
+    applied: str,
     dns_host: str,
     dns_port: int,
 ) -> None:
     token_file = data_dir / ADMIN_TOKEN
-    applied = f"{policies} (revision {revision})" if policies else "none (no ./policies folder)"
     lines = [
         "",
         "dnsmesh is up",
@@ -356,7 +356,8 @@ def _print_summary(
         "",
         "try:",
         f"  dig @{dns_host} -p {dns_port} checkout.mesh.internal",
-        f"  DNSMESH_TOKEN=$(cat {token_file}) dnsmesh get policies --server {api}",
+        f"  export DNSMESH_TOKEN=$(cat {token_file}) DNSMESH_SERVER={api}",
+        "  dnsmesh get policies; dnsmesh get agents",
         "Ctrl-C stops both.",
         "",
     ]

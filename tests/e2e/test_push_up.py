@@ -105,6 +105,7 @@ def test_up_runs_a_mesh_that_answers_at_once_and_stops_cleanly(
     with dnsmesh_up(tmp_path, *args) as (process, out):
         assert f"http://127.0.0.1:{api}" in out and f"127.0.0.1:{dns} (UDP and TCP)" in out
         assert str(data / "admin-token") in out and "policy/checkout created" in out
+        assert "4 from " in out
         # Answered at once: the summary is printed only after the agent ACKed the policies.
         assert resolve("127.0.0.1", dns, "checkout.mesh.internal") in (
             ["127.0.10.1"],
@@ -154,7 +155,7 @@ def test_up_again_keeps_its_tokens_and_data(tmp_path: Path) -> None:
         with dnsmesh_up(
             tmp_path, *args, "--dns", f"127.0.0.1:{dns}", "--upstream", f"127.0.0.1:{free_port()}"
         ) as (process, out):
-            assert "policies/" in out or "policies (revision" in out  # ./policies by default
+            assert "1 from policies (revision" in out  # ./policies by default
             assert resolve("127.0.0.1", dns, "web.mesh.internal") == ["127.0.10.9"]
             tokens.append((data / "admin-token").read_text())
             process.send_signal(signal.SIGTERM)
