@@ -11,7 +11,8 @@ One task keeps one channel open (the controller's side is controller/api/agents.
   with the same revision semantics, when the upgrade is refused with an HTTP answer that
   is not about the token or a server error (a proxy that cannot pass WebSockets), or when
   ``--sync http`` forces it. In ``auto`` mode the WebSocket is tried again every
-  ``ws_retry`` seconds.
+  ``ws_retry`` seconds. The polling channel lives in agent/syncpoll.py, the error split
+  in agent/syncerrors.py.
 
 Errors are split the way python-websockets' reconnect loop splits them: **fatal** ones
 (401/403: the token is wrong, retrying soon cannot help) are logged at error level and
@@ -49,7 +50,8 @@ from websockets.exceptions import (
 from agent.policysource import Applied, Outcome, PolicySources, Refused
 from agent.statefile import StateDir
 from agent.syncconfig import SyncConfig
-from dnsmesh.errors import DnsmeshError
+from agent.syncerrors import Resync, SyncFatal, SyncRetry, WebSocketRefused
+from agent.syncpoll import Poller
 from dnsmesh.logs import fields
 from dnsmesh.protocol import (
     Ack,
@@ -85,26 +87,6 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
     restart ("Exponential Backoff And Jitter", AWS Architecture Blog, 2015).
     """
     return rng.uniform(0.0, min(cap, base * 2 ** min(attempt, 32)))
-
-
-class SyncFatal(DnsmeshError):
-    """The controller refused the token (401) or its role (403)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
-
-
-class SyncRetry(DnsmeshError):
-    """The channel failed in a way a later attempt may not (reset, 5xx, close, timeout)."""
-
-
-class WebSocketRefused(DnsmeshError):
-    """The WebSocket upgrade was answered by something that will not upgrade it."""
-
-
-class Resync(DnsmeshError):
-    """A delta did not start at our revision: reconnect so the hello gets what we lack."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +137,7 @@ class AgentSync:
         self.transport: str | None = None  # "websocket" | "poll" while connected
         self._task: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[_Item] | None = None
-        self._poll: httpx.AsyncClient | None = None
+        self._poller: Poller | None = None
         self._save_lock = asyncio.Lock()
         self._progress = False  # the current channel applied something (resets backoff)
         self._background: set[asyncio.Task[None]] = set()
@@ -228,7 +210,7 @@ class AgentSync:
             finally:
                 self.transport = None
                 self._queue = None
-                self._poll = None
+                self._poller = None
             if self._progress or self.clock() - started > config.backoff_cap:
                 attempt = 0  # the last channel worked: the next failure is a fresh one
             delay = backoff_delay(attempt, config.backoff_base, config.backoff_cap, self.rng)
@@ -241,7 +223,7 @@ class AgentSync:
 
     # -- applying updates (both transports) ------------------------------------------------
 
-    async def _apply(self, updates: Sequence[Snapshot | Delta], transport: str) -> list[Outcome]:
+    async def apply(self, updates: Sequence[Snapshot | Delta], transport: str) -> list[Outcome]:
         began = time.perf_counter()
         outcomes = self.sources.receive(updates)
         applied = [o for o in outcomes if isinstance(o, Applied)]
@@ -257,7 +239,7 @@ class AgentSync:
                     ms=round((time.perf_counter() - began) * 1000, 2),
                 ),
             )
-            await self._save()
+            await self.save()
         for outcome in outcomes:
             if isinstance(outcome, Refused):
                 log.warning(
@@ -270,7 +252,7 @@ class AgentSync:
                 )
         return outcomes
 
-    async def _save(self) -> None:
+    async def save(self) -> None:
         """Persist what runs (off the loop: fsync must not stall DNS answers)."""
         async with self._save_lock:
             state = self.sources.running
@@ -292,11 +274,34 @@ class AgentSync:
         task.add_done_callback(self._background.discard)
 
     async def _report_pending(self) -> None:
-        await self._save()
-        client = self._poll
-        if client is not None:
+        await self.save()
+        poller = self._poller
+        if poller is not None:
             with contextlib.suppress(httpx.HTTPError, SyncRetry, SyncFatal):
-                await self._report(client)
+                await poller.report()
+
+    def connected(self, transport: str, url: str) -> None:
+        self.transport = transport
+        log.info(
+            "sync.connected",
+            extra=fields(
+                transport=transport,
+                url=url,
+                agent_id=self.agent_id,
+                revision=self.sources.running.revision,
+            ),
+        )
+
+    def nack_pause(self) -> float:
+        """How long polling waits after a refusal that did not advance (no hot loop)."""
+        return backoff_delay(3, self.config.backoff_base, 5.0, self.rng)
+
+    # -- HTTP long-polling (agent/syncpoll.py) ---------------------------------------------
+
+    async def _poll_session(self) -> None:
+        async with Poller.client_for(self) as client:
+            self._poller = Poller(self, client)
+            await self._poller.run()
 
     # -- WebSocket ------------------------------------------------------------------------
 
@@ -330,17 +335,8 @@ class AgentSync:
         async with ws:
             self.sources.resync()
             await ws.send(encode_message(self._hello()))
-            self.transport = "websocket"
             self._queue = queue
-            log.info(
-                "sync.connected",
-                extra=fields(
-                    transport="websocket",
-                    url=config.stream_url,
-                    agent_id=self.agent_id,
-                    revision=self.sources.running.revision,
-                ),
-            )
+            self.connected("websocket", config.stream_url)
             reader = asyncio.get_running_loop().create_task(_read(ws, queue))
             try:
                 await self._ws_loop(ws, queue)
@@ -371,7 +367,7 @@ class AgentSync:
                 await self._ws_apply(ws, updates)
                 updates = []
                 if isinstance(item, _LocalApplied):
-                    await self._save()
+                    await self.save()
                     await ws.send(encode_message(Ack(revision=item.revision)))
                 elif isinstance(item, ErrorMessage):
                     log.error(
@@ -389,7 +385,7 @@ class AgentSync:
     async def _ws_apply(self, ws: ClientConnection, updates: list[Snapshot | Delta]) -> None:
         if not updates:
             return
-        outcomes = await self._apply(updates, "websocket")
+        outcomes = await self.apply(updates, "websocket")
         for outcome in outcomes:
             if isinstance(outcome, Applied):
                 await ws.send(encode_message(Ack(revision=outcome.revision)))
@@ -401,103 +397,6 @@ class AgentSync:
         if gap is not None:
             await ws.close(1000, "resync")
             raise Resync(gap.reason)
-
-    # -- HTTP long-polling -------------------------------------------------------------------
-
-    async def _poll_session(self) -> None:
-        config = self.config
-        timeout = httpx.Timeout(config.poll_wait + 10.0, connect=config.open_timeout)
-        headers = {
-            "Authorization": f"Bearer {config.token}",
-            "User-Agent": f"{self.software} (agent)",
-        }
-        async with httpx.AsyncClient(
-            base_url=config.http_url, headers=headers, timeout=timeout, trust_env=False
-        ) as client:
-            self.sources.resync()
-            await self._report(client)
-            self.transport = "poll"
-            self._poll = client
-            log.info(
-                "sync.connected",
-                extra=fields(
-                    transport="poll",
-                    url=config.http_url,
-                    agent_id=self.agent_id,
-                    revision=self.sources.running.revision,
-                ),
-            )
-            entered = last_report = self.clock()
-            since = self.sources.running.revision
-            while True:
-                now = self.clock()
-                if config.mode == "auto" and now - entered >= config.ws_retry:
-                    return
-                if now - last_report >= config.report_interval:
-                    await self._report(client)
-                    last_report = now
-                wait = max(0.0, min(config.poll_wait, config.report_interval))
-                if config.mode == "auto":
-                    wait = min(wait, max(0.0, config.ws_retry - (now - entered)))
-                response = await client.get(
-                    "/v1/changes",
-                    params={"since": since, "wait": round(wait, 3), "agent_id": self.agent_id},
-                )
-                _check(response)
-                if response.status_code == 204:
-                    continue
-                message = decode_message(response.content)
-                if not isinstance(message, Snapshot | Delta):
-                    raise ProtocolError(f"GET /v1/changes returned a {message.type} message")
-                outcomes = await self._apply([message], "poll")
-                since = await self._poll_report(client, outcomes, message)
-                last_report = self.clock()
-
-    async def _poll_report(
-        self, client: httpx.AsyncClient, outcomes: list[Outcome], message: Snapshot | Delta
-    ) -> int:
-        """Report the outcomes; returns the revision to poll from next."""
-        since = self.sources.view.revision
-        refusals = [o for o in outcomes if isinstance(o, Refused)]
-        for refusal in refusals:
-            await self._report(client, nack=refusal)
-        if not refusals:
-            await self._report(client)
-            return since
-        if any(r.resync for r in refusals):
-            return self.sources.running.revision  # the controller sends what we lack
-        if self.sources.view.revision < message.revision:
-            # Refused without advancing (an invalid document): asking again at once would
-            # get the same update; wait for a newer revision before asking from `since`.
-            await asyncio.sleep(backoff_delay(3, self.config.backoff_base, 5.0, self.rng))
-            return message.revision
-        return since
-
-    async def _report(self, client: httpx.AsyncClient, nack: Refused | None = None) -> None:
-        body: dict[str, object] = {
-            "node_name": self.config.node_name,
-            "labels": dict(self.config.labels),
-            "software": self.software,
-            "revision": self.sources.running.revision,
-        }
-        if nack is not None:
-            body["nack"] = {"revision": nack.revision, "reason": nack.reason[:4096]}
-        response = await client.post(f"/v1/agents/{self.agent_id}/ack", json=body)
-        _check(response)
-
-
-def _check(response: httpx.Response) -> None:
-    """Fatal for 401/403, retryable for anything else that is not a success."""
-    if response.is_success:
-        return
-    status = response.status_code
-    try:
-        message = str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        message = response.text[:200] or response.reason_phrase
-    if status in (401, 403):
-        raise SyncFatal(status, message)
-    raise SyncRetry(f"{response.request.method} {response.request.url.path}: {status} {message}")
 
 
 async def _read(ws: ClientConnection, queue: asyncio.Queue[_Item]) -> None:
