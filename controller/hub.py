@@ -1,17 +1,13 @@
 """The push hub: serves every connected agent the revisions it lacks, in order, as they commit.
 
-Modelled on go-control-plane's snapshot cache: the hub knows one ``head`` (the newest
-revision it has seen committed) and, per agent session, the revision it last sent. When the
-head moves, every session behind it is woken and sent one update from where it is to the
-head. Updates are built and encoded once per starting revision and shared by every session
-that starts there (a thousand agents at R-1 cost one ``build_delta`` and one JSON encode),
-from an in-memory window of recent changes, so a commit costs each replica one read of the
-change log, not one per agent.
+Modelled on go-control-plane's snapshot cache: the feed (controller.feed) knows the head
+revision and builds shared updates; the hub keeps, per agent session, the revision it last
+sent. When the head moves, every session behind it is woken and sent one update from where
+it is to the head. Commits wake the hub through controller.notify (in-process hook, and
+LISTEN/NOTIFY across replicas), and a catch-up poll bounds the delay if a wake-up is lost.
 
-An update is a delta from the change log, or a snapshot of every policy when the agent is
-new (revision 0), claims a revision newer than the database's, or is older than the log
-reaches back (compaction). The protocol an agent speaks is documented in
-controller/api/agents.py; the messages are dnsmesh.protocol's.
+The protocol an agent speaks is documented in controller/api/agents.py; the messages are
+dnsmesh.protocol's. Agent state goes to the agents table through controller.recorder.
 """
 
 from __future__ import annotations
@@ -22,7 +18,6 @@ import logging
 import os
 import secrets
 import socket
-from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -30,9 +25,10 @@ from typing import Any, Protocol
 
 from controller.agents import Acked, AgentRegistry, Gone, Hello, Nacked
 from controller.db.session import Database
+from controller.feed import Feed, Moved, Update
 from controller.notify import PgListener, add_commit_listener, remove_commit_listener
 from controller.recorder import AgentRecorder
-from controller.store import Change, PolicyStore
+from controller.store import PolicyStore
 from dnsmesh import protocol
 from dnsmesh.logs import fields
 
@@ -69,7 +65,7 @@ class PushSettings:
 
     @property
     def stale_after(self) -> timedelta:
-        """A row not refreshed for three heartbeats belongs to a replica that is gone."""
+        """Three heartbeats plus the longest long-poll: a row older belongs to no live agent."""
         return timedelta(seconds=3 * self.heartbeat_s + self.max_wait_s)
 
 
@@ -82,14 +78,6 @@ class Channel(Protocol):
         """The next message, or None once the peer is gone."""
 
     async def close(self, code: int, reason: str) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Update:
-    """An encoded snapshot or delta that takes an agent to ``revision``."""
-
-    revision: int
-    text: str
 
 
 @dataclass(eq=False, slots=True)
@@ -118,21 +106,16 @@ class Hub:
             heartbeat_s=self.settings.heartbeat_s,
             has_agents=lambda: bool(self.sessions),
         )
-        self.head = 0
+        self.feed = Feed(
+            self.store,
+            window=self.settings.window,
+            retention=self.settings.change_retention,
+        )
         self.sessions: dict[str, AgentSession] = {}  # by agent id
-        self.encoded = 0  # updates built and encoded (each shared by many sessions)
         self.listener: PgListener | None = None
-        self._window: deque[Change] = deque()
-        self._floor = 0  # the window holds every change in (floor, head]
-        self._deltas: dict[int, Update] = {}  # since -> update to head
-        self._snapshot: Update | None = None
-        self._snapshot_lock = asyncio.Lock()
-        self._advance_lock = asyncio.Lock()
-        self._advanced = asyncio.Event()  # replaced by a fresh one at every advance
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._started: asyncio.Task[None] | None = None
-        self._compacted_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -148,7 +131,7 @@ class Hub:
     async def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.registry.release, self.settings.replica_id)
-        self.head = self._floor = await asyncio.to_thread(self.store.current_revision)
+        await self.feed.start()
         add_commit_listener(self._wake_threadsafe)
         self._spawn(self._watch(), "watch")
         self._spawn(self.recorder.run(), "recorder")
@@ -157,7 +140,7 @@ class Hub:
             self._spawn(self.listener.run(), "listen")
         log.info(
             "hub.started",
-            extra=fields(replica=self.settings.replica_id, revision=self.head),
+            extra=fields(replica=self.settings.replica_id, revision=self.feed.head),
         )
 
     async def stop(self) -> None:
@@ -196,129 +179,44 @@ class Hub:
     # -- following the database ----------------------------------------------------------
 
     async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        compacted_at = 0.0
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.catch_up_s)
             self._wake.clear()
             try:
                 await self.catch_up()
-                await self._maybe_compact()
+                if loop.time() - compacted_at >= 1.0:  # at most one DELETE a second
+                    compacted_at = loop.time()
+                    await self.feed.compact()
             except Exception as error:  # the database is away: the next round retries
                 log.warning("hub.catch_up_failed", extra=fields(error=str(error)))
 
     async def catch_up(self) -> None:
-        """Reads the committed revision; if it moved, loads the new changes and wakes sessions."""
-        async with self._advance_lock:
-            current = await asyncio.to_thread(self.store.current_revision)
-            if current == self.head:
-                return
-            if current < self.head:
-                # The database went back in time (restored): every agent starts over.
-                log.warning("hub.revision_went_back", extra=fields(was=self.head, now=current))
-                self._window.clear()
-                self.head = self._floor = current
-                for session in self.sessions.values():
-                    session.force_snapshot = True
-            else:
-                changes = await asyncio.to_thread(self.store.changes_since, self.head)
-                if changes and changes[0].revision == self.head + 1:
-                    self._window.extend(changes)
-                else:  # compacted past our head while we were not looking
-                    self._window.clear()
-                    self._floor = max(current, changes[-1].revision if changes else 0)
-                self.head = max(current, changes[-1].revision if changes else current)
-                while len(self._window) > self.settings.window:
-                    self._floor = self._window.popleft().revision
-            self._deltas.clear()
-            advanced, self._advanced = self._advanced, asyncio.Event()
-            advanced.set()
-            for session in self.sessions.values():
-                session.wake.set()
-
-    async def _maybe_compact(self) -> None:
-        retention = self.settings.change_retention
-        loop = asyncio.get_running_loop()
-        if retention <= 0 or self.head <= retention or loop.time() - self._compacted_at < 1.0:
+        """Reads the committed revision; if it moved, wakes every session behind it."""
+        moved = await self.feed.catch_up()
+        if moved is Moved.NO:
             return
-        self._compacted_at = loop.time()
-        keep_after = self.head - retention
-        removed = await asyncio.to_thread(self.store.compact_changes, keep_after)
-        # Forget the same changes here, so every replica answers an agent that far behind
-        # alike (with a snapshot), whatever its window still held.
-        while self._window and self._window[0].revision <= keep_after:
-            self._floor = self._window.popleft().revision
-        self._floor = max(self._floor, keep_after)
-        self._deltas = {s: u for s, u in self._deltas.items() if s >= self._floor}
-        if removed:
-            log.info(
-                "changes.compacted", extra=fields(removed=removed, kept_after=self.head - retention)
-            )
-
-    # -- updates -------------------------------------------------------------------------
-
-    async def update_for(self, since: int, *, snapshot: bool = False) -> Update | None:
-        """What takes an agent at ``since`` to the head; None when it is there already.
-
-        ``since`` 0 is an empty state like any other (a delta if the log reaches back to
-        revision 1); a new agent gets a snapshot because its hello asks for one.
-        """
-        if snapshot or since > self.head:
-            return await self.snapshot()
-        if since == self.head:
-            return None
-        cached = self._deltas.get(since)
-        if cached is not None:
-            return cached
-        if since >= self._floor:
-            changes = [c for c in self._window if c.revision > since]
-            update = self._encode_delta(since, changes)
-            self._deltas[since] = update
-            return update
-        # Older than the window: the change log, if it still reaches back that far.
-        changes = await asyncio.to_thread(self.store.changes_since, since)
-        if not changes or changes[0].revision != since + 1:
-            return await self.snapshot()
-        return self._encode_delta(since, changes)
-
-    def _encode_delta(self, since: int, changes: list[Change]) -> Update:
-        delta = protocol.build_delta(
-            since, changes[-1].revision, ((c.policy, c.document) for c in changes)
-        )
-        self.encoded += 1
-        return Update(delta.revision, protocol.encode_message(delta))
-
-    async def snapshot(self) -> Update:
-        """Every policy at (at least) the head; shared until the head moves."""
-        async with self._snapshot_lock:
-            cached = self._snapshot
-            if cached is not None and cached.revision >= self.head:
-                return cached
-            listing = await asyncio.to_thread(self.store.list_policies)
-            message = protocol.build_snapshot(listing.revision, listing.items)
-            self.encoded += 1
-            self._snapshot = Update(listing.revision, protocol.encode_message(message))
-            return self._snapshot
+        for session in self.sessions.values():
+            if moved is Moved.BACK:
+                session.force_snapshot = True
+            session.wake.set()
 
     # -- long-polling ----------------------------------------------------------------------
 
     async def poll(self, since: int, wait: float) -> Update | None:
         """The update from ``since`` as soon as there is one, or None after ``wait`` seconds."""
         await self.start()
-        if since > self.head:
+        if since > self.feed.head:
             await self.catch_up()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        while True:
-            if since == 0 or since != self.head:
-                return await self.update_for(since, snapshot=since == 0)
-            advanced = self._advanced
+        while since != 0 and since == self.feed.head:
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or not await self.feed.wait_moved(remaining):
                 return None
-            try:
-                await asyncio.wait_for(advanced.wait(), remaining)
-            except TimeoutError:
-                return None
+        return await self.feed.update_for(since, snapshot=since == 0)
 
     # -- one WebSocket agent ----------------------------------------------------------------
 
@@ -347,7 +245,7 @@ class Hub:
                 channel, CLOSE_PROTOCOL_ERROR, "expected_hello", "the first message must be hello"
             )
             return
-        if hello.revision > self.head:
+        if hello.revision > self.feed.head:
             await self.catch_up()  # another replica may have pushed it before we heard
         session = AgentSession(
             agent_id=hello.agent_id,
@@ -355,7 +253,7 @@ class Hub:
             channel=channel,
             sent=hello.revision,
             acked=hello.revision,
-            force_snapshot=hello.revision == 0 or hello.revision > self.head,
+            force_snapshot=hello.revision == 0 or hello.revision > self.feed.head,
         )
         self.recorder.record(
             Hello(
@@ -425,7 +323,9 @@ class Hub:
                 await session.wake.wait()
                 session.wake.clear()
                 while self._behind(session):
-                    update = await self.update_for(session.sent, snapshot=session.force_snapshot)
+                    update = await self.feed.update_for(
+                        session.sent, snapshot=session.force_snapshot
+                    )
                     if update is None or (
                         update.revision <= session.sent and not session.force_snapshot
                     ):
@@ -442,7 +342,8 @@ class Hub:
     def _behind(self, session: AgentSession) -> bool:
         if session.force_snapshot:
             return True
-        return session.sent < self.head and self.head > session.refused
+        head = self.feed.head
+        return session.sent < head and head > session.refused
 
 
 async def _decode(channel: Channel, data: str | bytes) -> protocol.Message | None:

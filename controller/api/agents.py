@@ -6,7 +6,8 @@ WebSocket ``GET /v1/agents/stream`` (ws:// or wss://)
   1. The upgrade request carries ``Authorization: Bearer <token>`` of role ``agent`` or
      ``admin``. Otherwise the upgrade is refused with an HTTP response before any WebSocket
      exists: 401 (no, unknown or revoked token; WWW-Authenticate: Bearer) or 403 (another
-     role), body ``{"error": {"code", "message", "fields"}}`` like every API error.
+     role), body ``{"error": {"code", "message", "fields"}}`` like every API error; 503
+     (Retry-After: 1) while the database is unreachable.
   2. The agent sends ``hello`` {agent_id, node_name, labels, software, revision} first,
      within 10 s (else ``error`` hello_timeout and close 4408). ``revision`` is the last
      revision it applied, 0 when it has nothing.
@@ -61,8 +62,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller.agents import Hello, Nacked, Seen
 from controller.api.deps import blocking, json_body, policy_store, require
-from controller.api.errors import ApiError, error_body
+from controller.api.errors import ApiError, error_body, from_store_error
 from controller.auth import Permission, Principal, Role, TokenStore
+from controller.errors import DatabaseUnavailable
 from controller.hub import Hub
 from dnsmesh.policy import field_errors
 
@@ -122,7 +124,15 @@ async def agent_stream(websocket: WebSocket) -> None:
     principal = None
     if scheme.lower() == "bearer" and secret.strip():
         tokens: TokenStore = websocket.app.state.tokens
-        principal = await blocking(tokens.authenticate, secret.strip())
+        try:
+            principal = await blocking(tokens.authenticate, secret.strip())
+        except DatabaseUnavailable as error:
+            refusal = from_store_error(error)  # 503, Retry-After: the agent backs off
+            response = JSONResponse(
+                error_body(refusal.code, refusal.message), refusal.status, refusal.headers
+            )
+            await websocket.send_denial_response(response)
+            return
     if principal is None:
         body = error_body("unauthorized", "a valid bearer token of role agent is required")
         await websocket.send_denial_response(JSONResponse(body, 401, headers=_BEARER))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,22 @@ def test_polled_acks_and_nacks_are_recorded_like_websocket_ones(
             ).json()
             assert (state["total"], state["converged"]) == (2, 1)
             assert [a["agent_id"] for a in state["pending"]] == ["stubborn"]
+
+            # A long-poll that names the agent keeps it shown as alive.
+            seen = datetime.fromisoformat(rows["poller"]["last_seen"])
+            await asyncio.sleep(0.05)
+            polled = await http.get(
+                "/v1/changes",
+                params={"since": revision, "agent_id": "poller"},
+                headers=agent,
+            )
+            assert polled.status_code == 204
+
+            async def seen_again() -> bool:
+                rows = await agents_by_id(http, served.auth("viewer"))
+                return datetime.fromisoformat(rows["poller"]["last_seen"]) > seen
+
+            await eventually(seen_again)
 
             bad = await http.post("/v1/agents/poller/ack", json={"revision": 1}, headers=agent)
             assert bad.status_code == 422

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from controller.store import PolicyStore
@@ -199,7 +200,8 @@ def test_ack_and_nack_are_recorded_and_convergence_counts_them(served: ServedCon
                 body = (
                     await http.get(f"/v1/revisions/{revision}", headers=served.auth("viewer"))
                 ).json()
-                return bool(body["converged"] == 1 and body["pending"])
+                pending = body["pending"]
+                return bool(body["converged"] == 1 and pending and pending[0]["last_nack"])
 
             await eventually(recorded)
             body = (
@@ -441,13 +443,46 @@ def test_one_encoding_per_revision_serves_every_agent(served: ServedController) 
                 return len(served.hub.sessions) == 20
 
             await eventually(all_attached)
-            before = served.hub.encoded
+            before = served.hub.feed.encoded
             revision = await put(http, served, "alpha", weight=33)
             updates = await asyncio.gather(*(a.next() for a in agents))
             assert {(u.type, getattr(u, "revision", None)) for u in updates} == {
                 ("delta", revision)
             }
-            assert served.hub.encoded - before == 1
+            assert served.hub.feed.encoded - before == 1
             await asyncio.gather(*(a.close() for a in agents))
+
+    asyncio.run(scenario())
+
+
+def test_a_database_restored_to_an_older_revision_resyncs_every_agent(
+    served: ServedController,
+) -> None:
+    async def scenario() -> None:
+        async with served.http() as http:
+            await put(http, served, "alpha")
+            await put(http, served, "beta")
+            agent = await TestAgent.connect(served.ws_url, served.tokens["agent"])
+            snapshot = await agent.next()
+            assert isinstance(snapshot, protocol.Snapshot) and snapshot.revision == 2
+            await agent.ack(2)
+
+            def restore_to_revision_1() -> None:  # as a restore of an older backup would
+                with served.engine.begin() as connection:
+                    connection.execute(text("DELETE FROM changes WHERE revision > 1"))
+                    connection.execute(text("DELETE FROM policies WHERE name = 'beta'"))
+                    connection.execute(text("UPDATE mesh_state SET revision = 1"))
+
+            await asyncio.to_thread(restore_to_revision_1)
+            # Found by the catch-up poll (nothing announced it): a fresh snapshot, not the
+            # one cached at revision 2.
+            resync = await agent.next(within=3)
+            assert isinstance(resync, protocol.Snapshot) and resync.revision == 1
+            assert [p["metadata"]["name"] for p in resync.policies] == ["alpha"]
+            revision = await put(http, served, "gamma")
+            delta = await agent.next()
+            assert isinstance(delta, protocol.Delta) and (delta.since, delta.revision) == (1, 2)
+            assert revision == 2
+            await agent.close()
 
     asyncio.run(scenario())

@@ -1,0 +1,154 @@
+"""The revision feed: follows the committed revision and builds the updates agents need.
+
+The feed knows one ``head`` (the newest revision this replica has seen committed) and keeps
+an in-memory window of the changes that led there. An update for an agent at ``since`` is a
+delta built from the window (or from the change log when the window does not reach back),
+or a snapshot of every policy when the log does not reach back either (compaction). Each
+update is built and encoded once per starting revision and shared by every agent that
+starts there, so a commit costs one read of the change log per replica, not one per agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+
+from controller.store import Change, PolicyStore
+from dnsmesh import protocol
+from dnsmesh.logs import fields
+
+log = logging.getLogger("dnsmesh.controller.feed")
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """An encoded snapshot or delta that takes an agent to ``revision``."""
+
+    revision: int
+    text: str
+
+
+class Moved(Enum):
+    NO = "no"
+    FORWARD = "forward"
+    BACK = "back"  # the database went back in time (restored): everyone needs a snapshot
+
+
+class Feed:
+    def __init__(self, store: PolicyStore, *, window: int, retention: int) -> None:
+        self.store = store
+        self.window_size = window
+        self.retention = retention  # revisions of change log to keep; 0: keep all
+        self.head = 0
+        self.encoded = 0  # updates built and encoded (each shared by many agents)
+        self._window: deque[Change] = deque()
+        self._floor = 0  # the window holds every change in (floor, head]
+        self._deltas: dict[int, Update] = {}  # since -> the update to head
+        self._snapshot: Update | None = None
+        self._snapshot_lock = asyncio.Lock()
+        self._advance_lock = asyncio.Lock()
+        self._advanced = asyncio.Event()  # set, and replaced by a fresh one, at every move
+        self._kept_after = 0  # the last compaction point
+
+    async def start(self) -> None:
+        self.head = self._floor = await asyncio.to_thread(self.store.current_revision)
+
+    async def catch_up(self) -> Moved:
+        """Reads the committed revision; if it moved, loads the changes that moved it."""
+        async with self._advance_lock:
+            current = await asyncio.to_thread(self.store.current_revision)
+            if current == self.head:
+                return Moved.NO
+            if current < self.head:
+                log.warning("feed.revision_went_back", extra=fields(was=self.head, now=current))
+                self._window.clear()
+                self.head = self._floor = current
+                moved = Moved.BACK
+            else:
+                changes = await asyncio.to_thread(self.store.changes_since, self.head)
+                if changes and changes[0].revision == self.head + 1:
+                    self._window.extend(changes)
+                else:  # compacted past our head while we were not looking
+                    self._window.clear()
+                    self._floor = max(current, changes[-1].revision if changes else 0)
+                self.head = max(current, changes[-1].revision if changes else current)
+                while len(self._window) > self.window_size:
+                    self._floor = self._window.popleft().revision
+                moved = Moved.FORWARD
+            self._deltas.clear()
+            self._snapshot = None if moved is Moved.BACK else self._snapshot
+            advanced, self._advanced = self._advanced, asyncio.Event()
+            advanced.set()
+            return moved
+
+    async def wait_moved(self, within_s: float) -> bool:
+        """Waits until the head moves; False after ``within_s`` seconds."""
+        try:
+            await asyncio.wait_for(self._advanced.wait(), within_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def compact(self) -> int:
+        """Trims the change log to ``retention`` revisions behind the head (when it moved)."""
+        keep_after = self.head - self.retention
+        if self.retention <= 0 or keep_after <= self._kept_after:
+            return 0
+        self._kept_after = keep_after
+        # Forget the same changes here first, so every replica answers an agent that far
+        # behind alike (with a snapshot), whatever its window held, from the moment anyone
+        # can see the log trimmed.
+        while self._window and self._window[0].revision <= keep_after:
+            self._floor = self._window.popleft().revision
+        self._floor = max(self._floor, keep_after)
+        self._deltas = {s: u for s, u in self._deltas.items() if s >= self._floor}
+        removed = await asyncio.to_thread(self.store.compact_changes, keep_after)
+        if removed:
+            log.info("changes.compacted", extra=fields(removed=removed, kept_after=keep_after))
+        return removed
+
+    async def update_for(self, since: int, *, snapshot: bool = False) -> Update | None:
+        """What takes an agent at ``since`` to the head; None when it is there already.
+
+        ``since`` 0 is an empty state like any other (a delta if the log reaches back to
+        revision 1); a new agent gets a snapshot because its hello asks for one. An agent
+        ahead of the head (the database was restored) gets a snapshot too.
+        """
+        if snapshot or since > self.head:
+            return await self.snapshot()
+        if since == self.head:
+            return None
+        cached = self._deltas.get(since)
+        if cached is not None:
+            return cached
+        if since >= self._floor:
+            update = self._encode_delta(since, [c for c in self._window if c.revision > since])
+            self._deltas[since] = update
+            return update
+        # Older than the window: the change log, if it still reaches back that far.
+        changes = await asyncio.to_thread(self.store.changes_since, since)
+        if not changes or changes[0].revision != since + 1:
+            return await self.snapshot()
+        return self._encode_delta(since, changes)
+
+    async def snapshot(self) -> Update:
+        """Every policy at (at least) the head; shared until the head moves."""
+        async with self._snapshot_lock:
+            cached = self._snapshot
+            if cached is not None and cached.revision >= self.head:
+                return cached
+            listing = await asyncio.to_thread(self.store.list_policies)
+            message = protocol.build_snapshot(listing.revision, listing.items)
+            self.encoded += 1
+            self._snapshot = Update(listing.revision, protocol.encode_message(message))
+            return self._snapshot
+
+    def _encode_delta(self, since: int, changes: list[Change]) -> Update:
+        delta = protocol.build_delta(
+            since, changes[-1].revision, ((c.policy, c.document) for c in changes)
+        )
+        self.encoded += 1
+        return Update(delta.revision, protocol.encode_message(delta))
