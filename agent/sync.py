@@ -50,7 +50,7 @@ from websockets.exceptions import (
 from agent.policysource import Applied, Outcome, PolicySources, Refused
 from agent.statefile import StateDir
 from agent.syncconfig import SyncConfig
-from agent.syncerrors import Resync, SyncFatal, SyncRetry, WebSocketRefused
+from agent.syncerrors import Resync, SyncFatal, SyncRetry, WebSocketRefused, parse_retry_after
 from agent.syncpoll import Poller
 from dnsmesh.logs import fields
 from dnsmesh.protocol import (
@@ -164,6 +164,7 @@ class AgentSync:
         while True:
             started = self.clock()
             self._progress = False
+            retry_after: float | None = None
             try:
                 if use_ws:
                     await self._ws_session()
@@ -198,13 +199,15 @@ class AgentSync:
             except Resync as exc:
                 error = str(exc)
                 attempt = 0
+            except SyncRetry as exc:
+                error = _describe(exc)
+                retry_after = exc.retry_after
             except (
                 OSError,
                 TimeoutError,
                 WebSocketException,
                 httpx.HTTPError,
                 ProtocolError,
-                SyncRetry,
             ) as exc:
                 error = _describe(exc)
             finally:
@@ -214,6 +217,8 @@ class AgentSync:
             if self._progress or self.clock() - started > config.backoff_cap:
                 attempt = 0  # the last channel worked: the next failure is a fresh one
             delay = backoff_delay(attempt, config.backoff_base, config.backoff_cap, self.rng)
+            if retry_after is not None:
+                delay = max(delay, retry_after)
             attempt += 1
             log.warning(
                 "sync.disconnected",
@@ -325,7 +330,10 @@ class AgentSync:
             if status in (401, 403):
                 raise SyncFatal(status, body or "the token was refused") from exc
             if status >= 500 or status == 429:
-                raise SyncRetry(f"the controller answered {status}: {body}") from exc
+                raise SyncRetry(
+                    f"the controller answered {status}: {body}",
+                    retry_after=parse_retry_after(exc.response.headers.get("Retry-After")),
+                ) from exc
             raise WebSocketRefused(f"the upgrade was answered with HTTP {status}") from exc
         except (InvalidUpgrade, InvalidHeader) as exc:
             raise WebSocketRefused(f"the upgrade failed: {exc}") from exc

@@ -21,6 +21,21 @@ class SyncFatal(DnsmeshError):
 class SyncRetry(DnsmeshError):
     """The channel failed in a way a later attempt may not (reset, 5xx, close, timeout)."""
 
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # the controller's Retry-After, if it sent one
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (RFC 9110 §10.2.3); the HTTP-date form is not used by us."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return min(max(seconds, 0.0), 60.0)  # a bound: a bad header must not park the agent
+
 
 class WebSocketRefused(DnsmeshError):
     """The WebSocket upgrade was answered by something that will not upgrade it."""

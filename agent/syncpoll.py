@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from agent.policysource import Outcome, Refused
-from agent.syncerrors import SyncFatal, SyncRetry
+from agent.syncerrors import SyncFatal, SyncRetry, parse_retry_after
 from dnsmesh.protocol import Delta, ProtocolError, Snapshot, decode_message
 
 if TYPE_CHECKING:
@@ -60,12 +60,17 @@ class Poller:
             wait = max(0.0, min(config.poll_wait, config.report_interval))
             if config.mode == "auto":
                 wait = min(wait, max(0.0, config.ws_retry - (now - entered)))
+            asked = sync.clock()
             response = await self.client.get(
                 "/v1/changes",
                 params={"since": since, "wait": round(wait, 3), "agent_id": sync.agent_id},
             )
             check(response)
             if response.status_code == 204:
+                if sync.clock() - asked < wait / 2:
+                    # "Nothing new" long before the wait was up: something between us does
+                    # not hold polls; pace ourselves instead of asking in a hot loop.
+                    await asyncio.sleep(min(wait / 2, 1.0))
                 continue
             message = decode_message(response.content)
             if not isinstance(message, Snapshot | Delta):
@@ -117,4 +122,7 @@ def check(response: httpx.Response) -> None:
         message = response.text[:200] or response.reason_phrase
     if status in (401, 403):
         raise SyncFatal(status, message)
-    raise SyncRetry(f"{response.request.method} {response.request.url.path}: {status} {message}")
+    raise SyncRetry(
+        f"{response.request.method} {response.request.url.path}: {status} {message}",
+        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+    )

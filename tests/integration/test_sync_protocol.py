@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
 
 from dnsmesh.protocol import (
     Ack,
@@ -48,7 +50,7 @@ class ScriptedController:
 
     def start(self) -> ScriptedController:
         async def start() -> Server:
-            return await serve(self._handle, "127.0.0.1", 0)
+            return await serve(self._handle, "127.0.0.1", 0, process_request=self._upgrade)
 
         self.server = self.loop_thread.run(start())
         port = self.server.sockets[0].getsockname()[1] if self.server.sockets else 0
@@ -62,6 +64,17 @@ class ScriptedController:
             await self.server.wait_closed()
 
         self.loop_thread.run(stop())
+
+    refuse_upgrades = 0  # answer this many upgrades with 503 + Retry-After first
+    upgrades = 0
+
+    def _upgrade(self, connection: ServerConnection, _request: Request) -> Response | None:
+        self.upgrades += 1
+        if self.upgrades > self.refuse_upgrades:
+            return None
+        response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "database away\n")
+        response.headers["Retry-After"] = "0.4"
+        return response
 
     async def _handle(self, ws: ServerConnection) -> None:
         hello = decode_message(await ws.recv())
@@ -169,6 +182,32 @@ def test_garbage_errors_and_closes_are_retried_while_the_answers_stay(
     assert any("1012" in e for e in errors) and any("4400" in e for e in errors)
     assert any("undecodable" in e for e in errors)
     assert any(r.getMessage() == "sync.controller_error" for r in caplog.records)
+
+
+def test_a_503_upgrade_is_retried_no_sooner_than_its_retry_after(
+    agents: SyncedAgents,
+    scripted: Callable[[list[Script]], ScriptedController],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+
+    async def snapshot(c: ScriptedController, ws: ServerConnection) -> None:
+        await ws.send(encode_message(Snapshot(revision=1, policies=[web("127.0.10.1")])))
+        await c.reply(ws)
+        await ws.wait_closed()
+
+    controller = scripted([snapshot])
+    controller.refuse_upgrades = 2
+    agent = agents.start(controller.url, "dnsm_t")
+    wait_until(lambda: agent.resolve("web.mesh.internal") == ["127.0.10.1"], 5, "the snapshot")
+    waits = [
+        r.__dict__["dnsmesh_fields"]
+        for r in caplog.records
+        if r.getMessage() == "sync.disconnected"
+    ]
+    assert len(waits) == 2 and all("503" in w["error"] for w in waits)
+    assert all(w["retry_in"] >= 0.4 for w in waits)  # backoff alone would be < 0.1 here
+    assert agent.transport == "websocket"  # a 503 is the controller's trouble: no fallback
 
 
 def test_a_corrupt_state_file_is_ignored_and_the_snapshot_replaces_it(

@@ -23,6 +23,7 @@ from agent.syncconfig import (
     stream_url,
     sync_config_from_args,
 )
+from agent.syncerrors import parse_retry_after
 from dnsmesh.errors import ConfigError, PolicyFileError
 from dnsmesh.policyfile import SourcedPolicy, load_policy_path
 from dnsmesh.protocol import AppliedState, Delta, PolicyChange, Snapshot, apply_update
@@ -264,6 +265,13 @@ def test_an_unusable_state_folder_is_a_config_error(tmp_path: Path) -> None:
 
 
 # -- backoff and settings -------------------------------------------------------------------
+
+
+def test_retry_after_is_read_in_seconds_and_bounded() -> None:
+    assert parse_retry_after("1") == 1.0 and parse_retry_after(" 0.5 ") == 0.5
+    assert parse_retry_after("86400") == 60.0 and parse_retry_after("-3") == 0.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
+    assert parse_retry_after(None) is None
 
 
 def test_backoff_is_full_jitter_within_a_doubling_capped_window() -> None:
