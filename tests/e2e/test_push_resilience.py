@@ -28,7 +28,7 @@ def test_a_killed_controller_is_rejoined_with_the_changes_made_meanwhile(tmp_pat
             # Meanwhile another controller on the same database takes changes.
             other = Controller(m.database_url, tmp_path).start()
             try:
-                m.rest.http.base_url = other.url  # type: ignore[misc]
+                m.rest.http.base_url = other.url
                 m.rest.put(policy("web", ["127.0.10.2"]))
                 last = m.rest.delete("db")
             finally:
@@ -36,7 +36,7 @@ def test_a_killed_controller_is_rejoined_with_the_changes_made_meanwhile(tmp_pat
             assert ask(agent, "web.mesh.internal") == ["127.0.10.1"]
 
             m.controller.start()  # the same port: the agent's URL did not change
-            m.rest.http.base_url = m.controller.url  # type: ignore[misc]
+            m.rest.http.base_url = m.controller.url
             wait_until(lambda: ask(agent, "web.mesh.internal") == ["127.0.10.2"], 10, "rejoin")
             assert ask(agent, "db.mesh.internal") == []
             assert len(agent.events("sync.connected")) > connections
