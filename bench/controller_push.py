@@ -329,7 +329,7 @@ def run_size(args: argparse.Namespace, size: int, folder: Path) -> list[Row]:
                 if "error" in answer:
                     raise RuntimeError(f"a worker failed to connect its agents: {answer['error']}")
             connect_s = time.monotonic() - started
-            time.sleep(1.0)  # let the ACKs of the snapshots be written
+            time.sleep(args.settle)  # let the hellos and ACKs of the snapshots be written
             rss_after = ctl.rss_kib()
             per_agent = (rss_after - rss_before) / size
             for round_number in range(1, args.rounds + 1):
@@ -415,6 +415,9 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=3, help="changes per size")
     parser.add_argument("--workers", type=int, default=2, help="client processes")
+    parser.add_argument(
+        "--settle", type=float, default=3.0, help="seconds between connecting and the change"
+    )
     parser.add_argument(
         "--database", help="a PostgreSQL URL to create a database from (default: SQLite)"
     )

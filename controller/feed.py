@@ -48,6 +48,7 @@ class Feed:
         self._floor = 0  # the window holds every change in (floor, head]
         self._deltas: dict[int, Update] = {}  # since -> the update to head
         self._snapshot: Update | None = None
+        self._log_reads: dict[int, asyncio.Future[Update]] = {}  # since -> the read under way
         self._snapshot_lock = asyncio.Lock()
         self._advance_lock = asyncio.Lock()
         self._advanced = asyncio.Event()  # set, and replaced by a fresh one, at every move
@@ -128,10 +129,18 @@ class Feed:
             update = self._encode_delta(since, [c for c in self._window if c.revision > since])
             self._deltas[since] = update
             return update
-        # Older than the window: the change log, if it still reaches back that far.
+        # Older than the window: the change log, read once for every agent waiting on it.
+        reading = self._log_reads.get(since)
+        if reading is None:
+            reading = asyncio.ensure_future(self._from_log(since))
+            self._log_reads[since] = reading
+            reading.add_done_callback(lambda _: self._log_reads.pop(since, None))
+        return await asyncio.shield(reading)
+
+    async def _from_log(self, since: int) -> Update:
         changes = await asyncio.to_thread(self.store.changes_since, since)
         if not changes or changes[0].revision != since + 1:
-            return await self.snapshot()
+            return await self.snapshot()  # the log no longer reaches back that far
         return self._encode_delta(since, changes)
 
     async def snapshot(self) -> Update:

@@ -427,32 +427,33 @@ def test_a_dead_peer_is_dropped_within_two_ping_intervals(database_url: str) -> 
         asyncio.run(scenario())
 
 
-@SQLITE_ONLY
-def test_one_encoding_per_revision_serves_every_agent(served: ServedController) -> None:
-    async def scenario() -> None:
-        async with served.http() as http:
-            head = await put(http, served, "alpha")
-            agents = [
-                await TestAgent.connect(
-                    served.ws_url, served.tokens["agent"], agent_id=f"a{i}", revision=head
-                )
-                for i in range(20)
-            ]
+@pytest.mark.parametrize("window", [1024, 0], ids=["from-memory", "from-the-log"])
+def test_one_encoding_per_revision_serves_every_agent(sqlite_url: str, window: int) -> None:
+    """Built once per starting revision, from the window or (window 0) one log read."""
+    with ServedController(sqlite_url, fast_settings(window=window)) as served:
+        asyncio.run(_twenty_agents_one_change(served))
 
-            async def all_attached() -> bool:
-                return len(served.hub.sessions) == 20
 
-            await eventually(all_attached)
-            before = served.hub.feed.encoded
-            revision = await put(http, served, "alpha", weight=33)
-            updates = await asyncio.gather(*(a.next() for a in agents))
-            assert {(u.type, getattr(u, "revision", None)) for u in updates} == {
-                ("delta", revision)
-            }
-            assert served.hub.feed.encoded - before == 1
-            await asyncio.gather(*(a.close() for a in agents))
+async def _twenty_agents_one_change(served: ServedController) -> None:
+    async with served.http() as http:
+        head = await put(http, served, "alpha")
+        agents = [
+            await TestAgent.connect(
+                served.ws_url, served.tokens["agent"], agent_id=f"a{i}", revision=head
+            )
+            for i in range(20)
+        ]
 
-    asyncio.run(scenario())
+        async def all_attached() -> bool:
+            return len(served.hub.sessions) == 20
+
+        await eventually(all_attached)
+        before = served.hub.feed.encoded
+        revision = await put(http, served, "alpha", weight=33)
+        updates = await asyncio.gather(*(a.next() for a in agents))
+        assert {(u.type, getattr(u, "revision", None)) for u in updates} == {("delta", revision)}
+        assert served.hub.feed.encoded - before == 1
+        await asyncio.gather(*(a.close() for a in agents))
 
 
 def test_a_database_restored_to_an_older_revision_resyncs_every_agent(
