@@ -99,6 +99,21 @@ class Refused:
 Outcome = Applied | Refused
 
 
+@dataclass(slots=True)
+class Prepared:
+    """``PolicySources.prepare``'s result: the decision, and the state it was made from."""
+
+    updates: Sequence[Update]
+    running: AppliedState
+    start: AppliedState
+    local: list[SourcedPolicy]
+    refusals: list[Refused]
+    view: AppliedState | None = None  # the new controller state, if any update applied
+    verdict: Refused | None = None  # why `view` cannot run, or None
+    pending: bool = False  # `verdict` is a clash with local files: keep `view` pending
+    snapshot: CompiledSnapshot | None = None  # `view` and the local files, compiled
+
+
 class PolicySources:
     """Holds both sources, decides every change, and publishes one compiled snapshot.
 
@@ -140,29 +155,83 @@ class PolicySources:
 
         Coalescing matters when the controller pushes faster than the agent compiles: a
         burst costs one compile, one swap and one state-file write, and the last
-        revision's ACK covers the ones before it.
+        revision's ACK covers the ones before it. ``prepare`` (the parsing and compiling)
+        may run in a worker thread and ``commit`` on the loop; this does both here.
         """
-        outcomes: list[Outcome] = []
-        view = self.view
+        return self.commit(self.prepare(updates))
+
+    def prepare(self, updates: Sequence[Update]) -> Prepared:
+        """Everything ``receive`` decides, computed from the current state without changing it.
+
+        Safe in a worker thread: it reads ``running``, ``view`` and ``local`` once (they are
+        replaced, never mutated) so that a big snapshot's compile does not stall DNS.
+        """
+        running, start, local = self.running, self.view, self.local
+        refusals: list[Refused] = []
+        view = start
         for update in updates:
             base = view
             if isinstance(update, Delta) and update.since != view.revision:
                 # After a NACK the controller resends from what we run, not from `view`.
-                base = self.running if update.since == self.running.revision else view
+                base = running if update.since == running.revision else view
             try:
                 view = apply_update(base, update)
             except RevisionGap as exc:
-                outcomes.append(Refused(update.revision, str(exc), resync=True))
+                refusals.append(Refused(update.revision, str(exc), resync=True))
                 break  # everything after a gap is a gap too
             except PolicyError as exc:
-                outcomes.append(Refused(update.revision, f"invalid update: {exc}"))
+                refusals.append(Refused(update.revision, f"invalid update: {exc}"))
+        prepared = Prepared(updates, running, start, local, refusals)
+        if view is start:
+            return prepared
+        prepared.view = view
+        clashes = find_clashes(local, view.policies)
+        if clashes:
+            reason = "; ".join(c.for_controller() for c in clashes[:5])
+            prepared.verdict = Refused(view.revision, reason)
+            prepared.pending = True
+            return prepared
+        try:
+            prepared.snapshot = self._compile(local, view)
+        except PolicyError as exc:  # a repeated name/domain inside the controller's set
+            prepared.verdict = Refused(view.revision, f"invalid update: {exc}")
+        return prepared
+
+    def commit(self, prepared: Prepared) -> list[Outcome]:
+        """Swap in what ``prepare`` decided (on the loop); redone if the state moved since."""
+        if (
+            prepared.running is not self.running
+            or prepared.start is not self.view
+            or prepared.local is not self.local
+        ):
+            # A local reload or a pending state ran while this was prepared in a thread.
+            prepared = self.prepare(prepared.updates)
+        outcomes: list[Outcome] = list(prepared.refusals)
+        for refusal in prepared.refusals:
+            if not refusal.resync:
                 log.error(
                     "sync.update_invalid",
-                    extra=fields(revision=update.revision, error=str(exc)[:500]),
+                    extra=fields(revision=refusal.revision, error=refusal.reason[:500]),
                 )
-        if view is not self.view:
-            self.view = view
-            outcomes.append(self._run_view())
+        view, verdict = prepared.view, prepared.verdict
+        if view is not None and verdict is None and prepared.snapshot is not None:
+            self.running = self.view = view
+            self.publish(prepared.snapshot)
+            outcomes.append(Applied(view.revision))
+        elif view is not None and verdict is not None:
+            event = "sync.update_clashes" if prepared.pending else "sync.update_invalid"
+            log.error(
+                event,
+                extra=fields(
+                    revision=view.revision,
+                    kept_revision=self.running.revision,
+                    reason=verdict.reason[:500],
+                ),
+            )
+            # A clash leaves the controller's newer state pending (deltas apply on top of
+            # it, and a local edit may let it run); an invalid set is forgotten.
+            self.view = view if prepared.pending else self.running
+            outcomes.append(verdict)
         return sorted(outcomes, key=lambda o: o.revision)
 
     def _run_view(self) -> Outcome:

@@ -230,7 +230,11 @@ class AgentSync:
 
     async def apply(self, updates: Sequence[Snapshot | Delta], transport: str) -> list[Outcome]:
         began = time.perf_counter()
-        outcomes = self.sources.receive(updates)
+        # Parsing and compiling a big update is CPU work: in a thread, the loop keeps
+        # answering queries between GIL switches (measured with 5,000 policies, one of them
+        # changed: the loop's longest stall 60 ms inline -> ~35 ms). The swap is on the loop.
+        prepared = await asyncio.to_thread(self.sources.prepare, updates)
+        outcomes = self.sources.commit(prepared)
         applied = [o for o in outcomes if isinstance(o, Applied)]
         if applied:
             self._progress = True

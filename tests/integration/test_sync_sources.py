@@ -162,6 +162,22 @@ def test_a_controller_update_landing_while_files_are_parsed_is_not_lost(tmp_path
     assert [s.policy.name for s in sources.local] == ["local2"]
 
 
+def test_an_update_prepared_in_a_thread_is_redone_if_the_state_moved(tmp_path: Path) -> None:
+    sources, published = sources_with_local(tmp_path, doc("local"))
+    sources.receive([Snapshot(revision=1, policies=[doc("a")])])
+    prepared = sources.prepare(
+        [Delta(since=1, revision=2, changes=[PolicyChange(name="b", policy=doc("b", "x.mesh"))])]
+    )
+    assert prepared.snapshot is not None and sources.running.revision == 1  # nothing swapped
+    # Meanwhile (on the loop) a local reload takes the domain the update brings.
+    sources.commit_local(
+        sources.stage_local(write_local(tmp_path / "local.yaml", doc("x", "x.mesh")))
+    )
+    (outcome,) = sources.commit(prepared)
+    assert isinstance(outcome, Refused) and outcome.revision == 2 and "x.mesh" in outcome.reason
+    assert published.names == {"x", "a"} and sources.pending
+
+
 # -- coalescing, gaps, invalid updates -------------------------------------------------------
 
 
