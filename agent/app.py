@@ -12,6 +12,8 @@ from typing import Any
 
 from agent.config import AgentConfig, config_from_args
 from agent.server import AgentServer
+from agent.syncconfig import SyncConfig
+from agent.synced import SyncedAgent
 from dnsmesh.logs import fields
 
 log = logging.getLogger(__name__)
@@ -28,8 +30,10 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def run_agent(args: argparse.Namespace) -> int:
+    from agent.syncconfig import sync_config_from_args
+
     config = config_from_args(args)
-    return run(serve(config))
+    return run(serve(config, sync_config_from_args(args)))
 
 
 def run(main: Coroutine[Any, Any, int]) -> int:
@@ -37,8 +41,9 @@ def run(main: Coroutine[Any, Any, int]) -> int:
         return runner.run(main)
 
 
-async def serve(config: AgentConfig) -> int:
-    server = AgentServer(config)
+async def serve(config: AgentConfig, sync: SyncConfig | None = None) -> int:
+    # With --controller, the controller's policies are pushed (agent/synced.py).
+    server = AgentServer(config) if sync is None else SyncedAgent(config, sync)
     await server.start()
     # Everything built so far (modules, the policy snapshot) lives as long as the process;
     # freezing it keeps a full collection from scanning it: measured 6.3 ms -> ~0 ms per

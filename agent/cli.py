@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from agent.syncconfig import add_sync_arguments
+
 
 def add_agent_commands(
     subcommands: argparse._SubParsersAction[Any], common: argparse.ArgumentParser
@@ -91,6 +93,7 @@ def add_agent_commands(
         help="how often policy files are checked for changes (default %(default)s)",
         **seconds,
     )
+    add_sync_arguments(agent)
     agent.set_defaults(run=_run_agent)
 
 

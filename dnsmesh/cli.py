@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     from agent.cli import add_agent_commands
     from controller.cli import add_controller_commands
     from controller.commands import add_client_commands
+    from controller.up import add_up_command
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_agent_commands(subcommands, common)
     add_controller_commands(subcommands, common)
     add_client_commands(subcommands, common)
+    add_up_command(subcommands, common)
     return parser
 
 

@@ -1,0 +1,176 @@
+"""The sync client's settings: ``dnsmesh agent --controller ...`` flags, checked once."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from dnsmesh.errors import ConfigError
+
+SyncMode = Literal["auto", "ws", "http"]
+STREAM_PATH = "/v1/agents/stream"
+DEFAULT_STATE_DIR = "/var/lib/dnsmesh/agent"
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    """Where the controller is, who this agent is, and how it reconnects."""
+
+    controller: str  # http(s):// base URL of the controller (ws(s):// accepted too)
+    token: str
+    state_dir: Path
+    node_name: str = field(default_factory=socket.gethostname)
+    labels: dict[str, str] = field(default_factory=dict)
+    mode: SyncMode = "auto"  # auto: WebSocket, polling when the upgrade is refused
+    # Reconnects: full-jitter exponential backoff, sleep ~ U(0, min(cap, base * 2**n)).
+    backoff_base: float = 0.2
+    backoff_cap: float = 10.0
+    fatal_retry: float = 30.0  # 401/403: the token is wrong; retrying fast cannot help
+    # Keepalive: a controller silent for ping_interval + ping_timeout is taken for dead.
+    ping_interval: float = 10.0
+    ping_timeout: float = 10.0
+    open_timeout: float = 5.0
+    ws_retry: float = 60.0  # while polling, try the WebSocket again this often
+    poll_wait: float = 25.0  # long-poll: the controller holds a poll this long (max 30)
+    report_interval: float = 20.0  # polling: report (stay shown connected) at least this often
+
+    @property
+    def stream_url(self) -> str:
+        return stream_url(self.controller)
+
+    @property
+    def http_url(self) -> str:
+        return http_url(self.controller)
+
+
+def _split(url: str) -> tuple[str, str, str]:
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https", "ws", "wss") or not parts.netloc:
+        raise ConfigError(f"--controller {url!r} is not an http(s):// or ws(s):// URL")
+    return parts.scheme, parts.netloc, parts.path.rstrip("/")
+
+
+def stream_url(url: str) -> str:
+    """``http://h:8053/base`` -> ``ws://h:8053/base/v1/agents/stream`` (https -> wss)."""
+    scheme, netloc, path = _split(url)
+    ws = {"http": "ws", "https": "wss"}.get(scheme, scheme)
+    if not path.endswith(STREAM_PATH):
+        path += STREAM_PATH
+    return urlunsplit((ws, netloc, path, "", ""))
+
+
+def http_url(url: str) -> str:
+    """The REST base URL (for polling) of a controller given as http(s) or ws(s)."""
+    scheme, netloc, path = _split(url)
+    http = {"ws": "http", "wss": "https"}.get(scheme, scheme)
+    return urlunsplit((http, netloc, path.removesuffix(STREAM_PATH), "", ""))
+
+
+def parse_labels(pairs: list[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--label {pair!r} is not KEY=VALUE")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``dnsmesh agent`` flags that connect it to a controller."""
+    group = parser.add_argument_group(
+        "controller (push)",
+        "with --controller, the controller pushes its policies to the agent. --policies files "
+        "still apply, but may not define a name or domain the controller defines: whichever "
+        "comes second is refused (a controller update is NACKed, a file edit is not loaded).",
+    )
+    group.add_argument("--controller", metavar="URL", help="the controller, e.g. http://ctl:8053")
+    group.add_argument(
+        "--token",
+        default=os.environ.get("DNSMESH_AGENT_TOKEN"),
+        help="an API token of role agent (default: $DNSMESH_AGENT_TOKEN)",
+    )
+    group.add_argument("--token-file", metavar="PATH", help="read the token from this file")
+    group.add_argument("--node-name", help="this node's name (default: the hostname)")
+    group.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    group.add_argument(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        metavar="DIR",
+        help="agent id and last applied policies (default %(default)s)",
+    )
+    group.add_argument(
+        "--sync",
+        choices=["auto", "ws", "http"],
+        default="auto",
+        help="auto: WebSocket, HTTP long-polling where it is refused (default %(default)s)",
+    )
+    seconds: dict[str, Any] = {"type": float, "metavar": "SECONDS"}
+    group.add_argument(
+        "--sync-backoff-base",
+        default=0.2,
+        help="first reconnect window; doubles per failure, wait drawn in [0, window)",
+        **seconds,
+    )
+    group.add_argument("--sync-backoff-cap", default=10.0, help="largest window", **seconds)
+    group.add_argument(
+        "--sync-fatal-retry", default=30.0, help="retry period after 401/403", **seconds
+    )
+    group.add_argument("--sync-ping-interval", default=10.0, help="keepalive pings", **seconds)
+    group.add_argument(
+        "--sync-ping-timeout",
+        default=10.0,
+        help="a ping unanswered this long drops the connection",
+        **seconds,
+    )
+    group.add_argument(
+        "--sync-ws-retry", default=60.0, help="while polling, retry the WebSocket", **seconds
+    )
+    group.add_argument(
+        "--sync-poll-wait", default=25.0, help="long-poll hold time (at most 30)", **seconds
+    )
+
+
+def sync_config_from_args(args: argparse.Namespace) -> SyncConfig | None:
+    """The SyncConfig for ``--controller``, or None for a stand-alone agent."""
+    if not args.controller:
+        return None
+    token = args.token
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"--token-file {args.token_file}: {exc}") from exc
+    if not token:
+        raise ConfigError("--controller needs --token, --token-file or $DNSMESH_AGENT_TOKEN")
+    _split(args.controller)
+    timings = {
+        "backoff_base": args.sync_backoff_base,
+        "backoff_cap": args.sync_backoff_cap,
+        "fatal_retry": args.sync_fatal_retry,
+        "ping_interval": args.sync_ping_interval,
+        "ping_timeout": args.sync_ping_timeout,
+        "ws_retry": args.sync_ws_retry,
+    }
+    for name, value in timings.items():
+        if value <= 0:
+            raise ConfigError(f"--sync-{name.replace('_', '-')} must be positive")
+    if not 0 <= args.sync_poll_wait <= 30:
+        raise ConfigError("--sync-poll-wait must be between 0 and 30 seconds")
+    return SyncConfig(
+        controller=args.controller,
+        token=token,
+        state_dir=Path(args.state_dir),
+        node_name=args.node_name or socket.gethostname(),
+        labels=parse_labels(args.label),
+        mode=args.sync,
+        poll_wait=args.sync_poll_wait,
+        **timings,
+    )

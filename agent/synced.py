@@ -1,0 +1,74 @@
+"""An agent driven by a controller: the AgentServer, its state folder, local files and sync.
+
+Start order matters: the state file is read and swapped in before the listeners open, so
+the first query after a restart is answered from the last applied policies even when the
+controller is away; local files are then checked against them (agent/policysource.py);
+only then does the sync client start talking to the controller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+
+from agent.config import AgentConfig
+from agent.policysource import LocalPolicyWatcher, PolicySources
+from agent.server import AgentServer
+from agent.statefile import StateDir
+from agent.sync import AgentSync
+from agent.syncconfig import SyncConfig
+from dnsmesh.logs import fields
+
+log = logging.getLogger(__name__)
+
+
+class SyncedAgent:
+    """``await start()``, ``await stop()``; ``server`` is the DNS side, ``sync`` the channel."""
+
+    def __init__(
+        self, config: AgentConfig, sync: SyncConfig, *, rng: random.Random | None = None
+    ) -> None:
+        # The server must not watch the files itself: every load is checked for clashes.
+        self.server = AgentServer(dataclasses.replace(config, policies=None))
+        self.sources = PolicySources(self.server.apply_snapshot)
+        self.state_dir = StateDir(sync.state_dir)
+        self.sync_config = sync
+        self.rng = rng
+        self.watcher = (
+            LocalPolicyWatcher(config.policies, self.sources, interval=config.reload_interval)
+            if config.policies is not None
+            else None
+        )
+        self.sync: AgentSync | None = None
+
+    async def start(self) -> None:
+        self.state_dir.ensure()
+        agent_id = self.state_dir.agent_id()
+        state = self.state_dir.load()
+        if state is not None:
+            self.sources.start_from(state)
+            log.info(
+                "sync.state_loaded",
+                extra=fields(
+                    file=str(self.state_dir.state_file),
+                    revision=state.revision,
+                    policies=len(state.policies),
+                ),
+            )
+        if self.watcher is not None:
+            self.watcher.load()
+        await self.server.start()
+        if self.watcher is not None:
+            self.watcher.start()
+        self.sync = AgentSync(
+            self.sync_config, self.sources, self.state_dir, agent_id, rng=self.rng
+        )
+        await self.sync.start()
+
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        if self.sync is not None:
+            await self.sync.stop()
+        if self.watcher is not None:
+            await self.watcher.stop()
+        await self.server.stop(drain_timeout)

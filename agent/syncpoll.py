@@ -1,0 +1,128 @@
+"""The sync client's HTTP long-polling channel, for where a WebSocket cannot be opened.
+
+Same revision semantics as the stream (controller/api/agents.py): ``GET /v1/changes?since=R
+&wait=S&agent_id=ID`` answers with the snapshot or delta that takes R to the head as soon
+as there is one (204 after S seconds of nothing), and ``POST /v1/agents/{id}/ack`` reports
+the revision the agent runs, with an optional NACK. The agent reports after every update
+and at least every ``report_interval`` so the controller keeps showing it connected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import httpx
+
+from agent.policysource import Outcome, Refused
+from agent.syncerrors import SyncFatal, SyncRetry, parse_retry_after
+from dnsmesh.protocol import Delta, ProtocolError, Snapshot, decode_message
+
+if TYPE_CHECKING:
+    from agent.sync import AgentSync
+
+
+class Poller:
+    """One polling session; ``run`` returns when it is time to try the WebSocket again."""
+
+    def __init__(self, sync: AgentSync, client: httpx.AsyncClient) -> None:
+        self.sync = sync
+        self.client = client
+
+    @staticmethod
+    def client_for(sync: AgentSync) -> httpx.AsyncClient:
+        config = sync.config
+        return httpx.AsyncClient(
+            base_url=config.http_url,
+            headers={
+                "Authorization": f"Bearer {config.token}",
+                "User-Agent": f"{sync.software} (agent)",
+            },
+            # A long-poll legitimately takes poll_wait; the margin covers a slow answer.
+            timeout=httpx.Timeout(config.poll_wait + 10.0, connect=config.open_timeout),
+            trust_env=False,  # the agent talks to its controller directly
+        )
+
+    async def run(self) -> None:
+        sync, config = self.sync, self.sync.config
+        sync.sources.resync()
+        await self.report()
+        sync.connected("poll", config.http_url)
+        entered = last_report = sync.clock()
+        since = sync.sources.running.revision
+        while True:
+            now = sync.clock()
+            if config.mode == "auto" and now - entered >= config.ws_retry:
+                return
+            if now - last_report >= config.report_interval:
+                await self.report()
+                last_report = now
+            wait = max(0.0, min(config.poll_wait, config.report_interval))
+            if config.mode == "auto":
+                wait = min(wait, max(0.0, config.ws_retry - (now - entered)))
+            asked = sync.clock()
+            response = await self.client.get(
+                "/v1/changes",
+                params={"since": since, "wait": round(wait, 3), "agent_id": sync.agent_id},
+            )
+            check(response)
+            if response.status_code == 204:
+                if sync.clock() - asked < wait / 2:
+                    # "Nothing new" long before the wait was up: something between us does
+                    # not hold polls; pace ourselves instead of asking in a hot loop.
+                    await asyncio.sleep(min(wait / 2, 1.0))
+                continue
+            message = decode_message(response.content)
+            if not isinstance(message, Snapshot | Delta):
+                raise ProtocolError(f"GET /v1/changes returned a {message.type} message")
+            outcomes = await sync.apply([message], "poll")
+            since = await self._report_outcomes(outcomes, message)
+            last_report = sync.clock()
+
+    async def _report_outcomes(self, outcomes: list[Outcome], message: Snapshot | Delta) -> int:
+        """Report the outcomes; returns the revision to poll from next."""
+        sources = self.sync.sources
+        since = sources.view.revision
+        refusals = [o for o in outcomes if isinstance(o, Refused)]
+        for refusal in refusals:
+            await self.report(nack=refusal)
+        if not refusals:
+            await self.report()
+            return since
+        if any(r.resync for r in refusals):
+            return sources.running.revision  # the controller sends what we lack
+        if sources.view.revision < message.revision:
+            # Refused without advancing (an invalid document): asking again at once would
+            # get the same update; wait for a newer revision before asking from `since`.
+            await asyncio.sleep(self.sync.nack_pause())
+            return message.revision
+        return since
+
+    async def report(self, nack: Refused | None = None) -> None:
+        sync = self.sync
+        body: dict[str, object] = {
+            "node_name": sync.config.node_name,
+            "labels": dict(sync.config.labels),
+            "software": sync.software,
+            "revision": sync.sources.running.revision,
+        }
+        if nack is not None:
+            body["nack"] = {"revision": nack.revision, "reason": nack.reason[:4096]}
+        check(await self.client.post(f"/v1/agents/{sync.agent_id}/ack", json=body))
+
+
+def check(response: httpx.Response) -> None:
+    """Fatal for 401/403, retryable for anything else that is not a success."""
+    if response.is_success:
+        return
+    status = response.status_code
+    try:
+        message = str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:200] or response.reason_phrase
+    if status in (401, 403):
+        raise SyncFatal(status, message)
+    raise SyncRetry(
+        f"{response.request.method} {response.request.url.path}: {status} {message}",
+        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+    )

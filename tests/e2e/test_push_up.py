@@ -1,0 +1,163 @@
+"""``dnsmesh up``: one command starts a controller and an agent, applies policies/, answers
+dig and dnspython at once, keeps its tokens private, and exits 0 on SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from tests.integration.conftest import REPO, free_port
+from tests.integration.sync_support import resolve
+
+DIG = "/usr/bin/dig"
+
+
+class Output:
+    """Collects a pipe's lines in a thread (the children's logs must never fill the pipe)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for line in self.stream:
+            self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+@contextlib.contextmanager
+def dnsmesh_up(cwd: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Start ``dnsmesh up`` and wait for its summary; yields the process and its stdout."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dnsmesh.cli", "up", *args],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    out, err = Output(process.stdout), Output(process.stderr)
+    try:
+        deadline = time.monotonic() + 60
+        while "Ctrl-C stops both." not in out.text:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no summary (status {process.poll()}):\n{out.text}{err.text}")
+            time.sleep(0.05)
+        yield process, out.text
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        out.thread.join(5)
+        err.thread.join(5)
+        process.stdout.close()
+        process.stderr.close()
+
+
+def _no_child_left(data_dir: Path) -> bool:
+    """No process of ours still runs with this data folder on its command line."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if str(data_dir).encode() in (entry / "cmdline").read_bytes():
+                return False
+    return True
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_up_runs_a_mesh_that_answers_at_once_and_stops_cleanly(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    api, dns = free_port(), free_port()
+    data = tmp_path / "state"
+    args = (
+        "--data-dir",
+        str(data),
+        "-f",
+        str(REPO / "policies"),
+        "--api",
+        f"127.0.0.1:{api}",
+        "--dns",
+        f"127.0.0.1:{dns}",
+        "--upstream",
+        f"127.0.0.1:{free_port()}",  # nobody serves it: nothing leaves the machine
+    )
+    with dnsmesh_up(tmp_path, *args) as (process, out):
+        assert f"http://127.0.0.1:{api}" in out and f"127.0.0.1:{dns} (UDP and TCP)" in out
+        assert str(data / "admin-token") in out and "policy/checkout created" in out
+        assert "4 from " in out
+        # Answered at once: the summary is printed only after the agent ACKed the policies.
+        assert resolve("127.0.0.1", dns, "checkout.mesh.internal") in (
+            ["127.0.10.1"],
+            ["127.0.10.2"],
+        )
+        assert resolve("127.0.0.1", dns, "orders-db.mesh.internal") == ["127.0.20.1"]
+        dig = subprocess.run(
+            [
+                DIG,
+                "@127.0.0.1",
+                "-p",
+                str(dns),
+                "+short",
+                "+time=2",
+                "+tries=1",
+                "x.api.mesh.internal",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        assert len(dig.stdout.split()) == 2  # the wildcard policy answers 2 records
+        token = (data / "admin-token").read_text().strip()
+        assert token.startswith("dnsm_")
+        assert (data / "admin-token").stat().st_mode & 0o777 == 0o600
+        assert (data / "agent-token").stat().st_mode & 0o777 == 0o600
+        assert data.stat().st_mode & 0o777 == 0o700
+
+        process.send_signal(stop_signal)
+        assert process.wait(30) == 0
+    assert _no_child_left(data)
+
+
+def test_up_again_keeps_its_tokens_and_data(tmp_path: Path) -> None:
+    data = tmp_path / "state"
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "web.yaml").write_text(
+        "apiVersion: dnsmesh/v1\nkind: Policy\nmetadata: {name: web}\n"
+        "spec: {domain: web.mesh.internal, endpoints: [{address: 127.0.10.9}]}\n"
+    )
+    tokens = []
+    for _ in range(2):
+        dns = free_port()
+        args = ("--data-dir", str(data), "--api", f"127.0.0.1:{free_port()}")
+        with dnsmesh_up(
+            tmp_path, *args, "--dns", f"127.0.0.1:{dns}", "--upstream", f"127.0.0.1:{free_port()}"
+        ) as (process, out):
+            assert "1 from policies (revision" in out  # ./policies by default
+            assert resolve("127.0.0.1", dns, "web.mesh.internal") == ["127.0.10.9"]
+            tokens.append((data / "admin-token").read_text())
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0
+    assert tokens[0] == tokens[1]

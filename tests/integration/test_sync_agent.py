@@ -1,0 +1,332 @@
+"""The agent's sync client in-process against a real ``dnsmesh controller`` on loopback.
+
+Each test starts the controller (SQLite) as a process and a SyncedAgent on the test loop
+with short backoff and keepalive settings, and checks answers with dnspython and what
+the controller reports in ``GET /v1/agents``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.statefile import StateDir
+from dnsmesh.protocol import AppliedState, Snapshot, apply_update
+from tests.integration.fakedns import LoopThread
+from tests.integration.sync_support import (
+    Controller,
+    Rest,
+    Synced,
+    SyncedAgents,
+    migrated_sqlite,
+    mint_tokens,
+    policy,
+    running_controller,
+    wait_until,
+)
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[tuple[Controller, Rest, dict[str, str]]]:
+    url = migrated_sqlite(tmp_path / "db")
+    tokens = mint_tokens(url)
+    with running_controller(url, tmp_path) as controller:
+        rest = Rest(controller.url, tokens["admin"])
+        try:
+            yield controller, rest, tokens
+        finally:
+            rest.close()
+
+
+@pytest.fixture
+def start_synced(loop_thread: LoopThread, tmp_path: Path) -> Iterator[Callable[..., Synced]]:
+    agents = SyncedAgents(loop_thread, tmp_path)
+    yield agents.start
+    agents.stop_all()
+
+
+def local_file(path: Path, *docs: dict[str, Any]) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n---\n".join(json.dumps(d) for d in docs))
+    tmp.replace(path)
+    return path
+
+
+def test_pushed_policies_are_answered_and_the_agent_is_reported(
+    mesh: tuple[Controller, Rest, dict[str, str]], start_synced: Callable[..., Synced]
+) -> None:
+    controller, rest, tokens = mesh
+    rest.put(policy("web", ["127.0.10.1"]))
+    agent = start_synced(controller.url, tokens["agent"])
+    wait_until(lambda: agent.resolve("web.mesh.internal") == ["127.0.10.1"], 5, "first snapshot")
+    revision = rest.put(policy("web", ["127.0.10.2"]))
+    wait_until(lambda: agent.resolve("web.mesh.internal") == ["127.0.10.2"], 2, "the push")
+    row = wait_until(
+        lambda: (a := rest.agent(agent.agent_id)) and a["applied_revision"] == revision and a,
+        5,
+        "the ACK recorded",
+    )
+    assert row["connected"] and row["transport"] == "websocket"
+    assert row["node_name"] == "test-node" and row["labels"] == {"zone": "t1"}
+    assert row["software"].startswith("dnsmesh/") and row["last_nack"] is None
+    rest.delete("web")
+    wait_until(lambda: agent.resolve("web.mesh.internal") == [], 2, "the deletion")
+    stored = StateDir(agent.agent.state_dir.path).load()
+    assert stored is not None and stored.policies == {}
+
+
+def test_a_controller_policy_clashing_with_a_local_file_is_nacked_until_the_file_changes(
+    mesh: tuple[Controller, Rest, dict[str, str]],
+    start_synced: Callable[..., Synced],
+    tmp_path: Path,
+) -> None:
+    controller, rest, tokens = mesh
+    local = local_file(tmp_path / "local.yaml", policy("mine", ["127.0.50.1"], domain="pay.mesh"))
+    agent = start_synced(controller.url, tokens["agent"], policies=local)
+    wait_until(lambda: agent.transport == "websocket", 5, "connected")
+    assert agent.resolve("pay.mesh") == ["127.0.50.1"]
+
+    refused = rest.put(policy("payments", ["127.0.60.1"], domain="pay.mesh"))
+    row = wait_until(
+        lambda: (a := rest.agent(agent.agent_id)) and a["last_nack"] and a,
+        5,
+        "the NACK recorded",
+    )
+    assert row["last_nack"]["revision"] == refused
+    assert str(local) in row["last_nack"]["reason"] and "'pay.mesh'" in row["last_nack"]["reason"]
+    assert row["applied_revision"] < refused
+    assert agent.resolve("pay.mesh") == ["127.0.50.1"]  # the local file still answers
+
+    # Removing the clash on the node lets the pending controller state run, and it is ACKed.
+    local_file(local, policy("mine", ["127.0.50.1"], domain="other.mesh"))
+    wait_until(lambda: agent.resolve("pay.mesh") == ["127.0.60.1"], 3, "the pending state runs")
+    wait_until(
+        lambda: (a := rest.agent(agent.agent_id)) and a["applied_revision"] == refused,
+        5,
+        "the ACK of the formerly refused revision",
+    )
+    assert agent.resolve("other.mesh") == ["127.0.50.1"]
+
+
+def test_a_local_edit_clashing_with_a_controller_policy_is_refused(
+    mesh: tuple[Controller, Rest, dict[str, str]],
+    start_synced: Callable[..., Synced],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    controller, rest, tokens = mesh
+    rest.put(policy("checkout", ["127.0.10.1"]))
+    local = local_file(tmp_path / "local.yaml", policy("mine", ["127.0.50.1"], domain="a.mesh"))
+    agent = start_synced(controller.url, tokens["agent"], policies=local)
+    wait_until(lambda: agent.resolve("checkout.mesh.internal") == ["127.0.10.1"], 5, "snapshot")
+
+    local_file(
+        local,
+        policy("mine", ["127.0.50.2"], domain="a.mesh"),
+        policy("shadow", ["127.0.50.9"], domain="checkout.mesh.internal"),
+    )
+    failure = wait_until(
+        lambda: next((r for r in caplog.records if r.getMessage() == "policy.reload_failed"), None),
+        3,
+        "the refused reload",
+    )
+    logged = failure.__dict__["dnsmesh_fields"]
+    assert logged["file"] == str(local) and logged["document"] == 2
+    assert "controller policy 'checkout'" in logged["error"]
+    # Nothing of the refused file is in force: not the clash, not the other edit.
+    assert agent.resolve("checkout.mesh.internal") == ["127.0.10.1"]
+    assert agent.resolve("a.mesh") == ["127.0.50.1"]
+
+
+@pytest.mark.parametrize(("token", "status"), [("viewer", 403), ("unknown", 401)])
+def test_a_refused_token_is_fatal_retried_slowly_and_the_state_file_still_answers(
+    mesh: tuple[Controller, Rest, dict[str, str]],
+    start_synced: Callable[..., Synced],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    token: str,
+    status: int,
+) -> None:
+    caplog.set_level(logging.INFO)
+    controller, rest, tokens = mesh
+    state = StateDir(tmp_path / "state")
+    state.ensure()
+    state.save(
+        apply_update(
+            AppliedState.empty(), Snapshot(revision=3, policies=[policy("old", ["127.0.70.1"])])
+        )
+    )
+    agent = start_synced(controller.url, tokens.get(token, "dnsm_unknown"), fatal_retry=0.3)
+    assert agent.resolve("old.mesh.internal") == ["127.0.70.1"]
+    refusals = wait_until(
+        lambda: [r for r in caplog.records if r.getMessage() == "sync.token_refused"][1:],
+        3,
+        "a second refused attempt",
+    )
+    assert refusals[0].levelno == logging.ERROR
+    assert refusals[0].__dict__["dnsmesh_fields"]["status"] == status
+    assert agent.resolve("old.mesh.internal") == ["127.0.70.1"]
+    assert rest.agents() == []
+
+
+class UpgradeRefusingProxy:
+    """A loopback HTTP relay that answers WebSocket upgrades with 404 while ``refuse`` is set:
+    what a proxy that cannot pass WebSockets does."""
+
+    def __init__(self, loop_thread: LoopThread, target_port: int) -> None:
+        self.loop_thread = loop_thread
+        self.target_port = target_port
+        self.refuse = True
+        self.refused = 0
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    def start(self) -> UpgradeRefusingProxy:
+        async def start() -> asyncio.Server:
+            return await asyncio.start_server(self._handle, "127.0.0.1", 0)
+
+        self.server = self.loop_thread.run(start())
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        async def stop() -> None:
+            assert self.server is not None
+            self.server.close()
+            for writer in list(self.writers):
+                writer.close()
+
+        self.loop_thread.run(stop())
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+            return
+        if self.refuse and b"upgrade: websocket" in head.lower():
+            self.refused += 1
+            writer.write(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            await writer.drain()
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers.update((writer, up_writer))
+        up_writer.write(head)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            with contextlib.suppress(OSError):
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+def test_a_refused_upgrade_falls_back_to_polling_and_returns_to_the_websocket(
+    mesh: tuple[Controller, Rest, dict[str, str]],
+    start_synced: Callable[..., Synced],
+    loop_thread: LoopThread,
+) -> None:
+    controller, rest, tokens = mesh
+    proxy = UpgradeRefusingProxy(loop_thread, controller.port).start()
+    try:
+        agent = start_synced(f"http://127.0.0.1:{proxy.port}", tokens["agent"], ws_retry=1.0)
+        wait_until(lambda: agent.transport == "poll", 5, "the fallback to polling")
+        assert proxy.refused >= 1
+        revision = rest.put(policy("web", ["127.0.10.7"]))
+        wait_until(
+            lambda: agent.resolve("web.mesh.internal") == ["127.0.10.7"], 3, "a polled change"
+        )
+        wait_until(
+            lambda: (
+                (a := rest.agent(agent.agent_id))
+                and a["transport"] == "poll"
+                and a["applied_revision"] == revision
+            ),
+            5,
+            "the polling agent's report",
+        )
+        proxy.refuse = False
+        wait_until(lambda: agent.transport == "websocket", 5, "back on the WebSocket")
+        rest.put(policy("web", ["127.0.10.8"]))
+        wait_until(lambda: agent.resolve("web.mesh.internal") == ["127.0.10.8"], 2, "a push")
+    finally:
+        proxy.stop()
+
+
+def test_forced_polling_converges_and_reports_nacks(
+    mesh: tuple[Controller, Rest, dict[str, str]],
+    start_synced: Callable[..., Synced],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    controller, rest, tokens = mesh
+    local = local_file(tmp_path / "local.yaml", policy("mine", ["127.0.50.1"], domain="pay.mesh"))
+    agent = start_synced(controller.url, tokens["agent"], mode="http", policies=local)
+    wait_until(lambda: agent.transport == "poll", 5, "polling")
+    for n in range(1, 4):
+        rest.put(policy("web", [f"127.0.11.{n}"]))
+        wait_until(
+            lambda n=n: agent.resolve("web.mesh.internal") == [f"127.0.11.{n}"], 3, f"change {n}"
+        )
+    refused = rest.put(policy("payments", ["127.0.60.1"], domain="pay.mesh"))
+    row = wait_until(
+        lambda: (a := rest.agent(agent.agent_id)) and a["last_nack"] and a, 5, "the NACK"
+    )
+    assert row["last_nack"]["revision"] == refused and str(local) in row["last_nack"]["reason"]
+    assert row["transport"] == "poll"
+    # Revisions are all or nothing: while the controller's set clashes, newer revisions are
+    # refused too (answers unchanged), each once, not fetched again and again.
+    nacks = len([r for r in caplog.records if r.getMessage() == "sync.nack"])
+    time.sleep(1.0)  # asserting that nothing happens needs a window
+    assert len([r for r in caplog.records if r.getMessage() == "sync.nack"]) == nacks
+    second = rest.put(policy("web", ["127.0.11.9"]))
+    wait_until(
+        lambda: (a := rest.agent(agent.agent_id)) and a["last_nack"]["revision"] == second,
+        5,
+        "the NACK of the next revision",
+    )
+    assert agent.resolve("web.mesh.internal") == ["127.0.11.3"]
+    fixed = rest.delete("payments")
+    wait_until(lambda: agent.resolve("web.mesh.internal") == ["127.0.11.9"], 3, "the fix")
+    wait_until(
+        lambda: (a := rest.agent(agent.agent_id)) and a["applied_revision"] == fixed, 5, "ACK"
+    )
+    assert agent.resolve("pay.mesh") == ["127.0.50.1"]
+
+
+def test_a_hung_controller_is_detected_by_keepalive_and_rejoined(
+    mesh: tuple[Controller, Rest, dict[str, str]],
+    start_synced: Callable[..., Synced],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    controller, rest, tokens = mesh
+    rest.put(policy("web", ["127.0.10.1"]))
+    agent = start_synced(controller.url, tokens["agent"], ping_interval=0.2, ping_timeout=0.3)
+    wait_until(lambda: agent.resolve("web.mesh.internal") == ["127.0.10.1"], 5, "snapshot")
+    with controller.paused():
+        wait_until(
+            lambda: any(r.getMessage() == "sync.disconnected" for r in caplog.records),
+            3,
+            "the keepalive noticing the silent controller",
+        )
+        assert agent.resolve("web.mesh.internal") == ["127.0.10.1"]
+    rest.put(policy("web", ["127.0.10.2"]))
+    wait_until(lambda: agent.resolve("web.mesh.internal") == ["127.0.10.2"], 5, "rejoined")
