@@ -16,7 +16,8 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
-from controller.store import Change, PolicyStore
+from controller.history import Change
+from controller.store import PolicyStore
 from dnsmesh import protocol
 from dnsmesh.logs import fields
 

@@ -303,7 +303,7 @@ def spawn_agent() -> Iterator[Callable[..., AgentProcess]]:
 
 # -- controller databases ------------------------------------------------------------------
 
-CONTROLLER_TABLES = ("policies", "changes", "audit_log", "api_tokens")
+CONTROLLER_TABLES = ("policies", "changes", "audit_log", "api_tokens", "agents")
 
 
 @pytest.fixture(scope="session")
