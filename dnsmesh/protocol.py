@@ -6,7 +6,13 @@ Modelled on xDS and etcd watches (DESIGN.md). One WebSocket per agent:
     controller -> agent   snapshot {revision, policies}            (new agent, or log compacted)
                           delta {since, revision, changes}          (everything after `since`)
     agent -> controller   ack {revision} | nack {revision, reason}
+    agent -> controller   report {endpoints}                        (probe results, every few s)
     controller -> agent   error {code, message}                     (then closes)
+
+Besides policies, a revision carries ``down``: the endpoint addresses that a quorum of
+reporting agents sees as failing, so that every agent stops handing them out, including
+agents that never probed them. It is a whole set: a snapshot always carries it, a delta
+carries it only when it changed (``null``: unchanged).
 
 Policy documents travel as plain JSON and are validated by the agent when it applies them,
 so that a document the agent cannot accept becomes a NACK with the reason rather than a
@@ -15,12 +21,13 @@ protocol failure. Applying is all or nothing: ``apply_update`` returns a new sta
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from dnsmesh.errors import DnsmeshError, FieldError, PolicyError
 from dnsmesh.policy import Policy, check_policy_set, field_errors, parse_policy
@@ -28,6 +35,17 @@ from dnsmesh.policy import Policy, check_policy_set, field_errors, parse_policy
 PROTOCOL_VERSION: Literal[1] = 1
 
 Document = dict[str, Any]
+
+
+def _address_text(value: object) -> str:
+    """An IP address in its canonical text, so the same endpoint is one key everywhere."""
+    try:
+        return str(ipaddress.ip_address(str(value)))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+
+
+IPAddressText = Annotated[str, BeforeValidator(_address_text)]
 
 
 class ProtocolError(DnsmeshError):
@@ -52,10 +70,14 @@ class Hello(_Message):
     revision: int = Field(default=0, ge=0, description="the last revision the agent applied")
 
 
+DownSet = Annotated[list[IPAddressText], Field(max_length=100_000)]
+
+
 class Snapshot(_Message):
     type: Literal["snapshot"] = "snapshot"
     revision: int = Field(ge=0)
     policies: list[Document]
+    down: DownSet = Field(default_factory=list, description="endpoints marked down mesh-wide")
 
 
 class PolicyChange(BaseModel):
@@ -69,6 +91,7 @@ class Delta(_Message):
     since: int = Field(ge=0, description="the revision this delta applies on top of")
     revision: int = Field(ge=0)
     changes: list[PolicyChange]
+    down: DownSet | None = Field(default=None, description="the new down set; null: unchanged")
 
 
 class Ack(_Message):
@@ -82,6 +105,23 @@ class Nack(_Message):
     reason: str = Field(max_length=4096)
 
 
+class EndpointReport(BaseModel):
+    """What one agent measured of one endpoint address (probes of all its policies merged)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    address: IPAddressText
+    latency_ms: float | None = Field(default=None, ge=0, description="EWMA; null: no success")
+    loss: float = Field(ge=0.0, le=1.0, description="EWMA of failed probes")
+    state: Literal["healthy", "ejected", "unknown"]
+    consecutive_failures: int = Field(default=0, ge=0)
+    samples: int = Field(default=0, ge=0, description="probes since the last report")
+
+
+class Report(_Message):
+    type: Literal["report"] = "report"
+    endpoints: list[EndpointReport] = Field(max_length=100_000)
+
+
 class ErrorMessage(_Message):
     type: Literal["error"] = "error"
     code: str
@@ -89,7 +129,7 @@ class ErrorMessage(_Message):
 
 
 Message = Annotated[
-    Hello | Snapshot | Delta | Ack | Nack | ErrorMessage, Field(discriminator="type")
+    Hello | Snapshot | Delta | Ack | Nack | Report | ErrorMessage, Field(discriminator="type")
 ]
 _MESSAGE: TypeAdapter[Message] = TypeAdapter(Message)
 
@@ -109,10 +149,12 @@ def decode_message(data: str | bytes) -> Message:
 
 @dataclass(frozen=True, slots=True)
 class AppliedState:
-    """What an agent runs: a revision and the policies at that revision, by name."""
+    """What an agent runs: a revision, the policies at that revision by name, and the
+    endpoint addresses marked down mesh-wide."""
 
     revision: int
     policies: Mapping[str, Policy]
+    down: frozenset[str] = frozenset()
 
     @classmethod
     def empty(cls) -> AppliedState:
@@ -128,7 +170,7 @@ def apply_update(state: AppliedState, update: Snapshot | Delta) -> AppliedState:
     if isinstance(update, Snapshot):
         policies = {p.name: p for p in map(parse_policy, update.policies)}
         check_policy_set(list(policies.values()))
-        return AppliedState(update.revision, policies)
+        return AppliedState(update.revision, policies, frozenset(update.down))
     if update.since != state.revision:
         raise RevisionGap(f"delta starts at revision {update.since}, agent is at {state.revision}")
     merged = dict(state.policies)
@@ -142,10 +184,16 @@ def apply_update(state: AppliedState, update: Snapshot | Delta) -> AppliedState:
             raise PolicyError([mismatch], policy=policy.name)
         merged[change.name] = policy
     check_policy_set(list(merged.values()))
-    return AppliedState(update.revision, merged)
+    down = state.down if update.down is None else frozenset(update.down)
+    return AppliedState(update.revision, merged, down)
 
 
-def build_delta(since: int, revision: int, changes: Iterable[tuple[str, Document | None]]) -> Delta:
+def build_delta(
+    since: int,
+    revision: int,
+    changes: Iterable[tuple[str, Document | None]],
+    down: Iterable[str] | None = None,
+) -> Delta:
     """A delta from change-log rows in revision order; only each name's last change is kept."""
     last: dict[str, Document | None] = {}
     for name, document in changes:
@@ -155,16 +203,20 @@ def build_delta(since: int, revision: int, changes: Iterable[tuple[str, Document
         since=since,
         revision=revision,
         changes=[PolicyChange(name=name, policy=doc) for name, doc in last.items()],
+        down=None if down is None else sorted(down),
     )
 
 
-def build_snapshot(revision: int, documents: Iterable[Document]) -> Snapshot:
-    return Snapshot(revision=revision, policies=list(documents))
+def build_snapshot(
+    revision: int, documents: Iterable[Document], down: Iterable[str] = ()
+) -> Snapshot:
+    return Snapshot(revision=revision, policies=list(documents), down=sorted(down))
 
 
 def encode_state(state: AppliedState) -> bytes:
     """The agent's state file: the last applied snapshot, so a restart answers at once."""
-    snapshot = build_snapshot(state.revision, (p.to_document() for p in state.policies.values()))
+    documents = (p.to_document() for p in state.policies.values())
+    snapshot = build_snapshot(state.revision, documents, state.down)
     return snapshot.model_dump_json(indent=1).encode()
 
 

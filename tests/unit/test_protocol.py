@@ -11,10 +11,12 @@ from dnsmesh.protocol import (
     Ack,
     AppliedState,
     Delta,
+    EndpointReport,
     Hello,
     Nack,
     PolicyChange,
     ProtocolError,
+    Report,
     RevisionGap,
     Snapshot,
     apply_update,
@@ -43,6 +45,16 @@ def doc(name: str, address: str = "10.0.0.1", domain: str | None = None) -> dict
         Delta(since=3, revision=5, changes=[PolicyChange(name="web", policy=None)]),
         Ack(revision=5),
         Nack(revision=5, reason="spec.domain: clash"),
+        Snapshot(revision=3, policies=[], down=["10.0.0.1", "fd00::1"]),
+        Delta(since=3, revision=4, changes=[], down=[]),
+        Report(
+            endpoints=[
+                EndpointReport(address="10.0.0.1", latency_ms=1.5, loss=0.0, state="healthy"),
+                EndpointReport(
+                    address="fd00::1", loss=1.0, state="ejected", consecutive_failures=5, samples=3
+                ),
+            ]
+        ),
     ],
 )
 def test_messages_round_trip(message: Any) -> None:
@@ -59,6 +71,9 @@ def test_messages_round_trip(message: Any) -> None:
         '{"type": "ack", "revision": -1}',
         '{"v": 2, "type": "ack", "revision": 1}',
         '{"type": "ack", "revision": 1, "extra": true}',
+        '{"type": "report", "endpoints": [{"address": "nope", "loss": 0, "state": "healthy"}]}',
+        '{"type": "report", "endpoints": [{"address": "::1", "loss": 2, "state": "healthy"}]}',
+        '{"type": "snapshot", "revision": 1, "policies": [], "down": ["10.0.0.999"]}',
     ],
 )
 def test_bad_messages_are_protocol_errors(text: str) -> None:
@@ -128,3 +143,16 @@ def test_the_state_file_round_trips_and_refuses_corruption() -> None:
         decode_state(b'{"revision": 4, "policies": [')
     with pytest.raises(PolicyError):
         decode_state(Snapshot(revision=1, policies=[doc("a", "x")]).model_dump_json().encode())
+
+
+def test_the_down_set_comes_whole_with_snapshots_and_only_when_changed_with_deltas() -> None:
+    state = apply_update(
+        AppliedState.empty(), Snapshot(revision=1, policies=[doc("a")], down=["10.0.0.1"])
+    )
+    assert state.down == {"10.0.0.1"}
+    unchanged = apply_update(state, Delta(since=1, revision=2, changes=[]))
+    assert unchanged.down == {"10.0.0.1"}
+    recovered = apply_update(unchanged, Delta(since=2, revision=3, changes=[], down=[]))
+    assert recovered.down == frozenset()
+    assert build_delta(3, 4, [], down={"fd00:0::1"}).down == ["fd00::1"]
+    assert decode_state(encode_state(state)).down == {"10.0.0.1"}
