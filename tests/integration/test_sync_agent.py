@@ -79,8 +79,14 @@ def test_pushed_policies_are_answered_and_the_agent_is_reported(
     assert row["software"].startswith("dnsmesh/") and row["last_nack"] is None
     rest.delete("web")
     wait_until(lambda: agent.resolve("web.mesh.internal") == [], 2, "the deletion")
-    stored = StateDir(agent.agent.state_dir.path).load()
-    assert stored is not None and stored.policies == {}
+    # The state file is written just after the swap (and before the ACK), so it may trail
+    # the answers by a moment.
+    state_dir = StateDir(agent.agent.state_dir.path)
+    wait_until(
+        lambda: (stored := state_dir.load()) is not None and stored.policies == {},
+        5,
+        "the deletion persisted in the state file",
+    )
 
 
 def test_a_controller_policy_clashing_with_a_local_file_is_nacked_until_the_file_changes(
