@@ -103,7 +103,7 @@ def test_a_quorum_commits_one_down_revision_with_change_row_and_audit(
     store.write_reports([received(clock, "a2", report(A, "ejected", 1.0))])
     change = store.evaluate()
     assert change is not None
-    assert (change.revision, change.down, change.marked) == (2, {A}, {A})
+    assert (change.revision, change.down, change.marked) == (2, frozenset({A}), frozenset({A}))
     assert store.evaluate() is None  # the same reports again: no second revision
     assert policies.current_revision() == 2
     assert store.down() == [A]
