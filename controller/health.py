@@ -264,6 +264,9 @@ class HealthStore:
         now = self.db.clock()
         stored = frozenset(read_down(session))
         votes: dict[str, list[quorum.Vote]] = defaultdict(list)
+        # Only fresh rows can vote: the rest need not leave the database (every replica
+        # runs this every second). Addresses without a fresh row but down are judged too.
+        fresh_since = now - timedelta(seconds=self.rule.stale_s)
         rows = session.execute(
             select(
                 EndpointHealthRow.address,
@@ -271,7 +274,7 @@ class HealthStore:
                 EndpointHealthRow.state,
                 EndpointHealthRow.loss,
                 EndpointHealthRow.reported_at,
-            )
+            ).where(EndpointHealthRow.reported_at >= fresh_since)
         )
         for address, agent_id, state, loss, reported_at in rows:
             age = (now - as_utc(reported_at)).total_seconds()

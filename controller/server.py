@@ -76,11 +76,11 @@ def run_controller(args: argparse.Namespace) -> int:
 
     url = resolve_database_url(args.database)
     host, port = parse_listen(args.listen)
+    push = push_settings(args)  # flags first: a bad one fails before any socket or database
     engine = open_database(url, migrate=args.migrate)
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
-    push = push_settings(args)
     app = create_app(Database(engine), push)
     config = uvicorn.Config(
         app,

@@ -43,7 +43,9 @@ Audit (viewer, editor, admin)
                                                    "target","revision","before","after"}],
                                                    "next_before": ID | null}, newest first.
   operation: policy.create|policy.update|policy.delete|slice.create|slice.update|
-  slice.delete|token.create|token.revoke; actor is the token name ("cli" for the CLI).
+  slice.delete|token.create|token.revoke|endpoints.down; actor is the token name ("cli"
+  for the CLI, "quorum" for a down-set change: target down-set, before {"down": [...]},
+  after {"down", "marked", "cleared", "votes": {address: {voters, failing}}}).
 
 Agents (the push protocol, HTTP polling and close codes: controller/api/agents.py)
     GET    /v1/agents/stream                     WebSocket for agents (agent, admin); a

@@ -7,6 +7,7 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -19,7 +20,7 @@ from controller.store import PolicyStore
 from dnsmesh import protocol
 from dnsmesh.protocol import EndpointReport
 from dnsmesh.quorum import QuorumRule
-from tests.integration.controller_support import policy_doc
+from tests.integration.controller_support import policy_doc, run_cli
 
 A = "127.0.10.1"
 B = "127.0.10.2"
@@ -216,3 +217,21 @@ def test_the_feed_carries_the_down_set_in_snapshots_and_deltas_and_after_compact
         assert isinstance(message, protocol.Snapshot) and message.down == [A]
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--quorum-min-agents", "0"], "min_agents must be at least 1"),
+        (["--quorum-fail-loss", "0.1"], "recover_loss <= fail_loss"),
+        (["--report-stale-after", "0"], "stale_s must be positive"),
+        (["--report-retention", "-1"], "--report-retention must be >= 0"),
+    ],
+)
+def test_the_controller_refuses_bad_quorum_flags(
+    flags: list[str], says: str, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'never.db'}"
+    done = run_cli("controller", "--database", url, "--listen", "127.0.0.1:0", *flags, cwd=tmp_path)
+    assert done.returncode != 0 and says in done.stderr, done.stderr
+    assert not (tmp_path / "never.db").exists()
