@@ -27,6 +27,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Float,
+    Index,
     Integer,
     String,
     Table,
@@ -67,6 +68,7 @@ class EndpointReportRow(Base):
     """One report of one endpoint by one agent, kept for the retention window."""
 
     __tablename__ = "endpoint_reports"
+    __table_args__ = (Index(None, "address", "reported_at"),)  # one address's history
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer(), "sqlite"), primary_key=True

@@ -4,14 +4,17 @@ history retention, and down-set revisions in the change log, the audit and the f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 
+from controller.db.engine import build_engine
+from controller.db.migrate import downgrade, upgrade
 from controller.db.models import ChangeRow
 from controller.db.session import Database
 from controller.feed import Feed
@@ -20,7 +23,11 @@ from controller.store import PolicyStore
 from dnsmesh import protocol
 from dnsmesh.protocol import EndpointReport
 from dnsmesh.quorum import QuorumRule
-from tests.integration.controller_support import policy_doc, run_cli
+from tests.integration.controller_support import (
+    policy_doc,
+    run_cli,
+    temporary_postgres_database,
+)
 
 A = "127.0.10.1"
 B = "127.0.10.2"
@@ -235,3 +242,29 @@ def test_the_controller_refuses_bad_quorum_flags(
     done = run_cli("controller", "--database", url, "--listen", "127.0.0.1:0", *flags, cwd=tmp_path)
     assert done.returncode != 0 and says in done.stderr, done.stderr
     assert not (tmp_path / "never.db").exists()
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_migration_0003_goes_down_and_up_again(backend: str, tmp_path: Path) -> None:
+    with contextlib.ExitStack() as stack:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / 'm.db'}"
+        else:
+            url = stack.enter_context(temporary_postgres_database("quorum_migration"))
+        engine = build_engine(url)
+        stack.callback(engine.dispose)
+        upgrade(engine)
+        db = Database(engine)
+        store = HealthStore(db, QuorumRule())
+        clock = Clock()
+        bad = report(A, "ejected", 1.0)
+        store.write_reports([received(clock, "a1", bad), received(clock, "a2", bad)])
+        assert store.evaluate() is not None
+        downgrade(engine, "0002")
+        names = set(inspect(engine).get_table_names())
+        assert not names & {"endpoint_health", "endpoint_reports", "endpoints_down"}
+        assert PolicyStore(db).changes_since(0) == []  # down rows mean nothing without 0003
+        upgrade(engine)
+        assert HealthStore(db).down() == [] and HealthStore(db).latest() == []
