@@ -91,3 +91,35 @@ def test_two_replicas_commit_one_revision_per_down_set_change(shared_postgres: s
         asyncio.run(scenario())
         assert a.hub.health.changes + b.hub.health.changes == 3
     assert down_changes(url) == [(2, f"['{A}']"), (3, "[]"), (4, f"['{A}']")]
+
+
+@pytest.mark.postgres
+def test_a_down_set_change_reaches_another_replica_by_notify(shared_postgres: str) -> None:
+    """Replica B reads the revision only every 30 s: within seconds, only NOTIFY tells it."""
+    url = shared_postgres
+    quiet = fast_settings(replica_id="replica-b", catch_up_s=30.0, health=quick_health())
+    with (
+        ServedController(url, fast_settings(replica_id="replica-a", health=quick_health())) as a,
+        ServedController(url, quiet) as b,
+    ):
+
+        async def scenario() -> None:
+            observer = await TestAgent.connect(b.ws_url, b.tokens["agent"], agent_id="on-b")
+            first = await observer.next()
+            assert isinstance(first, protocol.Snapshot) and first.down == []
+            await observer.ack(first.revision)
+            probes = [
+                await TestAgent.connect(a.ws_url, a.tokens["agent"], agent_id=f"on-a-{i}")
+                for i in range(2)
+            ]
+            for probe in probes:
+                await probe.next()
+                await probe.send(report((A, "ejected", 1.0)))
+            delta = await observer.next(within=5.0)
+            assert isinstance(delta, protocol.Delta)
+            assert (delta.since, delta.revision, delta.down) == (first.revision, 1, [A])
+            for agent in (observer, *probes):
+                await agent.close()
+
+        asyncio.run(scenario())
+        assert a.hub.health.changes + b.hub.health.changes == 1  # whichever evaluated first
