@@ -99,6 +99,17 @@ class ControllerClient:
         revision: int = response.json()["revision"]
         return revision
 
+    def endpoints(self, policy: str | None = None) -> dict[str, Any]:
+        """``GET /v1/endpoints``: health per endpoint address (of one policy, if given)."""
+        params = {"policy": policy} if policy else {}
+        body: dict[str, Any] = self._request("GET", "/v1/endpoints", params=params).json()
+        return body
+
+    def topology(self) -> dict[str, Any]:
+        """``GET /v1/topology``: agents x endpoints with latency and loss."""
+        body: dict[str, Any] = self._request("GET", "/v1/topology").json()
+        return body
+
     def _request(
         self, method: str, path: str, *, allow: frozenset[int] | set[int] = frozenset(), **kw: Any
     ) -> httpx.Response:

@@ -58,9 +58,11 @@ def add_client_commands(
     )
     apply.set_defaults(run=run_apply)
 
-    get = subcommands.add_parser("get", parents=[client], help="show policies or agents")
-    get.add_argument("kind", choices=["policies", "policy", "agents"])
-    get.add_argument("name", nargs="?")
+    get = subcommands.add_parser(
+        "get", parents=[client], help="show policies, agents or endpoint health"
+    )
+    get.add_argument("kind", choices=["policies", "policy", "agents", "endpoints"])
+    get.add_argument("name", nargs="?", help="a policy's name (endpoints: of that policy)")
     get.add_argument("-o", "--output", choices=_OUTPUTS, default="table")
     get.add_argument("-l", "--selector", action="append", default=[], metavar="KEY=VALUE")
     get.set_defaults(run=run_get)
@@ -112,6 +114,8 @@ def run_get(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
     if args.kind == "agents":
         return run_get_agents(args, out)
+    if args.kind == "endpoints":
+        return run_get_endpoints(args, out)
     with ControllerClient(args.server, args.token) as client:
         if args.name:
             found = client.get_policy(args.name)
@@ -144,6 +148,22 @@ def run_get_agents(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         yaml.safe_dump(agents, out, sort_keys=False)
     else:
         out.write(_agents_table(agents))
+    return 0
+
+
+def run_get_endpoints(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """``dnsmesh get endpoints [POLICY]``: health per endpoint address, as agents report it."""
+    from controller.client import ControllerClient
+
+    with ControllerClient(args.server, args.token) as client:
+        body = client.endpoints(args.name)
+    if args.output == "json":
+        json.dump(body, out, indent=2)
+        out.write("\n")
+    elif args.output == "yaml":
+        yaml.safe_dump(body, out, sort_keys=False)
+    else:
+        out.write(_endpoints_table(body["items"]))
     return 0
 
 
@@ -221,6 +241,30 @@ def _agents_table(agents: list[dict[str, Any]]) -> str:
                 str(agent["applied_revision"]),
                 agent["last_seen"][:19].replace("T", " "),  # to the second, UTC
                 reason if len(reason) <= 60 else reason[:57] + "...",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "".join(
+        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        + "\n"
+        for row in rows
+    )
+
+
+def _endpoints_table(items: list[dict[str, Any]]) -> str:
+    header = ("ADDRESS", "STATUS", "FAILING", "LATENCY", "LOSS", "POLICIES")
+    rows = [header]
+    for item in items:
+        latency = item["latency_ms"]
+        loss = item["loss"]
+        rows.append(
+            (
+                item["address"],
+                item["status"].upper() if item["down"] else item["status"],
+                f"{item['failing']}/{item['voters']}",
+                "-" if latency is None else f"{latency:.1f}ms",
+                "-" if loss is None else f"{loss:.0%}",
+                ",".join(item["policies"]) or "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
