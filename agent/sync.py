@@ -139,6 +139,10 @@ class AgentSync:
         self._queue: asyncio.Queue[_Item] | None = None
         self._poller: Poller | None = None
         self._save_lock = asyncio.Lock()
+        # What the state file holds (the state loaded at start, then each one saved): on stop,
+        # anything applied since is written before exit, so a stop that lands between a swap
+        # and its write does not leave the disk behind what was answered.
+        self._saved: AppliedState = sources.running
         self._progress = False  # the current channel applied something (resets backoff)
         self._background: set[asyncio.Task[None]] = set()
         sources.on_pending_applied = self._on_pending_applied
@@ -154,6 +158,8 @@ class AgentSync:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._task = None
+        if self.sources.running is not self._saved:
+            await self.save()
 
     # -- the reconnect loop ----------------------------------------------------------------
 
@@ -267,6 +273,7 @@ class AgentSync:
             state = self.sources.running
             try:
                 await asyncio.to_thread(self.state_dir.save, state)
+                self._saved = state
             except OSError as exc:
                 log.error(
                     "sync.state_write_failed",

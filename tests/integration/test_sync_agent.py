@@ -336,3 +336,25 @@ def test_a_hung_controller_is_detected_by_keepalive_and_rejoined(
         assert agent.resolve("web.mesh.internal") == ["127.0.10.1"]
     rest.put(policy("web", ["127.0.10.2"]))
     wait_until(lambda: agent.resolve("web.mesh.internal") == ["127.0.10.2"], 5, "rejoined")
+
+
+def test_a_stop_between_the_swap_and_the_state_write_still_persists_what_ran(
+    mesh: tuple[Controller, Rest, dict[str, str]],
+    start_synced: Callable[..., Synced],
+    loop_thread: LoopThread,
+) -> None:
+    controller, rest, tokens = mesh
+    rest.put(policy("web", ["127.0.10.1"]))
+    agent = start_synced(controller.url, tokens["agent"])
+    wait_until(lambda: agent.resolve("web.mesh.internal") == ["127.0.10.1"], 5, "first snapshot")
+    sync = agent.agent.sync
+    assert sync is not None
+    sources = sync.sources
+    # An update swapped in, as AgentSync.apply does, but stopped before its save() ran.
+    update = Snapshot(revision=99, policies=[policy("web", ["127.0.10.9"])])
+    loop_thread.call(lambda: sources.commit(sources.prepare([update])))
+    assert agent.resolve("web.mesh.internal") == ["127.0.10.9"]
+    loop_thread.run(agent.agent.stop(0.2))
+    stored = StateDir(agent.agent.state_dir.path).load()
+    assert stored is not None and stored.revision == 99
+    assert str(stored.policies["web"].spec.endpoints[0].address) == "127.0.10.9"
