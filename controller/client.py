@@ -99,6 +99,11 @@ class ControllerClient:
         revision: int = response.json()["revision"]
         return revision
 
+    def list_agents(self) -> list[dict[str, Any]]:
+        """``GET /v1/agents``: every recorded agent, what it runs and whether it is connected."""
+        items: list[dict[str, Any]] = self._request("GET", "/v1/agents").json()["items"]
+        return items
+
     def endpoints(self, policy: str | None = None) -> dict[str, Any]:
         """``GET /v1/endpoints``: health per endpoint address (of one policy, if given)."""
         params = {"policy": policy} if policy else {}

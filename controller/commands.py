@@ -140,7 +140,7 @@ def run_get_agents(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     from controller.client import ControllerClient
 
     with ControllerClient(args.server, args.token) as client:
-        agents: list[dict[str, Any]] = client._request("GET", "/v1/agents").json()["items"]
+        agents = client.list_agents()
     if args.output == "json":
         json.dump(agents, out, indent=2)
         out.write("\n")
