@@ -41,6 +41,10 @@ def reweigh(base: Snapshot, weights: Weights, cache: Compiled | None = None) -> 
     policy of the last call when its policy, revision and weights are unchanged: compiling
     is the expensive part, and usually one endpoint of one policy moved.
     """
+    if not weights:
+        if cache is not None:
+            cache.clear()
+        return base
     kept: Compiled = {}
 
     def one(compiled: CompiledPolicy) -> CompiledPolicy:
