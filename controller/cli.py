@@ -70,6 +70,43 @@ def add_controller_commands(
         metavar="ID",
         help="this replica's name in the agents table (default: host-pid-random)",
     )
+    health = controller.add_argument_group("endpoint health (agents' probe reports)")
+    health.add_argument(
+        "--quorum-min-agents",
+        metavar="N",
+        type=int,
+        default=2,
+        help="mark an endpoint down for every agent only when at least N agents report on "
+        "it and a majority of them see it failing (default 2)",
+    )
+    health.add_argument(
+        "--quorum-fail-loss",
+        metavar="RATIO",
+        type=float,
+        default=0.5,
+        help="a report with at least this loss counts as failing (default 0.5)",
+    )
+    health.add_argument(
+        "--quorum-recover-loss",
+        metavar="RATIO",
+        type=float,
+        default=0.2,
+        help="a down endpoint counts as failing while loss stays above this (default 0.2)",
+    )
+    health.add_argument(
+        "--report-stale-after",
+        metavar="SECONDS",
+        type=float,
+        default=30.0,
+        help="reports older than this do not count (default 30)",
+    )
+    health.add_argument(
+        "--report-retention",
+        metavar="SECONDS",
+        type=float,
+        default=3600.0,
+        help="keep the history of reports this long; 0 keeps only the latest (default 3600)",
+    )
     controller.set_defaults(run=_run_controller)
 
     db = subcommands.add_parser("db", parents=[common], help="manage the controller database")

@@ -3,7 +3,10 @@
 The feed knows one ``head`` (the newest revision this replica has seen committed) and keeps
 an in-memory window of the changes that led there. An update for an agent at ``since`` is a
 delta built from the window (or from the change log when the window does not reach back),
-or a snapshot of every policy when the log does not reach back either (compaction). Each
+or a snapshot of every policy when the log does not reach back either (compaction).
+Besides policies, a snapshot carries the mesh-wide down set (controller.health), and a delta
+carries it when a down-set change (a change-log row of its own, operation ``down``) lies in
+its range. Each
 update is built and encoded once per starting revision and shared by every agent that
 starts there, so a commit costs one read of the change log per replica, not one per agent.
 """
@@ -151,14 +154,19 @@ class Feed:
             if cached is not None and cached.revision >= self.head:
                 return cached
             listing = await asyncio.to_thread(self.store.list_policies)
-            message = protocol.build_snapshot(listing.revision, listing.items)
+            message = protocol.build_snapshot(listing.revision, listing.items, listing.down)
             self.encoded += 1
             self._snapshot = Update(listing.revision, protocol.encode_message(message))
             return self._snapshot
 
     def _encode_delta(self, since: int, changes: list[Change]) -> Update:
+        # A down-set change carries the whole set: the last one in the range is the news.
+        down = next((c.down for c in reversed(changes) if c.is_down), None)
         delta = protocol.build_delta(
-            since, changes[-1].revision, ((c.policy, c.document) for c in changes)
+            since,
+            changes[-1].revision,
+            ((c.policy, c.document) for c in changes if not c.is_down),
+            down,
         )
         self.encoded += 1
         return Update(delta.revision, protocol.encode_message(delta))

@@ -11,18 +11,34 @@ from sqlalchemy.orm import Session
 from controller.db.models import AuditRow, ChangeRow
 from controller.db.session import iso
 
-Operation = Literal["create", "update", "delete"]
+Operation = Literal["create", "update", "delete", "down"]
+DOWN = "down"  # the operation of a down-set change (controller.health); its policy is ""
 Document = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One committed revision: the policy it touched and its document after (None: deleted)."""
+    """One committed revision: the policy it touched and its document after (None: deleted).
+
+    A change of the mesh-wide down set (operation ``down``) touches no policy (``policy``
+    is empty) and its document is ``{"down": [address, ...]}``, the whole new set.
+    """
 
     revision: int
     policy: str
     operation: Operation
     document: Document | None
+
+    @property
+    def is_down(self) -> bool:
+        return self.operation == "down"
+
+    @property
+    def down(self) -> list[str] | None:
+        """The down set after this change, or None for a policy change."""
+        if self.operation != "down" or self.document is None:
+            return None
+        return [str(a) for a in self.document.get("down", [])]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,4 +89,6 @@ def _operation(value: str) -> Operation:
         return "create"
     if value == "update":
         return "update"
+    if value == "down":
+        return "down"
     return "delete"

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from controller.agents import Acked, AgentRegistry, Gone, Hello, Nacked
 from controller.db.session import Database
 from controller.feed import Feed, Moved, Update
+from controller.monitor import HealthMonitor, HealthSettings
 from controller.notify import PgListener, add_commit_listener, remove_commit_listener
 from controller.recorder import AgentRecorder
 from controller.store import PolicyStore
@@ -62,6 +63,7 @@ class PushSettings:
     # deltas; off unless asked for (--ws-deflate), e.g. for large snapshots over a WAN.
     ws_deflate: bool = False
     replica_id: str = field(default_factory=default_replica_id)
+    health: HealthSettings = field(default_factory=HealthSettings)  # reports and the quorum
 
     @property
     def stale_after(self) -> timedelta:
@@ -111,6 +113,7 @@ class Hub:
             window=self.settings.window,
             retention=self.settings.change_retention,
         )
+        self.health = HealthMonitor(db, self.settings.health)
         self.sessions: dict[str, AgentSession] = {}  # by agent id
         self.listener: PgListener | None = None
         self._wake = asyncio.Event()
@@ -135,6 +138,7 @@ class Hub:
         add_commit_listener(self._wake_threadsafe)
         self._spawn(self._watch(), "watch")
         self._spawn(self.recorder.run(), "recorder")
+        self._spawn(self.health.run(), "health")
         if self.db.engine.dialect.name == "postgresql":
             self.listener = PgListener(self.db.engine.url, self._on_notify)
             self._spawn(self.listener.run(), "listen")
@@ -150,6 +154,7 @@ class Hub:
         for session in list(self.sessions.values()):
             await session.channel.close(1001, "controller stopping")
         await self.recorder.flush(within_s=5.0)
+        await self.health.flush(within_s=2.0)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -296,6 +301,8 @@ class Hub:
             if isinstance(message, protocol.Ack):
                 session.acked = message.revision
                 self.recorder.record(Acked(session.agent_id, message.revision))
+            elif isinstance(message, protocol.Report):
+                self.health.record(session.agent_id, message)
             elif isinstance(message, protocol.Nack):
                 # The agent still runs what it last ACKed: the next update starts there,
                 # once a revision newer than the refused one exists (no resend loop).
@@ -313,7 +320,7 @@ class Hub:
                     session.channel,
                     CLOSE_PROTOCOL_ERROR,
                     "unexpected_message",
-                    f"an agent may send ack or nack here, not {message.type}",
+                    f"an agent may send ack, nack or report here, not {message.type}",
                 )
                 return
 

@@ -22,6 +22,7 @@ from dnsmesh.logs import fields
 
 if TYPE_CHECKING:
     from controller.hub import PushSettings
+    from controller.monitor import HealthSettings
 
 log = logging.getLogger("dnsmesh.controller")
 
@@ -125,7 +126,25 @@ def push_settings(args: argparse.Namespace) -> PushSettings:
         )
     if args.replica_id:
         settings = dataclasses.replace(settings, replica_id=args.replica_id)
-    return settings
+    return dataclasses.replace(settings, health=health_settings(args))
+
+
+def health_settings(args: argparse.Namespace) -> HealthSettings:
+    from controller.monitor import HealthSettings
+    from dnsmesh.quorum import QuorumRule
+
+    try:
+        rule = QuorumRule(
+            min_agents=args.quorum_min_agents,
+            fail_loss=args.quorum_fail_loss,
+            recover_loss=args.quorum_recover_loss,
+            stale_s=args.report_stale_after,
+        )
+    except ValueError as error:
+        raise ConfigError(f"--quorum-*/--report-stale-after: {error}") from None
+    if args.report_retention < 0:
+        raise ConfigError("--report-retention must be >= 0")
+    return HealthSettings(rule=rule, history_s=args.report_retention)
 
 
 def _note_sigterm(_signum: int, _frame: FrameType | None) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, Text, cast, delete, select
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from controller.db.models import AuditRow, ChangeRow, PolicyRow
 from controller.db.session import Database, Rollback, current_revision_in
 from controller.errors import AlreadyExists, DomainConflict, NotFound, PreconditionFailed
+from controller.health import read_down
 from controller.history import AuditEntry, Change, Operation, read_audit, read_changes_since
 from dnsmesh.errors import FieldError, PolicyError
 from dnsmesh.policy import Policy, parse_policy
@@ -38,6 +39,7 @@ class StoredPolicy:
 class PolicyList:
     revision: int  # the global revision the items are the state of
     items: list[Document]
+    down: list[str] = field(default_factory=list)  # endpoints down mesh-wide at ``revision``
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +103,7 @@ class PolicyStore:
             # revision, so a client can list and then ask for the changes since it.
             revision = current_revision_in(session)
             query = _labelled(select(PolicyRow.document), labels)
-            return PolicyList(revision, list(session.scalars(query)))
+            return PolicyList(revision, list(session.scalars(query)), read_down(session))
 
         return self.db.read(work)
 

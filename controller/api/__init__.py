@@ -73,6 +73,22 @@ Agents (the push protocol, HTTP polling and close codes: controller/api/agents.p
                                                    404 if r is not committed yet
   connected: the agent's connection is open (WebSocket) or it reported within the last
   ~60 s (polling), and its replica refreshed it within the last ~60 s.
+    POST   /v1/agents/{id}/report {"endpoints": [...]}
+                                                 (agent, admin) 200 {"agent_id", "endpoints",
+                                                   "down"}: a polling agent's probe report
+
+Endpoint health (the quorum rule: dnsmesh/quorum.py; shapes: controller/api/endpoints.py)
+    GET    /v1/endpoints[?policy=NAME]           (viewer, editor, admin) 200 {"revision",
+                                                   "down", "rule", "items": [{address,
+                                                   policies, status (down|failing|healthy|
+                                                   unknown), voters, failing, latency_ms,
+                                                   loss, agents: [per-agent report]}]}
+    GET    /v1/topology                          (viewer, editor, admin) 200 {"revision",
+                                                   "agents", "endpoints", "links": [{agent_id,
+                                                   address, state, latency_ms, loss, age_s,
+                                                   stale}]}
+  A change of the down set is a revision of its own, audited with actor "quorum"
+  (operation endpoints.down, target down-set).
 
 Health (no token)
     GET /healthz  200 {"status": "ok"}

@@ -30,6 +30,15 @@ WebSocket ``GET /v1/agents/stream`` (ws:// or wss://)
      Close 4409: the same agent_id connected again to this controller (the older
      connection is closed). Close 1011: internal error. Close 1012: the controller is
      restarting. Reconnect on any close, with backoff and jitter.
+  6a. Probe reports: at any time after hello, the agent may send ``report`` {endpoints:
+     [{address, latency_ms, loss, state, consecutive_failures, samples}]}, every few
+     seconds, one entry per endpoint address it probes (the merged result of all its
+     policies). No answer is sent. The controller keeps the latest per (agent, address)
+     and a history; when a quorum of agents sees an address failing (dnsmesh.quorum), it
+     commits a new revision whose update carries ``down`` (the whole set of addresses
+     down mesh-wide): every snapshot has it, a delta has it when it changed (null:
+     unchanged). Agents must keep probing and reporting addresses that are down, so the
+     quorum can see them recover.
   7. Keepalive: the controller pings every ``--ping-interval`` seconds (default 5) and
      closes a connection whose pong has not come within another interval (1011), so a
      dead agent shows as disconnected within about two intervals. Agents must answer
@@ -46,6 +55,12 @@ HTTP polling (when a WebSocket cannot be opened), same tokens and revision seman
       R is the revision the agent runs now (after applying: the ACK); ``nack`` reports an
       update it refused. 200 {"agent_id", "applied_revision"}. A polling agent posts after
       every update and at least every 30 s to stay shown as connected.
+  ``POST /v1/agents/{agent_id}/report``
+      a ``report`` message as above ({"endpoints": [...]}; "type"/"v" optional). 200
+      {"agent_id", "endpoints": N, "down": [address, ...]} once stored and the quorum
+      re-evaluated: ``down`` is the down set then (it also reaches the agent as part of
+      the next update from /v1/changes, with its revision). 422 invalid_request when the
+      body is not a report.
 
 For operators (viewer, editor, admin):
   ``GET /v1/agents`` and ``GET /v1/revisions/{r}`` (documented in controller.api).
@@ -62,10 +77,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller.agents import Hello, Nacked, Seen
 from controller.api.deps import blocking, json_body, policy_store, require
-from controller.api.errors import ApiError, error_body, from_store_error
+from controller.api.errors import RETRY_AFTER_S, ApiError, error_body, from_store_error
 from controller.auth import Permission, Principal, Role, TokenStore
 from controller.errors import DatabaseUnavailable
 from controller.hub import Hub
+from dnsmesh import protocol
 from dnsmesh.policy import field_errors
 
 router = APIRouter(tags=["agents"])
@@ -208,6 +224,33 @@ async def report(
         hub.recorder.record(Nacked(agent_id, body.nack.revision, body.nack.reason))
     await hub.recorder.flush()  # the answer means "recorded": a read right after sees it
     return JSONResponse({"agent_id": agent_id, "applied_revision": body.revision})
+
+
+@router.post("/v1/agents/{agent_id}/report")
+async def probe_report(
+    request: Request,
+    who: Reader,
+    agent_id: Annotated[str, Path(min_length=1, max_length=128)],
+) -> JSONResponse:
+    _agent_only(who)
+    body = await json_body(request)
+    try:
+        report = protocol.Report.model_validate(body)
+    except ValidationError as error:
+        raise ApiError(422, "invalid_request", "not a probe report", field_errors(error)) from None
+    hub = hub_of(request.app)
+    await hub.start()
+    hub.recorder.record(Seen(agent_id))
+    hub.health.record(agent_id, report)
+    if not await hub.health.flush():
+        raise ApiError(
+            503,
+            "database_unavailable",
+            "the report could not be stored yet",
+            headers={"Retry-After": RETRY_AFTER_S},
+        )
+    down = await blocking(hub.health.store.down)
+    return JSONResponse({"agent_id": agent_id, "endpoints": len(report.endpoints), "down": down})
 
 
 @router.get("/v1/agents")

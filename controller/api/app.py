@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from controller.api import admin, agents, policies
+from controller.api import admin, agents, endpoints, policies
 from controller.api.errors import install_error_handlers
 from controller.auth import TokenStore
 from controller.db.session import Database
@@ -40,4 +40,5 @@ def create_app(db: Database, push: PushSettings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(policies.router)
     app.include_router(agents.router)
+    app.include_router(endpoints.router)
     return app

@@ -303,7 +303,16 @@ def spawn_agent() -> Iterator[Callable[..., AgentProcess]]:
 
 # -- controller databases ------------------------------------------------------------------
 
-CONTROLLER_TABLES = ("policies", "changes", "audit_log", "api_tokens", "agents")
+CONTROLLER_TABLES = (
+    "policies",
+    "changes",
+    "audit_log",
+    "api_tokens",
+    "agents",
+    "endpoint_health",
+    "endpoint_reports",
+    "endpoints_down",
+)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,136 @@
+"""The health monitor: writes agents' reports in batches and keeps the quorum's verdict current.
+
+Like controller.recorder, the hub hands reports over without awaiting the database
+(``record``); one task writes whatever queued up in one transaction, then evaluates the
+quorum rule (controller.health). It also evaluates every ``evaluate_s`` without new reports,
+because reports going stale can change the verdict too, and prunes the history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from controller.db.session import Database
+from controller.errors import DatabaseUnavailable
+from controller.health import HealthStore, Received
+from dnsmesh import protocol, quorum
+from dnsmesh.logs import fields
+
+log = logging.getLogger("dnsmesh.controller.health")
+
+T = TypeVar("T")
+
+# Reports kept while the database is away; past this the oldest are dropped (every agent
+# reports again within seconds anyway).
+MAX_QUEUED = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    """Knobs of the feedback loop (``dnsmesh controller --quorum-*``/``--report-*`` flags)."""
+
+    rule: quorum.QuorumRule = field(default_factory=quorum.QuorumRule)
+    history_s: float = 3600.0  # keep every report this long; 0: keep only the latest
+    evaluate_s: float = 1.0  # re-apply the rule this often even without new reports
+    prune_s: float = 60.0
+    batch_delay_s: float = 0.05
+
+
+class HealthMonitor:
+    def __init__(self, db: Database, settings: HealthSettings | None = None) -> None:
+        self.settings = settings or HealthSettings()
+        self.db = db
+        self.store = HealthStore(db, self.settings.rule, history_s=self.settings.history_s)
+        self._queue: deque[Received] = deque()
+        self._ready = asyncio.Event()
+        self._queued = 0
+        self._done = 0  # reports written (or dropped) and evaluated
+        self._progress = asyncio.Condition()
+        self.changes = 0  # down-set revisions this replica committed (for tests and logs)
+
+    def record(self, agent_id: str, report: protocol.Report) -> None:
+        """Queues one agent's report, stamped with the controller's clock."""
+        self._queue.append(Received(agent_id, self.db.clock(), report.endpoints))
+        self._queued += 1
+        if len(self._queue) > MAX_QUEUED:
+            self._queue.popleft()
+            self._done += 1
+        self._ready.set()
+
+    async def flush(self, within_s: float = 5.0) -> bool:
+        """Waits until everything queued so far is written and evaluated; False on timeout."""
+        target = self._queued
+        self._ready.set()
+        async with self._progress:
+            try:
+                await asyncio.wait_for(
+                    self._progress.wait_for(lambda: self._done >= target), within_s
+                )
+            except TimeoutError:
+                return False
+        return True
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_prune = loop.time()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), self.settings.evaluate_s)
+            if self._ready.is_set():
+                await asyncio.sleep(self.settings.batch_delay_s)  # let a burst gather
+                self._ready.clear()
+            batch = list(self._queue)
+            self._queue.clear()
+            if batch and not await self._write(batch):
+                self._queue.extendleft(reversed(batch))  # the database is away: again later
+                await asyncio.sleep(1.0)
+                continue
+            await self._evaluate()
+            if batch:
+                async with self._progress:
+                    self._done += len(batch)
+                    self._progress.notify_all()
+            if loop.time() >= next_prune:
+                next_prune = loop.time() + self.settings.prune_s
+                await self._guarded(self.store.prune_history)
+
+    async def _write(self, batch: list[Received]) -> bool:
+        try:
+            await asyncio.to_thread(self.store.write_reports, batch)
+        except DatabaseUnavailable as error:
+            log.warning("health.write_failed", extra=fields(error=str(error)))
+            return False
+        except Exception:
+            # Not the database being away: retrying would fail alike forever, so the batch
+            # is dropped (the agents report again within seconds).
+            log.exception("health.write_dropped")
+        return True
+
+    async def _evaluate(self) -> None:
+        change = await self._guarded(self.store.evaluate)
+        if change is not None:
+            self.changes += 1
+            log.info(
+                "endpoints.down_set_changed",
+                extra=fields(
+                    revision=change.revision,
+                    down=sorted(change.down),
+                    marked=sorted(change.marked),
+                    cleared=sorted(change.cleared),
+                ),
+            )
+
+    async def _guarded(self, work: Callable[..., T], *args: object) -> T | None:
+        try:
+            return await asyncio.to_thread(work, *args)
+        except DatabaseUnavailable as error:
+            log.warning("health.evaluate_failed", extra=fields(error=str(error)))
+        except Exception:
+            log.exception("health.evaluate_failed")
+        return None
