@@ -101,6 +101,7 @@ class EndpointHealth:
     consecutive_successes: int = 0
     times_ejected: int = 0
     ejected_until: float | None = None  # not None: ejected (until at least then)
+    ejected_at: float | None = None  # when the current ejection began
     healthy_since: float | None = None  # last time an ejection ended or was forgiven
     samples: int = 0  # probes observed in total
 
@@ -133,6 +134,7 @@ class EndpointHealth:
                     after,
                     times_ejected=times,
                     ejected_until=now + rule.base_ejection * times,
+                    ejected_at=now,
                     healthy_since=None,
                 )
             return after
@@ -147,7 +149,7 @@ class EndpointHealth:
         if self.ejected_until is not None:
             if now < self.ejected_until:
                 return after  # still serving its ejection time
-            return replace(after, ejected_until=None, healthy_since=now)
+            return replace(after, ejected_until=None, ejected_at=None, healthy_since=now)
         since = self.healthy_since if self.healthy_since is not None else now
         if self.times_ejected and now - since >= rule.base_ejection:
             return replace(after, times_ejected=self.times_ejected - 1, healthy_since=now)
@@ -197,12 +199,20 @@ class Decision:
     ejected: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-def _badness(address: str, health: EndpointHealth | None, down: frozenset[str]) -> tuple[int, ...]:
-    """Sort key, worst first: ejected locally and down mesh-wide, then ejected, then down;
-    more consecutive failures first."""
+def _badness(
+    address: str, health: EndpointHealth | None, down: frozenset[str]
+) -> tuple[float, ...]:
+    """Sort key, first ejected first: ejected locally and down mesh-wide, then ejected
+    locally, then down only; among those, the earliest ejection first.
+
+    The order must not move while the endpoints stay as they are, or the one kept in by
+    max_ejection_percent would rotate between failing endpoints at every probe; an ejection
+    time does not move until it ends (Envoy keeps the earlier ejections too and refuses
+    the new one).
+    """
     local = health is not None and health.ejected
-    failures = health.consecutive_failures if health is not None else 0
-    return (-(int(local) + int(address in down)), -int(local), -failures)
+    at = health.ejected_at if health is not None and health.ejected_at is not None else 0.0
+    return (-(int(local) + int(address in down)), -int(local), at)
 
 
 def decide_policy(

@@ -35,10 +35,12 @@ def test_a_slow_endpoint_receives_clearly_fewer_answers(tmp_path: Path) -> None:
         policies = tmp_path / "policies.yaml"
         name = health_policy(policies, [fast, slow], strategy="latency-weighted", probe=probe)
         with local_agent(policies) as agent:
-            agent.wait_event("health.reweighted")  # both measured (both fast: equal weights)
+            agent.wait_event("health.reweighted")  # both measured
+            # Both fast: close enough to share (not necessarily equally: on a loaded 2-core
+            # machine, a Python server's answers vary by milliseconds).
             before = answers(agent, name, 300)
-            assert before[fast.host] > 90 and before[slow.host] > 90, before
-            slow.slow(0.15)  # 150 ms per answer against < 1 ms
+            assert before[fast.host] >= 60 and before[slow.host] >= 60, before
+            slow.slow(0.3)  # 300 ms per answer against ~1 ms
             time_until(
                 lambda: answers(agent, name, 50)[slow.host] <= 5,
                 timeout=10,
@@ -65,9 +67,7 @@ def _detect_and_recover(tmp_path: Path, how: str) -> None:
         policies = tmp_path / "policies.yaml"
         name = health_policy(policies, [good, bad], probe=probe, outlier=outlier)
         with local_agent(policies) as agent:
-            time_until(
-                lambda: len(answers(agent, name, 40)) == 2, timeout=5, what="both answered"
-            )
+            time_until(lambda: len(answers(agent, name, 40)) == 2, timeout=5, what="both answered")
             began = time.monotonic()
             if how == "dead":
                 bad.kill()
@@ -78,7 +78,7 @@ def _detect_and_recover(tmp_path: Path, how: str) -> None:
             detected = gone.started - began
             print(f"{how}: detected in {detected:.3f} s (bound {BOUND:.2f} s)")
             assert detected <= BOUND + MARGIN, f"{how}: {detected:.3f} s"
-            assert agent.events("health.ejected")
+            agent.wait_event("health.ejected", timeout=2)  # the log may trail the answers
             assert one_answer(agent, name) == good.host
             healed = time.monotonic()
             if how == "dead":
@@ -88,7 +88,7 @@ def _detect_and_recover(tmp_path: Path, how: str) -> None:
             back = Streak(agent, name, bad.host, present=True, length=1)
             time_until(back, timeout=5, what=f"the {how} endpoint coming back")
             print(f"{how}: back {back.started - healed:.3f} s after it recovered (ejection 1 s)")
-            assert agent.events("health.returned")
+            agent.wait_event("health.returned", timeout=2)
 
 
 def test_a_dead_endpoint_is_ejected_in_time_and_comes_back(tmp_path: Path) -> None:
@@ -110,11 +110,11 @@ def test_max_ejection_percent_holds_and_everything_dead_fails_open(tmp_path: Pat
             for ep in eps[1:]:
                 ep.kill()
             # Three dead, but at most 50 % (two) may be ejected: one dead one stays in.
-            agent.wait_event("health.ejected", count=2, timeout=5)
-            time.sleep(4 * INTERVAL)  # the third one's failures have been counted too
+            # All three are ejected locally (their own state)...
+            agent.wait_event("health.ejected", count=3, timeout=5)
+            time.sleep(2 * INTERVAL)  # ...and the answers follow (the log may lead the swap)
             seen = answers(agent, name, 200)
             assert len(seen) == 2 and seen[eps[0].host] > 50, seen
-            assert len(agent.events("health.ejected")) == 3, "the third is ejected locally…"
             eps[0].kill()
             # Now all four are dead: answer from the configured weights rather than nothing.
             agent.wait_event("health.fail_open", timeout=5)

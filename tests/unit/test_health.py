@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any
 
@@ -165,14 +166,22 @@ def test_healthy_endpoints_keep_the_configured_weights() -> None:
     assert decision.weights == {}
 
 
-def test_max_ejection_percent_bounds_the_ejected_and_keeps_the_least_bad() -> None:
+def test_max_ejection_percent_bounds_the_ejected_and_keeps_the_first_ejected() -> None:
     p = policy("web", [A, B, C, D], outlier={"consecutive_failures": 3, "max_ejection_percent": 50})
-    worse = run(ejected_health(), [False] * 4, 3.0)  # more consecutive failures than A's
-    health = {A: ejected_health(), B: worse, C: ejected_health()}
+    health = {
+        A: run(EndpointHealth(), [False] * 3, 5.0),
+        B: run(EndpointHealth(), [False] * 3, 0.0),
+        C: run(EndpointHealth(), [False] * 3, 10.0),
+    }
     decision = decide_weights([p], health)
     assert sorted(a for a, w in decision.weights["web"].items() if w == 0) == [A, B]
     assert decision.weights["web"][C] == 1, "the third ejection would pass 50 %"
     assert decision.fail_open == ()
+    # More failures of the kept one, or of the ejected ones, do not rotate who is kept.
+    for step in range(5):
+        health = {a: h.observe(False, None, 20.0 + step, RULE) for a, h in health.items()}
+        again = decide_weights([p], health)
+        assert again.weights == decision.weights
 
 
 def test_max_ejection_percent_zero_never_ejects() -> None:
@@ -306,5 +315,5 @@ def test_a_latency_step_settles_to_one_level_without_oscillating() -> None:
     settled = history[130:]
     assert len(set(settled)) == 1
     assert settled[0] < SCALE * 0.6
-    changes = sum(1 for x, y in zip(history, history[1:], strict=False) if x != y)
+    changes = sum(1 for x, y in itertools.pairwise(history) if x != y)
     assert changes <= 8, "the descent is monotonic and short"
