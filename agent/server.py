@@ -189,7 +189,17 @@ class AgentServer:
             if conn.transport is not None:
                 conn.transport.abort()
         await self._close_listeners()
-        log.info("agent.stopped", extra=fields(abandoned=left, **self.counts()))
+        health = self.health
+        log.info(
+            "agent.stopped",
+            extra=fields(
+                abandoned=left,
+                probes=health.runner.probes_sent,
+                health_recompiles=health.recompiles,
+                fail_open=health.fail_open_total,
+                **self.counts(),
+            ),
+        )
 
     async def _close_listeners(self) -> None:
         for transport in self._transports:

@@ -226,6 +226,8 @@ def decide_policy(
     spec = policy.spec
     endpoints = [e for e in spec.endpoints if e.weight > 0]
     addresses = [str(e.address) for e in endpoints]
+    if not any(a in health or a in down for a in addresses):
+        return None, False, ()  # nothing known: the configured weights (the common case)
     outlier = spec.health.outlier if spec.health is not None else Outlier()
     unhealthy = [a for a in addresses if a in down or (a in health and health[a].ejected)]
     if unhealthy and len(unhealthy) == len(addresses):

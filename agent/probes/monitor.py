@@ -158,6 +158,11 @@ class HealthMonitor:
                     times_ejected=after.times_ejected,
                 ),
             )
+            # An ejection or a return is swapped in at once, not at the next refresh: it is
+            # what the detection time is measured by, and it is rare (an address changes at
+            # most twice per base_ejection), so it cannot drive recompiles hot.
+            self._swap(force=False)
+            return
         self._dirty.set()
 
     # -- output ---------------------------------------------------------------------------
