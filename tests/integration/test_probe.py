@@ -214,7 +214,7 @@ def test_probes_in_flight_are_bounded() -> None:
     assert asyncio.run(main()) == 2
 
 
-def _policy(strategy: str = "weighted") -> Any:
+def _policy(strategy: str = "weighted", port: int = 9) -> Any:
     return parse_policy(
         {
             "apiVersion": "dnsmesh/v1",
@@ -225,7 +225,7 @@ def _policy(strategy: str = "weighted") -> Any:
                 "strategy": strategy,
                 "endpoints": [{"address": "127.0.0.1"}, {"address": "127.0.0.2"}],
                 "health": {
-                    "probe": {"type": "tcp", "port": 9, "interval": 0.05, "timeout": 0.1},
+                    "probe": {"type": "tcp", "port": port, "interval": 0.05, "timeout": 0.1},
                     "outlier": {"consecutive_failures": 2, "base_ejection": "5s"},
                 },
             },
@@ -234,21 +234,21 @@ def _policy(strategy: str = "weighted") -> Any:
 
 
 def test_monitor_ejects_a_refusing_endpoint_and_swaps_a_weighted_snapshot() -> None:
-    """Port 9 (discard) is closed on loopback here: both endpoints fail; at most 50 % go."""
+    """127.0.0.1 listens on the probed port, 127.0.0.2 refuses it: .2 is ejected."""
     served: list[Snapshot] = []
 
     async def main() -> HealthMonitor:
-        monitor = HealthMonitor(served.append, rng=random.Random(3), min_gap=0.05)
-        await monitor.start()
-        monitor.publish(compile_snapshot([_policy()], 7))
-        await until(lambda: bool(monitor.decision.ejected))
-        await monitor.stop()
-        return monitor
+        async with http_server() as info:
+            monitor = HealthMonitor(served.append, rng=random.Random(3), min_gap=0.05)
+            await monitor.start()
+            monitor.publish(compile_snapshot([_policy(port=info["port"])], 7))
+            await until(lambda: bool(monitor.decision.ejected))
+            await monitor.stop()
+            return monitor
 
     monitor = asyncio.run(main())
-    assert monitor.decision.ejected == {"web": ("127.0.0.1",)} or monitor.decision.ejected == {
-        "web": ("127.0.0.2",)
-    }
+    assert monitor.decision.ejected == {"web": ("127.0.0.2",)}
+    assert monitor.decision.weights == {"web": {"127.0.0.1": 1, "127.0.0.2": 0}}
     last = served[-1]
     assert last.revision == 7
     (compiled,) = last.policies()
@@ -256,7 +256,11 @@ def test_monitor_ejects_a_refusing_endpoint_and_swaps_a_weighted_snapshot() -> N
     assert weights == {"127.0.0.1": 1, "127.0.0.2": 1}, "the policy itself is unchanged"
     report = monitor.report()
     assert {e.address for e in report.endpoints} == {"127.0.0.1", "127.0.0.2"}
-    assert all(e.loss > 0 and e.samples > 0 for e in report.endpoints)
+    by_address = {e.address: e for e in report.endpoints}
+    assert by_address["127.0.0.2"].state == "ejected" and by_address["127.0.0.2"].loss > 0
+    assert by_address["127.0.0.1"].state == "healthy"
+    assert by_address["127.0.0.1"].latency_ms is not None
+    assert all(e.samples > 0 for e in report.endpoints)
     assert monitor.report().endpoints[0].samples == 0, "samples count since the last report"
 
 
