@@ -5,6 +5,7 @@ when it recovers, the quorum marks it up and it comes back everywhere."""
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,16 @@ def test_a_quorum_failed_endpoint_disappears_from_an_agent_that_never_probed(
                     what="both endpoints answered",
                     step=0.05,
                 )
+            killed = time.monotonic()
             bad.kill()
             gone = Streak(blind, name, bad.host, present=False)
             time_until(gone, timeout=15, what="the quorum's down set reaching the blind agent")
+            print(f"quorum: gone from the blind agent {gone.started - killed:.2f} s after death")
             assert not blind.events("health.ejected"), "the blind agent did not probe"
             listed = m.rest.http.get("/v1/endpoints").json()
             assert listed, "the controller lists the reported endpoints"
+            healed = time.monotonic()
             bad.start()
             back = Streak(blind, name, bad.host, present=True, length=1)
             time_until(back, timeout=15, what="the recovered endpoint back on the blind agent")
+            print(f"quorum: back on the blind agent {back.started - healed:.2f} s after recovery")
