@@ -142,7 +142,7 @@ class HealthMonitor:
                 self._samples.pop(address, None)
 
     def _observe(self, address: str, ok: bool, latency: float | None, now: float) -> None:
-        target = self._runner.targets.get(address)
+        target = self._runner.target(address)
         if target is None:
             return  # a result of a probe whose target was just removed
         before = self.health.get(address, EndpointHealth())

@@ -39,7 +39,9 @@ async def aioping_ping(address: str, limit: float) -> float:
 
 async def probe_icmp(target: Target, ping: Ping = aioping_ping) -> float:
     try:
-        return await asyncio.wait_for(ping(target.address, target.timeout), target.timeout)
+        # aioping enforces the timeout itself and closes its socket when it does; the outer
+        # bound (a little later) only guards against a ping that never returns.
+        return await asyncio.wait_for(ping(target.address, target.timeout), target.timeout + 0.1)
     except PermissionError as exc:
         raise IcmpUnavailable(str(exc)) from exc
     except OSError as exc:

@@ -66,6 +66,11 @@ class ProbeRunner:
     def targets(self) -> dict[str, Target]:
         return {address: target for address, (target, _) in self._tasks.items()}
 
+    def target(self, address: str) -> Target | None:
+        """The target being probed at ``address`` (one dict probe: called per result)."""
+        entry = self._tasks.get(address)
+        return entry[0] if entry is not None else None
+
     def set_plan(self, plan: Mapping[str, Target]) -> None:
         """Start, restart (spec changed) or stop tasks so that exactly ``plan`` is probed."""
         loop = asyncio.get_running_loop()
