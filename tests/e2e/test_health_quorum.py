@@ -39,9 +39,12 @@ def test_a_quorum_failed_endpoint_disappears_from_an_agent_that_never_probed(
     with endpoints(tmp_path, 2) as (good, bad), mesh(tmp_path) as m:
         m.rest.put(_policy([good.host, bad.host], good.port))
         with contextlib.ExitStack() as stack:
+            # One probing agent reports on the WebSocket, the other over HTTP polling.
             probing = [
-                stack.enter_context(agent_process(m.agent_args(f"p{i}", *FAST_REPORTS)))
-                for i in range(2)
+                stack.enter_context(agent_process(m.agent_args("ws", *FAST_REPORTS))),
+                stack.enter_context(
+                    agent_process(m.agent_args("poll", *FAST_REPORTS, "--sync", "http"))
+                ),
             ]
             blind = stack.enter_context(agent_process(m.agent_args("blind", "--no-probes")))
             for agent in [*probing, blind]:
@@ -58,7 +61,9 @@ def test_a_quorum_failed_endpoint_disappears_from_an_agent_that_never_probed(
             print(f"quorum: gone from the blind agent {gone.started - killed:.2f} s after death")
             assert not blind.events("health.ejected"), "the blind agent did not probe"
             listed = m.rest.http.get("/v1/endpoints").json()
-            assert listed, "the controller lists the reported endpoints"
+            item = next(i for i in listed["items"] if i["address"] == bad.host)
+            assert item["down"] is True
+            assert len(item["agents"]) == 2, "both transports delivered reports"
             healed = time.monotonic()
             bad.start()
             back = Streak(blind, name, bad.host, present=True, length=1)
