@@ -93,6 +93,18 @@ def add_agent_commands(
         help="how often policy files are checked for changes (default %(default)s)",
         **seconds,
     )
+    health = agent.add_argument_group("health probes")
+    health.add_argument(
+        "--no-probes",
+        action="store_true",
+        help="do not probe endpoints (the controller's mesh-wide down set still applies)",
+    )
+    health.add_argument(
+        "--probe-report-interval",
+        default=5.0,
+        help="how often probe results are reported to the controller (default %(default)s)",
+        **seconds,
+    )
     add_sync_arguments(agent)
     agent.set_defaults(run=_run_agent)
 

@@ -94,6 +94,9 @@ class AgentConfig:
     tcp_max_pipelined: int = 64
     drain_timeout: float = 2.0
     max_inflight: int = 4096  # forwards in flight at once; beyond, new ones are dropped
+    # Health (agent/probes/): probing can be turned off; the mesh-wide down set still applies.
+    probes: bool = True
+    probe_report_interval: float = 5.0  # probe reports to the controller, batched this often
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
@@ -105,6 +108,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     for name in ("query_timeout", "attempt_timeout", "drain_timeout", "tcp_idle_timeout"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    if getattr(args, "probe_report_interval", 5.0) <= 0:
+        raise ConfigError("--probe-report-interval must be positive")
     if args.cache_size < 0:
         raise ConfigError("--cache-size cannot be negative")
     if args.max_inflight < 1 or args.tcp_max_connections < 1:
@@ -126,4 +131,6 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         tcp_max_connections=args.tcp_max_connections,
         drain_timeout=args.drain_timeout,
         max_inflight=args.max_inflight,
+        probes=not getattr(args, "no_probes", False),
+        probe_report_interval=getattr(args, "probe_report_interval", 5.0),
     )

@@ -17,6 +17,7 @@ from agent.config import AgentConfig, HostPort
 from agent.listeners import QueryService, TcpConnection, TcpConnections, UdpListener, bind_pair
 from agent.loopcheck import LoopGuard
 from agent.pipeline import Pipeline, build_pipeline
+from agent.probes.monitor import HealthMonitor
 from agent.reload import PolicyWatcher
 from agent.resolvconf import is_self, upstreams_from_resolv_conf
 from agent.state import PolicyState
@@ -65,6 +66,9 @@ class AgentServer:
         )
         self.service = QueryService(self.pipeline, config.max_inflight)
         self.tcp_connections = TcpConnections(config.tcp_max_connections)
+        # Every compiled snapshot passes through the health monitor, which swaps it in with
+        # the effective weights (ejections, mesh-wide down set, latency).
+        self.health = HealthMonitor(self._swap_in, probing=config.probes, rng=self.rng)
         self.watcher: PolicyWatcher | None = None
         self.addresses: list[HostPort] = []
         self._transports: list[asyncio.BaseTransport] = []
@@ -76,6 +80,10 @@ class AgentServer:
         return self.state.snapshot
 
     def apply_snapshot(self, snapshot: Snapshot) -> None:
+        """Serve this newly compiled policy set (weighed by the health monitor first)."""
+        self.health.publish(snapshot)
+
+    def _swap_in(self, snapshot: Snapshot) -> None:
         self.state.snapshot = snapshot  # one assignment: queries see the old or the new, whole
 
     async def start(self) -> None:
@@ -106,6 +114,7 @@ class AgentServer:
         self._use_upstreams(upstreams)
         if self.watcher is not None:
             self.watcher.start()
+        await self.health.start()
         log.info(
             "agent.started",
             extra=fields(
@@ -168,6 +177,7 @@ class AgentServer:
             await self.watcher.stop()
         for conn in list(self.tcp_connections.open):
             conn.close("shutdown")
+        await self.health.stop()
         left = await self.service.drain(drain)
         for task in list(self._background):
             task.cancel()
@@ -179,7 +189,17 @@ class AgentServer:
             if conn.transport is not None:
                 conn.transport.abort()
         await self._close_listeners()
-        log.info("agent.stopped", extra=fields(abandoned=left, **self.counts()))
+        health = self.health
+        log.info(
+            "agent.stopped",
+            extra=fields(
+                abandoned=left,
+                probes=health.runner.probes_sent,
+                health_recompiles=health.recompiles,
+                fail_open=health.fail_open_total,
+                **self.counts(),
+            ),
+        )
 
     async def _close_listeners(self) -> None:
         for transport in self._transports:

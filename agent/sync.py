@@ -61,6 +61,7 @@ from dnsmesh.protocol import (
     Hello,
     Nack,
     ProtocolError,
+    Report,
     Snapshot,
     decode_message,
     encode_message,
@@ -107,7 +108,7 @@ _CLOSE_HINTS = {
     4400: ": the controller did not understand this agent (versions apart?)",
 }
 
-_Item = Snapshot | Delta | ErrorMessage | _Closed | _LocalApplied | object
+_Item = Snapshot | Delta | ErrorMessage | _Closed | _LocalApplied | Report | object
 
 
 def _describe(exc: BaseException) -> str:
@@ -126,8 +127,14 @@ class AgentSync:
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        probe_report: Callable[[], Report] | None = None,
+        probe_report_interval: float = 5.0,
     ) -> None:
         self.config = config
+        # Probe results for the controller (agent/probes/monitor.py), sent batched every
+        # probe_report_interval on whichever channel is open.
+        self.probe_report = probe_report
+        self.probe_report_interval = probe_report_interval
         self.sources = sources
         self.state_dir = state_dir
         self.agent_id = agent_id
@@ -356,13 +363,18 @@ class AgentSync:
             await ws.send(encode_message(self._hello()))
             self._queue = queue
             self.connected("websocket", config.stream_url)
-            reader = asyncio.get_running_loop().create_task(_read(ws, queue))
+            loop = asyncio.get_running_loop()
+            helpers = [loop.create_task(_read(ws, queue))]
+            if self.probe_report is not None:
+                helpers.append(loop.create_task(self._report_probes(queue)))
             try:
                 await self._ws_loop(ws, queue)
             finally:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
+                for helper in helpers:
+                    helper.cancel()
+                for helper in helpers:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await helper
 
     def _hello(self) -> Hello:
         return Hello(
@@ -385,7 +397,9 @@ class AgentSync:
                     continue
                 await self._ws_apply(ws, updates)
                 updates = []
-                if isinstance(item, _LocalApplied):
+                if isinstance(item, Report):
+                    await ws.send(encode_message(item))
+                elif isinstance(item, _LocalApplied):
                     await self.save()
                     await ws.send(encode_message(Ack(revision=item.revision)))
                 elif isinstance(item, ErrorMessage):
@@ -400,6 +414,22 @@ class AgentSync:
                 else:
                     raise ProtocolError(f"unexpected message from the controller: {item!r}"[:200])
             await self._ws_apply(ws, updates)
+
+    def next_probe_report(self) -> Report | None:
+        """The batched probe results to send now, or None when there is nothing to say."""
+        if self.probe_report is None:
+            return None
+        report = self.probe_report()
+        return report if report.endpoints else None
+
+    async def _report_probes(self, queue: asyncio.Queue[_Item]) -> None:
+        """Queue a probe report every probe_report_interval (jittered, so that agents
+        started together do not report together); the stream loop sends it in order."""
+        while True:
+            await asyncio.sleep(self.probe_report_interval * self.rng.uniform(0.9, 1.1))
+            report = self.next_probe_report()
+            if report is not None:
+                queue.put_nowait(report)
 
     async def _ws_apply(self, ws: ClientConnection, updates: list[Snapshot | Delta]) -> None:
         if not updates:

@@ -32,6 +32,8 @@ class SyncedAgent:
         # The server must not watch the files itself: every load is checked for clashes.
         self.server = AgentServer(dataclasses.replace(config, policies=None))
         self.sources = PolicySources(self.server.apply_snapshot)
+        # The controller's mesh-wide down set travels with each revision (sources.running).
+        self.server.health.down = lambda: self.sources.running.down
         self.state_dir = StateDir(sync.state_dir)
         self.sync_config = sync
         self.rng = rng
@@ -62,7 +64,13 @@ class SyncedAgent:
         if self.watcher is not None:
             self.watcher.start()
         self.sync = AgentSync(
-            self.sync_config, self.sources, self.state_dir, agent_id, rng=self.rng
+            self.sync_config,
+            self.sources,
+            self.state_dir,
+            agent_id,
+            rng=self.rng,
+            probe_report=self.server.health.report if self.server.config.probes else None,
+            probe_report_interval=self.server.config.probe_report_interval,
         )
         await self.sync.start()
 

@@ -10,16 +10,20 @@ and at least every ``report_interval`` so the controller keeps showing it connec
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 import httpx
 
 from agent.policysource import Outcome, Refused
 from agent.syncerrors import SyncFatal, SyncRetry, parse_retry_after
-from dnsmesh.protocol import Delta, ProtocolError, Snapshot, decode_message
+from dnsmesh.logs import fields
+from dnsmesh.protocol import Delta, ProtocolError, Snapshot, decode_message, message_json
 
 if TYPE_CHECKING:
     from agent.sync import AgentSync
+
+log = logging.getLogger(__name__)
 
 
 class Poller:
@@ -28,6 +32,7 @@ class Poller:
     def __init__(self, sync: AgentSync, client: httpx.AsyncClient) -> None:
         self.sync = sync
         self.client = client
+        self.probe_route = True  # False once the controller said it has no report route
 
     @staticmethod
     def client_for(sync: AgentSync) -> httpx.AsyncClient:
@@ -48,7 +53,7 @@ class Poller:
         sync.sources.resync()
         await self.report()
         sync.connected("poll", config.http_url)
-        entered = last_report = sync.clock()
+        entered = last_report = last_probes = sync.clock()
         since = sync.sources.running.revision
         while True:
             now = sync.clock()
@@ -57,7 +62,12 @@ class Poller:
             if now - last_report >= config.report_interval:
                 await self.report()
                 last_report = now
+            if now - last_probes >= sync.probe_report_interval:
+                await self.report_probes()
+                last_probes = now
             wait = max(0.0, min(config.poll_wait, config.report_interval))
+            if sync.probe_report is not None:
+                wait = min(wait, sync.probe_report_interval)
             if config.mode == "auto":
                 wait = min(wait, max(0.0, config.ws_retry - (now - entered)))
             asked = sync.clock()
@@ -109,6 +119,23 @@ class Poller:
         if nack is not None:
             body["nack"] = {"revision": nack.revision, "reason": nack.reason[:4096]}
         check(await self.client.post(f"/v1/agents/{sync.agent_id}/ack", json=body))
+
+    async def report_probes(self) -> None:
+        """POST the batched probe results (the stream's ``report`` message as a body)."""
+        if not self.probe_route:
+            return
+        report = self.sync.next_probe_report()
+        if report is None:
+            return
+        response = await self.client.post(
+            f"/v1/agents/{self.sync.agent_id}/report", json=message_json(report)
+        )
+        if response.status_code in (404, 405):
+            # An older controller: say it once and stop asking; policies still flow.
+            log.warning("sync.probe_reports_unsupported", extra=fields(status=response.status_code))
+            self.probe_route = False
+            return
+        check(response)
 
 
 def check(response: httpx.Response) -> None:

@@ -1,0 +1,1 @@
+"""Endpoint probing: one probe task per endpoint address, feeding dnsmesh.health."""

@@ -1,0 +1,221 @@
+"""Health into answers: per-address health, and the served snapshot re-weighted when it matters.
+
+Sits between whoever compiles snapshots (the file watcher, the sync client) and the DNS
+side: ``publish(base)`` takes a freshly compiled, unweighted snapshot; the monitor swaps
+in that snapshot with the effective weights of dnsmesh.health (ejections, mesh ``down``,
+latency). Probe results only mark the weights dirty; a refresh task recomputes them at
+most ``1 / min_gap`` times a second and swaps a new snapshot only when some effective
+weight actually changed. Only the policies whose weights changed are compiled again; the
+others' compiled objects are reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+
+from agent.probes.plan import build_plan
+from agent.probes.probers import Ping, aioping_ping
+from agent.probes.runner import ProbeRunner
+from dnsmesh.health import Decision, EndpointHealth, decide_weights
+from dnsmesh.logs import fields
+from dnsmesh.protocol import EndpointReport, Report
+from dnsmesh.snapshot import CompiledPolicy, Snapshot
+
+log = logging.getLogger(__name__)
+
+Weights = Mapping[str, Mapping[str, int]]
+
+
+Compiled = dict[str, tuple[object, int, Mapping[str, int], CompiledPolicy]]
+
+
+def reweigh(base: Snapshot, weights: Weights, cache: Compiled | None = None) -> Snapshot:
+    """``base`` with the policies in ``weights`` compiled again with those weights.
+
+    ``cache`` (policy name -> (policy, revision, weights, compiled)) keeps the compiled
+    policy of the last call when its policy, revision and weights are unchanged: compiling
+    is the expensive part, and usually one endpoint of one policy moved.
+    """
+    if not weights:
+        if cache is not None:
+            cache.clear()
+        return base
+    kept: Compiled = {}
+
+    def one(compiled: CompiledPolicy) -> CompiledPolicy:
+        wanted = weights.get(compiled.name)
+        if wanted is None:
+            return compiled
+        hit = cache.get(compiled.name) if cache is not None else None
+        if (
+            hit is not None
+            and hit[0] is compiled.policy
+            and hit[1] == base.revision
+            and hit[2] == wanted
+        ):
+            fresh = hit[3]
+        else:
+            fresh = CompiledPolicy(compiled.policy, base.revision, wanted)
+        kept[compiled.name] = (compiled.policy, base.revision, wanted, fresh)
+        return fresh
+
+    exact = {key: one(c) for key, c in base.exact.items()}
+    wildcards = {key: one(c) for key, c in base.wildcards.items()}
+    if cache is not None:
+        cache.clear()
+        cache.update(kept)
+    return Snapshot(base.revision, exact, wildcards, base.wildcard_lengths)
+
+
+class HealthMonitor:
+    """Probes (unless ``probing`` is off), holds health, and publishes weighted snapshots."""
+
+    def __init__(
+        self,
+        apply: Callable[[Snapshot], None],
+        *,
+        probing: bool = True,
+        down: Callable[[], frozenset[str]] = frozenset,
+        min_gap: float = 0.25,
+        concurrency: int = 64,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        ping: Ping = aioping_ping,
+    ) -> None:
+        self.apply = apply
+        self.probing = probing
+        self.down = down
+        self.min_gap = min_gap
+        self.clock = clock
+        self.health: dict[str, EndpointHealth] = {}
+        self.base: Snapshot | None = None
+        self.served: Snapshot | None = None
+        self._compiled: Compiled = {}
+        self.decision = Decision({})
+        self.fail_open_total = 0  # policies that entered fail-open (all endpoints unhealthy)
+        self.recompiles = 0
+        self._samples: dict[str, int] = {}  # probes per address since the last report
+        self._runner = ProbeRunner(
+            self._observe, concurrency=concurrency, rng=rng, clock=clock, ping=ping
+        )
+        self._dirty = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def runner(self) -> ProbeRunner:
+        return self._runner
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._refresh_loop())
+        if self.base is not None:
+            self._replan(self.base)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._runner.stop()
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def publish(self, base: Snapshot) -> None:
+        """A new compiled policy set (or a new mesh down set): weigh it and swap it in now."""
+        self.base = base
+        self._swap(force=True)
+        if self._task is not None:
+            self._replan(base)
+
+    def _replan(self, base: Snapshot) -> None:
+        policies = [c.policy for c in base.policies()]
+        plan = build_plan(policies) if self.probing else {}
+        self._runner.set_plan(plan)
+        for address in list(self.health):
+            if address not in plan:  # no policy probes it any more: forget what we knew
+                del self.health[address]
+                self._samples.pop(address, None)
+
+    def _observe(self, address: str, ok: bool, latency: float | None, now: float) -> None:
+        target = self._runner.target(address)
+        if target is None:
+            return  # a result of a probe whose target was just removed
+        before = self.health.get(address, EndpointHealth())
+        after = before.observe(ok, latency, now, target.rule)
+        self.health[address] = after
+        self._samples[address] = self._samples.get(address, 0) + 1
+        if after.ejected != before.ejected:
+            log.warning(
+                "health.ejected" if after.ejected else "health.returned",
+                extra=fields(
+                    address=address,
+                    consecutive_failures=before.consecutive_failures,
+                    times_ejected=after.times_ejected,
+                ),
+            )
+            # An ejection or a return is swapped in at once, not at the next refresh: it is
+            # what the detection time is measured by, and it is rare (an address changes at
+            # most twice per base_ejection), so it cannot drive recompiles hot.
+            self._swap(force=False)
+            return
+        self._dirty.set()
+
+    # -- output ---------------------------------------------------------------------------
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            self._swap(force=False)
+            # Bounds recompiles to 1/min_gap a second however many probes finish meanwhile.
+            await asyncio.sleep(self.min_gap)
+
+    def _swap(self, *, force: bool) -> None:
+        base = self.base
+        if base is None:
+            return
+        policies = [c.policy for c in base.policies()]
+        decision = decide_weights(policies, self.health, self.down(), self.decision.levels)
+        changed = decision.weights != self.decision.weights
+        opened = set(decision.fail_open) - set(self.decision.fail_open)
+        self.decision = decision
+        for name in sorted(opened):
+            self.fail_open_total += 1
+            log.warning("health.fail_open", extra=fields(policy=name))
+        if not force and not changed:
+            return
+        served = reweigh(base, decision.weights, self._compiled)
+        self.served = served
+        if changed:
+            self.recompiles += 1
+            log.info(
+                "health.reweighted",
+                extra=fields(
+                    revision=base.revision,
+                    policies=len(decision.weights),
+                    ejected={k: list(v) for k, v in decision.ejected.items()},
+                ),
+            )
+        self.apply(served)
+
+    def report(self) -> Report:
+        """What to tell the controller: every probed address, and the probes since last time."""
+        endpoints = []
+        for address, h in sorted(self.health.items()):
+            endpoints.append(
+                EndpointReport(
+                    address=address,
+                    latency_ms=None if h.latency is None else round(h.latency * 1000, 3),
+                    loss=round(min(1.0, max(0.0, h.loss)), 4),
+                    state=h.state,
+                    consecutive_failures=h.consecutive_failures,
+                    samples=self._samples.get(address, 0),
+                )
+            )
+        self._samples = {}
+        return Report(endpoints=endpoints)
