@@ -256,9 +256,9 @@ def test_migration_0003_goes_down_and_up_again(backend: str, tmp_path: Path) -> 
         engine = build_engine(url)
         stack.callback(engine.dispose)
         upgrade(engine)
-        db = Database(engine)
-        store = HealthStore(db, QuorumRule())
         clock = Clock()
+        db = Database(engine, clock)  # the reports' clock: a real one would find them stale
+        store = HealthStore(db, QuorumRule())
         bad = report(A, "ejected", 1.0)
         store.write_reports([received(clock, "a1", bad), received(clock, "a2", bad)])
         assert store.evaluate() is not None
