@@ -117,7 +117,11 @@ def run_updates(tmp_path: Path, updates: int, budget: float, writer: str = "stor
                 querier.join(5)
             if querier.failure is not None:
                 raise querier.failure
-            assert agent.events("sync.applied")[-1]["revision"] == last
+            # The log line is written just after the swap; the test's reader thread may see
+            # it a moment after the answer that showed the swap.
+            wait_until(
+                lambda: agent.events("sync.applied")[-1]["revision"] == last, 5, "the last apply"
+            )
             me = agent_id(agent)
             wait_until(
                 lambda: (a := m.rest.agent(me)) and a["applied_revision"] == last, 5, "the ACK"
