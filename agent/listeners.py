@@ -145,10 +145,8 @@ class UdpListener(asyncio.BaseTransport):
             if exc.reply is not None:
                 self.send(exc.reply, addr)
             return
-        answer = service.pipeline.answer_now(query, addr[0])
-        if answer is not None:
-            service.counts[answer.source] += 1
-            wire = answer.wire
+        wire = service.pipeline.answer_now(query, addr[0], service.counts)
+        if wire is not None:
             if len(wire) > 512:  # every client takes 512 (RFC 1035 §4.2.1): skip the rest
                 wire = fit_udp(wire, query.udp_limit)
             if self._backlog:
@@ -344,10 +342,9 @@ class TcpConnection(asyncio.Protocol):
             if exc.reply is not None:
                 self._send(exc.reply)
             return
-        answer = service.pipeline.answer_now(query, self.client)
-        if answer is not None:
-            service.counts[answer.source] += 1
-            self._send(answer.wire)
+        wire = service.pipeline.answer_now(query, self.client, service.counts)
+        if wire is not None:
+            self._send(wire)
             return
         if service.full():
             return
