@@ -1,4 +1,4 @@
-"""What every handler returns: the response and where it came from (Blocky's ResponseType)."""
+"""Where an answer came from (Blocky's ResponseType), and the forwarder's answer with it."""
 
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ class Source:
 
 
 class Answer(NamedTuple):
-    """A NamedTuple, not a frozen dataclass: one is built per query, and a frozen dataclass's
-    ``__init__`` costs several times as much."""
+    """The forwarding handler's answer. Immediate handlers return bytes and their source is
+    their place in the pipeline (agent.pipeline), so none of these is built on the hot path;
+    a forwarded answer costs a network exchange, next to which this tuple is nothing.
+    A NamedTuple, not a frozen dataclass: a frozen dataclass's ``__init__`` costs more."""
 
     wire: bytes
     source: str  # one of Source's constants

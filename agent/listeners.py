@@ -7,7 +7,7 @@ import errno
 import logging
 import socket
 import struct
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Coroutine
 from typing import Any, cast
 
@@ -78,18 +78,63 @@ class QueryService:
         return len(left)
 
 
-class UdpListener(asyncio.DatagramProtocol):
-    """One UDP socket. A query answered at once is sent from inside datagram_received."""
+# Datagrams read per wakeup at most: enough to amortise the wakeup under load, few enough
+# that one busy socket does not keep the loop from timers, TCP and the other listeners.
+_DRAIN = 64
+# Replies held while the socket's send buffer is full. Beyond this, replies are dropped
+# and counted: a UDP client retries (RFC 1035 §4.2.1), and holding more would only grow
+# memory while the client side is not reading.
+_SEND_BACKLOG = 1024
+# Larger than any query a client sends over UDP (RFC 6891 §6.2.5 payload sizes top out
+# at 4096 in practice); the kernel truncates a longer datagram, which then parses as
+# malformed and gets FORMERR.
+_RECV_SIZE = 4096
 
-    def __init__(self, service: QueryService) -> None:
+
+class UdpListener(asyncio.BaseTransport):
+    """One UDP socket, read directly: a reader callback drains up to ``_DRAIN`` datagrams
+    with ``recvfrom`` and a query answered at once is sent with ``sendto`` right there.
+
+    A raw non-blocking socket rather than a datagram transport: measured ~0.7 us per query
+    cheaper (uvloop's transport pays a callback and an address conversion per datagram),
+    about a tenth of a policy hit. It subclasses BaseTransport only so the server can hold
+    and close it as it does its other transports.
+    """
+
+    __slots__ = ("_backlog", "_fd", "_loop", "closed", "service", "sock")
+
+    def __init__(
+        self,
+        service: QueryService,
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__()
         self.service = service
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock = sock
+        self.closed = False
+        self._loop = asyncio.get_running_loop() if loop is None else loop
+        self._fd = sock.fileno()
+        self._backlog: deque[tuple[bytes, Any]] = deque()
+        sock.setblocking(False)
+        self._loop.add_reader(self._fd, self._readable)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's UDP transport does not subclass asyncio.DatagramTransport, hence a cast.
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def _readable(self) -> None:
+        recvfrom = self.sock.recvfrom
+        received = self.datagram_received
+        for _ in range(_DRAIN):
+            try:
+                data, addr = recvfrom(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # ICMP errors for earlier replies (a client gone, ECONNREFUSED): nothing to
+                # do, keep reading what else is queued.
+                log.debug("udp.error", extra=fields(error=str(exc)))
+                continue
+            received(data, addr)
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+    def datagram_received(self, data: bytes, addr: Any) -> None:
         service = self.service
         if not service.accepting:
             return  # draining: a datagram is not accepted; the client retries elsewhere
@@ -97,31 +142,83 @@ class UdpListener(asyncio.DatagramProtocol):
             query = parse_query(data)
         except MalformedQuery as exc:
             service.counts["malformed"] += 1
-            if exc.reply is not None and self.transport is not None:
-                self.transport.sendto(exc.reply, addr)
+            if exc.reply is not None:
+                self.send(exc.reply, addr)
             return
-        answer = service.pipeline.answer_now(query, addr[0])
-        if answer is not None:
-            service.counts[answer.source] += 1
-            wire = answer.wire
+        wire = service.pipeline.answer_now(query, addr[0], service.counts)
+        if wire is not None:
             if len(wire) > 512:  # every client takes 512 (RFC 1035 §4.2.1): skip the rest
                 wire = fit_udp(wire, query.udp_limit)
-            self.transport.sendto(wire, addr)  # type: ignore[union-attr]  # set before data
+            if self._backlog:
+                self._hold(wire, addr)  # keep replies in order behind those waiting
+                return
+            try:  # inline, not self.send: this is the hot path
+                self.sock.sendto(wire, addr)
+            except (BlockingIOError, InterruptedError):
+                self._hold(wire, addr)
+            except OSError as exc:
+                log.debug("udp.send_failed", extra=fields(error=str(exc)))
             return
         if not service.full():
             service.spawn(self._forward(query, addr))
 
-    async def _forward(self, query: Query, addr: tuple[str, int]) -> None:
+    async def _forward(self, query: Query, addr: Any) -> None:
         answer = await self.service.pipeline.final(query, addr[0])
         self.service.count_forwarded(query, answer, addr[0])
-        if self.transport is not None and not self.transport.is_closing():
-            # RFC 6891 §7 / RFC 1035 §4.2.1: no more than the client takes; TC tells it
-            # to ask again over TCP.
-            self.transport.sendto(fit_udp(answer.wire, query.udp_limit), addr)
+        # RFC 6891 §7 / RFC 1035 §4.2.1: no more than the client takes; TC tells it to ask
+        # again over TCP.
+        self.send(fit_udp(answer.wire, query.udp_limit), addr)
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors for earlier replies (a client gone): nothing to do, keep serving.
-        log.debug("udp.error", extra=fields(error=str(exc)))
+    def send(self, wire: bytes, addr: Any) -> None:
+        """sendto, holding the reply while the send buffer is full (dropped when closed)."""
+        if self.closed:
+            return
+        if self._backlog:
+            self._hold(wire, addr)
+            return
+        try:
+            self.sock.sendto(wire, addr)
+        except (BlockingIOError, InterruptedError):
+            self._hold(wire, addr)
+        except OSError as exc:
+            log.debug("udp.send_failed", extra=fields(error=str(exc)))
+
+    def _hold(self, wire: bytes, addr: Any) -> None:
+        backlog = self._backlog
+        if len(backlog) >= _SEND_BACKLOG:
+            self.service.counts["dropped"] += 1
+            return
+        if not backlog:
+            self._loop.add_writer(self._fd, self._writable)
+        backlog.append((wire, addr))
+
+    def _writable(self) -> None:
+        backlog = self._backlog
+        sendto = self.sock.sendto
+        while backlog:
+            wire, addr = backlog[0]
+            try:
+                sendto(wire, addr)
+            except (BlockingIOError, InterruptedError):
+                return  # still full: wait for the next writable event
+            except OSError as exc:
+                log.debug("udp.send_failed", extra=fields(error=str(exc)))
+            backlog.popleft()
+        self._loop.remove_writer(self._fd)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        """Stop reading and writing and close the socket; held replies are dropped."""
+        if self.closed:
+            return
+        self.closed = True
+        self._loop.remove_reader(self._fd)
+        if self._backlog:
+            self._loop.remove_writer(self._fd)
+            self._backlog.clear()
+        self.sock.close()
 
 
 class TcpConnections:
@@ -245,10 +342,9 @@ class TcpConnection(asyncio.Protocol):
             if exc.reply is not None:
                 self._send(exc.reply)
             return
-        answer = service.pipeline.answer_now(query, self.client)
-        if answer is not None:
-            service.counts[answer.source] += 1
-            self._send(answer.wire)
+        wire = service.pipeline.answer_now(query, self.client, service.counts)
+        if wire is not None:
+            self._send(wire)
             return
         if service.full():
             return

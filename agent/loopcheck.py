@@ -12,7 +12,6 @@ import asyncio
 import logging
 import secrets
 
-from agent.answer import Answer, Source
 from agent.config import HostPort
 from agent.upstream import UpstreamClient
 from dnsmesh import dnswire
@@ -37,7 +36,7 @@ class LoopGuard:
         self.pending: dict[bytes, HostPort] = {}
         self.detected: list[HostPort] = []
 
-    def answer(self, query: Query, client: str) -> Answer | None:
+    def answer(self, query: Query, client: str) -> bytes | None:
         if not self.pending:
             return None
         server = self.pending.get(query.qname)
@@ -56,7 +55,7 @@ class LoopGuard:
                 ),
             )
         # Answer the looped probe at once so it stops circling.
-        return Answer(dnswire.build_error(query, dnswire.RCODE_REFUSED), Source.ERROR, "loop")
+        return dnswire.build_error(query, dnswire.RCODE_REFUSED)
 
     async def probe_all(self) -> None:
         servers = [s.address for s in self._upstream.usable()]

@@ -1,8 +1,12 @@
 """The resolver pipeline: small handlers in a fixed order, assembled in one place.
 
 Handlers before the last answer at once (no awaits), so a policy hit over UDP costs a parse,
-a dict lookup, the pre-built response and a sendto. Only the last handler, forwarding, is
-asynchronous; the listeners start a task for it only when every handler before passed.
+a dict lookup, the pre-built response and a sendto. They return the response bytes only:
+where an answer came from is the handler's place in the pipeline, so its Source is paired
+with it here and counted by the pipeline, and no Answer object is built per immediate
+answer (building and reading one cost ~0.35 us, about 5% of a policy hit). Only the last
+handler, forwarding, is asynchronous; the listeners start a task for it only when every
+handler before passed.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from agent.answer import Answer
+from agent.answer import Answer, Source
 from agent.cache import Cache
 from agent.handlers.cached import CachedAnswers
 from agent.handlers.forward import Forwarder
@@ -23,21 +27,23 @@ from agent.upstream import UpstreamClient
 from dnsmesh.dnsforward import UpstreamAnswer
 from dnsmesh.dnswire import Query
 
-ImmediateHandler = Callable[[Query, str], Answer | None]
+ImmediateHandler = Callable[[Query, str], bytes | None]
 FinalHandler = Callable[[Query, str], Awaitable[Answer]]
 
 
 @dataclass(frozen=True, slots=True)
 class Pipeline:
-    immediate: tuple[ImmediateHandler, ...]
+    immediate: tuple[tuple[ImmediateHandler, str], ...]  # (handler, its Source constant)
     final: FinalHandler
 
-    def answer_now(self, query: Query, client: str) -> Answer | None:
-        """The first immediate handler's answer, or None: the query must be forwarded."""
-        for handler in self.immediate:
-            answer = handler(query, client)
-            if answer is not None:
-                return answer
+    def answer_now(self, query: Query, client: str, counts: dict[str, int]) -> bytes | None:
+        """The first immediate handler's response, counted under its source in ``counts``;
+        None: the query must be forwarded."""
+        for handler, source in self.immediate:
+            wire = handler(query, client)
+            if wire is not None:
+                counts[source] += 1
+                return wire
         return None
 
 
@@ -55,17 +61,18 @@ def build_pipeline(
         immediate=(
             # 1. Special-use names first: RFC 6761/6762 say they are answered locally and
             #    never sent anywhere, and no policy may take "localhost" over.
-            LocalNames().answer,
+            (LocalNames().answer, Source.LOCAL),
             # 2. Policies before the cache: a policy answer is picked per query (weights,
             #    stickiness, the client's slice) and a reload must show on the next query;
             #    a cached copy would freeze one pick. A name that was forwarded and cached
             #    before a policy appeared for it is answered by the policy from then on.
-            PolicyAnswers(state, rng).answer,
+            (PolicyAnswers(state, rng).answer, Source.POLICY),
             # 3. The cache before forwarding, the point of having one.
-            CachedAnswers(cache).answer,
+            (CachedAnswers(cache).answer, Source.CACHE),
             # 4. The loop guard just before forwarding: only a query about to be forwarded
             #    can be our own probe coming back, and hits above never pay for the check.
-            loop_guard.answer,
+            #    Its REFUSED is an error made here.
+            (loop_guard.answer, Source.ERROR),
         ),
         # 5. Forwarding last: the only step that waits on the network.
         final=Forwarder(upstream, cache, query_timeout=query_timeout, stale_ttl=stale_ttl).answer,

@@ -128,10 +128,7 @@ class AgentServer:
         loop = asyncio.get_running_loop()
         udp, tcp = bind_pair(address)
         bound = HostPort(address.host, udp.getsockname()[1])
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: UdpListener(self.service), sock=udp
-        )
-        self._transports.append(transport)
+        self._transports.append(UdpListener(self.service, udp, loop))
         config = self.config
         server = await loop.create_server(
             lambda: TcpConnection(

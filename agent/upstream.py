@@ -1,10 +1,10 @@
 """Forwarding to upstream resolvers: UDP then TCP, spoofing-resistant, failover, coalescing.
 
 RFC 5452 asks three things of a forwarder, and each exchange here does them: a fresh random
-ID (``secrets``), a fresh source port (a new UDP socket per query; Linux picks its
-ephemeral port at random), and acceptance only of a reply from the address/port we asked
-(the socket is connected, so the kernel filters) whose ID and question match
-(``parse_upstream_response``). Everything else is discarded and we keep listening.
+ID (``os.urandom``, read in batches), a fresh source port (a new UDP socket per query;
+Linux picks its ephemeral port at random), and acceptance only of a reply from the
+address/port we asked (the socket is connected, so the kernel filters) whose ID and question
+match (``parse_upstream_response``). Everything else is discarded and we keep listening.
 
 A socket per query rather than a pool, measured (uvloop, loopback echo upstream): a
 datagram transport per query (socket+connect+endpoint+close) cost ~16 us of a ~35-43 us
@@ -19,10 +19,11 @@ back to the front once their backoff has run out.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import contextlib
 import logging
-import secrets
+import os
 import socket
 import struct
 import time
@@ -50,6 +51,21 @@ _LENGTH = struct.Struct("!H")
 _ROUNDS = 2
 # rcodes that say "this server could not help", not "the name is so": try the next one.
 _TRY_NEXT = frozenset({dnswire.RCODE_SERVFAIL, dnswire.RCODE_REFUSED})
+# Query IDs come from the OS CSPRNG (RFC 5452 §9.2 asks for unpredictable IDs), read in
+# batches: one os.urandom call per 2048 IDs instead of secrets.randbits per query (~2 us).
+_ID_BATCH = 4096
+_ids = b""
+_ids_at = 0
+
+
+def random_id() -> int:
+    """A cryptographically random 16-bit query ID, from a batched os.urandom buffer."""
+    global _ids, _ids_at  # one module-wide buffer: the agent runs one event loop
+    at = _ids_at
+    if at + 2 > len(_ids):
+        _ids, at = os.urandom(_ID_BATCH), 0
+    _ids_at = at + 2
+    return _ids[at] << 8 | _ids[at + 1]
 
 
 @dataclass(slots=True)
@@ -69,7 +85,7 @@ def _expire(done: asyncio.Future[UpstreamAnswer]) -> None:
 
 
 def _on_readable(
-    sock: socket.socket, msg_id: int, question: bytes, done: asyncio.Future[UpstreamAnswer]
+    sock: _socket.socket, msg_id: int, question: bytes, done: asyncio.Future[UpstreamAnswer]
 ) -> None:
     """Reader callback of an upstream socket: take the one datagram that answers our query.
 
@@ -277,9 +293,11 @@ class UpstreamClient:
         deadline: float,
     ) -> UpstreamAnswer:
         loop = asyncio.get_running_loop()
-        msg_id = secrets.randbits(16)
+        msg_id = random_id()
         family = socket.AF_INET6 if server.family_v6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        # The C socket type, not socket.socket: the Python subclass's constructor and
+        # close() cost ~5 us more per query, and nothing here needs what it adds.
+        sock = _socket.socket(family, socket.SOCK_DGRAM)
         done: asyncio.Future[UpstreamAnswer] = loop.create_future()
         # A plain timer rather than an asyncio.timeout context: cheaper, and all it has to
         # do is fail the one future we wait on.
@@ -303,7 +321,7 @@ class UpstreamClient:
     async def _tcp(
         self, server: HostPort, qname: bytes, qtype: int, qclass: int, question: bytes
     ) -> UpstreamAnswer:
-        msg_id = secrets.randbits(16)
+        msg_id = random_id()
         reader, writer = await asyncio.open_connection(server.host, server.port)
         try:
             packet = build_upstream_query(qname, qtype, qclass, msg_id)

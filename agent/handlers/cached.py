@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from agent.answer import Answer, Source
 from agent.cache import Cache
 from dnsmesh.dnsforward import UpstreamAnswer, build_forwarded_response
 from dnsmesh.dnswire import Query
@@ -14,9 +13,9 @@ class CachedAnswers:
     def __init__(self, cache: Cache[UpstreamAnswer]) -> None:
         self._cache = cache
 
-    def answer(self, query: Query, client: str) -> Answer | None:
+    def answer(self, query: Query, client: str) -> bytes | None:
         hit = self._cache.get((query.qname, query.qtype, query.qclass))
         if hit is None:
             return None
         upstream, age = hit
-        return Answer(build_forwarded_response(query, upstream, age), Source.CACHE)
+        return build_forwarded_response(query, upstream, age)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv6Address
 
-from agent.answer import Answer, Source
 from dnsmesh import dnswire
 from dnsmesh.dnswire import Query
 
@@ -34,7 +33,7 @@ class LocalNames:
             zone: dnswire.record_soa(zone, _NEGATIVE_TTL, _NEGATIVE_TTL) for zone in _SPECIAL
         }
 
-    def answer(self, query: Query, client: str) -> Answer | None:
+    def answer(self, query: Query, client: str) -> bytes | None:
         qname = query.qname
         # One C-level suffix test is all a non-special name pays. A name such as
         # "xlocalhost." does not end with the length-prefixed label, so it is not caught.
@@ -53,9 +52,8 @@ class LocalNames:
                 wire = dnswire.build_response(
                     query, dnswire.RCODE_NOERROR, (), (self._soa[_LOCALHOST],), authoritative=True
                 )
-            return Answer(wire, Source.LOCAL, "localhost")
+            return wire
         zone = _INVALID if qname.endswith(_INVALID) else _LOCAL
-        wire = dnswire.build_response(
+        return dnswire.build_response(
             query, dnswire.RCODE_NXDOMAIN, (), (self._soa[zone],), authoritative=True
         )
-        return Answer(wire, Source.LOCAL, "special-use")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 
-from agent.answer import Answer, Source
 from agent.state import PolicyState
 from dnsmesh.dnswire import Query
 
@@ -22,8 +21,8 @@ class PolicyAnswers:
         self._state = state
         self._rng = rng
 
-    def answer(self, query: Query, client: str) -> Answer | None:
+    def answer(self, query: Query, client: str) -> bytes | None:
         policy = self._state.snapshot.lookup(query.qname)
         if policy is None:
             return None
-        return Answer(policy.respond(query, client, self._rng), Source.POLICY)
+        return policy.respond(query, client, self._rng)
