@@ -9,13 +9,12 @@ because reports going stale can change the verdict too, and prunes the history.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from controller.batching import BatchQueue
 from controller.db.session import Database
 from controller.errors import DatabaseUnavailable
 from controller.health import HealthStore, Received
@@ -47,55 +46,32 @@ class HealthMonitor:
         self.settings = settings or HealthSettings()
         self.db = db
         self.store = HealthStore(db, self.settings.rule, history_s=self.settings.history_s)
-        self._queue: deque[Received] = deque()
-        self._ready = asyncio.Event()
-        self._queued = 0
-        self._done = 0  # reports written (or dropped) and evaluated
-        self._progress = asyncio.Condition()
+        self._reports: BatchQueue[Received] = BatchQueue(MAX_QUEUED)
         self.changes = 0  # down-set revisions this replica committed (for tests and logs)
 
     def record(self, agent_id: str, report: protocol.Report) -> None:
         """Queues one agent's report, stamped with the controller's clock."""
-        self._queue.append(Received(agent_id, self.db.clock(), report.endpoints))
-        self._queued += 1
-        if len(self._queue) > MAX_QUEUED:
-            self._queue.popleft()
-            self._done += 1
-        self._ready.set()
+        self._reports.put(Received(agent_id, self.db.clock(), report.endpoints))
 
     async def flush(self, within_s: float = 5.0) -> bool:
         """Waits until everything queued so far is written and evaluated; False on timeout."""
-        target = self._queued
-        self._ready.set()
-        async with self._progress:
-            try:
-                await asyncio.wait_for(
-                    self._progress.wait_for(lambda: self._done >= target), within_s
-                )
-            except TimeoutError:
-                return False
-        return True
+        return await self._reports.flush(within_s)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         next_prune = loop.time()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), self.settings.evaluate_s)
-            if self._ready.is_set():
-                await asyncio.sleep(self.settings.batch_delay_s)  # let a burst gather
-                self._ready.clear()
-            batch = list(self._queue)
-            self._queue.clear()
+            # Evaluated every evaluate_s even without reports: reports going stale can
+            # change the verdict too.
+            await self._reports.gather(self.settings.evaluate_s, self.settings.batch_delay_s)
+            batch = self._reports.take()
             if batch and not await self._write(batch):
-                self._queue.extendleft(reversed(batch))  # the database is away: again later
+                self._reports.put_back(batch)  # the database is away: again later
                 await asyncio.sleep(1.0)
                 continue
             await self._evaluate()
             if batch:
-                async with self._progress:
-                    self._done += len(batch)
-                    self._progress.notify_all()
+                await self._reports.handled(len(batch))
             if loop.time() >= next_prune:
                 next_prune = loop.time() + self.settings.prune_s
                 await self._guarded(self.store.prune_history)

@@ -9,12 +9,11 @@ agents every heartbeat (see controller.agents).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections import deque
 from collections.abc import Callable
 
 from controller.agents import AgentRegistry, Event
+from controller.batching import BatchQueue
 from controller.errors import DatabaseUnavailable
 from dnsmesh.logs import fields
 
@@ -42,61 +41,33 @@ class AgentRecorder:
         self.has_agents = has_agents
         self.batch_delay_s = batch_delay_s
         self.retry_s = retry_s
-        self._queue: deque[Event] = deque()
-        self._ready = asyncio.Event()
-        self._queued = 0  # events ever queued
-        self._written = 0  # events ever written (or dropped)
-        self._progress = asyncio.Condition()
+        self._events: BatchQueue[Event] = BatchQueue(MAX_QUEUED)
 
     def record(self, event: Event) -> None:
         """Queues ``event``; written within ``batch_delay`` (later while the database is down)."""
-        self._queue.append(event)
-        self._queued += 1
-        if len(self._queue) > MAX_QUEUED:
-            self._queue.popleft()
-            self._written += 1
-        self._ready.set()
+        self._events.put(event)
 
     async def flush(self, within_s: float = 5.0) -> bool:
         """Waits until everything queued so far is written; False after ``within_s``."""
-        target = self._queued
-        self._ready.set()
-        async with self._progress:
-            try:
-                await asyncio.wait_for(
-                    self._progress.wait_for(lambda: self._written >= target), within_s
-                )
-            except TimeoutError:
-                return False
-        return True
+        return await self._events.flush(within_s)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + self.heartbeat_s
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), max(0.0, next_beat - loop.time()))
+            woke = await self._events.gather(next_beat - loop.time(), self.batch_delay_s)
             if loop.time() >= next_beat:
                 next_beat = loop.time() + self.heartbeat_s
                 if self.has_agents():
                     await self._guarded(self.registry.heartbeat, self.replica)
-            if not self._ready.is_set():
-                continue
-            # Let the burst that woke us (a thousand ACKs of one revision) gather first.
-            await asyncio.sleep(self.batch_delay_s)
-            self._ready.clear()
-            batch = list(self._queue)
-            self._queue.clear()
+            batch = self._events.take() if woke else []
             if not batch:
                 continue
             if not await self._guarded(self.registry.apply, batch):
-                self._queue.extendleft(reversed(batch))  # keep the order; try again
-                self._ready.set()
+                self._events.put_back(batch)  # keep the order; try again
                 await asyncio.sleep(self.retry_s)
                 continue
-            async with self._progress:
-                self._written += len(batch)
-                self._progress.notify_all()
+            await self._events.handled(len(batch))
 
     async def _guarded(self, work: Callable[..., None], *args: object) -> bool:
         try:
