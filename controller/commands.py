@@ -7,7 +7,7 @@ import difflib
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -219,12 +219,7 @@ def _table(policies: list[Policy]) -> str:
         )
         for p in policies
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "".join(
-        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        + "\n"
-        for row in rows
-    )
+    return _render_table(rows)
 
 
 def _agents_table(agents: list[dict[str, Any]]) -> str:
@@ -243,12 +238,7 @@ def _agents_table(agents: list[dict[str, Any]]) -> str:
                 reason if len(reason) <= 60 else reason[:57] + "...",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "".join(
-        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        + "\n"
-        for row in rows
-    )
+    return _render_table(rows)
 
 
 def _endpoints_table(items: list[dict[str, Any]]) -> str:
@@ -267,7 +257,12 @@ def _endpoints_table(items: list[dict[str, Any]]) -> str:
                 ",".join(item["policies"]) or "-",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return _render_table(rows)
+
+
+def _render_table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows (the header first) in columns padded to their widest cell, kubectl-style."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "".join(
         "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         + "\n"
