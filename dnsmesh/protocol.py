@@ -1,6 +1,6 @@
 """The controller <-> agent protocol: versioned JSON messages and the pure rules for applying them.
 
-Modelled on xDS and etcd watches (DESIGN.md). One WebSocket per agent:
+Modelled on xDS and etcd watches (docs/design.md). One WebSocket per agent:
 
     agent -> controller   hello {agent_id, node_name, labels, software, revision}
     controller -> agent   snapshot {revision, policies}            (new agent, or log compacted)

@@ -3,7 +3,7 @@
 Pure: the controller hands in every agent's latest report per address, the time and the
 current down set; nothing here reads a clock or a database.
 
-The rule (DESIGN.md, issue 5), per endpoint address:
+The rule (docs/design.md, "The down set"), per endpoint address:
 
 * A **voter** is an agent whose latest report on the address is at most ``stale_s`` old
   and whose state is ``healthy`` or ``ejected`` (``unknown``: it has not measured, so it
