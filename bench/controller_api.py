@@ -118,7 +118,7 @@ def controller(url: str, cwd: Path) -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "dnsmesh.cli",
+            "cli.main",
             "controller",
             "--listen",
             "127.0.0.1:0",

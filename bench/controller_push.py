@@ -191,7 +191,7 @@ def controller(url: str, folder: Path, *extra: str) -> Iterator[Controller]:
         [
             sys.executable,
             "-m",
-            "dnsmesh.cli",
+            "cli.main",
             "controller",
             "--listen",
             "127.0.0.1:0",

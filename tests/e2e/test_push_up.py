@@ -43,7 +43,7 @@ class Output:
 def dnsmesh_up(cwd: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """Start ``dnsmesh up`` and wait for its summary; yields the process and its stdout."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "dnsmesh.cli", "up", *args],
+        [sys.executable, "-m", "cli.main", "up", *args],
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

@@ -169,7 +169,7 @@ class ControllerProcess:
         self.args = [
             sys.executable,
             "-m",
-            "dnsmesh.cli",
+            "cli.main",
             "controller",
             "--listen",
             "127.0.0.1:0",
@@ -235,7 +235,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Runs the real ``dnsmesh`` CLI in a subprocess (with a deadline)."""
     return subprocess.run(
-        [sys.executable, "-m", "dnsmesh.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
