@@ -15,8 +15,9 @@ from typing import IO
 
 import pytest
 
-from tests.integration.conftest import REPO, free_port
+from tests.integration.conftest import REPO
 from tests.integration.sync_support import resolve
+from tests.support.ports import free_port
 
 DIG = "/usr/bin/dig"
 
