@@ -25,7 +25,6 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +33,12 @@ from typing import Any
 
 import httpx
 
-_LISTENING = re.compile(r"controller\.listening address=(\S+)")
+# The repository root, so that ``python bench/<script>.py`` finds tests.support.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.controller import ControllerProcess
+from tests.support.policies import policy_doc
+
 CONNECT_DEADLINE_S = 180.0
 ROUND_DEADLINE_S = 60.0
 
@@ -187,48 +191,9 @@ def database(url: str | None, folder: Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def controller(url: str, folder: Path, *extra: str) -> Iterator[Controller]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli.main",
-            "controller",
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            url,
-            *extra,
-        ],
-        cwd=folder,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-    base_url = ""
-    assert process.stderr is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not base_url:
-        line = process.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        if match := _LISTENING.search(line):
-            base_url = f"http://{match.group(1)}"
-    stderr = process.stderr
-    threading.Thread(target=lambda: lines.extend(stderr), daemon=True).start()
-    try:
-        if not base_url:
-            raise RuntimeError("controller did not start:\n" + "".join(lines))
-        yield Controller(process, base_url, lines)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with ControllerProcess(url, folder, *extra, stop_timeout=30.0) as process:
+        assert process.process is not None
+        yield Controller(process.process, process.base_url, process.stderr_lines)
 
 
 def tokens(url: str) -> dict[str, str]:
@@ -248,19 +213,15 @@ def tokens(url: str) -> dict[str, str]:
 
 
 def policy(weight: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "dnsmesh/v1",
-        "kind": "Policy",
-        "metadata": {"name": "checkout", "labels": {"team": "bench"}},
-        "spec": {
-            "domain": "checkout.mesh.internal",
-            "ttl": 5,
-            "endpoints": [
-                {"address": "127.0.10.1", "weight": weight, "group": "v1"},
-                {"address": "127.0.10.2", "weight": 100 - weight, "group": "v2"},
-            ],
-        },
-    }
+    return policy_doc(
+        "checkout",
+        [
+            {"address": "127.0.10.1", "weight": weight, "group": "v1"},
+            {"address": "127.0.10.2", "weight": 100 - weight, "group": "v2"},
+        ],
+        labels={"team": "bench"},
+        ttl=5,
+    )
 
 
 def percentile(values: list[float], fraction: float) -> float:
