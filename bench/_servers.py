@@ -21,21 +21,6 @@ class ServerFailed(RuntimeError):
     """A server did not start, died, or answered wrongly."""
 
 
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 right now (the kernel picks it)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((LOOPBACK, 0))
-            port: int = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((LOOPBACK, port))
-                except OSError:
-                    continue
-                return port
-    raise ServerFailed("no port free for both UDP and TCP on 127.0.0.1")
-
-
 def wire_name(name: str) -> bytes:
     labels = name.strip(".").split(".")
     return b"".join(bytes([len(label)]) + label.encode() for label in labels) + b"\x00"

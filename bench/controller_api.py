@@ -13,14 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import queue
-import re
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -37,7 +33,11 @@ from controller.db.engine import build_engine
 from controller.db.migrate import upgrade
 from controller.db.session import Database
 
-_LISTENING = re.compile(r"controller\.listening address=(\S+)")
+# The repository root, so that ``python bench/<script>.py`` finds tests.support.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.controller import ControllerProcess
+from tests.support.policies import policy_doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,22 +70,17 @@ HEADER = (
 
 
 def policy(name: str, weight: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "dnsmesh/v1",
-        "kind": "Policy",
-        "metadata": {"name": name, "labels": {"team": "bench", "shard": name[-1]}},
-        "spec": {
-            "domain": f"{name}.bench.mesh.internal",
-            "ttl": 5,
-            "endpoints": [
-                {"address": "127.0.20.1", "weight": weight, "group": "v1"},
-                {"address": "127.0.20.2", "weight": 10, "group": "v2"},
-            ],
-            "slices": [
-                {"id": "beta", "match": {"client_cidrs": ["10.8.0.0/16"]}, "groups": ["v2"]}
-            ],
-        },
-    }
+    return policy_doc(
+        name,
+        [
+            {"address": "127.0.20.1", "weight": weight, "group": "v1"},
+            {"address": "127.0.20.2", "weight": 10, "group": "v2"},
+        ],
+        domain=f"{name}.bench.mesh.internal",
+        labels={"team": "bench", "shard": name[-1]},
+        ttl=5,
+        slices=[{"id": "beta", "match": {"client_cidrs": ["10.8.0.0/16"]}, "groups": ["v2"]}],
+    )
 
 
 @contextmanager
@@ -114,55 +109,8 @@ def prepare(url: str) -> str:
 @contextmanager
 def controller(url: str, cwd: Path) -> Iterator[str]:
     """A ``dnsmesh controller`` process; yields its base URL (read from its listening log)."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dnsmesh.cli",
-            "controller",
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            url,
-        ],
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def drain() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=drain, daemon=True).start()
-    try:
-        base = ""
-        deadline = time.monotonic() + 30
-        while not base and time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            match = _LISTENING.search(line)
-            if match:
-                base = f"http://{match.group(1)}"
-        if not base:
-            raise RuntimeError("the controller did not start")
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with ControllerProcess(url, cwd, stop_timeout=15.0) as process:
+        yield process.base_url
 
 
 async def run_phase(

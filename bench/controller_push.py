@@ -25,7 +25,6 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,9 +33,14 @@ from typing import Any
 
 import httpx
 
-_LISTENING = re.compile(r"controller\.listening address=(\S+)")
-CONNECT_DEADLINE_S = 180.0
-ROUND_DEADLINE_S = 60.0
+# The helper modules beside this script, and the repository root for tests.support.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _push_agents import ROUND_DEADLINE_S, run_worker
+
+from tests.support.controller import ControllerProcess
+from tests.support.policies import policy_doc
 
 
 def raise_fd_limit() -> int:
@@ -45,98 +49,6 @@ def raise_fd_limit() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-# -- the worker: a process of simulated agents ------------------------------------------------
-
-
-async def _agent(
-    url: str,
-    token: str,
-    agent_id: str,
-    gate: asyncio.Semaphore,
-    times: dict[int, tuple[float, float]],
-    ready: asyncio.Event,
-    progress: asyncio.Event,
-    compression: str | None,
-) -> None:
-    from websockets.asyncio.client import connect
-
-    from dnsmesh import protocol
-
-    async with gate:  # bounded concurrent handshakes: the listen backlog is finite
-        ws = await connect(
-            url,
-            additional_headers={"Authorization": f"Bearer {token}"},
-            proxy=None,
-            open_timeout=60,
-            compression=compression,
-        )
-        hello = protocol.Hello(agent_id=agent_id, node_name=f"node-{agent_id}", revision=0)
-        await ws.send(protocol.encode_message(hello))
-        first = protocol.decode_message(await ws.recv())
-        assert isinstance(first, protocol.Snapshot)
-        await ws.send(protocol.encode_message(protocol.Ack(revision=first.revision)))
-    ready.set()
-    async with ws:
-        async for data in ws:
-            received = time.monotonic()
-            message = protocol.decode_message(data)
-            if isinstance(message, protocol.Delta | protocol.Snapshot):
-                await ws.send(protocol.encode_message(protocol.Ack(revision=message.revision)))
-                times[message.revision] = (received, time.monotonic())
-                progress.set()
-
-
-async def _worker(args: argparse.Namespace) -> None:
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()
-    count, prefix = args.worker_agents, args.worker_prefix
-    token = os.environ["DNSMESH_BENCH_TOKEN"]
-    gate = asyncio.Semaphore(64)
-    times: list[dict[int, tuple[float, float]]] = [{} for _ in range(count)]
-    readies = [asyncio.Event() for _ in range(count)]
-    progress = asyncio.Event()
-    compression = "deflate" if args.deflate else None
-    tasks = [
-        asyncio.create_task(
-            _agent(
-                args.url, token, f"{prefix}-{i}", gate, times[i], readies[i], progress, compression
-            )
-        )
-        for i in range(count)
-    ]
-    deadline = time.monotonic() + CONNECT_DEADLINE_S
-    while not all(r.is_set() for r in readies) and time.monotonic() < deadline:
-        failed = [t for t in tasks if t.done() and t.exception() is not None]
-        if failed:
-            print(json.dumps({"error": repr(failed[0].exception())}), flush=True)
-            return
-        await asyncio.sleep(0.05)
-    print(json.dumps({"ready": sum(r.is_set() for r in readies)}), flush=True)
-    loop = asyncio.get_running_loop()
-    while line := await loop.run_in_executor(None, sys.stdin.readline):
-        command = json.loads(line)
-        if command.get("quit"):
-            break
-        revision = command["expect"]
-        deadline = time.monotonic() + ROUND_DEADLINE_S
-        while not all(revision in t for t in times):
-            progress.clear()
-            try:
-                await asyncio.wait_for(progress.wait(), deadline - time.monotonic())
-            except (TimeoutError, ValueError):
-                break
-        got = [t[revision] for t in times if revision in t]
-        print(
-            json.dumps({"revision": revision, "times": got, "missing": count - len(got)}),
-            flush=True,
-        )
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # -- the driver ---------------------------------------------------------------------------------
@@ -187,48 +99,9 @@ def database(url: str | None, folder: Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def controller(url: str, folder: Path, *extra: str) -> Iterator[Controller]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dnsmesh.cli",
-            "controller",
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            url,
-            *extra,
-        ],
-        cwd=folder,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-    base_url = ""
-    assert process.stderr is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not base_url:
-        line = process.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        if match := _LISTENING.search(line):
-            base_url = f"http://{match.group(1)}"
-    stderr = process.stderr
-    threading.Thread(target=lambda: lines.extend(stderr), daemon=True).start()
-    try:
-        if not base_url:
-            raise RuntimeError("controller did not start:\n" + "".join(lines))
-        yield Controller(process, base_url, lines)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with ControllerProcess(url, folder, *extra, stop_timeout=30.0) as process:
+        assert process.process is not None
+        yield Controller(process.process, process.base_url, process.stderr_lines)
 
 
 def tokens(url: str) -> dict[str, str]:
@@ -248,19 +121,15 @@ def tokens(url: str) -> dict[str, str]:
 
 
 def policy(weight: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "dnsmesh/v1",
-        "kind": "Policy",
-        "metadata": {"name": "checkout", "labels": {"team": "bench"}},
-        "spec": {
-            "domain": "checkout.mesh.internal",
-            "ttl": 5,
-            "endpoints": [
-                {"address": "127.0.10.1", "weight": weight, "group": "v1"},
-                {"address": "127.0.10.2", "weight": 100 - weight, "group": "v2"},
-            ],
-        },
-    }
+    return policy_doc(
+        "checkout",
+        [
+            {"address": "127.0.10.1", "weight": weight, "group": "v1"},
+            {"address": "127.0.10.2", "weight": 100 - weight, "group": "v2"},
+        ],
+        labels={"team": "bench"},
+        ttl=5,
+    )
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -431,7 +300,7 @@ def main() -> int:
     args = parser.parse_args()
     limit = raise_fd_limit()
     if args.worker:
-        asyncio.run(_worker(args))
+        asyncio.run(run_worker(args))
         return 0
     sizes = [int(s) for s in args.agents.split(",")]
     if max(sizes) * 2 + 200 > limit * max(1, args.workers):

@@ -35,7 +35,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 
+# The helper modules beside this script, and the repository root for tests.support.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _dnsperf import DnsperfFailed, PerfResult, run_dnsperf
 from _profile import find_py_spy, start_recording, summarize
@@ -43,10 +45,11 @@ from _servers import (
     Server,
     ServerFailed,
     core_ticks,
-    free_port,
     start,
     wait_answering,
 )
+
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"

@@ -8,7 +8,6 @@ one probe spec fits them all. All traffic stays on 127.0.0.0/8.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
@@ -22,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import DNSMESH, REPO, AgentProcess, free_port
+from tests.integration.conftest import DNSMESH, REPO, AgentProcess
 from tests.integration.sync_support import resolve
+from tests.support.policies import policy_text
+from tests.support.ports import free_port
 
 
 @dataclass
@@ -111,19 +112,11 @@ def health_policy(
     name: str = "web",
 ) -> str:
     domain = f"{name}.health.test"
-    doc = {
-        "apiVersion": "dnsmesh/v1",
-        "kind": "Policy",
-        "metadata": {"name": name},
-        "spec": {
-            "domain": domain,
-            "ttl": 0,
-            "strategy": strategy,
-            "endpoints": [{"address": e.host, "weight": 1} for e in eps],
-            "health": {"probe": probe, "outlier": outlier or {}},
-        },
-    }
-    path.write_text(json.dumps(doc))
+    endpoints = [{"address": e.host, "weight": 1} for e in eps]
+    health = {"probe": probe, "outlier": outlier or {}}
+    path.write_text(
+        policy_text(name, endpoints, domain=domain, ttl=0, strategy=strategy, health=health)
+    )
     return domain
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import AgentProcess, free_port
+from tests.integration.conftest import AgentProcess
 from tests.integration.sync_support import (
     Controller,
     Rest,
@@ -22,6 +22,7 @@ from tests.integration.sync_support import (
     resolve,
     running_controller,
 )
+from tests.support.ports import free_port
 
 # Quick reconnects and keepalive so that recovery shows within a second.
 FAST_SYNC = (

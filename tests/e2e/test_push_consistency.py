@@ -26,7 +26,8 @@ from controller.db.engine import build_engine
 from controller.db.session import Database
 from controller.store import PolicyStore
 from tests.e2e.mesh_support import agent_id, agent_process, mesh
-from tests.integration.sync_support import policy, wait_until
+from tests.integration.sync_support import policy
+from tests.support.polling import wait_until
 
 
 def addresses(counter: int) -> list[str]:
@@ -144,9 +145,5 @@ def test_updates_under_queries_are_never_blended(tmp_path: Path, writer: str) ->
 
 
 @pytest.mark.slow
-def test_ten_thousand_updates_under_queries_are_never_blended(
-    tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("10,000-update soak: run with -m slow")
+def test_ten_thousand_updates_under_queries_are_never_blended(tmp_path: Path) -> None:
     run_updates(tmp_path, 10_000, budget=300.0)

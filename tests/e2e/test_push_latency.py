@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.mesh_support import agent_id, agent_process, ask, mesh
-from tests.integration.sync_support import policy, wait_until
+from tests.integration.sync_support import policy
+from tests.support.polling import wait_until
 
 CHANGES = 15
 

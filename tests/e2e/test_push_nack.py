@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from tests.e2e.mesh_support import agent_id, agent_process, ask, mesh
-from tests.integration.sync_support import policy, wait_until
+from tests.integration.sync_support import policy
+from tests.support.polling import wait_until
 
 
 def test_an_unappliable_update_is_nacked_reported_and_changes_no_answer(tmp_path: Path) -> None:

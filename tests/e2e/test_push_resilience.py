@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from tests.e2e.mesh_support import agent_id, agent_process, ask, mesh
-from tests.integration.sync_support import Controller, policy, wait_until
+from tests.integration.sync_support import Controller, policy
+from tests.support.polling import wait_until
 
 
 def test_a_killed_controller_is_rejoined_with_the_changes_made_meanwhile(tmp_path: Path) -> None:

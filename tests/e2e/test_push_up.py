@@ -15,8 +15,9 @@ from typing import IO
 
 import pytest
 
-from tests.integration.conftest import REPO, free_port
+from tests.integration.conftest import REPO
 from tests.integration.sync_support import resolve
+from tests.support.ports import free_port
 
 DIG = "/usr/bin/dig"
 
@@ -43,7 +44,7 @@ class Output:
 def dnsmesh_up(cwd: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """Start ``dnsmesh up`` and wait for its summary; yields the process and its stdout."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "dnsmesh.cli", "up", *args],
+        [sys.executable, "-m", "cli.main", "up", *args],
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

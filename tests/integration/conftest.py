@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +37,7 @@ from controller.db.migrate import upgrade
 from controller.db.session import Database
 from tests.integration.controller_support import Api, temporary_postgres_database
 from tests.integration.fakedns import FakeUpstream, LoopThread
+from tests.support.policies import policy_text
 
 # Starlette's TestClient warns that it prefers httpx2 to httpx; httpx is what the project
 # depends on, so the deprecation is noted here, once, instead of adding a second client.
@@ -47,26 +47,6 @@ with warnings.catch_warnings():
 
 REPO = Path(__file__).resolve().parents[2]
 DNSMESH = str(Path(sys.executable).parent / "dnsmesh")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip this folder's ``slow`` tests unless the run selects them (``-m slow``)."""
-    if "slow" in (config.option.markexpr or ""):
-        return
-    here = Path(__file__).parent
-    skip = pytest.mark.skip(reason="slow: run with -m slow")
-    for item in items:
-        if "slow" in item.keywords and here in Path(str(item.fspath)).parents:
-            item.add_marker(skip)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until it holds, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout}s")
-        time.sleep(0.01)
 
 
 class FakeClock:
@@ -187,17 +167,11 @@ def policy_yaml(
     answers: int = 1,
     slices: list[dict[str, Any]] | None = None,
 ) -> str:
-    spec: dict[str, Any] = {
-        "domain": domain,
-        "ttl": ttl,
-        "strategy": strategy,
-        "answers": answers,
-        "endpoints": endpoints,
-    }
-    if slices:
-        spec["slices"] = slices
-    doc = {"apiVersion": "dnsmesh/v1", "kind": "Policy", "metadata": {"name": name}, "spec": spec}
-    return json.dumps(doc)  # JSON is YAML
+    """A policy file's text with every field this folder's tests rely on spelled out."""
+    extra: dict[str, Any] = {"slices": slices} if slices else {}
+    return policy_text(
+        name, endpoints, domain=domain, ttl=ttl, strategy=strategy, answers=answers, **extra
+    )
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -207,22 +181,6 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 # -- subprocess agents ----------------------------------------------------------------------
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP right now (for tests that need a fixed port)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(50):
-        with socket.socket(family, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port: int = udp.getsockname()[1]
-            with socket.socket(family, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise OSError("no free port")
 
 
 class AgentProcess:

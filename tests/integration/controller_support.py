@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
-import re
 import secrets
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from sqlalchemy.engine import make_url
+
+from tests.support.policies import policy_doc as support_policy_doc
 
 POSTGRES_ENV = "DNSMESH_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -65,29 +64,18 @@ def policy_doc(
     labels: dict[str, str] | None = None,
     weight: int = 90,
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": "dnsmesh/v1",
-        "kind": "Policy",
-        "metadata": {"name": name, "labels": labels if labels is not None else {"team": "pay"}},
-        "spec": {
-            "domain": domain or f"{name}.mesh.internal",
-            "ttl": 5,
-            "endpoints": [
-                {"address": "127.0.10.1", "weight": weight, "group": "v1"},
-                {"address": "127.0.10.2", "weight": 10, "group": "v2"},
-            ],
-            "slices": [
-                {"id": "beta", "match": {"client_cidrs": ["10.8.0.0/16"]}, "groups": ["v2"]}
-            ],
-        },
-    }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """The controller tests' usual policy: two weighted groups and a ``beta`` slice."""
+    return support_policy_doc(
+        name,
+        [
+            {"address": "127.0.10.1", "weight": weight, "group": "v1"},
+            {"address": "127.0.10.2", "weight": 10, "group": "v2"},
+        ],
+        domain=domain,
+        labels=labels if labels is not None else {"team": "pay"},
+        ttl=5,
+        slices=[{"id": "beta", "match": {"client_cidrs": ["10.8.0.0/16"]}, "groups": ["v2"]}],
+    )
 
 
 class TcpProxy:
@@ -159,83 +147,12 @@ class TcpProxy:
                 dst.shutdown(socket.SHUT_WR)
 
 
-_LISTENING = re.compile(r"controller\.listening address=(\S+)")
-
-
-class ControllerProcess:
-    """``dnsmesh controller`` as a real subprocess on a free loopback port."""
-
-    def __init__(self, database_url: str, cwd: Path, *extra: str) -> None:
-        self.args = [
-            sys.executable,
-            "-m",
-            "dnsmesh.cli",
-            "controller",
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            database_url,
-            *extra,
-        ]
-        self.cwd = cwd
-        self.process: subprocess.Popen[str] | None = None
-        self.base_url = ""
-        self.stderr_lines: list[str] = []
-
-    def __enter__(self) -> ControllerProcess:
-        self.process = subprocess.Popen(
-            self.args,
-            cwd=self.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._drain, args=(lines,), daemon=True).start()
-        deadline = time.monotonic() + 30
-        while not self.base_url:
-            try:
-                line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:  # the process ended
-                break
-            match = _LISTENING.search(line)
-            if match:
-                self.base_url = f"http://{match.group(1)}"
-        if not self.base_url:
-            self.__exit__(None, None, None)
-            raise AssertionError("controller did not start:\n" + "".join(self.stderr_lines))
-        return self
-
-    def _drain(self, lines: queue.Queue[str | None]) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        for line in self.process.stderr:
-            self.stderr_lines.append(line)
-            lines.put(line)
-        lines.put(None)
-
-    def __exit__(self, *_exc: object) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        if self.process.stderr is not None:
-            with contextlib.suppress(ValueError):  # the drain thread may still be reading
-                self.process.stderr.close()
-
-
 def run_cli(
     *args: str, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Runs the real ``dnsmesh`` CLI in a subprocess (with a deadline)."""
     return subprocess.run(
-        [sys.executable, "-m", "dnsmesh.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         cwd=cwd,
         env=env,
         capture_output=True,

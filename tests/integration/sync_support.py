@@ -10,8 +10,7 @@ import contextlib
 import dataclasses
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,10 @@ from controller.auth import TokenStore
 from controller.db.engine import build_engine
 from controller.db.migrate import upgrade
 from controller.db.session import Database
-from tests.integration.controller_support import ControllerProcess, free_port
 from tests.integration.fakedns import LoopThread
+from tests.support.controller import ControllerProcess
+from tests.support.policies import policy_doc
+from tests.support.ports import free_port
 
 # Short keepalive and catch-up so that loss and recovery show within a second in tests.
 FAST_CONTROLLER = ("--ping-interval", "0.5", "--catch-up-interval", "0.2")
@@ -156,17 +157,9 @@ class Rest:
 def policy(
     name: str, addresses: list[str], *, domain: str | None = None, answers: int = 1
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": "dnsmesh/v1",
-        "kind": "Policy",
-        "metadata": {"name": name},
-        "spec": {
-            "domain": domain or f"{name}.mesh.internal",
-            "ttl": 5,
-            "answers": answers,
-            "endpoints": [{"address": a, "weight": 1} for a in addresses],
-        },
-    }
+    """A policy answering with ``addresses``, equally weighted."""
+    endpoints = [{"address": a, "weight": 1} for a in addresses]
+    return policy_doc(name, endpoints, domain=domain, ttl=5, answers=answers)
 
 
 def resolve(host: str, port: int, name: str, timeout: float = 1.0) -> list[str] | None:
@@ -185,18 +178,6 @@ def resolve(host: str, port: int, name: str, timeout: float = 1.0) -> list[str] 
         if rrset.rdtype == dns.rdatatype.A
         for item in rrset
     )
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll until ``predicate()`` is truthy; its value, or AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout}s")
-        time.sleep(0.01)
 
 
 class Synced:

@@ -10,8 +10,9 @@ import dns.rcode
 import pytest
 
 from agent.config import HostPort
-from tests.integration.conftest import RunningAgent, wait_for
+from tests.integration.conftest import RunningAgent
 from tests.integration.fakedns import FakeUpstream, Rule
+from tests.support.polling import wait_until
 
 StartAgent = Callable[..., RunningAgent]
 
@@ -30,7 +31,7 @@ def test_two_agents_forwarding_to_each_other(
     with caplog.at_level(logging.ERROR, logger="agent.loopcheck"):
         # A's upstream changes to B: A probes B, B forwards the probe back to A.
         a.call(lambda: a.server.set_upstreams([hostport(b)]))
-        wait_for(
+        wait_until(
             lambda: any(r.getMessage() == "upstream.loop_detected" for r in caplog.records),
             3,
             "the loop_detected log",
@@ -52,7 +53,7 @@ def test_agent_whose_upstream_forwards_back_to_it(
     # The fake now relays everything to the agent, as a misconfigured resolver would.
     upstream.default = Rule(forward_to=(agent.host, agent.port))
     agent.call(lambda: agent.server.set_upstreams([hostport(upstream), hostport(honest)]))
-    wait_for(lambda: agent.server.loop_guard.detected == [hostport(upstream)], 3, "detection")
+    wait_until(lambda: agent.server.loop_guard.detected == [hostport(upstream)], 3, "detection")
     assert honest.count() >= 1  # the honest one was probed too, and is not flagged
     assert [s.disabled for s in agent.server.upstream.servers] == ["forwarding loop", None]
     response = agent.query("real.example.test")
@@ -68,14 +69,14 @@ def test_own_listen_address_is_never_an_upstream(start_agent: StartAgent) -> Non
 
 
 def test_loop_is_found_at_start(start_agent: StartAgent, upstream: FakeUpstream) -> None:
-    from tests.integration.conftest import free_port
+    from tests.support.ports import free_port
 
     port = free_port()
     upstream.default = Rule(forward_to=("127.0.0.1", port))
     agent = start_agent(
         upstreams=[upstream], loop_check=True, listen=(HostPort("127.0.0.1", port),)
     )
-    wait_for(lambda: agent.server.loop_guard.detected == [hostport(upstream)], 3, "detection")
+    wait_until(lambda: agent.server.loop_guard.detected == [hostport(upstream)], 3, "detection")
     assert agent.server.upstream.servers[0].disabled == "forwarding loop"
 
 
@@ -89,13 +90,13 @@ def test_upstream_change_probes_afresh(start_agent: StartAgent, upstream: FakeUp
         agent.call(lambda: agent.server.set_upstreams([hostport(upstream)]))
 
     change()
-    wait_for(lambda: servers.servers[0].disabled is not None, 3, "first detection")
+    wait_until(lambda: servers.servers[0].disabled is not None, 3, "first detection")
     change()  # the same looping upstream again: found again
-    wait_for(lambda: upstream.count(qtype="HINFO") == 2, 3, "second probe")
-    wait_for(lambda: servers.servers[0].disabled is not None, 3, "second detection")
+    wait_until(lambda: upstream.count(qtype="HINFO") == 2, 3, "second probe")
+    wait_until(lambda: servers.servers[0].disabled is not None, 3, "second detection")
     upstream.default = Rule(rcode=3, soa=(60, 60))  # the loop is fixed: NXDOMAIN for probes
     change()
-    wait_for(lambda: upstream.count(qtype="HINFO") == 3, 3, "third probe")
+    wait_until(lambda: upstream.count(qtype="HINFO") == 3, 3, "third probe")
     assert agent.query("fixed.example.test").answer[0][0].to_text() == "192.0.2.77"
     assert servers.servers[0].disabled is None
 
@@ -109,7 +110,7 @@ def test_an_undetected_loop_does_not_multiply_queries(start_agent: StartAgent) -
     assert time.monotonic() - began < 1.5
     # The query went round once and then joined itself at A (coalescing) until A's timeout.
     # A answered twice (the client, and its own query coming back), B once.
-    wait_for(lambda: sum(b.server.counts().values()) >= 1, 2, "B's answer")
-    wait_for(lambda: sum(a.server.counts().values()) >= 2, 2, "A's answers")
+    wait_until(lambda: sum(b.server.counts().values()) >= 1, 2, "B's answer")
+    wait_until(lambda: sum(a.server.counts().values()) >= 2, 2, "A's answers")
     assert sum(a.server.counts().values()) == 2
     assert sum(b.server.counts().values()) == 1

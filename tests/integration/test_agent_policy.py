@@ -214,7 +214,8 @@ def test_a_large_reload_does_not_stall_answers(tmp_path: Path, start_agent: Star
     import json
     import time
 
-    from tests.integration.conftest import wait_for, write_atomically
+    from tests.integration.conftest import write_atomically
+    from tests.support.polling import wait_until
 
     folder = tmp_path / "policies"
     folder.mkdir()
@@ -245,5 +246,5 @@ def test_a_large_reload_does_not_stall_answers(tmp_path: Path, start_agent: Star
         if agent.server.snapshot.lookup(b"\x07bulk399\x04mesh\x04test\x00") is not None:
             break
     reload_took = time.monotonic() - began
-    wait_for(lambda: len(agent.server.snapshot) == 401, 1, "the reload")
+    wait_until(lambda: len(agent.server.snapshot) == 401, 1, "the reload")
     assert worst < 0.25, (worst, reload_took)

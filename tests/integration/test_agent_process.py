@@ -13,14 +13,10 @@ import dns.message
 import dns.query
 import dns.rcode
 
-from tests.integration.conftest import (
-    AgentProcess,
-    free_port,
-    policy_yaml,
-    wait_for,
-    write_atomically,
-)
+from tests.integration.conftest import AgentProcess, policy_yaml, write_atomically
 from tests.integration.fakedns import FakeUpstream
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
 
 Spawn = Callable[..., AgentProcess]
 DIG = "/usr/bin/dig"
@@ -84,14 +80,14 @@ def test_policy_files_reload_within_two_seconds(
     file = policies / "new.yaml"
     began = time.monotonic()
     write_atomically(file, policy_yaml("new", "new.mesh.test", [{"address": "10.3.1.1"}], ttl=0))
-    wait_for(lambda: first_address(ask(port, "new.mesh.test")) == "10.3.1.1", 2.0, "add")
+    wait_until(lambda: first_address(ask(port, "new.mesh.test")) == "10.3.1.1", 2.0, "add")
     added = time.monotonic() - began
 
     write_atomically(file, policy_yaml("new", "new.mesh.test", [{"address": "10.3.1.2"}], ttl=0))
-    wait_for(lambda: first_address(ask(port, "new.mesh.test")) == "10.3.1.2", 2.0, "change")
+    wait_until(lambda: first_address(ask(port, "new.mesh.test")) == "10.3.1.2", 2.0, "change")
 
     file.unlink()
-    wait_for(lambda: ask(port, "new.mesh.test").rcode() == dns.rcode.NXDOMAIN, 2.0, "removal")
+    wait_until(lambda: ask(port, "new.mesh.test").rcode() == dns.rcode.NXDOMAIN, 2.0, "removal")
     assert added < 2.0
     assert len(agent.events("policy.reloaded")) >= 4  # start, add, change, remove
 
@@ -124,7 +120,7 @@ def test_a_bad_file_is_reported_and_the_last_good_policies_stay(
 
     (policies / "zz-broken.yaml").unlink()
     write_atomically(policies / "keep.yaml", good.replace("10.3.2.1", "10.3.2.9"))
-    wait_for(lambda: first_address(ask(port, "keep.mesh.test")) == "10.3.2.9", 2.0, "recovery")
+    wait_until(lambda: first_address(ask(port, "keep.mesh.test")) == "10.3.2.9", 2.0, "recovery")
 
 
 def test_sigterm_drains_in_flight_queries_and_exits_0(
@@ -140,7 +136,7 @@ def test_sigterm_drains_in_flight_queries_and_exits_0(
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(5)
         sock.sendto(query.to_wire(), ("127.0.0.1", port))
-        wait_for(lambda: upstream.count("slow.example.test") == 1, 3, "the forward")
+        wait_until(lambda: upstream.count("slow.example.test") == 1, 3, "the forward")
         agent.proc.send_signal(signal.SIGTERM)
         reply = dns.message.from_wire(sock.recv(4096))
     assert reply.id == query.id and first_address(reply) == "192.0.2.9"

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import dns.message
 
-from tests.integration.conftest import RunningAgent, policy_yaml, wait_for
+from tests.integration.conftest import RunningAgent, policy_yaml
 from tests.integration.fakedns import FakeUpstream
+from tests.support.polling import wait_until
 
 StartAgent = Callable[..., RunningAgent]
 
@@ -119,7 +120,7 @@ def test_a_client_disconnecting_mid_query_does_not_hurt(
     with connect(agent) as sock:
         sock.sendall(frame(dns.message.make_query("gone.example.test", "A")))
     # The forward completes after the client left; its answer has nowhere to go.
-    wait_for(lambda: agent.server.counts()["upstream"] == 1, what="the forward")
+    wait_until(lambda: agent.server.counts()["upstream"] == 1, what="the forward")
     assert agent.query("gone.example.test", tcp=True).answer
 
 
@@ -147,7 +148,7 @@ def test_when_every_connection_is_busy_a_new_one_is_refused(
     agent = start_agent(upstreams=[upstream], tcp_max_connections=1, attempt_timeout=1.0)
     with connect(agent) as busy:
         busy.sendall(frame(dns.message.make_query("busy.example.test", "A")))
-        wait_for(lambda: upstream.count("busy.example.test") == 1, 2, "the forward")
+        wait_until(lambda: upstream.count("busy.example.test") == 1, 2, "the forward")
         with connect(agent) as refused, contextlib.suppress(ConnectionResetError):
             assert refused.recv(10) == b""  # closed (or reset: the agent aborts it)
         assert read_message(busy).answer  # the busy one is served on

@@ -18,12 +18,9 @@ from controller.auth import TokenStore
 from controller.db.engine import build_engine
 from controller.db.migrate import upgrade
 from controller.db.session import Database
-from tests.integration.controller_support import (
-    ControllerProcess,
-    free_port,
-    run_cli,
-    temporary_postgres_database,
-)
+from tests.integration.controller_support import run_cli, temporary_postgres_database
+from tests.support.controller import ControllerProcess
+from tests.support.ports import free_port
 
 POLICY = """\
 apiVersion: dnsmesh/v1

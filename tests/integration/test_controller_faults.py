@@ -26,10 +26,10 @@ from tests.integration.conftest import TestClient
 from tests.integration.controller_support import (
     TcpProxy,
     admin_postgres_url,
-    free_port,
     policy_doc,
     terminate_backends,
 )
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.postgres
 

@@ -18,11 +18,8 @@ from controller.db.migrate import (
     upgrade,
 )
 from controller.errors import SchemaNotCurrent
-from tests.integration.controller_support import (
-    free_port,
-    run_cli,
-    temporary_postgres_database,
-)
+from tests.integration.controller_support import run_cli, temporary_postgres_database
+from tests.support.ports import free_port
 
 TABLES = {"mesh_state", "policies", "changes", "audit_log", "api_tokens", "alembic_version"}
 

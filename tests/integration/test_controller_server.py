@@ -11,12 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.controller_support import (
-    ControllerProcess,
-    policy_doc,
-    run_cli,
-    temporary_postgres_database,
-)
+from tests.integration.controller_support import policy_doc, run_cli, temporary_postgres_database
+from tests.support.controller import ControllerProcess
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -22,12 +22,12 @@ from controller.db.migrate import upgrade
 from controller.db.session import Database
 from dnsmesh import protocol
 from tests.integration.controller_support import (
-    ControllerProcess,
     admin_postgres_url,
     policy_doc,
     temporary_postgres_database,
 )
 from tests.integration.push_support import ServedController, TestAgent, eventually, fast_settings
+from tests.support.controller import ControllerProcess
 
 
 @pytest.fixture

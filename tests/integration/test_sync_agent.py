@@ -30,8 +30,8 @@ from tests.integration.sync_support import (
     mint_tokens,
     policy,
     running_controller,
-    wait_until,
 )
+from tests.support.polling import wait_until
 
 
 @pytest.fixture

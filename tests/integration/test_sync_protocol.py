@@ -32,7 +32,8 @@ from dnsmesh.protocol import (
     encode_message,
 )
 from tests.integration.fakedns import LoopThread
-from tests.integration.sync_support import Synced, SyncedAgents, policy, wait_until
+from tests.integration.sync_support import Synced, SyncedAgents, policy
+from tests.support.polling import wait_until
 
 Script = Callable[["ScriptedController", ServerConnection], Awaitable[None]]
 

@@ -142,15 +142,8 @@ def test_query_packets_never_crash(packet: bytes, client: str) -> None:
     _check_query_packet(packet, client)
 
 
-def _require_slow(request: pytest.FixtureRequest) -> None:
-    # pyproject does not deselect `slow` by default, so the campaigns do it themselves.
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("fuzz campaign: run with -m slow")
-
-
 @pytest.mark.slow
-def test_query_packets_never_crash_campaign(request: pytest.FixtureRequest) -> None:
-    _require_slow(request)
+def test_query_packets_never_crash_campaign() -> None:
 
     @SLOW
     @given(packet=packets, client=st.sampled_from(CLIENTS))
@@ -212,8 +205,7 @@ def test_upstream_packets_never_crash(packet: bytes, age: int) -> None:
 
 
 @pytest.mark.slow
-def test_upstream_packets_never_crash_campaign(request: pytest.FixtureRequest) -> None:
-    _require_slow(request)
+def test_upstream_packets_never_crash_campaign() -> None:
 
     @SLOW
     @given(packet=upstream_packets, age=st.integers(0, 100_000))

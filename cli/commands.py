@@ -74,7 +74,7 @@ def add_client_commands(
 
 
 def run_apply(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    from controller.client import ControllerClient
+    from cli.client import ControllerClient
 
     # Every document of every file is validated before the first request: a file with one
     # bad document applies nothing (the error names file, document and field).
@@ -110,7 +110,7 @@ def run_apply(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def run_get(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    from controller.client import ControllerClient, ControllerRefused
+    from cli.client import ControllerClient, ControllerRefused
 
     if args.kind == "agents":
         return run_get_agents(args, out)
@@ -137,7 +137,7 @@ def run_get(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 def run_get_agents(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """``dnsmesh get agents``: every agent, what it runs and whether it is connected."""
-    from controller.client import ControllerClient
+    from cli.client import ControllerClient
 
     with ControllerClient(args.server, args.token) as client:
         agents = client.list_agents()
@@ -153,7 +153,7 @@ def run_get_agents(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 def run_get_endpoints(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """``dnsmesh get endpoints [POLICY]``: health per endpoint address, as agents report it."""
-    from controller.client import ControllerClient
+    from cli.client import ControllerClient
 
     with ControllerClient(args.server, args.token) as client:
         body = client.endpoints(args.name)
@@ -168,7 +168,7 @@ def run_get_endpoints(args: argparse.Namespace, out: TextIO = sys.stdout) -> int
 
 
 def run_delete(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    from controller.client import ControllerClient
+    from cli.client import ControllerClient
 
     with ControllerClient(args.server, args.token) as client:
         for name in args.names:

@@ -164,7 +164,7 @@ class Child:
     def __init__(self, name: str, args: list[str]) -> None:
         self.name = name
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "dnsmesh.cli", *args],
+            [sys.executable, "-m", "cli.main", *args],
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches `up` only; it stops us in order
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
@@ -232,8 +232,8 @@ def _agent_converged(api: str, token: str, agent_id_file: Path, revision: int) -
 
 def _apply(api: str, token: str, path: Path, out: TextIO) -> int:
     """``dnsmesh apply -f path`` against the controller; returns the revision after it."""
-    from controller.client import ControllerClient
-    from controller.commands import run_apply
+    from cli.client import ControllerClient
+    from cli.commands import run_apply
 
     args = argparse.Namespace(
         filename=path, dry_run=False, prune=False, selector=[], server=api, token=token

@@ -1,7 +1,9 @@
 """The ``dnsmesh`` command: one entry point whose subcommands live with the part they drive.
 
-Each part registers its own subcommands (``agent.cli``, ``controller.cli``); a subcommand
-imports its heavy modules only when it runs, so ``dnsmesh --help`` stays quick.
+Each part registers its own subcommands (``agent.cli``, ``controller.cli``, and this
+package's client and ``up``); a subcommand imports its heavy modules only when it runs, so
+``dnsmesh --help`` stays quick. The entry point lives here, outside the core ``dnsmesh``
+package, so that the core imports neither the agent nor the controller.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # Imported here, not at the top, because the parts import the core and not the reverse.
+    # Imported here, not at the top, so that importing this module stays cheap.
     from agent.cli import add_agent_commands
+    from cli.commands import add_client_commands
+    from cli.up import add_up_command
     from controller.cli import add_controller_commands
-    from controller.commands import add_client_commands
-    from controller.up import add_up_command
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(

@@ -1,0 +1,1 @@
+"""What several test folders (and the benchmarks) share: ports, polling, policies, processes."""
