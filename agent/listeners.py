@@ -1,4 +1,8 @@
-"""DNS listeners over UDP and TCP: move bytes between sockets and the pipeline, nothing more."""
+"""DNS listeners over UDP and TCP: move bytes between sockets and the query entry, nothing more.
+
+What a query gets is decided by agent.entry.QueryEntry, the same for both transports; a
+listener only reads, frames, fits a response to UDP and writes.
+"""
 
 from __future__ import annotations
 
@@ -6,76 +10,16 @@ import asyncio
 import errno
 import logging
 import socket
-import struct
 from collections import OrderedDict, deque
-from collections.abc import Coroutine
 from typing import Any, cast
 
-from agent.answer import Answer, Source
 from agent.config import HostPort
-from agent.pipeline import Pipeline
-from dnsmesh.dnswire import MalformedQuery, Query, fit_udp, name_to_text, parse_query
+from agent.entry import QueryEntry
+from dnsmesh.dnswire import Query
 from dnsmesh.logs import fields
+from dnsmesh.tcpframing import FrameDecoder, frame
 
 log = logging.getLogger(__name__)
-
-_LENGTH = struct.Struct("!H")
-
-
-class QueryService:
-    """What every listener shares: the pipeline, answer counts, the in-flight forwards."""
-
-    def __init__(self, pipeline: Pipeline, max_inflight: int = 4096) -> None:
-        self.pipeline = pipeline
-        self.max_inflight = max_inflight
-        self.counts: dict[str, int] = dict.fromkeys([*Source.ALL, "malformed", "dropped"], 0)
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.accepting = True
-
-    def full(self) -> bool:
-        """Whether the bound on forwards in flight is reached (a flood of unique names):
-        new ones are then dropped, as resolvers under load do, and clients retry."""
-        if len(self.tasks) < self.max_inflight:
-            return False
-        self.counts["dropped"] += 1
-        return True
-
-    def count_forwarded(self, query: Query, answer: Answer, client: str) -> None:
-        """Count a forwarded query's answer; at debug level, log it (never for immediate ones,
-        which are the hot path)."""
-        self.counts[answer.source] += 1
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "query.forwarded",
-                extra=fields(
-                    client=client,
-                    name=name_to_text(query.qname),
-                    qtype=query.qtype,
-                    source=answer.source,
-                    reason=answer.reason,
-                ),
-            )
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("query.failed", exc_info=task.exception())
-
-    async def drain(self, grace: float) -> int:
-        """Wait up to ``grace`` seconds for in-flight forwards; cancel the rest, say how many."""
-        if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=grace)
-        left = [task for task in self.tasks if not task.done()]
-        for task in left:
-            task.cancel()
-        if left:
-            await asyncio.wait(left)
-        return len(left)
 
 
 # Datagrams read per wakeup at most: enough to amortise the wakeup under load, few enough
@@ -101,16 +45,16 @@ class UdpListener(asyncio.BaseTransport):
     and close it as it does its other transports.
     """
 
-    __slots__ = ("_backlog", "_fd", "_loop", "closed", "service", "sock")
+    __slots__ = ("_backlog", "_fd", "_loop", "closed", "entry", "sock")
 
     def __init__(
         self,
-        service: QueryService,
+        entry: QueryEntry,
         sock: socket.socket,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__()
-        self.service = service
+        self.entry = entry
         self.sock = sock
         self.closed = False
         self._loop = asyncio.get_running_loop() if loop is None else loop
@@ -135,20 +79,11 @@ class UdpListener(asyncio.BaseTransport):
             received(data, addr)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        service = self.service
-        if not service.accepting:
+        entry = self.entry
+        if not entry.accepting:
             return  # draining: a datagram is not accepted; the client retries elsewhere
-        try:
-            query = parse_query(data)
-        except MalformedQuery as exc:
-            service.counts["malformed"] += 1
-            if exc.reply is not None:
-                self.send(exc.reply, addr)
-            return
-        wire = service.pipeline.answer_now(query, addr[0], service.counts)
-        if wire is not None:
-            if len(wire) > 512:  # every client takes 512 (RFC 1035 §4.2.1): skip the rest
-                wire = fit_udp(wire, query.udp_limit)
+        wire = entry.answer_now(data, addr[0], True)
+        if type(wire) is bytes:  # the common case first: answered at once
             if self._backlog:
                 self._hold(wire, addr)  # keep replies in order behind those waiting
                 return
@@ -159,15 +94,11 @@ class UdpListener(asyncio.BaseTransport):
             except OSError as exc:
                 log.debug("udp.send_failed", extra=fields(error=str(exc)))
             return
-        if not service.full():
-            service.spawn(self._forward(query, addr))
+        if isinstance(wire, Query) and not entry.full():
+            entry.spawn(self._forward(wire, addr))
 
     async def _forward(self, query: Query, addr: Any) -> None:
-        answer = await self.service.pipeline.final(query, addr[0])
-        self.service.count_forwarded(query, answer, addr[0])
-        # RFC 6891 §7 / RFC 1035 §4.2.1: no more than the client takes; TC tells it to ask
-        # again over TCP.
-        self.send(fit_udp(answer.wire, query.udp_limit), addr)
+        self.send(await self.entry.forward(query, addr[0], True), addr)
 
     def send(self, wire: bytes, addr: Any) -> None:
         """sendto, holding the reply while the send buffer is full (dropped when closed)."""
@@ -186,7 +117,7 @@ class UdpListener(asyncio.BaseTransport):
     def _hold(self, wire: bytes, addr: Any) -> None:
         backlog = self._backlog
         if len(backlog) >= _SEND_BACKLOG:
-            self.service.counts["dropped"] += 1
+            self.entry.counts["dropped"] += 1
             return
         if not backlog:
             self._loop.add_writer(self._fd, self._writable)
@@ -262,18 +193,18 @@ class TcpConnection(asyncio.Protocol):
 
     def __init__(
         self,
-        service: QueryService,
+        entry: QueryEntry,
         connections: TcpConnections,
         idle_timeout: float,
         max_pipelined: int,
     ) -> None:
-        self.service = service
+        self.entry = entry
         self.connections = connections
         self.idle_timeout = idle_timeout
         self.max_pipelined = max_pipelined
         self.transport: asyncio.Transport | None = None
         self.client = ""
-        self.buffer = bytearray()
+        self.frames = FrameDecoder()
         self.pending = 0
         self.paused = False  # reading paused by us
         self.write_blocked = False  # the transport's write buffer is above its high mark
@@ -284,15 +215,15 @@ class TcpConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = self.transport.get_extra_info("peername")
         self.client = peer[0] if peer else ""
-        if not self.service.accepting or not self.connections.admit(self):
+        if not self.entry.accepting or not self.connections.admit(self):
             self.closing = True
             self.transport.abort()
-            self.service.counts["dropped"] += 1
+            self.entry.counts["dropped"] += 1
             return
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
+        self.frames.feed(data)
         self.connections.touch(self)
         self._process()
         self._arm_idle()
@@ -302,13 +233,11 @@ class TcpConnection(asyncio.Protocol):
 
     def _process(self) -> None:
         """Handle every whole message buffered, until blocked; a partial one waits for more."""
-        buffer = self.buffer
-        while len(buffer) >= 2 and not self.closing and not self._blocked():
-            (size,) = _LENGTH.unpack_from(buffer)
-            if len(buffer) < 2 + size:
+        frames = self.frames
+        while not self.closing and not self._blocked():
+            message = frames.next_message()
+            if message is None:
                 break
-            message = bytes(buffer[2 : 2 + size])
-            del buffer[: 2 + size]
             self._handle(message)
         self._update_reading()
 
@@ -334,28 +263,17 @@ class TcpConnection(asyncio.Protocol):
         self._update_reading()
 
     def _handle(self, message: bytes) -> None:
-        service = self.service
-        try:
-            query = parse_query(message)
-        except MalformedQuery as exc:
-            service.counts["malformed"] += 1
-            if exc.reply is not None:
-                self._send(exc.reply)
-            return
-        wire = service.pipeline.answer_now(query, self.client, service.counts)
-        if wire is not None:
+        entry = self.entry
+        wire = entry.answer_now(message, self.client, False)
+        if type(wire) is bytes:
             self._send(wire)
-            return
-        if service.full():
-            return
-        self.pending += 1
-        service.spawn(self._forward(query))
+        elif isinstance(wire, Query) and not entry.full():
+            self.pending += 1
+            entry.spawn(self._forward(wire))
 
     async def _forward(self, query: Query) -> None:
         try:
-            answer: Answer = await self.service.pipeline.final(query, self.client)
-            self.service.count_forwarded(query, answer, self.client)
-            self._send(answer.wire)
+            self._send(await self.entry.forward(query, self.client, False))
         finally:
             self.pending -= 1
             if self.closing and self.pending == 0 and self.transport is not None:
@@ -365,7 +283,7 @@ class TcpConnection(asyncio.Protocol):
 
     def _send(self, wire: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(_LENGTH.pack(len(wire)) + wire)
+            self.transport.write(frame(wire))
 
     def _arm_idle(self) -> None:
         if self._idle is not None:

@@ -20,8 +20,8 @@ from agent.cache import Cache
 from agent.handlers.cached import CachedAnswers
 from agent.handlers.forward import Forwarder
 from agent.handlers.local import LocalNames
+from agent.handlers.loopguard import LoopGuard
 from agent.handlers.policy import PolicyAnswers
-from agent.loopcheck import LoopGuard
 from agent.state import PolicyState
 from agent.upstream import UpstreamClient
 from dnsmesh.dnsforward import UpstreamAnswer

@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 
 from agent.cache import Cache
 from agent.config import AgentConfig, HostPort
-from agent.listeners import QueryService, TcpConnection, TcpConnections, UdpListener, bind_pair
-from agent.loopcheck import LoopGuard
+from agent.entry import QueryEntry
+from agent.handlers.loopguard import LoopGuard
+from agent.listeners import TcpConnection, TcpConnections, UdpListener, bind_pair
 from agent.pipeline import Pipeline, build_pipeline
 from agent.probes.monitor import HealthMonitor
 from agent.reload import PolicyWatcher
@@ -64,7 +65,7 @@ class AgentServer:
             query_timeout=config.query_timeout,
             stale_ttl=config.stale_ttl,
         )
-        self.service = QueryService(self.pipeline, config.max_inflight)
+        self.entry = QueryEntry(self.pipeline, config.max_inflight)
         self.tcp_connections = TcpConnections(config.tcp_max_connections)
         # Every compiled snapshot passes through the health monitor, which swaps it in with
         # the effective weights (ejections, mesh-wide down set, latency).
@@ -128,11 +129,11 @@ class AgentServer:
         loop = asyncio.get_running_loop()
         udp, tcp = bind_pair(address)
         bound = HostPort(address.host, udp.getsockname()[1])
-        self._transports.append(UdpListener(self.service, udp, loop))
+        self._transports.append(UdpListener(self.entry, udp, loop))
         config = self.config
         server = await loop.create_server(
             lambda: TcpConnection(
-                self.service,
+                self.entry,
                 self.tcp_connections,
                 config.tcp_idle_timeout,
                 config.tcp_max_pipelined,
@@ -167,7 +168,7 @@ class AgentServer:
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting, let in-flight queries finish (bounded), then close everything."""
         drain = self.config.drain_timeout if drain_timeout is None else drain_timeout
-        self.service.accepting = False
+        self.entry.accepting = False
         for server in self._servers:
             server.close()  # no new TCP connections; open ones finish what they hold
         if self.watcher is not None:
@@ -175,7 +176,7 @@ class AgentServer:
         for conn in list(self.tcp_connections.open):
             conn.close("shutdown")
         await self.health.stop()
-        left = await self.service.drain(drain)
+        left = await self.entry.drain(drain)
         for task in list(self._background):
             task.cancel()
         for task in list(self._background):
@@ -210,4 +211,4 @@ class AgentServer:
         self._servers.clear()
 
     def counts(self) -> dict[str, int]:
-        return dict(self.service.counts)
+        return dict(self.entry.counts)

@@ -25,7 +25,6 @@ import contextlib
 import logging
 import os
 import socket
-import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,11 +40,12 @@ from dnsmesh.dnsforward import (
 )
 from dnsmesh.errors import UpstreamError, UpstreamTimeout
 from dnsmesh.logs import fields
+from dnsmesh.tcpframing import FrameDecoder, frame
 
 log = logging.getLogger(__name__)
 
 Key = tuple[bytes, int, int]
-_LENGTH = struct.Struct("!H")
+_TCP_READ = 65535 + 2  # one whole message at most per read
 # Rounds over the upstream list per query: a second round gives a lone upstream one retry
 # (a lost datagram) without spinning when every upstream refuses at once.
 _ROUNDS = 2
@@ -279,7 +279,7 @@ class UpstreamClient:
             raise UpstreamTimeout(f"{server}: no answer in {budget:.2f}s") from exc
         except OSError as exc:
             raise UpstreamError(f"{server}: {exc.strerror or exc}") from exc
-        except (asyncio.IncompleteReadError, BadUpstreamResponse) as exc:
+        except BadUpstreamResponse as exc:
             raise UpstreamError(f"{server}: bad TCP answer: {exc}") from exc
         return answer
 
@@ -325,10 +325,16 @@ class UpstreamClient:
         reader, writer = await asyncio.open_connection(server.host, server.port)
         try:
             packet = build_upstream_query(qname, qtype, qclass, msg_id)
-            writer.write(_LENGTH.pack(len(packet)) + packet)
+            writer.write(frame(packet))
+            frames = FrameDecoder()
             while True:  # skip anything that is not our answer, as over UDP
-                (size,) = _LENGTH.unpack(await reader.readexactly(2))
-                data = await reader.readexactly(size)
+                data = frames.next_message()
+                if data is None:
+                    chunk = await reader.read(_TCP_READ)
+                    if not chunk:
+                        raise BadUpstreamResponse("the connection closed before the answer")
+                    frames.feed(chunk)
+                    continue
                 try:
                     return parse_upstream_response(data, msg_id, question)
                 except BadUpstreamResponse:

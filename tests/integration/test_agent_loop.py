@@ -28,7 +28,7 @@ def test_two_agents_forwarding_to_each_other(
     # B does not probe, so that A is the one to find the loop (with both probing at once,
     # either may find it first; both outcomes break the loop).
     b = start_agent(upstreams=[f"{a.host}:{a.port}"], loop_check=False)
-    with caplog.at_level(logging.ERROR, logger="agent.loopcheck"):
+    with caplog.at_level(logging.ERROR, logger="agent.handlers.loopguard"):
         # A's upstream changes to B: A probes B, B forwards the probe back to A.
         a.call(lambda: a.server.set_upstreams([hostport(b)]))
         wait_until(

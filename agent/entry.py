@@ -1,0 +1,131 @@
+"""The one query entry: bytes and a client address in, response bytes out, for every transport.
+
+Both listeners (UDP and TCP) hand every message here and only move bytes. The entry parses
+the query, runs the pipeline and counts each answer under its source, so what happens to a
+query is decided in one place whatever carried it.
+
+It has two steps because forwarding is the only one that waits: ``answer_now`` is plain
+(no coroutine, no task, no allocation beyond the response), which keeps a policy or cache
+hit over UDP at recvfrom, parse, one dict lookup and sendto; only a query that must be
+forwarded goes on to ``forward``, which the listener awaits in a task of its own.
+
+It is also the error boundary: an exception from any handler or from the forward becomes
+SERVFAIL with an Extended DNS Error "Other" (RFC 8914 §4.1) for that query alone, logged
+once as ``query.error``, so one bad query never leaves a client without an answer, takes
+down the other queries pipelined on its TCP connection, or stops the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from agent.answer import Answer, Source
+from agent.pipeline import Pipeline
+from dnsmesh import dnswire
+from dnsmesh.dnswire import MalformedQuery, Query, fit_udp, name_to_text, parse_query
+from dnsmesh.logs import fields
+
+log = logging.getLogger(__name__)
+
+_INTERNAL_ERROR = (dnswire.EDE_OTHER, "internal error")
+
+
+class QueryEntry:
+    """What every listener shares: the pipeline, answer counts, the forwards in flight."""
+
+    def __init__(self, pipeline: Pipeline, max_inflight: int = 4096) -> None:
+        self.pipeline = pipeline
+        self.max_inflight = max_inflight
+        self.counts: dict[str, int] = dict.fromkeys([*Source.ALL, "malformed", "dropped"], 0)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.accepting = True
+
+    def answer_now(self, data: bytes, client: str, udp: bool) -> bytes | Query | None:
+        """The response to send at once (bytes), the query to ``forward`` (a Query), or None:
+        nothing to send (a malformed packet without a header worth answering). ``udp``: fit
+        the response to what the client takes over UDP."""
+        try:
+            query = parse_query(data)
+        except MalformedQuery as exc:
+            self.counts["malformed"] += 1
+            return exc.reply
+        try:
+            # The try costs nothing when nothing raises (zero-cost exceptions, CPython 3.11).
+            wire = self.pipeline.answer_now(query, client, self.counts)
+        except Exception as exc:
+            return self._failed(query, client, "handler", exc)
+        if wire is None:
+            return query
+        if udp and len(wire) > 512:  # every client takes 512 (RFC 1035 §4.2.1): skip the rest
+            return fit_udp(wire, query.udp_limit)
+        return wire
+
+    async def forward(self, query: Query, client: str, udp: bool) -> bytes:
+        """The forwarded query's response; never raises but for cancellation."""
+        try:
+            answer: Answer = await self.pipeline.final(query, client)
+        except Exception as exc:
+            return self._failed(query, client, "forward", exc)
+        self.counts[answer.source] += 1
+        if log.isEnabledFor(logging.DEBUG):  # never for immediate answers: the hot path
+            log.debug(
+                "query.forwarded",
+                extra=fields(
+                    client=client,
+                    name=name_to_text(query.qname),
+                    qtype=query.qtype,
+                    source=answer.source,
+                    reason=answer.reason,
+                ),
+            )
+        # RFC 6891 §7 / RFC 1035 §4.2.1: no more than the client takes over UDP; TC tells it
+        # to ask again over TCP.
+        return fit_udp(answer.wire, query.udp_limit) if udp else answer.wire
+
+    def _failed(self, query: Query, client: str, step: str, exc: Exception) -> bytes:
+        self.counts[Source.ERROR] += 1
+        log.error(
+            "query.error",
+            exc_info=exc,
+            extra=fields(
+                client=client,
+                name=name_to_text(query.qname),
+                qtype=query.qtype,
+                step=step,
+                error=f"{type(exc).__name__}: {exc}",
+            ),
+        )
+        return dnswire.build_error(query, dnswire.RCODE_SERVFAIL, _INTERNAL_ERROR)
+
+    def full(self) -> bool:
+        """Whether the bound on forwards in flight is reached (a flood of unique names):
+        new ones are then dropped, as resolvers under load do, and clients retry."""
+        if len(self.tasks) < self.max_inflight:
+            return False
+        self.counts["dropped"] += 1
+        return True
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Only a listener's own sending can get here: the query itself was answered.
+            log.error("query.send_failed", exc_info=task.exception())
+
+    async def drain(self, grace: float) -> int:
+        """Wait up to ``grace`` seconds for in-flight forwards; cancel the rest, say how many."""
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=grace)
+        left = [task for task in self.tasks if not task.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left)
+        return len(left)
