@@ -18,12 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
 from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    DateTime,
-    String,
     Table,
-    Text,
     and_,
     bindparam,
     func,
@@ -31,37 +26,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
-from controller.db.models import Base, Document
+from controller.db.models import AgentRow
 from controller.db.session import Database, as_utc, iso
 
 Transport = Literal["websocket", "poll"]
-
-
-class AgentRow(Base):
-    """A node agent as the controller last heard from it."""
-
-    __tablename__ = "agents"
-
-    agent_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    node_name: Mapped[str] = mapped_column(String(253), nullable=False)
-    labels: Mapped[dict[str, str]] = mapped_column(Document, nullable=False)
-    software: Mapped[str] = mapped_column(String(64), nullable=False)
-    transport: Mapped[str] = mapped_column(String(16), nullable=False)
-    connected: Mapped[bool] = mapped_column(Boolean, nullable=False)
-    replica: Mapped[str | None] = mapped_column(String(128), index=True, nullable=True)
-    # The connection the row describes: a late "gone" of an older connection (on this or
-    # another replica) must not mark a reconnected agent disconnected.
-    session: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-    connected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    disconnected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-    applied_revision: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    nack_revision: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    nack_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    nack_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 _AGENTS = cast(Table, AgentRow.__table__)

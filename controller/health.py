@@ -24,22 +24,23 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
-    BigInteger,
-    DateTime,
-    Float,
-    Index,
-    Integer,
-    String,
     Table,
     delete,
     insert,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
-from controller.agents import AgentRow
-from controller.db.models import AuditRow, Base, ChangeRow, PolicyRow
+from controller.db.models import (
+    AgentRow,
+    AuditRow,
+    ChangeRow,
+    DownRow,
+    EndpointHealthRow,
+    EndpointReportRow,
+    PolicyRow,
+)
 from controller.db.session import Database, Rollback, as_utc, current_revision_in, iso
 from controller.history import DOWN
 from dnsmesh import quorum
@@ -47,54 +48,6 @@ from dnsmesh.protocol import EndpointReport
 
 QUORUM_ACTOR = "quorum"
 DOWN_TARGET = "down-set"
-
-
-class EndpointHealthRow(Base):
-    """What one agent last reported of one endpoint address."""
-
-    __tablename__ = "endpoint_health"
-
-    agent_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    address: Mapped[str] = mapped_column(String(45), primary_key=True, index=True)
-    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
-    loss: Mapped[float] = mapped_column(Float, nullable=False)
-    state: Mapped[str] = mapped_column(String(16), nullable=False)
-    consecutive_failures: Mapped[int] = mapped_column(Integer, nullable=False)
-    samples: Mapped[int] = mapped_column(Integer, nullable=False)
-    reported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-
-
-class EndpointReportRow(Base):
-    """One report of one endpoint by one agent, kept for the retention window."""
-
-    __tablename__ = "endpoint_reports"
-    __table_args__ = (Index(None, "address", "reported_at"),)  # one address's history
-
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True
-    )
-    agent_id: Mapped[str] = mapped_column(String(128), nullable=False)
-    address: Mapped[str] = mapped_column(String(45), nullable=False)
-    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
-    loss: Mapped[float] = mapped_column(Float, nullable=False)
-    state: Mapped[str] = mapped_column(String(16), nullable=False)
-    consecutive_failures: Mapped[int] = mapped_column(Integer, nullable=False)
-    samples: Mapped[int] = mapped_column(Integer, nullable=False)
-    reported_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), index=True, nullable=False
-    )
-
-
-class DownRow(Base):
-    """An address the quorum marked down, since which revision, and how the vote stood."""
-
-    __tablename__ = "endpoints_down"
-
-    address: Mapped[str] = mapped_column(String(45), primary_key=True)
-    revision: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    since: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-    voters: Mapped[int] = mapped_column(Integer, nullable=False)
-    failing: Mapped[int] = mapped_column(Integer, nullable=False)
 
 
 _LATEST = cast(Table, EndpointHealthRow.__table__)

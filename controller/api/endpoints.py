@@ -38,7 +38,8 @@ from controller.api.deps import blocking, require
 from controller.api.errors import ApiError
 from controller.auth import Permission, Principal
 from controller.db.session import iso
-from controller.health import EndpointHealthRow, HealthView
+from controller.db.models import EndpointHealthRow
+from controller.health import HealthView
 from controller.hub import Hub
 
 router = APIRouter(tags=["endpoints"])
