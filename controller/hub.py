@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
-from controller.agents import Acked, AgentRegistry, Gone, Hello, Nacked
+from controller.agent_events import Acked, AgentConnected, Gone, Nacked
 from controller.db.session import Database
 from controller.feed import Feed, Moved, Update
-from controller.monitor import HealthMonitor, HealthSettings
 from controller.notify import PgListener, add_commit_listener, remove_commit_listener
+from controller.quorum_monitor import HealthSettings, QuorumMonitor
 from controller.recorder import AgentRecorder
-from controller.store import PolicyStore
+from controller.services.agent_state import AgentStateService
+from controller.services.policies import PolicyService
 from dnsmesh import protocol
 from dnsmesh.logs import fields
 
@@ -100,8 +101,8 @@ class Hub:
     def __init__(self, db: Database, settings: PushSettings | None = None) -> None:
         self.db = db
         self.settings = settings or PushSettings()
-        self.store = PolicyStore(db)
-        self.registry = AgentRegistry(db, stale_after=self.settings.stale_after)
+        self.store = PolicyService(db)
+        self.registry = AgentStateService(db, stale_after=self.settings.stale_after)
         self.recorder = AgentRecorder(
             self.registry,
             replica=self.settings.replica_id,
@@ -113,7 +114,7 @@ class Hub:
             window=self.settings.window,
             retention=self.settings.change_retention,
         )
-        self.health = HealthMonitor(db, self.settings.health)
+        self.health = QuorumMonitor(db, self.settings.health)
         self.sessions: dict[str, AgentSession] = {}  # by agent id
         self.listener: PgListener | None = None
         self._wake = asyncio.Event()
@@ -167,10 +168,6 @@ class Hub:
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(work, name=f"hub-{name}"))
-
-    def wake(self) -> None:
-        """Something may have committed: read the revision now (call on the hub's loop)."""
-        self._wake.set()
 
     def _wake_threadsafe(self) -> None:
         loop = self._loop
@@ -261,7 +258,7 @@ class Hub:
             force_snapshot=hello.revision == 0 or hello.revision > self.feed.head,
         )
         self.recorder.record(
-            Hello(
+            AgentConnected(
                 agent_id=hello.agent_id,
                 node_name=hello.node_name,
                 labels=dict(hello.labels),

@@ -3,7 +3,7 @@
 The hub must never wait on the database per agent: it hands events to ``record`` (no await,
 no I/O) and one task writes whatever has queued up, in order, in one transaction, every
 ``batch_delay`` at most. The same task refreshes ``last_seen`` of this replica's connected
-agents every heartbeat (see controller.agents).
+agents every heartbeat (see controller.services.agent_state).
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from controller.agents import AgentRegistry, Event
+from controller.agent_events import Event
 from controller.batching import BatchQueue
 from controller.errors import DatabaseUnavailable
+from controller.services.agent_state import AgentStateService
 from dnsmesh.logs import fields
 
 log = logging.getLogger("dnsmesh.controller.recorder")
@@ -27,7 +28,7 @@ MAX_QUEUED = 200_000
 class AgentRecorder:
     def __init__(
         self,
-        registry: AgentRegistry,
+        registry: AgentStateService,
         *,
         replica: str,
         heartbeat_s: float,

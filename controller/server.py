@@ -22,7 +22,7 @@ from dnsmesh.logs import fields
 
 if TYPE_CHECKING:
     from controller.hub import PushSettings
-    from controller.monitor import HealthSettings
+    from controller.quorum_monitor import HealthSettings
 
 log = logging.getLogger("dnsmesh.controller")
 
@@ -130,7 +130,7 @@ def push_settings(args: argparse.Namespace) -> PushSettings:
 
 
 def health_settings(args: argparse.Namespace) -> HealthSettings:
-    from controller.monitor import HealthSettings
+    from controller.quorum_monitor import HealthSettings
     from dnsmesh.quorum import QuorumRule
 
     try:

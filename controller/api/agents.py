@@ -75,7 +75,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, WebSocke
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from controller.agents import Hello, Nacked, Seen
+from controller.agent_events import AgentConnected, Nacked, Seen
 from controller.api.deps import blocking, json_body, policy_store, require
 from controller.api.errors import RETRY_AFTER_S, ApiError, error_body, from_store_error
 from controller.auth import Permission, Principal, Role, TokenStore
@@ -209,7 +209,7 @@ async def report(
     hub = hub_of(request.app)
     await hub.start()
     hub.recorder.record(
-        Hello(
+        AgentConnected(
             agent_id=agent_id,
             node_name=body.node_name,
             labels=body.labels,

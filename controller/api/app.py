@@ -12,7 +12,7 @@ from controller.api.errors import install_error_handlers
 from controller.auth import TokenStore
 from controller.db.session import Database
 from controller.hub import Hub, PushSettings
-from controller.store import PolicyStore
+from controller.services.policies import PolicyService
 
 
 def create_app(db: Database, push: PushSettings | None = None) -> FastAPI:
@@ -33,7 +33,7 @@ def create_app(db: Database, push: PushSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.db = db
-    app.state.policies = PolicyStore(db)
+    app.state.policies = PolicyService(db)
     app.state.tokens = TokenStore(db)
     app.state.hub = hub
     install_error_handlers(app)

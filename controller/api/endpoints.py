@@ -37,10 +37,10 @@ from fastapi.responses import JSONResponse
 from controller.api.deps import blocking, require
 from controller.api.errors import ApiError
 from controller.auth import Permission, Principal
-from controller.db.session import iso
 from controller.db.models import EndpointHealthRow
-from controller.health import HealthView
+from controller.db.session import iso
 from controller.hub import Hub
+from controller.services.health_view import HealthView
 
 router = APIRouter(tags=["endpoints"])
 
