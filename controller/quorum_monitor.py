@@ -46,7 +46,7 @@ class QuorumMonitor:
     def __init__(self, db: Database, settings: HealthSettings | None = None) -> None:
         self.settings = settings or HealthSettings()
         self.db = db
-        self.store = EndpointHealthService(
+        self.service = EndpointHealthService(
             db, self.settings.rule, history_s=self.settings.history_s
         )
         self._reports: BatchQueue[Received] = BatchQueue(MAX_QUEUED)
@@ -77,11 +77,11 @@ class QuorumMonitor:
                 await self._reports.handled(len(batch))
             if loop.time() >= next_prune:
                 next_prune = loop.time() + self.settings.prune_s
-                await self._guarded(self.store.prune_history)
+                await self._guarded(self.service.prune_history)
 
     async def _write(self, batch: list[Received]) -> bool:
         try:
-            await asyncio.to_thread(self.store.write_reports, batch)
+            await asyncio.to_thread(self.service.write_reports, batch)
         except DatabaseUnavailable as error:
             log.warning("health.write_failed", extra=fields(error=str(error)))
             return False
@@ -92,7 +92,7 @@ class QuorumMonitor:
         return True
 
     async def _evaluate(self) -> None:
-        change = await self._guarded(self.store.evaluate)
+        change = await self._guarded(self.service.evaluate)
         if change is not None:
             self.changes += 1
             log.info(

@@ -53,9 +53,7 @@ def read_down(session: Session) -> list[str]:
     return list(session.scalars(select(DownRow.address).order_by(DownRow.address)))
 
 
-def fresh_votes(
-    session: Session, since: datetime
-) -> Iterable[Row[str, str, str, float, datetime]]:
+def fresh_votes(session: Session, since: datetime) -> Iterable[Row[str, str, str, float, datetime]]:
     """(address, agent id, state, loss, reported_at) of every latest report since ``since``."""
     return session.execute(
         select(
