@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from controller.db.models import PolicyRow
-from controller.db.session import Database, WriteTransaction
+from controller.db.session import Database
 from controller.errors import AlreadyExists, DomainConflict, NotFound
 from controller.repositories import history, policies
 from controller.repositories.health import read_down
@@ -211,32 +211,21 @@ class PolicyService:
         if_match: IfMatch | None,
     ) -> tuple[StoredPolicy, Document]:
         with self.db.writing() as transaction:
-            return self._edit_slices_in(transaction, name, edit, actor, operation, if_match)
-
-    def _edit_slices_in(
-        self,
-        transaction: WriteTransaction,
-        name: str,
-        edit: SliceEdit,
-        actor: str,
-        operation: str,
-        if_match: IfMatch | None,
-    ) -> tuple[StoredPolicy, Document]:
-        session = transaction.session
-        revision = bump_revision(session)
-        row = policies.require_policy(session, name)
-        check_precondition(name, row, if_match)
-        document = content(row.document)
-        slices: list[Any] = list(document["spec"].get("slices", []))
-        index = edit(slices)
-        document["spec"]["slices"] = slices
-        policy = parse_policy(document)  # the whole resulting policy must validate
-        if policy.to_document(with_revision=False) == content(row.document):
-            # The same slice again: not a change (no revision), as for a policy PUT.
-            transaction.discard()
-            return _stored(row), slice_at(row.document, index)
-        written = self._save(session, revision, policy, row, actor, operation)
-        return written.policy, slice_at(written.policy.document, index)
+            session = transaction.session
+            revision = bump_revision(session)
+            row = policies.require_policy(session, name)
+            check_precondition(name, row, if_match)
+            document = content(row.document)
+            slices: list[Any] = list(document["spec"].get("slices", []))
+            index = edit(slices)
+            document["spec"]["slices"] = slices
+            policy = parse_policy(document)  # the whole resulting policy must validate
+            if policy.to_document(with_revision=False) == content(row.document):
+                # The same slice again: not a change (no revision), as for a policy PUT.
+                transaction.discard()
+                return _stored(row), slice_at(row.document, index)
+            written = self._save(session, revision, policy, row, actor, operation)
+            return written.policy, slice_at(written.policy.document, index)
 
     def _save(
         self,
