@@ -4,9 +4,9 @@ The feed knows one ``head`` (the newest revision this replica has seen committed
 an in-memory window of the changes that led there. An update for an agent at ``since`` is a
 delta built from the window (or from the change log when the window does not reach back),
 or a snapshot of every policy when the log does not reach back either (compaction).
-Besides policies, a snapshot carries the mesh-wide down set (controller.health), and a delta
-carries it when a down-set change (a change-log row of its own, operation ``down``) lies in
-its range. Each
+Besides policies, a snapshot carries the mesh-wide down set
+(controller.services.endpoint_health), and a delta carries it when a down-set change (a
+change-log row of its own, operation ``down``) lies in its range. Each
 update is built and encoded once per starting revision and shared by every agent that
 starts there, so a commit costs one read of the change log per replica, not one per agent.
 """
@@ -19,8 +19,8 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
-from controller.history import Change
-from controller.store import PolicyStore
+from controller.repositories.history import Change
+from controller.services.policies import PolicyService
 from dnsmesh import protocol
 from dnsmesh.logs import fields
 
@@ -42,7 +42,7 @@ class Moved(Enum):
 
 
 class Feed:
-    def __init__(self, store: PolicyStore, *, window: int, retention: int) -> None:
+    def __init__(self, store: PolicyService, *, window: int, retention: int) -> None:
         self.store = store
         self.window_size = window
         self.retention = retention  # revisions of change log to keep; 0: keep all

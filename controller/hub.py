@@ -15,21 +15,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
-import socket
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any, Protocol
 
-from controller.agents import Acked, AgentRegistry, Gone, Hello, Nacked
+from controller.agent_events import Acked, AgentConnected, Gone, Nacked, Seen
 from controller.db.session import Database
 from controller.feed import Feed, Moved, Update
-from controller.monitor import HealthMonitor, HealthSettings
 from controller.notify import PgListener, add_commit_listener, remove_commit_listener
+from controller.push_settings import PushSettings
+from controller.quorum_monitor import QuorumMonitor
 from controller.recorder import AgentRecorder
-from controller.store import PolicyStore
+from controller.services.agent_state import AgentInfo, AgentStateService, Convergence
+from controller.services.health_view import HealthView
 from dnsmesh import protocol
 from dnsmesh.logs import fields
 
@@ -40,35 +39,6 @@ CLOSE_PROTOCOL_ERROR = 4400  # a message that is not valid, or not expected now
 CLOSE_REPLACED = 4409  # the same agent id connected again to this replica
 CLOSE_HELLO_TIMEOUT = 4408  # no hello within hello_timeout_s
 CLOSE_INTERNAL = 1011  # RFC 6455: the server hit an unexpected condition
-
-
-def default_replica_id() -> str:
-    """Unique per process: a restarted replica is a new one (its old rows go stale)."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
-
-
-@dataclass(frozen=True, slots=True)
-class PushSettings:
-    """Knobs of the push path (``dnsmesh controller`` flags; short values in tests)."""
-
-    ping_interval_s: float = 5.0  # WebSocket pings; a peer silent for ~2 of these is dropped
-    hello_timeout_s: float = 10.0
-    catch_up_s: float = 1.0  # read the revision this often even without a notification
-    change_retention: int = 10_000  # keep this many revisions of change log; 0: keep all
-    heartbeat_s: float = 10.0  # refresh last_seen of this replica's agents
-    max_wait_s: float = 30.0  # the longest long-poll
-    window: int = 1024  # recent changes kept in memory for deltas
-    # permessage-deflate (RFC 7692) keeps a zlib state per connection, ~40 KiB per agent in
-    # the controller (measured: 86 vs 44 KiB/agent), for messages that are mostly small
-    # deltas; off unless asked for (--ws-deflate), e.g. for large snapshots over a WAN.
-    ws_deflate: bool = False
-    replica_id: str = field(default_factory=default_replica_id)
-    health: HealthSettings = field(default_factory=HealthSettings)  # reports and the quorum
-
-    @property
-    def stale_after(self) -> timedelta:
-        """Three heartbeats plus the longest long-poll: a row older belongs to no live agent."""
-        return timedelta(seconds=3 * self.heartbeat_s + self.max_wait_s)
 
 
 class Channel(Protocol):
@@ -97,23 +67,22 @@ class AgentSession:
 class Hub:
     """One per controller process; its tasks start with the first agent (or ``start()``)."""
 
-    def __init__(self, db: Database, settings: PushSettings | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: PushSettings,
+        *,
+        feed: Feed,
+        agents: AgentStateService,
+        recorder: AgentRecorder,
+        health: QuorumMonitor,
+    ) -> None:
         self.db = db
-        self.settings = settings or PushSettings()
-        self.store = PolicyStore(db)
-        self.registry = AgentRegistry(db, stale_after=self.settings.stale_after)
-        self.recorder = AgentRecorder(
-            self.registry,
-            replica=self.settings.replica_id,
-            heartbeat_s=self.settings.heartbeat_s,
-            has_agents=lambda: bool(self.sessions),
-        )
-        self.feed = Feed(
-            self.store,
-            window=self.settings.window,
-            retention=self.settings.change_retention,
-        )
-        self.health = HealthMonitor(db, self.settings.health)
+        self.settings = settings
+        self.feed = feed
+        self.agents = agents
+        self.recorder = recorder
+        self.health = health
         self.sessions: dict[str, AgentSession] = {}  # by agent id
         self.listener: PgListener | None = None
         self._wake = asyncio.Event()
@@ -133,11 +102,11 @@ class Hub:
 
     async def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self.registry.release, self.settings.replica_id)
+        await asyncio.to_thread(self.agents.release, self.settings.replica_id)
         await self.feed.start()
         add_commit_listener(self._wake_threadsafe)
         self._spawn(self._watch(), "watch")
-        self._spawn(self.recorder.run(), "recorder")
+        self._spawn(self.recorder.run(has_agents=lambda: bool(self.sessions)), "recorder")
         self._spawn(self.health.run(), "health")
         if self.db.engine.dialect.name == "postgresql":
             self.listener = PgListener(self.db.engine.url, self._on_notify)
@@ -162,15 +131,11 @@ class Hub:
                 await task
         self._tasks.clear()
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(self.registry.release, self.settings.replica_id)
+            await asyncio.to_thread(self.agents.release, self.settings.replica_id)
         self._started = None
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(work, name=f"hub-{name}"))
-
-    def wake(self) -> None:
-        """Something may have committed: read the revision now (call on the hub's loop)."""
-        self._wake.set()
 
     def _wake_threadsafe(self) -> None:
         loop = self._loop
@@ -180,6 +145,40 @@ class Hub:
 
     def _on_notify(self, _revision: int) -> None:
         self._wake.set()
+
+    # -- what the routes ask (polling agents, operators) ------------------------------------
+
+    async def record_seen(self, agent_id: str) -> None:
+        """A polling agent is alive (its long-poll)."""
+        await self.start()
+        self.recorder.record(Seen(agent_id))
+
+    async def record_poll(self, hello: AgentConnected, nack: Nacked | None) -> None:
+        """A polling agent's hello and ACK (or NACK), written before this returns."""
+        await self.start()
+        self.recorder.record(hello)
+        if nack is not None:
+            self.recorder.record(nack)
+        await self.recorder.flush()  # the answer means "recorded": a read right after sees it
+
+    async def record_report(self, agent_id: str, report: protocol.Report) -> bool:
+        """A polling agent's probe report, written and evaluated; False if not yet stored."""
+        await self.start()
+        self.recorder.record(Seen(agent_id))
+        self.health.record(agent_id, report)
+        return await self.health.flush()
+
+    async def down(self) -> list[str]:
+        return await asyncio.to_thread(self.health.service.down)
+
+    async def health_view(self) -> HealthView:
+        return await asyncio.to_thread(self.health.service.view)
+
+    async def list_agents(self) -> list[AgentInfo]:
+        return await asyncio.to_thread(self.agents.list)
+
+    async def convergence(self, revision: int, *, limit: int) -> Convergence:
+        return await asyncio.to_thread(self.agents.convergence, revision, limit=limit)
 
     # -- following the database ----------------------------------------------------------
 
@@ -261,7 +260,7 @@ class Hub:
             force_snapshot=hello.revision == 0 or hello.revision > self.feed.head,
         )
         self.recorder.record(
-            Hello(
+            AgentConnected(
                 agent_id=hello.agent_id,
                 node_name=hello.node_name,
                 labels=dict(hello.labels),

@@ -3,7 +3,7 @@
 The hub must never wait on the database per agent: it hands events to ``record`` (no await,
 no I/O) and one task writes whatever has queued up, in order, in one transaction, every
 ``batch_delay`` at most. The same task refreshes ``last_seen`` of this replica's connected
-agents every heartbeat (see controller.agents).
+agents every heartbeat (see controller.services.agent_state).
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from controller.agents import AgentRegistry, Event
+from controller.agent_events import Event
 from controller.batching import BatchQueue
 from controller.errors import DatabaseUnavailable
+from controller.services.agent_state import AgentStateService
 from dnsmesh.logs import fields
 
 log = logging.getLogger("dnsmesh.controller.recorder")
@@ -27,18 +28,16 @@ MAX_QUEUED = 200_000
 class AgentRecorder:
     def __init__(
         self,
-        registry: AgentRegistry,
+        agents: AgentStateService,
         *,
         replica: str,
         heartbeat_s: float,
-        has_agents: Callable[[], bool],
         batch_delay_s: float = 0.02,
         retry_s: float = 1.0,
     ) -> None:
-        self.registry = registry
+        self.agents = agents
         self.replica = replica
         self.heartbeat_s = heartbeat_s
-        self.has_agents = has_agents
         self.batch_delay_s = batch_delay_s
         self.retry_s = retry_s
         self._events: BatchQueue[Event] = BatchQueue(MAX_QUEUED)
@@ -51,19 +50,20 @@ class AgentRecorder:
         """Waits until everything queued so far is written; False after ``within_s``."""
         return await self._events.flush(within_s)
 
-    async def run(self) -> None:
+    async def run(self, *, has_agents: Callable[[], bool]) -> None:
+        """Writes batches until cancelled; heartbeats only while ``has_agents()``."""
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + self.heartbeat_s
         while True:
             woke = await self._events.gather(next_beat - loop.time(), self.batch_delay_s)
             if loop.time() >= next_beat:
                 next_beat = loop.time() + self.heartbeat_s
-                if self.has_agents():
-                    await self._guarded(self.registry.heartbeat, self.replica)
+                if has_agents():
+                    await self._guarded(self.agents.heartbeat, self.replica)
             batch = self._events.take() if woke else []
             if not batch:
                 continue
-            if not await self._guarded(self.registry.apply, batch):
+            if not await self._guarded(self.agents.apply, batch):
                 self._events.put_back(batch)  # keep the order; try again
                 await asyncio.sleep(self.retry_s)
                 continue

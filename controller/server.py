@@ -21,8 +21,8 @@ from dnsmesh.errors import ConfigError
 from dnsmesh.logs import fields
 
 if TYPE_CHECKING:
-    from controller.hub import PushSettings
-    from controller.monitor import HealthSettings
+    from controller.push_settings import PushSettings
+    from controller.quorum_monitor import HealthSettings
 
 log = logging.getLogger("dnsmesh.controller")
 
@@ -112,7 +112,7 @@ def run_controller(args: argparse.Namespace) -> int:
 
 
 def push_settings(args: argparse.Namespace) -> PushSettings:
-    from controller.hub import PushSettings
+    from controller.push_settings import PushSettings
 
     settings = PushSettings(
         ping_interval_s=args.ping_interval,
@@ -130,7 +130,7 @@ def push_settings(args: argparse.Namespace) -> PushSettings:
 
 
 def health_settings(args: argparse.Namespace) -> HealthSettings:
-    from controller.monitor import HealthSettings
+    from controller.quorum_monitor import HealthSettings
     from dnsmesh.quorum import QuorumRule
 
     try:

@@ -75,7 +75,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, WebSocke
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from controller.agents import Hello, Nacked, Seen
+from controller.agent_events import AgentConnected, Nacked
 from controller.api.deps import blocking, json_body, policy_store, require
 from controller.api.errors import RETRY_AFTER_S, ApiError, error_body, from_store_error
 from controller.auth import Permission, Principal, Role, TokenStore
@@ -172,8 +172,7 @@ async def changes(
     _agent_only(who)
     hub = hub_of(request.app)
     if agent_id is not None:
-        await hub.start()
-        hub.recorder.record(Seen(agent_id))
+        await hub.record_seen(agent_id)
     update = await hub.poll(since, min(wait, hub.settings.max_wait_s))
     if update is None:
         return Response(status_code=204)
@@ -207,9 +206,11 @@ async def report(
     except ValidationError as error:
         raise ApiError(422, "invalid_request", "not an agent report", field_errors(error)) from None
     hub = hub_of(request.app)
-    await hub.start()
-    hub.recorder.record(
-        Hello(
+    nack = None
+    if body.nack is not None:
+        nack = Nacked(agent_id, body.nack.revision, body.nack.reason)
+    await hub.record_poll(
+        AgentConnected(
             agent_id=agent_id,
             node_name=body.node_name,
             labels=body.labels,
@@ -218,11 +219,9 @@ async def report(
             transport="poll",
             replica=hub.settings.replica_id,
             session="poll",
-        )
+        ),
+        nack,
     )
-    if body.nack is not None:
-        hub.recorder.record(Nacked(agent_id, body.nack.revision, body.nack.reason))
-    await hub.recorder.flush()  # the answer means "recorded": a read right after sees it
     return JSONResponse({"agent_id": agent_id, "applied_revision": body.revision})
 
 
@@ -239,24 +238,21 @@ async def probe_report(
     except ValidationError as error:
         raise ApiError(422, "invalid_request", "not a probe report", field_errors(error)) from None
     hub = hub_of(request.app)
-    await hub.start()
-    hub.recorder.record(Seen(agent_id))
-    hub.health.record(agent_id, report)
-    if not await hub.health.flush():
+    if not await hub.record_report(agent_id, report):
         raise ApiError(
             503,
             "database_unavailable",
             "the report could not be stored yet",
             headers={"Retry-After": RETRY_AFTER_S},
         )
-    down = await blocking(hub.health.store.down)
+    down = await hub.down()
     return JSONResponse({"agent_id": agent_id, "endpoints": len(report.endpoints), "down": down})
 
 
 @router.get("/v1/agents")
 async def list_agents(request: Request, _who: Operator) -> JSONResponse:
     hub = hub_of(request.app)
-    agents = await blocking(hub.registry.list)
+    agents = await hub.list_agents()
     revision = await blocking(policy_store(request).current_revision)
     return JSONResponse({"revision": revision, "items": [a.to_json() for a in agents]})
 
@@ -272,7 +268,7 @@ async def convergence(
     current = await blocking(policy_store(request).current_revision)
     if revision > current:
         raise ApiError(404, "not_found", f"revision {revision} is not committed (at {current})")
-    state = await blocking(hub.registry.convergence, revision, limit=limit)
+    state = await hub.convergence(revision, limit=limit)
     return JSONResponse(
         {
             "revision": revision,

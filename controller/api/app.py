@@ -1,4 +1,4 @@
-"""The FastAPI application: routers, error handlers, and the stores on ``app.state``."""
+"""The FastAPI application: routers, error handlers, the services and the hub on ``app.state``."""
 
 from __future__ import annotations
 
@@ -11,12 +11,18 @@ from controller.api import admin, agents, endpoints, policies
 from controller.api.errors import install_error_handlers
 from controller.auth import TokenStore
 from controller.db.session import Database
-from controller.hub import Hub, PushSettings
-from controller.store import PolicyStore
+from controller.feed import Feed
+from controller.hub import Hub
+from controller.push_settings import PushSettings
+from controller.quorum_monitor import QuorumMonitor
+from controller.recorder import AgentRecorder
+from controller.services.agent_state import AgentStateService
+from controller.services.policies import PolicyService
 
 
 def create_app(db: Database, push: PushSettings | None = None) -> FastAPI:
-    hub = Hub(db, push)
+    policy_service = PolicyService(db)
+    hub = build_hub(db, push or PushSettings(), policy_service)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -33,7 +39,7 @@ def create_app(db: Database, push: PushSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.db = db
-    app.state.policies = PolicyStore(db)
+    app.state.policies = policy_service
     app.state.tokens = TokenStore(db)
     app.state.hub = hub
     install_error_handlers(app)
@@ -42,3 +48,18 @@ def create_app(db: Database, push: PushSettings | None = None) -> FastAPI:
     app.include_router(agents.router)
     app.include_router(endpoints.router)
     return app
+
+
+def build_hub(db: Database, settings: PushSettings, policy_service: PolicyService) -> Hub:
+    """The hub with its collaborators: the feed, the agents' state, its writer, the quorum."""
+    agent_state = AgentStateService(db, stale_after=settings.stale_after)
+    return Hub(
+        db,
+        settings,
+        feed=Feed(policy_service, window=settings.window, retention=settings.change_retention),
+        agents=agent_state,
+        recorder=AgentRecorder(
+            agent_state, replica=settings.replica_id, heartbeat_s=settings.heartbeat_s
+        ),
+        health=QuorumMonitor(db, settings.health),
+    )

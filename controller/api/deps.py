@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from controller.api.errors import ApiError
 from controller.auth import Permission, Principal, TokenStore
-from controller.store import IfMatch, PolicyStore
+from controller.services.policies import IfMatch, PolicyService
 from dnsmesh.logs import fields
 
 T = TypeVar("T")
@@ -21,8 +21,8 @@ _BEARER = {"WWW-Authenticate": 'Bearer realm="dnsmesh"'}
 MAX_BODY = 4 * 1024 * 1024  # a policy with 1,024 endpoints is well under 1 MiB
 
 
-def policy_store(request: Request) -> PolicyStore:
-    store: PolicyStore = request.app.state.policies
+def policy_store(request: Request) -> PolicyService:
+    store: PolicyService = request.app.state.policies
     return store
 
 

@@ -34,12 +34,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from controller.api.deps import blocking, require
+from controller.api.deps import require
 from controller.api.errors import ApiError
 from controller.auth import Permission, Principal
+from controller.db.models import EndpointHealthRow
 from controller.db.session import iso
-from controller.health import EndpointHealthRow, HealthView
 from controller.hub import Hub
+from controller.services.health_view import HealthView
 
 router = APIRouter(tags=["endpoints"])
 
@@ -57,7 +58,7 @@ async def list_endpoints(
     _who: Operator,
     policy: Annotated[str | None, Query(min_length=1, max_length=63)] = None,
 ) -> JSONResponse:
-    view = await blocking(_hub(request).health.store.view)
+    view = await _hub(request).health_view()
     if policy is not None and policy not in view.policies:
         raise ApiError(404, "not_found", f"policy {policy!r} does not exist")
     return JSONResponse(endpoints_json(view, policy))
@@ -65,7 +66,7 @@ async def list_endpoints(
 
 @router.get("/v1/topology")
 async def topology(request: Request, _who: Operator) -> JSONResponse:
-    view = await blocking(_hub(request).health.store.view)
+    view = await _hub(request).health_view()
     return JSONResponse(topology_json(view))
 
 

@@ -9,7 +9,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -22,7 +33,7 @@ NAMING_CONVENTION = {
 }
 
 # JSONB on PostgreSQL (indexable, compact); plain JSON (text) on SQLite.
-Document = JSON().with_variant(JSONB(), "postgresql")
+JsonColumn = JSON().with_variant(JSONB(), "postgresql")
 
 
 class Base(DeclarativeBase):
@@ -47,8 +58,8 @@ class PolicyRow(Base):
     name: Mapped[str] = mapped_column(String(63), unique=True, nullable=False)
     domain: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
     revision: Mapped[int] = mapped_column(BigInteger, index=True, nullable=False)
-    labels: Mapped[dict[str, str]] = mapped_column(Document, nullable=False)
-    document: Mapped[dict[str, Any]] = mapped_column(Document, nullable=False)
+    labels: Mapped[dict[str, str]] = mapped_column(JsonColumn, nullable=False)
+    document: Mapped[dict[str, Any]] = mapped_column(JsonColumn, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
@@ -61,7 +72,7 @@ class ChangeRow(Base):
     revision: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     policy_name: Mapped[str] = mapped_column(String(63), index=True, nullable=False)
     operation: Mapped[str] = mapped_column(String(16), nullable=False)  # create|update|delete
-    document: Mapped[dict[str, Any] | None] = mapped_column(Document, nullable=True)
+    document: Mapped[dict[str, Any] | None] = mapped_column(JsonColumn, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
 
@@ -78,8 +89,8 @@ class AuditRow(Base):
     operation: Mapped[str] = mapped_column(String(32), nullable=False)
     target: Mapped[str] = mapped_column(String(127), nullable=False)
     revision: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    before: Mapped[dict[str, Any] | None] = mapped_column(Document, nullable=True)
-    after: Mapped[dict[str, Any] | None] = mapped_column(Document, nullable=True)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JsonColumn, nullable=True)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JsonColumn, nullable=True)
 
 
 class TokenRow(Base):
@@ -94,3 +105,76 @@ class TokenRow(Base):
     prefix: Mapped[str] = mapped_column(String(16), nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     created_by: Mapped[str] = mapped_column(String(63), nullable=False)
+
+
+class AgentRow(Base):
+    """A node agent as the controller last heard from it."""
+
+    __tablename__ = "agents"
+
+    agent_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    node_name: Mapped[str] = mapped_column(String(253), nullable=False)
+    labels: Mapped[dict[str, str]] = mapped_column(JsonColumn, nullable=False)
+    software: Mapped[str] = mapped_column(String(64), nullable=False)
+    transport: Mapped[str] = mapped_column(String(16), nullable=False)
+    connected: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    replica: Mapped[str | None] = mapped_column(String(128), index=True, nullable=True)
+    # The connection the row describes: a late "gone" of an older connection (on this or
+    # another replica) must not mark a reconnected agent disconnected.
+    session: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    connected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    disconnected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    applied_revision: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    nack_revision: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    nack_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    nack_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class EndpointHealthRow(Base):
+    """What one agent last reported of one endpoint address."""
+
+    __tablename__ = "endpoint_health"
+
+    agent_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    address: Mapped[str] = mapped_column(String(45), primary_key=True, index=True)
+    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    loss: Mapped[float] = mapped_column(Float, nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, nullable=False)
+    samples: Mapped[int] = mapped_column(Integer, nullable=False)
+    reported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class EndpointReportRow(Base):
+    """One report of one endpoint by one agent, kept for the retention window."""
+
+    __tablename__ = "endpoint_reports"
+    __table_args__ = (Index(None, "address", "reported_at"),)  # one address's history
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True
+    )
+    agent_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    address: Mapped[str] = mapped_column(String(45), nullable=False)
+    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    loss: Mapped[float] = mapped_column(Float, nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, nullable=False)
+    samples: Mapped[int] = mapped_column(Integer, nullable=False)
+    reported_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), index=True, nullable=False
+    )
+
+
+class DownRow(Base):
+    """An address the quorum marked down, since which revision, and how the vote stood."""
+
+    __tablename__ = "endpoints_down"
+
+    address: Mapped[str] = mapped_column(String(45), primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    voters: Mapped[int] = mapped_column(Integer, nullable=False)
+    failing: Mapped[int] = mapped_column(Integer, nullable=False)

@@ -1,31 +1,28 @@
-"""Transactions: one per operation, writes serialised on the revision counter row.
+"""Transactions: one per operation, reads in one snapshot, writes one at a time on SQLite.
 
-Repositories only add and flush; the functions here own begin/commit/rollback, and turn
+Repositories (controller.repositories) only query, add and flush; services
+(controller.services) open the transactions here, which own begin/commit/rollback and turn
 driver errors into the controller's errors once (connection trouble -> DatabaseUnavailable).
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from sqlalchemy import Engine, exc, select, text, update
+from sqlalchemy import Engine, exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db.engine import WRITE_OPTION, is_unavailable
-from controller.db.models import StateRow
 from controller.errors import AlreadyExists, DatabaseUnavailable
-from dnsmesh.logs import fields
+from controller.repositories.revision import current_revision
 
 T = TypeVar("T")
-log = logging.getLogger("dnsmesh.controller.db")
 
-# PostgreSQL NOTIFY channel: the payload is each committed revision, as text.
-NOTIFY_CHANNEL = "dnsmesh_revision"
 Clock = Callable[[], datetime]
 
 
@@ -42,12 +39,20 @@ def iso(moment: datetime) -> str:
     return as_utc(moment).isoformat().replace("+00:00", "Z")
 
 
-class Rollback(Exception):
-    """Raised inside a write to undo it and hand ``result`` back (e.g. an unchanged PUT)."""
+@dataclass(slots=True)
+class WriteTransaction:
+    """The session of one write; ``discard()`` ends it without keeping anything.
 
-    def __init__(self, result: object) -> None:
-        super().__init__("rollback")
-        self.result = result
+    A service that finds nothing to change (an unchanged PUT, a down set another replica
+    already committed) discards the transaction it bumped the revision in and returns
+    "unchanged" as its result.
+    """
+
+    session: Session
+    discarded: bool = False
+
+    def discard(self) -> None:
+        self.discarded = True
 
 
 class Database:
@@ -74,7 +79,6 @@ class Database:
         self._write_gate: AbstractContextManager[object] = (
             threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
         )
-        self._listeners: list[Callable[[int], None]] = []
 
     @contextmanager
     def guard(self) -> Iterator[None]:
@@ -97,72 +101,21 @@ class Database:
             return work(session)
 
     def write(self, work: Callable[[Session], T]) -> T:
-        """Runs ``work`` in one transaction without touching the revision (tokens)."""
-        with self._write_gate, self.guard(), self._writes() as session:
-            try:
-                with session.begin():
-                    return work(session)
-            except Rollback as undo:
-                return undo.result  # type: ignore[return-value]
+        """Runs ``work`` in one write transaction."""
+        with self.writing() as transaction:
+            return work(transaction.session)
 
-    def write_revision(self, work: Callable[[Session, int], T]) -> T:
-        """Runs ``work(session, new_revision)`` in one transaction that bumps the revision.
-
-        The UPDATE ... RETURNING takes the counter row's lock first and keeps it to the
-        commit, so concurrent writers queue here: no two get the same revision, revisions
-        commit in order (a reader that sees R has every change up to R), and the checks
-        that ``work`` makes (If-Match, name and domain uniqueness) cannot race.
-        """
-
-        committed: list[int] = []
-
-        def bumped(session: Session) -> T:
-            revision = session.execute(
-                update(StateRow)
-                .where(StateRow.id == 1)
-                .values(revision=StateRow.revision + 1)
-                .returning(StateRow.revision)
-            ).scalar_one()
-            if self.engine.dialect.name == "postgresql":
-                # Delivered at commit (and never on rollback) to every LISTENing replica.
-                session.execute(
-                    text("SELECT pg_notify(:channel, :revision)"),
-                    {"channel": NOTIFY_CHANNEL, "revision": str(revision)},
-                )
-            result = work(session, revision)  # a Rollback raised here skips the next line
-            committed.append(revision)
-            return result
-
-        result = self.write(bumped)
-        if committed:
-            self._announce(committed[0])
-        return result
-
-    def on_commit(self, listener: Callable[[int], None]) -> None:
-        """Calls ``listener(revision)`` after each committed revision of this process.
-
-        For waking this process's own watchers at once; other replicas learn of revisions
-        through LISTEN on ``NOTIFY_CHANNEL`` (PostgreSQL). Called on the writer's thread.
-        """
-        self._listeners.append(listener)
-
-    def _announce(self, revision: int) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(revision)
-            except Exception:
-                log.exception("revision.listener_failed", extra=fields(revision=revision))
+    @contextmanager
+    def writing(self) -> Iterator[WriteTransaction]:
+        """One write transaction: committed when the block ends unless discarded or raised."""
+        with self._write_gate, self.guard(), self._writes() as session, session.begin() as inner:
+            transaction = WriteTransaction(session)
+            yield transaction
+            if transaction.discarded:
+                inner.rollback()
 
     def current_revision(self) -> int:
-        return self.read(_current_revision)
-
-
-def _current_revision(session: Session) -> int:
-    return session.execute(select(StateRow.revision).where(StateRow.id == 1)).scalar_one()
-
-
-def current_revision_in(session: Session) -> int:
-    return _current_revision(session)
+        return self.read(current_revision)
 
 
 def _first_line(error: exc.SQLAlchemyError) -> str:

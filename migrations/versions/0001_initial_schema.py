@@ -18,7 +18,7 @@ down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# JSONB on PostgreSQL, JSON text on SQLite (as controller.db.models.Document).
+# JSONB on PostgreSQL, JSON text on SQLite (as controller.db.models.JsonColumn).
 _DOC = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 

@@ -2,11 +2,11 @@
 mesh-wide down set.
 
 ``endpoint_health`` holds one row per (agent, address): what the agent last reported.
-``endpoint_reports`` keeps every report for the retention window (controller.health prunes
-it by ``reported_at``). ``endpoints_down`` is the down set the quorum rule
-(dnsmesh.quorum) decided, as of the revision that last changed it; a change of it is a
-change-log row of operation ``down`` (policy_name empty), so it travels to agents like a
-policy change.
+``endpoint_reports`` keeps every report for the retention window
+(controller.services.endpoint_health prunes it by ``reported_at``). ``endpoints_down`` is
+the down set the quorum rule (dnsmesh.quorum) decided, as of the revision that last
+changed it; a change of it is a change-log row of operation ``down`` (policy_name empty),
+so it travels to agents like a policy change.
 
 Revision ID: 0003
 Revises: 0002

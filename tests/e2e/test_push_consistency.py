@@ -24,7 +24,7 @@ import pytest
 
 from controller.db.engine import build_engine
 from controller.db.session import Database
-from controller.store import PolicyStore
+from controller.services.policies import PolicyService
 from tests.e2e.mesh_support import agent_id, agent_process, mesh
 from tests.integration.sync_support import policy
 from tests.support.polling import wait_until
@@ -90,7 +90,7 @@ def run_updates(tmp_path: Path, updates: int, budget: float, writer: str = "stor
             querier.start()
             engine = build_engine(m.database_url)
             try:
-                store = PolicyStore(Database(engine))
+                store = PolicyService(Database(engine))
                 began = time.perf_counter()
                 last = 0
                 for n in range(1, updates + 1):

@@ -24,7 +24,8 @@ from controller.api import create_app
 from controller.auth import TokenStore
 from controller.db.engine import build_engine
 from controller.db.session import Database
-from controller.hub import Hub, PushSettings
+from controller.hub import Hub
+from controller.push_settings import PushSettings
 from controller.server import bind
 from dnsmesh import protocol
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from controller.store import PolicyStore
+from controller.services.policies import PolicyService
 from tests.integration.controller_support import Api, policy_doc
 
 
@@ -248,7 +248,7 @@ def test_slices_crud(api: Api, controller_db: Any) -> None:
     assert [s["id"] for s in policy.json()["spec"]["slices"]] == ["beta", "delta"]
 
     # Each slice change is a policy change: in the change log with the whole document.
-    changes = PolicyStore(controller_db).changes_since(1)
+    changes = PolicyService(controller_db).changes_since(1)
     assert [(c.revision, c.policy, c.operation) for c in changes] == [
         (r, "checkout", "update") for r in (2, 3, 4, 5)
     ]

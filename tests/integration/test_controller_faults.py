@@ -21,7 +21,7 @@ from controller.auth import TokenStore
 from controller.db.engine import build_engine
 from controller.db.models import AuditRow, ChangeRow
 from controller.db.session import Database
-from controller.store import PolicyStore
+from controller.services.policies import PolicyService
 from tests.integration.conftest import TestClient
 from tests.integration.controller_support import (
     TcpProxy,
@@ -109,7 +109,7 @@ def test_connection_killed_mid_write_is_503_and_writes_nothing(
     assert not armed["kill"]
     event.remove(db.engine, "before_cursor_execute", kill_before_audit)
 
-    store = PolicyStore(db)
+    store = PolicyService(db)
     assert store.current_revision() == 1
     assert [c.revision for c in store.changes_since(0)] == [1]
     assert db.read(lambda s: s.scalar(select(func.count()).select_from(ChangeRow))) == 1

@@ -13,15 +13,16 @@ from sqlalchemy import event, func, select
 
 from controller.db.engine import build_engine
 from controller.db.models import AuditRow, ChangeRow
-from controller.db.session import NOTIFY_CHANNEL, Database
+from controller.db.session import Database
 from controller.errors import AlreadyExists, DomainConflict, NotFound, PreconditionFailed
-from controller.store import IfMatch, PolicyStore
+from controller.notify import CHANNEL
+from controller.services.policies import IfMatch, PolicyService
 from dnsmesh.errors import PolicyError
 from tests.integration.controller_support import policy_doc
 
 
 def test_every_change_bumps_one_revision_and_is_logged(controller_db: Database) -> None:
-    store = PolicyStore(controller_db)
+    store = PolicyService(controller_db)
     assert store.current_revision() == 0
     assert store.changes_since(0) == []
     store.create_policy(policy_doc("a"), actor="t")
@@ -47,7 +48,7 @@ def test_every_change_bumps_one_revision_and_is_logged(controller_db: Database) 
 
 
 def test_refused_writes_leave_no_trace(controller_db: Database) -> None:
-    store = PolicyStore(controller_db)
+    store = PolicyService(controller_db)
     store.create_policy(policy_doc("a"), actor="t")
     bad = policy_doc("b")
     bad["spec"]["endpoints"] = []
@@ -101,7 +102,7 @@ def test_concurrent_writers_never_share_a_revision(database_url: str) -> None:
     writers, each = 8, 12
     engine = build_engine(database_url, pool_size=writers)
     try:
-        store = PolicyStore(Database(engine))
+        store = PolicyService(Database(engine))
 
         def write(worker: int) -> list[int]:
             return [
@@ -128,7 +129,7 @@ def test_if_match_lets_only_one_of_many_concurrent_editors_win(database_url: str
     editors, rounds = 6, 5
     engine = build_engine(database_url, pool_size=editors)
     try:
-        store = PolicyStore(Database(engine))
+        store = PolicyService(Database(engine))
         current = store.put_policy("hot", policy_doc("hot"), actor="setup").policy.revision
         for _ in range(rounds):
             seen = current
@@ -156,7 +157,7 @@ def test_if_match_lets_only_one_of_many_concurrent_editors_win(database_url: str
 def test_concurrent_creates_of_one_name_or_domain(database_url: str) -> None:
     engine = build_engine(database_url, pool_size=6)
     try:
-        store = PolicyStore(Database(engine))
+        store = PolicyService(Database(engine))
         results = _race(6, lambda i: store.create_policy(policy_doc("same"), actor=f"w{i}"))
         assert sum(not isinstance(r, Exception) for r in results) == 1
         assert all(isinstance(r, AlreadyExists) for r in results if isinstance(r, Exception))
@@ -172,26 +173,14 @@ def test_concurrent_creates_of_one_name_or_domain(database_url: str) -> None:
         engine.dispose()
 
 
-def test_commit_listeners_hear_each_committed_revision_once(controller_db: Database) -> None:
-    heard: list[int] = []
-    controller_db.on_commit(heard.append)
-    store = PolicyStore(controller_db)
-    store.put_policy("a", policy_doc("a"), actor="t")
-    store.put_policy("a", policy_doc("a"), actor="t")  # unchanged: no revision
-    with pytest.raises(AlreadyExists):
-        store.create_policy(policy_doc("a"), actor="t")  # refused: rolled back
-    store.delete_policy("a", actor="t")
-    assert heard == [1, 2]
-
-
 @pytest.mark.postgres
 def test_postgres_notifies_listeners_at_commit(clean_postgres_url: str) -> None:
     libpq = clean_postgres_url.replace("postgresql+psycopg://", "postgresql://")
     engine = build_engine(clean_postgres_url)
     try:
-        store = PolicyStore(Database(engine))
+        store = PolicyService(Database(engine))
         with psycopg.connect(libpq, autocommit=True) as listener:
-            listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            listener.execute(f"LISTEN {CHANNEL}")
             store.put_policy("a", policy_doc("a"), actor="t")
             with pytest.raises(AlreadyExists):
                 store.create_policy(policy_doc("a"), actor="t")
@@ -204,7 +193,7 @@ def test_postgres_notifies_listeners_at_commit(clean_postgres_url: str) -> None:
 
 
 def test_list_as_json_text_matches_the_decoded_list(controller_db: Database) -> None:
-    store = PolicyStore(controller_db)
+    store = PolicyService(controller_db)
     store.put_policy("a", policy_doc("a", labels={"team": "x"}), actor="t")
     store.put_policy("b", policy_doc("b", labels={"team": "y"}), actor="t")
     store.put_policy("c", policy_doc("c", labels={"team": "x", "tier": "z"}), actor="t")
@@ -219,8 +208,8 @@ def test_a_list_and_its_revision_are_one_snapshot(database_url: str) -> None:
     engine = build_engine(database_url)
     other_engine = build_engine(database_url)
     try:
-        store = PolicyStore(Database(engine))
-        other = PolicyStore(Database(other_engine))
+        store = PolicyService(Database(engine))
+        other = PolicyService(Database(other_engine))
         store.put_policy("a", policy_doc("a"), actor="t")
         pending = ["b", "c"]
         sneaked: list[int] = []

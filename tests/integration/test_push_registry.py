@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from controller.agents import Acked, AgentRegistry, Gone, Hello, Nacked, Seen
+from controller.agent_events import Acked, AgentConnected, Gone, Nacked, Seen
 from controller.db.engine import build_engine
 from controller.db.session import Database
+from controller.services.agent_state import AgentStateService
 from tests.integration.push_support import clear_agents
 
 
@@ -29,16 +30,16 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def registry(database_url: str, clock: Clock) -> Iterator[AgentRegistry]:
+def registry(database_url: str, clock: Clock) -> Iterator[AgentStateService]:
     clear_agents(database_url)
     engine = build_engine(database_url)
     try:
-        yield AgentRegistry(Database(engine, clock=clock), stale_after=timedelta(seconds=60))
+        yield AgentStateService(Database(engine, clock=clock), stale_after=timedelta(seconds=60))
     finally:
         engine.dispose()
 
 
-def hello(agent_id: str, session: str = "s1", revision: int = 0, **kw: Any) -> Hello:
+def hello(agent_id: str, session: str = "s1", revision: int = 0, **kw: Any) -> AgentConnected:
     values: dict[str, Any] = {
         "agent_id": agent_id,
         "node_name": f"node-{agent_id}",
@@ -50,14 +51,14 @@ def hello(agent_id: str, session: str = "s1", revision: int = 0, **kw: Any) -> H
         "session": session,
     }
     values.update(kw)
-    return Hello(**values)
+    return AgentConnected(**values)
 
 
-def by_id(registry: AgentRegistry) -> dict[str, Any]:
+def by_id(registry: AgentStateService) -> dict[str, Any]:
     return {a.agent_id: a for a in registry.list()}
 
 
-def test_a_batch_applies_in_order(registry: AgentRegistry) -> None:
+def test_a_batch_applies_in_order(registry: AgentStateService) -> None:
     registry.apply(
         [
             hello("a"),
@@ -78,7 +79,7 @@ def test_a_batch_applies_in_order(registry: AgentRegistry) -> None:
 
 
 def test_an_old_connections_goodbye_does_not_disconnect_the_new_one(
-    registry: AgentRegistry,
+    registry: AgentStateService,
 ) -> None:
     registry.apply([hello("a", session="old")])
     registry.apply([hello("a", session="new", replica="r2")])
@@ -90,7 +91,7 @@ def test_an_old_connections_goodbye_does_not_disconnect_the_new_one(
     assert not agent.connected and agent.disconnected_at is not None
 
 
-def test_a_thousand_acks_are_one_statement(registry: AgentRegistry) -> None:
+def test_a_thousand_acks_are_one_statement(registry: AgentStateService) -> None:
     registry.apply([hello(f"agent-{i:04}") for i in range(1000)])
     statements: list[str] = []
 
@@ -110,7 +111,7 @@ def test_a_thousand_acks_are_one_statement(registry: AgentRegistry) -> None:
 
 
 def test_convergence_counts_only_live_agents_and_lists_a_bounded_few(
-    registry: AgentRegistry,
+    registry: AgentStateService,
 ) -> None:
     registry.apply([hello(f"a{i}", revision=i) for i in range(10)])
     registry.apply([Gone("a9", "s1")])
@@ -120,7 +121,7 @@ def test_convergence_counts_only_live_agents_and_lists_a_bounded_few(
 
 
 def test_a_replica_that_stops_refreshing_its_agents_loses_them(
-    registry: AgentRegistry, clock: Clock
+    registry: AgentStateService, clock: Clock
 ) -> None:
     registry.apply([hello("a", replica="r1"), hello("b", replica="r2")])
     registry.apply([hello("p", transport="poll", session="poll")])

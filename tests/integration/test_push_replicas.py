@@ -181,9 +181,9 @@ _WRITE = """
 import json, sys
 from controller.db.engine import build_engine
 from controller.db.session import Database
-from controller.store import PolicyStore
+from controller.services.policies import PolicyService
 engine = build_engine(sys.argv[1])
-PolicyStore(Database(engine)).put_policy("alpha", json.loads(sys.argv[2]), actor="other")
+PolicyService(Database(engine)).put_policy("alpha", json.loads(sys.argv[2]), actor="other")
 engine.dispose()
 """
 

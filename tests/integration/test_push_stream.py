@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from controller.store import PolicyStore
+from controller.services.policies import PolicyService
 from dnsmesh import protocol
 from dnsmesh.protocol import AppliedState, apply_update
 from tests.integration.controller_support import policy_doc
@@ -248,7 +248,7 @@ def test_an_agent_behind_the_compacted_log_gets_a_snapshot(served: ServedControl
             for weight in (90, 80, 70, 60):
                 await put(http, served, "alpha", weight=weight)  # revisions 1-4
             await put(http, served, "beta")  # 5
-            removed = PolicyStore(served.db).compact_changes(3)  # keep 4 and 5
+            removed = PolicyService(served.db).compact_changes(3)  # keep 4 and 5
             assert removed == 3
             behind = await TestAgent.connect(served.ws_url, served.tokens["agent"], revision=2)
             snapshot = await behind.next()
@@ -274,7 +274,7 @@ def test_the_controller_compacts_to_its_retention(database_url: str) -> None:
                 await agent.next()  # the hub runs now
                 for weight in (80, 70, 60, 50):
                     head = await put(http, served, "alpha", weight=weight)  # up to 5
-                store = PolicyStore(served.db)
+                store = PolicyService(served.db)
 
                 async def compacted() -> bool:
                     changes = await asyncio.to_thread(store.changes_since, 0)

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from controller.monitor import HealthSettings
+from controller.quorum_monitor import HealthSettings
 from dnsmesh import protocol
 from dnsmesh.quorum import QuorumRule
 from tests.integration.controller_support import policy_doc, run_cli

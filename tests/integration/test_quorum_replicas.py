@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from controller.db.engine import build_engine
 from controller.db.migrate import upgrade
-from controller.hub import PushSettings
+from controller.push_settings import PushSettings
 from dnsmesh import protocol
 from tests.integration.controller_support import policy_doc, temporary_postgres_database
 from tests.integration.push_support import ServedController, TestAgent, fast_settings

@@ -1,5 +1,6 @@
-"""Endpoint health in the database (controller.health) on PostgreSQL and SQLite: reports,
-history retention, and down-set revisions in the change log, the audit and the feed."""
+"""Endpoint health in the database (controller.services.endpoint_health) on PostgreSQL and
+SQLite: reports, history retention, and down-set revisions in the change log, the audit and
+the feed."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from controller.db.migrate import downgrade, upgrade
 from controller.db.models import ChangeRow
 from controller.db.session import Database
 from controller.feed import Feed
-from controller.health import HealthStore, Received
-from controller.store import PolicyStore
+from controller.services.endpoint_health import EndpointHealthService, Received
+from controller.services.policies import PolicyService
 from dnsmesh import protocol
 from dnsmesh.protocol import EndpointReport
 from dnsmesh.quorum import QuorumRule
@@ -54,8 +55,8 @@ def db(controller_db: Database, clock: Clock) -> Iterator[Database]:
     yield Database(controller_db.engine, clock)
 
 
-def health(db: Database, **rule: float) -> HealthStore:
-    return HealthStore(db, QuorumRule(**rule), history_s=60)  # type: ignore[arg-type]
+def health(db: Database, **rule: float) -> EndpointHealthService:
+    return EndpointHealthService(db, QuorumRule(**rule), history_s=60)  # type: ignore[arg-type]
 
 
 def report(address: str, state: str = "healthy", loss: float = 0.0, **kw: object) -> EndpointReport:
@@ -103,7 +104,7 @@ def test_history_older_than_the_retention_is_pruned(db: Database, clock: Clock) 
 def test_a_quorum_commits_one_down_revision_with_change_row_and_audit(
     db: Database, clock: Clock
 ) -> None:
-    policies = PolicyStore(db)
+    policies = PolicyService(db)
     policies.create_policy(policy_doc("checkout"), actor="test")  # revision 1
     store = health(db)
     store.write_reports([received(clock, "a1", report(A, "ejected", 1.0))])
@@ -150,7 +151,7 @@ def test_stale_reports_expire_and_a_healthy_majority_brings_it_back(
     store.write_reports([received(clock, "a3", report(A))])
     up = store.evaluate()
     assert up is not None and up.down == frozenset() and store.down() == []
-    revisions = [c.revision for c in PolicyStore(db).changes_since(0) if c.is_down]
+    revisions = [c.revision for c in PolicyService(db).changes_since(0) if c.is_down]
     assert revisions == [1, 2, 3, 4]
 
 
@@ -164,7 +165,7 @@ def test_concurrent_evaluations_commit_one_revision(db: Database, clock: Clock) 
 
     def evaluate() -> None:
         start.wait()
-        results.append(HealthStore(db, store.rule).evaluate())
+        results.append(EndpointHealthService(db, store.rule).evaluate())
 
     threads = [threading.Thread(target=evaluate) for _ in range(4)]
     for thread in threads:
@@ -173,13 +174,13 @@ def test_concurrent_evaluations_commit_one_revision(db: Database, clock: Clock) 
         thread.join(timeout=30)
     assert len([r for r in results if r is not None]) == 1
     count = db.read(lambda s: s.scalar(select(func.count()).select_from(ChangeRow)))
-    assert count == 1 and PolicyStore(db).current_revision() == 1
+    assert count == 1 and PolicyService(db).current_revision() == 1
 
 
 def test_the_feed_carries_the_down_set_in_snapshots_and_deltas_and_after_compaction(
     db: Database, clock: Clock
 ) -> None:
-    policies = PolicyStore(db)
+    policies = PolicyService(db)
     store = health(db)
 
     async def scenario() -> None:
@@ -258,13 +259,13 @@ def test_migration_0003_goes_down_and_up_again(backend: str, tmp_path: Path) -> 
         upgrade(engine)
         clock = Clock()
         db = Database(engine, clock)  # the reports' clock: a real one would find them stale
-        store = HealthStore(db, QuorumRule())
+        store = EndpointHealthService(db, QuorumRule())
         bad = report(A, "ejected", 1.0)
         store.write_reports([received(clock, "a1", bad), received(clock, "a2", bad)])
         assert store.evaluate() is not None
         downgrade(engine, "0002")
         names = set(inspect(engine).get_table_names())
         assert not names & {"endpoint_health", "endpoint_reports", "endpoints_down"}
-        assert PolicyStore(db).changes_since(0) == []  # down rows mean nothing without 0003
+        assert PolicyService(db).changes_since(0) == []  # down rows mean nothing without 0003
         upgrade(engine)
-        assert HealthStore(db).down() == [] and HealthStore(db).latest() == []
+        assert EndpointHealthService(db).down() == [] and EndpointHealthService(db).latest() == []

@@ -22,7 +22,7 @@ from controller.auth import (
 from controller.db.engine import normalize_url, redact, resolve_database_url
 from controller.errors import InvalidRequest
 from controller.server import parse_listen
-from controller.store import IfMatch
+from controller.services.policies import IfMatch
 from dnsmesh.errors import ConfigError
 
 

@@ -1,19 +1,20 @@
-"""What happened: the change log (one row per revision) and the audit log, read back."""
+"""What happened: the change log (one row per revision) and the audit log, appended and read."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from datetime import datetime
+from typing import Final, Literal
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from controller.db.models import AuditRow, ChangeRow
 from controller.db.session import iso
+from dnsmesh.protocol import Document
 
 Operation = Literal["create", "update", "delete", "down"]
-DOWN = "down"  # the operation of a down-set change (controller.health); its policy is ""
-Document = dict[str, Any]
+DOWN: Final = "down"  # a down-set change (controller.services.endpoint_health); policy ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,55 @@ class AuditEntry:
     revision: int | None
     before: Document | None
     after: Document | None
+
+
+def append_change(
+    session: Session,
+    revision: int,
+    policy: str,
+    operation: Operation,
+    document: Document | None,
+    at: datetime,
+) -> None:
+    session.add(
+        ChangeRow(
+            revision=revision,
+            policy_name=policy,
+            operation=operation,
+            document=document,
+            created_at=at,
+        )
+    )
+
+
+def append_audit(
+    session: Session,
+    *,
+    at: datetime,
+    actor: str,
+    operation: str,
+    target: str,
+    revision: int | None,
+    before: Document | None,
+    after: Document | None,
+) -> None:
+    session.add(
+        AuditRow(
+            at=at,
+            actor=actor,
+            operation=operation,
+            target=target,
+            revision=revision,
+            before=before,
+            after=after,
+        )
+    )
+
+
+def delete_changes_through(session: Session, revision: int) -> int:
+    """Deletes change-log rows at or below ``revision``; returns how many."""
+    result = session.execute(delete(ChangeRow).where(ChangeRow.revision <= revision))
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def read_changes_since(session: Session, revision: int, limit: int | None) -> list[Change]:

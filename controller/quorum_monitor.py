@@ -2,8 +2,9 @@
 
 Like controller.recorder, the hub hands reports over without awaiting the database
 (``record``); one task writes whatever queued up in one transaction, then evaluates the
-quorum rule (controller.health). It also evaluates every ``evaluate_s`` without new reports,
-because reports going stale can change the verdict too, and prunes the history.
+quorum rule (controller.services.endpoint_health). It also evaluates every ``evaluate_s``
+without new reports, because reports going stale can change the verdict too, and prunes the
+history.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TypeVar
 from controller.batching import BatchQueue
 from controller.db.session import Database
 from controller.errors import DatabaseUnavailable
-from controller.health import HealthStore, Received
+from controller.services.endpoint_health import EndpointHealthService, Received
 from dnsmesh import protocol, quorum
 from dnsmesh.logs import fields
 
@@ -41,11 +42,13 @@ class HealthSettings:
     batch_delay_s: float = 0.05
 
 
-class HealthMonitor:
+class QuorumMonitor:
     def __init__(self, db: Database, settings: HealthSettings | None = None) -> None:
         self.settings = settings or HealthSettings()
         self.db = db
-        self.store = HealthStore(db, self.settings.rule, history_s=self.settings.history_s)
+        self.service = EndpointHealthService(
+            db, self.settings.rule, history_s=self.settings.history_s
+        )
         self._reports: BatchQueue[Received] = BatchQueue(MAX_QUEUED)
         self.changes = 0  # down-set revisions this replica committed (for tests and logs)
 
@@ -74,11 +77,11 @@ class HealthMonitor:
                 await self._reports.handled(len(batch))
             if loop.time() >= next_prune:
                 next_prune = loop.time() + self.settings.prune_s
-                await self._guarded(self.store.prune_history)
+                await self._guarded(self.service.prune_history)
 
     async def _write(self, batch: list[Received]) -> bool:
         try:
-            await asyncio.to_thread(self.store.write_reports, batch)
+            await asyncio.to_thread(self.service.write_reports, batch)
         except DatabaseUnavailable as error:
             log.warning("health.write_failed", extra=fields(error=str(error)))
             return False
@@ -89,7 +92,7 @@ class HealthMonitor:
         return True
 
     async def _evaluate(self) -> None:
-        change = await self._guarded(self.store.evaluate)
+        change = await self._guarded(self.service.evaluate)
         if change is not None:
             self.changes += 1
             log.info(

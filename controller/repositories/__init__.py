@@ -1,0 +1,1 @@
+"""Repositories: queries, adds and flushes on a session the caller's transaction owns."""

@@ -1,0 +1,175 @@
+"""The ``agents`` table: batched event writes, liveness updates and reads (no transactions)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, and_, bindparam, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from controller.agent_events import Acked, AgentConnected, Event, Gone, Nacked, Seen
+from controller.db.models import AgentRow
+
+_AGENTS = cast(Table, AgentRow.__table__)
+
+
+def write_events(session: Session, events: Sequence[Event], now: datetime) -> None:
+    """Writes ``events`` in order, with one statement per run of events of one kind."""
+    for kind, run in _runs(events):
+        _WRITERS[kind](session, run, now)
+
+
+def refresh_websocket_agents(session: Session, replica: str, now: datetime) -> None:
+    """The replica is alive: its connected WebSocket agents were seen ``now``."""
+    session.execute(
+        update(AgentRow)
+        .where(AgentRow.replica == replica, AgentRow.connected.is_(True))
+        .where(AgentRow.transport == "websocket")
+        .values(last_seen=now)
+    )
+
+
+def disconnect_websocket_agents(session: Session, replica: str, now: datetime) -> None:
+    session.execute(
+        update(AgentRow)
+        .where(AgentRow.replica == replica, AgentRow.connected.is_(True))
+        .where(AgentRow.transport == "websocket")
+        .values(connected=False, disconnected_at=now)
+    )
+
+
+def all_agents(session: Session) -> list[AgentRow]:
+    return list(session.scalars(select(AgentRow).order_by(AgentRow.agent_id)))
+
+
+def count_live(session: Session, seen_since: datetime, *, applied_at_least: int | None) -> int:
+    """Connected agents seen since ``seen_since`` (that run ``applied_at_least`` or newer)."""
+    query = select(func.count()).select_from(AgentRow).where(_live(seen_since))
+    if applied_at_least is not None:
+        query = query.where(AgentRow.applied_revision >= applied_at_least)
+    return session.scalar(query) or 0
+
+
+def live_behind(
+    session: Session, seen_since: datetime, revision: int, limit: int
+) -> list[AgentRow]:
+    """The first ``limit`` live agents (by id) that do not run ``revision`` yet."""
+    query = (
+        select(AgentRow)
+        .where(_live(seen_since), AgentRow.applied_revision < revision)
+        .order_by(AgentRow.agent_id)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def _live(seen_since: datetime) -> Any:
+    return and_(AgentRow.connected.is_(True), AgentRow.last_seen >= seen_since)
+
+
+def _runs(events: Iterable[Event]) -> list[tuple[type, list[Any]]]:
+    """Consecutive events of one kind, together; order between kinds is kept."""
+    runs: list[tuple[type, list[Any]]] = []
+    for event in events:
+        if runs and runs[-1][0] is type(event):
+            runs[-1][1].append(event)
+        else:
+            runs.append((type(event), [event]))
+    return runs
+
+
+def _write_hellos(session: Session, run: list[AgentConnected], now: datetime) -> None:
+    last = {h.agent_id: h for h in run}  # a reconnect within one batch: the newest wins
+    rows = [
+        {
+            "agent_id": h.agent_id,
+            "node_name": h.node_name,
+            "labels": h.labels,
+            "software": h.software,
+            "transport": h.transport,
+            "connected": True,
+            "replica": h.replica,
+            "session": h.session,
+            "first_seen": now,
+            "connected_at": now,
+            "disconnected_at": None,
+            "last_seen": now,
+            "applied_revision": h.revision,
+        }
+        for h in last.values()
+    ]
+    insert = (
+        postgresql.insert(_AGENTS)
+        if session.get_bind().dialect.name == "postgresql"
+        else sqlite.insert(_AGENTS)
+    )
+    kept = {"agent_id", "first_seen"}
+    statement = insert.on_conflict_do_update(
+        index_elements=["agent_id"],
+        set_={name: insert.excluded[name] for name in rows[0] if name not in kept},
+    )
+    session.execute(statement, rows)
+
+
+def _write_acks(session: Session, run: list[Acked], now: datetime) -> None:
+    last = {a.agent_id: a.revision for a in run}
+    by_revision: dict[int, list[str]] = {}
+    for agent_id, revision in last.items():
+        by_revision.setdefault(revision, []).append(agent_id)
+    for revision, agent_ids in sorted(by_revision.items()):
+        session.execute(
+            update(AgentRow)
+            .where(AgentRow.agent_id.in_(agent_ids))
+            .values(applied_revision=revision, last_seen=now)
+        )
+
+
+def _write_nacks(session: Session, run: list[Nacked], now: datetime) -> None:
+    statement = (
+        update(_AGENTS)
+        .where(_AGENTS.c.agent_id == bindparam("b_agent"))
+        .values(
+            nack_revision=bindparam("b_revision"),
+            nack_reason=bindparam("b_reason"),
+            nack_at=now,
+            last_seen=now,
+        )
+    )
+    params = [{"b_agent": n.agent_id, "b_revision": n.revision, "b_reason": n.reason} for n in run]
+    session.connection().execute(statement, params)
+
+
+def _write_gone(session: Session, run: list[Gone], now: datetime) -> None:
+    statement = (
+        update(_AGENTS)
+        .where(
+            and_(
+                _AGENTS.c.agent_id == bindparam("b_agent"),
+                _AGENTS.c.session == bindparam("b_session"),
+            )
+        )
+        .values(connected=False, disconnected_at=now, last_seen=now)
+    )
+    params = [{"b_agent": g.agent_id, "b_session": g.session} for g in run]
+    session.connection().execute(statement, params)
+
+
+def _write_seen(session: Session, run: list[Seen], now: datetime) -> None:
+    agent_ids = sorted({s.agent_id for s in run})
+    session.execute(
+        update(AgentRow)
+        .where(AgentRow.agent_id.in_(agent_ids))
+        .values(last_seen=now, connected=True)
+    )
+
+
+_WRITERS: dict[type, Any] = {
+    AgentConnected: _write_hellos,
+    Acked: _write_acks,
+    Nacked: _write_nacks,
+    Gone: _write_gone,
+    Seen: _write_seen,
+}

@@ -1,0 +1,1 @@
+"""Services: one per use case, each owning the transaction that writes its change."""

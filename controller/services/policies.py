@@ -1,0 +1,289 @@
+"""Policies and their slices: the reads, and one transaction per write.
+
+Every write is one transaction that bumps the global revision, writes the policy, appends
+the change log row and the audit row, or does none of them; a write that changes nothing
+(the same document again) discards its transaction and says so in its result. Documents are
+validated with ``dnsmesh.policy.parse_policy`` (a slice change as the whole resulting
+policy), so the REST API, YAML files and the agents agree on what a valid policy is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from controller.db.models import PolicyRow
+from controller.db.session import Database
+from controller.errors import AlreadyExists, DomainConflict, NotFound
+from controller.repositories import history, policies
+from controller.repositories.health import read_down
+from controller.repositories.history import AuditEntry, Change, Operation
+from controller.repositories.revision import bump_revision, current_revision
+from controller.services.policy_rules import (
+    IfMatch,
+    SliceEdit,
+    append_slice,
+    check_precondition,
+    content,
+    parse_named,
+    put_slice,
+    remove_slice,
+    slice_at,
+)
+from dnsmesh.errors import FieldError
+from dnsmesh.policy import Policy, parse_policy
+from dnsmesh.protocol import Document
+
+__all__ = ["IfMatch", "PolicyList", "PolicyService", "StoredPolicy", "Written"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPolicy:
+    name: str
+    revision: int
+    document: Document
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyList:
+    revision: int  # the global revision the items are the state of
+    items: list[Document]
+    down: list[str] = field(default_factory=list)  # endpoints down mesh-wide at ``revision``
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A write's outcome: the policy after it, and whether it was created or left unchanged."""
+
+    policy: StoredPolicy
+    created: bool = False
+    changed: bool = True
+
+
+class PolicyService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def current_revision(self) -> int:
+        return self.db.current_revision()
+
+    def changes_since(self, revision: int, limit: int | None = None) -> list[Change]:
+        """Every change with a revision above ``revision``, oldest first."""
+        return self.db.read(lambda session: history.read_changes_since(session, revision, limit))
+
+    def audit(self, *, limit: int = 50, before: int | None = None) -> list[AuditEntry]:
+        """Audit entries newest first; ``before`` (an entry id) pages back in time."""
+        return self.db.read(lambda session: history.read_audit(session, limit, before))
+
+    def compact_changes(self, keep_after_revision: int) -> int:
+        """Deletes change-log rows at or below ``keep_after_revision``; returns how many.
+
+        Agents further behind than what is kept get a full snapshot instead of a delta
+        (controller.hub), so compaction bounds the log without losing anyone.
+        """
+        return self.db.write(
+            lambda session: history.delete_changes_through(session, keep_after_revision)
+        )
+
+    def list_policies(self, labels: Mapping[str, str] | None = None) -> PolicyList:
+        """All policies (by name), or those whose labels include every pair in ``labels``."""
+
+        def work(session: Session) -> PolicyList:
+            # One snapshot (see Database.read): the items are the state at exactly this
+            # revision, so a client can list and then ask for the changes since it.
+            revision = current_revision(session)
+            items = policies.policy_documents(session, labels)
+            return PolicyList(revision, items, read_down(session))
+
+        return self.db.read(work)
+
+    def list_policies_json(self, labels: Mapping[str, str] | None = None) -> tuple[int, bytes]:
+        """``list_policies`` as the JSON array text, straight from the database.
+
+        Decoding a thousand documents only to encode them again costs three times the
+        query itself; the stored JSON text is already valid JSON.
+        """
+        return self.db.read(
+            lambda session: (
+                current_revision(session),
+                policies.policy_documents_json(session, labels),
+            )
+        )
+
+    def get_policy(self, name: str) -> StoredPolicy:
+        return self.db.read(lambda session: _stored(policies.require_policy(session, name)))
+
+    def list_slices(self, name: str) -> tuple[int, list[Document]]:
+        policy = self.get_policy(name)
+        return policy.revision, list(policy.document["spec"].get("slices", []))
+
+    def get_slice(self, name: str, slice_id: str) -> tuple[int, Document]:
+        policy = self.get_policy(name)
+        for slice_doc in policy.document["spec"].get("slices", []):
+            if slice_doc.get("id") == slice_id:
+                return policy.revision, slice_doc
+        raise NotFound(f"policy {name!r} has no slice {slice_id!r}")
+
+    # -- policy writes -------------------------------------------------------------------
+
+    def create_policy(self, document: object, *, actor: str) -> StoredPolicy:
+        """Creates a policy; AlreadyExists when the name is taken."""
+        policy = parse_policy(document)
+        with self.db.writing() as transaction:
+            session = transaction.session
+            revision = bump_revision(session)
+            if policies.find_policy(session, policy.name) is not None:
+                raise AlreadyExists(f"policy {policy.name!r} already exists")
+            return self._save(session, revision, policy, None, actor, "policy.create").policy
+
+    def put_policy(
+        self, name: str, document: object, *, actor: str, if_match: IfMatch | None = None
+    ) -> Written:
+        """Creates or replaces ``name``; an unchanged document is not a change (no revision)."""
+        policy = parse_named(document, name)
+        with self.db.writing() as transaction:
+            session = transaction.session
+            revision = bump_revision(session)
+            row = policies.find_policy(session, name)
+            check_precondition(name, row, if_match)
+            if row is not None and content(row.document) == policy.to_document(with_revision=False):
+                transaction.discard()
+                return Written(_stored(row), changed=False)
+            operation = "policy.update" if row else "policy.create"
+            return self._save(session, revision, policy, row, actor, operation)
+
+    def delete_policy(self, name: str, *, actor: str, if_match: IfMatch | None = None) -> int:
+        """Deletes ``name``; returns the revision of the deletion."""
+        with self.db.writing() as transaction:
+            session = transaction.session
+            revision = bump_revision(session)
+            row = policies.require_policy(session, name)
+            check_precondition(name, row, if_match)
+            before = row.document
+            policies.delete_policy_row(session, row)
+            self._log(session, revision, name, "delete", None, actor, "policy.delete", before)
+            return revision
+
+    # -- slice writes (each one a change of the whole policy) -----------------------------
+
+    def create_slice(
+        self, name: str, slice_doc: object, *, actor: str, if_match: IfMatch | None = None
+    ) -> tuple[StoredPolicy, Document]:
+        """Appends a slice (slices match in order, so a new one goes last)."""
+        return self._edit_slices(
+            name, append_slice(name, slice_doc), actor, "slice.create", if_match
+        )
+
+    def put_slice(
+        self,
+        name: str,
+        slice_id: str,
+        slice_doc: object,
+        *,
+        actor: str,
+        if_match: IfMatch | None = None,
+    ) -> tuple[StoredPolicy, Document, bool]:
+        """Replaces slice ``slice_id`` in place, or appends it; the body's id must match."""
+        edit = put_slice(slice_id, slice_doc)
+        policy, stored_slice = self._edit_slices(name, edit, actor, "slice.update", if_match)
+        return policy, stored_slice, edit.created
+
+    def delete_slice(
+        self, name: str, slice_id: str, *, actor: str, if_match: IfMatch | None = None
+    ) -> StoredPolicy:
+        edit = remove_slice(name, slice_id)
+        policy, _ = self._edit_slices(name, edit, actor, "slice.delete", if_match)
+        return policy
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _edit_slices(
+        self,
+        name: str,
+        edit: SliceEdit,
+        actor: str,
+        operation: str,
+        if_match: IfMatch | None,
+    ) -> tuple[StoredPolicy, Document]:
+        with self.db.writing() as transaction:
+            session = transaction.session
+            revision = bump_revision(session)
+            row = policies.require_policy(session, name)
+            check_precondition(name, row, if_match)
+            document = content(row.document)
+            slices: list[Any] = list(document["spec"].get("slices", []))
+            index = edit(slices)
+            document["spec"]["slices"] = slices
+            policy = parse_policy(document)  # the whole resulting policy must validate
+            if policy.to_document(with_revision=False) == content(row.document):
+                # The same slice again: not a change (no revision), as for a policy PUT.
+                transaction.discard()
+                return _stored(row), slice_at(row.document, index)
+            written = self._save(session, revision, policy, row, actor, operation)
+            return written.policy, slice_at(written.policy.document, index)
+
+    def _save(
+        self,
+        session: Session,
+        revision: int,
+        policy: Policy,
+        row: PolicyRow | None,
+        actor: str,
+        operation: str,
+    ) -> Written:
+        domain = policy.spec.domain
+        taken = policies.domain_owner(session, domain, other_than=policy.name)
+        if taken is not None:
+            message = f"{domain!r} is already the domain of policy {taken!r}"
+            raise DomainConflict(message, [FieldError("spec.domain", message)])
+        document = policy.to_document(with_revision=False)
+        document["metadata"]["revision"] = revision
+        before = row.document if row is not None else None
+        created = row is None
+        policies.save_policy(
+            session,
+            row,
+            name=policy.name,
+            domain=domain,
+            revision=revision,
+            labels=dict(policy.metadata.labels),
+            document=document,
+            at=self.db.clock(),
+        )
+        change: Operation = "create" if created else "update"
+        self._log(session, revision, policy.name, change, document, actor, operation, before)
+        return Written(StoredPolicy(policy.name, revision, document), created=created)
+
+    def _log(
+        self,
+        session: Session,
+        revision: int,
+        name: str,
+        change: Operation,
+        document: Document | None,
+        actor: str,
+        operation: str,
+        before: Document | None,
+    ) -> None:
+        now = self.db.clock()
+        history.append_change(session, revision, name, change, document, now)
+        history.append_audit(
+            session,
+            at=now,
+            actor=actor,
+            operation=operation,
+            target=name,
+            revision=revision,
+            before=before,
+            after=document,
+        )
+        session.flush()
+
+
+def _stored(row: PolicyRow) -> StoredPolicy:
+    return StoredPolicy(row.name, row.revision, row.document)
