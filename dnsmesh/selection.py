@@ -1,6 +1,8 @@
 """Endpoint selection: weighted, failover and sticky picks that receive their randomness.
 
-Every function returns indices into the caller's endpoint list, distinct and in answer
+The one implementation of each pick; the compiled snapshot's pickers (dnsmesh/snapshot.py)
+call these (its slot table for small integer weights is an exact shortcut of the weighted
+pick). Every function returns indices into the caller's endpoint list, distinct and in answer
 order, and never returns an endpoint whose weight is 0. Only the chosen endpoints are
 returned, never the whole set reordered: getaddrinfo() re-sorts a multi-address answer by
 RFC 6724, which would undo any weighting expressed as order alone.
@@ -63,34 +65,17 @@ class WeightedTable:
         return picked
 
 
-def pick_weighted(weights: Sequence[int], count: int, rng: random.Random) -> list[int]:
-    """``count`` distinct indices (fewer if fewer weights are > 0), drawn one after another,
-    each with probability proportional to its weight among those not yet drawn."""
-    if count < 1 or not any(w > 0 for w in weights):
-        return []
-    return WeightedTable.build(weights).pick_distinct(count, rng)
-
-
 def failover_members(priorities: Sequence[int], weights: Sequence[int]) -> list[int]:
-    """The indices of the lowest priority value among endpoints with weight > 0."""
+    """The indices of the lowest priority value among endpoints with weight > 0.
+
+    Failover picks by weight among these only. Backups are not added to fill the answer
+    count: a client given a primary and a backup may well use the backup (getaddrinfo
+    re-sorts), which is exactly what failover must avoid."""
     live = [p for p, w in zip(priorities, weights, strict=True) if w > 0]
     if not live:
         return []
     best = min(live)
     return [i for i, (p, w) in enumerate(zip(priorities, weights, strict=True)) if p == best and w]
-
-
-def pick_failover(
-    priorities: Sequence[int], weights: Sequence[int], count: int, rng: random.Random
-) -> list[int]:
-    """Weighted picks among the lowest priority group only.
-
-    Backups are not appended to fill ``count``: a client given a primary and a backup may
-    well use the backup (getaddrinfo re-sorts), which is exactly what failover must avoid.
-    """
-    members = failover_members(priorities, weights)
-    picked = pick_weighted([weights[i] for i in members], count, rng)
-    return [members[i] for i in picked]
 
 
 def sticky_key(address: str) -> bytes:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -77,16 +76,14 @@ class _Fixed(_Picker):
 class _WeightedOne(_Picker):
     """One record, weighted: one random() and one bisect per query."""
 
-    __slots__ = ("cumulative", "rrs", "total")
+    __slots__ = ("rrs", "table")
 
     def __init__(self, rrs: Sequence[bytes], weights: Sequence[int]) -> None:
-        table = WeightedTable.build(weights)
-        self.cumulative = table.cumulative
-        self.total = table.total
+        self.table = WeightedTable.build(weights)
         self.rrs = tuple((rr, 1) for rr in rrs)
 
     def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
-        return self.rrs[bisect_right(self.cumulative, rng.random() * self.total)]
+        return self.rrs[self.table.pick(rng)]
 
 
 # Up to this many weight units, a weighted pick indexes a table holding each answer `weight`
