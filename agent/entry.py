@@ -52,9 +52,16 @@ class QueryEntry:
         except MalformedQuery as exc:
             self.counts["malformed"] += 1
             return exc.reply
+        # The pipeline's immediate handlers, walked here rather than in a method of the
+        # pipeline: one Python call less per query, about 3 % of a policy hit. The try costs
+        # nothing when nothing raises (zero-cost exceptions, CPython 3.11).
+        wire = None
         try:
-            # The try costs nothing when nothing raises (zero-cost exceptions, CPython 3.11).
-            wire = self.pipeline.answer_now(query, client, self.counts)
+            for handler, source in self.pipeline.immediate:
+                wire = handler(query, client)
+                if wire is not None:
+                    self.counts[source] += 1
+                    break
         except Exception as exc:
             return self._failed(query, client, "handler", exc)
         if wire is None:

@@ -83,7 +83,7 @@ class UdpListener(asyncio.BaseTransport):
         if not entry.accepting:
             return  # draining: a datagram is not accepted; the client retries elsewhere
         wire = entry.answer_now(data, addr[0], True)
-        if type(wire) is bytes:  # the common case first: answered at once
+        if wire.__class__ is bytes:  # the common case first: answered at once
             if self._backlog:
                 self._hold(wire, addr)  # keep replies in order behind those waiting
                 return

@@ -3,10 +3,10 @@
 Handlers before the last answer at once (no awaits), so a policy hit over UDP costs a parse,
 a dict lookup, the pre-built response and a sendto. They return the response bytes only:
 where an answer came from is the handler's place in the pipeline, so its Source is paired
-with it here and counted by the pipeline, and no Answer object is built per immediate
-answer (building and reading one cost ~0.35 us, about 5% of a policy hit). Only the last
-handler, forwarding, is asynchronous; the listeners start a task for it only when every
-handler before passed.
+with it here and counted by the query entry (agent/entry.py), and no Answer object is built
+per immediate answer (building and reading one cost ~0.35 us, about 5% of a policy hit).
+Only the last handler, forwarding, is asynchronous; the listeners start a task for it only
+when every handler before passed.
 """
 
 from __future__ import annotations
@@ -33,18 +33,10 @@ FinalHandler = Callable[[Query, str], Awaitable[Answer]]
 
 @dataclass(frozen=True, slots=True)
 class Pipeline:
+    """The handlers in order; agent.entry.QueryEntry walks them, the first answer wins."""
+
     immediate: tuple[tuple[ImmediateHandler, str], ...]  # (handler, its Source constant)
     final: FinalHandler
-
-    def answer_now(self, query: Query, client: str, counts: dict[str, int]) -> bytes | None:
-        """The first immediate handler's response, counted under its source in ``counts``;
-        None: the query must be forwarded."""
-        for handler, source in self.immediate:
-            wire = handler(query, client)
-            if wire is not None:
-                counts[source] += 1
-                return wire
-        return None
 
 
 def build_pipeline(

@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""Instructions per query on the agent's hot path, this tree against a git ref, by callgrind.
+
+    python3 bench/hotpath.py                 # against HEAD~1's tree... or:
+    python3 bench/hotpath.py --ref d0a1c4a   # any commit, tag or branch
+    python3 bench/hotpath.py --queries 20000
+
+Wall-clock benchmarks (bench/dns.py) swing by tens of percent on a shared machine; valgrind's
+callgrind counts the instructions the CPU executes, which is the same on every run of the
+same code and inputs, whatever else the machine does. So this is the check that a change did
+not make the per-query path slower.
+
+Each scenario feeds datagrams to the agent's real UDP listener (``datagram_received``, the
+function the socket reader calls) with a stand-in socket whose ``sendto`` only counts, so
+the count is the agent's own work: parse, pipeline, pre-encoded answer, send call. Each tree
+runs three times under callgrind (no queries, N policy hits, N cache hits) and the per-query
+figure is (run - empty run) / N, which takes away the interpreter's start and the imports.
+The ref's tree is exported with ``git archive`` to a temporary folder and imported from
+there, with this tree's copy of this script doing the measuring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("hit", "cached")
+_COLLECTED = re.compile(r"Collected : (\d+)")
+
+
+def _inner(scenario: str, count: int) -> None:
+    """Run ``count`` queries of ``scenario`` through the UDP listener of the tree on sys.path."""
+    import dataclasses
+
+    import dns.message
+    import dns.rrset
+
+    from agent.config import AgentConfig, HostPort
+    from agent.listeners import UdpListener
+    from agent.server import AgentServer
+    from dnsmesh.dnsforward import build_question, build_upstream_query, parse_upstream_response
+    from dnsmesh.dnswire import name_to_wire
+    from dnsmesh.policy import parse_policy
+    from dnsmesh.snapshot import compile_snapshot
+
+    config = dataclasses.replace(AgentConfig(), listen=(HostPort("127.0.0.1", 0),), probes=False)
+    server = AgentServer(config)
+    policy = parse_policy(
+        {
+            "apiVersion": "dnsmesh/v1",
+            "kind": "Policy",
+            "metadata": {"name": "hit"},
+            "spec": {
+                "domain": "hit.mesh.internal",
+                "ttl": 5,
+                "endpoints": [
+                    {"address": "127.0.10.1", "weight": 90},
+                    {"address": "127.0.10.2", "weight": 10},
+                ],
+            },
+        }
+    )
+    server.apply_snapshot(compile_snapshot([policy]))
+    qname = name_to_wire("cached.bench.test")
+    upstream_query = build_upstream_query(qname, 1, 1, 4242)
+    response = dns.message.make_response(dns.message.from_wire(upstream_query))
+    response.answer.append(dns.rrset.from_text("cached.bench.test.", 3600, "IN", "A", "127.0.0.1"))
+    answer = parse_upstream_response(response.to_wire(), 4242, build_question(qname, 1, 1))
+    server.cache.put((qname, 1, 1), answer, answer.cache_ttl)
+
+    class Socket:
+        sent = 0
+
+        def fileno(self) -> int:
+            return -1
+
+        def setblocking(self, flag: bool) -> None:
+            pass
+
+        def sendto(self, data: bytes, addr: object) -> int:
+            Socket.sent += 1
+            return len(data)
+
+    class Loop:
+        def add_reader(self, fd: int, callback: object) -> None:
+            pass
+
+    # The shared query state is ``entry`` since the one query entry, ``service`` before.
+    shared = getattr(server, "entry", None) or server.service  # type: ignore[attr-defined]
+    listener = UdpListener(shared, Socket(), Loop())  # type: ignore[arg-type]
+    name = "hit.mesh.internal" if scenario == "hit" else "cached.bench.test"
+    wire = dns.message.make_query(name, "A", use_edns=0).to_wire()
+    client = ("127.0.0.1", 40000)
+    received = listener.datagram_received
+    for _ in range(count):
+        received(wire, client)
+    if Socket.sent != count:
+        raise SystemExit(f"{scenario}: {Socket.sent} answers sent for {count} queries")
+
+
+def _python() -> Path:
+    """The project's venv (it has dnspython and the rest), else this interpreter."""
+    venv = ROOT / ".venv" / "bin" / "python"
+    return venv if venv.exists() else Path(sys.executable)
+
+
+def _callgrind(tree: Path, scenario: str, count: int) -> int:
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        str(_python()),
+        "-B",
+        str(Path(__file__).resolve()),
+        "--inner",
+        scenario,
+        str(count),
+        "--tree",
+        str(tree),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    found = _COLLECTED.search(done.stderr)
+    if done.returncode != 0 or found is None:
+        raise SystemExit(f"callgrind run failed ({scenario}, {tree}):\n{done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def _per_query(tree: Path, count: int) -> dict[str, float]:
+    empty = _callgrind(tree, "hit", 0)
+    return {s: (_callgrind(tree, s, count) - empty) / count for s in SCENARIOS}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ref", default="HEAD~1", help="the commit to compare with")
+    parser.add_argument("--queries", type=int, default=20000, help="queries per run (N)")
+    parser.add_argument("--inner", nargs=2, metavar=("SCENARIO", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--tree", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inner:
+        # The measured tree first on the path, ahead of an editable install of this one, and
+        # in place of this script's folder, whose dns.py would shadow dnspython.
+        sys.path[0] = args.tree
+        _inner(args.inner[0], int(args.inner[1]))
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is needed: apt-get install valgrind")
+    with tempfile.TemporaryDirectory(prefix="dnsmesh-hotpath-") as tmp:
+        before = Path(tmp)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", args.ref], check=True, capture_output=True
+        )
+        subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
+        rows = {"before": _per_query(before, args.queries), "after": _per_query(ROOT, args.queries)}
+    print(f"instructions per query (callgrind), {args.queries} queries per run")
+    print(f"| scenario | before ({args.ref}) | after (this tree) | change |")
+    print("|---|---:|---:|---:|")
+    for scenario in SCENARIOS:
+        old, new = rows["before"][scenario], rows["after"][scenario]
+        print(f"| {scenario} | {old:,.0f} | {new:,.0f} | {100 * (new - old) / old:+.1f} % |")
+
+
+if __name__ == "__main__":
+    main()
