@@ -82,8 +82,10 @@ class UdpListener(asyncio.BaseTransport):
         entry = self.entry
         if not entry.accepting:
             return  # draining: a datagram is not accepted; the client retries elsewhere
-        wire = entry.answer_now(data, addr[0], True)
+        wire = entry.answer_now(data, addr[0])
         if wire.__class__ is bytes:  # the common case first: answered at once
+            if len(wire) > 512:  # every client takes 512 (RFC 1035 §4.2.1): skip the rest
+                wire = entry.fit_udp_reply(wire, data)
             if self._backlog:
                 self._hold(wire, addr)  # keep replies in order behind those waiting
                 return
@@ -264,7 +266,7 @@ class TcpConnection(asyncio.Protocol):
 
     def _handle(self, message: bytes) -> None:
         entry = self.entry
-        wire = entry.answer_now(message, self.client, False)
+        wire = entry.answer_now(message, self.client)
         if type(wire) is bytes:
             self._send(wire)
         elif isinstance(wire, Query) and not entry.full():
