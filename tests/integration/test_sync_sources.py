@@ -13,17 +13,17 @@ from typing import Any
 
 import pytest
 
-from agent.policysource import Applied, PolicySources, Refused, find_clashes
-from agent.statefile import StateDir, write_atomically
-from agent.sync import backoff_delay
-from agent.syncconfig import (
+from agent.sync.client import backoff_delay
+from agent.sync.config import (
     add_sync_arguments,
     http_url,
     parse_labels,
     stream_url,
     sync_config_from_args,
 )
-from agent.syncerrors import parse_retry_after
+from agent.sync.errors import parse_retry_after
+from agent.sync.policy_sources import Applied, PolicySources, Refused, find_clashes
+from agent.sync.state_file import StateDir, write_atomically
 from dnsmesh.errors import ConfigError, PolicyFileError
 from dnsmesh.policyfile import SourcedPolicy, load_policy_path
 from dnsmesh.protocol import AppliedState, Delta, PolicyChange, Snapshot, apply_update

@@ -2,7 +2,7 @@
 
 Start order matters: the state file is read and swapped in before the listeners open, so
 the first query after a restart is answered from the last applied policies even when the
-controller is away; local files are then checked against them (agent/policysource.py);
+controller is away; local files are then checked against them (agent/sync/policy_sources.py);
 only then does the sync client start talking to the controller.
 """
 
@@ -13,11 +13,11 @@ import logging
 import random
 
 from agent.config import AgentConfig
-from agent.policysource import LocalPolicyWatcher, PolicySources
 from agent.server import AgentServer
-from agent.statefile import StateDir
-from agent.sync import AgentSync
-from agent.syncconfig import SyncConfig
+from agent.sync.client import AgentSync
+from agent.sync.config import SyncConfig
+from agent.sync.policy_sources import LocalPolicyWatcher, PolicySources
+from agent.sync.state_file import StateDir
 from dnsmesh.logs import fields
 
 log = logging.getLogger(__name__)

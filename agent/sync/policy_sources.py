@@ -39,10 +39,6 @@ log = logging.getLogger(__name__)
 Update = Snapshot | Delta
 
 
-class PolicyClash(PolicyError):
-    """A controller policy and a local policy file define the same name or domain."""
-
-
 @dataclass(frozen=True, slots=True)
 class Clash:
     controller: Policy
