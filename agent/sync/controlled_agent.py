@@ -30,10 +30,8 @@ class SyncedAgent:
         self, config: AgentConfig, sync: SyncConfig, *, rng: random.Random | None = None
     ) -> None:
         # The server must not watch the files itself: every load is checked for clashes.
-        self.server = AgentServer(dataclasses.replace(config, policies=None))
+        self.server = AgentServer(dataclasses.replace(config, policies=None), down=self._mesh_down)
         self.sources = PolicySources(self.server.apply_snapshot)
-        # The controller's mesh-wide down set travels with each revision (sources.running).
-        self.server.health.down = lambda: self.sources.running.down
         self.state_dir = StateDir(sync.state_dir)
         self.sync_config = sync
         self.rng = rng
@@ -43,6 +41,10 @@ class SyncedAgent:
             else None
         )
         self.sync: AgentSync | None = None
+
+    def _mesh_down(self) -> frozenset[str]:
+        """The controller's mesh-wide down set travels with each revision it sends."""
+        return self.sources.running.down
 
     async def start(self) -> None:
         self.state_dir.ensure()
