@@ -78,7 +78,6 @@ class AgentSync:
         self._task: asyncio.Task[None] | None = None
         self._channel: WebSocketChannel | Poller | None = None
         self._background: set[asyncio.Task[None]] = set()
-        sources.on_pending_applied = self._on_pending_applied
 
     @property
     def transport(self) -> str | None:
@@ -178,7 +177,7 @@ class AgentSync:
             self._channel = poller
             await poller.run()
 
-    def _on_pending_applied(self, state: AppliedState) -> None:
+    def pending_applied(self, state: AppliedState) -> None:
         """A local edit let the controller's pending state run: persist it and ACK it."""
         channel = self._channel
         if isinstance(channel, WebSocketChannel) and channel.connected:

@@ -19,6 +19,7 @@ from agent.sync.config import SyncConfig
 from agent.sync.policy_sources import LocalPolicyWatcher, PolicySources
 from agent.sync.state_file import StateDir
 from dnsmesh.logs import fields
+from dnsmesh.protocol import AppliedState
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class SyncedAgent:
     ) -> None:
         # The server must not watch the files itself: every load is checked for clashes.
         self.server = AgentServer(dataclasses.replace(config, policies=None), down=self._mesh_down)
-        self.sources = PolicySources(self.server.apply_snapshot)
+        self.sources = PolicySources(self.server.apply_snapshot, self._pending_applied)
         self.state_dir = StateDir(sync.state_dir)
         self.sync_config = sync
         self.rng = rng
@@ -45,6 +46,11 @@ class SyncedAgent:
     def _mesh_down(self) -> frozenset[str]:
         """The controller's mesh-wide down set travels with each revision it sends."""
         return self.sources.running.down
+
+    def _pending_applied(self, state: AppliedState) -> None:
+        """A local edit let the controller's pending state run: the sync client reports it."""
+        if self.sync is not None:
+            self.sync.pending_applied(state)
 
     async def start(self) -> None:
         self.state_dir.ensure()

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,13 @@ class Published:
         return {p.name for p in self.snapshots[-1].policies()}
 
 
-def sources_with_local(tmp_path: Path, *docs: dict[str, Any]) -> tuple[PolicySources, Published]:
+def sources_with_local(
+    tmp_path: Path,
+    *docs: dict[str, Any],
+    on_pending_applied: Callable[[AppliedState], None] | None = None,
+) -> tuple[PolicySources, Published]:
     published = Published()
-    sources = PolicySources(published)
+    sources = PolicySources(published, on_pending_applied)
     local = write_local(tmp_path / "local.yaml", *docs)
     sources.commit_local(sources.stage_local(local))
     return sources, published
@@ -133,9 +138,8 @@ def test_a_local_edit_that_clashes_with_the_controller_is_refused(
 
 
 def test_removing_the_clash_locally_runs_the_pending_state_and_reports_it(tmp_path: Path) -> None:
-    sources, published = sources_with_local(tmp_path, doc("web"))
     ran: list[AppliedState] = []
-    sources.on_pending_applied = ran.append
+    sources, published = sources_with_local(tmp_path, doc("web"), on_pending_applied=ran.append)
     sources.receive([Snapshot(revision=9, policies=[doc("web", "web.example")])])
     assert sources.pending and ran == []
     sources.commit_local(sources.stage_local(write_local(tmp_path / "local.yaml", doc("other"))))
