@@ -12,8 +12,8 @@ from typing import Any
 
 from agent.config import AgentConfig, config_from_args
 from agent.server import AgentServer
-from agent.syncconfig import SyncConfig
-from agent.synced import SyncedAgent
+from agent.sync.config import SyncConfig
+from agent.sync.controlled_agent import SyncedAgent
 from dnsmesh.logs import fields
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def run_agent(args: argparse.Namespace) -> int:
-    from agent.syncconfig import sync_config_from_args
+    from agent.sync.config import sync_config_from_args
 
     config = config_from_args(args)
     return run(serve(config, sync_config_from_args(args)))
@@ -42,7 +42,7 @@ def run(main: Coroutine[Any, Any, int]) -> int:
 
 
 async def serve(config: AgentConfig, sync: SyncConfig | None = None) -> int:
-    # With --controller, the controller's policies are pushed (agent/synced.py).
+    # With --controller, the controller's policies are pushed (agent/sync/controlled_agent.py).
     server = AgentServer(config) if sync is None else SyncedAgent(config, sync)
     await server.start()
     # Everything built so far (modules, the policy snapshot) lives as long as the process;

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from agent.syncconfig import add_sync_arguments
+from agent.sync.config import add_sync_arguments
 
 
 def add_agent_commands(

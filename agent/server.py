@@ -40,7 +40,9 @@ class AgentServer:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        down: Callable[[], frozenset[str]] = frozenset,
     ) -> None:
+        """``down`` gives the mesh-wide down set (the controller's), empty without one."""
         self.config = config
         self.clock = clock
         self.rng = rng or random.Random()
@@ -69,7 +71,7 @@ class AgentServer:
         self.tcp_connections = TcpConnections(config.tcp_max_connections)
         # Every compiled snapshot passes through the health monitor, which swaps it in with
         # the effective weights (ejections, mesh-wide down set, latency).
-        self.health = HealthMonitor(self._swap_in, probing=config.probes, rng=self.rng)
+        self.health = HealthMonitor(self._swap_in, probing=config.probes, down=down, rng=self.rng)
         self.watcher: PolicyWatcher | None = None
         self.addresses: list[HostPort] = []
         self._transports: list[asyncio.BaseTransport] = []

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from agent.probes.plan import build_plan
 from agent.probes.probers import Ping, aioping_ping
@@ -24,52 +24,10 @@ from agent.probes.runner import ProbeRunner
 from dnsmesh.health import Decision, EndpointHealth, decide_weights
 from dnsmesh.logs import fields
 from dnsmesh.protocol import EndpointReport, Report
-from dnsmesh.snapshot import CompiledPolicy, Snapshot
+from dnsmesh.reweigh import Compiled, reweigh
+from dnsmesh.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
-
-Weights = Mapping[str, Mapping[str, int]]
-
-
-Compiled = dict[str, tuple[object, int, Mapping[str, int], CompiledPolicy]]
-
-
-def reweigh(base: Snapshot, weights: Weights, cache: Compiled | None = None) -> Snapshot:
-    """``base`` with the policies in ``weights`` compiled again with those weights.
-
-    ``cache`` (policy name -> (policy, revision, weights, compiled)) keeps the compiled
-    policy of the last call when its policy, revision and weights are unchanged: compiling
-    is the expensive part, and usually one endpoint of one policy moved.
-    """
-    if not weights:
-        if cache is not None:
-            cache.clear()
-        return base
-    kept: Compiled = {}
-
-    def one(compiled: CompiledPolicy) -> CompiledPolicy:
-        wanted = weights.get(compiled.name)
-        if wanted is None:
-            return compiled
-        hit = cache.get(compiled.name) if cache is not None else None
-        if (
-            hit is not None
-            and hit[0] is compiled.policy
-            and hit[1] == base.revision
-            and hit[2] == wanted
-        ):
-            fresh = hit[3]
-        else:
-            fresh = CompiledPolicy(compiled.policy, base.revision, wanted)
-        kept[compiled.name] = (compiled.policy, base.revision, wanted, fresh)
-        return fresh
-
-    exact = {key: one(c) for key, c in base.exact.items()}
-    wildcards = {key: one(c) for key, c in base.wildcards.items()}
-    if cache is not None:
-        cache.clear()
-        cache.update(kept)
-    return Snapshot(base.revision, exact, wildcards, base.wildcard_lengths)
 
 
 class HealthMonitor:

@@ -21,8 +21,8 @@ import dns.rdatatype
 import httpx
 
 from agent.config import AgentConfig, HostPort
-from agent.syncconfig import SyncConfig
-from agent.synced import SyncedAgent
+from agent.sync.config import SyncConfig
+from agent.sync.controlled_agent import SyncedAgent
 from controller.auth import TokenStore
 from controller.db.engine import build_engine
 from controller.db.migrate import upgrade

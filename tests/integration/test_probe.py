@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent.probes.monitor import HealthMonitor, reweigh
+from agent.probes.monitor import HealthMonitor
 from agent.probes.plan import Target
 from agent.probes.probers import ProbeFailed, probe_http, probe_icmp, probe_tcp
 from agent.probes.runner import ProbeRunner
@@ -262,24 +262,3 @@ def test_monitor_ejects_a_refusing_endpoint_and_swaps_a_weighted_snapshot() -> N
     assert by_address["127.0.0.1"].latency_ms is not None
     assert all(e.samples > 0 for e in report.endpoints)
     assert monitor.report().endpoints[0].samples == 0, "samples count since the last report"
-
-
-def test_reweigh_compiles_only_what_changed() -> None:
-    other = parse_policy(
-        {
-            "apiVersion": "dnsmesh/v1",
-            "kind": "Policy",
-            "metadata": {"name": "other"},
-            "spec": {"domain": "other.mesh.test", "endpoints": [{"address": "10.0.0.9"}]},
-        }
-    )
-    base = compile_snapshot([_policy(), other], 3)
-    assert reweigh(base, {}) is base
-    cache: dict[str, Any] = {}
-    first = reweigh(base, {"web": {"127.0.0.1": 0, "127.0.0.2": 1}}, cache)
-    by_name = {c.name: c for c in first.policies()}
-    assert by_name["other"] is {c.name: c for c in base.policies()}["other"]
-    again = reweigh(base, {"web": {"127.0.0.1": 0, "127.0.0.2": 1}}, cache)
-    assert {c.name: c for c in again.policies()}["web"] is by_name["web"]
-    moved = reweigh(base, {"web": {"127.0.0.1": 1, "127.0.0.2": 0}}, cache)
-    assert {c.name: c for c in moved.policies()}["web"] is not by_name["web"]

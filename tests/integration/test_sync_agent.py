@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from agent.statefile import StateDir
+from agent.sync.state_file import StateDir
 from dnsmesh.protocol import AppliedState, Snapshot, apply_update
 from tests.integration.fakedns import LoopThread
 from tests.integration.sync_support import (

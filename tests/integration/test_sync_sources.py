@@ -8,22 +8,23 @@ import json
 import logging
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.policysource import Applied, PolicySources, Refused, find_clashes
-from agent.statefile import StateDir, write_atomically
-from agent.sync import backoff_delay
-from agent.syncconfig import (
+from agent.sync.client import backoff_delay
+from agent.sync.config import (
     add_sync_arguments,
     http_url,
     parse_labels,
     stream_url,
     sync_config_from_args,
 )
-from agent.syncerrors import parse_retry_after
+from agent.sync.errors import parse_retry_after
+from agent.sync.policy_sources import Applied, PolicySources, Refused, find_clashes
+from agent.sync.state_file import StateDir, write_atomically
 from dnsmesh.errors import ConfigError, PolicyFileError
 from dnsmesh.policyfile import SourcedPolicy, load_policy_path
 from dnsmesh.protocol import AppliedState, Delta, PolicyChange, Snapshot, apply_update
@@ -56,9 +57,13 @@ class Published:
         return {p.name for p in self.snapshots[-1].policies()}
 
 
-def sources_with_local(tmp_path: Path, *docs: dict[str, Any]) -> tuple[PolicySources, Published]:
+def sources_with_local(
+    tmp_path: Path,
+    *docs: dict[str, Any],
+    on_pending_applied: Callable[[AppliedState], None] | None = None,
+) -> tuple[PolicySources, Published]:
     published = Published()
-    sources = PolicySources(published)
+    sources = PolicySources(published, on_pending_applied)
     local = write_local(tmp_path / "local.yaml", *docs)
     sources.commit_local(sources.stage_local(local))
     return sources, published
@@ -133,9 +138,8 @@ def test_a_local_edit_that_clashes_with_the_controller_is_refused(
 
 
 def test_removing_the_clash_locally_runs_the_pending_state_and_reports_it(tmp_path: Path) -> None:
-    sources, published = sources_with_local(tmp_path, doc("web"))
     ran: list[AppliedState] = []
-    sources.on_pending_applied = ran.append
+    sources, published = sources_with_local(tmp_path, doc("web"), on_pending_applied=ran.append)
     sources.receive([Snapshot(revision=9, policies=[doc("web", "web.example")])])
     assert sources.pending and ran == []
     sources.commit_local(sources.stage_local(write_local(tmp_path / "local.yaml", doc("other"))))

@@ -2,7 +2,7 @@
 
 Start order matters: the state file is read and swapped in before the listeners open, so
 the first query after a restart is answered from the last applied policies even when the
-controller is away; local files are then checked against them (agent/policysource.py);
+controller is away; local files are then checked against them (agent/sync/policy_sources.py);
 only then does the sync client start talking to the controller.
 """
 
@@ -13,12 +13,13 @@ import logging
 import random
 
 from agent.config import AgentConfig
-from agent.policysource import LocalPolicyWatcher, PolicySources
 from agent.server import AgentServer
-from agent.statefile import StateDir
-from agent.sync import AgentSync
-from agent.syncconfig import SyncConfig
+from agent.sync.client import AgentSync
+from agent.sync.config import SyncConfig
+from agent.sync.policy_sources import LocalPolicyWatcher, PolicySources
+from agent.sync.state_file import StateDir
 from dnsmesh.logs import fields
+from dnsmesh.protocol import AppliedState
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,8 @@ class SyncedAgent:
         self, config: AgentConfig, sync: SyncConfig, *, rng: random.Random | None = None
     ) -> None:
         # The server must not watch the files itself: every load is checked for clashes.
-        self.server = AgentServer(dataclasses.replace(config, policies=None))
-        self.sources = PolicySources(self.server.apply_snapshot)
-        # The controller's mesh-wide down set travels with each revision (sources.running).
-        self.server.health.down = lambda: self.sources.running.down
+        self.server = AgentServer(dataclasses.replace(config, policies=None), down=self._mesh_down)
+        self.sources = PolicySources(self.server.apply_snapshot, self._pending_applied)
         self.state_dir = StateDir(sync.state_dir)
         self.sync_config = sync
         self.rng = rng
@@ -43,6 +42,15 @@ class SyncedAgent:
             else None
         )
         self.sync: AgentSync | None = None
+
+    def _mesh_down(self) -> frozenset[str]:
+        """The controller's mesh-wide down set travels with each revision it sends."""
+        return self.sources.running.down
+
+    def _pending_applied(self, state: AppliedState) -> None:
+        """A local edit let the controller's pending state run: the sync client reports it."""
+        if self.sync is not None:
+            self.sync.pending_applied(state)
 
     async def start(self) -> None:
         self.state_dir.ensure()

@@ -39,10 +39,6 @@ log = logging.getLogger(__name__)
 Update = Snapshot | Delta
 
 
-class PolicyClash(PolicyError):
-    """A controller policy and a local policy file define the same name or domain."""
-
-
 @dataclass(frozen=True, slots=True)
 class Clash:
     controller: Policy
@@ -122,13 +118,17 @@ class PolicySources:
     refused for a clash (then it is pending). ``publish`` is the server's snapshot swap.
     """
 
-    def __init__(self, publish: Callable[[CompiledSnapshot], None]) -> None:
+    def __init__(
+        self,
+        publish: Callable[[CompiledSnapshot], None],
+        on_pending_applied: Callable[[AppliedState], None] | None = None,
+    ) -> None:
         self.publish = publish
         self.local: list[SourcedPolicy] = []
         self.running = AppliedState.empty()
         self.view = self.running
         # Called with the new running state when a local edit lets a pending one run.
-        self.on_pending_applied: Callable[[AppliedState], None] | None = None
+        self.on_pending_applied = on_pending_applied
         self._staged_local: tuple[list[SourcedPolicy], AppliedState] | None = None
 
     @property

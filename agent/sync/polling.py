@@ -10,18 +10,17 @@ and at least every ``report_interval`` so the controller keeps showing it connec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import TYPE_CHECKING
 
 import httpx
 
-from agent.policysource import Outcome, Refused
-from agent.syncerrors import SyncFatal, SyncRetry, parse_retry_after
+from agent.sync.channel import ChannelContext
+from agent.sync.errors import SyncFatal, SyncRetry, parse_retry_after
+from agent.sync.policy_sources import Outcome
+from agent.sync.session import Apply, Send, SyncSession
 from dnsmesh.logs import fields
-from dnsmesh.protocol import Delta, ProtocolError, Snapshot, decode_message, message_json
-
-if TYPE_CHECKING:
-    from agent.sync import AgentSync
+from dnsmesh.protocol import Delta, Nack, ProtocolError, Snapshot, decode_message, message_json
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +28,19 @@ log = logging.getLogger(__name__)
 class Poller:
     """One polling session; ``run`` returns when it is time to try the WebSocket again."""
 
-    def __init__(self, sync: AgentSync, client: httpx.AsyncClient) -> None:
+    def __init__(self, sync: ChannelContext, client: httpx.AsyncClient) -> None:
         self.sync = sync
         self.client = client
+        self.session = SyncSession()
         self.probe_route = True  # False once the controller said it has no report route
 
+    async def report_quietly(self) -> None:
+        """Report what runs outside the poll loop; a failure is the loop's to notice."""
+        with contextlib.suppress(httpx.HTTPError, SyncRetry, SyncFatal):
+            await self.report()
+
     @staticmethod
-    def client_for(sync: AgentSync) -> httpx.AsyncClient:
+    def client_for(sync: ChannelContext) -> httpx.AsyncClient:
         config = sync.config
         return httpx.AsyncClient(
             base_url=config.http_url,
@@ -85,30 +90,35 @@ class Poller:
             message = decode_message(response.content)
             if not isinstance(message, Snapshot | Delta):
                 raise ProtocolError(f"GET /v1/changes returned a {message.type} message")
-            outcomes = await sync.apply([message], "poll")
-            since = await self._report_outcomes(outcomes, message)
+            since = await self._apply(message)
             last_report = sync.clock()
 
-    async def _report_outcomes(self, outcomes: list[Outcome], message: Snapshot | Delta) -> int:
-        """Report the outcomes; returns the revision to poll from next."""
+    async def _apply(self, message: Snapshot | Delta) -> int:
+        """Apply one update and report the outcome; returns the revision to poll from next."""
+        outcomes: list[Outcome] = []
+        for decision in self.session.receive([message]):
+            if isinstance(decision, Apply):
+                outcomes += await self.sync.apply(decision.updates, "poll")
         sources = self.sync.sources
-        since = sources.view.revision
-        refusals = [o for o in outcomes if isinstance(o, Refused)]
-        for refusal in refusals:
-            await self.report(nack=refusal)
-        if not refusals:
+        position = self.session.poll_next(
+            outcomes, message, view=sources.view.revision, running=sources.running.revision
+        )
+        # The ACK endpoint reports the revision that runs: one report covers every ACK;
+        # each NACK is reported with its reason.
+        nacks = [
+            d.message
+            for d in self.session.applied(outcomes)
+            if isinstance(d, Send) and isinstance(d.message, Nack)
+        ]
+        for nack in nacks:
+            await self.report(nack=nack)
+        if not nacks:
             await self.report()
-            return since
-        if any(r.resync for r in refusals):
-            return sources.running.revision  # the controller sends what we lack
-        if sources.view.revision < message.revision:
-            # Refused without advancing (an invalid document): asking again at once would
-            # get the same update; wait for a newer revision before asking from `since`.
+        if position.pause:
             await asyncio.sleep(self.sync.nack_pause())
-            return message.revision
-        return since
+        return position.since
 
-    async def report(self, nack: Refused | None = None) -> None:
+    async def report(self, nack: Nack | None = None) -> None:
         sync = self.sync
         body: dict[str, object] = {
             "node_name": sync.config.node_name,

@@ -1,0 +1,194 @@
+"""The agent's sync client: follow the controller over a WebSocket, or HTTP long-polling.
+
+One task keeps one channel open (the controller's side is controller/api/agents.py): the
+WebSocket stream (agent/sync/websocket.py) or, when the upgrade is refused with an HTTP
+answer that is not about the token or a server error (a proxy that cannot pass
+WebSockets), or when ``--sync http`` forces it, HTTP long-polling with the same revision
+semantics (agent/sync/polling.py). In ``auto`` mode the WebSocket is tried again every
+``ws_retry`` seconds. Both drive the same rules (agent/sync/session.py).
+
+Errors are split the way python-websockets' reconnect loop splits them
+(agent/sync/errors.py): **fatal** ones (401/403: the token is wrong, retrying soon cannot
+help) are logged at error level and retried every ``fatal_retry`` seconds; everything else
+(refused connections, resets, ping timeouts, closes, 5xx) is **retryable** with
+exponential backoff and full jitter (``backoff_delay``).
+
+What happens when the controller's policies clash with local ``--policies`` files is
+decided in agent/sync/policy_sources.py: the running set wins and the newcomer is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+
+import httpx
+from websockets.exceptions import WebSocketException
+
+from agent.sync.channel import ChannelContext, backoff_delay
+from agent.sync.config import SyncConfig
+from agent.sync.errors import Resync, SyncFatal, SyncRetry, WebSocketRefused
+from agent.sync.policy_sources import PolicySources
+from agent.sync.polling import Poller
+from agent.sync.state_file import StateDir
+from agent.sync.websocket import WebSocketChannel, describe
+from dnsmesh.logs import fields
+from dnsmesh.protocol import AppliedState, ProtocolError, Report
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AgentSync", "backoff_delay"]
+
+
+class AgentSync:
+    """``await start()``/``await stop()``; follows the controller until stopped."""
+
+    def __init__(
+        self,
+        config: SyncConfig,
+        sources: PolicySources,
+        state_dir: StateDir,
+        agent_id: str,
+        *,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        probe_report: Callable[[], Report] | None = None,
+        probe_report_interval: float = 5.0,
+    ) -> None:
+        self.config = config
+        self.sources = sources
+        self.state_dir = state_dir
+        self.agent_id = agent_id
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.context = ChannelContext(
+            config,
+            sources,
+            state_dir,
+            agent_id,
+            rng=self.rng,
+            clock=clock,
+            probe_report=probe_report,
+            probe_report_interval=probe_report_interval,
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._channel: WebSocketChannel | Poller | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def transport(self) -> str | None:
+        """ "websocket" or "poll" while connected, else None."""
+        return self.context.transport
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="agent-sync")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._task, *self._background) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._task = None
+        if self.sources.running is not self.context.saved:
+            await self.context.save()
+
+    async def _run(self) -> None:
+        config, context = self.config, self.context
+        attempt = 0
+        use_ws = config.mode != "http"
+        while True:
+            started = self.clock()
+            context.progress = False
+            retry_after: float | None = None
+            try:
+                if use_ws:
+                    await self._ws_session()
+                else:
+                    await self._poll_session()
+                    use_ws = config.mode == "auto"  # time to try the WebSocket again
+                    attempt = 0
+                    continue
+            except SyncFatal as exc:
+                log.error(
+                    "sync.token_refused",
+                    extra=fields(
+                        status=exc.status,
+                        error=str(exc),
+                        controller=config.controller,
+                        retry_in=config.fatal_retry,
+                    ),
+                )
+                # Jittered too, so agents whose token was revoked together do not retry
+                # in lockstep.
+                await asyncio.sleep(config.fatal_retry * self.rng.uniform(0.75, 1.25))
+                continue
+            except WebSocketRefused as exc:
+                if config.mode == "auto":
+                    log.warning(
+                        "sync.websocket_refused",
+                        extra=fields(error=str(exc), fallback="poll", retry_ws_in=config.ws_retry),
+                    )
+                    use_ws = False
+                    continue
+                error = str(exc)
+            except Resync as exc:
+                error = str(exc)
+                attempt = 0
+            except SyncRetry as exc:
+                error = describe(exc)
+                retry_after = exc.retry_after
+            except (
+                OSError,
+                TimeoutError,
+                WebSocketException,
+                httpx.HTTPError,
+                ProtocolError,
+            ) as exc:
+                error = describe(exc)
+            finally:
+                context.transport = None
+                self._channel = None
+            if context.progress or self.clock() - started > config.backoff_cap:
+                attempt = 0  # the last channel worked: the next failure is a fresh one
+            delay = backoff_delay(attempt, config.backoff_base, config.backoff_cap, self.rng)
+            if retry_after is not None:
+                delay = max(delay, retry_after)
+            attempt += 1
+            log.warning(
+                "sync.disconnected",
+                extra=fields(error=error, attempt=attempt, retry_in=round(delay, 3)),
+            )
+            await asyncio.sleep(delay)
+
+    async def _ws_session(self) -> None:
+        channel = WebSocketChannel(self.context)
+        self._channel = channel
+        await channel.run()
+
+    async def _poll_session(self) -> None:
+        async with Poller.client_for(self.context) as client:
+            poller = Poller(self.context, client)
+            self._channel = poller
+            await poller.run()
+
+    def pending_applied(self, state: AppliedState) -> None:
+        """A local edit let the controller's pending state run: persist it and ACK it."""
+        channel = self._channel
+        if isinstance(channel, WebSocketChannel) and channel.connected:
+            channel.pending_applied(state.revision)
+            return
+        task = asyncio.get_running_loop().create_task(self._report_pending())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _report_pending(self) -> None:
+        await self.context.save()
+        channel = self._channel
+        if isinstance(channel, Poller):
+            await channel.report_quietly()

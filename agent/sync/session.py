@@ -1,0 +1,187 @@
+"""The sync rules without I/O: messages in, decisions out.
+
+Both transports (agent/sync/websocket.py, agent/sync/polling.py) drive one ``SyncSession``
+the way python-websockets drives its Sans-I/O ``Protocol``: they feed it what arrived
+(decoded controller messages, and the agent's own events that must be sent in order) and
+carry out the decisions it returns. Applying an update is the one decision with an
+answer: the transport applies it (agent/sync/policy_sources.py decides each revision) and
+feeds the outcomes back, which the session turns into ACKs, NACKs and a resync. So the
+ACK/NACK/resync rules exist here once; the session reads no clock, socket or file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from agent.sync.policy_sources import Applied, Outcome, Refused
+from dnsmesh.protocol import (
+    Ack,
+    Delta,
+    ErrorMessage,
+    Hello,
+    Nack,
+    ProtocolError,
+    Report,
+    Snapshot,
+)
+
+Update = Snapshot | Delta
+
+
+# -- what a transport feeds in, besides the controller's messages ------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The channel closed (cleanly or not), or a message could not be decoded."""
+
+    code: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PendingApplied:
+    """A local edit let the controller's pending state run (it must be saved and ACKed)."""
+
+    revision: int
+
+
+# What a controller may send, and the agent's own reports that go out in order with it.
+Event = Hello | Snapshot | Delta | Ack | Nack | Report | ErrorMessage | Closed | PendingApplied
+
+
+# -- what comes out ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Apply:
+    """Apply these updates together (one compile, one swap), then call ``applied``."""
+
+    updates: tuple[Update, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send this message to the controller."""
+
+    message: Ack | Nack | Report
+
+
+@dataclass(frozen=True, slots=True)
+class Save:
+    """Write what runs to the state file before what follows is sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerError:
+    """The controller reported an error; it is logged and the channel stays open."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """The channel is over; reconnect with backoff."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """A revision gap: close the channel and start again from what runs."""
+
+    reason: str
+
+
+Decision = Apply | Send | Save | ControllerError | Disconnect | Resync
+
+# Close codes of controller/hub.py worth a word in the log (RFC 6455 §7.4.2: 4000-4999 are
+# the application's).
+CLOSE_HINTS = {
+    4409: ": another connection uses this agent id; is the state folder shared between nodes?",
+    4400: ": the controller did not understand this agent (versions apart?)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PollNext:
+    """Where the polling transport asks from next, and whether it pauses first."""
+
+    since: int
+    pause: bool = False
+
+
+class SyncSession:
+    """The decisions of one channel; a new channel gets a new session."""
+
+    def receive(self, events: Sequence[Event]) -> list[Decision]:
+        """Decisions for a batch of events, in order; consecutive updates apply together.
+
+        Coalescing matters when the controller pushes faster than the agent compiles: a
+        burst costs one compile, one swap and one state-file write, and the last
+        revision's ACK covers the ones before it.
+        """
+        decisions: list[Decision] = []
+        updates: list[Update] = []
+        for event in events:
+            if isinstance(event, Snapshot | Delta):
+                updates.append(event)
+                continue
+            if updates:
+                decisions.append(Apply(tuple(updates)))
+                updates = []
+            decisions.extend(self._other(event))
+        if updates:
+            decisions.append(Apply(tuple(updates)))
+        return decisions
+
+    def _other(self, event: Event) -> list[Decision]:
+        if isinstance(event, Report):
+            return [Send(event)]
+        if isinstance(event, PendingApplied):
+            return [Save(), Send(Ack(revision=event.revision))]
+        if isinstance(event, ErrorMessage):
+            return [ControllerError(event.code, event.message)]
+        if isinstance(event, Closed):
+            hint = CLOSE_HINTS.get(event.code or 0, "")
+            return [
+                Disconnect(f"the controller closed the stream ({event.code} {event.reason}){hint}")
+            ]
+        raise ProtocolError(f"unexpected message from the controller: {event!r}"[:200])
+
+    def applied(self, outcomes: Iterable[Outcome]) -> list[Decision]:
+        """An ACK per applied revision, a NACK per refused one, then a resync after a gap."""
+        decisions: list[Decision] = []
+        gap: Refused | None = None
+        for outcome in outcomes:
+            if isinstance(outcome, Applied):
+                decisions.append(Send(Ack(revision=outcome.revision)))
+                continue
+            decisions.append(Send(Nack(revision=outcome.revision, reason=outcome.reason)))
+            if outcome.resync and gap is None:
+                gap = outcome
+        if gap is not None:
+            decisions.append(Resync(gap.reason))
+        return decisions
+
+    @staticmethod
+    def poll_next(
+        outcomes: Sequence[Outcome], asked: Update, *, view: int, running: int
+    ) -> PollNext:
+        """Where to poll from after ``asked`` was applied, given the revisions known now.
+
+        ``view`` is the newest controller revision the agent knows, ``running`` the one
+        it serves (they differ while a clashing state is pending).
+        """
+        refusals = [o for o in outcomes if isinstance(o, Refused)]
+        if not refusals:
+            return PollNext(view)
+        if any(r.resync for r in refusals):
+            return PollNext(running)  # the controller sends what we lack
+        if view < asked.revision:
+            # Refused without advancing (an invalid document): asking again at once would
+            # get the same update; wait, then ask for anything newer than it.
+            return PollNext(asked.revision, pause=True)
+        return PollNext(view)

@@ -1,0 +1,55 @@
+"""Re-weighting a compiled snapshot: the same policies, some with other endpoint weights.
+
+Pure (no I/O, no clock): the agent's health monitor (agent/probes/monitor.py) decides the
+weights and calls this to build the snapshot it serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from dnsmesh.snapshot import CompiledPolicy, Snapshot
+
+# policy name -> endpoint address -> weight
+Weights = Mapping[str, Mapping[str, int]]
+
+# policy name -> (policy, revision, weights, the policy compiled with those weights)
+Compiled = dict[str, tuple[object, int, Mapping[str, int], CompiledPolicy]]
+
+
+def reweigh(base: Snapshot, weights: Weights, cache: Compiled | None = None) -> Snapshot:
+    """``base`` with the policies in ``weights`` compiled again with those weights.
+
+    ``cache`` keeps the compiled policy of the last call when its policy, revision and
+    weights are unchanged: compiling is the expensive part, and usually one endpoint of
+    one policy moved.
+    """
+    if not weights:
+        if cache is not None:
+            cache.clear()
+        return base
+    kept: Compiled = {}
+
+    def one(compiled: CompiledPolicy) -> CompiledPolicy:
+        wanted = weights.get(compiled.name)
+        if wanted is None:
+            return compiled
+        hit = cache.get(compiled.name) if cache is not None else None
+        if (
+            hit is not None
+            and hit[0] is compiled.policy
+            and hit[1] == base.revision
+            and hit[2] == wanted
+        ):
+            fresh = hit[3]
+        else:
+            fresh = CompiledPolicy(compiled.policy, base.revision, wanted)
+        kept[compiled.name] = (compiled.policy, base.revision, wanted, fresh)
+        return fresh
+
+    exact = {key: one(c) for key, c in base.exact.items()}
+    wildcards = {key: one(c) for key, c in base.wildcards.items()}
+    if cache is not None:
+        cache.clear()
+        cache.update(kept)
+    return Snapshot(base.revision, exact, wildcards, base.wildcard_lengths)

@@ -1,0 +1,135 @@
+"""The sync session without sockets: feed messages, assert the decisions that come out.
+
+In the style of python-websockets' protocol tests: no event loop, no transport.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.sync.policy_sources import Applied, Refused
+from agent.sync.session import (
+    Apply,
+    Closed,
+    ControllerError,
+    Disconnect,
+    PendingApplied,
+    PollNext,
+    Resync,
+    Save,
+    Send,
+    SyncSession,
+)
+from dnsmesh.protocol import (
+    Ack,
+    Delta,
+    ErrorMessage,
+    Hello,
+    Nack,
+    ProtocolError,
+    Report,
+    Snapshot,
+)
+
+
+def snapshot(revision: int) -> Snapshot:
+    return Snapshot(revision=revision, policies=[])
+
+
+def delta(since: int, revision: int) -> Delta:
+    return Delta(since=since, revision=revision, changes=[])
+
+
+def test_one_update_is_applied() -> None:
+    update = snapshot(3)
+    assert SyncSession().receive([update]) == [Apply((update,))]
+
+
+def test_consecutive_updates_are_applied_together() -> None:
+    first, second, third = snapshot(3), delta(3, 4), delta(4, 5)
+    assert SyncSession().receive([first, second, third]) == [Apply((first, second, third))]
+
+
+def test_a_report_between_updates_splits_them_and_keeps_the_order() -> None:
+    first, second = snapshot(3), delta(3, 4)
+    report = Report(endpoints=[])
+    assert SyncSession().receive([first, report, second]) == [
+        Apply((first,)),
+        Send(report),
+        Apply((second,)),
+    ]
+
+
+def test_an_applied_pending_state_is_saved_then_acked() -> None:
+    assert SyncSession().receive([PendingApplied(7)]) == [Save(), Send(Ack(revision=7))]
+
+
+def test_a_controller_error_is_reported_and_the_channel_stays() -> None:
+    message = ErrorMessage(code="bad_request", message="no")
+    assert SyncSession().receive([message]) == [ControllerError("bad_request", "no")]
+
+
+def test_a_close_disconnects_with_a_hint_for_a_known_code() -> None:
+    (decision,) = SyncSession().receive([Closed(4409, "duplicate")])
+    assert isinstance(decision, Disconnect)
+    assert "(4409 duplicate)" in decision.reason
+    assert "another connection uses this agent id" in decision.reason
+
+
+def test_a_close_with_an_unknown_code_has_no_hint() -> None:
+    assert SyncSession().receive([Closed(1001, "going away")]) == [
+        Disconnect("the controller closed the stream (1001 going away)")
+    ]
+
+
+def test_updates_before_a_close_are_applied_first() -> None:
+    update = snapshot(2)
+    decisions = SyncSession().receive([update, Closed(None, "reset")])
+    assert decisions[0] == Apply((update,))
+    assert isinstance(decisions[1], Disconnect)
+
+
+def test_a_message_only_agents_send_is_a_protocol_error() -> None:
+    hello = Hello(agent_id="a", node_name="n", labels={}, software="s", revision=0)
+    with pytest.raises(ProtocolError, match="unexpected message"):
+        SyncSession().receive([hello])
+
+
+def test_each_applied_revision_is_acked() -> None:
+    assert SyncSession().applied([Applied(4)]) == [Send(Ack(revision=4))]
+
+
+def test_a_refused_revision_is_nacked_with_its_reason() -> None:
+    assert SyncSession().applied([Refused(4, "invalid update: x")]) == [
+        Send(Nack(revision=4, reason="invalid update: x"))
+    ]
+
+
+def test_a_gap_is_nacked_then_resynced() -> None:
+    outcomes = [Applied(4), Refused(6, "gap", resync=True)]
+    assert SyncSession().applied(outcomes) == [
+        Send(Ack(revision=4)),
+        Send(Nack(revision=6, reason="gap")),
+        Resync("gap"),
+    ]
+
+
+def test_polling_goes_on_from_the_view_after_an_ack() -> None:
+    assert SyncSession.poll_next([Applied(5)], snapshot(5), view=5, running=5) == PollNext(5)
+
+
+def test_polling_asks_from_what_runs_after_a_gap() -> None:
+    outcomes = [Refused(9, "gap", resync=True)]
+    assert SyncSession.poll_next(outcomes, delta(8, 9), view=3, running=3) == PollNext(3)
+
+
+def test_polling_pauses_after_a_refusal_that_did_not_advance() -> None:
+    outcomes = [Refused(9, "invalid update: x")]
+    assert SyncSession.poll_next(outcomes, snapshot(9), view=3, running=3) == PollNext(
+        9, pause=True
+    )
+
+
+def test_polling_follows_a_pending_view_after_a_clash() -> None:
+    outcomes = [Refused(9, "clash")]
+    assert SyncSession.poll_next(outcomes, snapshot(9), view=9, running=3) == PollNext(9)
