@@ -22,7 +22,7 @@ from agent.handlers.forward import Forwarder
 from agent.handlers.local import LocalNames
 from agent.handlers.loopguard import LoopGuard
 from agent.handlers.policy import PolicyAnswers
-from agent.state import PolicyState
+from agent.served import ServedSnapshot
 from agent.upstream import UpstreamClient
 from dnsmesh.dnsforward import UpstreamAnswer
 from dnsmesh.dnswire import Query
@@ -40,7 +40,7 @@ class Pipeline:
 
 
 def build_pipeline(
-    state: PolicyState,
+    served: ServedSnapshot,
     cache: Cache[UpstreamAnswer],
     upstream: UpstreamClient,
     loop_guard: LoopGuard,
@@ -58,7 +58,7 @@ def build_pipeline(
             #    stickiness, the client's slice) and a reload must show on the next query;
             #    a cached copy would freeze one pick. A name that was forwarded and cached
             #    before a policy appeared for it is answered by the policy from then on.
-            (PolicyAnswers(state, rng).answer, Source.POLICY),
+            (PolicyAnswers(served, rng).answer, Source.POLICY),
             # 3. The cache before forwarding, the point of having one.
             (CachedAnswers(cache).answer, Source.CACHE),
             # 4. The loop guard just before forwarding: only a query about to be forwarded

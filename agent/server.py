@@ -21,12 +21,12 @@ from agent.pipeline import Pipeline, build_pipeline
 from agent.probes.monitor import HealthMonitor
 from agent.reload import PolicyWatcher
 from agent.resolvconf import is_self, upstreams_from_resolv_conf
-from agent.state import PolicyState
+from agent.served import ServedSnapshot
 from agent.upstream import UpstreamClient
 from dnsmesh.dnsforward import UpstreamAnswer
 from dnsmesh.errors import ConfigError
 from dnsmesh.logs import fields
-from dnsmesh.snapshot import Snapshot, compile_snapshot
+from dnsmesh.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class AgentServer:
         self.config = config
         self.clock = clock
         self.rng = rng or random.Random()
-        self.state = PolicyState(compile_snapshot([]))
+        self.served = ServedSnapshot(down)
         self.cache: Cache[UpstreamAnswer] = Cache(
             config.cache_size, clock, max_ttl=config.max_ttl, max_stale=config.max_stale
         )
@@ -59,7 +59,7 @@ class AgentServer:
         )
         self.loop_guard = LoopGuard(self.upstream, config.attempt_timeout)
         self.pipeline: Pipeline = build_pipeline(
-            self.state,
+            self.served,
             self.cache,
             self.upstream,
             self.loop_guard,
@@ -69,9 +69,9 @@ class AgentServer:
         )
         self.entry = QueryEntry(self.pipeline, config.max_inflight)
         self.tcp_connections = TcpConnections(config.tcp_max_connections)
-        # Every compiled snapshot passes through the health monitor, which swaps it in with
-        # the effective weights (ejections, mesh-wide down set, latency).
-        self.health = HealthMonitor(self._swap_in, probing=config.probes, down=down, rng=self.rng)
+        # Health decides the effective weights (ejections, mesh-wide down set, latency);
+        # the holder above turns base and weights into what is answered.
+        self.health = HealthMonitor(self.served, probing=config.probes, rng=self.rng)
         self.watcher: PolicyWatcher | None = None
         self.addresses: list[HostPort] = []
         self._transports: list[asyncio.BaseTransport] = []
@@ -80,14 +80,11 @@ class AgentServer:
 
     @property
     def snapshot(self) -> Snapshot:
-        return self.state.snapshot
+        return self.served.snapshot
 
     def apply_snapshot(self, snapshot: Snapshot) -> None:
-        """Serve this newly compiled policy set (weighed by the health monitor first)."""
-        self.health.publish(snapshot)
-
-    def _swap_in(self, snapshot: Snapshot) -> None:
-        self.state.snapshot = snapshot  # one assignment: queries see the old or the new, whole
+        """Serve this newly compiled policy set, with the weights health decides for it."""
+        self.served.set_base(snapshot, self.health.weigh(snapshot))
 
     async def start(self) -> None:
         config = self.config
@@ -123,7 +120,7 @@ class AgentServer:
             extra=fields(
                 listen=[str(a) for a in self.addresses],
                 upstreams=[str(u) for u in upstreams],
-                policies=len(self.state.snapshot),
+                policies=len(self.served.snapshot),
             ),
         )
 

@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import random
 
-from agent.state import PolicyState
+from agent.served import ServedSnapshot
 from dnsmesh.dnswire import Query
 
 
 class PolicyAnswers:
     """One dict lookup in the snapshot; a hit is answered whole by the compiled policy.
 
-    The snapshot is read through ``state`` on every query, so a reload (one attribute
+    The snapshot is read through ``served`` on every query, so a reload (one attribute
     assignment) is seen by the next query and no query ever sees half of one.
     """
 
-    __slots__ = ("_rng", "_state")
+    __slots__ = ("_rng", "_served")
 
-    def __init__(self, state: PolicyState, rng: random.Random) -> None:
-        self._state = state
+    def __init__(self, served: ServedSnapshot, rng: random.Random) -> None:
+        self._served = served
         self._rng = rng
 
     def answer(self, query: Query, client: str) -> bytes | None:
-        policy = self._state.snapshot.lookup(query.qname)
+        policy = self._served.snapshot.lookup(query.qname)
         if policy is None:
             return None
         return policy.respond(query, client, self._rng)

@@ -1,12 +1,11 @@
-"""Health into answers: per-address health, and the served snapshot re-weighted when it matters.
+"""Health into weights: per-address health, and the effective weights when they matter.
 
-Sits between whoever compiles snapshots (the file watcher, the sync client) and the DNS
-side: ``publish(base)`` takes a freshly compiled, unweighted snapshot; the monitor swaps
-in that snapshot with the effective weights of dnsmesh.health (ejections, mesh ``down``,
-latency). Probe results only mark the weights dirty; a refresh task recomputes them at
-most ``1 / min_gap`` times a second and swaps a new snapshot only when some effective
-weight actually changed. Only the policies whose weights changed are compiled again; the
-others' compiled objects are reused.
+The monitor produces weights; the holder of what the agent answers (agent/served.py) turns
+them into the served snapshot. ``weigh(base)`` decides the weights for a freshly compiled
+policy set (the server hands both to the holder at once) and plans its probes. Probe
+results only mark the weights dirty; a refresh task decides them again at most
+``1 / min_gap`` times a second (dnsmesh.health: ejections, the mesh-wide down set, latency)
+and hands them to the holder only when some effective weight actually changed.
 """
 
 from __future__ import annotations
@@ -21,39 +20,35 @@ from collections.abc import Callable
 from agent.probes.plan import build_plan
 from agent.probes.probers import Ping, aioping_ping
 from agent.probes.runner import ProbeRunner
+from agent.served import ServedSnapshot
 from dnsmesh.health import Decision, EndpointHealth, decide_weights
 from dnsmesh.logs import fields
 from dnsmesh.protocol import EndpointReport, Report
-from dnsmesh.reweigh import Compiled, reweigh
+from dnsmesh.reweigh import Weights
 from dnsmesh.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
 
 class HealthMonitor:
-    """Probes (unless ``probing`` is off), holds health, and publishes weighted snapshots."""
+    """Probes (unless ``probing`` is off), holds health, and decides the served weights."""
 
     def __init__(
         self,
-        apply: Callable[[Snapshot], None],
+        served: ServedSnapshot,
         *,
         probing: bool = True,
-        down: Callable[[], frozenset[str]] = frozenset,
         min_gap: float = 0.25,
         concurrency: int = 64,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         ping: Ping = aioping_ping,
     ) -> None:
-        self.apply = apply
+        self.served = served
         self.probing = probing
-        self.down = down
         self.min_gap = min_gap
         self.clock = clock
         self.health: dict[str, EndpointHealth] = {}
-        self.base: Snapshot | None = None
-        self.served: Snapshot | None = None
-        self._compiled: Compiled = {}
         self.decision = Decision({})
         self.fail_open_total = 0  # policies that entered fail-open (all endpoints unhealthy)
         self.recompiles = 0
@@ -70,8 +65,7 @@ class HealthMonitor:
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._refresh_loop())
-        if self.base is not None:
-            self._replan(self.base)
+        self._replan(self.served.base)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -83,12 +77,14 @@ class HealthMonitor:
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def publish(self, base: Snapshot) -> None:
-        """A new compiled policy set (or a new mesh down set): weigh it and swap it in now."""
-        self.base = base
-        self._swap(force=True)
+    def weigh(self, base: Snapshot) -> Weights:
+        """The weights for a new compiled policy set (or a new mesh down set), decided now
+        from what is known of health; its probes are planned too."""
+        if self._decide(base):
+            self._reweighted(base)
         if self._task is not None:
             self._replan(base)
+        return self.decision.weights
 
     def _replan(self, base: Snapshot) -> None:
         policies = [c.policy for c in base.policies()]
@@ -119,7 +115,7 @@ class HealthMonitor:
             # An ejection or a return is swapped in at once, not at the next refresh: it is
             # what the detection time is measured by, and it is rare (an address changes at
             # most twice per base_ejection), so it cannot drive recompiles hot.
-            self._swap(force=False)
+            self._refresh()
             return
         self._dirty.set()
 
@@ -129,37 +125,40 @@ class HealthMonitor:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            self._swap(force=False)
+            self._refresh()
             # Bounds recompiles to 1/min_gap a second however many probes finish meanwhile.
             await asyncio.sleep(self.min_gap)
 
-    def _swap(self, *, force: bool) -> None:
-        base = self.base
-        if base is None:
-            return
+    def _decide(self, base: Snapshot) -> bool:
+        """Decide the weights for ``base``; whether any effective weight changed."""
         policies = [c.policy for c in base.policies()]
-        decision = decide_weights(policies, self.health, self.down(), self.decision.levels)
+        decision = decide_weights(policies, self.health, self.served.down, self.decision.levels)
         changed = decision.weights != self.decision.weights
         opened = set(decision.fail_open) - set(self.decision.fail_open)
         self.decision = decision
         for name in sorted(opened):
             self.fail_open_total += 1
             log.warning("health.fail_open", extra=fields(policy=name))
-        if not force and not changed:
-            return
-        served = reweigh(base, decision.weights, self._compiled)
-        self.served = served
-        if changed:
-            self.recompiles += 1
-            log.info(
-                "health.reweighted",
-                extra=fields(
-                    revision=base.revision,
-                    policies=len(decision.weights),
-                    ejected={k: list(v) for k, v in decision.ejected.items()},
-                ),
-            )
-        self.apply(served)
+        return changed
+
+    def _refresh(self) -> None:
+        """Decide again for the base being served; hand over the weights if they changed."""
+        base = self.served.base
+        if self._decide(base):
+            self._reweighted(base)
+            self.served.set_weights(self.decision.weights)
+
+    def _reweighted(self, base: Snapshot) -> None:
+        self.recompiles += 1
+        decision = self.decision
+        log.info(
+            "health.reweighted",
+            extra=fields(
+                revision=base.revision,
+                policies=len(decision.weights),
+                ejected={k: list(v) for k, v in decision.ejected.items()},
+            ),
+        )
 
     def report(self) -> Report:
         """What to tell the controller: every probed address, and the probes since last time."""

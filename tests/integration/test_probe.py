@@ -18,9 +18,10 @@ from agent.probes.monitor import HealthMonitor
 from agent.probes.plan import Target
 from agent.probes.probers import ProbeFailed, probe_http, probe_icmp, probe_tcp
 from agent.probes.runner import ProbeRunner
+from agent.served import ServedSnapshot
 from dnsmesh.health import OutlierRule
 from dnsmesh.policy import ProbeType, parse_policy
-from dnsmesh.snapshot import Snapshot, compile_snapshot
+from dnsmesh.snapshot import compile_snapshot
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -235,13 +236,14 @@ def _policy(strategy: str = "weighted", port: int = 9) -> Any:
 
 def test_monitor_ejects_a_refusing_endpoint_and_swaps_a_weighted_snapshot() -> None:
     """127.0.0.1 listens on the probed port, 127.0.0.2 refuses it: .2 is ejected."""
-    served: list[Snapshot] = []
+    served = ServedSnapshot()
 
     async def main() -> HealthMonitor:
         async with http_server() as info:
-            monitor = HealthMonitor(served.append, rng=random.Random(3), min_gap=0.05)
+            monitor = HealthMonitor(served, rng=random.Random(3), min_gap=0.05)
             await monitor.start()
-            monitor.publish(compile_snapshot([_policy(port=info["port"])], 7))
+            base = compile_snapshot([_policy(port=info["port"])], 7)
+            served.set_base(base, monitor.weigh(base))
             await until(lambda: bool(monitor.decision.ejected))
             await monitor.stop()
             return monitor
@@ -249,7 +251,7 @@ def test_monitor_ejects_a_refusing_endpoint_and_swaps_a_weighted_snapshot() -> N
     monitor = asyncio.run(main())
     assert monitor.decision.ejected == {"web": ("127.0.0.2",)}
     assert monitor.decision.weights == {"web": {"127.0.0.1": 1, "127.0.0.2": 0}}
-    last = served[-1]
+    last = served.snapshot
     assert last.revision == 7
     (compiled,) = last.policies()
     weights = {str(e.address): e.weight for e in compiled.policy.spec.endpoints}
