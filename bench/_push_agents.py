@@ -43,14 +43,14 @@ async def _agent(
         hello = protocol.Hello(agent_id=agent_id, node_name=f"node-{agent_id}", revision=0)
         await ws.send(protocol.encode_message(hello))
         first = protocol.decode_message(await ws.recv())
-        assert isinstance(first, protocol.Snapshot)
+        assert isinstance(first, protocol.SnapshotMessage)
         await ws.send(protocol.encode_message(protocol.Ack(revision=first.revision)))
     ready.set()
     async with ws:
         async for data in ws:
             received = time.monotonic()
             message = protocol.decode_message(data)
-            if isinstance(message, protocol.Delta | protocol.Snapshot):
+            if isinstance(message, protocol.Delta | protocol.SnapshotMessage):
                 await ws.send(protocol.encode_message(protocol.Ack(revision=message.revision)))
                 times[message.revision] = (received, time.monotonic())
                 progress.set()

@@ -73,7 +73,7 @@ class Hello(_Message):
 DownSet = Annotated[list[IPAddressText], Field(max_length=100_000)]
 
 
-class Snapshot(_Message):
+class SnapshotMessage(_Message):
     type: Literal["snapshot"] = "snapshot"
     revision: int = Field(ge=0)
     policies: list[Document]
@@ -129,7 +129,8 @@ class ErrorMessage(_Message):
 
 
 Message = Annotated[
-    Hello | Snapshot | Delta | Ack | Nack | Report | ErrorMessage, Field(discriminator="type")
+    Hello | SnapshotMessage | Delta | Ack | Nack | Report | ErrorMessage,
+    Field(discriminator="type"),
 ]
 _MESSAGE: TypeAdapter[Message] = TypeAdapter(Message)
 
@@ -161,13 +162,13 @@ class AppliedState:
         return cls(0, {})
 
 
-def apply_update(state: AppliedState, update: Snapshot | Delta) -> AppliedState:
+def apply_update(state: AppliedState, update: SnapshotMessage | Delta) -> AppliedState:
     """The state after ``update``, or PolicyError/RevisionGap and the state is unchanged.
 
     A snapshot replaces everything; a delta must start exactly at ``state.revision`` (a gap
     means a message was missed and the agent must resync instead of guessing).
     """
-    if isinstance(update, Snapshot):
+    if isinstance(update, SnapshotMessage):
         policies = {p.name: p for p in map(parse_policy, update.policies)}
         check_policy_set(list(policies.values()))
         return AppliedState(update.revision, policies, frozenset(update.down))
@@ -209,8 +210,8 @@ def build_delta(
 
 def build_snapshot(
     revision: int, documents: Iterable[Document], down: Iterable[str] = ()
-) -> Snapshot:
-    return Snapshot(revision=revision, policies=list(documents), down=sorted(down))
+) -> SnapshotMessage:
+    return SnapshotMessage(revision=revision, policies=list(documents), down=sorted(down))
 
 
 def encode_state(state: AppliedState) -> bytes:
@@ -223,7 +224,7 @@ def encode_state(state: AppliedState) -> bytes:
 def decode_state(data: bytes) -> AppliedState:
     """A state file back into a state; ProtocolError or PolicyError if it is corrupt."""
     try:
-        snapshot = Snapshot.model_validate_json(data)
+        snapshot = SnapshotMessage.model_validate_json(data)
     except ValidationError as exc:
         raise ProtocolError(f"not a dnsmesh state file: {exc.error_count()} errors") from exc
     return apply_update(AppliedState.empty(), snapshot)

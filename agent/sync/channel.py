@@ -18,7 +18,7 @@ from agent.sync.config import SyncConfig
 from agent.sync.policy_sources import Applied, Outcome, PolicySources, Refused
 from agent.sync.state_file import StateDir
 from dnsmesh.logs import fields
-from dnsmesh.protocol import AppliedState, Delta, Hello, Report, Snapshot
+from dnsmesh.protocol import AppliedState, Delta, Hello, Report, SnapshotMessage
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,9 @@ class ChannelContext:
         # and its write does not leave the disk behind what was answered.
         self.saved: AppliedState = sources.running
 
-    async def apply(self, updates: Sequence[Snapshot | Delta], transport: str) -> list[Outcome]:
+    async def apply(
+        self, updates: Sequence[SnapshotMessage | Delta], transport: str
+    ) -> list[Outcome]:
         began = time.perf_counter()
         # Parsing and compiling a big update is CPU work: in a thread, the loop keeps
         # answering queries between GIL switches (measured with 5,000 policies, one of them

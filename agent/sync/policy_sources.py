@@ -30,13 +30,13 @@ from dnsmesh.errors import FieldError, PolicyError, PolicyFileError
 from dnsmesh.logs import fields
 from dnsmesh.policy import Policy
 from dnsmesh.policyfile import SourcedPolicy, load_policy_path
-from dnsmesh.protocol import AppliedState, Delta, RevisionGap, Snapshot, apply_update
+from dnsmesh.protocol import AppliedState, Delta, RevisionGap, SnapshotMessage, apply_update
 from dnsmesh.snapshot import Snapshot as CompiledSnapshot
 from dnsmesh.snapshot import compile_snapshot
 
 log = logging.getLogger(__name__)
 
-Update = Snapshot | Delta
+Update = SnapshotMessage | Delta
 
 
 @dataclass(frozen=True, slots=True)

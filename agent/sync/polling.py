@@ -20,7 +20,14 @@ from agent.sync.errors import SyncFatal, SyncRetry, parse_retry_after
 from agent.sync.policy_sources import Outcome
 from agent.sync.session import Apply, Send, SyncSession
 from dnsmesh.logs import fields
-from dnsmesh.protocol import Delta, Nack, ProtocolError, Snapshot, decode_message, message_json
+from dnsmesh.protocol import (
+    Delta,
+    Nack,
+    ProtocolError,
+    SnapshotMessage,
+    decode_message,
+    message_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +95,12 @@ class Poller:
                     await asyncio.sleep(min(wait / 2, 1.0))
                 continue
             message = decode_message(response.content)
-            if not isinstance(message, Snapshot | Delta):
+            if not isinstance(message, SnapshotMessage | Delta):
                 raise ProtocolError(f"GET /v1/changes returned a {message.type} message")
             since = await self._apply(message)
             last_report = sync.clock()
 
-    async def _apply(self, message: Snapshot | Delta) -> int:
+    async def _apply(self, message: SnapshotMessage | Delta) -> int:
         """Apply one update and report the outcome; returns the revision to poll from next."""
         outcomes: list[Outcome] = []
         for decision in self.session.receive([message]):

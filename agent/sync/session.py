@@ -23,10 +23,10 @@ from dnsmesh.protocol import (
     Nack,
     ProtocolError,
     Report,
-    Snapshot,
+    SnapshotMessage,
 )
 
-Update = Snapshot | Delta
+Update = SnapshotMessage | Delta
 
 
 # -- what a transport feeds in, besides the controller's messages ------------------------
@@ -48,7 +48,9 @@ class PendingApplied:
 
 
 # What a controller may send, and the agent's own reports that go out in order with it.
-Event = Hello | Snapshot | Delta | Ack | Nack | Report | ErrorMessage | Closed | PendingApplied
+Event = (
+    Hello | SnapshotMessage | Delta | Ack | Nack | Report | ErrorMessage | Closed | PendingApplied
+)
 
 
 # -- what comes out ----------------------------------------------------------------------
@@ -126,7 +128,7 @@ class SyncSession:
         decisions: list[Decision] = []
         updates: list[Update] = []
         for event in events:
-            if isinstance(event, Snapshot | Delta):
+            if isinstance(event, SnapshotMessage | Delta):
                 updates.append(event)
                 continue
             if updates:

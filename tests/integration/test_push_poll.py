@@ -54,7 +54,7 @@ def test_long_poll_answers_at_once_when_behind_and_as_soon_as_a_change_commits(
             snapshot = await http.get("/v1/changes", params={"since": 0}, headers=agent)
             assert snapshot.status_code == 200
             message = protocol.decode_message(snapshot.content)
-            assert isinstance(message, protocol.Snapshot) and message.revision == head
+            assert isinstance(message, protocol.SnapshotMessage) and message.revision == head
 
             waiting = asyncio.create_task(
                 http.get("/v1/changes", params={"since": head, "wait": 10}, headers=agent)

@@ -70,7 +70,7 @@ def test_new_agent_gets_a_snapshot_and_its_ack_is_recorded(served: ServedControl
             await put(http, served, "beta")
             agent = await TestAgent.connect(served.ws_url, served.tokens["agent"], revision=0)
             update = await agent.next()
-            assert isinstance(update, protocol.Snapshot)
+            assert isinstance(update, protocol.SnapshotMessage)
             assert update.revision == 2
             state = apply_update(AppliedState.empty(), update)
             assert set(state.policies) == {"alpha", "beta"}
@@ -99,7 +99,7 @@ def test_new_agent_gets_a_snapshot_and_its_ack_is_recorded(served: ServedControl
 def test_a_new_agent_on_an_empty_database_gets_an_empty_snapshot(served: ServedController) -> None:
     async def scenario() -> None:
         agent = await TestAgent.connect(served.ws_url, served.tokens["agent"])
-        assert await agent.next() == protocol.Snapshot(revision=0, policies=[])
+        assert await agent.next() == protocol.SnapshotMessage(revision=0, policies=[])
         async with served.http() as http:
             revision = await put(http, served, "alpha")
         delta = await agent.next()  # from the empty state: a delta, not another snapshot
@@ -116,7 +116,7 @@ def test_reconnect_gets_exactly_the_deltas_since_its_revision(served: ServedCont
             await put(http, served, "beta")  # 2
             agent = await TestAgent.connect(served.ws_url, served.tokens["agent"])
             snapshot = await agent.next()
-            assert isinstance(snapshot, protocol.Snapshot) and snapshot.revision == 2
+            assert isinstance(snapshot, protocol.SnapshotMessage) and snapshot.revision == 2
             state_at_2 = apply_update(AppliedState.empty(), snapshot)
             await agent.ack(2)
             await agent.close()
@@ -252,7 +252,7 @@ def test_an_agent_behind_the_compacted_log_gets_a_snapshot(served: ServedControl
             assert removed == 3
             behind = await TestAgent.connect(served.ws_url, served.tokens["agent"], revision=2)
             snapshot = await behind.next()
-            assert isinstance(snapshot, protocol.Snapshot) and snapshot.revision == 5
+            assert isinstance(snapshot, protocol.SnapshotMessage) and snapshot.revision == 5
             assert {p["metadata"]["name"] for p in snapshot.policies} == {"alpha", "beta"}
             await behind.close()
             reached = await TestAgent.connect(served.ws_url, served.tokens["agent"], revision=3)
@@ -465,7 +465,7 @@ def test_a_database_restored_to_an_older_revision_resyncs_every_agent(
             await put(http, served, "beta")
             agent = await TestAgent.connect(served.ws_url, served.tokens["agent"])
             snapshot = await agent.next()
-            assert isinstance(snapshot, protocol.Snapshot) and snapshot.revision == 2
+            assert isinstance(snapshot, protocol.SnapshotMessage) and snapshot.revision == 2
             await agent.ack(2)
 
             def restore_to_revision_1() -> None:  # as a restore of an older backup would
@@ -478,7 +478,7 @@ def test_a_database_restored_to_an_older_revision_resyncs_every_agent(
             # Found by the catch-up poll (nothing announced it): a fresh snapshot, not the
             # one cached at revision 2.
             resync = await agent.next(within=3)
-            assert isinstance(resync, protocol.Snapshot) and resync.revision == 1
+            assert isinstance(resync, protocol.SnapshotMessage) and resync.revision == 1
             assert [p["metadata"]["name"] for p in resync.policies] == ["alpha"]
             revision = await put(http, served, "gamma")
             delta = await agent.next()

@@ -78,7 +78,7 @@ async def join(served: ServedController, agent_id: str, revision: int = 0) -> Te
     )
     if revision == 0:
         first = await agent.next()
-        assert isinstance(first, protocol.Snapshot)
+        assert isinstance(first, protocol.SnapshotMessage)
         await agent.ack(first.revision)
     return agent
 
@@ -123,7 +123,7 @@ def test_a_quorum_marks_an_endpoint_down_for_every_agent_and_up_again(
             # A new agent gets it in its snapshot; one that was at `head`, in its delta.
             fresh = await TestAgent.connect(served.ws_url, served.tokens["agent"], agent_id="new")
             snapshot = await fresh.next()
-            assert isinstance(snapshot, protocol.Snapshot) and snapshot.down == [A]
+            assert isinstance(snapshot, protocol.SnapshotMessage) and snapshot.down == [A]
             behind = await join(served, "behind", revision=head)
             catch_up = await behind.next()
             assert isinstance(catch_up, protocol.Delta) and catch_up.down == [A]

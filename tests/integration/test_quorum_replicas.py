@@ -70,7 +70,7 @@ def test_two_replicas_commit_one_revision_per_down_set_change(shared_postgres: s
             ]
             for agent in agents:
                 first = await agent.next()
-                assert isinstance(first, protocol.Snapshot) and first.revision == head
+                assert isinstance(first, protocol.SnapshotMessage) and first.revision == head
                 await agent.ack(head)
             expected = head
             for round_ in range(3):
@@ -109,7 +109,7 @@ def test_a_down_set_change_reaches_another_replica_by_notify(shared_postgres: st
         async def scenario() -> None:
             observer = await TestAgent.connect(b.ws_url, b.tokens["agent"], agent_id="on-b")
             first = await observer.next()
-            assert isinstance(first, protocol.Snapshot) and first.down == []
+            assert isinstance(first, protocol.SnapshotMessage) and first.down == []
             await observer.ack(first.revision)
             probes = [
                 await TestAgent.connect(a.ws_url, a.tokens["agent"], agent_id=f"on-a-{i}")

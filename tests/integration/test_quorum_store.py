@@ -206,7 +206,7 @@ def test_the_feed_carries_the_down_set_in_snapshots_and_deltas_and_after_compact
         assert isinstance(later, protocol.Delta) and later.down is None  # unchanged since 2
 
         snapshot = protocol.decode_message((await feed.update_for(0, snapshot=True)).text)  # type: ignore[union-attr]
-        assert isinstance(snapshot, protocol.Snapshot)
+        assert isinstance(snapshot, protocol.SnapshotMessage)
         assert (snapshot.revision, snapshot.down) == (3, [A])
 
         # An agent at 1 applies the delta; one at 0 the snapshot: the same state.
@@ -222,7 +222,7 @@ def test_the_feed_carries_the_down_set_in_snapshots_and_deltas_and_after_compact
         update = await behind.update_for(1)
         assert update is not None
         message = protocol.decode_message(update.text)
-        assert isinstance(message, protocol.Snapshot) and message.down == [A]
+        assert isinstance(message, protocol.SnapshotMessage) and message.down == [A]
 
     asyncio.run(scenario())
 

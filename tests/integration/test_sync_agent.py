@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from agent.sync.state_file import StateDir
-from dnsmesh.protocol import AppliedState, Snapshot, apply_update
+from dnsmesh.protocol import AppliedState, SnapshotMessage, apply_update
 from tests.integration.fakedns import LoopThread
 from tests.integration.sync_support import (
     Controller,
@@ -168,7 +168,8 @@ def test_a_refused_token_is_fatal_retried_slowly_and_the_state_file_still_answer
     state.ensure()
     state.save(
         apply_update(
-            AppliedState.empty(), Snapshot(revision=3, policies=[policy("old", ["127.0.70.1"])])
+            AppliedState.empty(),
+            SnapshotMessage(revision=3, policies=[policy("old", ["127.0.70.1"])]),
         )
     )
     agent = start_synced(controller.url, tokens.get(token, "dnsm_unknown"), fatal_retry=0.3)
@@ -351,7 +352,7 @@ def test_a_stop_between_the_swap_and_the_state_write_still_persists_what_ran(
     assert sync is not None
     sources = sync.sources
     # An update swapped in, as AgentSync.apply does, but stopped before its save() ran.
-    update = Snapshot(revision=99, policies=[policy("web", ["127.0.10.9"])])
+    update = SnapshotMessage(revision=99, policies=[policy("web", ["127.0.10.9"])])
     loop_thread.call(lambda: sources.commit(sources.prepare([update])))
     assert agent.resolve("web.mesh.internal") == ["127.0.10.9"]
     loop_thread.run(agent.agent.stop(0.2))

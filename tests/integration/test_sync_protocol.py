@@ -27,7 +27,7 @@ from dnsmesh.protocol import (
     Message,
     Nack,
     PolicyChange,
-    Snapshot,
+    SnapshotMessage,
     decode_message,
     encode_message,
 )
@@ -119,7 +119,7 @@ def test_a_gap_is_nacked_and_the_agent_resumes_from_its_revision(
     agents: SyncedAgents, scripted: Callable[[list[Script]], ScriptedController]
 ) -> None:
     async def first(c: ScriptedController, ws: ServerConnection) -> None:
-        await ws.send(encode_message(Snapshot(revision=5, policies=[web("127.0.10.5")])))
+        await ws.send(encode_message(SnapshotMessage(revision=5, policies=[web("127.0.10.5")])))
         await c.reply(ws)
         gap = Delta(since=7, revision=8, changes=[PolicyChange(name="web", policy=None)])
         await ws.send(encode_message(gap))
@@ -154,7 +154,7 @@ def test_garbage_errors_and_closes_are_retried_while_the_answers_stay(
     caplog.set_level(logging.INFO)
 
     async def snapshot(c: ScriptedController, ws: ServerConnection) -> None:
-        await ws.send(encode_message(Snapshot(revision=2, policies=[web("127.0.10.2")])))
+        await ws.send(encode_message(SnapshotMessage(revision=2, policies=[web("127.0.10.2")])))
         await c.reply(ws)
         await ws.close(1012, "restarting")
 
@@ -167,7 +167,7 @@ def test_garbage_errors_and_closes_are_retried_while_the_answers_stay(
         await ws.close(4400, "bad_message")
 
     async def healthy(c: ScriptedController, ws: ServerConnection) -> None:
-        await ws.send(encode_message(Snapshot(revision=3, policies=[web("127.0.10.3")])))
+        await ws.send(encode_message(SnapshotMessage(revision=3, policies=[web("127.0.10.3")])))
         await c.reply(ws)
         await ws.wait_closed()
 
@@ -193,7 +193,7 @@ def test_a_503_upgrade_is_retried_no_sooner_than_its_retry_after(
     caplog.set_level(logging.INFO)
 
     async def snapshot(c: ScriptedController, ws: ServerConnection) -> None:
-        await ws.send(encode_message(Snapshot(revision=1, policies=[web("127.0.10.1")])))
+        await ws.send(encode_message(SnapshotMessage(revision=1, policies=[web("127.0.10.1")])))
         await c.reply(ws)
         await ws.wait_closed()
 
@@ -222,7 +222,7 @@ def test_a_corrupt_state_file_is_ignored_and_the_snapshot_replaces_it(
     (tmp_path / "state" / "state.json").write_bytes(b'{"type": "snapshot", "revision": 4, "pol')
 
     async def snapshot(c: ScriptedController, ws: ServerConnection) -> None:
-        await ws.send(encode_message(Snapshot(revision=4, policies=[web("127.0.10.4")])))
+        await ws.send(encode_message(SnapshotMessage(revision=4, policies=[web("127.0.10.4")])))
         await c.reply(ws)
         await ws.wait_closed()
 

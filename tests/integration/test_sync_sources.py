@@ -27,7 +27,7 @@ from agent.sync.policy_sources import Applied, PolicySources, Refused, find_clas
 from agent.sync.state_file import StateDir, write_atomically
 from dnsmesh.errors import ConfigError, PolicyFileError
 from dnsmesh.policyfile import SourcedPolicy, load_policy_path
-from dnsmesh.protocol import AppliedState, Delta, PolicyChange, Snapshot, apply_update
+from dnsmesh.protocol import AppliedState, Delta, PolicyChange, SnapshotMessage, apply_update
 from dnsmesh.snapshot import Snapshot as Compiled
 
 
@@ -76,7 +76,7 @@ def test_clashes_are_found_by_name_and_by_domain(tmp_path: Path) -> None:
     local = write_local(tmp_path / "l.yaml", doc("web"), doc("db", "db.example"))
     controller = apply_update(
         AppliedState.empty(),
-        Snapshot(revision=1, policies=[doc("web", "other.example"), doc("x", "db.example")]),
+        SnapshotMessage(revision=1, policies=[doc("web", "other.example"), doc("x", "db.example")]),
     ).policies
     clashes = sorted(find_clashes(local, controller), key=lambda c: c.what)
     assert [(c.controller.name, c.local.policy.name, c.what) for c in clashes] == [
@@ -90,7 +90,7 @@ def test_a_controller_update_that_clashes_with_a_local_file_is_refused_naming_it
     tmp_path: Path,
 ) -> None:
     sources, published = sources_with_local(tmp_path, doc("local-web", "web.mesh.internal"))
-    outcomes = sources.receive([Snapshot(revision=3, policies=[doc("api")])])
+    outcomes = sources.receive([SnapshotMessage(revision=3, policies=[doc("api")])])
     assert outcomes == [Applied(3)]
     assert published.names == {"local-web", "api"}
 
@@ -112,7 +112,7 @@ def test_a_controller_update_that_clashes_with_a_local_file_is_refused_naming_it
 
 def test_deltas_keep_applying_on_top_of_a_pending_state(tmp_path: Path) -> None:
     sources, _ = sources_with_local(tmp_path, doc("web"))
-    sources.receive([Snapshot(revision=1, policies=[doc("web")])])  # clash: pending at 1
+    sources.receive([SnapshotMessage(revision=1, policies=[doc("web")])])  # clash: pending at 1
     assert sources.running.revision == 0 and sources.view.revision == 1
     delta = Delta(since=1, revision=2, changes=[PolicyChange(name="web", policy=None)])
     assert sources.receive([delta]) == [Applied(2)]
@@ -123,7 +123,7 @@ def test_a_local_edit_that_clashes_with_the_controller_is_refused(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     sources, published = sources_with_local(tmp_path, doc("local"))
-    sources.receive([Snapshot(revision=7, policies=[doc("checkout")])])
+    sources.receive([SnapshotMessage(revision=7, policies=[doc("checkout")])])
     clashing = write_local(
         tmp_path / "local.yaml", doc("local"), doc("mine", "checkout.mesh.internal")
     )
@@ -140,7 +140,7 @@ def test_a_local_edit_that_clashes_with_the_controller_is_refused(
 def test_removing_the_clash_locally_runs_the_pending_state_and_reports_it(tmp_path: Path) -> None:
     ran: list[AppliedState] = []
     sources, published = sources_with_local(tmp_path, doc("web"), on_pending_applied=ran.append)
-    sources.receive([Snapshot(revision=9, policies=[doc("web", "web.example")])])
+    sources.receive([SnapshotMessage(revision=9, policies=[doc("web", "web.example")])])
     assert sources.pending and ran == []
     sources.commit_local(sources.stage_local(write_local(tmp_path / "local.yaml", doc("other"))))
     assert [s.revision for s in ran] == [9]
@@ -152,7 +152,7 @@ def test_a_controller_update_landing_while_files_are_parsed_is_not_lost(tmp_path
     sources, published = sources_with_local(tmp_path, doc("local"))
     staged = sources.stage_local(write_local(tmp_path / "local.yaml", doc("local2")))
     # The reloader parses in a worker thread; meanwhile the loop applies a push.
-    assert sources.receive([Snapshot(revision=2, policies=[doc("pushed")])]) == [Applied(2)]
+    assert sources.receive([SnapshotMessage(revision=2, policies=[doc("pushed")])]) == [Applied(2)]
     assert sources.commit_local(staged)
     assert published.names == {"local2", "pushed"} and published.snapshots[-1].revision == 2
 
@@ -168,7 +168,7 @@ def test_a_controller_update_landing_while_files_are_parsed_is_not_lost(tmp_path
 
 def test_an_update_prepared_in_a_thread_is_redone_if_the_state_moved(tmp_path: Path) -> None:
     sources, published = sources_with_local(tmp_path, doc("local"))
-    sources.receive([Snapshot(revision=1, policies=[doc("a")])])
+    sources.receive([SnapshotMessage(revision=1, policies=[doc("a")])])
     prepared = sources.prepare(
         [Delta(since=1, revision=2, changes=[PolicyChange(name="b", policy=doc("b", "x.mesh"))])]
     )
@@ -188,7 +188,7 @@ def test_an_update_prepared_in_a_thread_is_redone_if_the_state_moved(tmp_path: P
 def test_a_burst_is_applied_with_one_compile_and_one_swap() -> None:
     published = Published()
     sources = PolicySources(published)
-    burst: list[Snapshot | Delta] = [Snapshot(revision=1, policies=[doc("a")])]
+    burst: list[SnapshotMessage | Delta] = [SnapshotMessage(revision=1, policies=[doc("a")])]
     for revision in range(2, 50):
         change = PolicyChange(name="a", policy=doc("a", address=f"127.0.0.{revision}"))
         burst.append(Delta(since=revision - 1, revision=revision, changes=[change]))
@@ -199,7 +199,7 @@ def test_a_burst_is_applied_with_one_compile_and_one_swap() -> None:
 def test_a_gap_asks_for_a_resync_and_keeps_what_runs() -> None:
     published = Published()
     sources = PolicySources(published)
-    sources.receive([Snapshot(revision=4, policies=[doc("a")])])
+    sources.receive([SnapshotMessage(revision=4, policies=[doc("a")])])
     gap = Delta(since=6, revision=8, changes=[PolicyChange(name="a", policy=None)])
     (outcome,) = sources.receive([gap])
     assert outcome == Refused(8, outcome.reason, resync=True)
@@ -210,7 +210,7 @@ def test_a_gap_asks_for_a_resync_and_keeps_what_runs() -> None:
 def test_an_invalid_document_is_refused_whole() -> None:
     published = Published()
     sources = PolicySources(published)
-    sources.receive([Snapshot(revision=1, policies=[doc("a")])])
+    sources.receive([SnapshotMessage(revision=1, policies=[doc("a")])])
     bad = doc("b")
     bad["spec"]["endpoints"] = [{"address": "not-an-ip"}]
     both = [PolicyChange(name="a", policy=None), PolicyChange(name="b", policy=bad)]
@@ -221,7 +221,7 @@ def test_an_invalid_document_is_refused_whole() -> None:
 
 def test_an_empty_delta_at_the_current_revision_is_harmless() -> None:
     sources = PolicySources(Published())
-    sources.receive([Snapshot(revision=3, policies=[doc("a")])])
+    sources.receive([SnapshotMessage(revision=3, policies=[doc("a")])])
     assert sources.receive([Delta(since=3, revision=3, changes=[])]) == [Applied(3)]
 
 
@@ -232,7 +232,7 @@ def test_state_round_trips_and_leaves_no_temporary_file(tmp_path: Path) -> None:
     folder = StateDir(tmp_path / "state")
     folder.ensure()
     assert folder.load() is None
-    state = apply_update(AppliedState.empty(), Snapshot(revision=12, policies=[doc("a")]))
+    state = apply_update(AppliedState.empty(), SnapshotMessage(revision=12, policies=[doc("a")]))
     folder.save(state)
     loaded = folder.load()
     assert loaded is not None and loaded.revision == 12 and set(loaded.policies) == {"a"}

@@ -18,7 +18,7 @@ from dnsmesh.protocol import (
     ProtocolError,
     Report,
     RevisionGap,
-    Snapshot,
+    SnapshotMessage,
     apply_update,
     build_delta,
     decode_message,
@@ -41,11 +41,11 @@ def doc(name: str, address: str = "10.0.0.1", domain: str | None = None) -> dict
     "message",
     [
         Hello(agent_id="a1", node_name="node-1", labels={"zone": "a"}, software="0.1", revision=7),
-        Snapshot(revision=3, policies=[doc("web")]),
+        SnapshotMessage(revision=3, policies=[doc("web")]),
         Delta(since=3, revision=5, changes=[PolicyChange(name="web", policy=None)]),
         Ack(revision=5),
         Nack(revision=5, reason="spec.domain: clash"),
-        Snapshot(revision=3, policies=[], down=["10.0.0.1", "fd00::1"]),
+        SnapshotMessage(revision=3, policies=[], down=["10.0.0.1", "fd00::1"]),
         Delta(since=3, revision=4, changes=[], down=[]),
         Report(
             endpoints=[
@@ -82,14 +82,18 @@ def test_bad_messages_are_protocol_errors(text: str) -> None:
 
 
 def test_a_snapshot_replaces_everything() -> None:
-    state = apply_update(AppliedState.empty(), Snapshot(revision=2, policies=[doc("a"), doc("b")]))
+    state = apply_update(
+        AppliedState.empty(), SnapshotMessage(revision=2, policies=[doc("a"), doc("b")])
+    )
     assert state.revision == 2 and set(state.policies) == {"a", "b"}
-    state = apply_update(state, Snapshot(revision=9, policies=[doc("c")]))
+    state = apply_update(state, SnapshotMessage(revision=9, policies=[doc("c")]))
     assert state.revision == 9 and set(state.policies) == {"c"}
 
 
 def test_a_delta_puts_and_deletes_on_top_of_its_revision() -> None:
-    state = apply_update(AppliedState.empty(), Snapshot(revision=2, policies=[doc("a"), doc("b")]))
+    state = apply_update(
+        AppliedState.empty(), SnapshotMessage(revision=2, policies=[doc("a"), doc("b")])
+    )
     delta = Delta(
         since=2,
         revision=4,
@@ -114,16 +118,16 @@ def test_a_delta_with_a_gap_is_refused() -> None:
 @pytest.mark.parametrize(
     "update",
     [
-        Snapshot(revision=3, policies=[doc("a"), doc("b", "not-an-ip")]),
-        Snapshot(revision=3, policies=[doc("a"), doc("b", domain="a.mesh")]),
+        SnapshotMessage(revision=3, policies=[doc("a"), doc("b", "not-an-ip")]),
+        SnapshotMessage(revision=3, policies=[doc("a"), doc("b", domain="a.mesh")]),
         Delta(since=1, revision=2, changes=[PolicyChange(name="x", policy=doc("y"))]),
         Delta(
             since=1, revision=2, changes=[PolicyChange(name="b", policy=doc("b", domain="a.mesh"))]
         ),
     ],
 )
-def test_an_update_that_does_not_validate_changes_nothing(update: Snapshot | Delta) -> None:
-    state = apply_update(AppliedState.empty(), Snapshot(revision=1, policies=[doc("a")]))
+def test_an_update_that_does_not_validate_changes_nothing(update: SnapshotMessage | Delta) -> None:
+    state = apply_update(AppliedState.empty(), SnapshotMessage(revision=1, policies=[doc("a")]))
     with pytest.raises(PolicyError):
         apply_update(state, update)
     assert state.revision == 1 and set(state.policies) == {"a"}
@@ -136,18 +140,22 @@ def test_build_delta_keeps_each_names_last_change() -> None:
 
 
 def test_the_state_file_round_trips_and_refuses_corruption() -> None:
-    state = apply_update(AppliedState.empty(), Snapshot(revision=4, policies=[doc("a"), doc("b")]))
+    state = apply_update(
+        AppliedState.empty(), SnapshotMessage(revision=4, policies=[doc("a"), doc("b")])
+    )
     restored = decode_state(encode_state(state))
     assert restored == state
     with pytest.raises(ProtocolError):
         decode_state(b'{"revision": 4, "policies": [')
     with pytest.raises(PolicyError):
-        decode_state(Snapshot(revision=1, policies=[doc("a", "x")]).model_dump_json().encode())
+        decode_state(
+            SnapshotMessage(revision=1, policies=[doc("a", "x")]).model_dump_json().encode()
+        )
 
 
 def test_the_down_set_comes_whole_with_snapshots_and_only_when_changed_with_deltas() -> None:
     state = apply_update(
-        AppliedState.empty(), Snapshot(revision=1, policies=[doc("a")], down=["10.0.0.1"])
+        AppliedState.empty(), SnapshotMessage(revision=1, policies=[doc("a")], down=["10.0.0.1"])
     )
     assert state.down == {"10.0.0.1"}
     unchanged = apply_update(state, Delta(since=1, revision=2, changes=[]))

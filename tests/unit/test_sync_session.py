@@ -28,12 +28,12 @@ from dnsmesh.protocol import (
     Nack,
     ProtocolError,
     Report,
-    Snapshot,
+    SnapshotMessage,
 )
 
 
-def snapshot(revision: int) -> Snapshot:
-    return Snapshot(revision=revision, policies=[])
+def snapshot(revision: int) -> SnapshotMessage:
+    return SnapshotMessage(revision=revision, policies=[])
 
 
 def delta(since: int, revision: int) -> Delta:
