@@ -14,7 +14,7 @@ upstream dnsmasq (serving the whole zone bench.test), then for every scenario st
 server fresh on a free 127.0.0.1 port pinned to one core (taskset -c 1), drives them in
 alternating rounds with dnsperf pinned to the other core (taskset -c 0), and prints one
 table: QPS, mean and p99 latency, the server's peak RSS (VmHWM) and CPU per query, the
-ratios ours/dnsmasq and whether the targets of issue 2 are met. Results also go to
+ratios ours/dnsmasq and whether the speed targets (bench/README.md) are met. Results also go to
 bench/results/ as JSON and markdown. See bench/README.md.
 """
 
@@ -297,7 +297,7 @@ def start_server(kind: str, setup: Setup) -> Server:
             f"127.0.0.1:{setup.upstream_port}",
         ]
     elif kind == "dnsmasq":
-        # The reference forwarder of issue 2, plus the policy name as a local record.
+        # The reference forwarder (dnsmasq), plus the policy name as a local record.
         cmd = [
             setup.dnsmasq,
             *_dnsmasq_common(port),
@@ -517,7 +517,7 @@ def _fill(row: Row, runs: list[PerfResult], cpu: float, *, paced: bool) -> None:
 
 
 def judge(rows: list[Row]) -> None:
-    """Ratios against dnsmasq in the same scenario and the targets of issue 2."""
+    """Ratios against dnsmasq in the same scenario and the speed targets."""
     for scenario in SCENARIO_DEFS.values():
         mine = [row for row in rows if row.scenario == scenario.key]
         ref = next((row for row in mine if row.server == "dnsmasq"), None)

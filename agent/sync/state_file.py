@@ -1,7 +1,7 @@
 """The agent's state folder: its stable id and the last applied controller state, on disk.
 
-The state file is what lets a restarted agent answer before the controller does (DESIGN.md
-"Agent: one query"). It is replaced atomically: written to a temporary file, fsynced,
+The state file is what lets a restarted agent answer before the controller does
+(docs/design.md, "Restarts"). It is replaced atomically: written to a temporary file, fsynced,
 renamed over the old one, and the folder fsynced so the rename itself survives a power
 cut (rename(2) is atomic, but only a directory fsync makes it durable). A state file that
 cannot be read or decoded is logged and ignored: the agent then starts empty and the
