@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Instructions per query on the agent's hot path, this tree against a git ref, by callgrind.
 
-    python3 bench/hotpath.py                 # against HEAD~1's tree... or:
-    python3 bench/hotpath.py --ref d0a1c4a   # any commit, tag or branch
+    python3 bench/hotpath.py                 # against the previous commit (HEAD~1)
+    python3 bench/hotpath.py --ref d0a1c4a   # against any commit, tag or branch
     python3 bench/hotpath.py --queries 20000
 
 Wall-clock benchmarks (bench/dns.py) swing by tens of percent on a shared machine; valgrind's

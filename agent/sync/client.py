@@ -59,18 +59,14 @@ class AgentSync:
         probe_report: Callable[[], Report] | None = None,
         probe_report_interval: float = 5.0,
     ) -> None:
-        self.config = config
-        self.sources = sources
-        self.state_dir = state_dir
-        self.agent_id = agent_id
-        self.rng = rng or random.Random()
-        self.clock = clock
+        # The context holds the identity, sources and settings that the transports share;
+        # this loop reads them there rather than keep copies of its own.
         self.context = ChannelContext(
             config,
             sources,
             state_dir,
             agent_id,
-            rng=self.rng,
+            rng=rng or random.Random(),
             clock=clock,
             probe_report=probe_report,
             probe_report_interval=probe_report_interval,
@@ -78,6 +74,14 @@ class AgentSync:
         self._task: asyncio.Task[None] | None = None
         self._channel: WebSocketChannel | Poller | None = None
         self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def sources(self) -> PolicySources:
+        return self.context.sources
+
+    @property
+    def agent_id(self) -> str:
+        return self.context.agent_id
 
     @property
     def transport(self) -> str | None:
@@ -99,11 +103,12 @@ class AgentSync:
             await self.context.save()
 
     async def _run(self) -> None:
-        config, context = self.config, self.context
+        context = self.context
+        config, clock, rng = context.config, context.clock, context.rng
         attempt = 0
         use_ws = config.mode != "http"
         while True:
-            started = self.clock()
+            started = clock()
             context.progress = False
             retry_after: float | None = None
             try:
@@ -126,7 +131,7 @@ class AgentSync:
                 )
                 # Jittered too, so agents whose token was revoked together do not retry
                 # in lockstep.
-                await asyncio.sleep(config.fatal_retry * self.rng.uniform(0.75, 1.25))
+                await asyncio.sleep(config.fatal_retry * rng.uniform(0.75, 1.25))
                 continue
             except WebSocketRefused as exc:
                 if config.mode == "auto":
@@ -154,9 +159,9 @@ class AgentSync:
             finally:
                 context.transport = None
                 self._channel = None
-            if context.progress or self.clock() - started > config.backoff_cap:
+            if context.progress or clock() - started > config.backoff_cap:
                 attempt = 0  # the last channel worked: the next failure is a fresh one
-            delay = backoff_delay(attempt, config.backoff_base, config.backoff_cap, self.rng)
+            delay = backoff_delay(attempt, config.backoff_base, config.backoff_cap, rng)
             if retry_after is not None:
                 delay = max(delay, retry_after)
             attempt += 1
