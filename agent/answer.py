@@ -9,7 +9,7 @@ class Source:
     """Where an answer came from; logs and metrics read this, never the handlers' insides.
 
     Plain string constants rather than an Enum: an Enum member's ``__hash__`` is a Python
-    call, and the listeners count every answer by source in a dict.
+    call, and the query entry counts every answer by source in a dict.
     """
 
     LOCAL: Final = "local"  # special-use names answered here (RFC 6761/6762)
