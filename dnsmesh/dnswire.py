@@ -337,8 +337,25 @@ def record_soa(zone: bytes, ttl: int, minimum: int, *, serial: int = 1) -> bytes
     rname = b"\x0ahostmaster" + zone
     if len(rname) > _MAX_NAME:
         rname = b"\x00"
-    rdata = zone + rname + _SOA_TIMERS.pack(serial & 0xFFFFFFFF, 3600, 600, 86400, minimum)
-    return zone + _RR_FIXED.pack(TYPE_SOA, CLASS_IN, ttl, len(rdata)) + rdata
+    return _soa(zone, zone, rname, ttl, minimum, serial)
+
+
+_QUESTION_NAME = b"\xc0\x0c"  # a pointer to the question's name (RFC 1035 §4.1.4)
+
+
+def record_soa_at_question(ttl: int, minimum: int, *, serial: int = 1) -> bytes:
+    """An SOA like ``record_soa``'s, owned by whatever name the question asks for.
+
+    Pointers make one encoding fit every query name, which a wildcard policy needs: each
+    name it answers is its own apex, since the suffix above it is not the agent's to serve.
+    """
+    rname = b"\x0ahostmaster" + _QUESTION_NAME
+    return _soa(_QUESTION_NAME, _QUESTION_NAME, rname, ttl, minimum, serial)
+
+
+def _soa(owner: bytes, mname: bytes, rname: bytes, ttl: int, minimum: int, serial: int) -> bytes:
+    rdata = mname + rname + _SOA_TIMERS.pack(serial & 0xFFFFFFFF, 3600, 600, 86400, minimum)
+    return owner + _RR_FIXED.pack(TYPE_SOA, CLASS_IN, ttl, len(rdata)) + rdata
 
 
 def skip_name(packet: bytes, pos: int) -> int:

@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from dnsmesh.errors import FieldError, PolicyError
+from dnsmesh.specialuse import special_use_zone
 
 API_VERSION = "dnsmesh/v1"
 KIND = "Policy"
@@ -265,7 +266,16 @@ class Canary(_Strict):
 
 
 def _domain_field(value: object) -> object:
-    return normalize_domain(value) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    domain = normalize_domain(value)
+    zone = special_use_zone(domain)
+    if zone is not None:
+        raise ValueError(
+            f"{domain!r} is under the special-use name {zone!r}, which every agent answers "
+            "itself (RFC 6761, RFC 6762) and never from a policy"
+        )
+    return domain
 
 
 class PolicySpec(_Strict):

@@ -26,11 +26,12 @@ from dnsmesh.dnswire import (
     RCODE_REFUSED,
     TYPE_A,
     TYPE_AAAA,
+    TYPE_SOA,
     Query,
     build_error,
     name_to_wire,
     record_a,
-    record_soa,
+    record_soa_at_question,
 )
 from dnsmesh.policy import Endpoint, Policy, SliceAction, Strategy, check_policy_set
 from dnsmesh.selection import (
@@ -234,10 +235,14 @@ class CompiledPolicy:
         self.name = policy.name
         self.domain = spec.domain
         self.wildcard = spec.domain.startswith("*.")
-        # The zone a NODATA SOA is owned by: the name itself, or a wildcard's suffix.
+        # The lookup key: the name itself, or the suffix a wildcard matches below.
         self.zone = name_to_wire(spec.domain[2:] if self.wildcard else spec.domain)
         self._ttl = spec.ttl
-        self._soa = record_soa(self.zone, spec.ttl, spec.ttl, serial=revision)
+        # Every name the policy answers is its own apex: the SOA of a NODATA answer is owned
+        # by the query name, and an SOA query there gets that same record. (A wildcard's
+        # suffix is not served by the agent, so an SOA there would point at a name that is
+        # answered by someone else.)
+        self._soa = record_soa_at_question(spec.ttl, spec.ttl, serial=revision)
         strategy = spec.strategy
         self._default = _compile_view(endpoints, None, strategy, spec.answers, spec.ttl)
         slices: list[tuple[tuple[Network, ...], _View]] = []
@@ -316,7 +321,10 @@ class CompiledPolicy:
             opt = OPT_DO if dnssec_ok else OPT_PLAIN
             arcount = 1
         if picker is None:
-            header = _pack_header(msg_id, flags, 1, 0, 1, arcount)
+            if qtype == TYPE_SOA:
+                header = _pack_header(msg_id, flags, 1, 1, 0, arcount)
+            else:
+                header = _pack_header(msg_id, flags, 1, 0, 1, arcount)
             return b"".join((header, question, self._soa, opt))
         rrs, count = picker.choose(client, rng)
         return b"".join((_pack_header(msg_id, flags, 1, count, 0, arcount), question, rrs, opt))

@@ -6,11 +6,12 @@ from ipaddress import IPv4Address, IPv6Address
 
 from dnsmesh import dnswire
 from dnsmesh.dnswire import Query
+from dnsmesh.specialuse import SPECIAL_USE_ZONES
 
-_LOCALHOST = b"\x09localhost\x00"
-_INVALID = b"\x07invalid\x00"
-_LOCAL = b"\x05local\x00"
-_SPECIAL = (_LOCALHOST, _INVALID, _LOCAL)
+# One list of zones for this handler and the policy validator (which refuses them).
+_WIRE = {zone: dnswire.name_to_wire(zone) for zone in SPECIAL_USE_ZONES}
+_LOCALHOST, _INVALID, _LOCAL = _WIRE["localhost"], _WIRE["invalid"], _WIRE["local"]
+_SPECIAL = tuple(_WIRE.values())
 _NEGATIVE_TTL = 300  # these answers never change; a client may keep them a while
 _ANSWER_TTL = 300
 

@@ -131,6 +131,9 @@ def test_nodata_with_soa_for_types_without_endpoints(
         assert r.answer == []
         assert r.authority[0].rdtype == dns.rdatatype.SOA
         assert r.flags & dns.flags.AA
+    nodata_soa = r.authority[0]
+    (soa,) = agent.query("v4.mesh.test", "SOA").answer  # the apex holds the SOA it names
+    assert soa.name == nodata_soa.name and soa[0] == nodata_soa[0]
     assert upstream.count() == 0  # a policy name is never forwarded
 
 

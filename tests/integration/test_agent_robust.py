@@ -8,6 +8,7 @@ import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import dns.flags
 import dns.message
 import dns.opcode
 import dns.rcode
@@ -67,6 +68,7 @@ def test_other_opcodes_get_notimp(agent: RunningAgent) -> None:
     assert reply is not None
     parsed = dns.message.from_wire(reply)
     assert parsed.rcode() == dns.rcode.NOTIMP and parsed.id == query.id
+    assert parsed.flags & dns.flags.RA
 
 
 def test_two_questions_get_formerr(agent: RunningAgent) -> None:

@@ -17,6 +17,7 @@ import pytest
 from dnsmesh import dnswire
 from dnsmesh.dnswire import (
     EDE_PROHIBITED,
+    FLAG_RA,
     FLAG_TC,
     RCODE_FORMERR,
     RCODE_NOERROR,
@@ -155,6 +156,7 @@ def test_other_opcodes_get_notimp(opcode: int) -> None:
     msg_id, flags, *counts = header(info.value.reply)
     assert msg_id == 0x1234
     assert flags & 0x8000 and flags & 0xF == RCODE_NOTIMP
+    assert flags & FLAG_RA  # a recursive server says so in every answer, NOTIMP too
     assert (flags >> 11) & 0xF == opcode
     assert counts == [0, 0, 0, 0]
 

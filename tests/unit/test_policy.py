@@ -108,6 +108,21 @@ def test_bad_domains_are_refused(raw: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "raw", ["localhost", "db.localhost", "*.localhost", "x.invalid", "printer.LOCAL.", "*.local"]
+)
+def test_special_use_names_are_refused(raw: str) -> None:
+    # The agent answers these itself before any policy (RFC 6761/6762): accepting one would
+    # store a policy that no node ever serves.
+    message = refusal(example(domain=raw))["spec.domain"]
+    assert "special-use" in message
+
+
+@pytest.mark.parametrize("raw", ["localhost.example", "mylocal", "invalid-host.example", "local.x"])
+def test_names_that_only_look_special_are_accepted(raw: str) -> None:
+    assert parse_policy(example(domain=raw)).spec.domain == raw
+
+
+@pytest.mark.parametrize(
     ("mutate", "field"),
     [
         (

@@ -9,9 +9,11 @@ from typing import Any
 import dns.edns
 import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import dns.rrset
 import pytest
 
 from dnsmesh import snapshot as snapshot_module
@@ -203,7 +205,7 @@ def _assert_nodata(message: dns.message.Message, owner: str, ttl: int) -> None:
     assert not message.answer
     (soa,) = message.authority
     assert soa.rdtype == dns.rdatatype.SOA
-    assert str(soa.name) == owner
+    assert soa.name == dns.name.from_text(owner)  # DNS names compare case-insensitively
     assert soa.ttl == ttl and soa[0].minimum == ttl
 
 
@@ -214,16 +216,40 @@ def test_family_without_endpoints_is_nodata_with_soa() -> None:
     assert message.authority[0][0].serial == 5
 
 
-@pytest.mark.parametrize("rdtype", ["HTTPS", "SVCB", "MX", "TXT", "ANY", "NS", "CNAME", "SOA"])
+@pytest.mark.parametrize("rdtype", ["HTTPS", "SVCB", "MX", "TXT", "ANY", "NS", "CNAME"])
 def test_other_types_are_nodata_never_nxdomain(rdtype: str) -> None:
     snap = compile_snapshot([policy("p", "api.example", MIXED, ttl=3)])
     _assert_nodata(ask(snap, "api.example", rdtype), "api.example.", 3)
 
 
-def test_wildcard_nodata_soa_is_owned_by_the_suffix() -> None:
+def _soa_answer(message: dns.message.Message) -> dns.rrset.RRset:
+    assert message.rcode() == dns.rcode.NOERROR and message.flags & dns.flags.AA
+    assert not message.authority
+    (soa,) = message.answer
+    assert soa.rdtype == dns.rdatatype.SOA
+    return soa
+
+
+def test_an_soa_query_at_the_apex_gets_the_soa_of_its_nodata_answers() -> None:
+    # A resolver that sees the SOA in a NODATA answer may ask for it: the apex must then
+    # hold that same record, not answer NODATA about the SOA it just named.
+    snap = compile_snapshot([policy("p", "api.example", MIXED, ttl=3)], revision=9)
+    nodata = ask(snap, "api.example", "MX").authority[0]
+    soa = _soa_answer(ask(snap, "API.example", "SOA", edns=True))
+    assert soa.name == nodata.name == dns.name.from_text("api.example.")
+    assert soa[0] == nodata[0] and soa[0].serial == 9 and soa.ttl == 3
+
+
+def test_a_wildcard_answers_as_its_own_apex_at_each_name_below_it() -> None:
+    # The suffix above a wildcard is not the agent's (it forwards "svc.example" itself), so
+    # the SOA is owned by the name that was asked for, which the agent does serve.
     snap = compile_snapshot([policy("p", "*.svc.example", [ep("10.0.0.1")], ttl=4)])
-    _assert_nodata(ask(snap, "a.b.svc.example", "MX", edns=True), "svc.example.", 4)
+    _assert_nodata(ask(snap, "a.b.svc.example", "MX", edns=True), "a.b.svc.example.", 4)
+    soa = _soa_answer(ask(snap, "a.b.svc.example", "SOA"))
+    assert soa.name == dns.name.from_text("a.b.svc.example.")
+    assert soa[0].mname == soa.name
     assert addresses(ask(snap, "a.b.svc.example")) == ["10.0.0.1"]
+    assert snap.lookup(b"\x03svc\x07example\x00") is None
 
 
 @pytest.mark.parametrize("rdclass", ["CH", "HS", "ANY"])
