@@ -17,6 +17,7 @@ from dnsmesh import protocol
 from tests.integration.controller_support import policy_doc, temporary_postgres_database
 from tests.integration.push_support import ServedController, TestAgent, fast_settings
 from tests.integration.test_quorum_push import quick_health, report
+from tests.support.polling import wait_until
 
 A = "127.0.10.1"
 
@@ -125,4 +126,7 @@ def test_a_down_set_change_reaches_another_replica_by_notify(shared_postgres: st
                 await agent.close()
 
         asyncio.run(scenario())
+        # A counts its change after the commit's thread returns, which can be after B has
+        # already pushed the NOTIFYed delta (seen on a loaded machine).
+        wait_until(lambda: a.hub.health.changes == 1, timeout=5.0)
         assert (a.hub.health.changes, b.hub.health.changes) == (1, 0)
