@@ -79,6 +79,14 @@ def add_agent_commands(
         metavar="N",
         help="forwarded queries in flight at once; beyond, new ones are dropped",
     )
+    tuning.add_argument(
+        "--udp-rcvbuf",
+        default="4MiB",
+        metavar="SIZE",
+        help="receive buffer of each UDP listener, so bursts queue rather than drop; Linux "
+        "caps it at net.core.rmem_max without CAP_NET_ADMIN; 0: the OS default "
+        "(default %(default)s)",
+    )
     tuning.add_argument("--tcp-idle-timeout", default=10.0, **seconds)
     tuning.add_argument("--tcp-max-connections", type=int, default=256, metavar="N")
     tuning.add_argument(

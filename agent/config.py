@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from dnsmesh.errors import ConfigError
 
 DNS_PORT = 53
+KIB = 1024
+MIB = 1024 * KIB
+_SIZE_UNITS = {"": 1, "k": KIB, "kib": KIB, "m": MIB, "mib": MIB}
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -66,6 +70,15 @@ def parse_host_port(text: str, default_port: int | None = None) -> HostPort:
     return HostPort(address.compressed, port)
 
 
+def parse_size(text: str) -> int:
+    """A byte count: ``4194304``, ``512KiB``, ``4MiB`` (also ``K``/``M``); powers of 1024."""
+    match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _SIZE_UNITS:
+        raise ConfigError(f"{text!r} is not a size (e.g. 4194304, 512KiB, 4MiB)")
+    return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     """Everything the agent needs to run, with defaults that suit a node resolver."""
@@ -94,6 +107,9 @@ class AgentConfig:
     tcp_max_pipelined: int = 64
     drain_timeout: float = 2.0
     max_inflight: int = 4096  # forwards in flight at once; beyond, new ones are dropped
+    # Each UDP listener's receive buffer (0: the OS default), so bursts are queued rather
+    # than dropped while the loop is busy (agent/listeners.py set_receive_buffer).
+    udp_rcvbuf: int = 4 * MIB
     # Health (agent/probes/): probing can be turned off; the mesh-wide down set still applies.
     probes: bool = True
     probe_report_interval: float = 5.0  # probe reports to the controller, batched this often
@@ -133,4 +149,5 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         max_inflight=args.max_inflight,
         probes=not getattr(args, "no_probes", False),
         probe_report_interval=getattr(args, "probe_report_interval", 5.0),
+        udp_rcvbuf=parse_size(getattr(args, "udp_rcvbuf", "4MiB")),
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
 import time
@@ -16,7 +17,13 @@ from agent.cache import Cache
 from agent.config import AgentConfig, HostPort
 from agent.entry import QueryEntry
 from agent.handlers.loopguard import LoopGuard
-from agent.listeners import TcpConnection, TcpConnections, UdpListener, bind_pair
+from agent.listeners import (
+    TcpConnection,
+    TcpConnections,
+    UdpListener,
+    bind_pair,
+    set_receive_buffer,
+)
 from agent.pipeline import Pipeline, build_pipeline
 from agent.probes.monitor import HealthMonitor
 from agent.reload import PolicyWatcher
@@ -29,6 +36,11 @@ from dnsmesh.logs import fields
 from dnsmesh.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
+
+# Bind errors that mean "this address cannot exist here" (no IPv6 on the host, an address
+# not configured on any interface): such a --listen is skipped. Anything else (in use,
+# permission) fails the start loudly.
+_ADDRESS_UNAVAILABLE = frozenset({errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT})
 
 
 class AgentServer:
@@ -95,12 +107,25 @@ class AgentServer:
                 config.policies, self.apply_snapshot, interval=config.reload_interval
             )
             self.watcher.load()
+        skipped: list[str] = []
         for address in config.listen:
             try:
                 await self._listen(address)
             except OSError as exc:
+                reason = f"{address}: {exc.strerror or exc}"
+                if exc.errno in _ADDRESS_UNAVAILABLE:
+                    # No IPv6 on this host (or the address is not configured here): serve
+                    # on the others rather than leave the node without DNS, and
+                    # Restart=always without a reason to loop.
+                    log.warning(
+                        "agent.listen_skipped", extra=fields(address=str(address), error=reason)
+                    )
+                    skipped.append(reason)
+                    continue
                 await self._close_listeners()
-                raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
+                raise ConfigError(f"cannot listen on {reason}") from exc
+        if not self.addresses:
+            raise ConfigError("cannot listen on any --listen address: " + "; ".join(skipped))
         try:
             if config.upstreams is None:
                 upstreams = upstreams_from_resolv_conf(config.resolv_conf, self.addresses)
@@ -127,9 +152,15 @@ class AgentServer:
     async def _listen(self, address: HostPort) -> None:
         loop = asyncio.get_running_loop()
         udp, tcp = bind_pair(address)
+        config = self.config
+        try:
+            rcvbuf = set_receive_buffer(udp, config.udp_rcvbuf)
+        except OSError:
+            udp.close()
+            tcp.close()
+            raise
         bound = HostPort(address.host, udp.getsockname()[1])
         self._transports.append(UdpListener(self.entry, udp, loop))
-        config = self.config
         server = await loop.create_server(
             lambda: TcpConnection(
                 self.entry,
@@ -142,7 +173,20 @@ class AgentServer:
         )
         self._servers.append(server)
         self.addresses.append(bound)
-        log.info("agent.listening", extra=fields(address=str(bound), protocols="udp,tcp"))
+        log.info(
+            "agent.listening",
+            extra=fields(address=str(bound), protocols="udp,tcp", udp_rcvbuf=rcvbuf),
+        )
+        if rcvbuf < config.udp_rcvbuf:  # Linux grants double what it is asked when it can
+            log.warning(
+                "agent.udp_rcvbuf_capped",
+                extra=fields(
+                    address=str(bound),
+                    requested=config.udp_rcvbuf,
+                    granted=rcvbuf,
+                    hint="raise net.core.rmem_max or give the agent CAP_NET_ADMIN",
+                ),
+            )
 
     def _without_self(self, upstreams: Sequence[HostPort]) -> list[HostPort]:
         out = []
