@@ -9,7 +9,6 @@ only then does the sync client start talking to the controller.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import random
 
 from agent.config import AgentConfig
@@ -18,10 +17,7 @@ from agent.sync.client import AgentSync
 from agent.sync.config import SyncConfig
 from agent.sync.policy_sources import LocalPolicyWatcher, PolicySources
 from agent.sync.state_file import StateDir
-from dnsmesh.logs import fields
 from dnsmesh.protocol import AppliedState
-
-log = logging.getLogger(__name__)
 
 
 class SyncedAgent:
@@ -55,17 +51,9 @@ class SyncedAgent:
     async def start(self) -> None:
         self.state_dir.ensure()
         agent_id = self.state_dir.agent_id()
-        state = self.state_dir.load()
+        state = self.state_dir.load()  # logs which file it used, or why none
         if state is not None:
             self.sources.start_from(state)
-            log.info(
-                "sync.state_loaded",
-                extra=fields(
-                    file=str(self.state_dir.state_file),
-                    revision=state.revision,
-                    policies=len(state.policies),
-                ),
-            )
         if self.watcher is not None:
             self.watcher.load()
         await self.server.start()
