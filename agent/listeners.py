@@ -140,6 +140,12 @@ class UdpListener(asyncio.BaseTransport):
             backlog.popleft()
         self._loop.remove_writer(self._fd)
 
+    def stop_reading(self) -> None:
+        """Draining: read no more (a flood would only keep the loop busy discarding it);
+        replies to the forwards still in flight go out through the socket."""
+        if not self.closed:
+            self._loop.remove_reader(self._fd)
+
     def is_closing(self) -> bool:
         return self.closed
 
@@ -161,6 +167,9 @@ class TcpConnections:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.open: OrderedDict[TcpConnection, None] = OrderedDict()
+        # Every connection until connection_lost, including those evicted from ``open``
+        # whose close still waits for a client that does not read: a stop aborts them all.
+        self.live: set[TcpConnection] = set()
 
     def admit(self, conn: TcpConnection) -> bool:
         """Make room for ``conn`` by closing the least recently active idle connection.
@@ -183,6 +192,14 @@ class TcpConnections:
 
     def remove(self, conn: TcpConnection) -> None:
         self.open.pop(conn, None)
+
+    def abort_all(self) -> None:
+        """Drop every connection now, answers not yet written included (end of a drain)."""
+        for conn in list(self.live):
+            if conn.transport is not None:
+                conn.transport.abort()
+        self.live.clear()
+        self.open.clear()
 
 
 class TcpConnection(asyncio.Protocol):
@@ -216,6 +233,7 @@ class TcpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.connections.live.add(self)
         peer = self.transport.get_extra_info("peername")
         self.client = peer[0] if peer else ""
         if not self.entry.accepting or not self.connections.admit(self):
@@ -312,6 +330,7 @@ class TcpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.remove(self)
+        self.connections.live.discard(self)
         self.closing = True
         if self._idle is not None:
             self._idle.cancel()

@@ -6,12 +6,12 @@ Tests start it in-process on port 0; ``agent.app`` runs it as the ``dnsmesh agen
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any
 
 from agent.cache import Cache
 from agent.config import AgentConfig, HostPort
@@ -29,6 +29,7 @@ from agent.probes.monitor import HealthMonitor
 from agent.reload import PolicyWatcher
 from agent.resolvconf import is_self, upstreams_from_resolv_conf
 from agent.served import ServedSnapshot
+from agent.shutdown import CANCEL_GRACE, finish_by
 from agent.upstream import UpstreamClient
 from dnsmesh.dnsforward import UpstreamAnswer
 from dnsmesh.errors import ConfigError
@@ -86,7 +87,7 @@ class AgentServer:
         self.health = HealthMonitor(self.served, probing=config.probes, rng=self.rng)
         self.watcher: PolicyWatcher | None = None
         self.addresses: list[HostPort] = []
-        self._transports: list[asyncio.BaseTransport] = []
+        self._udp: list[UdpListener] = []
         self._servers: list[asyncio.Server] = []
         self._background: set[asyncio.Task[None]] = set()
 
@@ -160,7 +161,7 @@ class AgentServer:
             tcp.close()
             raise
         bound = HostPort(address.host, udp.getsockname()[1])
-        self._transports.append(UdpListener(self.entry, udp, loop))
+        self._udp.append(UdpListener(self.entry, udp, loop))
         server = await loop.create_server(
             lambda: TcpConnection(
                 self.entry,
@@ -208,33 +209,50 @@ class AgentServer:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def stop(self, drain_timeout: float | None = None) -> None:
-        """Stop accepting, let in-flight queries finish (bounded), then close everything."""
+    async def stop(
+        self,
+        drain_timeout: float | None = None,
+        *,
+        also: Mapping[str, Coroutine[Any, Any, Any]] | None = None,
+    ) -> None:
+        """Stop accepting at once, let in-flight queries finish until the drain deadline,
+        then close everything: the whole stop ends within the drain timeout (plus a short
+        cancellation grace), whatever it holds. ``also`` are more parts to stop within the
+        same deadline (a controlled agent's sync client and local files)."""
+        loop = asyncio.get_running_loop()
         drain = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        deadline = loop.time() + drain
         self.entry.accepting = False
+        for udp in self._udp:
+            udp.stop_reading()
         for server in self._servers:
             server.close()  # no new TCP connections; open ones finish what they hold
-        if self.watcher is not None:
-            await self.watcher.stop()
         for conn in list(self.tcp_connections.open):
             conn.close("shutdown")
-        await self.health.stop()
-        left = await self.entry.drain(drain)
         for task in list(self._background):
-            task.cancel()
-        for task in list(self._background):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            task.cancel()  # loop checks: nothing to wait for
+        parts: dict[str, Coroutine[Any, Any, Any]] = {"health": self.health.stop()}
+        if self.watcher is not None:
+            parts["policy files"] = self.watcher.stop()
+        parts.update(also or {})
+        others = loop.create_task(finish_by(deadline, parts))
+        # The forwards get the whole budget; entry.drain cancels what is left at its end
+        # and waits for the cancelled ones, which is bounded here too.
+        drained = loop.create_task(self.entry.drain(drain))
+        await asyncio.wait([drained], timeout=drain + CANCEL_GRACE)
+        abandoned = drained.result() if drained.done() else len(self.entry.tasks)
+        stuck = await others
+        if not drained.done():
+            stuck.append("forwards")
         await self.upstream.close()
-        for conn in list(self.tcp_connections.open):
-            if conn.transport is not None:
-                conn.transport.abort()
+        self.tcp_connections.abort_all()
         await self._close_listeners()
         health = self.health
         log.info(
             "agent.stopped",
             extra=fields(
-                abandoned=left,
+                abandoned=abandoned,
+                stuck=stuck,
                 probes=health.runner.probes_sent,
                 health_recompiles=health.recompiles,
                 fail_open=health.fail_open_total,
@@ -243,14 +261,18 @@ class AgentServer:
         )
 
     async def _close_listeners(self) -> None:
-        for transport in self._transports:
-            transport.close()
+        for udp in self._udp:
+            udp.close()
         for server in self._servers:
             server.close()
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 1.0)
-        self._transports.clear()
+        if self._servers:
+            # Every connection is aborted by now, so this is quick; bounded all the same,
+            # and for all servers at once rather than one after another.
+            waits = [asyncio.ensure_future(server.wait_closed()) for server in self._servers]
+            await asyncio.wait(waits, timeout=CANCEL_GRACE)
+            for wait in waits:
+                wait.cancel()
+        self._udp.clear()
         self._servers.clear()
 
     def counts(self) -> dict[str, int]:

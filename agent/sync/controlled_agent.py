@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Coroutine
+from typing import Any
 
 from agent.config import AgentConfig
 from agent.server import AgentServer
@@ -71,8 +73,11 @@ class SyncedAgent:
         await self.sync.start()
 
     async def stop(self, drain_timeout: float | None = None) -> None:
+        """The sync client (its close handshake with a hung controller may take seconds)
+        and the local files stop side by side with the server, within its drain timeout."""
+        parts: dict[str, Coroutine[Any, Any, None]] = {}
         if self.sync is not None:
-            await self.sync.stop()
+            parts["sync"] = self.sync.stop()
         if self.watcher is not None:
-            await self.watcher.stop()
-        await self.server.stop(drain_timeout)
+            parts["local files"] = self.watcher.stop()
+        await self.server.stop(drain_timeout, also=parts)
