@@ -19,7 +19,8 @@ def add_agent_commands(
         "--listen",
         metavar="HOST:PORT",
         action="append",
-        help="address to serve DNS on, UDP and TCP (repeatable; default 127.0.0.1:53)",
+        help="address to serve DNS on, UDP and TCP (repeatable; default 127.0.0.1:53); one "
+        "this host cannot have (no IPv6) is skipped with a warning",
     )
     agent.add_argument(
         "--upstream",
@@ -92,7 +93,8 @@ def add_agent_commands(
     tuning.add_argument(
         "--drain-timeout",
         default=2.0,
-        help="on SIGTERM, how long in-flight queries may finish (default %(default)s)",
+        help="on SIGTERM, how long in-flight queries may finish; the whole stop ends within "
+        "it (default %(default)s)",
         **seconds,
     )
     tuning.add_argument(

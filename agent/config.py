@@ -13,6 +13,7 @@ from dnsmesh.errors import ConfigError
 DNS_PORT = 53
 KIB = 1024
 MIB = 1024 * KIB
+MAX_UDP_RCVBUF = 1024 * MIB
 _SIZE_UNITS = {"": 1, "k": KIB, "kib": KIB, "m": MIB, "mib": MIB}
 
 
@@ -128,6 +129,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         raise ConfigError("--probe-report-interval must be positive")
     if args.cache_size < 0:
         raise ConfigError("--cache-size cannot be negative")
+    udp_rcvbuf = parse_size(getattr(args, "udp_rcvbuf", "4MiB"))
+    if udp_rcvbuf > MAX_UDP_RCVBUF:  # the kernel takes an int, and caps far below anyway
+        raise ConfigError("--udp-rcvbuf must be at most 1GiB")
     if args.max_inflight < 1 or args.tcp_max_connections < 1:
         raise ConfigError("--max-inflight and --tcp-max-connections must be at least 1")
     return AgentConfig(
@@ -149,5 +153,5 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         max_inflight=args.max_inflight,
         probes=not getattr(args, "no_probes", False),
         probe_report_interval=getattr(args, "probe_report_interval", 5.0),
-        udp_rcvbuf=parse_size(getattr(args, "udp_rcvbuf", "4MiB")),
+        udp_rcvbuf=udp_rcvbuf,
     )
