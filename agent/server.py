@@ -116,8 +116,8 @@ class AgentServer:
                 reason = f"{address}: {exc.strerror or exc}"
                 if exc.errno in _ADDRESS_UNAVAILABLE:
                     # No IPv6 on this host (or the address is not configured here): serve
-                    # on the others rather than leave the node without DNS, and
-                    # Restart=always without a reason to loop.
+                    # on the others rather than exit, which Restart=always would turn into
+                    # a restart loop that leaves the node without DNS.
                     log.warning(
                         "agent.listen_skipped", extra=fields(address=str(address), error=reason)
                     )
