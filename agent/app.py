@@ -6,7 +6,10 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import signal
+import sys
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -17,6 +20,9 @@ from agent.sync.controlled_agent import SyncedAgent
 from dnsmesh.logs import fields
 
 log = logging.getLogger(__name__)
+
+# Seconds past the drain timeout after which a stopping agent exits regardless (status 1).
+STOP_WATCHDOG_MARGIN = 3.0
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -71,5 +77,20 @@ async def serve(config: AgentConfig, sync: SyncConfig | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("agent.stopping", extra=fields(signal=received[0] if received else ""))
+    watchdog = threading.Timer(config.drain_timeout + STOP_WATCHDOG_MARGIN, _stop_overran)
+    watchdog.daemon = True
+    watchdog.start()  # not cancelled: the process ends before it fires, or it ends it
     await server.stop()
     return 0
+
+
+def _stop_overran() -> None:
+    """The last resort of "exits within its drain timeout, always": the stop is bounded,
+    but the interpreter's exit still waits for executor threads (an fsync on a hung disk, a
+    policy folder on a dead mount), which nothing can cancel."""
+    log.error(
+        "agent.stop_overran",
+        extra=fields(outcome="exiting without waiting further", margin=STOP_WATCHDOG_MARGIN),
+    )
+    sys.stderr.flush()
+    os._exit(1)

@@ -19,7 +19,8 @@ def add_agent_commands(
         "--listen",
         metavar="HOST:PORT",
         action="append",
-        help="address to serve DNS on, UDP and TCP (repeatable; default 127.0.0.1:53)",
+        help="address to serve DNS on, UDP and TCP (repeatable; default 127.0.0.1:53); one "
+        "this host cannot have (no IPv6) is skipped with a warning",
     )
     agent.add_argument(
         "--upstream",
@@ -79,12 +80,21 @@ def add_agent_commands(
         metavar="N",
         help="forwarded queries in flight at once; beyond, new ones are dropped",
     )
+    tuning.add_argument(
+        "--udp-rcvbuf",
+        default="4MiB",
+        metavar="SIZE",
+        help="receive buffer of each UDP listener, so bursts queue rather than drop; Linux "
+        "caps it at net.core.rmem_max without CAP_NET_ADMIN; 0: the OS default "
+        "(default %(default)s)",
+    )
     tuning.add_argument("--tcp-idle-timeout", default=10.0, **seconds)
     tuning.add_argument("--tcp-max-connections", type=int, default=256, metavar="N")
     tuning.add_argument(
         "--drain-timeout",
         default=2.0,
-        help="on SIGTERM, how long in-flight queries may finish (default %(default)s)",
+        help="on SIGTERM, how long in-flight queries may finish; the whole stop ends within "
+        "it (default %(default)s)",
         **seconds,
     )
     tuning.add_argument(

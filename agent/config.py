@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from dnsmesh.errors import ConfigError
 
 DNS_PORT = 53
+KIB = 1024
+MIB = 1024 * KIB
+MAX_UDP_RCVBUF = 1024 * MIB
+_SIZE_UNITS = {"": 1, "k": KIB, "kib": KIB, "m": MIB, "mib": MIB}
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -66,6 +71,15 @@ def parse_host_port(text: str, default_port: int | None = None) -> HostPort:
     return HostPort(address.compressed, port)
 
 
+def parse_size(text: str) -> int:
+    """A byte count: ``4194304``, ``512KiB``, ``4MiB`` (also ``K``/``M``); powers of 1024."""
+    match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _SIZE_UNITS:
+        raise ConfigError(f"{text!r} is not a size (e.g. 4194304, 512KiB, 4MiB)")
+    return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     """Everything the agent needs to run, with defaults that suit a node resolver."""
@@ -94,6 +108,9 @@ class AgentConfig:
     tcp_max_pipelined: int = 64
     drain_timeout: float = 2.0
     max_inflight: int = 4096  # forwards in flight at once; beyond, new ones are dropped
+    # Each UDP listener's receive buffer (0: the OS default), so bursts are queued rather
+    # than dropped while the loop is busy (agent/listeners.py set_receive_buffer).
+    udp_rcvbuf: int = 4 * MIB
     # Health (agent/probes/): probing can be turned off; the mesh-wide down set still applies.
     probes: bool = True
     probe_report_interval: float = 5.0  # probe reports to the controller, batched this often
@@ -112,6 +129,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         raise ConfigError("--probe-report-interval must be positive")
     if args.cache_size < 0:
         raise ConfigError("--cache-size cannot be negative")
+    udp_rcvbuf = parse_size(getattr(args, "udp_rcvbuf", "4MiB"))
+    if udp_rcvbuf > MAX_UDP_RCVBUF:  # the kernel takes an int, and caps far below anyway
+        raise ConfigError("--udp-rcvbuf must be at most 1GiB")
     if args.max_inflight < 1 or args.tcp_max_connections < 1:
         raise ConfigError("--max-inflight and --tcp-max-connections must be at least 1")
     return AgentConfig(
@@ -133,4 +153,5 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         max_inflight=args.max_inflight,
         probes=not getattr(args, "no_probes", False),
         probe_report_interval=getattr(args, "probe_report_interval", 5.0),
+        udp_rcvbuf=udp_rcvbuf,
     )

@@ -10,6 +10,7 @@ import asyncio
 import errno
 import logging
 import socket
+import sys
 from collections import OrderedDict, deque
 from typing import Any, cast
 
@@ -139,6 +140,12 @@ class UdpListener(asyncio.BaseTransport):
             backlog.popleft()
         self._loop.remove_writer(self._fd)
 
+    def stop_reading(self) -> None:
+        """Draining: read no more (a flood would only keep the loop busy discarding it);
+        replies to the forwards still in flight go out through the socket."""
+        if not self.closed:
+            self._loop.remove_reader(self._fd)
+
     def is_closing(self) -> bool:
         return self.closed
 
@@ -160,6 +167,9 @@ class TcpConnections:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.open: OrderedDict[TcpConnection, None] = OrderedDict()
+        # Every connection until connection_lost, including those evicted from ``open``
+        # whose close still waits for a client that does not read: a stop aborts them all.
+        self.live: set[TcpConnection] = set()
 
     def admit(self, conn: TcpConnection) -> bool:
         """Make room for ``conn`` by closing the least recently active idle connection.
@@ -182,6 +192,14 @@ class TcpConnections:
 
     def remove(self, conn: TcpConnection) -> None:
         self.open.pop(conn, None)
+
+    def abort_all(self) -> None:
+        """Drop every connection now, answers not yet written included (end of a drain)."""
+        for conn in list(self.live):
+            if conn.transport is not None:
+                conn.transport.abort()
+        self.live.clear()
+        self.open.clear()
 
 
 class TcpConnection(asyncio.Protocol):
@@ -215,6 +233,7 @@ class TcpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.connections.live.add(self)
         peer = self.transport.get_extra_info("peername")
         self.client = peer[0] if peer else ""
         if not self.entry.accepting or not self.connections.admit(self):
@@ -311,6 +330,7 @@ class TcpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.remove(self)
+        self.connections.live.discard(self)
         self.closing = True
         if self._idle is not None:
             self._idle.cancel()
@@ -340,6 +360,35 @@ def bind_socket(address: HostPort, kind: socket.SocketKind, reuse: bool = True) 
         sock.close()
         raise
     return sock
+
+
+# Linux's SO_RCVBUFFORCE (asm-generic/socket.h), which Python does not name: with
+# CAP_NET_ADMIN it sets the buffer past net.core.rmem_max.
+_SO_RCVBUFFORCE = 33 if sys.platform.startswith("linux") else None
+
+
+def set_receive_buffer(sock: socket.socket, size: int) -> int:
+    """Ask for a ``size``-byte receive buffer (0: keep the OS default); the size granted.
+
+    The default (net.core.rmem_default, 208 KiB on most hosts) holds only ~90 full-size
+    datagrams, so a burst that arrives while the loop is busy is dropped by the kernel.
+    Linux doubles what is asked (for its bookkeeping) and caps a plain SO_RCVBUF at
+    net.core.rmem_max; SO_RCVBUFFORCE ignores the cap but needs CAP_NET_ADMIN, so it is
+    tried first and a refusal falls back to the capped request. The granted size is what
+    getsockopt reports (the doubled figure, as ``ss -m`` shows it).
+    """
+    if size > 0:
+        forced = False
+        if _SO_RCVBUFFORCE is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, size)
+                forced = True
+            except OSError:  # EPERM without CAP_NET_ADMIN: the capped request below
+                pass
+        if not forced:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    granted: int = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    return granted
 
 
 def bind_pair(address: HostPort) -> tuple[socket.socket, socket.socket]:

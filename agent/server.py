@@ -6,22 +6,30 @@ Tests start it in-process on port 0; ``agent.app`` runs it as the ``dnsmesh agen
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any
 
 from agent.cache import Cache
 from agent.config import AgentConfig, HostPort
 from agent.entry import QueryEntry
 from agent.handlers.loopguard import LoopGuard
-from agent.listeners import TcpConnection, TcpConnections, UdpListener, bind_pair
+from agent.listeners import (
+    TcpConnection,
+    TcpConnections,
+    UdpListener,
+    bind_pair,
+    set_receive_buffer,
+)
 from agent.pipeline import Pipeline, build_pipeline
 from agent.probes.monitor import HealthMonitor
 from agent.reload import PolicyWatcher
 from agent.resolvconf import is_self, upstreams_from_resolv_conf
 from agent.served import ServedSnapshot
+from agent.shutdown import CANCEL_GRACE, finish_by
 from agent.upstream import UpstreamClient
 from dnsmesh.dnsforward import UpstreamAnswer
 from dnsmesh.errors import ConfigError
@@ -29,6 +37,11 @@ from dnsmesh.logs import fields
 from dnsmesh.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
+
+# Bind errors that mean "this address cannot exist here" (no IPv6 on the host, an address
+# not configured on any interface): such a --listen is skipped. Anything else (in use,
+# permission) fails the start loudly.
+_ADDRESS_UNAVAILABLE = frozenset({errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT})
 
 
 class AgentServer:
@@ -74,7 +87,7 @@ class AgentServer:
         self.health = HealthMonitor(self.served, probing=config.probes, rng=self.rng)
         self.watcher: PolicyWatcher | None = None
         self.addresses: list[HostPort] = []
-        self._transports: list[asyncio.BaseTransport] = []
+        self._udp: list[UdpListener] = []
         self._servers: list[asyncio.Server] = []
         self._background: set[asyncio.Task[None]] = set()
 
@@ -95,12 +108,25 @@ class AgentServer:
                 config.policies, self.apply_snapshot, interval=config.reload_interval
             )
             self.watcher.load()
+        skipped: list[str] = []
         for address in config.listen:
             try:
                 await self._listen(address)
             except OSError as exc:
+                reason = f"{address}: {exc.strerror or exc}"
+                if exc.errno in _ADDRESS_UNAVAILABLE:
+                    # No IPv6 on this host (or the address is not configured here): serve
+                    # on the others rather than exit, which Restart=always would turn into
+                    # a restart loop that leaves the node without DNS.
+                    log.warning(
+                        "agent.listen_skipped", extra=fields(address=str(address), error=reason)
+                    )
+                    skipped.append(reason)
+                    continue
                 await self._close_listeners()
-                raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
+                raise ConfigError(f"cannot listen on {reason}") from exc
+        if not self.addresses:
+            raise ConfigError("cannot listen on any --listen address: " + "; ".join(skipped))
         try:
             if config.upstreams is None:
                 upstreams = upstreams_from_resolv_conf(config.resolv_conf, self.addresses)
@@ -127,9 +153,15 @@ class AgentServer:
     async def _listen(self, address: HostPort) -> None:
         loop = asyncio.get_running_loop()
         udp, tcp = bind_pair(address)
-        bound = HostPort(address.host, udp.getsockname()[1])
-        self._transports.append(UdpListener(self.entry, udp, loop))
         config = self.config
+        try:
+            rcvbuf = set_receive_buffer(udp, config.udp_rcvbuf)
+        except OSError:
+            udp.close()
+            tcp.close()
+            raise
+        bound = HostPort(address.host, udp.getsockname()[1])
+        self._udp.append(UdpListener(self.entry, udp, loop))
         server = await loop.create_server(
             lambda: TcpConnection(
                 self.entry,
@@ -142,7 +174,20 @@ class AgentServer:
         )
         self._servers.append(server)
         self.addresses.append(bound)
-        log.info("agent.listening", extra=fields(address=str(bound), protocols="udp,tcp"))
+        log.info(
+            "agent.listening",
+            extra=fields(address=str(bound), protocols="udp,tcp", udp_rcvbuf=rcvbuf),
+        )
+        if rcvbuf < config.udp_rcvbuf:  # Linux grants double what it is asked when it can
+            log.warning(
+                "agent.udp_rcvbuf_capped",
+                extra=fields(
+                    address=str(bound),
+                    requested=config.udp_rcvbuf,
+                    granted=rcvbuf,
+                    hint="raise net.core.rmem_max or give the agent CAP_NET_ADMIN",
+                ),
+            )
 
     def _without_self(self, upstreams: Sequence[HostPort]) -> list[HostPort]:
         out = []
@@ -164,33 +209,50 @@ class AgentServer:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def stop(self, drain_timeout: float | None = None) -> None:
-        """Stop accepting, let in-flight queries finish (bounded), then close everything."""
+    async def stop(
+        self,
+        drain_timeout: float | None = None,
+        *,
+        also: Mapping[str, Coroutine[Any, Any, Any]] | None = None,
+    ) -> None:
+        """Stop accepting at once, let in-flight queries finish until the drain deadline,
+        then close everything: the whole stop ends within the drain timeout (plus a short
+        cancellation grace), whatever it holds. ``also`` are more parts to stop within the
+        same deadline (a controlled agent's sync client and local files)."""
+        loop = asyncio.get_running_loop()
         drain = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        deadline = loop.time() + drain
         self.entry.accepting = False
+        for udp in self._udp:
+            udp.stop_reading()
         for server in self._servers:
             server.close()  # no new TCP connections; open ones finish what they hold
-        if self.watcher is not None:
-            await self.watcher.stop()
         for conn in list(self.tcp_connections.open):
             conn.close("shutdown")
-        await self.health.stop()
-        left = await self.entry.drain(drain)
         for task in list(self._background):
-            task.cancel()
-        for task in list(self._background):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            task.cancel()  # loop checks: nothing to wait for
+        parts: dict[str, Coroutine[Any, Any, Any]] = {"health": self.health.stop()}
+        if self.watcher is not None:
+            parts["policy files"] = self.watcher.stop()
+        parts.update(also or {})
+        others = loop.create_task(finish_by(deadline, parts))
+        # The forwards get the whole budget; entry.drain cancels what is left at its end
+        # and waits for the cancelled ones, which is bounded here too.
+        drained = loop.create_task(self.entry.drain(drain))
+        await asyncio.wait([drained], timeout=drain + CANCEL_GRACE)
+        abandoned = drained.result() if drained.done() else len(self.entry.tasks)
+        stuck = await others
+        if not drained.done():
+            stuck.append("forwards")
         await self.upstream.close()
-        for conn in list(self.tcp_connections.open):
-            if conn.transport is not None:
-                conn.transport.abort()
+        self.tcp_connections.abort_all()
         await self._close_listeners()
         health = self.health
         log.info(
             "agent.stopped",
             extra=fields(
-                abandoned=left,
+                abandoned=abandoned,
+                stuck=stuck,
                 probes=health.runner.probes_sent,
                 health_recompiles=health.recompiles,
                 fail_open=health.fail_open_total,
@@ -199,14 +261,18 @@ class AgentServer:
         )
 
     async def _close_listeners(self) -> None:
-        for transport in self._transports:
-            transport.close()
+        for udp in self._udp:
+            udp.close()
         for server in self._servers:
             server.close()
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 1.0)
-        self._transports.clear()
+        if self._servers:
+            # Every connection is aborted by now, so this is quick; bounded all the same,
+            # and for all servers at once rather than one after another.
+            waits = [asyncio.ensure_future(server.wait_closed()) for server in self._servers]
+            await asyncio.wait(waits, timeout=CANCEL_GRACE)
+            for wait in waits:
+                wait.cancel()
+        self._udp.clear()
         self._servers.clear()
 
     def counts(self) -> dict[str, int]:

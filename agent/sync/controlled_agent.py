@@ -9,8 +9,9 @@ only then does the sync client start talking to the controller.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import random
+from collections.abc import Coroutine
+from typing import Any
 
 from agent.config import AgentConfig
 from agent.server import AgentServer
@@ -18,10 +19,7 @@ from agent.sync.client import AgentSync
 from agent.sync.config import SyncConfig
 from agent.sync.policy_sources import LocalPolicyWatcher, PolicySources
 from agent.sync.state_file import StateDir
-from dnsmesh.logs import fields
 from dnsmesh.protocol import AppliedState
-
-log = logging.getLogger(__name__)
 
 
 class SyncedAgent:
@@ -55,17 +53,9 @@ class SyncedAgent:
     async def start(self) -> None:
         self.state_dir.ensure()
         agent_id = self.state_dir.agent_id()
-        state = self.state_dir.load()
+        state = self.state_dir.load()  # logs which file it used, or why none
         if state is not None:
             self.sources.start_from(state)
-            log.info(
-                "sync.state_loaded",
-                extra=fields(
-                    file=str(self.state_dir.state_file),
-                    revision=state.revision,
-                    policies=len(state.policies),
-                ),
-            )
         if self.watcher is not None:
             self.watcher.load()
         await self.server.start()
@@ -83,8 +73,11 @@ class SyncedAgent:
         await self.sync.start()
 
     async def stop(self, drain_timeout: float | None = None) -> None:
+        """The sync client (its close handshake with a hung controller may take seconds)
+        and the local files stop side by side with the server, within its drain timeout."""
+        parts: dict[str, Coroutine[Any, Any, None]] = {}
         if self.sync is not None:
-            await self.sync.stop()
+            parts["sync"] = self.sync.stop()
         if self.watcher is not None:
-            await self.watcher.stop()
-        await self.server.stop(drain_timeout)
+            parts["local files"] = self.watcher.stop()
+        await self.server.stop(drain_timeout, also=parts)

@@ -1,15 +1,28 @@
 """The agent's state folder: its stable id and the last applied controller state, on disk.
 
 The state file is what lets a restarted agent answer before the controller does
-(docs/design.md, "Restarts"). It is replaced atomically: written to a temporary file, fsynced,
-renamed over the old one, and the folder fsynced so the rename itself survives a power
-cut (rename(2) is atomic, but only a directory fsync makes it durable). A state file that
-cannot be read or decoded is logged and ignored: the agent then starts empty and the
-controller sends it a snapshot, which is always safer than not starting.
+(docs/design.md, "Restarts"), so a damaged one must not leave the node without answers:
+
+* **Sealed.** The file is a header line ``dnsmesh-state/1 sha256=<hex>`` and then the state
+  (JSON, ``dnsmesh.protocol.encode_state``); the SHA-256 is of those payload bytes. A file
+  truncated, emptied, overwritten with garbage or altered (even into other valid JSON)
+  fails the check and is not served, not even in part.
+* **Kept twice.** Every write rotates the current file to ``state.previous.json`` (when
+  the current one checks out; a bad one is overwritten, so the good previous file stays)
+  and puts the new one in place. Each step is atomic: the new file is written to a
+  temporary file and fsynced, then renamed over, and the folder fsynced so the renames
+  survive a power cut (rename(2) is atomic, only a directory fsync makes it durable).
+* **Fallback on load.** A current file that is missing, unreadable or fails its check is
+  logged with the reason and the previous one is tried; with both bad the agent starts
+  empty and says so, and the controller sends it a snapshot: never starting is worse.
+* **Files from before the seal** (plain JSON, no header) still load, with a warning
+  ``sync.state_unchecked``: there is no checksum to verify, only that the state decodes
+  whole. The first write after the upgrade seals it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -22,7 +35,43 @@ from dnsmesh.protocol import AppliedState, decode_state, encode_state
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+PREVIOUS_STATE_FILE = "state.previous.json"
 AGENT_ID_FILE = "agent-id"
+HEADER = b"dnsmesh-state/1 sha256="
+_HEADER_LINE = len(HEADER) + 64 + 1  # prefix, hex digest, newline
+
+
+class StateFileError(Exception):
+    """Why a state file cannot be trusted (said in the log as the file's ``error``)."""
+
+
+def seal(payload: bytes) -> bytes:
+    """The file's bytes: the header with the payload's SHA-256, then the payload."""
+    return HEADER + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+
+
+def unseal(data: bytes) -> tuple[bytes, bool]:
+    """The payload of a state file and whether it was checked; StateFileError if it fails.
+
+    A file that starts with ``{`` is one from before the seal: passed on unchecked.
+    """
+    if not data.strip():
+        raise StateFileError("the file is empty")
+    if data.lstrip()[:1] == b"{":
+        return data, False
+    if not data.startswith(HEADER):
+        raise StateFileError("not a dnsmesh state file (no dnsmesh-state header)")
+    if len(data) < _HEADER_LINE or data[_HEADER_LINE - 1 : _HEADER_LINE] != b"\n":
+        raise StateFileError("the header is cut short or malformed")
+    expected = data[len(HEADER) : _HEADER_LINE - 1].decode("ascii", "replace")
+    payload = data[_HEADER_LINE:]
+    actual = hashlib.sha256(payload).hexdigest()
+    if actual != expected:
+        raise StateFileError(
+            f"checksum mismatch ({len(payload)} payload bytes hash to {actual[:12]}..., the "
+            f"header says {expected[:12]}...): truncated, partly written or altered"
+        )
+    return payload, True
 
 
 class StateDir:
@@ -31,6 +80,7 @@ class StateDir:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.state_file = path / STATE_FILE
+        self.previous_file = path / PREVIOUS_STATE_FILE
 
     def ensure(self) -> None:
         """Create the folder; ConfigError if it cannot exist (the agent cannot persist)."""
@@ -65,32 +115,89 @@ class StateDir:
         return minted
 
     def load(self) -> AppliedState | None:
-        """The last applied state, or None (missing, unreadable or corrupt: logged)."""
+        """The last good state: the current file, else the previous one (logged), else None.
+
+        Every file passed over is logged with why (``sync.state_corrupt``,
+        ``sync.state_unreadable``); a fallback is ``sync.state_fallback``, starting empty
+        after a rejection ``sync.state_none``.
+        """
+        rejected: dict[str, str] = {}
+        for file in (self.state_file, self.previous_file):
+            try:
+                state = self._read(file)
+            except StateFileError as exc:
+                rejected[str(file)] = str(exc)
+                continue
+            if state is None:
+                continue
+            if rejected:
+                log.warning(
+                    "sync.state_fallback",
+                    extra=fields(file=str(file), revision=state.revision, rejected=rejected),
+                )
+            log.info(
+                "sync.state_loaded",
+                extra=fields(file=str(file), revision=state.revision, policies=len(state.policies)),
+            )
+            return state
+        if rejected:
+            log.error(
+                "sync.state_none",
+                extra=fields(
+                    rejected=rejected,
+                    outcome="starting empty until the controller sends a snapshot",
+                ),
+            )
+        return None
+
+    def _read(self, file: Path) -> AppliedState | None:
+        """The state in ``file``, None if there is no such file; StateFileError (logged)."""
         try:
-            data = self.state_file.read_bytes()
+            data = file.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.error(
-                "sync.state_unreadable", extra=fields(file=str(self.state_file), error=str(exc))
-            )
-            return None
+            log.error("sync.state_unreadable", extra=fields(file=str(file), error=str(exc)))
+            raise StateFileError(f"unreadable: {exc}") from exc
         try:
-            return decode_state(data)
-        except DnsmeshError as exc:
-            log.error(
-                "sync.state_corrupt",
-                extra=fields(file=str(self.state_file), error=str(exc)[:300]),
+            payload, checked = unseal(data)
+            state = decode_state(payload)  # whole or not at all: never a part of it
+        except (StateFileError, DnsmeshError) as exc:
+            log.error("sync.state_corrupt", extra=fields(file=str(file), error=str(exc)[:300]))
+            raise StateFileError(str(exc)[:300]) from exc
+        if not checked:
+            log.warning(
+                "sync.state_unchecked",
+                extra=fields(
+                    file=str(file),
+                    reason="written before state files carried a checksum; the next write seals it",
+                ),
             )
-            return None
+        return state
+
+    def _sound(self, file: Path) -> bool:
+        """Whether ``file`` is worth keeping as the previous state (checked, or old and whole)."""
+        try:
+            payload, checked = unseal(file.read_bytes())
+            if not checked:
+                decode_state(payload)
+        except (OSError, StateFileError, DnsmeshError):
+            return False
+        return True
 
     def save(self, state: AppliedState) -> None:
-        """Replace the state file atomically and durably; OSError if the disk refuses."""
-        write_atomically(self.state_file, encode_state(state))
+        """Replace the state file atomically and durably, keeping the current one as the
+        previous if it is sound; OSError if the disk refuses."""
+        keep = self.previous_file if self._sound(self.state_file) else None
+        write_atomically(self.state_file, seal(encode_state(state)), keep_previous=keep)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write temp, fsync, rename over ``path``, fsync the folder (POSIX durability)."""
+def write_atomically(path: Path, data: bytes, keep_previous: Path | None = None) -> None:
+    """Write temp, fsync, rename over ``path``, fsync the folder (POSIX durability).
+
+    With ``keep_previous``, the old ``path`` is first renamed there, so a crash between the
+    two renames leaves the previous file and no current one, which load falls back from.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -102,6 +209,8 @@ def write_atomically(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     try:
+        if keep_previous is not None:
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)
