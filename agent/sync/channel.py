@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 
 from agent.sync.config import SyncConfig
-from agent.sync.policy_sources import Applied, Outcome, PolicySources, Refused
+from agent.sync.policy_sources import Applied, Outcome, PolicySources, Refused, local_policies
 from agent.sync.state_file import StateDir
 from dnsmesh.logs import fields
 from dnsmesh.protocol import AppliedState, Delta, Hello, Report, SnapshotMessage
@@ -141,6 +141,8 @@ class ChannelContext:
             labels=dict(self.config.labels),
             software=self.software,
             revision=self.sources.running.revision,
+            local=local_policies(self.sources.local),
+            shadowed=self.sources.shadowed,
         )
 
     def nack_pause(self) -> float:

@@ -14,7 +14,8 @@ help) are logged at error level and retried every ``fatal_retry`` seconds; every
 exponential backoff and full jitter (``backoff_delay``).
 
 What happens when the controller's policies clash with local ``--policies`` files is
-decided in agent/sync/policy_sources.py: the running set wins and the newcomer is refused.
+decided in agent/sync/policy_sources.py: the local file wins on the node, the controller's
+policy is shadowed there, and every revision still applies.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from agent.sync.polling import Poller
 from agent.sync.state_file import StateDir
 from agent.sync.websocket import WebSocketChannel, describe
 from dnsmesh.logs import fields
-from dnsmesh.protocol import AppliedState, ProtocolError, Report
+from dnsmesh.protocol import ProtocolError, Report
 
 log = logging.getLogger(__name__)
 
@@ -182,18 +183,15 @@ class AgentSync:
             self._channel = poller
             await poller.run()
 
-    def pending_applied(self, state: AppliedState) -> None:
-        """A local edit let the controller's pending state run: persist it and ACK it."""
+    def local_changed(self) -> None:
+        """The local files changed: tell the controller what is local and shadowed now.
+
+        Offline, nothing is sent: the next hello carries it.
+        """
         channel = self._channel
         if isinstance(channel, WebSocketChannel) and channel.connected:
-            channel.pending_applied(state.revision)
-            return
-        task = asyncio.get_running_loop().create_task(self._report_pending())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _report_pending(self) -> None:
-        await self.context.save()
-        channel = self._channel
-        if isinstance(channel, Poller):
-            await channel.report_quietly()
+            channel.local_changed()
+        elif isinstance(channel, Poller):
+            task = asyncio.get_running_loop().create_task(channel.report_quietly())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)

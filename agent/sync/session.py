@@ -41,16 +41,14 @@ class Closed:
 
 
 @dataclass(frozen=True, slots=True)
-class PendingApplied:
-    """A local edit let the controller's pending state run (it must be saved and ACKed)."""
+class LocalChanged:
+    """The local files changed: ACK what runs again, with what is local and shadowed now."""
 
-    revision: int
+    ack: Ack
 
 
 # What a controller may send, and the agent's own reports that go out in order with it.
-Event = (
-    Hello | SnapshotMessage | Delta | Ack | Nack | Report | ErrorMessage | Closed | PendingApplied
-)
+Event = Hello | SnapshotMessage | Delta | Ack | Nack | Report | ErrorMessage | Closed | LocalChanged
 
 
 # -- what comes out ----------------------------------------------------------------------
@@ -68,11 +66,6 @@ class Send:
     """Send this message to the controller."""
 
     message: Ack | Nack | Report
-
-
-@dataclass(frozen=True, slots=True)
-class Save:
-    """Write what runs to the state file before what follows is sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +90,7 @@ class Resync:
     reason: str
 
 
-Decision = Apply | Send | Save | ControllerError | Disconnect | Resync
+Decision = Apply | Send | ControllerError | Disconnect | Resync
 
 # Close codes of controller/hub.py worth a word in the log (RFC 6455 §7.4.2: 4000-4999 are
 # the application's).
@@ -142,8 +135,8 @@ class SyncSession:
     def _other(self, event: Event) -> list[Decision]:
         if isinstance(event, Report):
             return [Send(event)]
-        if isinstance(event, PendingApplied):
-            return [Save(), Send(Ack(revision=event.revision))]
+        if isinstance(event, LocalChanged):
+            return [Send(event.ack)]
         if isinstance(event, ErrorMessage):
             return [ControllerError(event.code, event.message)]
         if isinstance(event, Closed):
@@ -153,13 +146,17 @@ class SyncSession:
             ]
         raise ProtocolError(f"unexpected message from the controller: {event!r}"[:200])
 
-    def applied(self, outcomes: Iterable[Outcome]) -> list[Decision]:
-        """An ACK per applied revision, a NACK per refused one, then a resync after a gap."""
+    def applied(self, outcomes: Iterable[Outcome], ack: Ack) -> list[Decision]:
+        """An ACK per applied revision, a NACK per refused one, then a resync after a gap.
+
+        ``ack`` is the ACK of what runs now (what is local and shadowed); each applied
+        revision is acknowledged with it.
+        """
         decisions: list[Decision] = []
         gap: Refused | None = None
         for outcome in outcomes:
             if isinstance(outcome, Applied):
-                decisions.append(Send(Ack(revision=outcome.revision)))
+                decisions.append(Send(ack.model_copy(update={"revision": outcome.revision})))
                 continue
             decisions.append(Send(Nack(revision=outcome.revision, reason=outcome.reason)))
             if outcome.resync and gap is None:
@@ -169,21 +166,11 @@ class SyncSession:
         return decisions
 
     @staticmethod
-    def poll_next(
-        outcomes: Sequence[Outcome], asked: Update, *, view: int, running: int
-    ) -> PollNext:
-        """Where to poll from after ``asked`` was applied, given the revisions known now.
-
-        ``view`` is the newest controller revision the agent knows, ``running`` the one
-        it serves (they differ while a clashing state is pending).
-        """
+    def poll_next(outcomes: Sequence[Outcome], asked: Update, *, running: int) -> PollNext:
+        """Where to poll from after ``asked`` was applied, given the revision that runs."""
         refusals = [o for o in outcomes if isinstance(o, Refused)]
-        if not refusals:
-            return PollNext(view)
-        if any(r.resync for r in refusals):
-            return PollNext(running)  # the controller sends what we lack
-        if view < asked.revision:
+        if refusals and not any(r.resync for r in refusals) and running < asked.revision:
             # Refused without advancing (an invalid document): asking again at once would
             # get the same update; wait, then ask for anything newer than it.
             return PollNext(asked.revision, pause=True)
-        return PollNext(view)
+        return PollNext(running)  # after a gap: the controller sends what we lack
