@@ -27,9 +27,11 @@ class SyncConfig:
     node_name: str = field(default_factory=socket.gethostname)
     labels: dict[str, str] = field(default_factory=dict)
     mode: SyncMode = "auto"  # auto: WebSocket, polling when the upgrade is refused
-    # Reconnects: full-jitter exponential backoff, sleep ~ U(0, min(cap, base * 2**n)).
-    backoff_base: float = 0.2
+    # Reconnects: equal-jitter exponential backoff, sleep ~ U(w/2, w), w = min(cap, base*2**n);
+    # while connects are refused (a controller restarting) w stops at refused_cap.
+    backoff_base: float = 0.4
     backoff_cap: float = 10.0
+    refused_cap: float = 1.0
     fatal_retry: float = 30.0  # 401/403: the token is wrong; retrying fast cannot help
     # Keepalive: a controller silent for ping_interval + ping_timeout is taken for dead.
     ping_interval: float = 10.0
@@ -115,11 +117,17 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
     seconds: dict[str, Any] = {"type": float, "metavar": "SECONDS"}
     group.add_argument(
         "--sync-backoff-base",
-        default=0.2,
-        help="first reconnect window; doubles per failure, wait drawn in [0, window)",
+        default=0.4,
+        help="first reconnect window; doubles per failure, wait drawn in [window/2, window]",
         **seconds,
     )
     group.add_argument("--sync-backoff-cap", default=10.0, help="largest window", **seconds)
+    group.add_argument(
+        "--sync-refused-cap",
+        default=1.0,
+        help="largest window while connects are refused (a controller restarting)",
+        **seconds,
+    )
     group.add_argument(
         "--sync-fatal-retry", default=30.0, help="retry period after 401/403", **seconds
     )
@@ -154,6 +162,7 @@ def sync_config_from_args(args: argparse.Namespace) -> SyncConfig | None:
     timings = {
         "backoff_base": args.sync_backoff_base,
         "backoff_cap": args.sync_backoff_cap,
+        "refused_cap": args.sync_refused_cap,
         "fatal_retry": args.sync_fatal_retry,
         "ping_interval": args.sync_ping_interval,
         "ping_timeout": args.sync_ping_timeout,

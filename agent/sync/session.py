@@ -78,9 +78,10 @@ class ControllerError:
 
 @dataclass(frozen=True, slots=True)
 class Disconnect:
-    """The channel is over; reconnect with backoff."""
+    """The channel is over; reconnect with backoff (afresh after a clean close)."""
 
     reason: str
+    clean: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,9 @@ Decision = Apply | Send | ControllerError | Disconnect | Resync
 
 # Close codes of controller/hub.py worth a word in the log (RFC 6455 §7.4.2: 4000-4999 are
 # the application's).
+# Normal closure, going away (a controller stopping), service restart (RFC 6455 §7.4.1, the
+# IANA registry): the controller ended a channel that worked, and will be back.
+CLEAN_CLOSES = frozenset({1000, 1001, 1012})
 CLOSE_HINTS = {
     4409: ": another connection uses this agent id; is the state folder shared between nodes?",
     4400: ": the controller did not understand this agent (versions apart?)",
@@ -141,9 +145,8 @@ class SyncSession:
             return [ControllerError(event.code, event.message)]
         if isinstance(event, Closed):
             hint = CLOSE_HINTS.get(event.code or 0, "")
-            return [
-                Disconnect(f"the controller closed the stream ({event.code} {event.reason}){hint}")
-            ]
+            reason = f"the controller closed the stream ({event.code} {event.reason}){hint}"
+            return [Disconnect(reason, clean=event.code in CLEAN_CLOSES)]
         raise ProtocolError(f"unexpected message from the controller: {event!r}"[:200])
 
     def applied(self, outcomes: Iterable[Outcome], ack: Ack) -> list[Decision]:

@@ -104,7 +104,7 @@ class WebSocketChannel:
                 "sync.controller_error", extra=fields(code=decision.code, error=decision.message)
             )
         elif isinstance(decision, Disconnect):
-            raise SyncRetry(decision.reason)
+            raise SyncRetry(decision.reason, clean=decision.clean)
         elif isinstance(decision, ResyncDecision):
             await ws.close(1000, "resync")
             raise Resync(decision.reason)

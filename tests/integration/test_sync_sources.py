@@ -293,14 +293,19 @@ def test_retry_after_is_read_in_seconds_and_bounded() -> None:
     assert parse_retry_after(None) is None
 
 
-def test_backoff_is_full_jitter_within_a_doubling_capped_window() -> None:
+def test_backoff_is_equal_jitter_within_a_doubling_capped_window() -> None:
     rng = random.Random(7)
     for attempt in range(12):
-        window = min(10.0, 0.2 * 2**attempt)
-        delays = [backoff_delay(attempt, 0.2, 10.0, rng) for _ in range(200)]
-        assert all(0.0 <= d <= window for d in delays)
-        assert max(delays) > window * 0.8 and min(delays) < window * 0.2  # spread, not fixed
-    assert backoff_delay(10_000, 0.2, 10.0, rng) <= 10.0
+        window = min(10.0, 0.4 * 2**attempt)
+        delays = [backoff_delay(attempt, 0.4, 10.0, rng) for _ in range(200)]
+        assert all(window / 2 <= d <= window for d in delays)
+        assert max(delays) > window * 0.9 and min(delays) < window * 0.6  # spread, not fixed
+    # The first retry comes quickly, but not in the instant of the close.
+    first = [backoff_delay(0, 0.4, 10.0, rng) for _ in range(200)]
+    assert min(first) >= 0.2 and max(first) <= 0.4
+    assert backoff_delay(10_000, 0.4, 10.0, rng) <= 10.0
+    # While connects are refused the window stops at the refused cap.
+    assert all(0.5 <= backoff_delay(20, 0.4, 1.0, rng) <= 1.0 for _ in range(200))
 
 
 @pytest.mark.parametrize(
@@ -340,7 +345,7 @@ def test_sync_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert config is not None and config.token == "dnsm_secret" and config.mode == "http"
     assert config.labels == {"zone": "a", "rack": "7"} and config.node_name == "n1"
-    assert (config.backoff_base, config.backoff_cap) == (0.2, 10.0)
+    assert (config.backoff_base, config.backoff_cap, config.refused_cap) == (0.4, 10.0, 1.0)
     with pytest.raises(ConfigError, match="--token"):
         monkeypatch.delenv("DNSMESH_AGENT_TOKEN", raising=False)
         sync_config_from_args(parse("--controller=http://127.0.0.1:1"))
@@ -348,5 +353,7 @@ def test_sync_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         sync_config_from_args(parse("--controller=ftp://x", "--token=t"))
     with pytest.raises(ConfigError, match="positive"):
         sync_config_from_args(parse("--controller=http://x", "--token=t", "--sync-backoff-cap=0"))
+    with pytest.raises(ConfigError, match="positive"):
+        sync_config_from_args(parse("--controller=http://x", "--token=t", "--sync-refused-cap=0"))
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_labels(["novalue"])

@@ -78,9 +78,21 @@ def test_a_close_disconnects_with_a_hint_for_a_known_code() -> None:
 
 
 def test_a_close_with_an_unknown_code_has_no_hint() -> None:
-    assert SyncSession().receive([Closed(1001, "going away")]) == [
-        Disconnect("the controller closed the stream (1001 going away)")
+    assert SyncSession().receive([Closed(4000, "odd")]) == [
+        Disconnect("the controller closed the stream (4000 odd)")
     ]
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1012])
+def test_a_controller_going_away_or_restarting_is_a_clean_close(code: int) -> None:
+    (decision,) = SyncSession().receive([Closed(code, "bye")])
+    assert decision == Disconnect(f"the controller closed the stream ({code} bye)", clean=True)
+
+
+@pytest.mark.parametrize("code", [None, 1006, 1011, 4409])
+def test_a_failure_or_a_refusal_is_not_a_clean_close(code: int | None) -> None:
+    (decision,) = SyncSession().receive([Closed(code, "x")])
+    assert isinstance(decision, Disconnect) and not decision.clean
 
 
 def test_updates_before_a_close_are_applied_first() -> None:
