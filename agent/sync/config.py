@@ -88,8 +88,9 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "controller (push)",
         "with --controller, the controller pushes its policies to the agent. --policies files "
-        "still apply, but may not define a name or domain the controller defines: whichever "
-        "comes second is refused (a controller update is NACKed, a file edit is not loaded).",
+        "still apply; where one defines a name or domain that a controller policy also "
+        "defines, the local file wins on this node and the agent reports the controller "
+        "policy as shadowed (every revision still applies).",
     )
     group.add_argument("--controller", metavar="URL", help="the controller, e.g. http://ctl:8053")
     group.add_argument(
