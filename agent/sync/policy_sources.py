@@ -141,10 +141,10 @@ class PolicySources:
         """The controller policies that local files shadow in what runs now."""
         return [c.shadowed() for c in find_clashes(self.local, self.running.policies)]
 
-    def acknowledgement(self, revision: int | None = None) -> Ack:
-        """The ACK of ``revision`` (default: what runs), with what is local and shadowed."""
+    def acknowledgement(self) -> Ack:
+        """The ACK of what runs, with what is local and shadowed."""
         return Ack(
-            revision=self.running.revision if revision is None else revision,
+            revision=self.running.revision,
             local=local_policies(self.local),
             shadowed=self.shadowed,
         )
