@@ -78,18 +78,25 @@ class ControllerClient:
         response = self._request("GET", f"/v1/policies/{name}", allow={404})
         return None if response.status_code == 404 else parse_policy(response.json())
 
-    def create_policy(self, policy: Policy) -> Policy:
+    def create_policy(self, policy: Policy, *, force: bool = False) -> Policy:
+        """``force``: even if a connected agent's local files define its name or domain."""
         response = self._request(
-            "POST", "/v1/policies", json=policy.to_document(with_revision=False)
+            "POST",
+            "/v1/policies",
+            json=policy.to_document(with_revision=False),
+            params=_force(force),
         )
         return parse_policy(response.json())
 
-    def replace_policy(self, policy: Policy, *, if_match: int | None = None) -> Policy:
+    def replace_policy(
+        self, policy: Policy, *, if_match: int | None = None, force: bool = False
+    ) -> Policy:
         response = self._request(
             "PUT",
             f"/v1/policies/{policy.name}",
             json=policy.to_document(with_revision=False),
             headers=_if_match(if_match),
+            params=_force(force),
         )
         return parse_policy(response.json())
 
@@ -127,6 +134,10 @@ class ControllerClient:
         if response.is_success or response.status_code in allow:
             return response
         raise _refusal(response)
+
+
+def _force(force: bool) -> dict[str, str]:
+    return {"force": "true"} if force else {}
 
 
 def _if_match(revision: int | None) -> dict[str, str]:

@@ -44,6 +44,13 @@ def add_client_commands(
         "--dry-run", action="store_true", help="print what would change and change nothing"
     )
     apply.add_argument(
+        "--force",
+        action="store_true",
+        help="write even where a connected agent's local --policies files define the same "
+        "name or domain (the controller refuses that with 409 otherwise; those agents keep "
+        "serving their local file)",
+    )
+    apply.add_argument(
         "--prune",
         action="store_true",
         help="delete policies on the controller that the files do not hold",
@@ -92,10 +99,10 @@ def run_apply(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             if args.dry_run:
                 out.writelines(_diff(current, sourced))
             elif current is None:
-                client.create_policy(policy)
+                client.create_policy(policy, force=args.force)
             else:
                 # If-Match: a change made by someone else since our read is not overwritten.
-                client.replace_policy(policy, if_match=current.metadata.revision)
+                client.replace_policy(policy, if_match=current.metadata.revision, force=args.force)
             verb = "created" if current is None else "configured"
             print(f"policy/{policy.name} {verb}{suffix}", file=out)
         if args.prune:
@@ -223,7 +230,7 @@ def _table(policies: list[Policy]) -> str:
 
 
 def _agents_table(agents: list[dict[str, Any]]) -> str:
-    header = ("ID", "NODE", "CONNECTED", "APPLIED", "LAST SEEN", "LAST NACK")
+    header = ("ID", "NODE", "CONNECTED", "APPLIED", "SHADOWED", "LAST SEEN", "LAST NACK")
     rows = [header]
     for agent in agents:
         nack = agent.get("last_nack")
@@ -234,11 +241,20 @@ def _agents_table(agents: list[dict[str, Any]]) -> str:
                 agent["node_name"],
                 "yes" if agent["connected"] else "no",
                 str(agent["applied_revision"]),
+                _shadowed_cell(agent.get("shadowed")),
                 agent["last_seen"][:19].replace("T", " "),  # to the second, UTC
                 reason if len(reason) <= 60 else reason[:57] + "...",
             )
         )
     return _render_table(rows)
+
+
+def _shadowed_cell(shadowed: list[dict[str, str]] | None) -> str:
+    """How many controller policies the agent's local files shadow, and the first names."""
+    if not shadowed:
+        return "0" if shadowed is not None else "-"  # None: the agent never said
+    names = ",".join(s["name"] for s in shadowed[:3])
+    return f"{len(shadowed)} ({names}{',...' if len(shadowed) > 3 else ''})"
 
 
 def _endpoints_table(items: list[dict[str, Any]]) -> str:

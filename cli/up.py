@@ -236,7 +236,13 @@ def _apply(api: str, token: str, path: Path, out: TextIO) -> int:
     from cli.commands import run_apply
 
     args = argparse.Namespace(
-        filename=path, dry_run=False, prune=False, selector=[], server=api, token=token
+        filename=path,
+        dry_run=False,
+        force=False,
+        prune=False,
+        selector=[],
+        server=api,
+        token=token,
     )
     run_apply(args, out)
     with ControllerClient(api, token) as client:

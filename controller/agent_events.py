@@ -7,10 +7,12 @@ controller.services.agent_state writes them in batches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 Transport = Literal["websocket", "poll"]
+# JSON-ready {name, domain, source} of each local policy, {name, reason} of each shadowed one.
+Entries = list[dict[str, str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,12 +27,16 @@ class AgentConnected:
     transport: Transport
     replica: str
     session: str
+    local: Entries = field(default_factory=list)
+    shadowed: Entries = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
 class Acked:
     agent_id: str
     revision: int
+    local: Entries = field(default_factory=list)
+    shadowed: Entries = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@
         ├── NotFound             404  no such policy, slice or token
         ├── AlreadyExists        409  the name (or slice id) is taken
         ├── DomainConflict       409  another policy already has the domain
+        ├── LocalPolicyClash     409  a connected agent's local files define the name/domain
         ├── PreconditionFailed   412  If-Match names a revision that is no longer current
         ├── DatabaseUnavailable  503  the database cannot be reached or dropped the connection
         ├── SchemaNotCurrent          the database is not migrated to head (refuse to start)
@@ -32,6 +33,14 @@ class AlreadyExists(StoreError):
 
 class DomainConflict(StoreError):
     """Another policy already answers for the domain."""
+
+    def __init__(self, message: str, fields: list[FieldError]) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
+class LocalPolicyClash(StoreError):
+    """A connected agent serves the name or domain from its own files (``?force`` writes)."""
 
     def __init__(self, message: str, fields: list[FieldError]) -> None:
         super().__init__(message)

@@ -16,9 +16,11 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from pydantic import BaseModel
 
 from controller.agent_events import Acked, AgentConnected, Gone, Nacked, Seen
 from controller.db.session import Database
@@ -269,6 +271,8 @@ class Hub:
                 transport="websocket",
                 replica=self.settings.replica_id,
                 session=session.session,
+                local=_entries(hello.local),
+                shadowed=_entries(hello.shadowed),
             )
         )
         previous = self.sessions.get(hello.agent_id)
@@ -299,7 +303,14 @@ class Hub:
                 return
             if isinstance(message, protocol.Ack):
                 session.acked = message.revision
-                self.recorder.record(Acked(session.agent_id, message.revision))
+                self.recorder.record(
+                    Acked(
+                        session.agent_id,
+                        message.revision,
+                        local=_entries(message.local),
+                        shadowed=_entries(message.shadowed),
+                    )
+                )
             elif isinstance(message, protocol.Report):
                 self.health.record(session.agent_id, message)
             elif isinstance(message, protocol.Nack):
@@ -350,6 +361,10 @@ class Hub:
             return True
         head = self.feed.head
         return session.sent < head and head > session.refused
+
+
+def _entries(items: Sequence[BaseModel]) -> list[dict[str, str]]:
+    return [item.model_dump() for item in items]
 
 
 async def _decode(channel: Channel, data: str | bytes) -> protocol.Message | None:

@@ -2,10 +2,11 @@
 
 Modelled on xDS and etcd watches (docs/design.md). One WebSocket per agent:
 
-    agent -> controller   hello {agent_id, node_name, labels, software, revision}
+    agent -> controller   hello {agent_id, node_name, labels, software, revision,
+                                 local, shadowed}
     controller -> agent   snapshot {revision, policies}            (new agent, or log compacted)
                           delta {since, revision, changes}          (everything after `since`)
-    agent -> controller   ack {revision} | nack {revision, reason}
+    agent -> controller   ack {revision, local, shadowed} | nack {revision, reason}
     agent -> controller   report {endpoints}                        (probe results, every few s)
     controller -> agent   error {code, message}                     (then closes)
 
@@ -13,6 +14,13 @@ Besides policies, a revision carries ``down``: the endpoint addresses that a quo
 reporting agents sees as failing, so that every agent stops handing them out, including
 agents that never probed them. It is a whole set: a snapshot always carries it, a delta
 carries it only when it changed (``null``: unchanged).
+
+An agent may also serve policies from its own ``--policies`` files. The hello and every ACK
+carry them (``local``: each one's name and domain, so the controller can refuse a write that
+would clash) and the controller policies that they shadow on that node (``shadowed``: a
+controller policy whose name or domain a local file also defines is not served there; the
+local file wins). An ACK is also sent, for the revision that runs, when the local files
+change.
 
 Policy documents travel as plain JSON and are validated by the agent when it applies them,
 so that a document the agent cannot accept becomes a NACK with the reason rather than a
@@ -61,6 +69,27 @@ class _Message(BaseModel):
     v: Literal[1] = PROTOCOL_VERSION
 
 
+class LocalPolicy(BaseModel):
+    """A policy an agent serves from its own files: what a controller write may not reuse."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1, max_length=253)
+    domain: str = Field(min_length=1, max_length=253)
+    source: str = Field(default="", max_length=1024, description="file (and document)")
+
+
+class ShadowedPolicy(BaseModel):
+    """A controller policy the agent does not serve because a local file defines it too."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1, max_length=253)
+    reason: str = Field(max_length=1024)
+
+
+LocalPolicies = Annotated[list[LocalPolicy], Field(max_length=10_000)]
+ShadowedPolicies = Annotated[list[ShadowedPolicy], Field(max_length=10_000)]
+
+
 class Hello(_Message):
     type: Literal["hello"] = "hello"
     agent_id: str = Field(min_length=1, max_length=128)
@@ -68,6 +97,8 @@ class Hello(_Message):
     labels: dict[str, str] = Field(default_factory=dict)
     software: str = Field(default="", max_length=64)
     revision: int = Field(default=0, ge=0, description="the last revision the agent applied")
+    local: LocalPolicies = Field(default_factory=list, description="its --policies files")
+    shadowed: ShadowedPolicies = Field(default_factory=list)
 
 
 DownSet = Annotated[list[IPAddressText], Field(max_length=100_000)]
@@ -97,6 +128,10 @@ class Delta(_Message):
 class Ack(_Message):
     type: Literal["ack"] = "ack"
     revision: int = Field(ge=0)
+    local: LocalPolicies = Field(default_factory=list, description="its --policies files")
+    shadowed: ShadowedPolicies = Field(
+        default_factory=list, description="controller policies at `revision` not served here"
+    )
 
 
 class Nack(_Message):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 
 from agent.sync.config import SyncConfig
-from agent.sync.policy_sources import Applied, Outcome, PolicySources, Refused
+from agent.sync.policy_sources import Applied, Outcome, PolicySources, Refused, local_policies
 from agent.sync.state_file import StateDir
 from dnsmesh.logs import fields
 from dnsmesh.protocol import AppliedState, Delta, Hello, Report, SnapshotMessage
@@ -31,13 +31,16 @@ def software_version() -> str:
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
-    """Full jitter: uniform(0, min(cap, base * 2**attempt)).
+    """Equal jitter: uniform(w/2, w) with the window w = min(cap, base * 2**attempt).
 
-    Spreading reconnects over the whole window (rather than base*2**n plus a little noise)
-    is what stops a thousand agents from reconnecting in lockstep after a controller
-    restart ("Exponential Backoff And Jitter", AWS Architecture Blog, 2015).
+    Spreading reconnects over half the window or more (rather than base*2**n plus a little
+    noise) is what stops a thousand agents from reconnecting in lockstep after a controller
+    restart ("Exponential Backoff And Jitter", AWS Architecture Blog, 2015); the lower half
+    is left out so that the first retry after a close does not land in the same instant as
+    the close, while the controller is still going away.
     """
-    return rng.uniform(0.0, min(cap, base * 2 ** min(attempt, 32)))
+    window = min(cap, base * 2 ** min(attempt, 32))
+    return rng.uniform(window / 2, window)
 
 
 class ChannelContext:
@@ -141,6 +144,8 @@ class ChannelContext:
             labels=dict(self.config.labels),
             software=self.software,
             revision=self.sources.running.revision,
+            local=local_policies(self.sources.local),
+            shadowed=self.sources.shadowed,
         )
 
     def nack_pause(self) -> float:

@@ -27,9 +27,11 @@ class SyncConfig:
     node_name: str = field(default_factory=socket.gethostname)
     labels: dict[str, str] = field(default_factory=dict)
     mode: SyncMode = "auto"  # auto: WebSocket, polling when the upgrade is refused
-    # Reconnects: full-jitter exponential backoff, sleep ~ U(0, min(cap, base * 2**n)).
-    backoff_base: float = 0.2
+    # Reconnects: equal-jitter exponential backoff, sleep ~ U(w/2, w), w = min(cap, base*2**n);
+    # while connects are refused (a controller restarting) w stops at refused_cap.
+    backoff_base: float = 0.4
     backoff_cap: float = 10.0
+    refused_cap: float = 1.0
     fatal_retry: float = 30.0  # 401/403: the token is wrong; retrying fast cannot help
     # Keepalive: a controller silent for ping_interval + ping_timeout is taken for dead.
     ping_interval: float = 10.0
@@ -86,8 +88,9 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "controller (push)",
         "with --controller, the controller pushes its policies to the agent. --policies files "
-        "still apply, but may not define a name or domain the controller defines: whichever "
-        "comes second is refused (a controller update is NACKed, a file edit is not loaded).",
+        "still apply; where one defines a name or domain that a controller policy also "
+        "defines, the local file wins on this node and the agent reports the controller "
+        "policy as shadowed (every revision still applies).",
     )
     group.add_argument("--controller", metavar="URL", help="the controller, e.g. http://ctl:8053")
     group.add_argument(
@@ -115,11 +118,17 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
     seconds: dict[str, Any] = {"type": float, "metavar": "SECONDS"}
     group.add_argument(
         "--sync-backoff-base",
-        default=0.2,
-        help="first reconnect window; doubles per failure, wait drawn in [0, window)",
+        default=0.4,
+        help="first reconnect window; doubles per failure, wait drawn in [window/2, window]",
         **seconds,
     )
     group.add_argument("--sync-backoff-cap", default=10.0, help="largest window", **seconds)
+    group.add_argument(
+        "--sync-refused-cap",
+        default=1.0,
+        help="largest window while connects are refused (a controller restarting)",
+        **seconds,
+    )
     group.add_argument(
         "--sync-fatal-retry", default=30.0, help="retry period after 401/403", **seconds
     )
@@ -154,6 +163,7 @@ def sync_config_from_args(args: argparse.Namespace) -> SyncConfig | None:
     timings = {
         "backoff_base": args.sync_backoff_base,
         "backoff_cap": args.sync_backoff_cap,
+        "refused_cap": args.sync_refused_cap,
         "fatal_retry": args.sync_fatal_retry,
         "ping_interval": args.sync_ping_interval,
         "ping_timeout": args.sync_ping_timeout,

@@ -2,7 +2,8 @@
 
 Start order matters: the state file is read and swapped in before the listeners open, so
 the first query after a restart is answered from the last applied policies even when the
-controller is away; local files are then checked against them (agent/sync/policy_sources.py);
+controller is away; local files are then loaded beside them, shadowing any controller policy
+they clash with (agent/sync/policy_sources.py);
 only then does the sync client start talking to the controller.
 """
 
@@ -19,7 +20,6 @@ from agent.sync.client import AgentSync
 from agent.sync.config import SyncConfig
 from agent.sync.policy_sources import LocalPolicyWatcher, PolicySources
 from agent.sync.state_file import StateDir
-from dnsmesh.protocol import AppliedState
 
 
 class SyncedAgent:
@@ -30,7 +30,7 @@ class SyncedAgent:
     ) -> None:
         # The server must not watch the files itself: every load is checked for clashes.
         self.server = AgentServer(dataclasses.replace(config, policies=None), down=self._mesh_down)
-        self.sources = PolicySources(self.server.apply_snapshot, self._pending_applied)
+        self.sources = PolicySources(self.server.apply_snapshot, self._local_changed)
         self.state_dir = StateDir(sync.state_dir)
         self.sync_config = sync
         self.rng = rng
@@ -45,10 +45,10 @@ class SyncedAgent:
         """The controller's mesh-wide down set travels with each revision it sends."""
         return self.sources.running.down
 
-    def _pending_applied(self, state: AppliedState) -> None:
-        """A local edit let the controller's pending state run: the sync client reports it."""
+    def _local_changed(self) -> None:
+        """A local reload took effect: the sync client reports what is shadowed now."""
         if self.sync is not None:
-            self.sync.pending_applied(state)
+            self.sync.local_changed()
 
     async def start(self) -> None:
         self.state_dir.ensure()

@@ -21,9 +21,14 @@ class SyncFatal(DnsmeshError):
 class SyncRetry(DnsmeshError):
     """The channel failed in a way a later attempt may not (reset, 5xx, close, timeout)."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, clean: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after  # the controller's Retry-After, if it sent one
+        # The controller closed a working channel on purpose (going away, restarting): the
+        # next failure starts the backoff afresh.
+        self.clean = clean
 
 
 def parse_retry_after(value: str | None) -> float | None:

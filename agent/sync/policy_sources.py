@@ -1,21 +1,19 @@
 """The agent's policy set when a controller drives it: the controller's state plus local files.
 
 Two sources feed one snapshot: the controller's policies (pushed, persisted in the state
-file) and the node's own ``--policies`` files. They must not define the same policy name
-or the same domain, because which one should answer would be a guess. **The set that is
-running wins; the change that would create the clash is refused, loudly, with a reason
-that names both sides:**
+file) and the node's own ``--policies`` files. When both define the same policy name or the
+same domain, **the local file wins on that node**: the controller's policy is *shadowed*
+there (not served), and everything else still applies. A clash never stops the agent from
+following the controller: every revision is applied and ACKed, and the ACK names the
+shadowed controller policies with the reason (``GET /v1/agents`` shows them), so the
+operator sees the conflict without the node going stale. Whether a policy is shadowed is
+decided afresh from the two sources at every change of either, so editing the local file
+(or the controller policy) away from the clash makes the controller's policy served at
+once, and a restart (state file, then local files) ends in the same set.
 
-* a controller update that clashes with a local file is NACKed (the reason names the local
-  file and document); the agent keeps serving its last good set and remembers the
-  controller's newer state as *pending*: deltas keep applying on top of it, and it runs
-  (and is ACKed) as soon as the clash is gone, e.g. when the local file is edited;
-* a local file edit that clashes with a running controller policy is refused by the
-  reloader like any bad file (``policy.reload_failed`` names the file, document and the
-  controller policy); the previous local files stay in force.
-
-At start the state file is read first (it is what the controller last had applied), then
-the local files are checked against it exactly as an edit would be.
+The controller refuses a write that would clash with what a connected agent reported of its
+local files (409, controller/services/policies.py); this side covers the rest (an agent that
+was offline, a forced write, a local edit).
 """
 
 from __future__ import annotations
@@ -26,11 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.reload import PolicyWatcher
-from dnsmesh.errors import FieldError, PolicyError, PolicyFileError
+from dnsmesh.errors import PolicyError
 from dnsmesh.logs import fields
 from dnsmesh.policy import Policy
 from dnsmesh.policyfile import SourcedPolicy, load_policy_path
-from dnsmesh.protocol import AppliedState, Delta, RevisionGap, SnapshotMessage, apply_update
+from dnsmesh.protocol import (
+    Ack,
+    AppliedState,
+    Delta,
+    LocalPolicy,
+    RevisionGap,
+    ShadowedPolicy,
+    SnapshotMessage,
+    apply_update,
+)
 from dnsmesh.snapshot import Snapshot as CompiledSnapshot
 from dnsmesh.snapshot import compile_snapshot
 
@@ -45,26 +52,15 @@ class Clash:
     local: SourcedPolicy
     what: str  # "name" or "domain"
 
-    def for_controller(self) -> str:
-        """The NACK reason: the controller's policy is refused because of a local file."""
+    def shadowed(self) -> ShadowedPolicy:
+        """What the ACK says of the controller policy this local file shadows."""
         p, loc = self.controller, self.local
         value = p.name if self.what == "name" else p.spec.domain
-        return (
-            f"policy {p.name!r}: {self.what} {value!r} is also defined by local policy "
-            f"{loc.policy.name!r} in {loc.source} (document {loc.document}); the agent's "
-            "local files and the controller may not define the same name or domain"
+        reason = (
+            f"{self.what} {value!r} is also defined by local policy {loc.policy.name!r} in "
+            f"{loc.source} (document {loc.document}); the local file wins on this node"
         )
-
-    def for_local(self, controller_revision: int) -> FieldError:
-        """The reload error: the local file is refused because of a controller policy."""
-        p = self.controller
-        path = "metadata.name" if self.what == "name" else "spec.domain"
-        value = p.name if self.what == "name" else p.spec.domain
-        return FieldError(
-            path,
-            f"{value!r} is also the {self.what} of controller policy {p.name!r} "
-            f"(revision {controller_revision}); a local file may not override the controller",
-        )
+        return ShadowedPolicy(name=p.name, reason=reason[:1024])
 
 
 def find_clashes(local: Sequence[SourcedPolicy], controller: Mapping[str, Policy]) -> list[Clash]:
@@ -78,6 +74,18 @@ def find_clashes(local: Sequence[SourcedPolicy], controller: Mapping[str, Policy
         elif policy.spec.domain in by_domain:
             clashes.append(Clash(policy, by_domain[policy.spec.domain], "domain"))
     return clashes
+
+
+def local_policies(local: Sequence[SourcedPolicy]) -> list[LocalPolicy]:
+    """The local files as the hello and the ACK report them."""
+    return [
+        LocalPolicy(
+            name=s.policy.name,
+            domain=s.policy.spec.domain,
+            source=f"{s.source} (document {s.document})"[:1024],
+        )
+        for s in local
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,54 +109,73 @@ class Prepared:
 
     updates: Sequence[Update]
     running: AppliedState
-    start: AppliedState
     local: list[SourcedPolicy]
     refusals: list[Refused]
     view: AppliedState | None = None  # the new controller state, if any update applied
     verdict: Refused | None = None  # why `view` cannot run, or None
-    pending: bool = False  # `verdict` is a clash with local files: keep `view` pending
     snapshot: CompiledSnapshot | None = None  # `view` and the local files, compiled
 
 
 class PolicySources:
     """Holds both sources, decides every change, and publishes one compiled snapshot.
 
-    ``running`` is the controller state being served (and persisted); ``view`` is the
-    newest controller state the agent knows, which is ``running`` unless an update was
-    refused for a clash (then it is pending). ``publish`` is the server's snapshot swap.
+    ``running`` is the controller state that the agent runs (and persists); the controller
+    policies that a local file shadows are part of it but not served. ``publish`` is the
+    server's snapshot swap; ``on_local_changed`` is called after a local reload took effect,
+    so the sync client re-reports what is local and shadowed now.
     """
 
     def __init__(
         self,
         publish: Callable[[CompiledSnapshot], None],
-        on_pending_applied: Callable[[AppliedState], None] | None = None,
+        on_local_changed: Callable[[], None] | None = None,
     ) -> None:
         self.publish = publish
         self.local: list[SourcedPolicy] = []
         self.running = AppliedState.empty()
-        self.view = self.running
-        # Called with the new running state when a local edit lets a pending one run.
-        self.on_pending_applied = on_pending_applied
+        self.on_local_changed = on_local_changed
         self._staged_local: tuple[list[SourcedPolicy], AppliedState] | None = None
 
     @property
-    def pending(self) -> bool:
-        return self.view is not self.running
+    def shadowed(self) -> list[ShadowedPolicy]:
+        """The controller policies that local files shadow in what runs now."""
+        return [c.shadowed() for c in find_clashes(self.local, self.running.policies)]
+
+    def acknowledgement(self) -> Ack:
+        """The ACK of what runs, with what is local and shadowed."""
+        return Ack(
+            revision=self.running.revision,
+            local=local_policies(self.local),
+            shadowed=self.shadowed,
+        )
 
     def _compile(self, local: Sequence[SourcedPolicy], state: AppliedState) -> CompiledSnapshot:
-        policies = [s.policy for s in local] + list(state.policies.values())
-        return compile_snapshot(policies, state.revision)
+        shadowed = {c.controller.name for c in find_clashes(local, state.policies)}
+        served = [p for name, p in state.policies.items() if name not in shadowed]
+        return compile_snapshot([s.policy for s in local] + served, state.revision)
+
+    def _log_shadowing(self, before: Sequence[ShadowedPolicy]) -> None:
+        after = self.shadowed
+        if [s.name for s in after] == [s.name for s in before]:
+            return
+        if after:
+            log.warning(
+                "sync.policies_shadowed",
+                extra=fields(
+                    revision=self.running.revision,
+                    shadowed=[s.name for s in after],
+                    reason="; ".join(s.reason for s in after[:5])[:1000],
+                ),
+            )
+        else:
+            log.info("sync.shadowing_cleared", extra=fields(revision=self.running.revision))
 
     # -- the controller side -------------------------------------------------------------
 
     def start_from(self, state: AppliedState) -> None:
         """Serve ``state`` (from the state file) before any local file is loaded."""
-        self.running = self.view = state
+        self.running = state
         self.publish(self._compile(self.local, state))
-
-    def resync(self) -> None:
-        """A new channel starts from what runs: forget any pending controller state."""
-        self.view = self.running
 
     def receive(self, updates: Sequence[Update]) -> list[Outcome]:
         """Apply queued updates in order, compile once, swap once; outcomes by revision.
@@ -163,12 +190,12 @@ class PolicySources:
     def prepare(self, updates: Sequence[Update]) -> Prepared:
         """Everything ``receive`` decides, computed from the current state without changing it.
 
-        Safe in a worker thread: it reads ``running``, ``view`` and ``local`` once (they are
-        replaced, never mutated) so that a big snapshot's compile does not stall DNS.
+        Safe in a worker thread: it reads ``running`` and ``local`` once (they are replaced,
+        never mutated) so that a big snapshot's compile does not stall DNS.
         """
-        running, start, local = self.running, self.view, self.local
+        running, local = self.running, self.local
         refusals: list[Refused] = []
-        view = start
+        view = running
         for update in updates:
             base = view
             if isinstance(update, Delta) and update.since != view.revision:
@@ -181,30 +208,20 @@ class PolicySources:
                 break  # everything after a gap is a gap too
             except PolicyError as exc:
                 refusals.append(Refused(update.revision, f"invalid update: {exc}"))
-        prepared = Prepared(updates, running, start, local, refusals)
-        if view is start:
+        prepared = Prepared(updates, running, local, refusals)
+        if view is running:
             return prepared
         prepared.view = view
-        clashes = find_clashes(local, view.policies)
-        if clashes:
-            reason = "; ".join(c.for_controller() for c in clashes[:5])
-            prepared.verdict = Refused(view.revision, reason)
-            prepared.pending = True
-            return prepared
         try:
             prepared.snapshot = self._compile(local, view)
-        except PolicyError as exc:  # a repeated name/domain inside the controller's set
+        except PolicyError as exc:  # what apply_update's set check cannot see
             prepared.verdict = Refused(view.revision, f"invalid update: {exc}")
         return prepared
 
     def commit(self, prepared: Prepared) -> list[Outcome]:
         """Swap in what ``prepare`` decided (on the loop); redone if the state moved since."""
-        if (
-            prepared.running is not self.running
-            or prepared.start is not self.view
-            or prepared.local is not self.local
-        ):
-            # A local reload or a pending state ran while this was prepared in a thread.
+        if prepared.running is not self.running or prepared.local is not self.local:
+            # A local reload ran while this was prepared in a thread.
             prepared = self.prepare(prepared.updates)
         outcomes: list[Outcome] = list(prepared.refusals)
         for refusal in prepared.refusals:
@@ -214,97 +231,55 @@ class PolicySources:
                     extra=fields(revision=refusal.revision, error=refusal.reason[:500]),
                 )
         view, verdict = prepared.view, prepared.verdict
-        if view is not None and verdict is None and prepared.snapshot is not None:
-            self.running = self.view = view
+        if view is not None and prepared.snapshot is not None:
+            before = self.shadowed
+            self.running = view
             self.publish(prepared.snapshot)
+            self._log_shadowing(before)
             outcomes.append(Applied(view.revision))
         elif view is not None and verdict is not None:
-            event = "sync.update_clashes" if prepared.pending else "sync.update_invalid"
             log.error(
-                event,
+                "sync.update_invalid",
                 extra=fields(
                     revision=view.revision,
                     kept_revision=self.running.revision,
-                    reason=verdict.reason[:500],
+                    error=verdict.reason[:500],
                 ),
             )
-            # A clash leaves the controller's newer state pending (deltas apply on top of
-            # it, and a local edit may let it run); an invalid set is forgotten.
-            self.view = view if prepared.pending else self.running
             outcomes.append(verdict)
         return sorted(outcomes, key=lambda o: o.revision)
-
-    def _run_view(self) -> Outcome:
-        view = self.view
-        clashes = find_clashes(self.local, view.policies)
-        if clashes:
-            reason = "; ".join(c.for_controller() for c in clashes[:5])
-            log.error(
-                "sync.update_clashes",
-                extra=fields(
-                    revision=view.revision, kept_revision=self.running.revision, reason=reason
-                ),
-            )
-            return Refused(view.revision, reason)
-        try:
-            snapshot = self._compile(self.local, view)
-        except PolicyError as exc:  # a repeated name/domain inside the controller's set
-            log.error("sync.update_invalid", extra=fields(revision=view.revision, error=str(exc)))
-            self.view = self.running
-            return Refused(view.revision, f"invalid update: {exc}")
-        self.running = view
-        self.publish(snapshot)
-        return Applied(view.revision)
 
     # -- the local side (called by LocalPolicyWatcher) -------------------------------------
 
     def stage_local(self, loaded: list[SourcedPolicy]) -> CompiledSnapshot:
-        """The snapshot with these local files, or PolicyFileError naming the clash.
+        """The snapshot with these local files (shadowing what they clash with).
 
         Runs in the reloader's worker thread: it only reads ``running`` (one reference)
-        and remembers what it checked against, so ``commit_local`` can tell whether a
+        and remembers what it compiled against, so ``commit_local`` can tell whether a
         controller update landed in between.
         """
         running = self.running
-        self._check_local(loaded, running)
         snapshot = self._compile(loaded, running)
         self._staged_local = (loaded, running)
         return snapshot
 
-    def _check_local(self, loaded: list[SourcedPolicy], running: AppliedState) -> None:
-        clashes = find_clashes(loaded, running.policies)
-        if clashes:
-            first = clashes[0]
-            errors = [c.for_local(running.revision) for c in clashes[:5]]
-            raise PolicyFileError(first.local.source, errors, document=first.local.document)
-
-    def commit_local(self, snapshot: CompiledSnapshot) -> bool:
-        """Publish the staged local files (on the loop); False if they clash after all."""
-        if self._staged_local is None:
-            self.publish(snapshot)
-            return True
-        loaded, checked = self._staged_local
-        self._staged_local = None
-        if checked is not self.running:
-            # A controller update was applied while the files were parsed: check and
-            # compile again against what runs now, or a stale set would be swapped in.
-            try:
-                self._check_local(loaded, self.running)
+    def commit_local(self, snapshot: CompiledSnapshot) -> None:
+        """Publish the staged local files (on the loop), then report them."""
+        if self._staged_local is not None:
+            loaded, compiled_with = self._staged_local
+            self._staged_local = None
+            if compiled_with is not self.running:
+                # A controller update was applied while the files were parsed: compile
+                # again against what runs now, or a stale controller set would be swapped in.
                 snapshot = self._compile(loaded, self.running)
-            except PolicyError as exc:
-                log.error(
-                    "policy.reload_failed",
-                    extra=fields(error=str(exc), kept_revision=self.running.revision),
-                )
-                return False
+        else:
+            loaded = self.local
+        before = self.shadowed
         self.local = loaded
         self.publish(snapshot)
-        if self.pending and not find_clashes(self.local, self.view.policies):
-            outcome = self._run_view()
-            if isinstance(outcome, Applied) and self.on_pending_applied is not None:
-                log.info("sync.pending_applied", extra=fields(revision=outcome.revision))
-                self.on_pending_applied(self.running)
-        return True
+        self._log_shadowing(before)
+        if self.on_local_changed is not None:
+            self.on_local_changed()
 
 
 class LocalPolicyWatcher(PolicyWatcher):
@@ -315,15 +290,15 @@ class LocalPolicyWatcher(PolicyWatcher):
         self.sources = sources
 
     def _compile(self) -> CompiledSnapshot:
-        # Inside PolicyWatcher._build's error handling: a clash is logged as a failed reload
-        # and the previous local files stay in force.
+        # Inside PolicyWatcher._build's error handling: a file that does not load is logged
+        # as a failed reload and the previous local files stay in force.
         snapshot = self.sources.stage_local(load_policy_path(self.path))
         self.revision += 1
         return snapshot
 
     def _apply(self, snapshot: CompiledSnapshot) -> None:
-        if self.sources.commit_local(snapshot):
-            log.info(
-                "policy.reloaded",
-                extra=fields(path=str(self.path), policies=len(self.sources.local)),
-            )
+        self.sources.commit_local(snapshot)
+        log.info(
+            "policy.reloaded",
+            extra=fields(path=str(self.path), policies=len(self.sources.local)),
+        )

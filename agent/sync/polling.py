@@ -62,7 +62,6 @@ class Poller:
 
     async def run(self) -> None:
         sync, config = self.sync, self.sync.config
-        sync.sources.resync()
         await self.report()
         sync.connected("poll", config.http_url)
         entered = last_report = last_probes = sync.clock()
@@ -107,14 +106,12 @@ class Poller:
             if isinstance(decision, Apply):
                 outcomes += await self.sync.apply(decision.updates, "poll")
         sources = self.sync.sources
-        position = self.session.poll_next(
-            outcomes, message, view=sources.view.revision, running=sources.running.revision
-        )
+        position = self.session.poll_next(outcomes, message, running=sources.running.revision)
         # The ACK endpoint reports the revision that runs: one report covers every ACK;
         # each NACK is reported with its reason.
         nacks = [
             d.message
-            for d in self.session.applied(outcomes)
+            for d in self.session.applied(outcomes, sources.acknowledgement())
             if isinstance(d, Send) and isinstance(d.message, Nack)
         ]
         for nack in nacks:
@@ -132,6 +129,7 @@ class Poller:
             "labels": dict(sync.config.labels),
             "software": sync.software,
             "revision": sync.sources.running.revision,
+            **sync.sources.acknowledgement().model_dump(include={"local", "shadowed"}),
         }
         if nack is not None:
             body["nack"] = {"revision": nack.revision, "reason": nack.reason[:4096]}

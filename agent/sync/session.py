@@ -41,16 +41,14 @@ class Closed:
 
 
 @dataclass(frozen=True, slots=True)
-class PendingApplied:
-    """A local edit let the controller's pending state run (it must be saved and ACKed)."""
+class LocalChanged:
+    """The local files changed: ACK what runs again, with what is local and shadowed now."""
 
-    revision: int
+    ack: Ack
 
 
 # What a controller may send, and the agent's own reports that go out in order with it.
-Event = (
-    Hello | SnapshotMessage | Delta | Ack | Nack | Report | ErrorMessage | Closed | PendingApplied
-)
+Event = Hello | SnapshotMessage | Delta | Ack | Nack | Report | ErrorMessage | Closed | LocalChanged
 
 
 # -- what comes out ----------------------------------------------------------------------
@@ -71,11 +69,6 @@ class Send:
 
 
 @dataclass(frozen=True, slots=True)
-class Save:
-    """Write what runs to the state file before what follows is sent."""
-
-
-@dataclass(frozen=True, slots=True)
 class ControllerError:
     """The controller reported an error; it is logged and the channel stays open."""
 
@@ -85,9 +78,10 @@ class ControllerError:
 
 @dataclass(frozen=True, slots=True)
 class Disconnect:
-    """The channel is over; reconnect with backoff."""
+    """The channel is over; reconnect with backoff (afresh after a clean close)."""
 
     reason: str
+    clean: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +91,13 @@ class Resync:
     reason: str
 
 
-Decision = Apply | Send | Save | ControllerError | Disconnect | Resync
+Decision = Apply | Send | ControllerError | Disconnect | Resync
 
 # Close codes of controller/hub.py worth a word in the log (RFC 6455 §7.4.2: 4000-4999 are
 # the application's).
+# Normal closure, going away (a controller stopping), service restart (RFC 6455 §7.4.1, the
+# IANA registry): the controller ended a channel that worked, and will be back.
+CLEAN_CLOSES = frozenset({1000, 1001, 1012})
 CLOSE_HINTS = {
     4409: ": another connection uses this agent id; is the state folder shared between nodes?",
     4400: ": the controller did not understand this agent (versions apart?)",
@@ -142,24 +139,27 @@ class SyncSession:
     def _other(self, event: Event) -> list[Decision]:
         if isinstance(event, Report):
             return [Send(event)]
-        if isinstance(event, PendingApplied):
-            return [Save(), Send(Ack(revision=event.revision))]
+        if isinstance(event, LocalChanged):
+            return [Send(event.ack)]
         if isinstance(event, ErrorMessage):
             return [ControllerError(event.code, event.message)]
         if isinstance(event, Closed):
             hint = CLOSE_HINTS.get(event.code or 0, "")
-            return [
-                Disconnect(f"the controller closed the stream ({event.code} {event.reason}){hint}")
-            ]
+            reason = f"the controller closed the stream ({event.code} {event.reason}){hint}"
+            return [Disconnect(reason, clean=event.code in CLEAN_CLOSES)]
         raise ProtocolError(f"unexpected message from the controller: {event!r}"[:200])
 
-    def applied(self, outcomes: Iterable[Outcome]) -> list[Decision]:
-        """An ACK per applied revision, a NACK per refused one, then a resync after a gap."""
+    def applied(self, outcomes: Iterable[Outcome], ack: Ack) -> list[Decision]:
+        """An ACK per applied revision, a NACK per refused one, then a resync after a gap.
+
+        ``ack`` is the ACK of what runs now (what is local and shadowed); each applied
+        revision is acknowledged with it.
+        """
         decisions: list[Decision] = []
         gap: Refused | None = None
         for outcome in outcomes:
             if isinstance(outcome, Applied):
-                decisions.append(Send(Ack(revision=outcome.revision)))
+                decisions.append(Send(ack.model_copy(update={"revision": outcome.revision})))
                 continue
             decisions.append(Send(Nack(revision=outcome.revision, reason=outcome.reason)))
             if outcome.resync and gap is None:
@@ -169,21 +169,11 @@ class SyncSession:
         return decisions
 
     @staticmethod
-    def poll_next(
-        outcomes: Sequence[Outcome], asked: Update, *, view: int, running: int
-    ) -> PollNext:
-        """Where to poll from after ``asked`` was applied, given the revisions known now.
-
-        ``view`` is the newest controller revision the agent knows, ``running`` the one
-        it serves (they differ while a clashing state is pending).
-        """
+    def poll_next(outcomes: Sequence[Outcome], asked: Update, *, running: int) -> PollNext:
+        """Where to poll from after ``asked`` was applied, given the revision that runs."""
         refusals = [o for o in outcomes if isinstance(o, Refused)]
-        if not refusals:
-            return PollNext(view)
-        if any(r.resync for r in refusals):
-            return PollNext(running)  # the controller sends what we lack
-        if view < asked.revision:
+        if refusals and not any(r.resync for r in refusals) and running < asked.revision:
             # Refused without advancing (an invalid document): asking again at once would
             # get the same update; wait, then ask for anything newer than it.
             return PollNext(asked.revision, pause=True)
-        return PollNext(view)
+        return PollNext(running)  # after a gap: the controller sends what we lack

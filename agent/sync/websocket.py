@@ -31,8 +31,7 @@ from agent.sync.session import (
     Decision,
     Disconnect,
     Event,
-    PendingApplied,
-    Save,
+    LocalChanged,
     Send,
     SyncSession,
 )
@@ -59,15 +58,14 @@ class WebSocketChannel:
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self.connected = False  # the hello went out: queued answers will be sent
 
-    def pending_applied(self, revision: int) -> None:
-        """Queued, so the ACK goes out in order with the stream's other answers."""
-        self._queue.put_nowait(PendingApplied(revision))
+    def local_changed(self) -> None:
+        """Queued, so the new ACK goes out in order with the stream's other answers."""
+        self._queue.put_nowait(LocalChanged(self.context.sources.acknowledgement()))
 
     async def run(self) -> None:
         context = self.context
         ws = await _open(context)
         async with ws:
-            context.sources.resync()
             await ws.send(encode_message(context.hello()))
             self.connected = True
             context.connected("websocket", context.config.stream_url)
@@ -96,18 +94,17 @@ class WebSocketChannel:
     async def _carry_out(self, ws: ClientConnection, decision: Decision) -> None:
         if isinstance(decision, Apply):
             outcomes = await self.context.apply(decision.updates, "websocket")
-            for answer in self.session.applied(outcomes):
+            ack = self.context.sources.acknowledgement()
+            for answer in self.session.applied(outcomes, ack):
                 await self._carry_out(ws, answer)
         elif isinstance(decision, Send):
             await ws.send(encode_message(decision.message))
-        elif isinstance(decision, Save):
-            await self.context.save()
         elif isinstance(decision, ControllerError):
             log.error(
                 "sync.controller_error", extra=fields(code=decision.code, error=decision.message)
             )
         elif isinstance(decision, Disconnect):
-            raise SyncRetry(decision.reason)
+            raise SyncRetry(decision.reason, clean=decision.clean)
         elif isinstance(decision, ResyncDecision):
             await ws.close(1000, "resync")
             raise Resync(decision.reason)

@@ -56,7 +56,8 @@ Agents (the push protocol, HTTP polling and close codes: controller/api/agents.p
                                                    newer than R (R=0: snapshot), or 204
                                                    after S seconds (0-30) of nothing new
     POST   /v1/agents/{id}/ack {"node_name", "labels"?, "software"?, "revision": R,
-                                "nack"?: {"revision", "reason"}}
+                                "nack"?: {"revision", "reason"}, "local"?: [{name,
+                                domain, source}], "shadowed"?: [{name, reason}]}
                                                  (agent, admin) 200 {"agent_id",
                                                    "applied_revision"}: a polling agent's
                                                    hello and ACK/NACK, recorded on return
@@ -66,7 +67,10 @@ Agents (the push protocol, HTTP polling and close codes: controller/api/agents.p
                                                    connected, replica, first_seen,
                                                    connected_at, disconnected_at, last_seen,
                                                    applied_revision, last_nack: {revision,
-                                                   reason, at} | null}]} by agent_id
+                                                   reason, at} | null, local_policies:
+                                                   [{name, domain, source}] | null,
+                                                   shadowed: [{name, reason}] | null}]}
+                                                   by agent_id (null: never reported)
     GET    /v1/revisions/{r}?limit=100           (viewer, editor, admin) 200 {"revision": r,
                                                    "current_revision", "total": connected
                                                    agents, "converged": how many applied >= r,
@@ -105,6 +109,10 @@ Errors: every error status has one shape, with ``fields`` always present:
     405 method_not_allowed
     409 already_exists        POST of an existing policy/slice/token name
     409 domain_conflict       another policy has spec.domain (fields: spec.domain)
+    409 local_policy_clash    POST/PUT giving a policy a name or domain that a connected
+                              agent serves from its own --policies files (the agents, the
+                              local policy and file named; fields: metadata.name or
+                              spec.domain); ?force=true writes it anyway
     412 precondition_failed   If-Match is stale
     413 payload_too_large
     422 invalid_policy        fields name every offending path, e.g. spec.endpoints[1].weight

@@ -8,9 +8,12 @@ WebSocket ``GET /v1/agents/stream`` (ws:// or wss://)
      exists: 401 (no, unknown or revoked token; WWW-Authenticate: Bearer) or 403 (another
      role), body ``{"error": {"code", "message", "fields"}}`` like every API error; 503
      (Retry-After: 1) while the database is unreachable.
-  2. The agent sends ``hello`` {agent_id, node_name, labels, software, revision} first,
-     within 10 s (else ``error`` hello_timeout and close 4408). ``revision`` is the last
-     revision it applied, 0 when it has nothing.
+  2. The agent sends ``hello`` {agent_id, node_name, labels, software, revision, local,
+     shadowed} first, within 10 s (else ``error`` hello_timeout and close 4408).
+     ``revision`` is the last revision it applied, 0 when it has nothing; ``local`` lists
+     the policies of its own --policies files ([{name, domain, source}]) and ``shadowed``
+     the controller policies that they shadow on its node ([{name, reason}]: the local
+     file wins there, the rest of the revision applies). Both default to [].
   3. The controller answers with at most one update: a ``snapshot`` {revision, policies}
      when the agent is new (revision 0), is ahead of the database, or is older than the
      change log reaches back (compaction); else a ``delta`` {since: the agent's revision,
@@ -19,7 +22,8 @@ WebSocket ``GET /v1/agents/stream`` (ws:// or wss://)
   4. From then on, every commit is pushed as it happens, in revision order: a ``delta``
      whose ``since`` is the revision of the previous update sent on this connection.
      Several commits close together may arrive as one delta.
-  5. The agent answers each update with ``ack`` {revision} once applied, or ``nack``
+  5. The agent answers each update with ``ack`` {revision, local, shadowed} once applied
+     (and sends one for the revision it runs when its local files change), or ``nack``
      {revision, reason} when it refused it (it keeps running its previous state). After a
      NACK the controller sends nothing more until a newer revision commits, and then a
      delta from the agent's last ACKed revision (or a snapshot if it never ACKed one). An
@@ -51,10 +55,12 @@ HTTP polling (when a WebSocket cannot be opened), same tokens and revision seman
       with no body after S seconds (0-30, default 0) of nothing new. ``agent_id`` keeps
       that polling agent shown as connected.
   ``POST /v1/agents/{agent_id}/ack``
-      {"node_name", "labels"?, "software"?, "revision": R, "nack"?: {"revision", "reason"}}
+      {"node_name", "labels"?, "software"?, "revision": R, "nack"?: {"revision", "reason"},
+       "local"?: [...], "shadowed"?: [...]}
       R is the revision the agent runs now (after applying: the ACK); ``nack`` reports an
-      update it refused. 200 {"agent_id", "applied_revision"}. A polling agent posts after
-      every update and at least every 30 s to stay shown as connected.
+      update it refused; ``local`` and ``shadowed`` as in the hello. 200 {"agent_id",
+      "applied_revision"}. A polling agent posts after every update (and when its local
+      files change) and at least every 30 s to stay shown as connected.
   ``POST /v1/agents/{agent_id}/report``
       a ``report`` message as above ({"endpoints": [...]}; "type"/"v" optional). 200
       {"agent_id", "endpoints": N, "down": [address, ...]} once stored and the quorum
@@ -192,6 +198,8 @@ class _PollReport(BaseModel):
     software: str = Field(default="", max_length=64)
     revision: int = Field(ge=0, description="the revision the agent runs now")
     nack: _NackReport | None = None
+    local: protocol.LocalPolicies = Field(default_factory=list)
+    shadowed: protocol.ShadowedPolicies = Field(default_factory=list)
 
 
 @router.post("/v1/agents/{agent_id}/ack")
@@ -219,6 +227,8 @@ async def report(
             transport="poll",
             replica=hub.settings.replica_id,
             session="poll",
+            local=[item.model_dump() for item in body.local],
+            shadowed=[item.model_dump() for item in body.shadowed],
         ),
         nack,
     )

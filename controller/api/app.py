@@ -21,8 +21,9 @@ from controller.services.policies import PolicyService
 
 
 def create_app(db: Database, push: PushSettings | None = None) -> FastAPI:
-    policy_service = PolicyService(db)
-    hub = build_hub(db, push or PushSettings(), policy_service)
+    settings = push or PushSettings()
+    policy_service = PolicyService(db, agent_stale_after=settings.stale_after)
+    hub = build_hub(db, settings, policy_service)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

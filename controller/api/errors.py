@@ -21,6 +21,7 @@ from controller.errors import (
     DatabaseUnavailable,
     DomainConflict,
     InvalidRequest,
+    LocalPolicyClash,
     NotFound,
     PreconditionFailed,
     StoreError,
@@ -79,6 +80,8 @@ def from_store_error(error: StoreError) -> ApiError:
         return ApiError(409, "domain_conflict", str(error), error.fields)
     if isinstance(error, AlreadyExists):
         return ApiError(409, "already_exists", str(error))
+    if isinstance(error, LocalPolicyClash):
+        return ApiError(409, "local_policy_clash", str(error), error.fields)
     if isinstance(error, PreconditionFailed):
         return ApiError(412, "precondition_failed", str(error))
     if isinstance(error, InvalidRequest):

@@ -24,6 +24,9 @@ router = APIRouter(prefix="/v1/policies", tags=["policies"])
 
 Reader = Annotated[Principal, Depends(require(Permission.READ_POLICIES))]
 Writer = Annotated[Principal, Depends(require(Permission.WRITE_POLICIES))]
+# A write whose name or domain a connected agent serves from its own files is refused (409
+# local_policy_clash) unless forced; that agent then shadows the controller's policy.
+Force = Annotated[bool, Query(description="write even if a connected agent's local files clash")]
 
 # The body is a raw JSON object validated by dnsmesh.policy, so its errors name policy
 # fields (spec.endpoints[1].weight) rather than FastAPI's own locations.
@@ -69,9 +72,11 @@ async def list_policies(
 
 
 @router.post("", status_code=201, openapi_extra=_POLICY_BODY)
-async def create_policy(request: Request, who: Writer) -> JSONResponse:
+async def create_policy(request: Request, who: Writer, force: Force = False) -> JSONResponse:
     document = await json_body(request)
-    stored = await blocking(policy_store(request).create_policy, document, actor=who.name)
+    stored = await blocking(
+        policy_store(request).create_policy, document, actor=who.name, force=force
+    )
     log_change("policy.created", who, policy=stored.name, revision=stored.revision)
     return JSONResponse(
         stored.document,
@@ -87,7 +92,9 @@ async def get_policy(request: Request, name: str, _who: Reader) -> JSONResponse:
 
 
 @router.put("/{name}", openapi_extra=_POLICY_BODY)
-async def put_policy(request: Request, name: str, who: Writer) -> JSONResponse:
+async def put_policy(
+    request: Request, name: str, who: Writer, force: Force = False
+) -> JSONResponse:
     document = await json_body(request)
     written = await blocking(
         policy_store(request).put_policy,
@@ -95,6 +102,7 @@ async def put_policy(request: Request, name: str, who: Writer) -> JSONResponse:
         document,
         actor=who.name,
         if_match=if_match(request),
+        force=force,
     )
     if written.changed:
         event = "policy.created" if written.created else "policy.updated"

@@ -130,6 +130,10 @@ class AgentRow(Base):
     nack_revision: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     nack_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     nack_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # What the agent last reported of its own --policies files ({name, domain, source}) and
+    # of the controller policies they shadow on its node ({name, reason}); NULL: never said.
+    local_policies: Mapped[list[dict[str, str]] | None] = mapped_column(JsonColumn, nullable=True)
+    shadowed: Mapped[list[dict[str, str]] | None] = mapped_column(JsonColumn, nullable=True)
 
 
 class EndpointHealthRow(Base):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -66,6 +67,39 @@ def live_behind(
     return list(session.scalars(query))
 
 
+@dataclass(frozen=True, slots=True)
+class LocalDefinition:
+    """A policy of a live agent's own files that has a given name or domain."""
+
+    agent_id: str
+    node_name: str
+    what: str  # "name" or "domain"
+    local: dict[str, str]  # {name, domain, source} as the agent reported it
+
+
+def local_definitions(
+    session: Session, seen_since: datetime, *, name: str | None, domain: str
+) -> list[LocalDefinition]:
+    """Live agents' local policies with domain ``domain`` or (if given) named ``name``.
+
+    The JSON lists are matched here rather than in SQL, the same way on both backends; only
+    agents that reported local policies are read.
+    """
+    rows = session.execute(
+        select(AgentRow.agent_id, AgentRow.node_name, AgentRow.local_policies)
+        .where(_live(seen_since), AgentRow.local_policies.is_not(None))
+        .order_by(AgentRow.agent_id)
+    )
+    found = []
+    for agent_id, node_name, local in rows:
+        for entry in local or []:
+            if name is not None and entry.get("name") == name:
+                found.append(LocalDefinition(agent_id, node_name, "name", entry))
+            elif entry.get("domain") == domain:
+                found.append(LocalDefinition(agent_id, node_name, "domain", entry))
+    return found
+
+
 def _live(seen_since: datetime) -> Any:
     return and_(AgentRow.connected.is_(True), AgentRow.last_seen >= seen_since)
 
@@ -98,6 +132,8 @@ def _write_hellos(session: Session, run: list[AgentConnected], now: datetime) ->
             "disconnected_at": None,
             "last_seen": now,
             "applied_revision": h.revision,
+            "local_policies": h.local,
+            "shadowed": h.shadowed,
         }
         for h in last.values()
     ]
@@ -115,16 +151,27 @@ def _write_hellos(session: Session, run: list[AgentConnected], now: datetime) ->
 
 
 def _write_acks(session: Session, run: list[Acked], now: datetime) -> None:
-    last = {a.agent_id: a.revision for a in run}
-    by_revision: dict[int, list[str]] = {}
-    for agent_id, revision in last.items():
-        by_revision.setdefault(revision, []).append(agent_id)
-    for revision, agent_ids in sorted(by_revision.items()):
-        session.execute(
-            update(AgentRow)
-            .where(AgentRow.agent_id.in_(agent_ids))
-            .values(applied_revision=revision, last_seen=now)
+    last = {a.agent_id: a for a in run}  # each agent's newest ACK says what it runs
+    statement = (
+        update(_AGENTS)
+        .where(_AGENTS.c.agent_id == bindparam("b_agent"))
+        .values(
+            applied_revision=bindparam("b_revision"),
+            local_policies=bindparam("b_local", type_=_AGENTS.c.local_policies.type),
+            shadowed=bindparam("b_shadowed", type_=_AGENTS.c.shadowed.type),
+            last_seen=now,
         )
+    )
+    params = [
+        {
+            "b_agent": a.agent_id,
+            "b_revision": a.revision,
+            "b_local": a.local,
+            "b_shadowed": a.shadowed,
+        }
+        for a in last.values()
+    ]
+    session.connection().execute(statement, params)
 
 
 def _write_nacks(session: Session, run: list[Nacked], now: datetime) -> None:

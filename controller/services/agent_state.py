@@ -53,6 +53,10 @@ class AgentInfo:
     last_seen: str
     applied_revision: int
     last_nack: LastNack | None
+    # Its --policies files ({name, domain, source}) and the controller policies they shadow
+    # on its node ({name, reason}), as it last reported; None: it never said (older agent).
+    local_policies: list[dict[str, str]] | None = None
+    shadowed: list[dict[str, str]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,6 +73,8 @@ class AgentInfo:
             "last_seen": self.last_seen,
             "applied_revision": self.applied_revision,
             "last_nack": self.last_nack.to_json() if self.last_nack else None,
+            "local_policies": self.local_policies,
+            "shadowed": self.shadowed,
         }
 
 
@@ -149,4 +155,6 @@ class AgentStateService:
             last_seen=iso(last_seen),
             applied_revision=row.applied_revision,
             last_nack=nack,
+            local_policies=row.local_policies,
+            shadowed=row.shadowed,
         )

@@ -2,7 +2,10 @@
 
 Every write is one transaction that bumps the global revision, writes the policy, appends
 the change log row and the audit row, or does none of them; a write that changes nothing
-(the same document again) discards its transaction and says so in its result. Documents are
+(the same document again) discards its transaction and says so in its result. A write that
+gives a policy a name or domain that a connected agent serves from its own ``--policies``
+files is refused (LocalPolicyClash, 409) unless forced: that agent would shadow it
+(agent/sync/policy_sources.py), so the operator is told before, not after. Documents are
 validated with ``dnsmesh.policy.parse_policy`` (a slice change as the whole resulting
 policy), so the REST API, YAML files and the agents agree on what a valid policy is.
 """
@@ -11,14 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from controller.db.models import PolicyRow
 from controller.db.session import Database
-from controller.errors import AlreadyExists, DomainConflict, NotFound
-from controller.repositories import history, policies
+from controller.errors import AlreadyExists, DomainConflict, LocalPolicyClash, NotFound
+from controller.repositories import agents, history, policies
 from controller.repositories.health import read_down
 from controller.repositories.history import AuditEntry, Change, Operation
 from controller.repositories.revision import bump_revision, current_revision
@@ -38,6 +42,9 @@ from dnsmesh.policy import Policy, parse_policy
 from dnsmesh.protocol import Document
 
 __all__ = ["IfMatch", "PolicyList", "PolicyService", "StoredPolicy", "Written"]
+
+# PushSettings' default (three 10 s heartbeats plus the longest 30 s long-poll).
+AGENT_STALE_AFTER = timedelta(seconds=60)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +71,11 @@ class Written:
 
 
 class PolicyService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, agent_stale_after: timedelta = AGENT_STALE_AFTER) -> None:
         self.db = db
+        # An agent not heard from for this long is not connected: its local files do not
+        # block writes (controller.push_settings.PushSettings.stale_after).
+        self.agent_stale_after = agent_stale_after
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -131,7 +141,7 @@ class PolicyService:
 
     # -- policy writes -------------------------------------------------------------------
 
-    def create_policy(self, document: object, *, actor: str) -> StoredPolicy:
+    def create_policy(self, document: object, *, actor: str, force: bool = False) -> StoredPolicy:
         """Creates a policy; AlreadyExists when the name is taken."""
         policy = parse_policy(document)
         with self.db.writing() as transaction:
@@ -139,10 +149,18 @@ class PolicyService:
             revision = bump_revision(session)
             if policies.find_policy(session, policy.name) is not None:
                 raise AlreadyExists(f"policy {policy.name!r} already exists")
+            if not force:
+                self._refuse_local_clashes(session, policy, None)
             return self._save(session, revision, policy, None, actor, "policy.create").policy
 
     def put_policy(
-        self, name: str, document: object, *, actor: str, if_match: IfMatch | None = None
+        self,
+        name: str,
+        document: object,
+        *,
+        actor: str,
+        if_match: IfMatch | None = None,
+        force: bool = False,
     ) -> Written:
         """Creates or replaces ``name``; an unchanged document is not a change (no revision)."""
         policy = parse_named(document, name)
@@ -154,6 +172,8 @@ class PolicyService:
             if row is not None and content(row.document) == policy.to_document(with_revision=False):
                 transaction.discard()
                 return Written(_stored(row), changed=False)
+            if not force:
+                self._refuse_local_clashes(session, policy, row)
             operation = "policy.update" if row else "policy.create"
             return self._save(session, revision, policy, row, actor, operation)
 
@@ -201,6 +221,39 @@ class PolicyService:
         return policy
 
     # -- internals -----------------------------------------------------------------------
+
+    def _refuse_local_clashes(
+        self, session: Session, policy: Policy, row: PolicyRow | None
+    ) -> None:
+        """LocalPolicyClash if a live agent's local files define the name or domain this
+        write brings; a name or domain the policy already had is no new clash."""
+        domain = policy.spec.domain
+        if row is not None and row.domain == domain:
+            return
+        found = agents.local_definitions(
+            session,
+            self.db.clock() - self.agent_stale_after,
+            name=policy.name if row is None else None,
+            domain=domain,
+        )
+        if not found:
+            return
+        described = [
+            f"agent {d.agent_id} (node {d.node_name}) serves {d.what} "
+            f"{policy.name if d.what == 'name' else domain!r} from local policy "
+            f"{d.local.get('name')!r} in {d.local.get('source') or 'its --policies files'}"
+            for d in found[:5]
+        ]
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        message = (
+            f"policy {policy.name!r} clashes with agents' local policies: "
+            + "; ".join(described)
+            + more
+            + " (those agents would keep serving their local file); write with force=true "
+            "to store it anyway"
+        )
+        path = "metadata.name" if found[0].what == "name" else "spec.domain"
+        raise LocalPolicyClash(message, [FieldError(path, described[0])])
 
     def _edit_slices(
         self,

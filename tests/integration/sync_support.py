@@ -130,10 +130,14 @@ class Rest:
     def close(self) -> None:
         self.http.close()
 
-    def put(self, document: dict[str, Any]) -> int:
-        """PUT a policy; returns the revision it was stored at."""
+    def put(self, document: dict[str, Any], *, force: bool = False) -> int:
+        """PUT a policy; returns the revision it was stored at.
+
+        ``force``: even if a connected agent's local files define its name or domain.
+        """
         name = document["metadata"]["name"]
-        response = self.http.put(f"/v1/policies/{name}", json=document)
+        params = {"force": "true"} if force else {}
+        response = self.http.put(f"/v1/policies/{name}", json=document, params=params)
         assert response.status_code in (200, 201), response.text
         revision: int = response.json()["metadata"]["revision"]
         return revision
@@ -243,6 +247,11 @@ class SyncedAgents:
         self.loop_thread.run(agent.start())
         self.started.append(agent)
         return Synced(agent, self.loop_thread)
+
+    def stop(self, synced: Synced) -> None:
+        """Stop one agent now (a restart: start another on the same state folder)."""
+        self.started.remove(synced.agent)
+        self.loop_thread.run(synced.agent.stop(0.2))
 
     def stop_all(self) -> None:
         for agent in self.started:

@@ -11,11 +11,19 @@ import psycopg
 import pytest
 from sqlalchemy import event, func, select
 
+from controller.agent_events import AgentConnected, Gone
 from controller.db.engine import build_engine
 from controller.db.models import AuditRow, ChangeRow
 from controller.db.session import Database
-from controller.errors import AlreadyExists, DomainConflict, NotFound, PreconditionFailed
+from controller.errors import (
+    AlreadyExists,
+    DomainConflict,
+    LocalPolicyClash,
+    NotFound,
+    PreconditionFailed,
+)
 from controller.notify import CHANNEL
+from controller.services.agent_state import AgentStateService
 from controller.services.policies import IfMatch, PolicyService
 from dnsmesh.errors import PolicyError
 from tests.integration.controller_support import policy_doc
@@ -231,3 +239,36 @@ def test_a_list_and_its_revision_are_one_snapshot(database_url: str) -> None:
     finally:
         engine.dispose()
         other_engine.dispose()
+
+
+def test_a_write_clashing_with_a_live_agents_local_policy_is_refused_unless_forced(
+    controller_db: Database,
+) -> None:
+    store = PolicyService(controller_db)
+    agents = AgentStateService(controller_db, stale_after=store.agent_stale_after)
+    store.put_policy("payments", policy_doc("payments", domain="pay.example"), actor="t")
+    local = [{"name": "mine", "domain": "pay.mesh", "source": "/etc/l.yaml (document 1)"}]
+    hello = AgentConnected("a1", "node-1", {}, "dnsmesh/t", 1, "websocket", "r1", "s1", local=local)
+    agents.apply([hello])
+    head = store.current_revision()
+
+    with pytest.raises(LocalPolicyClash) as by_domain:
+        store.put_policy("pay", policy_doc("pay", domain="pay.mesh"), actor="t")
+    assert "agent a1 (node node-1)" in str(by_domain.value)
+    assert "local policy 'mine' in /etc/l.yaml (document 1)" in str(by_domain.value)
+    assert by_domain.value.fields[0].path == "spec.domain"
+    with pytest.raises(LocalPolicyClash) as by_name:
+        store.create_policy(policy_doc("mine", domain="other.mesh"), actor="t")
+    assert by_name.value.fields[0].path == "metadata.name"
+    with pytest.raises(LocalPolicyClash):  # an existing policy moved onto the domain
+        store.put_policy("payments", policy_doc("payments", domain="pay.mesh"), actor="t")
+    assert store.current_revision() == head  # nothing written
+
+    forced = store.put_policy("pay", policy_doc("pay", domain="pay.mesh"), actor="t", force=True)
+    assert forced.created
+    # Its name and domain stay: no new clash, no force needed.
+    edited = store.put_policy("pay", policy_doc("pay", domain="pay.mesh", weight=50), actor="t")
+    assert edited.changed
+
+    agents.apply([Gone("a1", "s1")])  # a gone agent's files block nothing
+    assert store.create_policy(policy_doc("mine", domain="other.mesh"), actor="t").name == "mine"

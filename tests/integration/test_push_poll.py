@@ -219,6 +219,7 @@ def test_polled_acks_and_nacks_are_recorded_like_websocket_ones(
                 "NODE",
                 "CONNECTED",
                 "APPLIED",
+                "SHADOWED",
                 "LAST",
                 "SEEN",
                 "LAST",
@@ -226,7 +227,7 @@ def test_polled_acks_and_nacks_are_recorded_like_websocket_ones(
             ]
             table = {line.split()[0]: line for line in lines[1:]}
             assert set(table) == {"poller", "stubborn", "ws"}
-            assert table["stubborn"].split()[1:4] == ["poller-node", "yes", str(base)]
+            assert table["stubborn"].split()[1:5] == ["poller-node", "yes", str(base), "0"]
             assert table["stubborn"].endswith(f"{revision}: bad weight")
             assert table["ws"].split()[1:4] == ["node-ws", "yes", str(revision)]
             await ws_agent.close()

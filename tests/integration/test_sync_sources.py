@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from agent.sync.config import (
 from agent.sync.errors import parse_retry_after
 from agent.sync.policy_sources import Applied, PolicySources, Refused, find_clashes
 from agent.sync.state_file import StateDir, write_atomically
-from dnsmesh.errors import ConfigError, PolicyFileError
+from dnsmesh.errors import ConfigError
 from dnsmesh.policyfile import SourcedPolicy, load_policy_path
 from dnsmesh.protocol import AppliedState, Delta, PolicyChange, SnapshotMessage, apply_update
 from dnsmesh.snapshot import Snapshot as Compiled
@@ -56,14 +55,14 @@ class Published:
     def names(self) -> set[str]:
         return {p.name for p in self.snapshots[-1].policies()}
 
+    @property
+    def domains(self) -> set[str]:
+        return {p.domain for p in self.snapshots[-1].policies()}
 
-def sources_with_local(
-    tmp_path: Path,
-    *docs: dict[str, Any],
-    on_pending_applied: Callable[[AppliedState], None] | None = None,
-) -> tuple[PolicySources, Published]:
+
+def sources_with_local(tmp_path: Path, *docs: dict[str, Any]) -> tuple[PolicySources, Published]:
     published = Published()
-    sources = PolicySources(published, on_pending_applied)
+    sources = PolicySources(published)
     local = write_local(tmp_path / "local.yaml", *docs)
     sources.commit_local(sources.stage_local(local))
     return sources, published
@@ -86,66 +85,67 @@ def test_clashes_are_found_by_name_and_by_domain(tmp_path: Path) -> None:
     assert find_clashes(local, {}) == []
 
 
-def test_a_controller_update_that_clashes_with_a_local_file_is_refused_naming_it(
+def test_a_controller_policy_clashing_with_a_local_file_is_shadowed_and_the_rest_applies(
     tmp_path: Path,
 ) -> None:
     sources, published = sources_with_local(tmp_path, doc("local-web", "web.mesh.internal"))
-    outcomes = sources.receive([SnapshotMessage(revision=3, policies=[doc("api")])])
-    assert outcomes == [Applied(3)]
-    assert published.names == {"local-web", "api"}
+    assert sources.receive([SnapshotMessage(revision=3, policies=[doc("api")])]) == [Applied(3)]
+    assert published.names == {"local-web", "api"} and sources.shadowed == []
 
     clash = Delta(since=3, revision=4, changes=[PolicyChange(name="web", policy=doc("web"))])
-    (outcome,) = sources.receive([clash])
-    assert isinstance(outcome, Refused) and outcome.revision == 4 and not outcome.resync
-    assert str(tmp_path / "local.yaml") in outcome.reason
-    assert "'web.mesh.internal'" in outcome.reason and "local-web" in outcome.reason
-    # Still serving revision 3 with the local policy; the controller's 4 is pending.
-    assert sources.running.revision == 3 and published.snapshots[-1].revision == 3
+    assert sources.receive([clash]) == [Applied(4)]
+    # Revision 4 runs; its "web" is not served here: the local file keeps the domain.
+    assert sources.running.revision == 4 and published.snapshots[-1].revision == 4
     assert published.names == {"local-web", "api"}
-    assert sources.pending and sources.view.revision == 4
+    (shadowed,) = sources.shadowed
+    assert shadowed.name == "web"
+    assert str(tmp_path / "local.yaml") in shadowed.reason
+    assert "'web.mesh.internal'" in shadowed.reason and "local-web" in shadowed.reason
+    ack = sources.acknowledgement()
+    assert ack.revision == 4 and [s.name for s in ack.shadowed] == ["web"]
+    assert [(p.name, p.domain) for p in ack.local] == [("local-web", "web.mesh.internal")]
 
-    # The controller resends from what runs (3) after a NACK; a fix there applies.
-    fixed = Delta(since=3, revision=5, changes=[PolicyChange(name="web", policy=None)])
-    assert sources.receive([fixed]) == [Applied(5)]
-    assert not sources.pending
-
-
-def test_deltas_keep_applying_on_top_of_a_pending_state(tmp_path: Path) -> None:
-    sources, _ = sources_with_local(tmp_path, doc("web"))
-    sources.receive([SnapshotMessage(revision=1, policies=[doc("web")])])  # clash: pending at 1
-    assert sources.running.revision == 0 and sources.view.revision == 1
-    delta = Delta(since=1, revision=2, changes=[PolicyChange(name="web", policy=None)])
-    assert sources.receive([delta]) == [Applied(2)]
-    assert sources.running.revision == 2 and sources.running.policies == {}
+    # A later, unrelated revision applies and is served too.
+    unrelated = Delta(since=4, revision=5, changes=[PolicyChange(name="db", policy=doc("db"))])
+    assert sources.receive([unrelated]) == [Applied(5)]
+    assert published.names == {"local-web", "api", "db"}
+    assert [s.name for s in sources.shadowed] == ["web"]
 
 
-def test_a_local_edit_that_clashes_with_the_controller_is_refused(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_removing_the_clash_locally_serves_the_controller_policy_and_reports_it(
+    tmp_path: Path,
+) -> None:
+    changed: list[int] = []
+    published = Published()
+    sources = PolicySources(published, lambda: changed.append(sources.running.revision))
+    sources.start_from(
+        apply_update(
+            AppliedState.empty(),
+            SnapshotMessage(revision=9, policies=[doc("web", "web.example"), doc("api")]),
+        )
+    )
+    sources.commit_local(sources.stage_local(write_local(tmp_path / "local.yaml", doc("web"))))
+    assert changed == [9] and [s.name for s in sources.shadowed] == ["web"]
+    assert published.domains == {"web.mesh.internal", "api.mesh.internal"}  # the local web
+
+    sources.commit_local(sources.stage_local(write_local(tmp_path / "local.yaml", doc("other"))))
+    assert changed == [9, 9] and sources.shadowed == []
+    assert published.names == {"other", "web", "api"}
+    assert "web.example" in published.domains
+
+
+def test_a_local_edit_that_clashes_with_the_controller_shadows_its_policy(
+    tmp_path: Path,
 ) -> None:
     sources, published = sources_with_local(tmp_path, doc("local"))
     sources.receive([SnapshotMessage(revision=7, policies=[doc("checkout")])])
     clashing = write_local(
         tmp_path / "local.yaml", doc("local"), doc("mine", "checkout.mesh.internal")
     )
-    with pytest.raises(PolicyFileError) as refused:
-        sources.stage_local(clashing)
-    error = refused.value
-    assert error.source == str(tmp_path / "local.yaml") and error.document == 2
-    assert error.errors[0].path == "spec.domain"
-    assert "controller policy 'checkout' (revision 7)" in error.errors[0].message
-    assert published.names == {"local", "checkout"}
-    assert [s.policy.name for s in sources.local] == ["local"]
-
-
-def test_removing_the_clash_locally_runs_the_pending_state_and_reports_it(tmp_path: Path) -> None:
-    ran: list[AppliedState] = []
-    sources, published = sources_with_local(tmp_path, doc("web"), on_pending_applied=ran.append)
-    sources.receive([SnapshotMessage(revision=9, policies=[doc("web", "web.example")])])
-    assert sources.pending and ran == []
-    sources.commit_local(sources.stage_local(write_local(tmp_path / "local.yaml", doc("other"))))
-    assert [s.revision for s in ran] == [9]
-    assert sources.running.revision == 9 and not sources.pending
-    assert published.names == {"other", "web"}
+    sources.commit_local(sources.stage_local(clashing))
+    assert published.names == {"local", "mine"}
+    (shadowed,) = sources.shadowed
+    assert shadowed.name == "checkout" and "(document 2)" in shadowed.reason
 
 
 def test_a_controller_update_landing_while_files_are_parsed_is_not_lost(tmp_path: Path) -> None:
@@ -153,7 +153,7 @@ def test_a_controller_update_landing_while_files_are_parsed_is_not_lost(tmp_path
     staged = sources.stage_local(write_local(tmp_path / "local.yaml", doc("local2")))
     # The reloader parses in a worker thread; meanwhile the loop applies a push.
     assert sources.receive([SnapshotMessage(revision=2, policies=[doc("pushed")])]) == [Applied(2)]
-    assert sources.commit_local(staged)
+    sources.commit_local(staged)
     assert published.names == {"local2", "pushed"} and published.snapshots[-1].revision == 2
 
     staged = sources.stage_local(write_local(tmp_path / "local.yaml", doc("late", "late.mesh")))
@@ -161,9 +161,9 @@ def test_a_controller_update_landing_while_files_are_parsed_is_not_lost(tmp_path
         since=2, revision=3, changes=[PolicyChange(name="x", policy=doc("x", "late.mesh"))]
     )
     assert sources.receive([late]) == [Applied(3)]  # no clash with what runs (local2)
-    assert not sources.commit_local(staged)  # but the staged files now clash: refused
-    assert published.names == {"local2", "pushed", "x"}
-    assert [s.policy.name for s in sources.local] == ["local2"]
+    sources.commit_local(staged)  # the staged files clash with it now: the file wins
+    assert published.names == {"late", "pushed"} and published.snapshots[-1].revision == 3
+    assert [s.name for s in sources.shadowed] == ["x"]
 
 
 def test_an_update_prepared_in_a_thread_is_redone_if_the_state_moved(tmp_path: Path) -> None:
@@ -177,9 +177,8 @@ def test_an_update_prepared_in_a_thread_is_redone_if_the_state_moved(tmp_path: P
     sources.commit_local(
         sources.stage_local(write_local(tmp_path / "local.yaml", doc("x", "x.mesh")))
     )
-    (outcome,) = sources.commit(prepared)
-    assert isinstance(outcome, Refused) and outcome.revision == 2 and "x.mesh" in outcome.reason
-    assert published.names == {"x", "a"} and sources.pending
+    assert sources.commit(prepared) == [Applied(2)]
+    assert published.names == {"x", "a"} and [s.name for s in sources.shadowed] == ["b"]
 
 
 # -- coalescing, gaps, invalid updates -------------------------------------------------------
@@ -216,7 +215,7 @@ def test_an_invalid_document_is_refused_whole() -> None:
     both = [PolicyChange(name="a", policy=None), PolicyChange(name="b", policy=bad)]
     (outcome,) = sources.receive([Delta(since=1, revision=2, changes=both)])
     assert isinstance(outcome, Refused) and "spec.endpoints[0].address" in outcome.reason
-    assert set(sources.running.policies) == {"a"} and sources.view is sources.running
+    assert set(sources.running.policies) == {"a"} and sources.running.revision == 1
 
 
 def test_an_empty_delta_at_the_current_revision_is_harmless() -> None:
@@ -294,14 +293,19 @@ def test_retry_after_is_read_in_seconds_and_bounded() -> None:
     assert parse_retry_after(None) is None
 
 
-def test_backoff_is_full_jitter_within_a_doubling_capped_window() -> None:
+def test_backoff_is_equal_jitter_within_a_doubling_capped_window() -> None:
     rng = random.Random(7)
     for attempt in range(12):
-        window = min(10.0, 0.2 * 2**attempt)
-        delays = [backoff_delay(attempt, 0.2, 10.0, rng) for _ in range(200)]
-        assert all(0.0 <= d <= window for d in delays)
-        assert max(delays) > window * 0.8 and min(delays) < window * 0.2  # spread, not fixed
-    assert backoff_delay(10_000, 0.2, 10.0, rng) <= 10.0
+        window = min(10.0, 0.4 * 2**attempt)
+        delays = [backoff_delay(attempt, 0.4, 10.0, rng) for _ in range(200)]
+        assert all(window / 2 <= d <= window for d in delays)
+        assert max(delays) > window * 0.9 and min(delays) < window * 0.6  # spread, not fixed
+    # The first retry comes quickly, but not in the instant of the close.
+    first = [backoff_delay(0, 0.4, 10.0, rng) for _ in range(200)]
+    assert min(first) >= 0.2 and max(first) <= 0.4
+    assert backoff_delay(10_000, 0.4, 10.0, rng) <= 10.0
+    # While connects are refused the window stops at the refused cap.
+    assert all(0.5 <= backoff_delay(20, 0.4, 1.0, rng) <= 1.0 for _ in range(200))
 
 
 @pytest.mark.parametrize(
@@ -341,7 +345,7 @@ def test_sync_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert config is not None and config.token == "dnsm_secret" and config.mode == "http"
     assert config.labels == {"zone": "a", "rack": "7"} and config.node_name == "n1"
-    assert (config.backoff_base, config.backoff_cap) == (0.2, 10.0)
+    assert (config.backoff_base, config.backoff_cap, config.refused_cap) == (0.4, 10.0, 1.0)
     with pytest.raises(ConfigError, match="--token"):
         monkeypatch.delenv("DNSMESH_AGENT_TOKEN", raising=False)
         sync_config_from_args(parse("--controller=http://127.0.0.1:1"))
@@ -349,5 +353,7 @@ def test_sync_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         sync_config_from_args(parse("--controller=ftp://x", "--token=t"))
     with pytest.raises(ConfigError, match="positive"):
         sync_config_from_args(parse("--controller=http://x", "--token=t", "--sync-backoff-cap=0"))
+    with pytest.raises(ConfigError, match="positive"):
+        sync_config_from_args(parse("--controller=http://x", "--token=t", "--sync-refused-cap=0"))
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_labels(["novalue"])

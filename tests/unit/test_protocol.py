@@ -13,11 +13,13 @@ from dnsmesh.protocol import (
     Delta,
     EndpointReport,
     Hello,
+    LocalPolicy,
     Nack,
     PolicyChange,
     ProtocolError,
     Report,
     RevisionGap,
+    ShadowedPolicy,
     SnapshotMessage,
     apply_update,
     build_delta,
@@ -44,6 +46,17 @@ def doc(name: str, address: str = "10.0.0.1", domain: str | None = None) -> dict
         SnapshotMessage(revision=3, policies=[doc("web")]),
         Delta(since=3, revision=5, changes=[PolicyChange(name="web", policy=None)]),
         Ack(revision=5),
+        Hello(
+            agent_id="a1",
+            node_name="node-1",
+            local=[LocalPolicy(name="mine", domain="pay.mesh", source="/etc/p.yaml (document 1)")],
+            shadowed=[ShadowedPolicy(name="payments", reason="domain 'pay.mesh' is local")],
+        ),
+        Ack(
+            revision=5,
+            local=[LocalPolicy(name="mine", domain="pay.mesh")],
+            shadowed=[ShadowedPolicy(name="payments", reason="local file wins")],
+        ),
         Nack(revision=5, reason="spec.domain: clash"),
         SnapshotMessage(revision=3, policies=[], down=["10.0.0.1", "fd00::1"]),
         Delta(since=3, revision=4, changes=[], down=[]),
@@ -164,3 +177,12 @@ def test_the_down_set_comes_whole_with_snapshots_and_only_when_changed_with_delt
     assert recovered.down == frozenset()
     assert build_delta(3, 4, [], down={"fd00:0::1"}).down == ["fd00::1"]
     assert decode_state(encode_state(state)).down == {"10.0.0.1"}
+
+
+def test_an_older_agents_hello_and_ack_say_nothing_local_or_shadowed() -> None:
+    hello = decode_message('{"v": 1, "type": "hello", "agent_id": "a", "node_name": "n"}')
+    ack = decode_message('{"v": 1, "type": "ack", "revision": 3}')
+    assert isinstance(hello, Hello) and hello.local == [] and hello.shadowed == []
+    assert isinstance(ack, Ack) and ack.local == [] and ack.shadowed == []
+    with pytest.raises(ProtocolError):
+        decode_message('{"v": 1, "type": "ack", "revision": 3, "shadowed": [{"name": "x"}]}')

@@ -13,10 +13,9 @@ from agent.sync.session import (
     Closed,
     ControllerError,
     Disconnect,
-    PendingApplied,
+    LocalChanged,
     PollNext,
     Resync,
-    Save,
     Send,
     SyncSession,
 )
@@ -28,6 +27,7 @@ from dnsmesh.protocol import (
     Nack,
     ProtocolError,
     Report,
+    ShadowedPolicy,
     SnapshotMessage,
 )
 
@@ -60,8 +60,9 @@ def test_a_report_between_updates_splits_them_and_keeps_the_order() -> None:
     ]
 
 
-def test_an_applied_pending_state_is_saved_then_acked() -> None:
-    assert SyncSession().receive([PendingApplied(7)]) == [Save(), Send(Ack(revision=7))]
+def test_a_local_change_is_acked_again_with_what_is_shadowed_now() -> None:
+    ack = Ack(revision=7, shadowed=[ShadowedPolicy(name="web", reason="local file")])
+    assert SyncSession().receive([LocalChanged(ack)]) == [Send(ack)]
 
 
 def test_a_controller_error_is_reported_and_the_channel_stays() -> None:
@@ -77,9 +78,21 @@ def test_a_close_disconnects_with_a_hint_for_a_known_code() -> None:
 
 
 def test_a_close_with_an_unknown_code_has_no_hint() -> None:
-    assert SyncSession().receive([Closed(1001, "going away")]) == [
-        Disconnect("the controller closed the stream (1001 going away)")
+    assert SyncSession().receive([Closed(4000, "odd")]) == [
+        Disconnect("the controller closed the stream (4000 odd)")
     ]
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1012])
+def test_a_controller_going_away_or_restarting_is_a_clean_close(code: int) -> None:
+    (decision,) = SyncSession().receive([Closed(code, "bye")])
+    assert decision == Disconnect(f"the controller closed the stream ({code} bye)", clean=True)
+
+
+@pytest.mark.parametrize("code", [None, 1006, 1011, 4409])
+def test_a_failure_or_a_refusal_is_not_a_clean_close(code: int | None) -> None:
+    (decision,) = SyncSession().receive([Closed(code, "x")])
+    assert isinstance(decision, Disconnect) and not decision.clean
 
 
 def test_updates_before_a_close_are_applied_first() -> None:
@@ -95,41 +108,39 @@ def test_a_message_only_agents_send_is_a_protocol_error() -> None:
         SyncSession().receive([hello])
 
 
-def test_each_applied_revision_is_acked() -> None:
-    assert SyncSession().applied([Applied(4)]) == [Send(Ack(revision=4))]
+RUNS = Ack(revision=9, shadowed=[ShadowedPolicy(name="web", reason="local file")])
+
+
+def test_each_applied_revision_is_acked_with_what_is_shadowed() -> None:
+    assert SyncSession().applied([Applied(4)], RUNS) == [
+        Send(Ack(revision=4, shadowed=RUNS.shadowed))
+    ]
 
 
 def test_a_refused_revision_is_nacked_with_its_reason() -> None:
-    assert SyncSession().applied([Refused(4, "invalid update: x")]) == [
+    assert SyncSession().applied([Refused(4, "invalid update: x")], RUNS) == [
         Send(Nack(revision=4, reason="invalid update: x"))
     ]
 
 
 def test_a_gap_is_nacked_then_resynced() -> None:
     outcomes = [Applied(4), Refused(6, "gap", resync=True)]
-    assert SyncSession().applied(outcomes) == [
+    assert SyncSession().applied(outcomes, Ack(revision=4)) == [
         Send(Ack(revision=4)),
         Send(Nack(revision=6, reason="gap")),
         Resync("gap"),
     ]
 
 
-def test_polling_goes_on_from_the_view_after_an_ack() -> None:
-    assert SyncSession.poll_next([Applied(5)], snapshot(5), view=5, running=5) == PollNext(5)
+def test_polling_goes_on_from_what_runs_after_an_ack() -> None:
+    assert SyncSession.poll_next([Applied(5)], snapshot(5), running=5) == PollNext(5)
 
 
 def test_polling_asks_from_what_runs_after_a_gap() -> None:
     outcomes = [Refused(9, "gap", resync=True)]
-    assert SyncSession.poll_next(outcomes, delta(8, 9), view=3, running=3) == PollNext(3)
+    assert SyncSession.poll_next(outcomes, delta(8, 9), running=3) == PollNext(3)
 
 
 def test_polling_pauses_after_a_refusal_that_did_not_advance() -> None:
     outcomes = [Refused(9, "invalid update: x")]
-    assert SyncSession.poll_next(outcomes, snapshot(9), view=3, running=3) == PollNext(
-        9, pause=True
-    )
-
-
-def test_polling_follows_a_pending_view_after_a_clash() -> None:
-    outcomes = [Refused(9, "clash")]
-    assert SyncSession.poll_next(outcomes, snapshot(9), view=9, running=3) == PollNext(9)
+    assert SyncSession.poll_next(outcomes, snapshot(9), running=3) == PollNext(9, pause=True)
