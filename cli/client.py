@@ -27,10 +27,10 @@ class ControllerRefused(ControllerError):
 
     def __init__(self, status: int, code: str, message: str, fields: list[FieldError]) -> None:
         self.status = status
-        self.code = code
+        self.code = code  # the stable machine name (domain_conflict), for callers, not people
         self.fields = fields
-        detail = "; ".join(str(f) for f in fields)
-        super().__init__(f"{message} ({status} {code})" + (f": {detail}" if detail else ""))
+        self.reason = _sentence(message, fields)
+        super().__init__(f"{self.reason} (HTTP {status})")
 
 
 class TokenRefused(ControllerRefused):
@@ -70,43 +70,68 @@ class ControllerClient:
         self.close()
 
     def list_policies(self, labels: dict[str, str] | None = None) -> PolicyList:
-        params = [("label", f"{k}={v}") for k, v in (labels or {}).items()]
-        body = self._request("GET", "/v1/policies", params=params).json()
+        body = self._request("GET", "/v1/policies", params=_labels(labels)).json()
         return PolicyList(body["revision"], [parse_policy(doc) for doc in body["items"]])
 
     def get_policy(self, name: str) -> Policy | None:
         response = self._request("GET", f"/v1/policies/{name}", allow={404})
         return None if response.status_code == 404 else parse_policy(response.json())
 
-    def create_policy(self, policy: Policy) -> Policy:
+    # ``dry_run``: the controller runs every check of the write and stores nothing
+    # (``?dry_run=true``); the answer is the one the write would get, refusals included.
+
+    def create_policy(self, policy: Policy, *, dry_run: bool = False) -> Policy:
         response = self._request(
-            "POST", "/v1/policies", json=policy.to_document(with_revision=False)
+            "POST",
+            "/v1/policies",
+            json=policy.to_document(with_revision=False),
+            params=_dry_run(dry_run),
         )
         return parse_policy(response.json())
 
-    def replace_policy(self, policy: Policy, *, if_match: int | None = None) -> Policy:
+    def replace_policy(
+        self, policy: Policy, *, if_match: int | None = None, dry_run: bool = False
+    ) -> Policy:
         response = self._request(
             "PUT",
             f"/v1/policies/{policy.name}",
             json=policy.to_document(with_revision=False),
             headers=_if_match(if_match),
+            params=_dry_run(dry_run),
         )
         return parse_policy(response.json())
 
-    def delete_policy(self, name: str, *, if_match: int | None = None) -> int:
+    def delete_policy(
+        self, name: str, *, if_match: int | None = None, dry_run: bool = False
+    ) -> int:
         """Deletes a policy; returns the revision of the deletion."""
-        response = self._request("DELETE", f"/v1/policies/{name}", headers=_if_match(if_match))
+        response = self._request(
+            "DELETE",
+            f"/v1/policies/{name}",
+            headers=_if_match(if_match),
+            params=_dry_run(dry_run),
+        )
         revision: int = response.json()["revision"]
         return revision
 
-    def list_agents(self) -> list[dict[str, Any]]:
-        """``GET /v1/agents``: every recorded agent, what it runs and whether it is connected."""
-        items: list[dict[str, Any]] = self._request("GET", "/v1/agents").json()["items"]
+    def list_agents(
+        self, name: str | None = None, labels: dict[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """``GET /v1/agents``: the recorded agents (with that id or node name, those labels)."""
+        params = _labels(labels) + ([("name", name)] if name else [])
+        body = self._request("GET", "/v1/agents", params=params).json()
+        items: list[dict[str, Any]] = body["items"]
         return items
 
-    def endpoints(self, policy: str | None = None) -> dict[str, Any]:
+    def delete_agent(self, agent_id: str) -> None:
+        """``DELETE /v1/agents/{id}``: forget a node that is gone (refused while connected)."""
+        self._request("DELETE", f"/v1/agents/{agent_id}")
+
+    def endpoints(
+        self, policy: str | None = None, labels: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """``GET /v1/endpoints``: health per endpoint address (of one policy, if given)."""
-        params = {"policy": policy} if policy else {}
+        params = _labels(labels) + ([("policy", policy)] if policy else [])
         body: dict[str, Any] = self._request("GET", "/v1/endpoints", params=params).json()
         return body
 
@@ -133,6 +158,20 @@ def _if_match(revision: int | None) -> dict[str, str]:
     return {} if revision is None else {"If-Match": f'"{revision}"'}
 
 
+def _dry_run(dry_run: bool) -> dict[str, str]:
+    return {"dry_run": "true"} if dry_run else {}
+
+
+def _labels(labels: dict[str, str] | None) -> list[tuple[str, str]]:
+    return [("label", f"{k}={v}") for k, v in (labels or {}).items()]
+
+
+def _sentence(message: str, fields: list[FieldError]) -> str:
+    """The controller's message and the fields it blamed, read as one sentence."""
+    detail = "; ".join(str(f) for f in fields if f.message not in message)
+    return message + (f": {detail}" if detail else "")
+
+
 def _refusal(response: httpx.Response) -> ControllerRefused:
     """The controller's error body ({"error": {code, message, fields}}) as an exception."""
     try:
@@ -145,5 +184,5 @@ def _refusal(response: httpx.Response) -> ControllerRefused:
         message = f"the controller refused the token: {message} (set --token or DNSMESH_TOKEN)"
         return TokenRefused(401, code, message, fields)
     if response.status_code == 403:
-        return TokenRefused(403, code, f"the token's role may not do this: {message}", fields)
+        return TokenRefused(403, code, message, fields)  # "role 'viewer' may not write ..."
     return ControllerRefused(response.status_code, code, message, fields)

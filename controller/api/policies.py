@@ -16,14 +16,20 @@ from controller.api.deps import (
     policy_store,
     require,
 )
-from controller.api.errors import ApiError
+from controller.api.selectors import LabelQuery, label_selector
 from controller.auth import Permission, Principal
-from dnsmesh.errors import FieldError
 
 router = APIRouter(prefix="/v1/policies", tags=["policies"])
 
 Reader = Annotated[Principal, Depends(require(Permission.READ_POLICIES))]
 Writer = Annotated[Principal, Depends(require(Permission.WRITE_POLICIES))]
+# Server-side dry run, as kubectl's: the write's validation and conflict checks run in its
+# transaction, which is discarded; the answer is the one the write would get (status,
+# body), with nothing stored, no revision and no push.
+DryRun = Annotated[
+    bool, Query(description="check the write in full and store nothing (answer as if done)")
+]
+_DRY_RUN_HEADER = "Dnsmesh-Dry-Run"
 
 # The body is a raw JSON object validated by dnsmesh.policy, so its errors name policy
 # fields (spec.endpoints[1].weight) rather than FastAPI's own locations.
@@ -43,35 +49,26 @@ _SLICE_BODY: dict[str, Any] = {
 }
 
 
-def _labels(selectors: list[str]) -> dict[str, str]:
-    wanted: dict[str, str] = {}
-    errors: list[FieldError] = []
-    for index, selector in enumerate(selectors):
-        key, sep, value = selector.partition("=")
-        if not sep or not key:
-            errors.append(FieldError(f"label[{index}]", f"{selector!r} is not KEY=VALUE"))
-        wanted[key] = value
-    if errors:
-        raise ApiError(422, "invalid_request", "a label filter is not KEY=VALUE", errors)
-    return wanted
-
-
 @router.get("")
 async def list_policies(
     request: Request,
     _who: Reader,
-    label: Annotated[list[str] | None, Query(description="KEY=VALUE; repeat to AND")] = None,
+    label: LabelQuery = None,
 ) -> Response:
-    wanted = _labels(label or [])
+    wanted = label_selector(label)
     revision, items = await blocking(policy_store(request).list_policies_json, wanted)
     body = b'{"revision":' + str(revision).encode() + b',"items":' + items + b"}"
     return Response(body, media_type="application/json")
 
 
 @router.post("", status_code=201, openapi_extra=_POLICY_BODY)
-async def create_policy(request: Request, who: Writer) -> JSONResponse:
+async def create_policy(request: Request, who: Writer, dry_run: DryRun = False) -> JSONResponse:
     document = await json_body(request)
-    stored = await blocking(policy_store(request).create_policy, document, actor=who.name)
+    stored = await blocking(
+        policy_store(request).create_policy, document, actor=who.name, dry_run=dry_run
+    )
+    if dry_run:
+        return JSONResponse(stored.document, status_code=201, headers={_DRY_RUN_HEADER: "true"})
     log_change("policy.created", who, policy=stored.name, revision=stored.revision)
     return JSONResponse(
         stored.document,
@@ -87,7 +84,9 @@ async def get_policy(request: Request, name: str, _who: Reader) -> JSONResponse:
 
 
 @router.put("/{name}", openapi_extra=_POLICY_BODY)
-async def put_policy(request: Request, name: str, who: Writer) -> JSONResponse:
+async def put_policy(
+    request: Request, name: str, who: Writer, dry_run: DryRun = False
+) -> JSONResponse:
     document = await json_body(request)
     written = await blocking(
         policy_store(request).put_policy,
@@ -95,7 +94,14 @@ async def put_policy(request: Request, name: str, who: Writer) -> JSONResponse:
         document,
         actor=who.name,
         if_match=if_match(request),
+        dry_run=dry_run,
     )
+    if dry_run:
+        return JSONResponse(
+            written.policy.document,
+            status_code=201 if written.created else 200,
+            headers={_DRY_RUN_HEADER: "true"},
+        )
     if written.changed:
         event = "policy.created" if written.created else "policy.updated"
         log_change(event, who, policy=name, revision=written.policy.revision)
@@ -107,10 +113,20 @@ async def put_policy(request: Request, name: str, who: Writer) -> JSONResponse:
 
 
 @router.delete("/{name}")
-async def delete_policy(request: Request, name: str, who: Writer) -> JSONResponse:
+async def delete_policy(
+    request: Request, name: str, who: Writer, dry_run: DryRun = False
+) -> JSONResponse:
     revision = await blocking(
-        policy_store(request).delete_policy, name, actor=who.name, if_match=if_match(request)
+        policy_store(request).delete_policy,
+        name,
+        actor=who.name,
+        if_match=if_match(request),
+        dry_run=dry_run,
     )
+    if dry_run:
+        return JSONResponse(
+            {"deleted": name, "revision": revision}, headers={_DRY_RUN_HEADER: "true"}
+        )
     log_change("policy.deleted", who, policy=name, revision=revision)
     return JSONResponse({"deleted": name, "revision": revision})
 

@@ -131,20 +131,37 @@ class PolicyService:
 
     # -- policy writes -------------------------------------------------------------------
 
-    def create_policy(self, document: object, *, actor: str) -> StoredPolicy:
-        """Creates a policy; AlreadyExists when the name is taken."""
+    def create_policy(self, document: object, *, actor: str, dry_run: bool = False) -> StoredPolicy:
+        """Creates a policy; AlreadyExists when the name is taken.
+
+        ``dry_run``: every check of the write runs in its transaction, which is then
+        discarded: the result is what would be stored, and nothing is (no revision, no
+        change row, no audit row, so no push).
+        """
         policy = parse_policy(document)
         with self.db.writing() as transaction:
             session = transaction.session
             revision = bump_revision(session)
             if policies.find_policy(session, policy.name) is not None:
                 raise AlreadyExists(f"policy {policy.name!r} already exists")
-            return self._save(session, revision, policy, None, actor, "policy.create").policy
+            written = self._save(session, revision, policy, None, actor, "policy.create")
+            if dry_run:
+                transaction.discard()
+            return written.policy
 
     def put_policy(
-        self, name: str, document: object, *, actor: str, if_match: IfMatch | None = None
+        self,
+        name: str,
+        document: object,
+        *,
+        actor: str,
+        if_match: IfMatch | None = None,
+        dry_run: bool = False,
     ) -> Written:
-        """Creates or replaces ``name``; an unchanged document is not a change (no revision)."""
+        """Creates or replaces ``name``; an unchanged document is not a change (no revision).
+
+        ``dry_run`` as for ``create_policy``: checked in full, then discarded.
+        """
         policy = parse_named(document, name)
         with self.db.writing() as transaction:
             session = transaction.session
@@ -155,10 +172,20 @@ class PolicyService:
                 transaction.discard()
                 return Written(_stored(row), changed=False)
             operation = "policy.update" if row else "policy.create"
-            return self._save(session, revision, policy, row, actor, operation)
+            written = self._save(session, revision, policy, row, actor, operation)
+            if dry_run:
+                transaction.discard()
+            return written
 
-    def delete_policy(self, name: str, *, actor: str, if_match: IfMatch | None = None) -> int:
-        """Deletes ``name``; returns the revision of the deletion."""
+    def delete_policy(
+        self,
+        name: str,
+        *,
+        actor: str,
+        if_match: IfMatch | None = None,
+        dry_run: bool = False,
+    ) -> int:
+        """Deletes ``name``; returns the revision of the deletion (``dry_run``: it would have)."""
         with self.db.writing() as transaction:
             session = transaction.session
             revision = bump_revision(session)
@@ -167,6 +194,8 @@ class PolicyService:
             before = row.document
             policies.delete_policy_row(session, row)
             self._log(session, revision, name, "delete", None, actor, "policy.delete", before)
+            if dry_run:
+                transaction.discard()
             return revision
 
     # -- slice writes (each one a change of the whole policy) -----------------------------
