@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the least severe log lines written (to stderr)",
     )
     common.add_argument(
-        "--log-format", default="text", choices=["text", "json"], help="log lines as"
+        "--log-format", default="text", choices=["text", "json"], help="the log lines' format"
     )
 
     parser = Parser(
