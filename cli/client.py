@@ -43,6 +43,23 @@ class PolicyList:
     policies: list[Policy]
 
 
+@dataclass(frozen=True, slots=True)
+class SetOutcome:
+    """One document of a set (index: its place in the set; pruned ones come after it)."""
+
+    index: int
+    name: str
+    outcome: str  # created | configured | unchanged | pruned | refused
+    refusal: str | None  # why, as a sentence
+
+
+@dataclass(frozen=True, slots=True)
+class SetResult:
+    applied: bool
+    message: str  # the controller's summary when refused, else ""
+    items: list[SetOutcome]
+
+
 class ControllerClient:
     """One controller, one token. ``transport`` lets tests use an in-process ASGI app."""
 
@@ -114,6 +131,39 @@ class ControllerClient:
         revision: int = response.json()["revision"]
         return revision
 
+    def apply_set(
+        self,
+        policies: list[Policy],
+        *,
+        prune: dict[str, str] | None = None,
+        dry_run: bool = False,
+    ) -> SetResult:
+        """``POST /v1/policies:apply``: the whole set in one transaction, all or none.
+
+        ``prune``: also delete the policies with these labels that the set does not name.
+        A set the controller refuses is a result (every document's outcome), not an error.
+        """
+        body: dict[str, Any] = {"policies": [p.to_document(with_revision=False) for p in policies]}
+        if prune is not None:
+            body["prune"] = {"labels": prune}
+        response = self._request(
+            "POST", "/v1/policies:apply", json=body, params=_dry_run(dry_run), allow={409, 422}
+        )
+        answer = response.json()
+        if "items" not in answer:  # a refusal of the request itself, not of its documents
+            raise _refusal(response)
+        items = [
+            SetOutcome(
+                item["index"],
+                item["name"] or f"(document {item['index'] + 1})",
+                item["outcome"],
+                _error_sentence(item["error"]) if item["error"] else None,
+            )
+            for item in answer["items"]
+        ]
+        message = answer["error"]["message"] if "error" in answer else ""
+        return SetResult(bool(answer["applied"]), message, items)
+
     def list_agents(
         self, name: str | None = None, labels: dict[str, str] | None = None
     ) -> list[dict[str, Any]]:
@@ -164,6 +214,11 @@ def _dry_run(dry_run: bool) -> dict[str, str]:
 
 def _labels(labels: dict[str, str] | None) -> list[tuple[str, str]]:
     return [("label", f"{k}={v}") for k, v in (labels or {}).items()]
+
+
+def _error_sentence(error: dict[str, Any]) -> str:
+    fields = [FieldError(f["path"], f["message"]) for f in error.get("fields", [])]
+    return _sentence(str(error["message"]), fields)
 
 
 def _sentence(message: str, fields: list[FieldError]) -> str:

@@ -15,10 +15,28 @@ Policies (read: viewer, editor, admin, agent; write: editor, admin)
                                                    {name} (else 422); metadata.revision in a
                                                    body is ignored.
     DELETE /v1/policies/{name}                   200 {"deleted": name, "revision": R}
-  ?dry_run=true on POST, PUT and DELETE: the write's validation and conflict checks run in
-  full (the same status and error as the write), then nothing is stored: no revision, no
-  change, no audit row, no push. The answer carries ``Dnsmesh-Dry-Run: true`` and the body
-  the write would return (metadata.revision: the revision it would have taken), no ETag.
+    POST   /v1/policies:apply {"policies": [policy, ...], "prune"?: {"labels": {K: V}}}
+                                                 a set, in one transaction, all or none:
+                                                   200 {"revision", "applied", "dry_run",
+                                                   "items": [{"index", "name", "outcome":
+                                                   created|configured|unchanged|pruned,
+                                                   "error": null}]}; when any document is
+                                                   refused, nothing is stored: 409 (422 when
+                                                   every refusal is invalid_policy)
+                                                   {"error": {"code": "apply_refused",
+                                                   "fields": [{"path": "policies[I]..."}]},
+                                                   the same keys, refused items' "error" the
+                                                   error object}. prune: the policies with
+                                                   those labels ({} = all) the set does not
+                                                   name are deleted (first, so a domain can
+                                                   move to a new policy); pruned items come
+                                                   after the set's. Each change is its own
+                                                   revision; documents are written in order.
+  ?dry_run=true on POST, PUT and DELETE (and :apply): the write's validation and conflict
+  checks run in full (the same status and error as the write), then nothing is stored:
+  no revision, no change, no audit row, no push. The answer carries ``Dnsmesh-Dry-Run:
+  true`` and the body the write would return (metadata.revision: the revision it would
+  have taken), no ETag.
   A stored policy carries metadata.revision (the revision of its last change); its ETag is
   that number quoted ("42"). If-Match: "42" (or *) on PUT/DELETE (and slice writes) makes
   the write conditional: 412 when the policy is at another revision or does not exist.
@@ -118,6 +136,8 @@ Errors: every error status has one shape, with ``fields`` always present:
     409 already_exists        POST of an existing policy/slice/token name
     409 domain_conflict       another policy has spec.domain (fields: spec.domain)
     409 agent_connected       DELETE of an agent that is connected
+    409 apply_refused         a document of POST /v1/policies:apply was refused (422 when
+                              every refused one is invalid); nothing was applied
     412 precondition_failed   If-Match is stale
     413 payload_too_large
     422 invalid_policy        fields name every offending path, e.g. spec.endpoints[1].weight

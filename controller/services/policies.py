@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import PolicyRow
 from controller.db.session import Database
-from controller.errors import AlreadyExists, DomainConflict, NotFound
+from controller.errors import AlreadyExists, DomainConflict, NotFound, StoreError
 from controller.repositories import history, policies
 from controller.repositories.health import read_down
 from controller.repositories.history import AuditEntry, Change, Operation
@@ -33,11 +33,19 @@ from controller.services.policy_rules import (
     remove_slice,
     slice_at,
 )
-from dnsmesh.errors import FieldError
-from dnsmesh.policy import Policy, parse_policy
+from dnsmesh.errors import FieldError, PolicyError
+from dnsmesh.policy import Policy, check_policy_set, parse_policy
 from dnsmesh.protocol import Document
 
-__all__ = ["IfMatch", "PolicyList", "PolicyService", "StoredPolicy", "Written"]
+__all__ = [
+    "IfMatch",
+    "PolicyList",
+    "PolicyService",
+    "SetApplied",
+    "SetOutcome",
+    "StoredPolicy",
+    "Written",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +69,26 @@ class Written:
     policy: StoredPolicy
     created: bool = False
     changed: bool = True
+
+
+@dataclass(slots=True)
+class SetOutcome:
+    """What became of one document of a set (or of one policy pruned)."""
+
+    index: int  # the document's position in the set; pruned ones come after the set
+    name: str | None  # None when the document has no usable name
+    outcome: str  # created | configured | unchanged | pruned | refused
+    refusal: StoreError | PolicyError | None = None
+
+    def refuse(self, refusal: StoreError | PolicyError) -> None:
+        self.outcome, self.refusal = "refused", refusal
+
+
+@dataclass(frozen=True, slots=True)
+class SetApplied:
+    revision: int  # after the set (dry run or refused: what it would have been)
+    applied: bool  # False: refused or a dry run, nothing stored
+    items: list[SetOutcome]
 
 
 class PolicyService:
@@ -198,6 +226,82 @@ class PolicyService:
                 transaction.discard()
             return revision
 
+    def apply_set(
+        self,
+        documents: list[object],
+        *,
+        actor: str,
+        prune: Mapping[str, str] | None = None,
+        dry_run: bool = False,
+    ) -> SetApplied:
+        """Creates, replaces (and with ``prune``, deletes) to match a set: all or none.
+
+        One transaction. ``prune``: the policies with these labels (``{}``: every policy)
+        that the set does not name are deleted, first, so a domain can move from a pruned
+        policy to a new one. Then each document in order, with the checks of a single write
+        (a domain may move from one policy of the set to a later one). Every document gets
+        its outcome; when any is refused, or for ``dry_run``, the transaction is discarded.
+        Each change is a revision of its own (the change log holds one change a revision).
+        """
+        parsed: list[Policy | None] = []
+        outcomes: list[SetOutcome] = []
+        for index, document in enumerate(documents):
+            try:
+                policy = parse_policy(document)
+            except PolicyError as refusal:
+                parsed.append(None)
+                outcomes.append(SetOutcome(index, _name_of(document), "refused", refusal))
+            else:
+                parsed.append(policy)
+                outcomes.append(SetOutcome(index, policy.name, "unchanged"))
+        valid = [p for p in parsed if p is not None]
+        for error in _set_errors(valid):
+            index = parsed.index(valid[error.index])
+            outcomes[index].refuse(PolicyError([error.field]))
+        with self.db.writing() as transaction:
+            session = transaction.session
+            pruned: list[SetOutcome] = []
+            if prune is not None:
+                keep = {outcome.name for outcome in outcomes}
+                for stale in policies.policy_rows(session, prune):
+                    if stale.name in keep:
+                        continue
+                    revision = bump_revision(session)
+                    before = stale.document
+                    policies.delete_policy_row(session, stale)
+                    self._log(
+                        session,
+                        revision,
+                        stale.name,
+                        "delete",
+                        None,
+                        actor,
+                        "policy.delete",
+                        before,
+                    )
+                    pruned.append(SetOutcome(len(documents) + len(pruned), stale.name, "pruned"))
+            for outcome, candidate in zip(outcomes, parsed, strict=True):
+                if candidate is None or outcome.refusal is not None:
+                    continue
+                current = policies.find_policy(session, candidate.name)
+                wanted = candidate.to_document(with_revision=False)
+                if current is not None and content(current.document) == wanted:
+                    continue
+                operation = "policy.update" if current else "policy.create"
+                try:
+                    self._save(
+                        session, bump_revision(session), candidate, current, actor, operation
+                    )
+                except DomainConflict as refusal:
+                    outcome.refuse(refusal)
+                    continue
+                outcome.outcome = "configured" if current else "created"
+            applied = all(o.refusal is None for o in outcomes)
+            revision = current_revision(session)
+            if dry_run or not applied:
+                transaction.discard()
+        return SetApplied(revision, applied and not dry_run, outcomes + pruned)
+
     # -- slice writes (each one a change of the whole policy) -----------------------------
 
     def create_slice(
@@ -312,6 +416,31 @@ class PolicyService:
             after=document,
         )
         session.flush()
+
+
+@dataclass(frozen=True, slots=True)
+class _SetError:
+    index: int  # in the list of valid policies
+    field: FieldError
+
+
+def _set_errors(valid: list[Policy]) -> list[_SetError]:
+    """A repeated name or domain within the set, each blamed on the later document."""
+    try:
+        check_policy_set(valid)
+    except PolicyError as error:
+        found = []
+        for field_error in error.errors:
+            index, _, path = field_error.path[1:].partition("].")
+            found.append(_SetError(int(index), FieldError(path, field_error.message)))
+        return found
+    return []
+
+
+def _name_of(document: object) -> str | None:
+    metadata = document.get("metadata") if isinstance(document, dict) else None
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _stored(row: PolicyRow) -> StoredPolicy:

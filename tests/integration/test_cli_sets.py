@@ -93,7 +93,7 @@ def test_a_set_with_one_refused_policy_applies_none_and_reports_every_document(
         assert line in out, out
     assert f"policy/{scope.name('delta')} refused: " in out
     assert f"[{folder}/d.yaml, document 1]" in out
-    assert "1 of 4 changes refused; nothing was applied" in out
+    assert "1 of 4 policies refused; nothing was applied" in out
 
     # Once the conflict is gone the whole set goes in.
     write(folder, d=scope.policy("delta"))
@@ -101,3 +101,80 @@ def test_a_set_with_one_refused_policy_applies_none_and_reports_every_document(
     assert status == 0, out
     words = {"alpha", "beta", "gamma", "delta", "epsilon"}
     assert set(scope.policies()) == {scope.name(w) for w in words}
+
+
+def _doc(name: str, domain: str, team: str, address: str = "127.0.9.1") -> dict[str, object]:
+    return {
+        "apiVersion": "dnsmesh/v1",
+        "kind": "Policy",
+        "metadata": {"name": name, "labels": {"team": team}},
+        "spec": {"domain": domain, "endpoints": [{"address": address}]},
+    }
+
+
+def test_the_set_endpoint_applies_in_one_transaction_all_or_none(scope: Scope) -> None:
+    a, b, c, old = (scope.name(w) for w in ("a", "b", "c", "old"))
+    team = f"set-{scope.tag}"
+    with _http(scope.mesh) as http:
+        first = http.post(
+            "/v1/policies:apply",
+            json={"policies": [_doc(old, f"{old}.mesh.internal", team)]},
+        )
+        assert first.status_code == 200, first.text
+        assert [i["outcome"] for i in first.json()["items"]] == ["created"]
+        start = http.get("/v1/policies").json()
+
+        # The third takes the domain of a policy outside the set: none of them is stored.
+        refused = http.post(
+            "/v1/policies:apply",
+            json={
+                "policies": [
+                    _doc(a, f"{a}.mesh.internal", team),
+                    _doc(b, f"{b}.mesh.internal", team),
+                    _doc(c, f"{old}.mesh.internal", team),
+                ]
+            },
+        )
+        assert refused.status_code == 409, refused.text
+        body = refused.json()
+        assert body["error"]["code"] == "apply_refused" and body["applied"] is False
+        assert [i["outcome"] for i in body["items"]] == ["created", "created", "refused"]
+        assert body["items"][2]["error"]["code"] == "domain_conflict"
+        assert body["error"]["fields"][0]["path"] == "policies[2].spec.domain"
+        assert http.get("/v1/policies").json() == start  # no policy, no revision
+
+        # With prune, the pruned policy goes first: its domain is free for c.
+        dry = http.post(
+            "/v1/policies:apply",
+            params={"dry_run": "true"},
+            json={
+                "policies": [
+                    _doc(a, f"{a}.mesh.internal", team),
+                    _doc(c, f"{old}.mesh.internal", team),
+                ],
+                "prune": {"labels": {"team": team}},
+            },
+        )
+        assert dry.status_code == 200, dry.text
+        assert dry.json()["applied"] is False and dry.headers["Dnsmesh-Dry-Run"] == "true"
+        assert http.get("/v1/policies").json() == start
+        done = http.post(
+            "/v1/policies:apply",
+            json={
+                "policies": [
+                    _doc(a, f"{a}.mesh.internal", team),
+                    _doc(c, f"{old}.mesh.internal", team),
+                ],
+                "prune": {"labels": {"team": team}},
+            },
+        )
+        assert done.status_code == 200, done.text
+        outcomes = {i["name"]: i["outcome"] for i in done.json()["items"]}
+        assert outcomes == {a: "created", c: "created", old: "pruned"}
+        assert outcomes == {i["name"]: i["outcome"] for i in dry.json()["items"]}
+        after = http.get("/v1/policies", params={"label": f"team={team}"}).json()
+        assert {p["metadata"]["name"] for p in after["items"]} == {a, c}
+        assert after["revision"] == start["revision"] + 3  # one revision per change
+
+        bad = http.post("/v1/policies:apply", json={"policies": {}})
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
