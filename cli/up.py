@@ -264,6 +264,10 @@ def run_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         from dnsmesh.policyfile import load_policy_path
 
         count = len(load_policy_path(policies))  # a bad file stops us before anything starts
+        if count == 0 and args.filename is not None:
+            raise ConfigError(f"{policies} holds no policy (no .yaml or .yml document)")
+        if count == 0:
+            policies = None  # an empty ./policies: nothing to apply, as when there is none
     _check_free(api_host, api_port, socket.SOCK_STREAM, "--api")
     _check_free(dns_host, dns_port, socket.SOCK_DGRAM, "--dns")
     _check_free(dns_host, dns_port, socket.SOCK_STREAM, "--dns")

@@ -32,8 +32,9 @@ Policies (read: viewer, editor, admin, agent; write: editor, admin)
                                                    move to a new policy); pruned items come
                                                    after the set's. Each change is its own
                                                    revision; documents are written in order.
-  ?dry_run=true on POST, PUT and DELETE (and :apply): the write's validation and conflict
-  checks run in full (the same status and error as the write), then nothing is stored:
+  ?dry_run=true on POST, PUT and DELETE (policies, slices, :apply): the write's validation
+  and conflict checks run in full (the same status and error as the write), then nothing
+  is stored:
   no revision, no change, no audit row, no push. The answer carries ``Dnsmesh-Dry-Run:
   true`` and the body the write would return (metadata.revision: the revision it would
   have taken), no ETag.

@@ -240,11 +240,20 @@ async def list_slices(request: Request, name: str, _who: Reader) -> JSONResponse
 
 
 @router.post("/{name}/slices", status_code=201, openapi_extra=_SLICE_BODY)
-async def create_slice(request: Request, name: str, who: Writer) -> JSONResponse:
+async def create_slice(
+    request: Request, name: str, who: Writer, dry_run: DryRun = False
+) -> JSONResponse:
     body = await json_body(request)
     stored, slice_doc = await blocking(
-        policy_store(request).create_slice, name, body, actor=who.name, if_match=if_match(request)
+        policy_store(request).create_slice,
+        name,
+        body,
+        actor=who.name,
+        if_match=if_match(request),
+        dry_run=dry_run,
     )
+    if dry_run:
+        return JSONResponse(slice_doc, status_code=201, headers={_DRY_RUN_HEADER: "true"})
     slice_id = slice_doc.get("id")
     log_change("slice.created", who, policy=name, slice=slice_id, revision=stored.revision)
     return JSONResponse(
@@ -264,7 +273,9 @@ async def get_slice(request: Request, name: str, slice_id: str, _who: Reader) ->
 
 
 @router.put("/{name}/slices/{slice_id}", openapi_extra=_SLICE_BODY)
-async def put_slice(request: Request, name: str, slice_id: str, who: Writer) -> JSONResponse:
+async def put_slice(
+    request: Request, name: str, slice_id: str, who: Writer, dry_run: DryRun = False
+) -> JSONResponse:
     body = await json_body(request)
     stored, slice_doc, created = await blocking(
         policy_store(request).put_slice,
@@ -273,7 +284,12 @@ async def put_slice(request: Request, name: str, slice_id: str, who: Writer) -> 
         body,
         actor=who.name,
         if_match=if_match(request),
+        dry_run=dry_run,
     )
+    if dry_run:
+        return JSONResponse(
+            slice_doc, status_code=201 if created else 200, headers={_DRY_RUN_HEADER: "true"}
+        )
     log_change("slice.updated", who, policy=name, slice=slice_id, revision=stored.revision)
     return JSONResponse(
         slice_doc, status_code=201 if created else 200, headers={"ETag": etag(stored.revision)}
@@ -281,14 +297,22 @@ async def put_slice(request: Request, name: str, slice_id: str, who: Writer) -> 
 
 
 @router.delete("/{name}/slices/{slice_id}")
-async def delete_slice(request: Request, name: str, slice_id: str, who: Writer) -> JSONResponse:
+async def delete_slice(
+    request: Request, name: str, slice_id: str, who: Writer, dry_run: DryRun = False
+) -> JSONResponse:
     stored = await blocking(
         policy_store(request).delete_slice,
         name,
         slice_id,
         actor=who.name,
         if_match=if_match(request),
+        dry_run=dry_run,
     )
+    if dry_run:
+        return JSONResponse(
+            {"deleted": slice_id, "policy": name, "revision": stored.revision},
+            headers={_DRY_RUN_HEADER: "true"},
+        )
     log_change("slice.deleted", who, policy=name, slice=slice_id, revision=stored.revision)
     return JSONResponse(
         {"deleted": slice_id, "policy": name, "revision": stored.revision},

@@ -305,12 +305,17 @@ class PolicyService:
     # -- slice writes (each one a change of the whole policy) -----------------------------
 
     def create_slice(
-        self, name: str, slice_doc: object, *, actor: str, if_match: IfMatch | None = None
+        self,
+        name: str,
+        slice_doc: object,
+        *,
+        actor: str,
+        if_match: IfMatch | None = None,
+        dry_run: bool = False,
     ) -> tuple[StoredPolicy, Document]:
         """Appends a slice (slices match in order, so a new one goes last)."""
-        return self._edit_slices(
-            name, append_slice(name, slice_doc), actor, "slice.create", if_match
-        )
+        edit = append_slice(name, slice_doc)
+        return self._edit_slices(name, edit, actor, "slice.create", if_match, dry_run)
 
     def put_slice(
         self,
@@ -320,17 +325,26 @@ class PolicyService:
         *,
         actor: str,
         if_match: IfMatch | None = None,
+        dry_run: bool = False,
     ) -> tuple[StoredPolicy, Document, bool]:
         """Replaces slice ``slice_id`` in place, or appends it; the body's id must match."""
         edit = put_slice(slice_id, slice_doc)
-        policy, stored_slice = self._edit_slices(name, edit, actor, "slice.update", if_match)
+        policy, stored_slice = self._edit_slices(
+            name, edit, actor, "slice.update", if_match, dry_run
+        )
         return policy, stored_slice, edit.created
 
     def delete_slice(
-        self, name: str, slice_id: str, *, actor: str, if_match: IfMatch | None = None
+        self,
+        name: str,
+        slice_id: str,
+        *,
+        actor: str,
+        if_match: IfMatch | None = None,
+        dry_run: bool = False,
     ) -> StoredPolicy:
         edit = remove_slice(name, slice_id)
-        policy, _ = self._edit_slices(name, edit, actor, "slice.delete", if_match)
+        policy, _ = self._edit_slices(name, edit, actor, "slice.delete", if_match, dry_run)
         return policy
 
     # -- internals -----------------------------------------------------------------------
@@ -342,7 +356,9 @@ class PolicyService:
         actor: str,
         operation: str,
         if_match: IfMatch | None,
+        dry_run: bool,
     ) -> tuple[StoredPolicy, Document]:
+        """``edit`` applied to the policy's slices (``dry_run``: checked, then discarded)."""
         with self.db.writing() as transaction:
             session = transaction.session
             revision = bump_revision(session)
@@ -358,6 +374,8 @@ class PolicyService:
                 transaction.discard()
                 return _stored(row), slice_at(row.document, index)
             written = self._save(session, revision, policy, row, actor, operation)
+            if dry_run:
+                transaction.discard()
             return written.policy, slice_at(written.policy.document, index)
 
     def _save(

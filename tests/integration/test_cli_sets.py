@@ -178,3 +178,24 @@ def test_the_set_endpoint_applies_in_one_transaction_all_or_none(scope: Scope) -
 
         bad = http.post("/v1/policies:apply", json={"policies": {}})
         assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
+
+
+def test_the_slice_routes_dry_run_too(scope: Scope, tmp_path: Path) -> None:
+    mesh = scope.mesh
+    assert mesh.cli("apply", "-f", str(write(tmp_path / "p", a=scope.policy("alpha"))))[0] == 0
+    alpha = scope.name("alpha")
+    slice_doc = {"id": "office", "match": {"client_cidrs": ["10.0.0.0/8"]}}
+    with _http(mesh) as http:
+        before = http.get(f"/v1/policies/{alpha}").json()
+        created = http.post(
+            f"/v1/policies/{alpha}/slices", params={"dry_run": "true"}, json=slice_doc
+        )
+        assert created.status_code == 201 and created.headers["Dnsmesh-Dry-Run"] == "true"
+        bad = {**slice_doc, "match": {"client_cidrs": ["not-a-cidr"]}}
+        refused = http.put(
+            f"/v1/policies/{alpha}/slices/office", params={"dry_run": "true"}, json=bad
+        )
+        assert refused.status_code == 422, refused.text
+        missing = http.delete(f"/v1/policies/{alpha}/slices/office", params={"dry_run": "true"})
+        assert missing.status_code == 404  # the dry-run create above stored nothing
+        assert http.get(f"/v1/policies/{alpha}").json() == before
