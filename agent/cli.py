@@ -59,7 +59,13 @@ def add_agent_commands(
         action="store_true",
         help="do not probe upstreams for a forwarding loop at start",
     )
-    tuning.add_argument("--cache-size", type=int, default=10_000, metavar="ENTRIES")
+    tuning.add_argument(
+        "--cache-size",
+        type=int,
+        default=10_000,
+        metavar="ENTRIES",
+        help="forwarded answers kept in the cache",
+    )
     tuning.add_argument(
         "--stale-ttl",
         type=int,
@@ -88,8 +94,19 @@ def add_agent_commands(
         "caps it at net.core.rmem_max without CAP_NET_ADMIN; 0: the OS default "
         "(default %(default)s)",
     )
-    tuning.add_argument("--tcp-idle-timeout", default=10.0, **seconds)
-    tuning.add_argument("--tcp-max-connections", type=int, default=256, metavar="N")
+    tuning.add_argument(
+        "--tcp-idle-timeout",
+        default=10.0,
+        help="a DNS-over-TCP client silent this long is disconnected",
+        **seconds,
+    )
+    tuning.add_argument(
+        "--tcp-max-connections",
+        type=int,
+        default=256,
+        metavar="N",
+        help="DNS-over-TCP clients served at once",
+    )
     tuning.add_argument(
         "--drain-timeout",
         default=2.0,

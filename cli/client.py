@@ -27,10 +27,10 @@ class ControllerRefused(ControllerError):
 
     def __init__(self, status: int, code: str, message: str, fields: list[FieldError]) -> None:
         self.status = status
-        self.code = code
+        self.code = code  # the stable machine name (domain_conflict), for callers, not people
         self.fields = fields
-        detail = "; ".join(str(f) for f in fields)
-        super().__init__(f"{message} ({status} {code})" + (f": {detail}" if detail else ""))
+        self.reason = _sentence(message, fields)
+        super().__init__(f"{self.reason} (HTTP {status})")
 
 
 class TokenRefused(ControllerRefused):
@@ -41,6 +41,23 @@ class TokenRefused(ControllerRefused):
 class PolicyList:
     revision: int
     policies: list[Policy]
+
+
+@dataclass(frozen=True, slots=True)
+class SetOutcome:
+    """One document of a set (index: its place in the set; pruned ones come after it)."""
+
+    index: int
+    name: str
+    outcome: str  # created | configured | unchanged | pruned | refused
+    refusal: str | None  # why, as a sentence
+
+
+@dataclass(frozen=True, slots=True)
+class SetResult:
+    applied: bool
+    message: str  # the controller's summary when refused, else ""
+    items: list[SetOutcome]
 
 
 class ControllerClient:
@@ -70,50 +87,114 @@ class ControllerClient:
         self.close()
 
     def list_policies(self, labels: dict[str, str] | None = None) -> PolicyList:
-        params = [("label", f"{k}={v}") for k, v in (labels or {}).items()]
-        body = self._request("GET", "/v1/policies", params=params).json()
+        body = self._request("GET", "/v1/policies", params=_labels(labels)).json()
         return PolicyList(body["revision"], [parse_policy(doc) for doc in body["items"]])
 
     def get_policy(self, name: str) -> Policy | None:
         response = self._request("GET", f"/v1/policies/{name}", allow={404})
         return None if response.status_code == 404 else parse_policy(response.json())
 
-    def create_policy(self, policy: Policy, *, force: bool = False) -> Policy:
-        """``force``: even if a connected agent's local files define its name or domain."""
+    # ``dry_run``: the controller runs every check of the write and stores nothing
+    # (``?dry_run=true``); the answer is the one the write would get, refusals included.
+    # ``force``: write even if a connected agent's local files define the name or domain.
+
+    def create_policy(
+        self, policy: Policy, *, dry_run: bool = False, force: bool = False
+    ) -> Policy:
         response = self._request(
             "POST",
             "/v1/policies",
             json=policy.to_document(with_revision=False),
-            params=_force(force),
+            params=_write_params(dry_run, force),
         )
         return parse_policy(response.json())
 
     def replace_policy(
-        self, policy: Policy, *, if_match: int | None = None, force: bool = False
+        self,
+        policy: Policy,
+        *,
+        if_match: int | None = None,
+        dry_run: bool = False,
+        force: bool = False,
     ) -> Policy:
         response = self._request(
             "PUT",
             f"/v1/policies/{policy.name}",
             json=policy.to_document(with_revision=False),
             headers=_if_match(if_match),
-            params=_force(force),
+            params=_write_params(dry_run, force),
         )
         return parse_policy(response.json())
 
-    def delete_policy(self, name: str, *, if_match: int | None = None) -> int:
+    def delete_policy(
+        self, name: str, *, if_match: int | None = None, dry_run: bool = False
+    ) -> int:
         """Deletes a policy; returns the revision of the deletion."""
-        response = self._request("DELETE", f"/v1/policies/{name}", headers=_if_match(if_match))
+        response = self._request(
+            "DELETE",
+            f"/v1/policies/{name}",
+            headers=_if_match(if_match),
+            params=_dry_run(dry_run),
+        )
         revision: int = response.json()["revision"]
         return revision
 
-    def list_agents(self) -> list[dict[str, Any]]:
-        """``GET /v1/agents``: every recorded agent, what it runs and whether it is connected."""
-        items: list[dict[str, Any]] = self._request("GET", "/v1/agents").json()["items"]
+    def apply_set(
+        self,
+        policies: list[Policy],
+        *,
+        prune: dict[str, str] | None = None,
+        dry_run: bool = False,
+        force: bool = False,
+    ) -> SetResult:
+        """``POST /v1/policies:apply``: the whole set in one transaction, all or none.
+
+        ``prune``: also delete the policies with these labels that the set does not name.
+        A set the controller refuses is a result (every document's outcome), not an error.
+        """
+        body: dict[str, Any] = {"policies": [p.to_document(with_revision=False) for p in policies]}
+        if prune is not None:
+            body["prune"] = {"labels": prune}
+        response = self._request(
+            "POST",
+            "/v1/policies:apply",
+            json=body,
+            params=_write_params(dry_run, force),
+            allow={409, 422},
+        )
+        answer = response.json()
+        if "items" not in answer:  # a refusal of the request itself, not of its documents
+            raise _refusal(response)
+        items = [
+            SetOutcome(
+                item["index"],
+                item["name"] or f"(document {item['index'] + 1})",
+                item["outcome"],
+                _error_sentence(item["error"]) if item["error"] else None,
+            )
+            for item in answer["items"]
+        ]
+        message = answer["error"]["message"] if "error" in answer else ""
+        return SetResult(bool(answer["applied"]), message, items)
+
+    def list_agents(
+        self, name: str | None = None, labels: dict[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """``GET /v1/agents``: the recorded agents (with that id or node name, those labels)."""
+        params = _labels(labels) + ([("name", name)] if name else [])
+        body = self._request("GET", "/v1/agents", params=params).json()
+        items: list[dict[str, Any]] = body["items"]
         return items
 
-    def endpoints(self, policy: str | None = None) -> dict[str, Any]:
+    def delete_agent(self, agent_id: str) -> None:
+        """``DELETE /v1/agents/{id}``: forget a node that is gone (refused while connected)."""
+        self._request("DELETE", f"/v1/agents/{agent_id}")
+
+    def endpoints(
+        self, policy: str | None = None, labels: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """``GET /v1/endpoints``: health per endpoint address (of one policy, if given)."""
-        params = {"policy": policy} if policy else {}
+        params = _labels(labels) + ([("policy", policy)] if policy else [])
         body: dict[str, Any] = self._request("GET", "/v1/endpoints", params=params).json()
         return body
 
@@ -136,12 +217,31 @@ class ControllerClient:
         raise _refusal(response)
 
 
-def _force(force: bool) -> dict[str, str]:
-    return {"force": "true"} if force else {}
+def _write_params(dry_run: bool, force: bool) -> dict[str, str]:
+    return {**_dry_run(dry_run), **({"force": "true"} if force else {})}
 
 
 def _if_match(revision: int | None) -> dict[str, str]:
     return {} if revision is None else {"If-Match": f'"{revision}"'}
+
+
+def _dry_run(dry_run: bool) -> dict[str, str]:
+    return {"dry_run": "true"} if dry_run else {}
+
+
+def _labels(labels: dict[str, str] | None) -> list[tuple[str, str]]:
+    return [("label", f"{k}={v}") for k, v in (labels or {}).items()]
+
+
+def _error_sentence(error: dict[str, Any]) -> str:
+    fields = [FieldError(f["path"], f["message"]) for f in error.get("fields", [])]
+    return _sentence(str(error["message"]), fields)
+
+
+def _sentence(message: str, fields: list[FieldError]) -> str:
+    """The controller's message and the fields it blamed, read as one sentence."""
+    detail = "; ".join(str(f) for f in fields if f.message not in message)
+    return message + (f": {detail}" if detail else "")
 
 
 def _refusal(response: httpx.Response) -> ControllerRefused:
@@ -156,5 +256,5 @@ def _refusal(response: httpx.Response) -> ControllerRefused:
         message = f"the controller refused the token: {message} (set --token or DNSMESH_TOKEN)"
         return TokenRefused(401, code, message, fields)
     if response.status_code == 403:
-        return TokenRefused(403, code, f"the token's role may not do this: {message}", fields)
+        return TokenRefused(403, code, message, fields)  # "role 'viewer' may not write ..."
     return ControllerRefused(response.status_code, code, message, fields)

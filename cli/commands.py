@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -15,7 +14,7 @@ import yaml
 
 from dnsmesh.errors import ConfigError
 from dnsmesh.policy import Policy
-from dnsmesh.policyfile import SourcedPolicy, load_policy_path
+from dnsmesh.policyfile import load_policy_path
 
 _OUTPUTS = ("table", "yaml", "json")
 
@@ -37,11 +36,20 @@ def add_client_commands(
     )
 
     apply = subcommands.add_parser(
-        "apply", parents=[client], help="create or update the policies in files on the controller"
+        "apply",
+        parents=[client],
+        help="create or update the policies in files on the controller, all or none",
+        description="Create or update the policies of a file or folder on the controller. "
+        "Every document is checked by the controller first (a server-side dry run); if any "
+        "is refused, none is applied and every document's outcome is listed.",
     )
-    apply.add_argument("-f", "--filename", required=True, metavar="PATH", type=Path)
     apply.add_argument(
-        "--dry-run", action="store_true", help="print what would change and change nothing"
+        "-f", "--filename", required=True, metavar="PATH", type=Path, help="a file or folder"
+    )
+    apply.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="let the controller check every change, print the diffs, change nothing",
     )
     apply.add_argument(
         "--force",
@@ -61,76 +69,72 @@ def add_client_commands(
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="with --prune: only prune policies with these labels",
+        help="with --prune (only): prune only policies with these labels (repeat to AND)",
     )
     apply.set_defaults(run=run_apply)
 
     get = subcommands.add_parser(
         "get", parents=[client], help="show policies, agents or endpoint health"
     )
-    get.add_argument("kind", choices=["policies", "policy", "agents", "endpoints"])
-    get.add_argument("name", nargs="?", help="a policy's name (endpoints: of that policy)")
-    get.add_argument("-o", "--output", choices=_OUTPUTS, default="table")
-    get.add_argument("-l", "--selector", action="append", default=[], metavar="KEY=VALUE")
+    get.add_argument("kind", choices=["policies", "policy", "agents", "agent", "endpoints"])
+    get.add_argument(
+        "name",
+        nargs="?",
+        help="a policy's name; agents: an agent id or node name; endpoints: of that policy",
+    )
+    get.add_argument("-o", "--output", choices=_OUTPUTS, default="table", help="print as")
+    get.add_argument(
+        "-l",
+        "--selector",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only those with these labels (repeat to AND); endpoints: the policies' labels",
+    )
     get.set_defaults(run=run_get)
 
-    delete = subcommands.add_parser("delete", parents=[client], help="delete a policy")
-    delete.add_argument("kind", choices=["policy", "policies"])
-    delete.add_argument("names", nargs="+", metavar="NAME")
+    delete = subcommands.add_parser(
+        "delete", parents=[client], help="delete a policy, or forget an agent that is gone"
+    )
+    delete.add_argument("kind", choices=["policy", "policies", "agent", "agents"])
+    delete.add_argument(
+        "names", nargs="+", metavar="NAME", help="policy names, or agent ids (agents)"
+    )
     delete.set_defaults(run=run_delete)
 
 
 def run_apply(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    from cli.client import ControllerClient
+    from cli.apply import apply_set
 
+    if args.selector and not args.prune:
+        raise ConfigError("-l/--selector chooses what --prune deletes; give --prune or drop -l")
     # Every document of every file is validated before the first request: a file with one
     # bad document applies nothing (the error names file, document and field).
     wanted = load_policy_path(args.filename)
-    selector = _selector(args.selector)
-    with ControllerClient(args.server, args.token) as client:
-        existing = {p.name: p for p in client.list_policies().policies}
-        suffix = " (dry run)" if args.dry_run else ""
-        for sourced in wanted:
-            policy = sourced.policy
-            current = existing.get(policy.name)
-            if current is not None and _comparable(current) == _comparable(policy):
-                print(f"policy/{policy.name} unchanged", file=out)
-                continue
-            if args.dry_run:
-                out.writelines(_diff(current, sourced))
-            elif current is None:
-                client.create_policy(policy, force=args.force)
-            else:
-                # If-Match: a change made by someone else since our read is not overwritten.
-                client.replace_policy(policy, if_match=current.metadata.revision, force=args.force)
-            verb = "created" if current is None else "configured"
-            print(f"policy/{policy.name} {verb}{suffix}", file=out)
-        if args.prune:
-            keep = {s.policy.name for s in wanted}
-            for name, current in sorted(existing.items()):
-                if name in keep or not _matches(current, selector):
-                    continue
-                if not args.dry_run:
-                    client.delete_policy(name, if_match=current.metadata.revision)
-                print(f"policy/{name} pruned{suffix}", file=out)
-    return 0
+    if not wanted:
+        raise ConfigError(f"{args.filename} holds no policy (no .yaml or .yml document)")
+    return apply_set(args, wanted, _selector(args.selector), out)
 
 
 def run_get(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     from cli.client import ControllerClient, ControllerRefused
 
-    if args.kind == "agents":
+    if args.kind in ("agents", "agent"):
         return run_get_agents(args, out)
     if args.kind == "endpoints":
         return run_get_endpoints(args, out)
+    selector = _selector(args.selector)
     with ControllerClient(args.server, args.token) as client:
         if args.name:
             found = client.get_policy(args.name)
-            if found is None:
-                raise ControllerRefused(404, "not_found", f"no policy named {args.name!r}", [])
+            if found is None or not _matches(found, selector):
+                labels = f" with labels {_pairs(selector)}" if selector else ""
+                raise ControllerRefused(
+                    404, "not_found", f"no policy named {args.name!r}{labels}", []
+                )
             policies = [found]
         else:
-            policies = client.list_policies(_selector(args.selector)).policies
+            policies = client.list_policies(selector).policies
     if args.output == "json":
         documents = [p.to_document() for p in policies]
         json.dump(documents[0] if args.name else documents, out, indent=2)
@@ -143,11 +147,17 @@ def run_get(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def run_get_agents(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    """``dnsmesh get agents``: every agent, what it runs and whether it is connected."""
-    from cli.client import ControllerClient
+    """``dnsmesh get agents [NAME] [-l K=V]``: the agents, what they run, whether connected."""
+    from cli.client import ControllerClient, ControllerRefused
 
+    selector = _selector(args.selector)
     with ControllerClient(args.server, args.token) as client:
-        agents = client.list_agents()
+        agents = client.list_agents(args.name, selector)
+    if args.name and not agents:
+        labels = f" and labels {_pairs(selector)}" if selector else ""
+        raise ControllerRefused(
+            404, "not_found", f"no agent has the id or node name {args.name!r}{labels}", []
+        )
     if args.output == "json":
         json.dump(agents, out, indent=2)
         out.write("\n")
@@ -159,11 +169,11 @@ def run_get_agents(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def run_get_endpoints(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    """``dnsmesh get endpoints [POLICY]``: health per endpoint address, as agents report it."""
+    """``dnsmesh get endpoints [POLICY] [-l K=V]``: health per endpoint, as agents report it."""
     from cli.client import ControllerClient
 
     with ControllerClient(args.server, args.token) as client:
-        body = client.endpoints(args.name)
+        body = client.endpoints(args.name, _selector(args.selector))
     if args.output == "json":
         json.dump(body, out, indent=2)
         out.write("\n")
@@ -179,24 +189,13 @@ def run_delete(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
     with ControllerClient(args.server, args.token) as client:
         for name in args.names:
-            client.delete_policy(name)
-            print(f"policy/{name} deleted", file=out)
+            if args.kind in ("agent", "agents"):
+                client.delete_agent(name)
+                print(f"agent/{name} deleted", file=out)
+            else:
+                client.delete_policy(name)
+                print(f"policy/{name} deleted", file=out)
     return 0
-
-
-def _comparable(policy: Policy) -> dict[str, Any]:
-    return policy.to_document(with_revision=False)
-
-
-def _diff(current: Policy | None, sourced: SourcedPolicy) -> Iterable[str]:
-    before = yaml.safe_dump(_comparable(current), sort_keys=False) if current else ""
-    after = yaml.safe_dump(_comparable(sourced.policy), sort_keys=False)
-    return difflib.unified_diff(
-        before.splitlines(keepends=True),
-        after.splitlines(keepends=True),
-        fromfile=f"controller/{sourced.policy.name}" if current else "/dev/null",
-        tofile=f"{sourced.source} (document {sourced.document})",
-    )
 
 
 def _selector(pairs: list[str]) -> dict[str, str]:
@@ -207,6 +206,10 @@ def _selector(pairs: list[str]) -> dict[str, str]:
             raise ConfigError(f"selector {pair!r} is not KEY=VALUE")
         wanted[key] = value
     return wanted
+
+
+def _pairs(selector: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector.items())
 
 
 def _matches(policy: Policy, selector: dict[str, str]) -> bool:

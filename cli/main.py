@@ -11,11 +11,44 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from dnsmesh.errors import DnsmeshError
 from dnsmesh.logs import configure_logging
 
 Command = Callable[[argparse.Namespace], int]
+
+
+class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help line, as " (default: X)".
+
+    Left out where there is nothing to show (no default, a flag that is off, an empty
+    list) or where the help already says it (it mentions "default").
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser that shows defaults; subcommands' parsers (any depth) are too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsShown)
+        super().__init__(*args, **kwargs)
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("dnsmesh")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,16 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
     from cli.up import add_up_command
     from controller.cli import add_controller_commands
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="the least severe log lines written (to stderr)",
     )
-    common.add_argument("--log-format", default="text", choices=["text", "json"])
+    common.add_argument(
+        "--log-format", default="text", choices=["text", "json"], help="the log lines' format"
+    )
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="dnsmesh", description="A DNS-based service mesh: controller, agent and client."
     )
-    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"dnsmesh {version()}")
+    subcommands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=Parser
+    )
     add_agent_commands(subcommands, common)
     add_controller_commands(subcommands, common)
     add_client_commands(subcommands, common)

@@ -7,6 +7,11 @@ keeps lives in one data folder (default ``./.dnsmesh``, mode 0700): the SQLite d
 (migrated on every start), an admin token and an agent token minted on first run (files
 readable only by the user), and the agent's state folder.
 
+A child that dies is started again after a backoff (logged: up.child_exited, then
+up.child_restarted; cli.supervise); the other keeps running, so DNS goes on being answered
+while the controller restarts. One that dies right after each start, five times in a row,
+ends ``up`` with status 1.
+
 Ctrl-C or SIGTERM stops the agent first (so it does not log a lost controller), then the
 controller, and exits 0. The children run in their own process group, so a Ctrl-C at the
 terminal reaches only ``up``, which stops them in that order; if ``up`` itself dies they
@@ -29,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from cli.supervise import GaveUp, Process, Supervised
 from dnsmesh.errors import ConfigError, DnsmeshError
 from dnsmesh.logs import fields
 
@@ -173,6 +179,9 @@ class Child:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def returncode(self) -> int | None:
+        return self.process.poll()
+
     def stop(self) -> int:
         if self.alive():
             self.process.send_signal(signal.SIGTERM)
@@ -184,13 +193,13 @@ class Child:
             return self.process.wait()
 
 
-def _wait_ready(what: str, child: Child, ready: Any, stop: threading.Event) -> None:
+def _wait_ready(what: str, child: Process, ready: Any, stop: threading.Event) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while not ready():
         if stop.is_set():
             raise _Stopped
         if not child.alive():
-            raise DnsmeshError(f"the {what} exited with status {child.process.returncode}")
+            raise DnsmeshError(f"the {what} exited with status {child.returncode()}")
         if time.monotonic() > deadline:
             raise DnsmeshError(f"the {what} did not become ready within {START_TIMEOUT:.0f}s")
         stop.wait(0.05)
@@ -244,7 +253,8 @@ def _apply(api: str, token: str, path: Path, out: TextIO) -> int:
         server=api,
         token=token,
     )
-    run_apply(args, out)
+    if run_apply(args, out) != 0:
+        raise DnsmeshError(f"the policies in {path} were refused (see above); nothing applied")
     with ControllerClient(api, token) as client:
         return client.list_policies().revision
 
@@ -260,6 +270,10 @@ def run_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         from dnsmesh.policyfile import load_policy_path
 
         count = len(load_policy_path(policies))  # a bad file stops us before anything starts
+        if count == 0 and args.filename is not None:
+            raise ConfigError(f"{policies} holds no policy (no .yaml or .yml document)")
+        if count == 0:
+            policies = None  # an empty ./policies: nothing to apply, as when there is none
     _check_free(api_host, api_port, socket.SOCK_STREAM, "--api")
     _check_free(dns_host, dns_port, socket.SOCK_DGRAM, "--dns")
     _check_free(dns_host, dns_port, socket.SOCK_STREAM, "--dns")
@@ -280,60 +294,56 @@ def run_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    children: list[Child] = []
+    children: list[Supervised] = []
     status = 0
     try:
-        controller = Child(
-            "controller",
-            ["controller", "--database", url, "--listen", args.api, *logging_flags],
-        )
+        controller_args = ["controller", "--database", url, "--listen", args.api, *logging_flags]
+        controller = Supervised(lambda: Child("controller", controller_args))
         children.append(controller)
-        _wait_ready("controller", controller, lambda: _healthy(api), stop)
+        _wait_ready("controller", controller.child, lambda: _healthy(api), stop)
         revision = _apply(api, admin, policies, out) if policies is not None else 0
         agent_state = data_dir / "agent"
         upstreams = [flag for u in args.upstream for flag in ("--upstream", u)]
-        agent = Child(
+        agent_args = [
             "agent",
-            [
-                "agent",
-                "--controller",
-                api,
-                "--token-file",
-                str(data_dir / AGENT_TOKEN),
-                "--state-dir",
-                str(agent_state),
-                "--listen",
-                args.dns,
-                *upstreams,
-                *logging_flags,
-            ],
-        )
+            "--controller",
+            api,
+            "--token-file",
+            str(data_dir / AGENT_TOKEN),
+            "--state-dir",
+            str(agent_state),
+            "--listen",
+            args.dns,
+            *upstreams,
+            *logging_flags,
+        ]
+        agent = Supervised(lambda: Child("agent", agent_args))
         children.append(agent)
         _wait_ready(
             "agent",
-            agent,
+            agent.child,
             lambda: _agent_converged(api, admin, agent_state / "agent-id", revision),
             stop,
         )
         applied = f"{count} from {policies} (revision {revision})" if policies else "none"
         _print_summary(out, api, args.dns, data_dir, applied, dns_host, dns_port)
+        # A dead child is started again (with a backoff), the other one keeps running: the
+        # agent answers from its state while the controller is away, as when run alone.
         while not stop.wait(0.2):
-            dead = next((c for c in children if not c.alive()), None)
-            if dead is not None:
-                log.error(
-                    "up.child_exited",
-                    extra=fields(child=dead.name, status=dead.process.returncode),
-                )
-                status = 1
-                break
+            for supervised in children:
+                supervised.check()
+    except GaveUp as exc:
+        log.error("up.gave_up", extra=fields(reason=str(exc)))
+        print(f"dnsmesh up: {exc}", file=sys.stderr)
+        status = 1
     except _Stopped:
         pass
     except DnsmeshError as exc:
         print(f"dnsmesh up: {exc}", file=sys.stderr)
         status = 1
     finally:
-        for child in reversed(children):  # the agent first, then the controller
-            child.stop()
+        for supervised in reversed(children):  # the agent first, then the controller
+            supervised.child.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if received:

@@ -15,6 +15,29 @@ Policies (read: viewer, editor, admin, agent; write: editor, admin)
                                                    {name} (else 422); metadata.revision in a
                                                    body is ignored.
     DELETE /v1/policies/{name}                   200 {"deleted": name, "revision": R}
+    POST   /v1/policies:apply {"policies": [policy, ...], "prune"?: {"labels": {K: V}}}
+                                                 a set, in one transaction, all or none:
+                                                   200 {"revision", "applied", "dry_run",
+                                                   "items": [{"index", "name", "outcome":
+                                                   created|configured|unchanged|pruned,
+                                                   "error": null}]}; when any document is
+                                                   refused, nothing is stored: 409 (422 when
+                                                   every refusal is invalid_policy)
+                                                   {"error": {"code": "apply_refused",
+                                                   "fields": [{"path": "policies[I]..."}]},
+                                                   the same keys, refused items' "error" the
+                                                   error object}. prune: the policies with
+                                                   those labels ({} = all) the set does not
+                                                   name are deleted (first, so a domain can
+                                                   move to a new policy); pruned items come
+                                                   after the set's. Each change is its own
+                                                   revision; documents are written in order.
+  ?dry_run=true on POST, PUT and DELETE (policies, slices, :apply): the write's validation
+  and conflict checks run in full (the same status and error as the write), then nothing
+  is stored:
+  no revision, no change, no audit row, no push. The answer carries ``Dnsmesh-Dry-Run:
+  true`` and the body the write would return (metadata.revision: the revision it would
+  have taken), no ETag.
   A stored policy carries metadata.revision (the revision of its last change); its ETag is
   that number quoted ("42"). If-Match: "42" (or *) on PUT/DELETE (and slice writes) makes
   the write conditional: 412 when the policy is at another revision or does not exist.
@@ -61,7 +84,7 @@ Agents (the push protocol, HTTP polling and close codes: controller/api/agents.p
                                                  (agent, admin) 200 {"agent_id",
                                                    "applied_revision"}: a polling agent's
                                                    hello and ACK/NACK, recorded on return
-    GET    /v1/agents                            (viewer, editor, admin) 200 {"revision": R,
+    GET    /v1/agents[?name=N&label=K=V]         (viewer, editor, admin) 200 {"revision": R,
                                                    "items": [{agent_id, node_name, labels,
                                                    software, transport (websocket|poll),
                                                    connected, replica, first_seen,
@@ -70,7 +93,13 @@ Agents (the push protocol, HTTP polling and close codes: controller/api/agents.p
                                                    reason, at} | null, local_policies:
                                                    [{name, domain, source}] | null,
                                                    shadowed: [{name, reason}] | null}]}
-                                                   by agent_id (null: never reported)
+                                                   by agent_id (null: never reported);
+                                                   name: the agent id or node name;
+                                                   label: repeat to AND
+    DELETE /v1/agents/{id}                       (editor, admin) 200 {"deleted": id}: forget
+                                                   a node that is gone (its row and probe
+                                                   reports); 404 unknown; 409 agent_connected
+                                                   while it is connected (stop it first)
     GET    /v1/revisions/{r}?limit=100           (viewer, editor, admin) 200 {"revision": r,
                                                    "current_revision", "total": connected
                                                    agents, "converged": how many applied >= r,
@@ -84,11 +113,13 @@ Agents (the push protocol, HTTP polling and close codes: controller/api/agents.p
                                                    "down"}: a polling agent's probe report
 
 Endpoint health (the quorum rule: dnsmesh/quorum.py; shapes: controller/api/endpoints.py)
-    GET    /v1/endpoints[?policy=NAME]           (viewer, editor, admin) 200 {"revision",
+    GET    /v1/endpoints[?policy=NAME&label=K=V] (viewer, editor, admin) 200 {"revision",
                                                    "down", "rule", "items": [{address,
                                                    policies, status (down|failing|healthy|
                                                    unknown), voters, failing, latency_ms,
-                                                   loss, agents: [per-agent report]}]}
+                                                   loss, agents: [per-agent report]}]};
+                                                   label: the endpoints of the policies with
+                                                   those labels (repeat to AND)
     GET    /v1/topology                          (viewer, editor, admin) 200 {"revision",
                                                    "agents", "endpoints", "links": [{agent_id,
                                                    address, state, latency_ms, loss, age_s,
@@ -113,6 +144,9 @@ Errors: every error status has one shape, with ``fields`` always present:
                               agent serves from its own --policies files (the agents, the
                               local policy and file named; fields: metadata.name or
                               spec.domain); ?force=true writes it anyway
+    409 agent_connected       DELETE of an agent that is connected
+    409 apply_refused         a document of POST /v1/policies:apply was refused (422 when
+                              every refused one is invalid); nothing was applied
     412 precondition_failed   If-Match is stale
     413 payload_too_large
     422 invalid_policy        fields name every offending path, e.g. spec.endpoints[1].weight

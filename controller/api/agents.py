@@ -69,7 +69,8 @@ HTTP polling (when a WebSocket cannot be opened), same tokens and revision seman
       body is not a report.
 
 For operators (viewer, editor, admin):
-  ``GET /v1/agents`` and ``GET /v1/revisions/{r}`` (documented in controller.api).
+  ``GET /v1/agents``, ``DELETE /v1/agents/{id}`` and ``GET /v1/revisions/{r}``
+  (documented in controller.api).
 """
 
 from __future__ import annotations
@@ -82,11 +83,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller.agent_events import AgentConnected, Nacked
-from controller.api.deps import blocking, json_body, policy_store, require
+from controller.api.deps import blocking, json_body, log_change, policy_store, require
 from controller.api.errors import RETRY_AFTER_S, ApiError, error_body, from_store_error
+from controller.api.selectors import LabelQuery, has_labels, label_selector
 from controller.auth import Permission, Principal, Role, TokenStore
 from controller.errors import DatabaseUnavailable
 from controller.hub import Hub
+from controller.services.agent_state import Forgotten
 from dnsmesh import protocol
 from dnsmesh.policy import field_errors
 
@@ -97,6 +100,7 @@ _AGENT_ROLES = frozenset({Role.AGENT, Role.ADMIN})
 
 Operator = Annotated[Principal, Depends(require(Permission.READ_AUDIT))]  # viewer and up
 Reader = Annotated[Principal, Depends(require(Permission.READ_POLICIES))]
+Writer = Annotated[Principal, Depends(require(Permission.WRITE_POLICIES))]  # editor, admin
 
 
 def hub_of(app: Any) -> Hub:
@@ -260,11 +264,43 @@ async def probe_report(
 
 
 @router.get("/v1/agents")
-async def list_agents(request: Request, _who: Operator) -> JSONResponse:
+async def list_agents(
+    request: Request,
+    _who: Operator,
+    name: Annotated[
+        str | None, Query(min_length=1, max_length=253, description="agent id or node name")
+    ] = None,
+    label: LabelQuery = None,
+) -> JSONResponse:
+    wanted = label_selector(label)
     hub = hub_of(request.app)
-    agents = await hub.list_agents()
+    agents = [
+        agent
+        for agent in await hub.list_agents()
+        if (name is None or name in (agent.agent_id, agent.node_name))
+        and has_labels(agent.labels, wanted)
+    ]
     revision = await blocking(policy_store(request).current_revision)
     return JSONResponse({"revision": revision, "items": [a.to_json() for a in agents]})
+
+
+@router.delete("/v1/agents/{agent_id}")
+async def forget_agent(
+    request: Request,
+    who: Writer,
+    agent_id: Annotated[str, Path(min_length=1, max_length=128)],
+) -> JSONResponse:
+    outcome = await blocking(hub_of(request.app).agents.forget, agent_id)
+    if outcome is Forgotten.UNKNOWN:
+        raise ApiError(404, "not_found", f"no agent has the id {agent_id!r}")
+    if outcome is Forgotten.CONNECTED:
+        raise ApiError(
+            409,
+            "agent_connected",
+            f"agent {agent_id!r} is connected; stop it first (it would only come back)",
+        )
+    log_change("agent.deleted", who, agent=agent_id)
+    return JSONResponse({"deleted": agent_id})
 
 
 @router.get("/v1/revisions/{revision}")

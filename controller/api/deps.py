@@ -19,6 +19,13 @@ T = TypeVar("T")
 log = logging.getLogger("dnsmesh.controller.api")
 _BEARER = {"WWW-Authenticate": 'Bearer realm="dnsmesh"'}
 MAX_BODY = 4 * 1024 * 1024  # a policy with 1,024 endpoints is well under 1 MiB
+# What a 403 says the role may not do, as a sentence ("role 'viewer' may not write policies").
+_DOING = {
+    Permission.READ_POLICIES: "read policies",
+    Permission.WRITE_POLICIES: "write policies",
+    Permission.READ_AUDIT: "read agents, endpoint health or the audit log",
+    Permission.MANAGE_TOKENS: "manage tokens",
+}
 
 
 def policy_store(request: Request) -> PolicyService:
@@ -51,7 +58,7 @@ def require(permission: Permission) -> Callable[[Request], Awaitable[Principal]]
             raise ApiError(
                 403,
                 "forbidden",
-                f"role {principal.role.value!r} may not {permission.value.replace(':', ' ')}",
+                f"role {principal.role.value!r} may not {_DOING[permission]}",
             )
         return principal
 

@@ -1,6 +1,6 @@
 """Routes for operators: endpoint health per address, and the agents x endpoints topology.
 
-GET /v1/endpoints[?policy=NAME]   (viewer, editor, admin)
+GET /v1/endpoints[?policy=NAME][&label=K=V...]   (viewer, editor, admin)
     200 {"revision": R, "down": [address, ...], "rule": {min_agents, fail_loss,
          recover_loss, stale_s},
          "items": [{"address", "policies": [name, ...], "status", "down": bool,
@@ -11,11 +11,12 @@ GET /v1/endpoints[?policy=NAME]   (viewer, editor, admin)
                                 "consecutive_failures", "samples", "reported_at",
                                 "age_s", "stale", "failing"}]}]}
     by address: every endpoint of every policy (or of policy NAME: 404 if none), every
-    reported address and every down address. ``status``: ``down`` (the quorum marked it
-    down for every agent), ``failing`` (some agents see it failing, not a quorum),
-    ``healthy`` (fresh reports, none failing), ``unknown`` (no fresh report). ``voters``,
-    ``failing``, ``latency_ms`` and ``loss`` count fresh reports only (at most
-    ``stale_s`` old, state not ``unknown``).
+    reported address and every down address; with ``label``, only the endpoints of the
+    policies whose labels include every pair (none match: an empty list). ``status``:
+    ``down`` (the quorum marked it down for every agent), ``failing`` (some agents see
+    it failing, not a quorum), ``healthy`` (fresh reports, none failing), ``unknown``
+    (no fresh report). ``voters``, ``failing``, ``latency_ms`` and ``loss`` count fresh
+    reports only (at most ``stale_s`` old, state not ``unknown``).
 GET /v1/topology   (viewer, editor, admin)
     200 {"revision": R, "at": time, "stale_s",
          "agents": [{"agent_id", "node_name", "labels"}],
@@ -34,8 +35,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from controller.api.deps import require
+from controller.api.deps import blocking, policy_store, require
 from controller.api.errors import ApiError
+from controller.api.selectors import LabelQuery, label_selector
 from controller.auth import Permission, Principal
 from controller.db.models import EndpointHealthRow
 from controller.db.session import iso
@@ -57,11 +59,18 @@ async def list_endpoints(
     request: Request,
     _who: Operator,
     policy: Annotated[str | None, Query(min_length=1, max_length=63)] = None,
+    label: LabelQuery = None,
 ) -> JSONResponse:
+    wanted = label_selector(label)
     view = await _hub(request).health_view()
     if policy is not None and policy not in view.policies:
         raise ApiError(404, "not_found", f"policy {policy!r} does not exist")
-    return JSONResponse(endpoints_json(view, policy))
+    names: set[str] | None = None if policy is None else {policy}
+    if wanted:
+        listed = await blocking(policy_store(request).list_policies, wanted)
+        labelled = {str(doc["metadata"]["name"]) for doc in listed.items}
+        names = labelled if names is None else names & labelled
+    return JSONResponse(endpoints_json(view, names))
 
 
 @router.get("/v1/topology")
@@ -80,13 +89,14 @@ def _policies_by_address(view: HealthView) -> dict[str, list[str]]:
     return by_address
 
 
-def endpoints_json(view: HealthView, policy: str | None = None) -> dict[str, Any]:
+def endpoints_json(view: HealthView, policies: set[str] | None = None) -> dict[str, Any]:
+    """Every address (``policies``: only those of these policies), with its health."""
     by_address = _policies_by_address(view)
     reports: dict[str, list[EndpointHealthRow]] = {}
     for row in view.rows:
         reports.setdefault(row.address, []).append(row)
-    if policy is not None:
-        addresses = set(view.policies[policy])
+    if policies is not None:
+        addresses = {a for name in policies for a in view.policies.get(name, [])}
     else:
         addresses = set(by_address) | set(reports) | set(view.down)
     items = []

@@ -1,4 +1,5 @@
-"""Routes for policies and their slices: /v1/policies[/{name}[/slices[/{id}]]]."""
+"""Routes for policies and their slices: /v1/policies[/{name}[/slices[/{id}]]], and a set
+applied in one transaction: POST /v1/policies:apply."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ from controller.api.deps import (
     policy_store,
     require,
 )
-from controller.api.errors import ApiError
+from controller.api.errors import ApiError, error_body, from_store_error
+from controller.api.selectors import LabelQuery, label_selector
 from controller.auth import Permission, Principal
-from dnsmesh.errors import FieldError
+from controller.errors import StoreError
+from controller.services.policies import SetOutcome
+from dnsmesh.errors import FieldError, PolicyError
 
 router = APIRouter(prefix="/v1/policies", tags=["policies"])
 
@@ -27,6 +31,13 @@ Writer = Annotated[Principal, Depends(require(Permission.WRITE_POLICIES))]
 # A write whose name or domain a connected agent serves from its own files is refused (409
 # local_policy_clash) unless forced; that agent then shadows the controller's policy.
 Force = Annotated[bool, Query(description="write even if a connected agent's local files clash")]
+# Server-side dry run, as kubectl's: the write's validation and conflict checks run in its
+# transaction, which is discarded; the answer is the one the write would get (status,
+# body), with nothing stored, no revision and no push.
+DryRun = Annotated[
+    bool, Query(description="check the write in full and store nothing (answer as if done)")
+]
+_DRY_RUN_HEADER = "Dnsmesh-Dry-Run"
 
 # The body is a raw JSON object validated by dnsmesh.policy, so its errors name policy
 # fields (spec.endpoints[1].weight) rather than FastAPI's own locations.
@@ -46,43 +57,135 @@ _SLICE_BODY: dict[str, Any] = {
 }
 
 
-def _labels(selectors: list[str]) -> dict[str, str]:
-    wanted: dict[str, str] = {}
-    errors: list[FieldError] = []
-    for index, selector in enumerate(selectors):
-        key, sep, value = selector.partition("=")
-        if not sep or not key:
-            errors.append(FieldError(f"label[{index}]", f"{selector!r} is not KEY=VALUE"))
-        wanted[key] = value
-    if errors:
-        raise ApiError(422, "invalid_request", "a label filter is not KEY=VALUE", errors)
-    return wanted
-
-
 @router.get("")
 async def list_policies(
     request: Request,
     _who: Reader,
-    label: Annotated[list[str] | None, Query(description="KEY=VALUE; repeat to AND")] = None,
+    label: LabelQuery = None,
 ) -> Response:
-    wanted = _labels(label or [])
+    wanted = label_selector(label)
     revision, items = await blocking(policy_store(request).list_policies_json, wanted)
     body = b'{"revision":' + str(revision).encode() + b',"items":' + items + b"}"
     return Response(body, media_type="application/json")
 
 
 @router.post("", status_code=201, openapi_extra=_POLICY_BODY)
-async def create_policy(request: Request, who: Writer, force: Force = False) -> JSONResponse:
+async def create_policy(
+    request: Request, who: Writer, dry_run: DryRun = False, force: Force = False
+) -> JSONResponse:
     document = await json_body(request)
     stored = await blocking(
-        policy_store(request).create_policy, document, actor=who.name, force=force
+        policy_store(request).create_policy, document, actor=who.name, dry_run=dry_run, force=force
     )
+    if dry_run:
+        return JSONResponse(stored.document, status_code=201, headers={_DRY_RUN_HEADER: "true"})
     log_change("policy.created", who, policy=stored.name, revision=stored.revision)
     return JSONResponse(
         stored.document,
         status_code=201,
         headers={"ETag": etag(stored.revision), "Location": f"/v1/policies/{stored.name}"},
     )
+
+
+_SET_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": 'a set: {"policies": [policy, ...], "prune"?: {"labels": {K: V}}}',
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
+
+
+# The log events of a set's changes: the same as those of the single writes.
+_LOGGED = {"created": "policy.created", "configured": "policy.updated", "pruned": "policy.deleted"}
+
+
+@router.post(":apply", openapi_extra=_SET_BODY)
+async def apply_policies(
+    request: Request, who: Writer, dry_run: DryRun = False, force: Force = False
+) -> JSONResponse:
+    documents, prune = _set_request(await json_body(request))
+    result = await blocking(
+        policy_store(request).apply_set,
+        documents,
+        actor=who.name,
+        prune=prune,
+        dry_run=dry_run,
+        force=force,
+    )
+    items = [_outcome_json(item) for item in result.items]
+    body: dict[str, Any] = {
+        "revision": result.revision,
+        "applied": result.applied,
+        "dry_run": dry_run,
+        "items": items,
+    }
+    refused = [item for item in result.items if item.refusal is not None]
+    if refused:
+        errors = [_refusal(item.refusal) for item in refused]
+        invalid_only = all(error.code == "invalid_policy" for error in errors)
+        fields = [
+            FieldError(f"policies[{item.index}]" + (f".{f.path}" if f.path else ""), f.message)
+            for item, error in zip(refused, errors, strict=True)
+            for f in (error.fields or [FieldError("", error.message)])
+        ]
+        message = f"{len(refused)} of {len(documents)} policies refused; nothing was applied"
+        error = error_body("apply_refused", message, fields)
+        return JSONResponse({**error, **body}, status_code=422 if invalid_only else 409)
+    if result.applied:
+        for item in result.items:
+            if item.outcome in _LOGGED:
+                log_change(_LOGGED[item.outcome], who, policy=item.name)
+    headers = {_DRY_RUN_HEADER: "true"} if dry_run else {"ETag": etag(result.revision)}
+    return JSONResponse(body, headers=headers)
+
+
+def _set_request(body: object) -> tuple[list[object], dict[str, str] | None]:
+    """The set's documents and prune labels, or 422 naming what is wrong with the body."""
+    if not isinstance(body, dict) or not isinstance(body.get("policies"), list):
+        raise ApiError(
+            422,
+            "invalid_request",
+            'the body must be {"policies": [policy, ...]}',
+            [FieldError("policies", "a list of policy documents is required")],
+        )
+    unknown = sorted(set(body) - {"policies", "prune"})
+    if unknown:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"unknown fields in the body: {', '.join(unknown)}",
+            [FieldError(name, "not a field of a set") for name in unknown],
+        )
+    prune = body.get("prune")
+    if prune is None:
+        return list(body["policies"]), None
+    labels = prune.get("labels", {}) if isinstance(prune, dict) else None
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise ApiError(
+            422,
+            "invalid_request",
+            'prune must be {"labels": {KEY: VALUE, ...}}',
+            [FieldError("prune.labels", "a map of strings to strings is required")],
+        )
+    return list(body["policies"]), dict(labels)
+
+
+def _refusal(refusal: StoreError | PolicyError | None) -> ApiError:
+    if isinstance(refusal, PolicyError):
+        return ApiError(422, "invalid_policy", "the policy does not validate", refusal.errors)
+    assert refusal is not None
+    return from_store_error(refusal)
+
+
+def _outcome_json(item: SetOutcome) -> dict[str, Any]:
+    error = None
+    if item.refusal is not None:
+        refused = _refusal(item.refusal)
+        error = error_body(refused.code, refused.message, refused.fields)["error"]
+    return {"index": item.index, "name": item.name, "outcome": item.outcome, "error": error}
 
 
 @router.get("/{name}")
@@ -93,7 +196,7 @@ async def get_policy(request: Request, name: str, _who: Reader) -> JSONResponse:
 
 @router.put("/{name}", openapi_extra=_POLICY_BODY)
 async def put_policy(
-    request: Request, name: str, who: Writer, force: Force = False
+    request: Request, name: str, who: Writer, dry_run: DryRun = False, force: Force = False
 ) -> JSONResponse:
     document = await json_body(request)
     written = await blocking(
@@ -102,8 +205,15 @@ async def put_policy(
         document,
         actor=who.name,
         if_match=if_match(request),
+        dry_run=dry_run,
         force=force,
     )
+    if dry_run:
+        return JSONResponse(
+            written.policy.document,
+            status_code=201 if written.created else 200,
+            headers={_DRY_RUN_HEADER: "true"},
+        )
     if written.changed:
         event = "policy.created" if written.created else "policy.updated"
         log_change(event, who, policy=name, revision=written.policy.revision)
@@ -115,10 +225,20 @@ async def put_policy(
 
 
 @router.delete("/{name}")
-async def delete_policy(request: Request, name: str, who: Writer) -> JSONResponse:
+async def delete_policy(
+    request: Request, name: str, who: Writer, dry_run: DryRun = False
+) -> JSONResponse:
     revision = await blocking(
-        policy_store(request).delete_policy, name, actor=who.name, if_match=if_match(request)
+        policy_store(request).delete_policy,
+        name,
+        actor=who.name,
+        if_match=if_match(request),
+        dry_run=dry_run,
     )
+    if dry_run:
+        return JSONResponse(
+            {"deleted": name, "revision": revision}, headers={_DRY_RUN_HEADER: "true"}
+        )
     log_change("policy.deleted", who, policy=name, revision=revision)
     return JSONResponse({"deleted": name, "revision": revision})
 
@@ -133,11 +253,20 @@ async def list_slices(request: Request, name: str, _who: Reader) -> JSONResponse
 
 
 @router.post("/{name}/slices", status_code=201, openapi_extra=_SLICE_BODY)
-async def create_slice(request: Request, name: str, who: Writer) -> JSONResponse:
+async def create_slice(
+    request: Request, name: str, who: Writer, dry_run: DryRun = False
+) -> JSONResponse:
     body = await json_body(request)
     stored, slice_doc = await blocking(
-        policy_store(request).create_slice, name, body, actor=who.name, if_match=if_match(request)
+        policy_store(request).create_slice,
+        name,
+        body,
+        actor=who.name,
+        if_match=if_match(request),
+        dry_run=dry_run,
     )
+    if dry_run:
+        return JSONResponse(slice_doc, status_code=201, headers={_DRY_RUN_HEADER: "true"})
     slice_id = slice_doc.get("id")
     log_change("slice.created", who, policy=name, slice=slice_id, revision=stored.revision)
     return JSONResponse(
@@ -157,7 +286,9 @@ async def get_slice(request: Request, name: str, slice_id: str, _who: Reader) ->
 
 
 @router.put("/{name}/slices/{slice_id}", openapi_extra=_SLICE_BODY)
-async def put_slice(request: Request, name: str, slice_id: str, who: Writer) -> JSONResponse:
+async def put_slice(
+    request: Request, name: str, slice_id: str, who: Writer, dry_run: DryRun = False
+) -> JSONResponse:
     body = await json_body(request)
     stored, slice_doc, created = await blocking(
         policy_store(request).put_slice,
@@ -166,7 +297,12 @@ async def put_slice(request: Request, name: str, slice_id: str, who: Writer) -> 
         body,
         actor=who.name,
         if_match=if_match(request),
+        dry_run=dry_run,
     )
+    if dry_run:
+        return JSONResponse(
+            slice_doc, status_code=201 if created else 200, headers={_DRY_RUN_HEADER: "true"}
+        )
     log_change("slice.updated", who, policy=name, slice=slice_id, revision=stored.revision)
     return JSONResponse(
         slice_doc, status_code=201 if created else 200, headers={"ETag": etag(stored.revision)}
@@ -174,14 +310,22 @@ async def put_slice(request: Request, name: str, slice_id: str, who: Writer) -> 
 
 
 @router.delete("/{name}/slices/{slice_id}")
-async def delete_slice(request: Request, name: str, slice_id: str, who: Writer) -> JSONResponse:
+async def delete_slice(
+    request: Request, name: str, slice_id: str, who: Writer, dry_run: DryRun = False
+) -> JSONResponse:
     stored = await blocking(
         policy_store(request).delete_slice,
         name,
         slice_id,
         actor=who.name,
         if_match=if_match(request),
+        dry_run=dry_run,
     )
+    if dry_run:
+        return JSONResponse(
+            {"deleted": slice_id, "policy": name, "revision": stored.revision},
+            headers={_DRY_RUN_HEADER: "true"},
+        )
     log_change("slice.deleted", who, policy=name, slice=slice_id, revision=stored.revision)
     return JSONResponse(
         {"deleted": slice_id, "policy": name, "revision": stored.revision},

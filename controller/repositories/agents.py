@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, func, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from controller.agent_events import Acked, AgentConnected, Event, Gone, Nacked, Seen
-from controller.db.models import AgentRow
+from controller.db.models import AgentRow, EndpointHealthRow
 
 _AGENTS = cast(Table, AgentRow.__table__)
 
@@ -44,6 +44,16 @@ def disconnect_websocket_agents(session: Session, replica: str, now: datetime) -
 
 def all_agents(session: Session) -> list[AgentRow]:
     return list(session.scalars(select(AgentRow).order_by(AgentRow.agent_id)))
+
+
+def find_agent(session: Session, agent_id: str) -> AgentRow | None:
+    return session.get(AgentRow, agent_id)
+
+
+def delete_agent(session: Session, agent_id: str) -> None:
+    """The agent's row and its latest probe reports (its report history ages out alone)."""
+    session.execute(delete(EndpointHealthRow).where(EndpointHealthRow.agent_id == agent_id))
+    session.execute(delete(AgentRow).where(AgentRow.agent_id == agent_id))
 
 
 def count_live(session: Session, seen_since: datetime, *, applied_at_least: int | None) -> int:

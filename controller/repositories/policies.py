@@ -34,6 +34,10 @@ def domain_owner(session: Session, domain: str, *, other_than: str) -> str | Non
     )
 
 
+def policy_rows(session: Session, labels: Mapping[str, str] | None) -> list[PolicyRow]:
+    return list(session.scalars(_labelled(select(PolicyRow), labels)))
+
+
 def policy_documents(session: Session, labels: Mapping[str, str] | None) -> list[Document]:
     return list(session.scalars(_labelled(select(PolicyRow.document), labels)))
 

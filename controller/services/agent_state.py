@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -78,6 +79,14 @@ class AgentInfo:
         }
 
 
+class Forgotten(Enum):
+    """What ``AgentStateService.forget`` did."""
+
+    DELETED = "deleted"
+    UNKNOWN = "unknown"  # no agent has that id
+    CONNECTED = "connected"  # refused: the agent is connected and would only come back
+
+
 @dataclass(frozen=True, slots=True)
 class Convergence:
     """How many connected agents run ``revision`` or newer, and which do not."""
@@ -113,6 +122,25 @@ class AgentStateService:
         """The replica stops: every agent it held is disconnected."""
         now = self.db.clock()
         self.db.write(lambda session: agents.disconnect_websocket_agents(session, replica, now))
+
+    def forget(self, agent_id: str) -> Forgotten:
+        """Deletes the row of an agent that is gone (a node removed for good).
+
+        A connected agent is refused: it would be listed again at its next ACK or hello,
+        and forgetting it meanwhile would hide it from convergence.
+        """
+        now = self.db.clock()
+
+        def work(session: Session) -> Forgotten:
+            row = agents.find_agent(session, agent_id)
+            if row is None:
+                return Forgotten.UNKNOWN
+            if self._info(row, now).connected:
+                return Forgotten.CONNECTED
+            agents.delete_agent(session, agent_id)
+            return Forgotten.DELETED
+
+        return self.db.write(work)
 
     # -- reads ---------------------------------------------------------------------------
 

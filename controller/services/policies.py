@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import PolicyRow
 from controller.db.session import Database
-from controller.errors import AlreadyExists, DomainConflict, LocalPolicyClash, NotFound
+from controller.errors import AlreadyExists, DomainConflict, LocalPolicyClash, NotFound, StoreError
 from controller.repositories import agents, history, policies
 from controller.repositories.health import read_down
 from controller.repositories.history import AuditEntry, Change, Operation
@@ -37,11 +37,19 @@ from controller.services.policy_rules import (
     remove_slice,
     slice_at,
 )
-from dnsmesh.errors import FieldError
-from dnsmesh.policy import Policy, parse_policy
+from dnsmesh.errors import FieldError, PolicyError
+from dnsmesh.policy import Policy, check_policy_set, parse_policy
 from dnsmesh.protocol import Document
 
-__all__ = ["IfMatch", "PolicyList", "PolicyService", "StoredPolicy", "Written"]
+__all__ = [
+    "IfMatch",
+    "PolicyList",
+    "PolicyService",
+    "SetApplied",
+    "SetOutcome",
+    "StoredPolicy",
+    "Written",
+]
 
 # PushSettings' default (three 10 s heartbeats plus the longest 30 s long-poll).
 AGENT_STALE_AFTER = timedelta(seconds=60)
@@ -68,6 +76,26 @@ class Written:
     policy: StoredPolicy
     created: bool = False
     changed: bool = True
+
+
+@dataclass(slots=True)
+class SetOutcome:
+    """What became of one document of a set (or of one policy pruned)."""
+
+    index: int  # the document's position in the set; pruned ones come after the set
+    name: str | None  # None when the document has no usable name
+    outcome: str  # created | configured | unchanged | pruned | refused
+    refusal: StoreError | PolicyError | None = None
+
+    def refuse(self, refusal: StoreError | PolicyError) -> None:
+        self.outcome, self.refusal = "refused", refusal
+
+
+@dataclass(frozen=True, slots=True)
+class SetApplied:
+    revision: int  # after the set (dry run or refused: what it would have been)
+    applied: bool  # False: refused or a dry run, nothing stored
+    items: list[SetOutcome]
 
 
 class PolicyService:
@@ -141,8 +169,16 @@ class PolicyService:
 
     # -- policy writes -------------------------------------------------------------------
 
-    def create_policy(self, document: object, *, actor: str, force: bool = False) -> StoredPolicy:
-        """Creates a policy; AlreadyExists when the name is taken."""
+    def create_policy(
+        self, document: object, *, actor: str, dry_run: bool = False, force: bool = False
+    ) -> StoredPolicy:
+        """Creates a policy; AlreadyExists when the name is taken.
+
+        ``dry_run``: every check of the write runs in its transaction, which is then
+        discarded: the result is what would be stored, and nothing is (no revision, no
+        change row, no audit row, so no push). ``force``: even if a connected agent's local
+        files define the policy's name or domain (LocalPolicyClash otherwise).
+        """
         policy = parse_policy(document)
         with self.db.writing() as transaction:
             session = transaction.session
@@ -151,7 +187,10 @@ class PolicyService:
                 raise AlreadyExists(f"policy {policy.name!r} already exists")
             if not force:
                 self._refuse_local_clashes(session, policy, None)
-            return self._save(session, revision, policy, None, actor, "policy.create").policy
+            written = self._save(session, revision, policy, None, actor, "policy.create")
+            if dry_run:
+                transaction.discard()
+            return written.policy
 
     def put_policy(
         self,
@@ -160,9 +199,13 @@ class PolicyService:
         *,
         actor: str,
         if_match: IfMatch | None = None,
+        dry_run: bool = False,
         force: bool = False,
     ) -> Written:
-        """Creates or replaces ``name``; an unchanged document is not a change (no revision)."""
+        """Creates or replaces ``name``; an unchanged document is not a change (no revision).
+
+        ``dry_run`` as for ``create_policy``: checked in full, then discarded.
+        """
         policy = parse_named(document, name)
         with self.db.writing() as transaction:
             session = transaction.session
@@ -175,10 +218,20 @@ class PolicyService:
             if not force:
                 self._refuse_local_clashes(session, policy, row)
             operation = "policy.update" if row else "policy.create"
-            return self._save(session, revision, policy, row, actor, operation)
+            written = self._save(session, revision, policy, row, actor, operation)
+            if dry_run:
+                transaction.discard()
+            return written
 
-    def delete_policy(self, name: str, *, actor: str, if_match: IfMatch | None = None) -> int:
-        """Deletes ``name``; returns the revision of the deletion."""
+    def delete_policy(
+        self,
+        name: str,
+        *,
+        actor: str,
+        if_match: IfMatch | None = None,
+        dry_run: bool = False,
+    ) -> int:
+        """Deletes ``name``; returns the revision of the deletion (``dry_run``: it would have)."""
         with self.db.writing() as transaction:
             session = transaction.session
             revision = bump_revision(session)
@@ -187,17 +240,104 @@ class PolicyService:
             before = row.document
             policies.delete_policy_row(session, row)
             self._log(session, revision, name, "delete", None, actor, "policy.delete", before)
+            if dry_run:
+                transaction.discard()
             return revision
+
+    def apply_set(
+        self,
+        documents: list[object],
+        *,
+        actor: str,
+        prune: Mapping[str, str] | None = None,
+        dry_run: bool = False,
+        force: bool = False,
+    ) -> SetApplied:
+        """Creates, replaces (and with ``prune``, deletes) to match a set: all or none.
+
+        One transaction. ``prune``: the policies with these labels (``{}``: every policy)
+        that the set does not name are deleted, first, so a domain can move from a pruned
+        policy to a new one. Then each document in order, with the checks of a single write
+        (a domain may move from one policy of the set to a later one). Every document gets
+        its outcome; when any is refused, or for ``dry_run``, the transaction is discarded.
+        ``force`` as for ``create_policy``.
+        Each change is a revision of its own (the change log holds one change a revision).
+        """
+        parsed: list[Policy | None] = []
+        outcomes: list[SetOutcome] = []
+        for index, document in enumerate(documents):
+            try:
+                policy = parse_policy(document)
+            except PolicyError as refusal:
+                parsed.append(None)
+                outcomes.append(SetOutcome(index, _name_of(document), "refused", refusal))
+            else:
+                parsed.append(policy)
+                outcomes.append(SetOutcome(index, policy.name, "unchanged"))
+        valid = [p for p in parsed if p is not None]
+        for error in _set_errors(valid):
+            index = parsed.index(valid[error.index])
+            outcomes[index].refuse(PolicyError([error.field]))
+        with self.db.writing() as transaction:
+            session = transaction.session
+            pruned: list[SetOutcome] = []
+            if prune is not None:
+                keep = {outcome.name for outcome in outcomes}
+                for stale in policies.policy_rows(session, prune):
+                    if stale.name in keep:
+                        continue
+                    revision = bump_revision(session)
+                    before = stale.document
+                    policies.delete_policy_row(session, stale)
+                    self._log(
+                        session,
+                        revision,
+                        stale.name,
+                        "delete",
+                        None,
+                        actor,
+                        "policy.delete",
+                        before,
+                    )
+                    pruned.append(SetOutcome(len(documents) + len(pruned), stale.name, "pruned"))
+            for outcome, candidate in zip(outcomes, parsed, strict=True):
+                if candidate is None or outcome.refusal is not None:
+                    continue
+                current = policies.find_policy(session, candidate.name)
+                wanted = candidate.to_document(with_revision=False)
+                if current is not None and content(current.document) == wanted:
+                    continue
+                operation = "policy.update" if current else "policy.create"
+                try:
+                    if not force:
+                        self._refuse_local_clashes(session, candidate, current)
+                    self._save(
+                        session, bump_revision(session), candidate, current, actor, operation
+                    )
+                except (DomainConflict, LocalPolicyClash) as refusal:
+                    outcome.refuse(refusal)
+                    continue
+                outcome.outcome = "configured" if current else "created"
+            applied = all(o.refusal is None for o in outcomes)
+            revision = current_revision(session)
+            if dry_run or not applied:
+                transaction.discard()
+        return SetApplied(revision, applied and not dry_run, outcomes + pruned)
 
     # -- slice writes (each one a change of the whole policy) -----------------------------
 
     def create_slice(
-        self, name: str, slice_doc: object, *, actor: str, if_match: IfMatch | None = None
+        self,
+        name: str,
+        slice_doc: object,
+        *,
+        actor: str,
+        if_match: IfMatch | None = None,
+        dry_run: bool = False,
     ) -> tuple[StoredPolicy, Document]:
         """Appends a slice (slices match in order, so a new one goes last)."""
-        return self._edit_slices(
-            name, append_slice(name, slice_doc), actor, "slice.create", if_match
-        )
+        edit = append_slice(name, slice_doc)
+        return self._edit_slices(name, edit, actor, "slice.create", if_match, dry_run)
 
     def put_slice(
         self,
@@ -207,17 +347,26 @@ class PolicyService:
         *,
         actor: str,
         if_match: IfMatch | None = None,
+        dry_run: bool = False,
     ) -> tuple[StoredPolicy, Document, bool]:
         """Replaces slice ``slice_id`` in place, or appends it; the body's id must match."""
         edit = put_slice(slice_id, slice_doc)
-        policy, stored_slice = self._edit_slices(name, edit, actor, "slice.update", if_match)
+        policy, stored_slice = self._edit_slices(
+            name, edit, actor, "slice.update", if_match, dry_run
+        )
         return policy, stored_slice, edit.created
 
     def delete_slice(
-        self, name: str, slice_id: str, *, actor: str, if_match: IfMatch | None = None
+        self,
+        name: str,
+        slice_id: str,
+        *,
+        actor: str,
+        if_match: IfMatch | None = None,
+        dry_run: bool = False,
     ) -> StoredPolicy:
         edit = remove_slice(name, slice_id)
-        policy, _ = self._edit_slices(name, edit, actor, "slice.delete", if_match)
+        policy, _ = self._edit_slices(name, edit, actor, "slice.delete", if_match, dry_run)
         return policy
 
     # -- internals -----------------------------------------------------------------------
@@ -262,7 +411,9 @@ class PolicyService:
         actor: str,
         operation: str,
         if_match: IfMatch | None,
+        dry_run: bool,
     ) -> tuple[StoredPolicy, Document]:
+        """``edit`` applied to the policy's slices (``dry_run``: checked, then discarded)."""
         with self.db.writing() as transaction:
             session = transaction.session
             revision = bump_revision(session)
@@ -278,6 +429,8 @@ class PolicyService:
                 transaction.discard()
                 return _stored(row), slice_at(row.document, index)
             written = self._save(session, revision, policy, row, actor, operation)
+            if dry_run:
+                transaction.discard()
             return written.policy, slice_at(written.policy.document, index)
 
     def _save(
@@ -336,6 +489,31 @@ class PolicyService:
             after=document,
         )
         session.flush()
+
+
+@dataclass(frozen=True, slots=True)
+class _SetError:
+    index: int  # in the list of valid policies
+    field: FieldError
+
+
+def _set_errors(valid: list[Policy]) -> list[_SetError]:
+    """A repeated name or domain within the set, each blamed on the later document."""
+    try:
+        check_policy_set(valid)
+    except PolicyError as error:
+        found = []
+        for field_error in error.errors:
+            index, _, path = field_error.path[1:].partition("].")
+            found.append(_SetError(int(index), FieldError(path, field_error.message)))
+        return found
+    return []
+
+
+def _name_of(document: object) -> str | None:
+    metadata = document.get("metadata") if isinstance(document, dict) else None
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _stored(row: PolicyRow) -> StoredPolicy:

@@ -4,6 +4,7 @@ dig and dnspython at once, keeps its tokens private, and exits 0 on SIGTERM or C
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -13,10 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+import httpx
 import pytest
 
 from tests.integration.conftest import REPO
 from tests.integration.sync_support import resolve
+from tests.support.polling import wait_until
 from tests.support.ports import free_port
 
 DIG = "/usr/bin/dig"
@@ -162,3 +165,118 @@ def test_up_again_keeps_its_tokens_and_data(tmp_path: Path) -> None:
             process.send_signal(signal.SIGTERM)
             assert process.wait(30) == 0
     assert tokens[0] == tokens[1]
+
+
+def _child_of(parent: int, command: str) -> int | None:
+    """The pid of ``parent``'s child running ``dnsmesh COMMAND``, if there is one."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if ppid == parent and command.encode() in argv[3:4]:  # python -m cli.main COMMAND
+                return int(entry.name)
+    return None
+
+
+class Answers:
+    """Asks the agent for a policy name every 50 ms in a thread; counts the misses."""
+
+    def __init__(self, port: int, name: str, expected: list[str]) -> None:
+        self.port, self.name, self.expected = port, name, expected
+        self.asked = 0
+        self.missed: list[object] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopped.wait(0.05):
+            answer = resolve("127.0.0.1", self.port, self.name, timeout=1.0)
+            self.asked += 1
+            if answer != self.expected:
+                self.missed.append(answer)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+
+
+def test_up_restarts_a_dead_child_and_the_agent_answers_throughout(tmp_path: Path) -> None:
+    api, dns = free_port(), free_port()
+    data = tmp_path / "state"
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "web.yaml").write_text(
+        "apiVersion: dnsmesh/v1\nkind: Policy\nmetadata: {name: web}\n"
+        "spec: {domain: web.mesh.internal, endpoints: [{address: 127.0.10.9}]}\n"
+    )
+    args = ("--data-dir", str(data), "--api", f"127.0.0.1:{api}", "--dns", f"127.0.0.1:{dns}")
+    with dnsmesh_up(tmp_path, *args, "--upstream", f"127.0.0.1:{free_port()}") as (process, _):
+        controller = _child_of(process.pid, "controller")
+        assert controller is not None
+        answers = Answers(dns, "web.mesh.internal", ["127.0.10.9"])
+        try:
+            os.kill(controller, signal.SIGKILL)
+            restarted = wait_until(
+                lambda: _child_of(process.pid, "controller") not in (None, controller),
+                timeout=30,
+                what="the controller restarted",
+            )
+            assert restarted
+            wait_until(lambda: _healthy(api), timeout=30, what="the new controller healthy")
+        finally:
+            answers.stop()
+        # The agent answered all along: the name comes from its state, not the controller.
+        assert answers.asked >= 5 and answers.missed == [], answers.missed
+
+        # A policy applied to the new controller reaches the agent.
+        (policies / "api.yaml").write_text(
+            "apiVersion: dnsmesh/v1\nkind: Policy\nmetadata: {name: api}\n"
+            "spec: {domain: api.mesh.internal, endpoints: [{address: 127.0.10.8}]}\n"
+        )
+        token = (data / "admin-token").read_text().strip()
+        env = {**os.environ, "DNSMESH_SERVER": f"http://127.0.0.1:{api}", "DNSMESH_TOKEN": token}
+        done = subprocess.run(
+            [sys.executable, "-m", "cli.main", "apply", "-f", str(policies)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        wait_until(
+            lambda: resolve("127.0.0.1", dns, "api.mesh.internal") == ["127.0.10.8"],
+            timeout=30,
+            what="the new policy answered",
+        )
+
+        # Now the agent: it is started again and answers again.
+        agent = _child_of(process.pid, "agent")
+        assert agent is not None
+        os.kill(agent, signal.SIGKILL)
+        wait_until(
+            lambda: _child_of(process.pid, "agent") not in (None, agent),
+            timeout=30,
+            what="the agent restarted",
+        )
+        wait_until(
+            lambda: resolve("127.0.0.1", dns, "api.mesh.internal") == ["127.0.10.8"],
+            timeout=30,
+            what="the restarted agent answers",
+        )
+        assert process.poll() is None  # up itself kept running
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    assert _no_child_left(data)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(
+            f"http://127.0.0.1:{port}/healthz", timeout=1.0, trust_env=False
+        ).is_success
+    except httpx.HTTPError:
+        return False
