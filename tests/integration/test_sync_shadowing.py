@@ -213,7 +213,8 @@ def test_a_write_clashing_with_a_connected_agents_local_file_is_refused_unless_f
     yaml_file.write_text(json.dumps(policy("web", ["127.0.10.1"])))
     done = run_cli("apply", "-f", str(yaml_file), cwd=tmp_path, env=env)
     assert done.returncode != 0
-    assert "local_policy_clash" in done.stdout + done.stderr
+    assert "policy/web refused" in done.stdout and "clashes with agents' local" in done.stdout
+    assert "nothing was applied" in done.stderr
     assert rest.http.get("/v1/policies/web").status_code == 404
     done = run_cli("apply", "--force", "-f", str(yaml_file), cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
