@@ -32,26 +32,26 @@ def add_agent_commands(
         "--resolv-conf",
         metavar="PATH",
         default="/etc/resolv.conf",
-        help="where to find upstreams when no --upstream is given (default %(default)s)",
+        help="where to find upstreams when no --upstream is given",
     )
     tuning = agent.add_argument_group("tuning (defaults suit a node resolver)")
     seconds = {"type": float, "metavar": "SECONDS"}
     tuning.add_argument(
         "--query-timeout",
         default=2.0,
-        help="bound on a forwarded query; then SERVFAIL (default %(default)s)",
+        help="bound on a forwarded query; then SERVFAIL",
         **seconds,
     )
     tuning.add_argument(
         "--attempt-timeout",
         default=1.0,
-        help="bound on one upstream attempt before the next upstream (default %(default)s)",
+        help="bound on one upstream attempt before the next upstream",
         **seconds,
     )
     tuning.add_argument(
         "--down-backoff",
         default=1.0,
-        help="first time a failed upstream is avoided; doubles per failure (default %(default)s)",
+        help="first time a failed upstream is avoided; doubles per failure",
         **seconds,
     )
     tuning.add_argument(
@@ -76,7 +76,7 @@ def add_agent_commands(
     tuning.add_argument(
         "--max-stale",
         default=86_400.0,
-        help="how long past expiry an answer may be served stale (default %(default)s)",
+        help="how long past expiry an answer may be served stale",
         **seconds,
     )
     tuning.add_argument(
@@ -91,8 +91,7 @@ def add_agent_commands(
         default="4MiB",
         metavar="SIZE",
         help="receive buffer of each UDP listener, so bursts queue rather than drop; Linux "
-        "caps it at net.core.rmem_max without CAP_NET_ADMIN; 0: the OS default "
-        "(default %(default)s)",
+        "caps it at net.core.rmem_max without CAP_NET_ADMIN; 0: the OS default",
     )
     tuning.add_argument(
         "--tcp-idle-timeout",
@@ -110,14 +109,13 @@ def add_agent_commands(
     tuning.add_argument(
         "--drain-timeout",
         default=2.0,
-        help="on SIGTERM, how long in-flight queries may finish; the whole stop ends within "
-        "it (default %(default)s)",
+        help="on SIGTERM, how long in-flight queries may finish; the whole stop ends within it",
         **seconds,
     )
     tuning.add_argument(
         "--reload-interval",
         default=0.5,
-        help="how often policy files are checked for changes (default %(default)s)",
+        help="how often policy files are checked for changes",
         **seconds,
     )
     health = agent.add_argument_group("health probes")
@@ -129,7 +127,7 @@ def add_agent_commands(
     health.add_argument(
         "--probe-report-interval",
         default=5.0,
-        help="how often probe results are reported to the controller (default %(default)s)",
+        help="how often probe results are reported to the controller",
         **seconds,
     )
     add_sync_arguments(agent)

@@ -66,19 +66,19 @@ def add_up_command(
         metavar="DIR",
         type=Path,
         default=Path(".dnsmesh"),
-        help="database, tokens and agent state (default %(default)s)",
+        help="database, tokens and agent state",
     )
     up.add_argument(
         "--api",
         metavar="HOST:PORT",
         default="127.0.0.1:8053",
-        help="the controller's HTTP API (default %(default)s)",
+        help="the controller's HTTP API",
     )
     up.add_argument(
         "--dns",
         metavar="HOST:PORT",
         default="127.0.0.1:1053",
-        help="the agent's DNS listener, UDP and TCP (default %(default)s)",
+        help="the agent's DNS listener, UDP and TCP",
     )
     up.add_argument(
         "--upstream",

@@ -107,13 +107,13 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
         "--state-dir",
         default=DEFAULT_STATE_DIR,
         metavar="DIR",
-        help="agent id and last applied policies (default %(default)s)",
+        help="agent id and last applied policies",
     )
     group.add_argument(
         "--sync",
         choices=["auto", "ws", "http"],
         default="auto",
-        help="auto: WebSocket, HTTP long-polling where it is refused (default %(default)s)",
+        help="auto: WebSocket, HTTP long-polling where it is refused",
     )
     seconds: dict[str, Any] = {"type": float, "metavar": "SECONDS"}
     group.add_argument(
