@@ -98,7 +98,8 @@ Health (no token)
 
 Errors: every error status has one shape, with ``fields`` always present:
     {"error": {"code": CODE, "message": TEXT, "fields": [{"path": P, "message": M}]}}
-    400 malformed_json        the body is empty or not JSON
+    400 malformed_json        the body is empty, not JSON, or nests deeper than 32 levels
+    400 bad_request           the URL path or query holds NUL (%00)
     401 unauthorized          no/unknown/revoked token (with WWW-Authenticate: Bearer)
     403 forbidden             the token's role may not do this
     404 not_found             no such policy, slice, token or route
@@ -109,7 +110,8 @@ Errors: every error status has one shape, with ``fields`` always present:
     413 payload_too_large
     422 invalid_policy        fields name every offending path, e.g. spec.endpoints[1].weight
                               (slice writes report paths in the whole policy: spec.slices[2].groups)
-    422 invalid_request       a bad query parameter, token name or role
+    422 invalid_request       a bad query parameter, token name or role; a body string or
+                              key holding NUL or a lone surrogate (on every route)
     503 database_unavailable  the database is down or dropped the connection; nothing was
                               written; Retry-After: 1
 """

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from controller.api.body import MAX_DEPTH, BodyRefused, check_body
 from controller.api.errors import ApiError
 from controller.auth import Permission, Principal, TokenStore
 from controller.services.policies import IfMatch, PolicyService
@@ -59,7 +60,8 @@ def require(permission: Permission) -> Callable[[Request], Awaitable[Principal]]
 
 
 async def json_body(request: Request) -> object:
-    """The body parsed as JSON; 400 ``malformed_json`` when it is not JSON at all."""
+    """The body parsed as JSON; 400 ``malformed_json`` when it is not JSON or nests too
+    deep, 422 ``invalid_request`` when a string holds NUL or a lone surrogate."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY:  # refuse before reading it all
         raise ApiError(413, "payload_too_large", f"the body is larger than {MAX_BODY} bytes")
@@ -72,6 +74,16 @@ async def json_body(request: Request) -> object:
         parsed: object = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {error}") from None
+    except RecursionError:  # deeper than the interpreter's stack: far past MAX_DEPTH
+        raise ApiError(
+            400, "malformed_json", f"the body nests deeper than {MAX_DEPTH} levels"
+        ) from None
+    try:
+        check_body(parsed)
+    except BodyRefused as refused:
+        if refused.too_deep:
+            raise ApiError(400, "malformed_json", str(refused), [refused.field]) from None
+        raise ApiError(422, "invalid_request", str(refused), [refused.field]) from None
     return parsed
 
 
