@@ -6,9 +6,9 @@ recursion, and far below the interpreter's limit so the pydantic validation and 
 encoding of a stored document that follow cannot recurse too deep either. No document of
 ours nests deeper than about 8 levels (a policy's slice match lists).
 
-A string may not hold NUL (PostgreSQL text and JSONB refuse U+0000, and SQLite would store
-it where every reader truncates at it) or a lone surrogate (not encodable as UTF-8), in a
-value or in an object key.
+An integer must fit in 64 bits, signed. A string may not hold NUL (PostgreSQL text and
+JSONB refuse U+0000, and SQLite would store it where every reader truncates at it) or a
+lone surrogate (not encodable as UTF-8), in a value or in an object key.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from dnsmesh.errors import FieldError
 from dnsmesh.policy import field_path
 
 MAX_DEPTH = 32
+# Revisions and ids are BIGINT columns: a larger number would be a 500 (out of range) there.
+MAX_INT = 2**63 - 1
 
 
 class BodyRefused(ValueError):
@@ -41,6 +43,10 @@ def check_body(value: object) -> None:
             )
         if isinstance(item, str):
             _check_text(item, path)
+        elif isinstance(item, int) and not -MAX_INT - 1 <= item <= MAX_INT:
+            where = field_path(path) or "(the body)"
+            problem = "must fit in a signed 64-bit integer"
+            raise BodyRefused(f"{where} {problem}", FieldError(where, problem), too_deep=False)
         elif isinstance(item, dict):
             for key, child in item.items():
                 _check_text(key, (*path, key))

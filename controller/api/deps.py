@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from controller.api.body import MAX_DEPTH, BodyRefused, check_body
+from controller.api.body import MAX_DEPTH, MAX_INT, BodyRefused, check_body
 from controller.api.errors import ApiError
 from controller.auth import Permission, Principal, TokenStore
 from controller.services.policies import IfMatch, PolicyService
@@ -20,6 +20,7 @@ T = TypeVar("T")
 log = logging.getLogger("dnsmesh.controller.api")
 _BEARER = {"WWW-Authenticate": 'Bearer realm="dnsmesh"'}
 MAX_BODY = 4 * 1024 * 1024  # a policy with 1,024 endpoints is well under 1 MiB
+MAX_ID = MAX_INT  # the largest revision or audit id a query may name (BIGINT)
 
 
 def policy_store(request: Request) -> PolicyService:
@@ -72,7 +73,9 @@ async def json_body(request: Request) -> object:
         raise ApiError(400, "malformed_json", "the request body is empty; send a JSON object")
     try:
         parsed: object = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    # ValueError besides JSONDecodeError: a number of more than 4,300 digits (CPython's
+    # int-from-text limit) is valid JSON that json.loads refuses.
+    except (UnicodeDecodeError, ValueError) as error:
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {error}") from None
     except RecursionError:  # deeper than the interpreter's stack: far past MAX_DEPTH
         raise ApiError(

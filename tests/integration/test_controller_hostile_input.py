@@ -131,3 +131,32 @@ def test_nul_in_the_url_is_400(seeded: Api, path: str) -> None:
         response = send(seeded, method, path, json.dumps(policy_doc("checkout")).encode())
         assert "NUL" in assert_error(response, 400, "bad_request")["message"]
     assert state(seeded) == before
+
+
+@pytest.mark.parametrize(
+    ("path", "role"),
+    [
+        (f"/v1/audit?before={2**63}", "admin"),  # found by the fuzzer: a 500 on PostgreSQL
+        (f"/v1/revisions/{2**63}", "admin"),
+        (f"/v1/changes?since={2**63}", "agent"),
+    ],
+)
+def test_a_number_past_bigint_in_the_url_is_422(seeded: Api, path: str, role: str) -> None:
+    assert_error(seeded.get(path, role=role), 422, "invalid_request")
+
+
+def test_a_number_past_bigint_in_a_body_is_422_and_records_nothing(seeded: Api) -> None:
+    before = state(seeded)
+    for revision in (2**63, -(2**63) - 1):
+        body = {"node_name": "n1", "revision": revision}
+        response = send(seeded, "POST", "/v1/agents/node-1/ack", json.dumps(body).encode())
+        error = assert_error(response, 422, "invalid_request")
+        assert [f["path"] for f in error["fields"]] == ["revision"]
+    assert state(seeded) == before
+
+
+def test_a_number_too_long_to_parse_is_400(seeded: Api) -> None:
+    # Valid JSON, but CPython refuses to turn more than 4,300 digits into an int (ValueError).
+    content = b'{"node_name": "n1", "revision": ' + b"9" * 5000 + b"}"
+    for method, path in BODY_ROUTES:
+        assert_error(send(seeded, method, path, content), 400, "malformed_json")
