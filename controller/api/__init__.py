@@ -43,9 +43,15 @@ Audit (viewer, editor, admin)
                                                    "target","revision","before","after"}],
                                                    "next_before": ID | null}, newest first.
   operation: policy.create|policy.update|policy.delete|slice.create|slice.update|
-  slice.delete|token.create|token.revoke|endpoints.down; actor is the token name ("cli"
-  for the CLI, "quorum" for a down-set change: target down-set, before {"down": [...]},
-  after {"down", "marked", "cleared", "votes": {address: {voters, failing}}}).
+  slice.delete|token.create|token.revoke|endpoints.down|write.refused; actor is the token
+  name ("cli" for the CLI, "quorum" for a down-set change: target down-set, before
+  {"down": [...]}, after {"down", "marked", "cleared", "votes": {address: {voters,
+  failing}}}).
+  write.refused: a write (not GET/HEAD) refused with 401/403; actor the token's name (403),
+  "unknown-token" or "anonymous" (401); target the path; after {"method", "path", "status",
+  "reason", "source", "token_prefix"?, "dropped"?}. At most 20 rows a second per source
+  (bursts of 50); "dropped" counts the refusals of that source left out since its last row
+  (controller/api/refusals.py).
 
 Agents (the push protocol, HTTP polling and close codes: controller/api/agents.py)
     GET    /v1/agents/stream                     WebSocket for agents (agent, admin); a

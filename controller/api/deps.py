@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from controller.api.body import MAX_DEPTH, MAX_INT, BodyRefused, check_body
 from controller.api.errors import ApiError
+from controller.api.refusals import RefusalAudit
 from controller.auth import Permission, Principal, TokenStore
 from controller.services.policies import IfMatch, PolicyService
 from dnsmesh.logs import fields
@@ -44,20 +45,30 @@ def require(permission: Permission) -> Callable[[Request], Awaitable[Principal]]
     async def check(request: Request) -> Principal:
         header = request.headers.get("authorization", "")
         scheme, _, secret = header.partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
-            raise ApiError(401, "unauthorized", "a bearer token is required", headers=_BEARER)
-        principal = await blocking(token_store(request).authenticate, secret.strip())
+        secret = secret.strip()
+        if scheme.lower() != "bearer" or not secret:
+            await _refuse(request, 401, "a bearer token is required", None, None)
+        principal = await blocking(token_store(request).authenticate, secret)
         if principal is None:
-            raise ApiError(401, "unauthorized", "the token is unknown or revoked", headers=_BEARER)
-        if not principal.can(permission):
-            raise ApiError(
-                403,
-                "forbidden",
-                f"role {principal.role.value!r} may not {permission.value.replace(':', ' ')}",
-            )
+            await _refuse(request, 401, "the token is unknown or revoked", None, secret)
+        elif not principal.can(permission):
+            action = permission.value.replace(":", " ")
+            message = f"role {principal.role.value!r} may not {action}"
+            await _refuse(request, 403, message, principal, secret)
         return principal
 
     return check
+
+
+async def _refuse(
+    request: Request, status: int, message: str, who: Principal | None, secret: str | None
+) -> NoReturn:
+    """Audits the refusal (of a write; rate-limited per source), then raises it."""
+    refusals: RefusalAudit = request.app.state.refusals
+    await refusals.record(request, status=status, reason=message, principal=who, secret=secret)
+    if status == 401:
+        raise ApiError(401, "unauthorized", message, headers=_BEARER)
+    raise ApiError(403, "forbidden", message)
 
 
 async def json_body(request: Request) -> object:
