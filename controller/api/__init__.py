@@ -120,6 +120,10 @@ Errors: every error status has one shape, with ``fields`` always present:
                               key holding NUL or a lone surrogate (on every route)
     503 database_unavailable  the database is down or dropped the connection; nothing was
                               written; Retry-After: 1
+  While the database is away, GET /v1/policies and GET /v1/policies/{name} answer 200 from
+  the push hub's copy when it has one (after the first agent), with Warning: 110 - "stale:
+  database unavailable", X-Dnsmesh-Stale: true and X-Dnsmesh-Stale-Revision: R, for a
+  token this process verified before the outage (controller/api/stale.py).
 """
 
 from controller.api.app import create_app

@@ -39,8 +39,14 @@ async def blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await run_in_threadpool(func, *args, **kwargs)
 
 
-def require(permission: Permission) -> Callable[[Request], Awaitable[Principal]]:
-    """A dependency: the caller's principal, 401 without a valid token, 403 if too weak."""
+def require(
+    permission: Permission, *, stale_ok: bool = False
+) -> Callable[[Request], Awaitable[Principal]]:
+    """A dependency: the caller's principal, 401 without a valid token, 403 if too weak.
+
+    ``stale_ok``: the route can answer while the database is away (controller.api.stale),
+    so a token verified before the outage is accepted during it.
+    """
 
     async def check(request: Request) -> Principal:
         header = request.headers.get("authorization", "")
@@ -48,7 +54,9 @@ def require(permission: Permission) -> Callable[[Request], Awaitable[Principal]]
         secret = secret.strip()
         if scheme.lower() != "bearer" or not secret:
             await _refuse(request, 401, "a bearer token is required", None, None)
-        principal = await blocking(token_store(request).authenticate, secret)
+        principal = await blocking(
+            token_store(request).authenticate, secret, known_if_away=stale_ok
+        )
         if principal is None:
             await _refuse(request, 401, "the token is unknown or revoked", None, secret)
         elif not principal.can(permission):

@@ -17,12 +17,16 @@ from controller.api.deps import (
     require,
 )
 from controller.api.errors import ApiError
+from controller.api.stale import known_policies, stale_headers, with_labels
 from controller.auth import Permission, Principal
+from controller.errors import DatabaseUnavailable
 from dnsmesh.errors import FieldError
 
 router = APIRouter(prefix="/v1/policies", tags=["policies"])
 
 Reader = Annotated[Principal, Depends(require(Permission.READ_POLICIES))]
+# The reads served from the hub's copy while the database is away (controller.api.stale).
+StaleReader = Annotated[Principal, Depends(require(Permission.READ_POLICIES, stale_ok=True))]
 Writer = Annotated[Principal, Depends(require(Permission.WRITE_POLICIES))]
 
 # The body is a raw JSON object validated by dnsmesh.policy, so its errors name policy
@@ -59,11 +63,18 @@ def _labels(selectors: list[str]) -> dict[str, str]:
 @router.get("")
 async def list_policies(
     request: Request,
-    _who: Reader,
+    _who: StaleReader,
     label: Annotated[list[str] | None, Query(description="KEY=VALUE; repeat to AND")] = None,
 ) -> Response:
     wanted = _labels(label or [])
-    revision, items = await blocking(policy_store(request).list_policies_json, wanted)
+    try:
+        revision, items = await blocking(policy_store(request).list_policies_json, wanted)
+    except DatabaseUnavailable as outage:
+        known, documents = known_policies(request, outage)
+        return JSONResponse(
+            {"revision": known, "items": with_labels(documents, wanted)},
+            headers=stale_headers(known),
+        )
     body = b'{"revision":' + str(revision).encode() + b',"items":' + items + b"}"
     return Response(body, media_type="application/json")
 
@@ -81,8 +92,16 @@ async def create_policy(request: Request, who: Writer) -> JSONResponse:
 
 
 @router.get("/{name}")
-async def get_policy(request: Request, name: str, _who: Reader) -> JSONResponse:
-    stored = await blocking(policy_store(request).get_policy, name)
+async def get_policy(request: Request, name: str, _who: StaleReader) -> JSONResponse:
+    try:
+        stored = await blocking(policy_store(request).get_policy, name)
+    except DatabaseUnavailable as outage:
+        known, documents = known_policies(request, outage)
+        document = next((d for d in documents if d["metadata"]["name"] == name), None)
+        if document is None:
+            raise ApiError(404, "not_found", f"no policy named {name!r}") from None
+        revision = int(document["metadata"]["revision"])
+        return JSONResponse(document, headers={"ETag": etag(revision), **stale_headers(known)})
     return JSONResponse(stored.document, headers={"ETag": etag(stored.revision)})
 
 
