@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import AuditRow, TokenRow
 from controller.db.session import Database, iso
-from controller.errors import AlreadyExists, InvalidRequest, NotFound
+from controller.errors import AlreadyExists, DatabaseUnavailable, InvalidRequest, NotFound
 from dnsmesh.errors import FieldError
 
 TOKEN_PREFIX = "dnsm_"
@@ -116,9 +116,15 @@ def check_token_name(value: object) -> str:
     return value
 
 
+# Tokens verified against the database, kept so stale reads can still be authenticated
+# while it is away; only valid tokens enter, so a few dozen entries in practice.
+_KNOWN_TOKENS = 4096
+
+
 class TokenStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._known: dict[str, Principal] = {}  # digest -> principal, as last verified
 
     def create(self, name: object, role: object, *, actor: str) -> tuple[TokenInfo, str]:
         """Mints a token; returns its description and the secret (shown this once only)."""
@@ -157,16 +163,38 @@ class TokenStore:
             if row is None:
                 raise NotFound(f"no token named {name!r}")
             info = _info(row)
+            self._known.pop(row.digest, None)
             session.execute(delete(TokenRow).where(TokenRow.id == row.id))
             _audit(session, self.db, actor, "token.revoke", name, info, None)
 
         self.db.write(work)
 
-    def authenticate(self, secret: str) -> Principal | None:
-        """The principal for a presented token, or None when it is unknown or revoked."""
+    def authenticate(self, secret: str, *, known_if_away: bool = False) -> Principal | None:
+        """The principal for a presented token, or None when it is unknown or revoked.
+
+        ``known_if_away`` (the policy reads served stale): while the database is unreachable,
+        a token this process verified before is taken as it was then, so those reads are not
+        refused for want of the token table (a revocation made on another replica reaches
+        this one when the database is back). Otherwise, or for any other token, the outage
+        raises DatabaseUnavailable.
+        """
         if not secret.startswith(TOKEN_PREFIX):
             return None
         digest = token_digest(secret)
+        try:
+            principal = self._verify(digest)
+        except DatabaseUnavailable:
+            known = self._known.get(digest) if known_if_away else None
+            if known is None:
+                raise
+            return known
+        if principal is None:
+            self._known.pop(digest, None)
+        elif digest not in self._known and len(self._known) < _KNOWN_TOKENS:
+            self._known[digest] = principal
+        return principal
+
+    def _verify(self, digest: str) -> Principal | None:
 
         def work(session: Session) -> Principal | None:
             row = session.execute(

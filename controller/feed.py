@@ -23,6 +23,7 @@ from controller.repositories.history import Change
 from controller.services.policies import PolicyService
 from dnsmesh import protocol
 from dnsmesh.logs import fields
+from dnsmesh.protocol import Document
 
 log = logging.getLogger("dnsmesh.controller.feed")
 
@@ -52,6 +53,10 @@ class Feed:
         self._floor = 0  # the window holds every change in (floor, head]
         self._deltas: dict[int, Update] = {}  # since -> the update to head
         self._snapshot: Update | None = None
+        # The policies at the head by name: the last snapshot with every change since applied
+        # as catch_up reads it (whatever the window keeps), for stale reads while the
+        # database is away (known_policies). None until a snapshot, or after a gap.
+        self._known: tuple[int, dict[str, Document]] | None = None
         self._log_reads: dict[int, asyncio.Future[Update]] = {}  # since -> the read under way
         self._snapshot_lock = asyncio.Lock()
         self._advance_lock = asyncio.Lock()
@@ -74,6 +79,7 @@ class Feed:
                 moved = Moved.BACK
             else:
                 changes = await asyncio.to_thread(self.store.changes_since, self.head)
+                self._apply_known(changes, current)
                 if changes and changes[0].revision == self.head + 1:
                     self._window.extend(changes)
                 else:  # compacted past our head while we were not looking
@@ -84,7 +90,8 @@ class Feed:
                     self._floor = self._window.popleft().revision
                 moved = Moved.FORWARD
             self._deltas.clear()
-            self._snapshot = None if moved is Moved.BACK else self._snapshot
+            if moved is Moved.BACK:
+                self._snapshot = self._known = None
             advanced, self._advanced = self._advanced, asyncio.Event()
             advanced.set()
             return moved
@@ -157,7 +164,41 @@ class Feed:
             message = protocol.build_snapshot(listing.revision, listing.items, listing.down)
             self.encoded += 1
             self._snapshot = Update(listing.revision, protocol.encode_message(message))
+            if self._known is None or listing.revision >= self._known[0]:
+                by_name = {str(doc["metadata"]["name"]): doc for doc in listing.items}
+                self._known = (listing.revision, by_name)
             return self._snapshot
+
+    def known_policies(self) -> tuple[int, list[Document]] | None:
+        """(revision, the policies by name) as this replica knows them, without the database;
+        None before the first snapshot or after a gap in the changes it read."""
+        known = self._known
+        if known is None:
+            return None
+        revision, by_name = known
+        return revision, [by_name[name] for name in sorted(by_name)]
+
+    def _apply_known(self, changes: list[Change], current: int) -> None:
+        known = self._known
+        if known is None:
+            return
+        revision, by_name = known
+        newer = [c for c in changes if c.revision > revision]
+        reaches = (newer[-1].revision if newer else revision) >= current
+        if not reaches or (newer and newer[0].revision != revision + 1):
+            self._known = None  # the log was compacted past it: the hub reads them again
+            return
+        if not newer:
+            return
+        documents = dict(by_name)  # a new dict: a reader may hold the old one
+        for change in newer:
+            if change.is_down:
+                continue
+            if change.document is None:
+                documents.pop(change.policy, None)
+            else:
+                documents[change.policy] = change.document
+        self._known = (newer[-1].revision, documents)
 
     def _encode_delta(self, since: int, changes: list[Change]) -> Update:
         # A down-set change carries the whole set: the last one in the range is the news.

@@ -33,6 +33,7 @@ from controller.services.agent_state import AgentInfo, AgentStateService, Conver
 from controller.services.health_view import HealthView
 from dnsmesh import protocol
 from dnsmesh.logs import fields
+from dnsmesh.protocol import Document
 
 log = logging.getLogger("dnsmesh.controller.hub")
 
@@ -106,6 +107,7 @@ class Hub:
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.agents.release, self.settings.replica_id)
         await self.feed.start()
+        await self.feed.snapshot()  # the copy stale reads are served from (known_policies)
         add_commit_listener(self._wake_threadsafe)
         self._spawn(self._watch(), "watch")
         self._spawn(self.recorder.run(has_agents=lambda: bool(self.sessions)), "recorder")
@@ -179,6 +181,11 @@ class Hub:
     async def list_agents(self) -> list[AgentInfo]:
         return await asyncio.to_thread(self.agents.list)
 
+    def known_policies(self) -> tuple[int, list[Document]] | None:
+        """(revision, policies by name) as served to agents, read without the database;
+        None before the hub has started or while its copy is being rebuilt."""
+        return self.feed.known_policies() if self._started is not None else None
+
     async def convergence(self, revision: int, *, limit: int) -> Convergence:
         return await asyncio.to_thread(self.agents.convergence, revision, limit=limit)
 
@@ -193,6 +200,8 @@ class Hub:
             self._wake.clear()
             try:
                 await self.catch_up()
+                if self.feed.known_policies() is None:  # lost to a gap: read them again
+                    await self.feed.snapshot()
                 if loop.time() - compacted_at >= 1.0:  # at most one DELETE a second
                     compacted_at = loop.time()
                     await self.feed.compact()

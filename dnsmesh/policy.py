@@ -326,7 +326,9 @@ class Metadata(_Strict):
     name: Annotated[str, Field(pattern=_NAME_RE.pattern)]
     labels: dict[
         Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$")],
-        Annotated[str, Field(max_length=63)],
+        # No control characters: NUL cannot be stored (PostgreSQL) or shown, nor can the rest
+        # be shown safely in a listing or a log line.
+        Annotated[str, Field(max_length=63, pattern=r"^[^\x00-\x1f\x7f]*$")],
     ] = Field(default_factory=dict)
     # Set by the controller (the revision at which the policy last changed); ignored on input
     # to the agent's files, and used as the ETag by the REST API.

@@ -66,9 +66,15 @@ Audit (viewer, editor, admin)
                                                    "target","revision","before","after"}],
                                                    "next_before": ID | null}, newest first.
   operation: policy.create|policy.update|policy.delete|slice.create|slice.update|
-  slice.delete|token.create|token.revoke|endpoints.down; actor is the token name ("cli"
-  for the CLI, "quorum" for a down-set change: target down-set, before {"down": [...]},
-  after {"down", "marked", "cleared", "votes": {address: {voters, failing}}}).
+  slice.delete|token.create|token.revoke|endpoints.down|write.refused; actor is the token
+  name ("cli" for the CLI, "quorum" for a down-set change: target down-set, before
+  {"down": [...]}, after {"down", "marked", "cleared", "votes": {address: {voters,
+  failing}}}).
+  write.refused: a write (not GET/HEAD) refused with 401/403; actor the token's name (403),
+  "unknown-token" or "anonymous" (401); target the path; after {"method", "path", "status",
+  "reason", "source", "token_prefix"?, "dropped"?}. At most 20 rows a second per source
+  (bursts of 50); "dropped" counts the refusals of that source left out since its last row
+  (controller/api/refusals.py).
 
 Agents (the push protocol, HTTP polling and close codes: controller/api/agents.py)
     GET    /v1/agents/stream                     WebSocket for agents (agent, admin); a
@@ -133,7 +139,8 @@ Health (no token)
 
 Errors: every error status has one shape, with ``fields`` always present:
     {"error": {"code": CODE, "message": TEXT, "fields": [{"path": P, "message": M}]}}
-    400 malformed_json        the body is empty or not JSON
+    400 malformed_json        the body is empty, not JSON, or nests deeper than 32 levels
+    400 bad_request           the URL path or query holds NUL (%00)
     401 unauthorized          no/unknown/revoked token (with WWW-Authenticate: Bearer)
     403 forbidden             the token's role may not do this
     404 not_found             no such policy, slice, token or route
@@ -151,9 +158,14 @@ Errors: every error status has one shape, with ``fields`` always present:
     413 payload_too_large
     422 invalid_policy        fields name every offending path, e.g. spec.endpoints[1].weight
                               (slice writes report paths in the whole policy: spec.slices[2].groups)
-    422 invalid_request       a bad query parameter, token name or role
+    422 invalid_request       a bad query parameter, token name or role; a body string or
+                              key holding NUL or a lone surrogate (on every route)
     503 database_unavailable  the database is down or dropped the connection; nothing was
                               written; Retry-After: 1
+  While the database is away, GET /v1/policies and GET /v1/policies/{name} answer 200 from
+  the push hub's copy when it has one (after the first agent), with Warning: 110 - "stale:
+  database unavailable", X-Dnsmesh-Stale: true and X-Dnsmesh-Stale-Revision: R, for a
+  token this process verified before the outage (controller/api/stale.py).
 """
 
 from controller.api.app import create_app

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from controller.api.deps import (
+    MAX_ID,
     blocking,
     json_body,
     log_change,
@@ -98,7 +99,9 @@ async def audit(
     request: Request,
     _who: Auditor,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    before: Annotated[int | None, Query(ge=1, description="an entry id: older entries")] = None,
+    before: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="an entry id: older entries")
+    ] = None,
 ) -> JSONResponse:
     entries = await blocking(policy_store(request).audit, limit=limit, before=before)
     items = [asdict(e) for e in entries]

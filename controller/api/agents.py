@@ -83,7 +83,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller.agent_events import AgentConnected, Nacked
-from controller.api.deps import blocking, json_body, log_change, policy_store, require
+from controller.api.deps import MAX_ID, blocking, json_body, log_change, policy_store, require
 from controller.api.errors import RETRY_AFTER_S, ApiError, error_body, from_store_error
 from controller.api.selectors import LabelQuery, has_labels, label_selector
 from controller.auth import Permission, Principal, Role, TokenStore
@@ -175,7 +175,7 @@ async def agent_stream(websocket: WebSocket) -> None:
 async def changes(
     request: Request,
     who: Reader,
-    since: Annotated[int, Query(ge=0, description="the revision the agent runs")],
+    since: Annotated[int, Query(ge=0, le=MAX_ID, description="the revision the agent runs")],
     wait: Annotated[float, Query(ge=0, le=30, description="seconds to wait for news")] = 0,
     agent_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
 ) -> Response:
@@ -306,7 +306,7 @@ async def forget_agent(
 @router.get("/v1/revisions/{revision}")
 async def convergence(
     request: Request,
-    revision: Annotated[int, Path(ge=0)],
+    revision: Annotated[int, Path(ge=0, le=MAX_ID)],
     _who: Operator,
     limit: Annotated[int, Query(ge=0, le=1000, description="pending agents listed")] = 100,
 ) -> JSONResponse:

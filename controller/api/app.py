@@ -9,6 +9,8 @@ from fastapi import FastAPI
 
 from controller.api import admin, agents, endpoints, policies
 from controller.api.errors import install_error_handlers
+from controller.api.refusals import RefusalAudit
+from controller.api.screen import RefuseNul
 from controller.auth import TokenStore
 from controller.db.session import Database
 from controller.feed import Feed
@@ -42,8 +44,10 @@ def create_app(db: Database, push: PushSettings | None = None) -> FastAPI:
     app.state.db = db
     app.state.policies = policy_service
     app.state.tokens = TokenStore(db)
+    app.state.refusals = RefusalAudit(db)
     app.state.hub = hub
     install_error_handlers(app)
+    app.add_middleware(RefuseNul)
     app.include_router(admin.router)
     app.include_router(policies.router)
     app.include_router(agents.router)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from controller.api.body import MAX_DEPTH, MAX_INT, BodyRefused, check_body
 from controller.api.errors import ApiError
+from controller.api.refusals import RefusalAudit
 from controller.auth import Permission, Principal, TokenStore
 from controller.services.policies import IfMatch, PolicyService
 from dnsmesh.logs import fields
@@ -26,6 +28,7 @@ _DOING = {
     Permission.READ_AUDIT: "read agents, endpoint health or the audit log",
     Permission.MANAGE_TOKENS: "manage tokens",
 }
+MAX_ID = MAX_INT  # the largest revision or audit id a query may name (BIGINT)
 
 
 def policy_store(request: Request) -> PolicyService:
@@ -43,30 +46,48 @@ async def blocking(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await run_in_threadpool(func, *args, **kwargs)
 
 
-def require(permission: Permission) -> Callable[[Request], Awaitable[Principal]]:
-    """A dependency: the caller's principal, 401 without a valid token, 403 if too weak."""
+def require(
+    permission: Permission, *, stale_ok: bool = False
+) -> Callable[[Request], Awaitable[Principal]]:
+    """A dependency: the caller's principal, 401 without a valid token, 403 if too weak.
+
+    ``stale_ok``: the route can answer while the database is away (controller.api.stale),
+    so a token verified before the outage is accepted during it.
+    """
 
     async def check(request: Request) -> Principal:
         header = request.headers.get("authorization", "")
         scheme, _, secret = header.partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
-            raise ApiError(401, "unauthorized", "a bearer token is required", headers=_BEARER)
-        principal = await blocking(token_store(request).authenticate, secret.strip())
+        secret = secret.strip()
+        if scheme.lower() != "bearer" or not secret:
+            await _refuse(request, 401, "a bearer token is required", None, None)
+        principal = await blocking(
+            token_store(request).authenticate, secret, known_if_away=stale_ok
+        )
         if principal is None:
-            raise ApiError(401, "unauthorized", "the token is unknown or revoked", headers=_BEARER)
-        if not principal.can(permission):
-            raise ApiError(
-                403,
-                "forbidden",
-                f"role {principal.role.value!r} may not {_DOING[permission]}",
-            )
+            await _refuse(request, 401, "the token is unknown or revoked", None, secret)
+        elif not principal.can(permission):
+            message = f"role {principal.role.value!r} may not {_DOING[permission]}"
+            await _refuse(request, 403, message, principal, secret)
         return principal
 
     return check
 
 
+async def _refuse(
+    request: Request, status: int, message: str, who: Principal | None, secret: str | None
+) -> NoReturn:
+    """Audits the refusal (of a write; rate-limited per source), then raises it."""
+    refusals: RefusalAudit = request.app.state.refusals
+    await refusals.record(request, status=status, reason=message, principal=who, secret=secret)
+    if status == 401:
+        raise ApiError(401, "unauthorized", message, headers=_BEARER)
+    raise ApiError(403, "forbidden", message)
+
+
 async def json_body(request: Request) -> object:
-    """The body parsed as JSON; 400 ``malformed_json`` when it is not JSON at all."""
+    """The body parsed as JSON; 400 ``malformed_json`` when it is not JSON or nests too
+    deep, 422 ``invalid_request`` when a string holds NUL or a lone surrogate."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY:  # refuse before reading it all
         raise ApiError(413, "payload_too_large", f"the body is larger than {MAX_BODY} bytes")
@@ -77,8 +98,20 @@ async def json_body(request: Request) -> object:
         raise ApiError(400, "malformed_json", "the request body is empty; send a JSON object")
     try:
         parsed: object = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    # ValueError besides JSONDecodeError: a number of more than 4,300 digits (CPython's
+    # int-from-text limit) is valid JSON that json.loads refuses.
+    except (UnicodeDecodeError, ValueError) as error:
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {error}") from None
+    except RecursionError:  # deeper than the interpreter's stack: far past MAX_DEPTH
+        raise ApiError(
+            400, "malformed_json", f"the body nests deeper than {MAX_DEPTH} levels"
+        ) from None
+    try:
+        check_body(parsed)
+    except BodyRefused as refused:
+        if refused.too_deep:
+            raise ApiError(400, "malformed_json", str(refused), [refused.field]) from None
+        raise ApiError(422, "invalid_request", str(refused), [refused.field]) from None
     return parsed
 
 

@@ -19,14 +19,17 @@ from controller.api.deps import (
 )
 from controller.api.errors import ApiError, error_body, from_store_error
 from controller.api.selectors import LabelQuery, label_selector
+from controller.api.stale import known_policies, stale_headers, with_labels
 from controller.auth import Permission, Principal
-from controller.errors import StoreError
+from controller.errors import DatabaseUnavailable, StoreError
 from controller.services.policies import SetOutcome
 from dnsmesh.errors import FieldError, PolicyError
 
 router = APIRouter(prefix="/v1/policies", tags=["policies"])
 
 Reader = Annotated[Principal, Depends(require(Permission.READ_POLICIES))]
+# The reads served from the hub's copy while the database is away (controller.api.stale).
+StaleReader = Annotated[Principal, Depends(require(Permission.READ_POLICIES, stale_ok=True))]
 Writer = Annotated[Principal, Depends(require(Permission.WRITE_POLICIES))]
 # A write whose name or domain a connected agent serves from its own files is refused (409
 # local_policy_clash) unless forced; that agent then shadows the controller's policy.
@@ -60,11 +63,18 @@ _SLICE_BODY: dict[str, Any] = {
 @router.get("")
 async def list_policies(
     request: Request,
-    _who: Reader,
+    _who: StaleReader,
     label: LabelQuery = None,
 ) -> Response:
     wanted = label_selector(label)
-    revision, items = await blocking(policy_store(request).list_policies_json, wanted)
+    try:
+        revision, items = await blocking(policy_store(request).list_policies_json, wanted)
+    except DatabaseUnavailable as outage:
+        known, documents = known_policies(request, outage)
+        return JSONResponse(
+            {"revision": known, "items": with_labels(documents, wanted)},
+            headers=stale_headers(known),
+        )
     body = b'{"revision":' + str(revision).encode() + b',"items":' + items + b"}"
     return Response(body, media_type="application/json")
 
@@ -189,8 +199,16 @@ def _outcome_json(item: SetOutcome) -> dict[str, Any]:
 
 
 @router.get("/{name}")
-async def get_policy(request: Request, name: str, _who: Reader) -> JSONResponse:
-    stored = await blocking(policy_store(request).get_policy, name)
+async def get_policy(request: Request, name: str, _who: StaleReader) -> JSONResponse:
+    try:
+        stored = await blocking(policy_store(request).get_policy, name)
+    except DatabaseUnavailable as outage:
+        known, documents = known_policies(request, outage)
+        document = next((d for d in documents if d["metadata"]["name"] == name), None)
+        if document is None:
+            raise ApiError(404, "not_found", f"no policy named {name!r}") from None
+        revision = int(document["metadata"]["revision"])
+        return JSONResponse(document, headers={"ETag": etag(revision), **stale_headers(known)})
     return JSONResponse(stored.document, headers={"ETag": etag(stored.revision)})
 
 

@@ -86,3 +86,32 @@ def test_parse_listen() -> None:
     for bad in ("8053", "host:", "host:99999", "host:x"):
         with pytest.raises(ConfigError):
             parse_listen(bad)
+
+
+def test_token_buckets_admit_a_burst_then_the_rate_and_count_the_drops() -> None:
+    from controller.api.refusals import TokenBuckets, Verdict
+
+    now = [0.0]
+    buckets = TokenBuckets(rate_per_s=20, burst=50, clock=lambda: now[0])
+    assert all(buckets.take("a").admitted for _ in range(50))
+    assert buckets.take("a") == Verdict(False, 1, 1)  # the first drop is logged at once
+    assert buckets.take("a") == Verdict(False, 2, 0)  # the next within 10 s are not
+    assert buckets.take("b").admitted  # another source has its own bucket
+    now[0] += 0.05  # one token refilled
+    assert buckets.take("a") == Verdict(True, 2, 0)  # the row carries the drops
+    assert buckets.take("a") == Verdict(False, 1, 0)
+    now[0] += 10.0
+    assert buckets.take("a") == Verdict(True, 1, 2)  # the log line: drops since the last one
+
+
+def test_token_buckets_forget_idle_sources_first_when_full() -> None:
+    from controller.api.refusals import TokenBuckets
+
+    now = [0.0]
+    buckets = TokenBuckets(rate_per_s=20, burst=2, max_keys=2, clock=lambda: now[0])
+    buckets.take("idle")
+    for _ in range(3):
+        buckets.take("busy")  # one drop owed to its next row
+    now[0] += 1.0  # both refilled
+    buckets.take("new")  # room is made by forgetting "idle", which owes nothing
+    assert buckets.take("busy").dropped == 1

@@ -256,3 +256,16 @@ def test_policies_are_immutable() -> None:
     with pytest.raises(Exception, match="frozen"):
         policy.spec.ttl = 1  # type: ignore[misc]
     assert isinstance(policy, Policy)
+
+
+@pytest.mark.parametrize("value", ["pay\x00ments", "pay\nments", "tab\there", "del\x7f"])
+def test_a_label_value_with_a_control_character_is_refused(value: str) -> None:
+    document = copy.deepcopy(DESIGN_EXAMPLE)
+    document["metadata"]["labels"] = {"team": value}
+    assert set(refusal(document)) == {"metadata.labels.team"}
+
+
+def test_a_label_value_may_hold_spaces_and_non_ascii_text() -> None:
+    document = copy.deepcopy(DESIGN_EXAMPLE)
+    document["metadata"]["labels"] = {"team": "paiements à Zürich"}
+    assert parse_policy(document).metadata.labels == {"team": "paiements à Zürich"}
