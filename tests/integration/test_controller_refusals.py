@@ -36,7 +36,7 @@ def test_each_refused_write_is_audited_with_who_what_why_and_where(api: Api) -> 
     assert [e["after"]["method"] for e in entries] == ["POST", "PUT", "DELETE", "POST"]
     assert entries[0]["after"]["reason"] == "a bearer token is required"
     assert entries[1]["after"]["token_prefix"] == "dnsm_not-a-t"
-    assert entries[2]["after"]["reason"] == "role 'viewer' may not policies write"
+    assert entries[2]["after"]["reason"] == "role 'viewer' may not write policies"
     assert entries[3]["after"]["token_prefix"] == api.tokens["editor"][:12]
     assert {e["after"]["source"] for e in entries} == {"testclient"}
     assert all(e["revision"] is None and e["before"] is None for e in entries)
