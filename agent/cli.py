@@ -37,13 +37,13 @@ def add_agent_commands(
     seconds = {"type": float, "metavar": "SECONDS"}
     tuning.add_argument(
         "--query-timeout",
-        default=2.0,
+        default=1.5,
         help="bound on a forwarded query; then SERVFAIL (default %(default)s)",
         **seconds,
     )
     tuning.add_argument(
         "--attempt-timeout",
-        default=1.0,
+        default=0.5,
         help="bound on one upstream attempt before the next upstream (default %(default)s)",
         **seconds,
     )
@@ -60,11 +60,25 @@ def add_agent_commands(
     )
     tuning.add_argument("--cache-size", type=int, default=10_000, metavar="ENTRIES")
     tuning.add_argument(
+        "--cache-max-ttl",
+        type=int,
+        default=86_400,
+        metavar="SECONDS",
+        help="cap on the TTL of forwarded answers, cached and served (default %(default)s)",
+    )
+    tuning.add_argument(
         "--stale-ttl",
         type=int,
         default=30,
         metavar="SECONDS",
         help="TTL of stale answers served while upstreams are down (RFC 8767)",
+    )
+    tuning.add_argument(
+        "--stale-answer-after",
+        default=1.8,
+        help="answer stale if the upstreams have not answered by then; the query goes on "
+        "to refresh the cache (RFC 8767 client response timer; default %(default)s)",
+        **seconds,
     )
     tuning.add_argument(
         "--max-stale",

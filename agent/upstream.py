@@ -5,6 +5,10 @@ ID (``os.urandom``, read in batches), a fresh source port (a new UDP socket per 
 Linux picks its ephemeral port at random), and acceptance only of a reply from the
 address/port we asked (the socket is connected, so the kernel filters) whose ID and question
 match (``parse_upstream_response``). Everything else is discarded and we keep listening.
+On top, the query name goes out in random case (0x20) and the reply must echo it exactly;
+and a socket that receives more than ``unwanted_limit`` replies that are not ours for one
+query is under attack (Unbound's unwanted-reply-threshold): it is abandoned and the query
+asked again over TCP, which an off-path forger cannot answer.
 
 A socket per query rather than a pool, measured (uvloop, loopback echo upstream): a
 datagram transport per query (socket+connect+endpoint+close) cost ~16 us of a ~35-43 us
@@ -14,7 +18,9 @@ and reusing ports is exactly what RFC 5452 asks us not to do, so the fresh socke
 
 Upstreams that fail are avoided for a backoff that doubles per consecutive failure, yet
 never dropped: they stay at the end of the order (tried when the others fail too) and move
-back to the front once their backoff has run out.
+back to the front once their backoff has run out. While an upstream is down the client
+itself probes it (``. NS``) shortly before its backoff runs out, so recovery is noticed, and
+a still-dead upstream re-marked, without a client query paying an attempt timeout for it.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from agent.config import HostPort
 from dnsmesh import dnswire
@@ -37,6 +44,7 @@ from dnsmesh.dnsforward import (
     build_question,
     build_upstream_query,
     parse_upstream_response,
+    randomize_case,
 )
 from dnsmesh.errors import UpstreamError, UpstreamTimeout
 from dnsmesh.logs import fields
@@ -51,21 +59,32 @@ _TCP_READ = 65535 + 2  # one whole message at most per read
 _ROUNDS = 2
 # rcodes that say "this server could not help", not "the name is so": try the next one.
 _TRY_NEXT = frozenset({dnswire.RCODE_SERVFAIL, dnswire.RCODE_REFUSED})
-# Query IDs come from the OS CSPRNG (RFC 5452 §9.2 asks for unpredictable IDs), read in
-# batches: one os.urandom call per 2048 IDs instead of secrets.randbits per query (~2 us).
-_ID_BATCH = 4096
-_ids = b""
-_ids_at = 0
+# The probe that checks a down upstream: the root's NS set, which every resolver has cached.
+_PROBE_NAME, _PROBE_TYPE = b"\x00", dnswire.TYPE_NS
+# Query IDs and 0x20 case bits come from the OS CSPRNG (RFC 5452 §9.2 asks for unpredictable
+# IDs), read in batches: one os.urandom call per 4 kB instead of secrets per query (~2 us).
+_RANDOM_BATCH = 4096
+_random = b""
+_random_at = 0
+
+
+def random_bytes(count: int) -> bytes:
+    """``count`` (at most 255) cryptographically random bytes from a batched buffer."""
+    global _random, _random_at  # one module-wide buffer: the agent runs one event loop
+    at = _random_at
+    if at + count > len(_random):
+        _random, at = os.urandom(_RANDOM_BATCH), 0
+    _random_at = at + count
+    return _random[at : at + count]
 
 
 def random_id() -> int:
-    """A cryptographically random 16-bit query ID, from a batched os.urandom buffer."""
-    global _ids, _ids_at  # one module-wide buffer: the agent runs one event loop
-    at = _ids_at
-    if at + 2 > len(_ids):
-        _ids, at = os.urandom(_ID_BATCH), 0
-    _ids_at = at + 2
-    return _ids[at] << 8 | _ids[at + 1]
+    """A cryptographically random 16-bit query ID."""
+    return int.from_bytes(random_bytes(2), "big")
+
+
+class _Unwanted(Exception):
+    """Too many replies that were not ours arrived on one query's socket."""
 
 
 @dataclass(slots=True)
@@ -84,14 +103,41 @@ def _expire(done: asyncio.Future[UpstreamAnswer]) -> None:
         done.set_exception(TimeoutError())
 
 
-def _on_readable(
-    sock: _socket.socket, msg_id: int, question: bytes, done: asyncio.Future[UpstreamAnswer]
-) -> None:
+class _Reply:
+    """What one upstream socket waits for, and how many wrong replies it has seen."""
+
+    __slots__ = ("done", "max_ttl", "msg_id", "qname", "question", "unwanted", "unwanted_limit")
+
+    def __init__(
+        self,
+        done: asyncio.Future[UpstreamAnswer],
+        msg_id: int,
+        question: bytes,
+        qname: bytes,
+        max_ttl: int,
+        unwanted_limit: int,
+    ) -> None:
+        self.done = done
+        self.msg_id = msg_id
+        self.question = question  # as sent, in 0x20 case
+        self.qname = qname  # as cached (lower case)
+        self.max_ttl = max_ttl
+        self.unwanted_limit = unwanted_limit
+        self.unwanted = 0
+
+    def parse(self, data: bytes) -> UpstreamAnswer:
+        return parse_upstream_response(
+            data, self.msg_id, self.question, restore_name=self.qname, max_ttl=self.max_ttl
+        )
+
+
+def _on_readable(sock: _socket.socket, want: _Reply) -> None:
     """Reader callback of an upstream socket: take the one datagram that answers our query.
 
     A bare reader callback rather than a datagram transport: measured ~12 us cheaper per
     exchange, which is most of the agent's own cost of a cache miss.
     """
+    done = want.done
     while not done.done():
         try:
             data = sock.recv(65535)
@@ -103,10 +149,14 @@ def _on_readable(
             done.set_exception(exc)
             return
         try:
-            answer = parse_upstream_response(data, msg_id, question)
+            answer = want.parse(data)
         except BadUpstreamResponse as exc:
-            # RFC 5452 §9.1: a mismatch may be a spoofing attempt; ignore it and keep waiting.
+            # RFC 5452 §9.1: a mismatch may be a spoofing attempt; ignore it and keep waiting,
+            # unless there are so many that someone is flooding this port.
+            want.unwanted += 1
             log.debug("upstream.reply_rejected", extra=fields(reason=str(exc)))
+            if want.unwanted > want.unwanted_limit:
+                done.set_exception(_Unwanted())
             continue
         done.set_result(answer)
 
@@ -122,15 +172,22 @@ class UpstreamClient:
         query_timeout: float = 2.0,
         down_base: float = 1.0,
         down_max: float = 30.0,
+        max_ttl: int = 86_400,
+        unwanted_limit: int = 10,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.attempt_timeout = attempt_timeout
         self.query_timeout = query_timeout
         self.down_base = down_base
         self.down_max = down_max
+        self.max_ttl = max_ttl
+        self.unwanted_limit = unwanted_limit
         self.clock = clock
         self.servers: list[Upstream] = []
+        self.unwanted_abandoned = 0  # sockets given up for too many unwanted replies
         self._inflight: dict[Key, asyncio.Future[UpstreamAnswer]] = {}
+        self._probes: dict[HostPort, asyncio.TimerHandle] = {}
+        self._background: set[asyncio.Task[Any]] = set()
         self.set_upstreams(upstreams)
 
     def set_upstreams(self, upstreams: Sequence[HostPort]) -> None:
@@ -200,8 +257,28 @@ class UpstreamClient:
             if self._inflight.get(key) is shared:
                 del self._inflight[key]
 
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``work`` on its own (a probe, a refresh after a stale answer) until close()."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed refresh or probe is not an error to log
+
     async def close(self) -> None:
-        """Nothing of ours runs on its own: queries live in their askers' tasks."""
+        """Stop the probes and the background refreshes; queries live in their askers' tasks."""
+        for timer in self._probes.values():
+            timer.cancel()
+        self._probes.clear()
+        for task in list(self._background):
+            task.cancel()
+        for task in list(self._background):
+            with contextlib.suppress(BaseException):
+                await task
         self._inflight.clear()
 
     async def _resolve(self, qname: bytes, qtype: int, qclass: int) -> UpstreamAnswer:
@@ -240,6 +317,7 @@ class UpstreamClient:
         server.failures += 1
         backoff = min(self.down_max, self.down_base * 2 ** min(server.failures - 1, 30))
         server.down_until = self.clock() + backoff
+        self._schedule_probe(server, backoff)
         level = logging.WARNING if server.failures == 1 else logging.DEBUG
         log.log(
             level,
@@ -251,6 +329,34 @@ class UpstreamClient:
                 retry_in=round(backoff, 3),
             ),
         )
+
+    def _schedule_probe(self, server: Upstream, backoff: float) -> None:
+        """Probe ``server`` one attempt timeout before its backoff ends (a failed probe then
+        extends the mark before any client query could be sent to it)."""
+        timer = self._probes.pop(server.address, None)
+        if timer is not None:
+            timer.cancel()
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to probe from
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, backoff - self.attempt_timeout)
+            self._probes[server.address] = loop.call_later(delay, self._probe_due, server.address)
+
+    def _probe_due(self, address: HostPort) -> None:
+        self._probes.pop(address, None)
+        self.spawn(self._probe(address))
+
+    async def _probe(self, address: HostPort) -> None:
+        server = next((s for s in self.servers if s.address == address), None)
+        if server is None or server.disabled is not None or not server.failures:
+            return  # gone from the list, looping, or already back through a client query
+        try:
+            await self.exchange(
+                address, _PROBE_NAME, _PROBE_TYPE, dnswire.CLASS_IN, self.attempt_timeout
+            )
+        except UpstreamError as exc:
+            self._failed(server, f"probe: {exc}")
+        else:
+            self._answered(server)  # any answer, even SERVFAIL, says it is there
 
     def _answered(self, server: Upstream) -> None:
         if server.failures:
@@ -269,10 +375,17 @@ class UpstreamClient:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
-        question = build_question(qname, qtype, qclass)
+        sent = randomize_case(qname, random_bytes(len(qname)))
+        question = build_question(sent, qtype, qclass)
         try:
-            answer = await self._udp(server, qname, qtype, qclass, question, deadline)
-            if answer.truncated:  # RFC 7766 §5: retry the same server over TCP
+            try:
+                answer = await self._udp(server, qname, qtype, qclass, question, deadline)
+                retry_tcp = answer.truncated  # RFC 7766 §5: retry the same server over TCP
+            except _Unwanted:
+                self.unwanted_abandoned += 1
+                log.warning("upstream.unwanted_replies", extra=fields(upstream=str(server)))
+                retry_tcp = True
+            if retry_tcp:
                 async with asyncio.timeout_at(deadline):
                     answer = await self._tcp(server, qname, qtype, qclass, question)
         except TimeoutError as exc:
@@ -299,6 +412,7 @@ class UpstreamClient:
         # close() cost ~5 us more per query, and nothing here needs what it adds.
         sock = _socket.socket(family, socket.SOCK_DGRAM)
         done: asyncio.Future[UpstreamAnswer] = loop.create_future()
+        want = _Reply(done, msg_id, question, qname, self.max_ttl, self.unwanted_limit)
         # A plain timer rather than an asyncio.timeout context: cheaper, and all it has to
         # do is fail the one future we wait on.
         timer = loop.call_at(deadline, _expire, done)
@@ -309,8 +423,8 @@ class UpstreamClient:
             # datagrams from any other address or port.
             sock.connect((server.host, server.port))
             fd = sock.fileno()
-            loop.add_reader(fd, _on_readable, sock, msg_id, question, done)
-            sock.send(build_upstream_query(qname, qtype, qclass, msg_id))
+            loop.add_reader(fd, _on_readable, sock, want)
+            sock.send(build_upstream_query(question[:-4], qtype, qclass, msg_id))
             return await done
         finally:
             timer.cancel()
@@ -324,7 +438,7 @@ class UpstreamClient:
         msg_id = random_id()
         reader, writer = await asyncio.open_connection(server.host, server.port)
         try:
-            packet = build_upstream_query(qname, qtype, qclass, msg_id)
+            packet = build_upstream_query(question[:-4], qtype, qclass, msg_id)
             writer.write(frame(packet))
             frames = FrameDecoder()
             while True:  # skip anything that is not our answer, as over UDP
@@ -336,7 +450,9 @@ class UpstreamClient:
                     frames.feed(chunk)
                     continue
                 try:
-                    return parse_upstream_response(data, msg_id, question)
+                    return parse_upstream_response(
+                        data, msg_id, question, restore_name=qname, max_ttl=self.max_ttl
+                    )
                 except BadUpstreamResponse:
                     continue
         finally:
