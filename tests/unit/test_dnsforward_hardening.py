@@ -60,9 +60,7 @@ def test_names_without_letters_carry_no_case_bits() -> None:
 def _reply_to(query_wire: bytes, *, ttl: int = 300, ede: int | None = None) -> bytes:
     query = dns.message.from_wire(query_wire)
     response = dns.message.make_response(query)
-    response.answer.append(
-        dns.rrset.from_text(query.question[0].name, ttl, "IN", "A", "192.0.2.1")
-    )
+    response.answer.append(dns.rrset.from_text(query.question[0].name, ttl, "IN", "A", "192.0.2.1"))
     if ede is not None:
         response.use_edns(0, options=[dns.edns.EDEOption(ede)])
     return response.to_wire()
