@@ -336,10 +336,9 @@ class UpstreamClient:
         timer = self._probes.pop(server.address, None)
         if timer is not None:
             timer.cancel()
-        with contextlib.suppress(RuntimeError):  # no running loop: nothing to probe from
-            loop = asyncio.get_running_loop()
-            delay = max(0.0, backoff - self.attempt_timeout)
-            self._probes[server.address] = loop.call_later(delay, self._probe_due, server.address)
+        delay = max(0.0, backoff - self.attempt_timeout)
+        loop = asyncio.get_running_loop()
+        self._probes[server.address] = loop.call_later(delay, self._probe_due, server.address)
 
     def _probe_due(self, address: HostPort) -> None:
         self._probes.pop(address, None)

@@ -50,7 +50,8 @@ class Forwarder:
         if self._upstream.all_down():
             if old is not None:
                 return self._stale(query, old, "upstreams down")
-            return _servfail(query, "every upstream is down")
+            down = "every upstream is down" if self._upstream.servers else "no upstream configured"
+            return _servfail(query, down)
         try:
             if old is None:
                 # Bounded by the upstream client's deadline (query_timeout from the first
