@@ -8,7 +8,9 @@ match (``parse_upstream_response``). Everything else is discarded and we keep li
 On top, the query name goes out in random case (0x20) and the reply must echo it exactly;
 and a socket that receives more than ``unwanted_limit`` replies that are not ours for one
 query is under attack (Unbound's unwanted-reply-threshold): it is abandoned and the query
-asked again over TCP, which an off-path forger cannot answer.
+asked again over TCP, which an off-path forger cannot answer. So is a reply with our ID
+whose name lost our case (an upstream that does not keep case): TCP, where case is not
+checked, answers it.
 
 A socket per query rather than a pool, measured (uvloop, loopback echo upstream): a
 datagram transport per query (socket+connect+endpoint+close) cost ~16 us of a ~35-43 us
@@ -40,6 +42,7 @@ from agent.config import HostPort
 from dnsmesh import dnswire
 from dnsmesh.dnsforward import (
     BadUpstreamResponse,
+    CaseMismatch,
     UpstreamAnswer,
     build_question,
     build_upstream_query,
@@ -84,7 +87,12 @@ def random_id() -> int:
 
 
 class _Unwanted(Exception):
-    """Too many replies that were not ours arrived on one query's socket."""
+    """This query's UDP socket is not to be trusted: too many replies that were not ours, or
+    ours with the case of the name lost."""
+
+    def __init__(self, flood: bool) -> None:
+        super().__init__("unwanted replies" if flood else "case lost")
+        self.flood = flood
 
 
 @dataclass(slots=True)
@@ -150,13 +158,18 @@ def _on_readable(sock: _socket.socket, want: _Reply) -> None:
             return
         try:
             answer = want.parse(data)
+        except CaseMismatch:
+            # Right ID, case lost: an upstream that does not keep case, or a lucky forger.
+            # Neither is trusted over UDP; TCP settles it.
+            done.set_exception(_Unwanted(flood=False))
+            return
         except BadUpstreamResponse as exc:
             # RFC 5452 §9.1: a mismatch may be a spoofing attempt; ignore it and keep waiting,
             # unless there are so many that someone is flooding this port.
             want.unwanted += 1
             log.debug("upstream.reply_rejected", extra=fields(reason=str(exc)))
             if want.unwanted > want.unwanted_limit:
-                done.set_exception(_Unwanted())
+                done.set_exception(_Unwanted(flood=True))
             continue
         done.set_result(answer)
 
@@ -185,6 +198,7 @@ class UpstreamClient:
         self.clock = clock
         self.servers: list[Upstream] = []
         self.unwanted_abandoned = 0  # sockets given up for too many unwanted replies
+        self.case_lost = 0  # replies with our ID but not our 0x20 case: asked over TCP
         self._inflight: dict[Key, asyncio.Future[UpstreamAnswer]] = {}
         self._probes: dict[HostPort, asyncio.TimerHandle] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -380,9 +394,13 @@ class UpstreamClient:
             try:
                 answer = await self._udp(server, qname, qtype, qclass, question, deadline)
                 retry_tcp = answer.truncated  # RFC 7766 §5: retry the same server over TCP
-            except _Unwanted:
-                self.unwanted_abandoned += 1
-                log.warning("upstream.unwanted_replies", extra=fields(upstream=str(server)))
+            except _Unwanted as exc:
+                if exc.flood:
+                    self.unwanted_abandoned += 1
+                    log.warning("upstream.unwanted_replies", extra=fields(upstream=str(server)))
+                else:  # an upstream that does not keep case does so on every query
+                    self.case_lost += 1
+                    log.debug("upstream.case_lost", extra=fields(upstream=str(server)))
                 retry_tcp = True
             if retry_tcp:
                 async with asyncio.timeout_at(deadline):
@@ -450,7 +468,12 @@ class UpstreamClient:
                     continue
                 try:
                     return parse_upstream_response(
-                        data, msg_id, question, restore_name=qname, max_ttl=self.max_ttl
+                        data,
+                        msg_id,
+                        question,
+                        restore_name=qname,
+                        max_ttl=self.max_ttl,
+                        exact_case=False,  # no off-path forger on TCP: case is no defence
                     )
                 except BadUpstreamResponse:
                     continue

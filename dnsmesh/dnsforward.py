@@ -62,6 +62,11 @@ class BadUpstreamResponse(DnsmeshError):
     """An upstream packet is not a well-formed answer to the query we sent."""
 
 
+class CaseMismatch(BadUpstreamResponse):
+    """Our ID and question but for letter case: an upstream that does not keep the case we
+    sent (0x20), or a forger who guessed the ID. Either way, ask again over TCP."""
+
+
 def build_question(qname: bytes, qtype: int, qclass: int) -> bytes:
     """The question section for a wire name: what ``parse_upstream_response`` compares."""
     return qname + _TYPE_CLASS.pack(qtype, qclass)
@@ -124,6 +129,7 @@ def parse_upstream_response(
     *,
     restore_name: bytes | None = None,
     max_ttl: int = MAX_CACHE_TTL,
+    exact_case: bool = True,
 ) -> UpstreamAnswer:
     """Check and reduce an upstream response; raises BadUpstreamResponse and nothing else.
 
@@ -131,7 +137,9 @@ def parse_upstream_response(
     ours byte for byte, case included (RFC 5452 §9.1 and 0x20: anything else may be a
     spoofing attempt). ``restore_name`` (the name as cached, when we sent it with random
     case) replaces our cased name where the upstream copied it into the records instead of
-    pointing at the question. Every TTL is capped at ``max_ttl``.
+    pointing at the question. Every TTL is capped at ``max_ttl``. A question that differs
+    only in case raises CaseMismatch, unless ``exact_case`` is off (over TCP, which an
+    off-path forger cannot answer).
     """
     size = len(packet)
     if size < 12:
@@ -144,8 +152,14 @@ def parse_upstream_response(
     if qdcount != 1:
         raise _bad("not exactly one question")
     start = 12 + len(question)
-    if packet[12:start] != question:
-        raise _bad("question does not match ours")
+    echoed = packet[12:start]
+    if echoed != question:
+        # The name compares case-insensitively here, type and class exactly: lower() would
+        # also fold type octets such as 0x41 (HTTPS) into 0x61.
+        if echoed[-4:] != question[-4:] or echoed[:-4].lower() != question[:-4].lower():
+            raise _bad("question does not match ours")
+        if exact_case:
+            raise CaseMismatch("question differs from ours in letter case (0x20)")
     rcode = flags & 0xF
     if flags & FLAG_TC:
         return UpstreamAnswer(rcode, flags, b"", 0, 0, 0, (), 0, True)

@@ -74,6 +74,7 @@ class Rule:
     spoof_first: str | None = None  # over UDP, this A answer first from another port (forged)
     forward_to: tuple[str, int] | None = None  # relay the query there (loop tests)
     ede: int | None = None  # an Extended DNS Error in the reply's OPT (e.g. 3, Stale Answer)
+    lose_case: bool = False  # echo the question name lower-cased (ignores 0x20)
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,9 @@ class FakeUpstream:
                 send(relayed.to_wire())
             return
         response = build_reply(query, rule, truncated=rule.truncate_udp and transport == "udp")
+        if rule.lose_case:
+            end = 12 + len(query.question[0].name.to_wire())
+            response = response[:12] + response[12:end].lower() + response[end:]
         if rule.wrong_id_first:
             bad = dns.message.from_wire(response)
             bad.id = (query.id + 1) & 0xFFFF

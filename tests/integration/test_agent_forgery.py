@@ -110,8 +110,24 @@ def test_a_flood_of_forged_replies_with_the_port_known_poisons_nothing(
         assert addresses(cached) == [REAL] and cached.answer[0].ttl <= 300
     assert upstream.count() == asked
     # The flooded sockets were given up and the queries asked again over TCP.
-    assert agent.server.upstream.unwanted_abandoned >= 1
-    assert upstream.count(transport="tcp") == agent.server.upstream.unwanted_abandoned
+    client = agent.server.upstream
+    assert client.unwanted_abandoned >= 1
+    # (A forged reply that hit the right ID, in the wrong case, also sends it to TCP.)
+    assert upstream.count(transport="tcp") == client.unwanted_abandoned + client.case_lost
+
+
+def test_an_upstream_that_loses_the_case_is_asked_again_over_tcp(
+    start_agent: StartAgent, upstream: FakeUpstream
+) -> None:
+    upstream.answer("lower.example.test", "A", REAL, lose_case=True)
+    agent = start_agent(upstreams=[upstream])
+    began = time.monotonic()
+    r = agent.query("Lower.Example.Test")
+    assert addresses(r) == [REAL] and r.question[0].name.to_text() == "Lower.Example.Test."
+    assert time.monotonic() - began < 0.3  # not an attempt timeout: TCP at once
+    assert upstream.count("lower.example.test", transport="udp") == 1
+    assert upstream.count("lower.example.test", transport="tcp") == 1
+    assert agent.server.upstream.case_lost == 1
 
 
 def test_an_upstreams_stale_answer_is_relayed_but_not_cached(

@@ -12,6 +12,7 @@ import pytest
 
 from dnsmesh.dnsforward import (
     BadUpstreamResponse,
+    CaseMismatch,
     build_forwarded_response,
     build_question,
     build_upstream_query,
@@ -76,6 +77,20 @@ def test_a_reply_must_echo_the_random_case_exactly() -> None:
     forged = _reply_to(build_upstream_query(LOWER, TYPE_A, 1, MSG_ID))
     with pytest.raises(BadUpstreamResponse, match="question"):
         parse_upstream_response(forged, MSG_ID, question)
+
+
+def test_a_reply_that_lost_only_the_case_is_told_apart() -> None:
+    sent = randomize_case(LOWER, bytes([0x20] * len(LOWER)))
+    question = build_question(sent, TYPE_A, 1)
+    lowered = _reply_to(build_upstream_query(LOWER, TYPE_A, 1, MSG_ID))
+    with pytest.raises(CaseMismatch):
+        parse_upstream_response(lowered, MSG_ID, question)
+    # Over TCP the case is not checked; another name still is.
+    assert parse_upstream_response(lowered, MSG_ID, question, exact_case=False).ancount == 1
+    other = _reply_to(build_upstream_query(name_to_wire("www.example.org"), TYPE_A, 1, MSG_ID))
+    with pytest.raises(BadUpstreamResponse) as refused:
+        parse_upstream_response(other, MSG_ID, question, exact_case=False)
+    assert not isinstance(refused.value, CaseMismatch)
 
 
 def test_our_random_case_copied_into_records_is_restored() -> None:
