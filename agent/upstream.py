@@ -181,8 +181,8 @@ class UpstreamClient:
         self,
         upstreams: Sequence[HostPort] = (),
         *,
-        attempt_timeout: float = 1.0,
-        query_timeout: float = 2.0,
+        attempt_timeout: float = 0.5,  # the agent's defaults (agent/config.py)
+        query_timeout: float = 1.5,
         down_base: float = 1.0,
         down_max: float = 30.0,
         max_ttl: int = 86_400,
