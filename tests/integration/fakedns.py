@@ -272,9 +272,10 @@ def build_reply(query: dns.message.Message, rule: Rule, *, truncated: bool) -> b
     if rule.soa is not None:
         soa_ttl, minimum = rule.soa
         zone = question.name.parent() if len(question.name) > 2 else question.name
+        host = zone if zone != dns.name.root else dns.name.from_text("invalid.")
         response.authority.append(
             dns.rrset.from_text(
-                zone, soa_ttl, "IN", "SOA", f"ns.{zone} host.{zone} 1 3600 600 86400 {minimum}"
+                zone, soa_ttl, "IN", "SOA", f"ns.{host} host.{host} 1 3600 600 86400 {minimum}"
             )
         )
     return response.to_wire(max_size=65535)

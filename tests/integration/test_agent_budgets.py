@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import dns.edns
 import dns.message
@@ -130,3 +131,36 @@ def test_a_recovered_upstream_is_noticed_without_a_client_query(
     r, took = timed(agent, "back.example.test")
     assert addresses(r) == ["192.0.2.33"]
     assert took < 0.3, took
+
+
+def test_one_slow_name_does_not_make_a_live_upstream_down(
+    start_agent: StartAgent, make_upstream: MakeUpstream
+) -> None:
+    # A lone recursive upstream, alive: it answers ". NS" (the probe) and other names at
+    # once, but one cold name takes 0.8 s, longer than the 0.5 s attempt timeout.
+    upstream = make_upstream()
+    upstream.default = Rule(answer=["192.0.2.60"], ttl=0)  # every A name, and the probe
+    upstream.answer("cold.example.test", "A", "192.0.2.61", delay=0.8)
+    agent = start_agent(
+        upstreams=[upstream],
+        attempt_timeout=DEFAULTS.attempt_timeout,
+        query_timeout=DEFAULTS.query_timeout,
+        down_base=DEFAULTS.down_base,
+    )
+    with ThreadPoolExecutor(1) as pool:
+        cold = pool.submit(timed, agent, "cold.example.test")
+        # Past the first attempt's timeout, while the cold name is still being recursed.
+        wait_until(lambda: upstream.count("cold.example.test") >= 2, 3, "the retry")
+        during = [timed(agent, f"warm{i}.example.test") for i in range(3)]
+        r, took = cold.result(10)
+    after = [timed(agent, f"after{i}.example.test") for i in range(3)]
+    # The late answer to the first attempt is a good answer: it wins over the retry, which
+    # the old agent waited for in vain (answered at 1.3 s, its budget ended at 1.0 s).
+    assert r.rcode() == dns.rcode.NOERROR and addresses(r) == ["192.0.2.61"], r
+    assert took < 1.2, took
+    for response, _ in during + after:
+        # The old agent marked the upstream down and SERVFAILed these without asking.
+        assert response.rcode() == dns.rcode.NOERROR, response
+        assert addresses(response) == ["192.0.2.60"]
+    assert not agent.server.upstream.all_down()
+    print(f"\ncold name answered after {took:.3f}s")
