@@ -164,3 +164,22 @@ def test_one_slow_name_does_not_make_a_live_upstream_down(
         assert addresses(response) == ["192.0.2.60"]
     assert not agent.server.upstream.all_down()
     print(f"\ncold name answered after {took:.3f}s")
+
+
+def test_an_upstream_that_answers_probes_but_nothing_else_is_marked_down(
+    start_agent: StartAgent, make_upstream: MakeUpstream
+) -> None:
+    # It is there (". NS" from its cache at once), but its recursion is broken: every
+    # client attempt times out. Three in a row, across queries, mark it down.
+    upstream = make_upstream()
+    upstream.default = Rule(silent=True)
+    upstream.on("", "NS", answer=["a.root-servers.net."])
+    agent = start_agent(upstreams=[upstream], attempt_timeout=0.3, query_timeout=0.6, down_base=30)
+    assert agent.query("one.example.test").rcode() == dns.rcode.SERVFAIL  # two attempts
+    assert not agent.server.upstream.all_down()  # only suspect: its probes were answered
+    assert agent.query("two.example.test").rcode() == dns.rcode.SERVFAIL  # the third
+    assert agent.server.upstream.all_down()
+    r, took = timed(agent, "three.example.test")
+    assert r.rcode() == dns.rcode.SERVFAIL and ede_codes(r) == [22]
+    assert took < 0.2, took
+    assert upstream.count("three.example.test") == 0
