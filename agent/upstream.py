@@ -506,12 +506,16 @@ class UpstreamClient:
             server, sock, done, msg_id, question, qname, self.max_ttl, self.unwanted_limit
         )
         listening.append(want)  # closed by the query, whatever happens next
-        sock.setblocking(False)
-        # connect() binds a fresh random ephemeral port and makes the kernel drop datagrams
-        # from any other address or port.
-        sock.connect((server.host, server.port))
-        asyncio.get_running_loop().add_reader(want.fd, _on_readable, want)
-        sock.send(build_upstream_query(question[:-4], qtype, qclass, msg_id))
+        try:
+            sock.setblocking(False)
+            # connect() binds a fresh random ephemeral port and makes the kernel drop
+            # datagrams from any other address or port.
+            sock.connect((server.host, server.port))
+            asyncio.get_running_loop().add_reader(want.fd, _on_readable, want)
+            sock.send(build_upstream_query(question[:-4], qtype, qclass, msg_id))
+        except OSError:
+            want.dead = True  # never sent: nothing to listen for
+            raise
         return question
 
     def _unwanted(self, server: HostPort, exc: _Unwanted) -> None:
@@ -543,8 +547,7 @@ class UpstreamClient:
         if not server.suspect:
             server.suspect = True
             log.debug("upstream.suspect", extra=fields(upstream=str(server.address), reason=reason))
-        if server.address not in self._probing:
-            self.spawn(self._probe(server.address))
+        self._start_probe(server.address)
 
     def _mark_down(self, server: Upstream, reason: str) -> None:
         server.suspect = False
@@ -580,24 +583,28 @@ class UpstreamClient:
 
     def _probe_due(self, address: HostPort) -> None:
         self._probes.pop(address, None)
-        if address not in self._probing:
+        self._start_probe(address)
+
+    def _start_probe(self, address: HostPort) -> None:
+        if address not in self._probing:  # one probe per upstream at a time
+            self._probing.add(address)
             self.spawn(self._probe(address))
 
     async def _probe(self, address: HostPort) -> None:
-        server = self._server(address)
-        if server is None or server.disabled is not None:
-            return  # gone from the list, or looping
-        if not server.suspect and not server.down_until:
-            return  # already back through a client query
-        self._probing.add(address)
         try:
-            await self.exchange(
-                address, _PROBE_NAME, _PROBE_TYPE, dnswire.CLASS_IN, self.probe_timeout
-            )
-        except UpstreamError as exc:
-            self._mark_down(server, f"probe: {exc}")
-        else:
-            self._back(server)  # any answer, even SERVFAIL, says it is there
+            server = self._server(address)
+            if server is None or server.disabled is not None:
+                return  # gone from the list, or looping
+            if not server.suspect and not server.down_until:
+                return  # already back through a client query
+            try:
+                await self.exchange(
+                    address, _PROBE_NAME, _PROBE_TYPE, dnswire.CLASS_IN, self.probe_timeout
+                )
+            except UpstreamError as exc:
+                self._mark_down(server, f"probe: {exc}")
+            else:
+                self._back(server)  # any answer, even SERVFAIL, says it is there
         finally:
             self._probing.discard(address)
 
