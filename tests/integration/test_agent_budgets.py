@@ -183,3 +183,23 @@ def test_an_upstream_that_answers_probes_but_nothing_else_is_marked_down(
     assert r.rcode() == dns.rcode.SERVFAIL and ede_codes(r) == [22]
     assert took < 0.2, took
     assert upstream.count("three.example.test") == 0
+
+
+def test_a_lone_live_upstream_gets_the_whole_budget_for_a_cold_name(
+    start_agent: StartAgent, make_upstream: MakeUpstream
+) -> None:
+    # 1.2 s: after both attempts (0-0.5, 0.5-1.0) have timed out, inside the 1.5 s budget.
+    upstream = make_upstream()
+    upstream.answer("colder.example.test", "A", "192.0.2.62", delay=1.2)
+    agent = start_agent(
+        upstreams=[upstream],
+        attempt_timeout=DEFAULTS.attempt_timeout,
+        query_timeout=DEFAULTS.query_timeout,
+        down_base=DEFAULTS.down_base,
+    )
+    r, took = timed(agent, "colder.example.test")
+    # The old agent gave up at 1.0 s (two attempts); the upstream answered its probes, so
+    # the agent keeps listening on both sockets until the budget ends.
+    assert addresses(r) == ["192.0.2.62"], r
+    assert took < DEFAULTS.query_timeout + 0.3, took
+    assert upstream.count("colder.example.test") == 2
