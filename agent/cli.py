@@ -44,13 +44,15 @@ def add_agent_commands(
     tuning.add_argument(
         "--attempt-timeout",
         default=0.5,
-        help="bound on one upstream attempt before the next upstream (default %(default)s)",
+        help="bound on one upstream attempt before the next is sent (the earlier one keeps "
+        "listening); a probe gets 0.8 times this (default %(default)s)",
         **seconds,
     )
     tuning.add_argument(
         "--down-backoff",
         default=1.0,
-        help="first time a failed upstream is avoided; doubles per failure (default %(default)s)",
+        help="first time an upstream marked down (its probe failed) is avoided; doubles per "
+        "mark (default %(default)s)",
         **seconds,
     )
     tuning.add_argument(

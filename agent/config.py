@@ -81,7 +81,7 @@ class AgentConfig:
     # glibc stub's timeout:2 (docs/design.md, "Forwarding and its time budget").
     attempt_timeout: float = 0.5
     query_timeout: float = 1.5
-    down_base: float = 1.0  # first backoff of a failed upstream; doubles up to down_max
+    down_base: float = 1.0  # first backoff of a down upstream; doubles up to down_max
     down_max: float = 30.0  # RFC 8767 §5 suggests re-trying a failed resolution after 30 s
     loop_check: bool = True
     # Cache (RFC 8767 serve-stale: stale answers carry stale_ttl, at most max_stale old).
