@@ -393,8 +393,8 @@ class UpstreamClient:
                     break
                 for server in order:
                     now = loop.time()
-                    if now >= deadline:
-                        break
+                    if now >= deadline or (listening and self.all_down()):
+                        break  # out of time, or every upstream is now known dead
                     attempt_end = min(now + self.attempt_timeout, deadline)
                     source, outcome = await self._ask(
                         server.address, qname, qtype, qclass, attempt_end, listening

@@ -203,3 +203,28 @@ def test_a_lone_live_upstream_gets_the_whole_budget_for_a_cold_name(
     assert addresses(r) == ["192.0.2.62"], r
     assert took < DEFAULTS.query_timeout + 0.3, took
     assert upstream.count("colder.example.test") == 2
+
+
+def test_three_dead_upstreams_are_known_down_by_the_second_query(
+    start_agent: StartAgent, make_upstream: MakeUpstream
+) -> None:
+    dead = [make_upstream() for _ in range(3)]
+    for fake in dead:
+        black_hole(fake)
+    agent = start_agent(
+        upstreams=dead,
+        attempt_timeout=DEFAULTS.attempt_timeout,
+        query_timeout=DEFAULTS.query_timeout,
+        down_base=DEFAULTS.down_base,
+    )
+    first, took_first = timed(agent, "first.example.test")  # A, B, C: 0.5 s each
+    assert first.rcode() == dns.rcode.SERVFAIL and took_first < 1.8, took_first
+    # The third one's probe was still running when the first query ended: the second query
+    # asks it again, and stops once its probe marks it down instead of asking the two down
+    # ones as a last resort (which took the whole 1.5 s).
+    second, took_second = timed(agent, "second.example.test")
+    assert second.rcode() == dns.rcode.SERVFAIL and took_second < 1.0, took_second
+    third, took_third = timed(agent, "third.example.test")
+    assert third.rcode() == dns.rcode.SERVFAIL and ede_codes(third) == [22]
+    assert took_third < 0.3, took_third
+    print(f"\nthree dead: {took_first:.3f}s, {took_second:.3f}s, {took_third:.3f}s")
