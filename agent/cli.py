@@ -38,20 +38,21 @@ def add_agent_commands(
     seconds = {"type": float, "metavar": "SECONDS"}
     tuning.add_argument(
         "--query-timeout",
-        default=2.0,
+        default=1.5,
         help="bound on a forwarded query; then SERVFAIL",
         **seconds,
     )
     tuning.add_argument(
         "--attempt-timeout",
-        default=1.0,
-        help="bound on one upstream attempt before the next upstream",
+        default=0.5,
+        help="bound on one upstream attempt before the next is sent (the earlier one keeps "
+        "listening); a probe gets 0.8 times this",
         **seconds,
     )
     tuning.add_argument(
         "--down-backoff",
         default=1.0,
-        help="first time a failed upstream is avoided; doubles per failure",
+        help="first time an upstream marked down (its probe failed) is avoided; doubles per mark",
         **seconds,
     )
     tuning.add_argument(
@@ -67,11 +68,25 @@ def add_agent_commands(
         help="forwarded answers kept in the cache",
     )
     tuning.add_argument(
+        "--cache-max-ttl",
+        type=int,
+        default=86_400,
+        metavar="SECONDS",
+        help="cap on the TTL of forwarded answers, cached and served",
+    )
+    tuning.add_argument(
         "--stale-ttl",
         type=int,
         default=30,
         metavar="SECONDS",
         help="TTL of stale answers served while upstreams are down (RFC 8767)",
+    )
+    tuning.add_argument(
+        "--stale-answer-after",
+        default=1.8,
+        help="answer stale if the upstreams have not answered by then; the query goes on "
+        "to refresh the cache (RFC 8767 client response timer)",
+        **seconds,
     )
     tuning.add_argument(
         "--max-stale",

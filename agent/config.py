@@ -91,16 +91,18 @@ class AgentConfig:
     policies: Path | None = None
     reload_interval: float = 0.5  # policy files are polled this often (effect within 2 s)
     # Forwarding: one attempt per upstream is bounded by attempt_timeout, the whole query by
-    # query_timeout, after which the client gets SERVFAIL (never silence).
-    attempt_timeout: float = 1.0
-    query_timeout: float = 2.0
-    down_base: float = 1.0  # first backoff of a failed upstream; doubles up to down_max
+    # query_timeout, after which the client gets SERVFAIL (never silence). Both fit inside a
+    # glibc stub's timeout:2 (docs/design.md, "Forwarding and its time budget").
+    attempt_timeout: float = 0.5
+    query_timeout: float = 1.5
+    down_base: float = 1.0  # first backoff of a down upstream; doubles up to down_max
     down_max: float = 30.0  # RFC 8767 §5 suggests re-trying a failed resolution after 30 s
     loop_check: bool = True
     # Cache (RFC 8767 serve-stale: stale answers carry stale_ttl, at most max_stale old).
     cache_size: int = 10_000
-    max_ttl: int = 86_400
+    max_ttl: int = 86_400  # --cache-max-ttl: caps what is cached and what clients are told
     stale_ttl: int = 30
+    stale_answer_after: float = 1.8  # RFC 8767 §5 client response timer
     max_stale: float = 86_400.0
     # TCP (RFC 7766 §6.2.3: idle timeouts of seconds; bound what one client can hold).
     tcp_idle_timeout: float = 10.0
@@ -122,7 +124,13 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     upstreams = (
         tuple(parse_host_port(t, DNS_PORT) for t in args.upstream) if args.upstream else None
     )
-    for name in ("query_timeout", "attempt_timeout", "drain_timeout", "tcp_idle_timeout"):
+    for name in (
+        "query_timeout",
+        "attempt_timeout",
+        "drain_timeout",
+        "tcp_idle_timeout",
+        "stale_answer_after",
+    ):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
     if getattr(args, "probe_report_interval", 5.0) <= 0:
@@ -132,6 +140,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     udp_rcvbuf = parse_size(getattr(args, "udp_rcvbuf", "4MiB"))
     if udp_rcvbuf > MAX_UDP_RCVBUF:  # the kernel takes an int, and caps far below anyway
         raise ConfigError("--udp-rcvbuf must be at most 1GiB")
+    if args.cache_max_ttl < 1:
+        raise ConfigError("--cache-max-ttl must be at least 1")
     if args.max_inflight < 1 or args.tcp_max_connections < 1:
         raise ConfigError("--max-inflight and --tcp-max-connections must be at least 1")
     return AgentConfig(
@@ -145,7 +155,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         down_base=args.down_backoff,
         loop_check=not args.no_loop_check,
         cache_size=args.cache_size,
+        max_ttl=args.cache_max_ttl,
         stale_ttl=args.stale_ttl,
+        stale_answer_after=args.stale_answer_after,
         max_stale=args.max_stale,
         tcp_idle_timeout=args.tcp_idle_timeout,
         tcp_max_connections=args.tcp_max_connections,

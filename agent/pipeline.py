@@ -46,8 +46,8 @@ def build_pipeline(
     loop_guard: LoopGuard,
     rng: random.Random,
     *,
-    query_timeout: float,
     stale_ttl: int,
+    stale_answer_after: float,
 ) -> Pipeline:
     return Pipeline(
         immediate=(
@@ -67,5 +67,7 @@ def build_pipeline(
             (loop_guard.answer, Source.ERROR),
         ),
         # 5. Forwarding last: the only step that waits on the network.
-        final=Forwarder(upstream, cache, query_timeout=query_timeout, stale_ttl=stale_ttl).answer,
+        final=Forwarder(
+            upstream, cache, stale_ttl=stale_ttl, stale_answer_after=stale_answer_after
+        ).answer,
     )

@@ -68,6 +68,7 @@ class AgentServer:
             query_timeout=config.query_timeout,
             down_base=config.down_base,
             down_max=config.down_max,
+            max_ttl=config.max_ttl,
             clock=clock,
         )
         self.loop_guard = LoopGuard(self.upstream, config.attempt_timeout)
@@ -77,8 +78,8 @@ class AgentServer:
             self.upstream,
             self.loop_guard,
             self.rng,
-            query_timeout=config.query_timeout,
             stale_ttl=config.stale_ttl,
+            stale_answer_after=config.stale_answer_after,
         )
         self.entry = QueryEntry(self.pipeline, config.max_inflight)
         self.tcp_connections = TcpConnections(config.tcp_max_connections)

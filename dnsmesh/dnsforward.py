@@ -5,12 +5,17 @@ bytes after its question plus the offsets of every TTL. A cache hit then costs o
 the client's own question bytes, and a TTL patch per record (``build_forwarded_response``).
 Compression pointers inside the kept sections stay valid because the client's question has
 the same length as ours: the cache is keyed by the lower-cased name, so only case differs.
+
+0x20 (draft-vixie-dnsext-dns0x20): the name we send upstream has the case of each letter
+picked at random (``randomize_case``) and a reply must echo it byte for byte, which adds a
+bit of entropy per letter to the ID and port a forger must guess. Labels without letters
+(``1.2.3.4.in-addr.arpa`` has six) carry few or none of these bits.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dnsmesh.dnswire import (
     EDE_STALE_ANSWER,
@@ -23,6 +28,7 @@ from dnsmesh.dnswire import (
     HEADER,
     OPT_DO,
     OPT_PLAIN,
+    OPTION_EDE,
     RCODE_NOERROR,
     RCODE_NXDOMAIN,
     TYPE_OPT,
@@ -39,6 +45,11 @@ MAX_CACHE_TTL = 604800
 _MAX_TTL = 0x7FFFFFFF
 
 _RR_FIXED = struct.Struct("!HHIH")
+_OPTION = struct.Struct("!HH")
+_EDE_INFO = struct.Struct("!H")
+# 0x20 for an ASCII letter, 0 for any other byte; label length bytes (at most 63) are never
+# letters (65-90, 97-122), so a whole wire name can be masked at once.
+_LETTER_BITS = bytes(0x20 if chr(b).isascii() and chr(b).isalpha() else 0 for b in range(256))
 _TYPE_CLASS = struct.Struct("!HH")
 _TTL = struct.Struct("!I")
 _OPCODE_MASK = 0x7800
@@ -51,9 +62,27 @@ class BadUpstreamResponse(DnsmeshError):
     """An upstream packet is not a well-formed answer to the query we sent."""
 
 
+class CaseMismatch(BadUpstreamResponse):
+    """Our ID and question but for letter case: an upstream that does not keep the case we
+    sent (0x20), or a forger who guessed the ID. Either way, ask again over TCP."""
+
+
 def build_question(qname: bytes, qtype: int, qclass: int) -> bytes:
     """The question section for a wire name: what ``parse_upstream_response`` compares."""
     return qname + _TYPE_CLASS.pack(qtype, qclass)
+
+
+def randomize_case(qname: bytes, noise: bytes) -> bytes:
+    """``qname`` with the case of each letter flipped where bit 5 of ``noise`` is set.
+
+    ``noise`` is random bytes, at least as many as the name (the caller owns randomness, so
+    this stays pure); non-letters and the label lengths are never touched.
+    """
+    size = len(qname)
+    flips = int.from_bytes(qname.translate(_LETTER_BITS), "big") & int.from_bytes(
+        noise[:size], "big"
+    )
+    return (int.from_bytes(qname, "big") ^ flips).to_bytes(size, "big")
 
 
 def build_upstream_query(qname: bytes, qtype: int, qclass: int, msg_id: int) -> bytes:
@@ -80,6 +109,8 @@ class UpstreamAnswer:
     cache_ttl: int  # seconds it may be cached; 0 = do not cache
     truncated: bool  # TC was set: ask again over TCP; sections are then empty
     ttls: tuple[int, ...] = ()  # the TTL at each offset as received (top bit set -> 0)
+    # The upstream itself answered stale (EDE 3, RFC 8914): relayed as stale, never cached.
+    relayed_stale: bool = False
     # Built client responses minus ID and question, by age and the query bits they depend
     # on (see build_forwarded_response). A cache, invisible to equality; the only mutable part.
     _responses: dict[int, tuple[bytes, bytes]] = field(
@@ -91,11 +122,24 @@ def _bad(reason: str) -> BadUpstreamResponse:
     return BadUpstreamResponse(reason)
 
 
-def parse_upstream_response(packet: bytes, msg_id: int, question: bytes) -> UpstreamAnswer:
+def parse_upstream_response(
+    packet: bytes,
+    msg_id: int,
+    question: bytes,
+    *,
+    restore_name: bytes | None = None,
+    max_ttl: int = MAX_CACHE_TTL,
+    exact_case: bool = True,
+) -> UpstreamAnswer:
     """Check and reduce an upstream response; raises BadUpstreamResponse and nothing else.
 
     Accepted only if the ID matches, QR=1, the opcode is QUERY and the one question equals
-    ours case-insensitively (RFC 5452 §9.1: anything else may be a spoofing attempt).
+    ours byte for byte, case included (RFC 5452 §9.1 and 0x20: anything else may be a
+    spoofing attempt). ``restore_name`` (the name as cached, when we sent it with random
+    case) replaces our cased name where the upstream copied it into the records instead of
+    pointing at the question. Every TTL is capped at ``max_ttl``. A question that differs
+    only in case raises CaseMismatch, unless ``exact_case`` is off (over TCP, which an
+    off-path forger cannot answer).
     """
     size = len(packet)
     if size < 12:
@@ -108,24 +152,52 @@ def parse_upstream_response(packet: bytes, msg_id: int, question: bytes) -> Upst
     if qdcount != 1:
         raise _bad("not exactly one question")
     start = 12 + len(question)
-    # The name compares case-insensitively (0x20), type and class exactly: lower() would
-    # also fold type octets such as 0x41 (HTTPS) into 0x61.
-    if (
-        packet[start - 4 : start] != question[-4:]
-        or packet[12 : start - 4].lower() != question[:-4].lower()
-    ):
-        raise _bad("question does not match ours")
+    echoed = packet[12:start]
+    if echoed != question:
+        # The name compares case-insensitively here, type and class exactly: lower() would
+        # also fold type octets such as 0x41 (HTTPS) into 0x61.
+        if echoed[-4:] != question[-4:] or echoed[:-4].lower() != question[:-4].lower():
+            raise _bad("question does not match ours")
+        if exact_case:
+            raise CaseMismatch("question differs from ours in letter case (0x20)")
     rcode = flags & 0xF
     if flags & FLAG_TC:
         return UpstreamAnswer(rcode, flags, b"", 0, 0, 0, (), 0, True)
     try:
-        return _walk(packet, flags, rcode, start, ancount, nscount, arcount)
+        answer = _walk(packet, flags, rcode, start, ancount, nscount, arcount, max_ttl)
     except (IndexError, ValueError, struct.error) as exc:
         raise _bad(f"malformed records: {exc}") from None
+    sent_name = question[:-4]
+    if restore_name is not None and restore_name != sent_name and sent_name in answer.sections:
+        # Same length, so every offset and compression pointer stays valid.
+        answer = replace(answer, sections=answer.sections.replace(sent_name, restore_name))
+    return answer
+
+
+def _says_stale(packet: bytes, pos: int, end: int) -> bool:
+    """Whether the OPT rdata in ``packet[pos:end]`` holds EDE 3 (Stale Answer)."""
+    while pos + 4 <= end:
+        code, length = _OPTION.unpack_from(packet, pos)
+        pos += 4
+        if (
+            code == OPTION_EDE
+            and length >= 2
+            and _EDE_INFO.unpack_from(packet, pos)[0] == EDE_STALE_ANSWER
+        ):
+            return True
+        pos += length
+    return False
 
 
 def _walk(
-    packet: bytes, flags: int, rcode: int, start: int, ancount: int, nscount: int, arcount: int
+    packet: bytes,
+    flags: int,
+    rcode: int,
+    start: int,
+    ancount: int,
+    nscount: int,
+    arcount: int,
+    max_ttl: int,
 ) -> UpstreamAnswer:
     size = len(packet)
     offsets: list[int] = []
@@ -135,6 +207,8 @@ def _walk(
     pos = start
     end_kept = start
     kept_additional = 0
+    relayed_stale = False
+    capped: list[int] = []  # offsets (in packet) of TTLs above max_ttl
     total = ancount + nscount + arcount
     for index in range(total):
         record = pos
@@ -150,11 +224,15 @@ def _walk(
             if index < ancount + nscount or packet[record] != 0:
                 raise ValueError("OPT outside the additional section or not owned by root")
             rcode |= (ttl >> 24) << 4  # RFC 6891 §6.1.3: upper 8 bits of the rcode
+            relayed_stale = _says_stale(packet, rdata, end)
             # Drop the OPT and every record after it: removing bytes would break compression
             # pointers into what follows, and additional data is only a hint (RFC 2181 §5.4.1).
             break
         if ttl > _MAX_TTL:
             ttl = 0
+        elif ttl > max_ttl:
+            ttl = max_ttl
+            capped.append(pos + 4)
         offsets.append(pos + 4 - start)
         ttls.append(ttl)
         if index < ancount:
@@ -174,17 +252,25 @@ def _walk(
         cache_ttl = max(negative_ttl, 0)  # no SOA: do not cache (RFC 2308 §5)
     else:
         cache_ttl = 0
+    sections = packet[start:end_kept]
+    if capped:  # the client must see the capped TTL too, not only the cache
+        patched = bytearray(packet)
+        for offset in capped:
+            _TTL.pack_into(patched, offset, max_ttl)
+        sections = bytes(patched[start:end_kept])
     return UpstreamAnswer(
         rcode=rcode,
         flags=flags,
-        sections=packet[start:end_kept],
+        sections=sections,
         ancount=ancount,
         nscount=nscount,
         arcount=kept_additional,
         ttl_offsets=tuple(offsets),
-        cache_ttl=min(cache_ttl, MAX_CACHE_TTL),
+        # An answer the upstream itself served stale must not become fresh here.
+        cache_ttl=0 if relayed_stale else min(cache_ttl, max_ttl),
         truncated=False,
         ttls=tuple(ttls),
+        relayed_stale=relayed_stale,
     )
 
 
@@ -271,7 +357,7 @@ def _build_rest(
         opt = b""
     else:
         arcount += 1
-        if stale_ttl is not None:
+        if stale_ttl is not None or answer.relayed_stale:
             opt = _STALE_OPT_DO if dnssec_ok else _STALE_OPT_PLAIN
         elif rcode > 15:
             opt = build_opt(dnssec_ok, None, rcode)

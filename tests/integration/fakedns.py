@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import dns.asyncquery
+import dns.edns
 import dns.flags
 import dns.message
 import dns.name
@@ -72,6 +73,8 @@ class Rule:
     wrong_question_first: bool = False  # send a reply for another name before the real one
     spoof_first: str | None = None  # over UDP, this A answer first from another port (forged)
     forward_to: tuple[str, int] | None = None  # relay the query there (loop tests)
+    ede: int | None = None  # an Extended DNS Error in the reply's OPT (e.g. 3, Stale Answer)
+    lose_case: bool = False  # echo the question name lower-cased (ignores 0x20)
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class Received:
     source: tuple[str, int]
     id: int
     at: float  # time.monotonic() when it arrived
+    sent_name: str = ""  # the name as it came, case kept (0x20 tests)
 
 
 class FakeUpstream:
@@ -134,6 +138,14 @@ class FakeUpstream:
     def stop(self) -> None:
         self.loop_thread.run(self._stop())
 
+    def forging_socket(self) -> socket.socket:
+        """A duplicate of the UDP socket: what it sends comes from this server's address and
+        port, as an off-path forger's spoofed datagrams would; the caller closes it."""
+        assert self._udp is not None
+        fd = self._udp.get_extra_info("socket").fileno()
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        return socket.fromfd(fd, family, socket.SOCK_DGRAM)
+
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
         # Same port for UDP and TCP; retry if the UDP port is taken for TCP.
@@ -181,7 +193,15 @@ class FakeUpstream:
         qtype = dns.rdatatype.to_text(question.rdtype)
         with self._lock:
             self.received.append(
-                Received(transport, name, qtype, source, query.id, time.monotonic())
+                Received(
+                    transport,
+                    name,
+                    qtype,
+                    source,
+                    query.id,
+                    time.monotonic(),
+                    question.name.to_text().rstrip("."),
+                )
             )
         rule = self.rules.get((name, qtype)) or self.rules.get((name, "*")) or self.default
         if rule.silent:
@@ -209,6 +229,9 @@ class FakeUpstream:
                 send(relayed.to_wire())
             return
         response = build_reply(query, rule, truncated=rule.truncate_udp and transport == "udp")
+        if rule.lose_case:
+            end = 12 + len(query.question[0].name.to_wire())
+            response = response[:12] + response[12:end].lower() + response[end:]
         if rule.wrong_id_first:
             bad = dns.message.from_wire(response)
             bad.id = (query.id + 1) & 0xFFFF
@@ -240,6 +263,8 @@ def build_reply(query: dns.message.Message, rule: Rule, *, truncated: bool) -> b
     if truncated:
         response.flags |= dns.flags.TC
         return response.to_wire()
+    if rule.ede is not None:
+        response.use_edns(0, payload=1232, options=[dns.edns.EDEOption(rule.ede)])
     if rule.answer:
         response.answer.append(
             dns.rrset.from_text_list(question.name, rule.ttl, "IN", question.rdtype, rule.answer)
@@ -247,9 +272,10 @@ def build_reply(query: dns.message.Message, rule: Rule, *, truncated: bool) -> b
     if rule.soa is not None:
         soa_ttl, minimum = rule.soa
         zone = question.name.parent() if len(question.name) > 2 else question.name
+        host = zone if zone != dns.name.root else dns.name.from_text("invalid.")
         response.authority.append(
             dns.rrset.from_text(
-                zone, soa_ttl, "IN", "SOA", f"ns.{zone} host.{zone} 1 3600 600 86400 {minimum}"
+                zone, soa_ttl, "IN", "SOA", f"ns.{host} host.{host} 1 3600 600 86400 {minimum}"
             )
         )
     return response.to_wire(max_size=65535)

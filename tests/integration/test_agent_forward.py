@@ -16,7 +16,8 @@ import dns.rcode
 import pytest
 
 from tests.integration.conftest import FakeClock, RunningAgent
-from tests.integration.fakedns import FakeUpstream
+from tests.integration.fakedns import FakeUpstream, Rule
+from tests.support.polling import wait_until
 
 StartAgent = Callable[..., RunningAgent]
 MakeUpstream = Callable[..., FakeUpstream]
@@ -150,18 +151,28 @@ def test_failover_to_the_next_upstream_and_down_marking(
     for fake in (first, second):
         fake.on("a.example.test", "A", answer=["192.0.2.40"], ttl=0)
         fake.on("b.example.test", "A", answer=["192.0.2.41"], ttl=0)
+    second.on("c.example.test", "A", answer=["192.0.2.42"], ttl=0)
+    second.on("d.example.test", "A", answer=["192.0.2.43"], ttl=0)
     first.on("a.example.test", "A", silent=True)
     agent = start_agent(
         upstreams=[first, second], attempt_timeout=0.3, query_timeout=1.5, down_base=30
     )
     assert addresses(agent.query("a.example.test")) == ["192.0.2.40"]
     assert first.count("a.example.test") == 1 and second.count("a.example.test") == 1
-    # The first upstream is now marked down: the next query goes straight to the second
-    # (the first would have answered it).
-    assert addresses(agent.query("b.example.test")) == ["192.0.2.41"]
-    assert first.count("b.example.test") == 0
     servers = agent.server.upstream.servers
-    assert servers[0].failures == 1 and servers[0].down_until > time.monotonic()
+    # One slow name only makes the first suspect; its probe (". NS") is answered, so it is
+    # not down, and it is preferred again.
+    wait_until(lambda: first.count("", "NS") == 1 and not servers[0].suspect, 5, "the probe")
+    assert servers[0].failures == 1 and servers[0].down_until == 0.0
+    assert addresses(agent.query("b.example.test")) == ["192.0.2.41"]
+    assert first.count("b.example.test") == 1
+    # Dead, it is marked down by its probe: the next query goes straight to the second.
+    first.rules.clear()
+    first.default = Rule(silent=True)
+    assert addresses(agent.query("c.example.test")) == ["192.0.2.42"]
+    wait_until(lambda: servers[0].down_until > time.monotonic(), 5, "the failed probe")
+    assert addresses(agent.query("d.example.test")) == ["192.0.2.43"]
+    assert first.count("d.example.test") == 0
 
 
 def test_down_upstream_is_rechecked_after_its_backoff(
@@ -279,12 +290,13 @@ def test_upstream_down_and_up_are_logged_once_each(
     start_agent: StartAgent, make_upstream: MakeUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:
     flaky = make_upstream()
-    flaky.on("down.example.test", "A", silent=True)
-    flaky.answer("up.example.test", "A", "192.0.2.95", ttl=0)
+    flaky.default = Rule(silent=True)  # dead: its probe goes unanswered too
     clock = FakeClock()
     agent = start_agent(upstreams=[flaky], clock=clock, attempt_timeout=0.2, query_timeout=0.5)
     with caplog.at_level(logging.INFO, logger="agent.upstream"):
-        agent.query("down.example.test")  # two rounds, two failures: one warning
+        agent.query("down.example.test")  # two attempts and a probe fail: one warning
+        flaky.default = Rule()
+        flaky.answer("up.example.test", "A", "192.0.2.95", ttl=0)
         clock.advance(120)
         agent.query("up.example.test")
     events = [(r.getMessage(), r.levelname) for r in caplog.records]

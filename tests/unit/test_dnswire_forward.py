@@ -100,10 +100,14 @@ def test_answer_with_cname_chain() -> None:
     assert b"\x00\x00\x29" not in answer.sections[-11:]  # the upstream OPT is gone
 
 
-def test_question_is_compared_case_insensitively() -> None:
+def test_question_must_echo_our_case_byte_for_byte() -> None:
+    # 0x20: the case we sent is part of what a forger must guess.
     wire = bytearray(upstream_response(("answer", "www.example.com.", 5, "A", ["192.0.2.1"])))
     wire[13:16] = b"WwW"
-    assert parse_upstream_response(bytes(wire), MSG_ID, QUESTION).ancount == 1
+    with pytest.raises(BadUpstreamResponse, match="question"):
+        parse_upstream_response(bytes(wire), MSG_ID, QUESTION)
+    cased = build_question(name_to_wire("WwW.example.com"), TYPE_A, 1)
+    assert parse_upstream_response(bytes(wire), MSG_ID, cased).ancount == 1
 
 
 def _mutate(wire: bytes, offset: int, fmt: str, value: int) -> bytes:
@@ -328,7 +332,7 @@ def test_question_type_compares_exactly_not_case_folded() -> None:
     packet = struct.pack("!HHHHHH", MSG_ID, 0x8180, 1, 0, 0, 0) + QNAME + b"\x00\x61\x00\x01"
     with pytest.raises(BadUpstreamResponse):
         parse_upstream_response(packet, MSG_ID, question)
-    good = struct.pack("!HHHHHH", MSG_ID, 0x8180, 1, 0, 0, 0) + QNAME.upper() + b"\x00\x41\x00\x01"
+    good = struct.pack("!HHHHHH", MSG_ID, 0x8180, 1, 0, 0, 0) + QNAME + b"\x00\x41\x00\x01"
     assert parse_upstream_response(good, MSG_ID, question).rcode == RCODE_NOERROR
 
 
