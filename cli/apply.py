@@ -32,7 +32,7 @@ def apply_set(
     prune_within: dict[str, str],
     out: TextIO = sys.stdout,
 ) -> int:
-    with ControllerClient(args.server, args.token) as client:
+    with ControllerClient(args.server, args.token, ca_file=args.ca_file) as client:
         existing = {p.name: p for p in client.list_policies().policies} if args.dry_run else {}
         result = client.apply_set(
             [s.policy for s in wanted],

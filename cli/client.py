@@ -7,11 +7,14 @@ the controller cannot be reached, the token was refused, or the request itself w
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from cli.trust import client_context
 from dnsmesh.errors import ControllerError, FieldError
 from dnsmesh.policy import Policy, parse_policy
 
@@ -70,11 +73,18 @@ class ControllerClient:
         *,
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        ca_file: str | Path | None = None,
     ) -> None:
+        """``ca_file``: the CA bundle that vouches for an https:// controller (else the
+        system's trust store); verification is never skipped."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.server = server.rstrip("/")
         self._http = httpx.Client(
-            base_url=self.server, headers=headers, timeout=timeout, transport=transport
+            base_url=self.server,
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            verify=client_context(ca_file),
         )
 
     def close(self) -> None:
@@ -208,6 +218,15 @@ class ControllerClient:
     ) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kw)
+        except httpx.ConnectError as exc:
+            if _is_certificate_error(exc):
+                raise ControllerUnreachable(
+                    f"the controller at {self.server} was not trusted: {exc} (give its CA "
+                    "bundle with --ca-file or $DNSMESH_CA_FILE: dnsmesh ca export)"
+                ) from exc
+            raise ControllerUnreachable(
+                f"cannot reach the controller at {self.server}: {exc or type(exc).__name__}"
+            ) from exc
         except httpx.TransportError as exc:
             raise ControllerUnreachable(
                 f"cannot reach the controller at {self.server}: {exc or type(exc).__name__}"
@@ -215,6 +234,15 @@ class ControllerClient:
         if response.is_success or response.status_code in allow:
             return response
         raise _refusal(response)
+
+
+def _is_certificate_error(exc: BaseException) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _write_params(dry_run: bool, force: bool) -> dict[str, str]:

@@ -34,6 +34,13 @@ def add_client_commands(
         default=os.environ.get("DNSMESH_TOKEN"),
         help="an API token (default: $DNSMESH_TOKEN)",
     )
+    client.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        default=os.environ.get("DNSMESH_CA_FILE"),
+        help="the CA bundle that vouches for an https:// controller (dnsmesh ca export; "
+        "default: $DNSMESH_CA_FILE, else the system's CAs)",
+    )
 
     apply = subcommands.add_parser(
         "apply",
@@ -124,7 +131,7 @@ def run_get(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     if args.kind == "endpoints":
         return run_get_endpoints(args, out)
     selector = _selector(args.selector)
-    with ControllerClient(args.server, args.token) as client:
+    with ControllerClient(args.server, args.token, ca_file=args.ca_file) as client:
         if args.name:
             found = client.get_policy(args.name)
             if found is None or not _matches(found, selector):
@@ -151,7 +158,7 @@ def run_get_agents(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     from cli.client import ControllerClient, ControllerRefused
 
     selector = _selector(args.selector)
-    with ControllerClient(args.server, args.token) as client:
+    with ControllerClient(args.server, args.token, ca_file=args.ca_file) as client:
         agents = client.list_agents(args.name, selector)
     if args.name and not agents:
         labels = f" and labels {_pairs(selector)}" if selector else ""
@@ -172,7 +179,7 @@ def run_get_endpoints(args: argparse.Namespace, out: TextIO = sys.stdout) -> int
     """``dnsmesh get endpoints [POLICY] [-l K=V]``: health per endpoint, as agents report it."""
     from cli.client import ControllerClient
 
-    with ControllerClient(args.server, args.token) as client:
+    with ControllerClient(args.server, args.token, ca_file=args.ca_file) as client:
         body = client.endpoints(args.name, _selector(args.selector))
     if args.output == "json":
         json.dump(body, out, indent=2)
@@ -187,7 +194,7 @@ def run_get_endpoints(args: argparse.Namespace, out: TextIO = sys.stdout) -> int
 def run_delete(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     from cli.client import ControllerClient
 
-    with ControllerClient(args.server, args.token) as client:
+    with ControllerClient(args.server, args.token, ca_file=args.ca_file) as client:
         for name in args.names:
             if args.kind in ("agent", "agents"):
                 client.delete_agent(name)

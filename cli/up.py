@@ -5,7 +5,9 @@ It is the quick start and the shape of production in miniature: two child proces
 the policies applied through the REST API like ``dnsmesh apply`` does. Everything it
 keeps lives in one data folder (default ``./.dnsmesh``, mode 0700): the SQLite database
 (migrated on every start), an admin token and an agent token minted on first run (files
-readable only by the user), and the agent's state folder.
+readable only by the user), the TLS CA and serving certificate (``tls/``: the controller
+serves HTTPS and WSS, and the agent and the apply step verify it with ``tls/ca-bundle.pem``),
+and the agent's state folder.
 
 A child that dies is started again after a backoff (logged: up.child_exited, then
 up.child_restarted; cli.supervise); the other keeps running, so DNS goes on being answered
@@ -27,6 +29,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -209,16 +212,19 @@ class _Stopped(Exception):
     """A signal arrived while starting."""
 
 
-def _healthy(api: str) -> bool:
+def _healthy(api: str, trust: ssl.SSLContext) -> bool:
     import httpx
 
     try:
-        return httpx.get(f"{api}/healthz", timeout=1.0, trust_env=False).status_code == 200
+        response = httpx.get(f"{api}/healthz", timeout=1.0, trust_env=False, verify=trust)
     except httpx.HTTPError:
         return False
+    return response.status_code == 200
 
 
-def _agent_converged(api: str, token: str, agent_id_file: Path, revision: int) -> bool:
+def _agent_converged(
+    api: str, token: str, agent_id_file: Path, revision: int, trust: ssl.SSLContext
+) -> bool:
     import httpx
 
     try:
@@ -228,6 +234,7 @@ def _agent_converged(api: str, token: str, agent_id_file: Path, revision: int) -
             headers={"Authorization": f"Bearer {token}"},
             timeout=2.0,
             trust_env=False,
+            verify=trust,
         ).json()
     except (OSError, httpx.HTTPError, ValueError):
         return False
@@ -239,7 +246,7 @@ def _agent_converged(api: str, token: str, agent_id_file: Path, revision: int) -
     )
 
 
-def _apply(api: str, token: str, path: Path, out: TextIO) -> int:
+def _apply(api: str, token: str, ca_file: Path, path: Path, out: TextIO) -> int:
     """``dnsmesh apply -f path`` against the controller; returns the revision after it."""
     from cli.client import ControllerClient
     from cli.commands import run_apply
@@ -252,10 +259,11 @@ def _apply(api: str, token: str, path: Path, out: TextIO) -> int:
         selector=[],
         server=api,
         token=token,
+        ca_file=ca_file,
     )
     if run_apply(args, out) != 0:
         raise DnsmeshError(f"the policies in {path} were refused (see above); nothing applied")
-    with ControllerClient(api, token) as client:
+    with ControllerClient(api, token, ca_file=ca_file) as client:
         return client.list_policies().revision
 
 
@@ -283,7 +291,16 @@ def run_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     url = _prepare(data_dir)
     admin = _ensure_token(data_dir, ADMIN_TOKEN, "admin", url)
     _ensure_token(data_dir, AGENT_TOKEN, "agent", url)
-    api = f"http://{_url_host(api_host)}:{api_port}"
+    # TLS as in production: the controller's CA and serving certificate live in the data
+    # folder (made here on the first run, so the bundle exists before the controller does).
+    from cli.trust import client_context
+    from controller.tls_store import ensure_tls
+
+    sans = [] if api_host in ("0.0.0.0", "::") else [api_host]
+    tls_flags = ["--tls", "--data-dir", str(data_dir), *(f for s in sans for f in ("--tls-san", s))]
+    ca_file = ensure_tls(data_dir, sans=sans).bundle_file
+    trust = client_context(ca_file)
+    api = f"https://{_url_host(api_host)}:{api_port}"
     logging_flags = ["--log-level", args.log_level, "--log-format", args.log_format]
 
     stop = threading.Event()
@@ -297,11 +314,19 @@ def run_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     children: list[Supervised] = []
     status = 0
     try:
-        controller_args = ["controller", "--database", url, "--listen", args.api, *logging_flags]
+        controller_args = [
+            "controller",
+            "--database",
+            url,
+            "--listen",
+            args.api,
+            *tls_flags,
+            *logging_flags,
+        ]
         controller = Supervised(lambda: Child("controller", controller_args))
         children.append(controller)
-        _wait_ready("controller", controller.child, lambda: _healthy(api), stop)
-        revision = _apply(api, admin, policies, out) if policies is not None else 0
+        _wait_ready("controller", controller.child, lambda: _healthy(api, trust), stop)
+        revision = _apply(api, admin, ca_file, policies, out) if policies is not None else 0
         agent_state = data_dir / "agent"
         upstreams = [flag for u in args.upstream for flag in ("--upstream", u)]
         agent_args = [
@@ -310,6 +335,8 @@ def run_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             api,
             "--token-file",
             str(data_dir / AGENT_TOKEN),
+            "--ca-file",
+            str(ca_file),
             "--state-dir",
             str(agent_state),
             "--listen",
@@ -322,11 +349,11 @@ def run_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         _wait_ready(
             "agent",
             agent.child,
-            lambda: _agent_converged(api, admin, agent_state / "agent-id", revision),
+            lambda: _agent_converged(api, admin, agent_state / "agent-id", revision, trust),
             stop,
         )
         applied = f"{count} from {policies} (revision {revision})" if policies else "none"
-        _print_summary(out, api, args.dns, data_dir, applied, dns_host, dns_port)
+        _print_summary(out, api, args.dns, data_dir, applied, dns_host, dns_port, ca_file)
         # A dead child is started again (with a backoff), the other one keeps running: the
         # agent answers from its state while the controller is away, as when run alone.
         while not stop.wait(0.2):
@@ -359,6 +386,7 @@ def _print_summary(
     applied: str,
     dns_host: str,
     dns_port: int,
+    ca_file: Path,
 ) -> None:
     token_file = data_dir / ADMIN_TOKEN
     lines = [
@@ -367,12 +395,14 @@ def _print_summary(
         f"  API          {api}",
         f"  DNS          {dns} (UDP and TCP)",
         f"  admin token  {token_file} (export DNSMESH_TOKEN=$(cat {token_file}))",
+        f"  CA bundle    {ca_file} (export DNSMESH_CA_FILE={ca_file})",
         f"  policies     {applied}",
-        f"  data         {data_dir}/ (database, tokens, agent state)",
+        f"  data         {data_dir}/ (database, tokens, TLS CA and keys, agent state)",
         "",
         "try:",
         f"  dig @{dns_host} -p {dns_port} checkout.mesh.internal",
-        f"  export DNSMESH_TOKEN=$(cat {token_file}) DNSMESH_SERVER={api}",
+        f"  export DNSMESH_TOKEN=$(cat {token_file}) DNSMESH_SERVER={api} "
+        f"DNSMESH_CA_FILE={ca_file}",
         "  dnsmesh get policies; dnsmesh get agents",
         "Ctrl-C stops both.",
         "",

@@ -15,13 +15,14 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from controller.db.models import AuditRow, TokenRow
-from controller.db.session import Database, iso
+from controller.db.session import Database, as_utc, iso
 from controller.errors import AlreadyExists, DatabaseUnavailable, InvalidRequest, NotFound
 from dnsmesh.errors import FieldError
 
@@ -60,6 +61,10 @@ class Principal:
 
     name: str
     role: Role
+    expires_at: datetime | None = None  # None: until revoked
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
     def can(self, permission: Permission) -> bool:
         return permission in ROLE_PERMISSIONS[self.role]
@@ -72,15 +77,42 @@ class TokenInfo:
     prefix: str
     created_at: str
     created_by: str
+    expires_at: str | None  # None: until revoked
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, str | None]:
         return {
             "name": self.name,
             "role": self.role.value,
             "prefix": self.prefix,
             "created_at": self.created_at,
             "created_by": self.created_by,
+            "expires_at": self.expires_at,
         }
+
+
+class TokenExpired(Exception):
+    """The token is known but past its expiry (a 401 that says so)."""
+
+
+_TTL_RE = re.compile(r"^([1-9][0-9]{0,9})([smhdw])$")
+_TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_TTL = timedelta(days=3650)
+
+
+def parse_ttl(value: object, *, field: str = "ttl") -> timedelta:
+    """``90s``, ``30m``, ``1h``, ``7d``, ``2w``: a token's lifetime, at most ten years."""
+    match = _TTL_RE.match(value) if isinstance(value, str) else None
+    ttl = timedelta(seconds=int(match[1]) * _TTL_UNITS[match[2]]) if match else None
+    if ttl is None or ttl > MAX_TTL:
+        raise InvalidRequest(
+            f"{value!r} is not a token lifetime",
+            [
+                FieldError(
+                    field, "a whole number and a unit: s, m, h, d or w (e.g. 1h, 7d); at most 3650d"
+                )
+            ],
+        )
+    return ttl
 
 
 def new_token() -> str:
@@ -126,8 +158,13 @@ class TokenStore:
         self.db = db
         self._known: dict[str, Principal] = {}  # digest -> principal, as last verified
 
-    def create(self, name: object, role: object, *, actor: str) -> tuple[TokenInfo, str]:
-        """Mints a token; returns its description and the secret (shown this once only)."""
+    def create(
+        self, name: object, role: object, *, actor: str, ttl: timedelta | None = None
+    ) -> tuple[TokenInfo, str]:
+        """Mints a token; returns its description and the secret (shown this once only).
+
+        ``ttl``: the token stops working that long after now (None: until revoked).
+        """
         checked_name = check_token_name(name)
         checked_role = parse_role(role)
         secret = new_token()
@@ -135,13 +172,15 @@ class TokenStore:
         def work(session: Session) -> TokenInfo:
             if session.scalar(select(TokenRow.id).where(TokenRow.name == checked_name)):
                 raise AlreadyExists(f"a token named {checked_name!r} already exists")
+            now = self.db.clock()
             row = TokenRow(
                 name=checked_name,
                 role=checked_role.value,
                 digest=token_digest(secret),
                 prefix=secret[:_SHOWN_PREFIX],
-                created_at=self.db.clock(),
+                created_at=now,
                 created_by=actor,
+                expires_at=None if ttl is None else now + ttl,
             )
             session.add(row)
             session.flush()
@@ -172,6 +211,8 @@ class TokenStore:
     def authenticate(self, secret: str, *, known_if_away: bool = False) -> Principal | None:
         """The principal for a presented token, or None when it is unknown or revoked.
 
+        Raises TokenExpired for a known token past its expiry.
+
         ``known_if_away`` (the policy reads served stale): while the database is unreachable,
         a token this process verified before is taken as it was then, so those reads are not
         refused for want of the token table (a revocation made on another replica reaches
@@ -187,31 +228,37 @@ class TokenStore:
             known = self._known.get(digest) if known_if_away else None
             if known is None:
                 raise
-            return known
+            principal = known
         if principal is None:
             self._known.pop(digest, None)
         elif digest not in self._known and len(self._known) < _KNOWN_TOKENS:
             self._known[digest] = principal
+        if principal is not None and principal.expired(self.db.clock()):
+            raise TokenExpired(principal.name)
         return principal
 
     def _verify(self, digest: str) -> Principal | None:
 
         def work(session: Session) -> Principal | None:
             row = session.execute(
-                select(TokenRow.name, TokenRow.role, TokenRow.digest).where(
+                select(TokenRow.name, TokenRow.role, TokenRow.digest, TokenRow.expires_at).where(
                     TokenRow.digest == digest
                 )
             ).one_or_none()
             # The lookup already matched; compare_digest keeps the final check constant-time.
             if row is None or not hmac.compare_digest(row.digest, digest):
                 return None
-            return Principal(row.name, Role(row.role))
+            expires = None if row.expires_at is None else as_utc(row.expires_at)
+            return Principal(row.name, Role(row.role), expires)
 
         return self.db.read(work)
 
 
 def _info(row: TokenRow) -> TokenInfo:
-    return TokenInfo(row.name, Role(row.role), row.prefix, iso(row.created_at), row.created_by)
+    expires = None if row.expires_at is None else iso(row.expires_at)
+    return TokenInfo(
+        row.name, Role(row.role), row.prefix, iso(row.created_at), row.created_by, expires
+    )
 
 
 def _audit(

@@ -7,7 +7,10 @@ parser in ``add_controller_commands`` with ``parents=[common]`` and ``set_defaul
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+DEFAULT_TRUST_DOMAIN = "dnsmesh.internal"  # controller/ca.py holds the same; kept light here
 
 _DATABASE_HELP = (
     "database URL: postgresql://USER@HOST:PORT/DB or sqlite:///PATH "
@@ -17,6 +20,47 @@ _DATABASE_HELP = (
 
 def add_database_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database", metavar="URL", help=_DATABASE_HELP)
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    tls = parser.add_argument_group(
+        "TLS",
+        "with --tls the API and the agents' stream are HTTPS and WSS. The CA and the serving "
+        "certificate live in DATA_DIR/tls/ (made on the first start, reused later; the serving "
+        "certificate is renewed 30 days before it expires or when its names change). Clients "
+        "trust DATA_DIR/tls/ca-bundle.pem (dnsmesh ca export).",
+    )
+    tls.add_argument("--tls", action="store_true", help="serve HTTPS and WSS")
+    tls.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        type=Path,
+        default=Path(".dnsmesh"),
+        help="where the TLS files are kept (DIR/tls/, mode 0700)",
+    )
+    tls.add_argument(
+        "--tls-san",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="another DNS name or IP address for the serving certificate (repeatable; "
+        "localhost, 127.0.0.1, ::1 and the host name are always in it)",
+    )
+    tls.add_argument(
+        "--ca-cert",
+        metavar="FILE",
+        type=Path,
+        help="sign with your CA instead of one made here: its PEM certificate, followed by "
+        "the chain up to your root when it is an intermediate (all of it is served)",
+    )
+    tls.add_argument("--ca-key", metavar="FILE", type=Path, help="the --ca-cert's private key")
+    tls.add_argument(
+        "--trust-domain",
+        metavar="NAME",
+        default=DEFAULT_TRUST_DOMAIN,
+        help="the SPIFFE trust domain of the CA made here (agent identities will be "
+        "spiffe://NAME/...)",
+    )
 
 
 def add_controller_commands(
@@ -37,6 +81,7 @@ def add_controller_commands(
         action="store_true",
         help="migrate the database to the current schema before starting",
     )
+    add_tls_arguments(controller)
     push = controller.add_argument_group("push to agents")
     push.add_argument(
         "--ping-interval",
@@ -129,7 +174,53 @@ def add_controller_commands(
     add_database_argument(create)
     create.add_argument("--role", required=True, choices=["admin", "editor", "viewer", "agent"])
     create.add_argument("--name", required=True, help="the token's name (shown in the audit log)")
+    create.add_argument(
+        "--ttl",
+        metavar="DURATION",
+        help="the token expires this long after now: 90s, 30m, 1h, 7d, 2w "
+        "(default: valid until revoked)",
+    )
     create.set_defaults(run=_run_token_create)
+    listing = token_commands.add_parser(
+        "list",
+        parents=[common],
+        help="show the tokens (name, role, prefix, created, expires); never their secrets",
+    )
+    add_database_argument(listing)
+    listing.set_defaults(run=_run_token_list)
+    revoke = token_commands.add_parser(
+        "revoke", parents=[common], help="delete a token: it is refused from now on"
+    )
+    add_database_argument(revoke)
+    revoke.add_argument("name", metavar="NAME", help="the token's name (dnsmesh token list)")
+    revoke.set_defaults(run=_run_token_revoke)
+
+    ca = subcommands.add_parser("ca", parents=[common], help="the controller's TLS CA")
+    ca_commands = ca.add_subparsers(dest="ca_command", required=True, metavar="CA_COMMAND")
+    export = ca_commands.add_parser(
+        "export",
+        parents=[common],
+        help="print the CA bundle that clients trust (for --ca-file / $DNSMESH_CA_FILE)",
+        description="Print the CA bundle of a controller started with --tls: from its data "
+        "folder (--data-dir), or from GET /v1/ca (--server). Over https without --ca-file "
+        "there is nothing to check the answer against yet: the bundle is taken only if the "
+        "server's own certificate verifies with it, and its SHA-256 fingerprint is printed "
+        "on stderr to compare with `dnsmesh ca export --data-dir` on the controller's host.",
+    )
+    source = export.add_mutually_exclusive_group()
+    source.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        type=Path,
+        help="the controller's data folder (default .dnsmesh when --server is not given)",
+    )
+    source.add_argument("--server", metavar="URL", help="a running controller's URL")
+    export.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        help="with --server: a bundle to verify it with (default: $DNSMESH_CA_FILE)",
+    )
+    export.set_defaults(run=_run_ca_export)
 
 
 def _run_controller(args: argparse.Namespace) -> int:
@@ -148,3 +239,21 @@ def _run_token_create(args: argparse.Namespace) -> int:
     from controller.server import run_token_create
 
     return run_token_create(args)
+
+
+def _run_token_list(args: argparse.Namespace) -> int:
+    from controller.server import run_token_list
+
+    return run_token_list(args)
+
+
+def _run_token_revoke(args: argparse.Namespace) -> int:
+    from controller.server import run_token_revoke
+
+    return run_token_revoke(args)
+
+
+def _run_ca_export(args: argparse.Namespace) -> int:
+    from controller.ca_export import run_ca_export
+
+    return run_ca_export(args)

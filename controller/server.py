@@ -8,8 +8,9 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine
 
@@ -23,6 +24,7 @@ from dnsmesh.logs import fields
 if TYPE_CHECKING:
     from controller.push_settings import PushSettings
     from controller.quorum_monitor import HealthSettings
+    from controller.tls_store import TlsFiles
 
 log = logging.getLogger("dnsmesh.controller")
 
@@ -77,11 +79,15 @@ def run_controller(args: argparse.Namespace) -> int:
     url = resolve_database_url(args.database)
     host, port = parse_listen(args.listen)
     push = push_settings(args)  # flags first: a bad one fails before any socket or database
+    tls = tls_files(args)
     engine = open_database(url, migrate=args.migrate)
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
-    app = create_app(Database(engine), push)
+    app = create_app(Database(engine), push, ca_bundle=tls.bundle() if tls else None)
+    ssl: dict[str, Any] = {}
+    if tls is not None:
+        ssl = {"ssl_certfile": str(tls.cert_file), "ssl_keyfile": str(tls.key_file)}
     config = uvicorn.Config(
         app,
         log_config=None,  # our handlers (dnsmesh.logs) format uvicorn's records too
@@ -93,10 +99,18 @@ def run_controller(args: argparse.Namespace) -> int:
         ws_ping_interval=push.ping_interval_s,
         ws_ping_timeout=push.ping_interval_s,
         ws_per_message_deflate=push.ws_deflate,
+        **ssl,
     )
     server = uvicorn.Server(config)
     # Tests and scripts read this line to learn the port when --listen asked for port 0.
-    log.info("controller.listening", extra=fields(address=shown, database=redact(url)))
+    log.info(
+        "controller.listening",
+        extra=fields(
+            address=shown,
+            url=f"{'https' if tls else 'http'}://{shown}",
+            database=redact(url),
+        ),
+    )
     # uvicorn drains connections on SIGTERM and then re-raises the signal to the handler
     # that was in place before it; a handler (rather than SIG_DFL) lets a stop requested by
     # systemd or a test end with status 0 instead of being killed by the re-raised signal.
@@ -109,6 +123,27 @@ def run_controller(args: argparse.Namespace) -> int:
         engine.dispose()
     log.info("controller.stopped")
     return 0
+
+
+def tls_files(args: argparse.Namespace) -> TlsFiles | None:
+    """With --tls: the CA and serving certificate, made or renewed; None without."""
+    if not args.tls:
+        given = [flag for flag, value in _TLS_ONLY.items() if getattr(args, value)]
+        if given:
+            raise ConfigError(f"{', '.join(given)} need --tls")
+        return None
+    from controller.tls_store import ensure_tls
+
+    return ensure_tls(
+        args.data_dir,
+        sans=args.tls_san,
+        trust_domain=args.trust_domain,
+        ca_cert=args.ca_cert,
+        ca_key=args.ca_key,
+    )
+
+
+_TLS_ONLY = {"--tls-san": "tls_san", "--ca-cert": "ca_cert", "--ca-key": "ca_key"}
 
 
 def push_settings(args: argparse.Namespace) -> PushSettings:
@@ -162,17 +197,70 @@ def run_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def run_token_create(args: argparse.Namespace) -> int:
+    from controller.auth import TokenStore, parse_ttl
+
+    ttl = _cli_refusal(parse_ttl, args.ttl, field="--ttl") if args.ttl is not None else None
+    url = resolve_database_url(args.database)
+    engine = open_database(url, migrate=False)
+    try:
+        tokens = TokenStore(Database(engine))
+        info, secret = _cli_refusal(tokens.create, args.name, args.role, actor=CLI_ACTOR, ttl=ttl)
+    finally:
+        engine.dispose()
+    print(secret)  # alone on stdout so `TOKEN=$(dnsmesh token create ...)` works
+    print(
+        f"created token {info.name!r} (role {info.role.value}"
+        f"{', expires ' + info.expires_at if info.expires_at else ''}); "
+        "it is shown only this once",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run_token_list(args: argparse.Namespace) -> int:
     from controller.auth import TokenStore
 
     url = resolve_database_url(args.database)
     engine = open_database(url, migrate=False)
     try:
-        info, secret = TokenStore(Database(engine)).create(args.name, args.role, actor=CLI_ACTOR)
+        tokens = TokenStore(Database(engine)).list()
     finally:
         engine.dispose()
-    print(secret)  # alone on stdout so `TOKEN=$(dnsmesh token create ...)` works
-    print(
-        f"created token {info.name!r} (role {info.role.value}); it is shown only this once",
-        file=sys.stderr,
-    )
+    rows = [("NAME", "ROLE", "PREFIX", "CREATED", "EXPIRES", "BY")]
+    rows += [
+        (t.name, t.role.value, t.prefix, t.created_at, t.expires_at or "never", t.created_by)
+        for t in tokens
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return 0
+
+
+def run_token_revoke(args: argparse.Namespace) -> int:
+    from controller.auth import TokenStore
+
+    url = resolve_database_url(args.database)
+    engine = open_database(url, migrate=False)
+    try:
+        _cli_refusal(TokenStore(Database(engine)).revoke, args.name, actor=CLI_ACTOR)
+    finally:
+        engine.dispose()
+    print(f"revoked token {args.name!r}", file=sys.stderr)
+    return 0
+
+
+T = TypeVar("T")
+
+
+def _cli_refusal(func: Callable[..., T], *args: Any, field: str = "", **kwargs: Any) -> T:
+    """The store's refusals (a bad name, no such token) as the command's error message."""
+    from controller.errors import AlreadyExists, InvalidRequest, NotFound
+
+    try:
+        return func(*args, **kwargs)
+    except InvalidRequest as error:
+        detail = "; ".join(f.message for f in error.fields)
+        raise ConfigError(f"{field + ' ' if field else ''}{error}: {detail}") from None
+    except (NotFound, AlreadyExists) as error:
+        raise ConfigError(str(error)) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +41,11 @@ class SyncConfig:
     ws_retry: float = 60.0  # while polling, try the WebSocket again this often
     poll_wait: float = 25.0  # long-poll: the controller holds a poll this long (max 30)
     report_interval: float = 20.0  # polling: report (stay shown connected) at least this often
+    ca_file: Path | None = None  # the CA bundle for an https/wss controller (else the system's)
+
+    def tls_context(self) -> ssl.SSLContext:
+        """A verifying client context: the --ca-file bundle, else the system's CAs."""
+        return tls_context(self.ca_file)
 
     @property
     def stream_url(self) -> str:
@@ -73,6 +79,15 @@ def http_url(url: str) -> str:
     return urlunsplit((http, netloc, path.removesuffix(STREAM_PATH), "", ""))
 
 
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    if ca_file is None:
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--ca-file {ca_file}: not a readable PEM CA bundle ({exc})") from exc
+
+
 def parse_labels(pairs: list[str]) -> dict[str, str]:
     labels: dict[str, str] = {}
     for pair in pairs:
@@ -99,6 +114,13 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
         help="an API token of role agent (default: $DNSMESH_AGENT_TOKEN)",
     )
     group.add_argument("--token-file", metavar="PATH", help="read the token from this file")
+    group.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        type=Path,
+        help="the CA bundle that vouches for an https:// controller (dnsmesh ca export; "
+        "default: the system's CAs); a certificate it does not vouch for is refused",
+    )
     group.add_argument("--node-name", help="this node's name (default: the hostname)")
     group.add_argument(
         "--label", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
@@ -160,6 +182,8 @@ def sync_config_from_args(args: argparse.Namespace) -> SyncConfig | None:
     if not token:
         raise ConfigError("--controller needs --token, --token-file or $DNSMESH_AGENT_TOKEN")
     _split(args.controller)
+    if args.ca_file is not None:
+        tls_context(args.ca_file)  # an unreadable bundle fails now, not at every connect
     timings = {
         "backoff_base": args.sync_backoff_base,
         "backoff_cap": args.sync_backoff_cap,
@@ -182,5 +206,6 @@ def sync_config_from_args(args: argparse.Namespace) -> SyncConfig | None:
         labels=parse_labels(args.label),
         mode=args.sync,
         poll_wait=args.sync_poll_wait,
+        ca_file=args.ca_file,
         **timings,
     )

@@ -58,6 +58,7 @@ class Poller:
             # A long-poll legitimately takes poll_wait; the margin covers a slow answer.
             timeout=httpx.Timeout(config.poll_wait + 10.0, connect=config.open_timeout),
             trust_env=False,  # the agent talks to its controller directly
+            verify=config.tls_context(),
         )
 
     async def run(self) -> None:

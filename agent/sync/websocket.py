@@ -123,9 +123,11 @@ class WebSocketChannel:
 async def _open(context: ChannelContext) -> ClientConnection:
     """The upgraded connection, or the error that says what to do next."""
     config = context.config
+    secure = config.stream_url.startswith("wss://")
     try:
         return await connect(
             config.stream_url,
+            ssl=config.tls_context() if secure else None,
             additional_headers={"Authorization": f"Bearer {config.token}"},
             user_agent_header=f"{context.software} (agent)",
             open_timeout=config.open_timeout,

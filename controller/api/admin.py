@@ -6,7 +6,7 @@ from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from controller.api.deps import (
     MAX_ID,
@@ -18,7 +18,7 @@ from controller.api.deps import (
     token_store,
 )
 from controller.api.errors import ApiError
-from controller.auth import Permission, Principal
+from controller.auth import Permission, Principal, parse_ttl
 from dnsmesh.errors import FieldError
 
 router = APIRouter()
@@ -37,6 +37,7 @@ _TOKEN_BODY: dict[str, Any] = {
                     "properties": {
                         "name": {"type": "string"},
                         "role": {"enum": ["admin", "editor", "viewer", "agent"]},
+                        "ttl": {"type": ["string", "null"], "pattern": "^[1-9][0-9]{0,9}[smhdw]$"},
                     },
                 }
             }
@@ -58,6 +59,19 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready", "revision": revision})
 
 
+@router.get(
+    "/v1/ca",
+    tags=["health"],
+    responses={200: {"content": {"application/x-pem-file": {}}}, 404: {}},
+)
+async def ca_bundle(request: Request) -> Response:
+    """The CA bundle clients trust (no token: certificates only, never a key)."""
+    bundle: str | None = request.app.state.ca_bundle
+    if bundle is None:
+        raise ApiError(404, "not_found", "this controller serves no TLS (start it with --tls)")
+    return Response(bundle, media_type="application/x-pem-file")
+
+
 @router.get("/v1/tokens", tags=["tokens"])
 async def list_tokens(request: Request, _who: Admin) -> JSONResponse:
     tokens = await blocking(token_store(request).list)
@@ -71,7 +85,7 @@ async def create_token(request: Request, who: Admin) -> JSONResponse:
         raise ApiError(
             422, "invalid_request", "send {name, role}", [FieldError("", "must be an object")]
         )
-    unknown = sorted(set(body) - {"name", "role"})
+    unknown = sorted(set(body) - {"name", "role", "ttl"})
     if unknown:
         raise ApiError(
             422,
@@ -79,8 +93,9 @@ async def create_token(request: Request, who: Admin) -> JSONResponse:
             "unknown fields",
             [FieldError(key, "unknown field") for key in unknown],
         )
+    ttl = parse_ttl(body["ttl"]) if body.get("ttl") is not None else None
     info, secret = await blocking(
-        token_store(request).create, body.get("name"), body.get("role"), actor=who.name
+        token_store(request).create, body.get("name"), body.get("role"), actor=who.name, ttl=ttl
     )
     log_change("token.created", who, token=info.name, role=info.role.value)
     # The secret is in this response and nowhere else, ever.

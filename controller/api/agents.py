@@ -86,7 +86,7 @@ from controller.agent_events import AgentConnected, Nacked
 from controller.api.deps import MAX_ID, blocking, json_body, log_change, policy_store, require
 from controller.api.errors import RETRY_AFTER_S, ApiError, error_body, from_store_error
 from controller.api.selectors import LabelQuery, has_labels, label_selector
-from controller.auth import Permission, Principal, Role, TokenStore
+from controller.auth import Permission, Principal, Role, TokenExpired, TokenStore
 from controller.errors import DatabaseUnavailable
 from controller.hub import Hub
 from controller.services.agent_state import Forgotten
@@ -148,6 +148,7 @@ async def agent_stream(websocket: WebSocket) -> None:
     header = websocket.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     principal = None
+    refused = "a valid bearer token of role agent is required"
     if scheme.lower() == "bearer" and secret.strip():
         tokens: TokenStore = websocket.app.state.tokens
         try:
@@ -159,8 +160,10 @@ async def agent_stream(websocket: WebSocket) -> None:
             )
             await websocket.send_denial_response(response)
             return
+        except TokenExpired:
+            refused = "the token has expired"
     if principal is None:
-        body = error_body("unauthorized", "a valid bearer token of role agent is required")
+        body = error_body("unauthorized", refused)
         await websocket.send_denial_response(JSONResponse(body, 401, headers=_BEARER))
         return
     if principal.role not in _AGENT_ROLES:

@@ -22,7 +22,10 @@ from controller.services.agent_state import AgentStateService
 from controller.services.policies import PolicyService
 
 
-def create_app(db: Database, push: PushSettings | None = None) -> FastAPI:
+def create_app(
+    db: Database, push: PushSettings | None = None, *, ca_bundle: str | None = None
+) -> FastAPI:
+    """``ca_bundle``: the PEM that GET /v1/ca serves (a controller with --tls), else None."""
     settings = push or PushSettings()
     policy_service = PolicyService(db, agent_stale_after=settings.stale_after)
     hub = build_hub(db, settings, policy_service)
@@ -46,6 +49,7 @@ def create_app(db: Database, push: PushSettings | None = None) -> FastAPI:
     app.state.tokens = TokenStore(db)
     app.state.refusals = RefusalAudit(db)
     app.state.hub = hub
+    app.state.ca_bundle = ca_bundle
     install_error_handlers(app)
     app.add_middleware(RefuseNul)
     app.include_router(admin.router)

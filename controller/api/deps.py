@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from controller.api.body import MAX_DEPTH, MAX_INT, BodyRefused, check_body
 from controller.api.errors import ApiError
 from controller.api.refusals import RefusalAudit
-from controller.auth import Permission, Principal, TokenStore
+from controller.auth import Permission, Principal, TokenExpired, TokenStore
 from controller.services.policies import IfMatch, PolicyService
 from dnsmesh.logs import fields
 
@@ -61,9 +61,12 @@ def require(
         secret = secret.strip()
         if scheme.lower() != "bearer" or not secret:
             await _refuse(request, 401, "a bearer token is required", None, None)
-        principal = await blocking(
-            token_store(request).authenticate, secret, known_if_away=stale_ok
-        )
+        try:
+            principal = await blocking(
+                token_store(request).authenticate, secret, known_if_away=stale_ok
+            )
+        except TokenExpired:
+            await _refuse(request, 401, "the token has expired", None, secret)
         if principal is None:
             await _refuse(request, 401, "the token is unknown or revoked", None, secret)
         elif not principal.can(permission):

@@ -105,6 +105,8 @@ class TokenRow(Base):
     prefix: Mapped[str] = mapped_column(String(16), nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     created_by: Mapped[str] = mapped_column(String(63), nullable=False)
+    # NULL: valid until revoked; else refused (401 "the token has expired") from then on.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class AgentRow(Base):
