@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -107,7 +108,17 @@ def test_up_runs_a_mesh_that_answers_at_once_and_stops_cleanly(
         f"127.0.0.1:{free_port()}",  # nobody serves it: nothing leaves the machine
     )
     with dnsmesh_up(tmp_path, *args) as (process, out):
-        assert f"http://127.0.0.1:{api}" in out and f"127.0.0.1:{dns} (UDP and TCP)" in out
+        assert f"https://127.0.0.1:{api}" in out and f"127.0.0.1:{dns} (UDP and TCP)" in out
+        bundle = data / "tls" / "ca-bundle.pem"
+        assert f"CA bundle    {bundle}" in out
+        # The API is HTTPS only, vouched for by the bundle in the data folder and nothing else.
+        assert _healthy(api, bundle)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{api}/healthz", timeout=2.0, trust_env=False)
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(f"https://127.0.0.1:{api}/healthz", timeout=2.0, trust_env=False)
+        assert (data / "tls" / "ca-key.pem").stat().st_mode & 0o777 == 0o600
+        assert (data / "tls" / "server-key.pem").stat().st_mode & 0o777 == 0o600
         assert str(data / "admin-token") in out and "policy/checkout created" in out
         assert "4 from " in out
         # Answered at once: the summary is printed only after the agent ACKed the policies.
@@ -226,7 +237,11 @@ def test_up_restarts_a_dead_child_and_the_agent_answers_throughout(tmp_path: Pat
                 what="the controller restarted",
             )
             assert restarted
-            wait_until(lambda: _healthy(api), timeout=30, what="the new controller healthy")
+            wait_until(
+                lambda: _healthy(api, data / "tls" / "ca-bundle.pem"),
+                timeout=30,
+                what="the new controller healthy",
+            )
         finally:
             answers.stop()
         # The agent answered all along: the name comes from its state, not the controller.
@@ -238,7 +253,12 @@ def test_up_restarts_a_dead_child_and_the_agent_answers_throughout(tmp_path: Pat
             "spec: {domain: api.mesh.internal, endpoints: [{address: 127.0.10.8}]}\n"
         )
         token = (data / "admin-token").read_text().strip()
-        env = {**os.environ, "DNSMESH_SERVER": f"http://127.0.0.1:{api}", "DNSMESH_TOKEN": token}
+        env = {
+            **os.environ,
+            "DNSMESH_SERVER": f"https://127.0.0.1:{api}",
+            "DNSMESH_TOKEN": token,
+            "DNSMESH_CA_FILE": str(data / "tls" / "ca-bundle.pem"),
+        }
         done = subprocess.run(
             [sys.executable, "-m", "cli.main", "apply", "-f", str(policies)],
             env=env,
@@ -273,10 +293,13 @@ def test_up_restarts_a_dead_child_and_the_agent_answers_throughout(tmp_path: Pat
     assert _no_child_left(data)
 
 
-def _healthy(port: int) -> bool:
+def _healthy(port: int, ca_file: Path) -> bool:
     try:
         return httpx.get(
-            f"http://127.0.0.1:{port}/healthz", timeout=1.0, trust_env=False
+            f"https://127.0.0.1:{port}/healthz",
+            timeout=1.0,
+            trust_env=False,
+            verify=ssl.create_default_context(cafile=str(ca_file)),
         ).is_success
     except httpx.HTTPError:
         return False

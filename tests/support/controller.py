@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-_LISTENING = re.compile(r"controller\.listening address=(\S+)")
+_LISTENING = re.compile(r"controller\.listening address=\S+ url=(\S+)")  # http:// or https://
 START_TIMEOUT = 30.0
 
 
@@ -64,7 +64,7 @@ class ControllerProcess:
                 break
             match = _LISTENING.search(line)
             if match:
-                self.base_url = f"http://{match.group(1)}"
+                self.base_url = match.group(1)
         if not self.base_url:
             self.__exit__(None, None, None)
             raise AssertionError("controller did not start:\n" + "".join(self.stderr_lines))
