@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,9 +123,13 @@ def running_controller(
 class Rest:
     """The REST API with the admin token."""
 
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, ca_file: Path | None = None) -> None:
+        verify = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
         self.http = httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10.0
+            base_url=url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10.0,
+            verify=verify,
         )
 
     def close(self) -> None:
