@@ -370,7 +370,10 @@ def test_tokens_api(api: Api, controller_db: Any) -> None:
     created = api.post("/v1/tokens", json={"name": "ci", "role": "editor"})
     assert created.status_code == 201
     body = created.json()
-    assert set(body) == {"name", "role", "prefix", "created_at", "created_by", "token"}
+    assert set(body) == {
+        "name", "role", "prefix", "created_at", "created_by", "expires_at", "token"
+    }  # fmt: skip
+    assert body["expires_at"] is None  # no ttl: valid until revoked
     secret = body["token"]
     assert secret.startswith("dnsm_") and len(secret) >= 40
     assert body["prefix"] == secret[:12] and body["created_by"] == "admin-token"
@@ -384,7 +387,10 @@ def test_tokens_api(api: Api, controller_db: Any) -> None:
         "editor-token",
         "viewer-token",
     ]
-    assert all(set(t) == {"name", "role", "prefix", "created_at", "created_by"} for t in listing)
+    assert all(
+        set(t) == {"name", "role", "prefix", "created_at", "created_by", "expires_at"}
+        for t in listing
+    )
     assert secret not in api.get("/v1/tokens").text
     assert_error(
         api.post("/v1/tokens", json={"name": "ci", "role": "viewer"}), 409, "already_exists"
