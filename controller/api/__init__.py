@@ -1,6 +1,7 @@
 """The controller's REST API (FastAPI); ``create_app(Database)`` builds it.
 
-Every route but /healthz, /readyz and /openapi.json needs ``Authorization: Bearer dnsm_...``.
+Every route but /healthz, /readyz, /v1/ca and /openapi.json needs
+``Authorization: Bearer dnsm_...``.
 Bodies are JSON; a policy body is the same document as one YAML policy document.
 
 Policies (read: viewer, editor, admin, agent; write: editor, admin)
@@ -54,11 +55,14 @@ the resulting policy; ETag/If-Match are the policy's revision)
     DELETE /v1/policies/{name}/slices/{id}       200 {"deleted": id, "policy": name, "revision": R}
 
 Tokens (admin)
-    POST   /v1/tokens {"name", "role"}           201 {"name","role","prefix","created_at",
-                                                   "created_by","token"}: the only time the
-                                                   secret is shown; 409 name taken
+    POST   /v1/tokens {"name", "role", "ttl"?}   201 {"name","role","prefix","created_at",
+                                                   "created_by","expires_at","token"}: the
+                                                   only time the secret is shown; 409 name
+                                                   taken. ttl: "90s", "30m", "1h", "7d",
+                                                   "2w" (at most 3650d), else 422; without
+                                                   it expires_at is null (until revoked)
     GET    /v1/tokens                            200 {"items": [{name, role, prefix,
-                                                   created_at, created_by}]}
+                                                   created_at, created_by, expires_at}]}
     DELETE /v1/tokens/{name}                     200 {"revoked": name}
 
 Audit (viewer, editor, admin)
@@ -133,15 +137,18 @@ Endpoint health (the quorum rule: dnsmesh/quorum.py; shapes: controller/api/endp
   A change of the down set is a revision of its own, audited with actor "quorum"
   (operation endpoints.down, target down-set).
 
-Health (no token)
+Health and trust (no token)
     GET /healthz  200 {"status": "ok"}
+    GET /v1/ca    200 the CA bundle (application/x-pem-file) of a controller with --tls;
+                  404 without TLS
     GET /readyz   200 {"status": "ready", "revision": R} | 503 database_unavailable
 
 Errors: every error status has one shape, with ``fields`` always present:
     {"error": {"code": CODE, "message": TEXT, "fields": [{"path": P, "message": M}]}}
     400 malformed_json        the body is empty, not JSON, or nests deeper than 32 levels
     400 bad_request           the URL path or query holds NUL (%00)
-    401 unauthorized          no/unknown/revoked token (with WWW-Authenticate: Bearer)
+    401 unauthorized          no/unknown/revoked/expired token (with WWW-Authenticate:
+                              Bearer; an expired one says "the token has expired")
     403 forbidden             the token's role may not do this
     404 not_found             no such policy, slice, token or route
     405 method_not_allowed
