@@ -296,11 +296,14 @@ def run_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     from cli.trust import client_context
     from controller.tls_store import ensure_tls
 
-    sans = [] if api_host in ("0.0.0.0", "::") else [api_host]
+    # A wildcard listener is reached (and its certificate checked) on loopback.
+    wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+    client_host = wildcard.get(api_host, api_host)
+    sans = [] if api_host in wildcard else [api_host]
     tls_flags = ["--tls", "--data-dir", str(data_dir), *(f for s in sans for f in ("--tls-san", s))]
     ca_file = ensure_tls(data_dir, sans=sans).bundle_file
     trust = client_context(ca_file)
-    api = f"https://{_url_host(api_host)}:{api_port}"
+    api = f"https://{_url_host(client_host)}:{api_port}"
     logging_flags = ["--log-level", args.log_level, "--log-format", args.log_format]
 
     stop = threading.Event()
