@@ -54,10 +54,19 @@ def tls_dir(data_dir: Path) -> Path:
     return data_dir / "tls"
 
 
-def serving_names(extra: list[str]) -> list[ca.Name]:
-    """localhost, 127.0.0.1, ::1, this host's name, and every --tls-san."""
-    wanted = ["localhost", "127.0.0.1", "::1", socket.gethostname(), *extra]
-    return [ca.parse_san(name) for name in wanted if name]
+def serving_names(extra: list[str], host_name: str | None = None) -> list[ca.Name]:
+    """localhost, 127.0.0.1, ::1, this host's name, and every --tls-san.
+
+    A host name that is no DNS name (``my_box``) is left out with a warning rather than
+    stop the controller; a bad --tls-san is the operator's to fix and is refused.
+    """
+    names = [ca.parse_san(name) for name in ("localhost", "127.0.0.1", "::1", *extra)]
+    host = socket.gethostname() if host_name is None else host_name
+    try:
+        names.append(ca.parse_san(host))
+    except ConfigError:
+        log.warning("tls.host_name_left_out", extra=fields(host_name=host))
+    return names
 
 
 def ensure_tls(

@@ -140,3 +140,13 @@ def test_the_cli_default_trust_domain_is_the_ca_modules() -> None:
     from controller.cli import DEFAULT_TRUST_DOMAIN
 
     assert DEFAULT_TRUST_DOMAIN == ca.DEFAULT_TRUST_DOMAIN
+
+
+def test_a_host_name_that_is_no_dns_name_is_left_out_not_fatal() -> None:
+    from controller.tls_store import serving_names
+
+    assert x509.DNSName("box-1") in serving_names([], host_name="box-1")
+    names = serving_names(["ctl.example.org"], host_name="my_box")
+    assert names == [*NAMES, x509.DNSName("ctl.example.org")]
+    with pytest.raises(ConfigError, match="--tls-san 'my_box'"):
+        serving_names(["my_box"], host_name="box-1")
