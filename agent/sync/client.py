@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable
 
@@ -168,6 +169,17 @@ class AgentSync:
             ) as exc:
                 error = describe(exc)
                 refused = isinstance(exc, ConnectionRefusedError | httpx.ConnectError)
+                if _untrusted(exc):
+                    # Retried like any failure (the controller may get a new certificate),
+                    # but at error level: this is a configuration to fix, not a blip.
+                    log.error(
+                        "sync.controller_untrusted",
+                        extra=fields(
+                            controller=config.controller,
+                            ca_file=str(config.ca_file) if config.ca_file else "system CAs",
+                            error=error,
+                        ),
+                    )
             finally:
                 context.transport = None
                 self._channel = None
@@ -207,3 +219,13 @@ class AgentSync:
             task = asyncio.get_running_loop().create_task(channel.report_quietly())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+
+def _untrusted(exc: BaseException) -> bool:
+    """The controller's certificate failed verification (directly or as a cause)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -280,11 +280,14 @@ def test_an_agent_with_the_wrong_ca_never_connects(
         rest.put(policy("web", ["127.0.30.1"], domain="web.mesh.internal"))
         synced = start_synced(process.base_url, database[1]["agent"], ca_file=other_ca)
         wait_until(
-            lambda: any("CERTIFICATE_VERIFY_FAILED" in r.getMessage() + str(r.__dict__)
-                        for r in caplog.records),
+            lambda: any(r.getMessage() == "sync.controller_untrusted" for r in caplog.records),
             timeout=20,
             what="the refused certificate logged",
-        )  # fmt: skip
+        )
+        untrusted = next(r for r in caplog.records if r.getMessage() == "sync.controller_untrusted")
+        assert untrusted.levelname == "ERROR"
+        assert "CERTIFICATE_VERIFY_FAILED" in str(untrusted.__dict__)
+        assert str(other_ca) in str(untrusted.__dict__)
         assert synced.transport is None  # not downgraded to anything
         assert not synced.resolve("web.mesh.internal")  # never had the policy
         assert rest.agents() == []  # the controller never heard from it
