@@ -17,8 +17,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
+from fastapi.testclient import TestClient
 
 from controller import ca
+from controller.api import create_app
+from controller.db.engine import build_engine
+from controller.db.session import Database
 from controller.tls_store import ensure_tls
 from dnsmesh.errors import ConfigError
 from tests.integration.controller_support import run_cli
@@ -325,3 +329,14 @@ def _intermediate(root: ca.Issued, now: datetime) -> ca.Issued:
         .sign(root.key, hashes.SHA256())
     )
     return ca.Issued(key, certificate)
+
+
+def test_a_controller_without_tls_has_no_ca_route(tmp_path: Path) -> None:
+    engine = build_engine(migrated_sqlite(tmp_path / "db"))
+    try:
+        with TestClient(create_app(Database(engine))) as client:
+            response = client.get("/v1/ca")
+        assert response.status_code == 404
+        assert "serves no TLS" in response.json()["error"]["message"]
+    finally:
+        engine.dispose()
