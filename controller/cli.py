@@ -1,4 +1,4 @@
-"""The controller's subcommands: controller, db upgrade, token create (apply, get, delete: client).
+"""The controller's subcommands: controller, db upgrade, token create|list|revoke, ca export.
 
 Each handler imports its heavy modules only when it runs. To add a subcommand, add a
 parser in ``add_controller_commands`` with ``parents=[common]`` and ``set_defaults(run=fn)``.

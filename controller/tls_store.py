@@ -176,6 +176,12 @@ def _load_certificates(path: Path) -> list[x509.Certificate]:
 
 
 def _load_key(path: Path) -> object:
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        mode = 0
+    if mode & 0o077:  # a key others can read may already be someone else's too
+        log.warning("tls.key_readable_by_others", extra=fields(path=str(path), mode=oct(mode)))
     raw = _read_bytes(path)
     if raw is None:
         raise ConfigError(f"cannot read the key file {path}")

@@ -340,3 +340,16 @@ def test_a_controller_without_tls_has_no_ca_route(tmp_path: Path) -> None:
         assert "serves no TLS" in response.json()["error"]["message"]
     finally:
         engine.dispose()
+
+
+def test_a_ca_key_others_can_read_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    ensure_tls(data, sans=[])
+    ensure_tls(data, sans=[])
+    assert not [r for r in caplog.records if r.getMessage() == "tls.key_readable_by_others"]
+    (data / "tls" / "ca-key.pem").chmod(0o644)
+    ensure_tls(data, sans=[])
+    warned = [r for r in caplog.records if r.getMessage() == "tls.key_readable_by_others"]
+    assert len(warned) == 1 and warned[0].levelname == "WARNING"
