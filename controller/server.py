@@ -73,15 +73,19 @@ def run_controller(args: argparse.Namespace) -> int:
     import uvicorn
 
     from controller.api import create_app
+    from controller.api.body import DEFAULT_MAX_BODY
 
     url = resolve_database_url(args.database)
     host, port = parse_listen(args.listen)
     push = push_settings(args)  # flags first: a bad one fails before any socket or database
+    max_body = DEFAULT_MAX_BODY if args.max_body is None else args.max_body
+    if max_body < 1:
+        raise ConfigError("--max-body must be at least 1 byte")
     engine = open_database(url, migrate=args.migrate)
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
-    app = create_app(Database(engine), push)
+    app = create_app(Database(engine), push, max_body=max_body)
     config = uvicorn.Config(
         app,
         log_config=None,  # our handlers (dnsmesh.logs) format uvicorn's records too

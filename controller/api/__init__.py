@@ -155,7 +155,10 @@ Errors: every error status has one shape, with ``fields`` always present:
     409 apply_refused         a document of POST /v1/policies:apply was refused (422 when
                               every refused one is invalid); nothing was applied
     412 precondition_failed   If-Match is stale
-    413 payload_too_large
+    413 payload_too_large     the body is larger than --max-body (1 MiB by default), the
+                              limit named: a Content-Length past it is refused before the
+                              body is read, a chunked body when it passes it; the
+                              connection is then closed (Connection: close)
     422 invalid_policy        fields name every offending path, e.g. spec.endpoints[1].weight
                               (slice writes report paths in the whole policy: spec.slices[2].groups)
     422 invalid_request       a bad query parameter, token name or role; a body string or
