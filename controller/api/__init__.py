@@ -165,6 +165,11 @@ Errors: every error status has one shape, with ``fields`` always present:
                               key holding NUL or a lone surrogate (on every route)
     503 database_unavailable  the database is down or dropped the connection; nothing was
                               written; Retry-After: 1
+    503 commit_unknown        the database connection was lost during COMMIT: the write
+                              may or may not have landed. Dnsmesh-Unknown-Revision: R names
+                              the revision it would have (the last, for an :apply); re-read
+                              (GET /readyz, the policy's ETag) before writing again. No
+                              Retry-After: a blind retry of a POST could write twice
   While the database is away, GET /v1/policies and GET /v1/policies/{name} answer 200 from
   the push hub's copy when it has one (after the first agent), with Warning: 110 - "stale:
   database unavailable", X-Dnsmesh-Stale: true and X-Dnsmesh-Stale-Revision: R, for a
