@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dnsmesh.controller")
 
+# agents.replica is VARCHAR(128): a longer id would fail every agent write on PostgreSQL.
+MAX_REPLICA_ID = 128
 CLI_ACTOR = "cli"  # the audit log's "who" for changes made with a local command
 
 
@@ -129,6 +131,8 @@ def push_settings(args: argparse.Namespace) -> PushSettings:
             "--ping-interval and --catch-up-interval must be > 0, --change-retention >= 0"
         )
     if args.replica_id:
+        if len(args.replica_id) > MAX_REPLICA_ID:
+            raise ConfigError(f"--replica-id must be at most {MAX_REPLICA_ID} characters")
         settings = dataclasses.replace(settings, replica_id=args.replica_id)
     return dataclasses.replace(settings, health=health_settings(args))
 
