@@ -2,6 +2,12 @@
 
 What a query gets is decided by agent.entry.QueryEntry, the same for both transports; a
 listener only reads, frames, fits a response to UDP and writes.
+
+Only UDP is rate limited (``--rate-limit``, checked before a datagram is even parsed): a
+UDP source address can be forged, so a flood "from" a client may be an attack on it, and
+the limit's TC=1 slips send real clients to TCP, which must then work. A TCP client has
+completed a handshake, so its address is its own, and what it can make us hold is bounded
+already (--tcp-max-connections, --tcp-max-pipelined, the idle timeout).
 """
 
 from __future__ import annotations
@@ -83,10 +89,16 @@ class UdpListener(asyncio.BaseTransport):
         entry = self.entry
         if not entry.accepting:
             return  # draining: a datagram is not accepted; the client retries elsewhere
+        limiter = entry.limiter
+        if limiter is not None and not limiter.allow(addr[0], entry.clock()):
+            slipped = entry.over_limit(data)
+            if slipped is not None:
+                self.send(slipped, addr)
+            return
         wire = entry.answer_now(data, addr[0])
         if wire.__class__ is bytes:  # the common case first: answered at once
             if len(wire) > 512:  # every client takes 512 (RFC 1035 §4.2.1): skip the rest
-                wire = entry.fit_udp_reply(wire, data)
+                wire = entry.fit_udp_reply(wire, data, addr[0])
             if self._backlog:
                 self._hold(wire, addr)  # keep replies in order behind those waiting
                 return
@@ -98,10 +110,10 @@ class UdpListener(asyncio.BaseTransport):
                 log.debug("udp.send_failed", extra=fields(error=str(exc)))
             return
         if isinstance(wire, Query) and not entry.full():
-            entry.spawn(self._forward(wire, addr))
+            entry.spawn(self._forward(wire, addr, len(data)))
 
-    async def _forward(self, query: Query, addr: Any) -> None:
-        self.send(await self.entry.forward(query, addr[0], True), addr)
+    async def _forward(self, query: Query, addr: Any, size: int) -> None:
+        self.send(await self.entry.forward(query, addr[0], size), addr)
 
     def send(self, wire: bytes, addr: Any) -> None:
         """sendto, holding the reply while the send buffer is full (dropped when closed)."""
@@ -294,7 +306,7 @@ class TcpConnection(asyncio.Protocol):
 
     async def _forward(self, query: Query) -> None:
         try:
-            self._send(await self.entry.forward(query, self.client, False))
+            self._send(await self.entry.forward(query, self.client, None))
         finally:
             self.pending -= 1
             if self.closing and self.pending == 0 and self.transport is not None:
