@@ -7,7 +7,7 @@ Only UDP is rate limited (``--rate-limit``, checked before a datagram is even pa
 UDP source address can be forged, so a flood "from" a client may be an attack on it, and
 the limit's TC=1 slips send real clients to TCP, which must then work. A TCP client has
 completed a handshake, so its address is its own, and what it can make us hold is bounded
-already (--tcp-max-connections, --tcp-max-pipelined, the idle timeout).
+already (--tcp-max-connections, 64 pipelined queries each, the idle timeout).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class UdpListener(asyncio.BaseTransport):
     and close it as it does its other transports.
     """
 
-    __slots__ = ("_backlog", "_fd", "_loop", "closed", "entry", "sock")
+    __slots__ = ("_backlog", "_fd", "_loop", "_receive", "closed", "entry", "sock")
 
     def __init__(
         self,
@@ -67,12 +67,14 @@ class UdpListener(asyncio.BaseTransport):
         self._loop = asyncio.get_running_loop() if loop is None else loop
         self._fd = sock.fileno()
         self._backlog: deque[tuple[bytes, Any]] = deque()
+        # Chosen once: without a rate limit, a datagram costs no limit check at all.
+        self._receive = self.datagram_received if entry.limiter is None else self._limited
         sock.setblocking(False)
         self._loop.add_reader(self._fd, self._readable)
 
     def _readable(self) -> None:
         recvfrom = self.sock.recvfrom
-        received = self.datagram_received
+        received = self._receive
         for _ in range(_DRAIN):
             try:
                 data, addr = recvfrom(_RECV_SIZE)
@@ -89,12 +91,6 @@ class UdpListener(asyncio.BaseTransport):
         entry = self.entry
         if not entry.accepting:
             return  # draining: a datagram is not accepted; the client retries elsewhere
-        limiter = entry.limiter
-        if limiter is not None and not limiter.allow(addr[0], entry.clock()):
-            slipped = entry.over_limit(data)
-            if slipped is not None:
-                self.send(slipped, addr)
-            return
         wire = entry.answer_now(data, addr[0])
         if wire.__class__ is bytes:  # the common case first: answered at once
             if len(wire) > 512:  # every client takes 512 (RFC 1035 §4.2.1): skip the rest
@@ -111,6 +107,19 @@ class UdpListener(asyncio.BaseTransport):
             return
         if isinstance(wire, Query) and not entry.full():
             entry.spawn(self._forward(wire, addr, len(data)))
+
+    def _limited(self, data: bytes, addr: Any) -> None:
+        """``datagram_received`` behind the rate limit (``--rate-limit``): a datagram over
+        its source's rate is not parsed; one in ``slip`` gets TC=1, the rest nothing."""
+        entry = self.entry
+        limiter = entry.limiter
+        if limiter is not None and not limiter.allow(addr[0], entry.clock()):
+            if entry.accepting:
+                slipped = entry.over_limit(data)
+                if slipped is not None:
+                    self.send(slipped, addr)
+            return
+        self.datagram_received(data, addr)
 
     async def _forward(self, query: Query, addr: Any, size: int) -> None:
         self.send(await self.entry.forward(query, addr[0], size), addr)
