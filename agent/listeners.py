@@ -257,7 +257,15 @@ class TcpConnection(asyncio.Protocol):
         self.connections.live.add(self)
         peer = self.transport.get_extra_info("peername")
         self.client = peer[0] if peer else ""
-        if not self.entry.accepting or not self.connections.admit(self):
+        entry = self.entry
+        if entry.refuse_drop and not entry.acl.allows(self.client):
+            # --refuse-mode drop: a client not allowed gets nothing, not even a connection
+            # to hold open until the idle timeout. (Refuse mode answers each query REFUSED.)
+            self.closing = True
+            self.transport.abort()
+            entry.counts["refused"] += 1
+            return
+        if not entry.accepting or not self.connections.admit(self):
             self.closing = True
             self.transport.abort()
             self.entry.counts["dropped"] += 1

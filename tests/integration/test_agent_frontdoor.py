@@ -3,6 +3,7 @@ amplification guard, over real sockets from several loopback source addresses.""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -56,8 +57,17 @@ def test_refuse_mode_drop_sends_nothing(tmp_path: Path, start_agent: StartAgent)
     )
     with pytest.raises(dns.exception.Timeout):
         agent.query("door.mesh.test", source="127.0.0.2", timeout=0.5)
+    # Over TCP the connection itself is closed at once, rather than held until idle.
+    with socket.create_connection((agent.host, agent.port), 2, ("127.0.0.2", 0)) as sock:
+        sock.settimeout(2)
+        wire = dns.message.make_query("door.mesh.test", "A").to_wire()
+        with contextlib.suppress(ConnectionError):
+            sock.sendall(len(wire).to_bytes(2, "big") + wire)
+        with contextlib.suppress(ConnectionError):
+            assert sock.recv(4096) == b""
     assert agent.query("door.mesh.test", source="127.0.0.1").answer
-    assert agent.server.counts()["refused"] == 1
+    assert agent.query("door.mesh.test", source="127.0.0.1", tcp=True).answer
+    assert agent.server.counts()["refused"] == 2
 
 
 def test_allow_everything_opens_it(tmp_path: Path, start_agent: StartAgent) -> None:
