@@ -173,7 +173,7 @@ def test_a_flood_from_one_source_is_limited_and_another_source_stays_fast(
     assert tc > 0 and tc <= counts["ratelimited"] // 2
     # Without the limit this flood leaves the other source nothing: every one of its
     # lookups times out (1 s). With it, none is lost, the median stays about a loopback
-    # round trip and the p99 measured 20-25 ms on the shared 2-core machine (the agent runs
+    # round trip and the p99 measured 12-70 ms on the shared 2-core machine (the agent runs
     # in this process, so it shares the GIL with this client; the flood's 20k queries/s
     # still cost it a recvfrom and a bucket each): 10 ms is not robust here, 250 ms is.
     assert took[-1] < 1.0, "a lookup from the other source was lost"
