@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from dnsmesh.admission import LOOPBACK, Network, parse_network
 from dnsmesh.errors import ConfigError
 
 DNS_PORT = 53
@@ -116,6 +117,20 @@ class AgentConfig:
     # Health (agent/probes/): probing can be turned off; the mesh-wide down set still applies.
     probes: bool = True
     probe_report_interval: float = 5.0  # probe reports to the controller, batched this often
+    # Front door (dnsmesh/admission.py). allow None: loopback plus the listen addresses
+    # (and the node's own addresses when listening on a wildcard), see agent/frontdoor.py.
+    allow: tuple[Network, ...] | None = None
+    refuse_drop: bool = False  # --refuse-mode drop: send nothing to a client not allowed
+    rate_limit: float = 0.0  # queries per second per source prefix over UDP; 0: off
+    rate_limit_burst: int = 0  # 0: as many as one second's rate
+    rate_limit_exempt: tuple[Network, ...] = ()
+    rate_limit_v4_prefix: int = 32
+    rate_limit_v6_prefix: int = 64
+    rate_limit_slip: int = 2  # every 2nd query over the limit gets TC=1, the rest dropped
+    amplification_factor: int = 10  # UDP answers over 512 octets: at most this x the query
+    # Clients the guard trusts: loopback cannot be forged from the wire, and the node's own
+    # clients keep getting whole EDNS answers over UDP.
+    amplification_exempt: tuple[Network, ...] = LOOPBACK
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
@@ -144,6 +159,16 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         raise ConfigError("--cache-max-ttl must be at least 1")
     if args.max_inflight < 1 or args.tcp_max_connections < 1:
         raise ConfigError("--max-inflight and --tcp-max-connections must be at least 1")
+    allow = _networks("--allow", args.allow) if args.allow else None
+    exempt = _networks("--rate-limit-exempt", args.rate_limit_exempt or [])
+    if args.rate_limit < 0 or args.rate_limit_burst < 0 or args.rate_limit_slip < 0:
+        raise ConfigError(
+            "--rate-limit, --rate-limit-burst and --rate-limit-slip cannot be negative"
+        )
+    if not 0 <= args.rate_limit_prefix_v4 <= 32 or not 0 <= args.rate_limit_prefix_v6 <= 128:
+        raise ConfigError("--rate-limit-prefix-v4 is 0-32 and --rate-limit-prefix-v6 is 0-128")
+    if args.amplification_factor < 0:
+        raise ConfigError("--amplification-factor cannot be negative")
     return AgentConfig(
         listen=listen,
         upstreams=upstreams,
@@ -166,4 +191,20 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         probes=not getattr(args, "no_probes", False),
         probe_report_interval=getattr(args, "probe_report_interval", 5.0),
         udp_rcvbuf=udp_rcvbuf,
+        allow=allow,
+        refuse_drop=args.refuse_mode == "drop",
+        rate_limit=args.rate_limit,
+        rate_limit_burst=args.rate_limit_burst,
+        rate_limit_exempt=exempt,
+        rate_limit_v4_prefix=args.rate_limit_prefix_v4,
+        rate_limit_v6_prefix=args.rate_limit_prefix_v6,
+        rate_limit_slip=args.rate_limit_slip,
+        amplification_factor=args.amplification_factor,
     )
+
+
+def _networks(flag: str, texts: list[str]) -> tuple[Network, ...]:
+    try:
+        return tuple(parse_network(text) for text in texts)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None

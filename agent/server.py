@@ -16,6 +16,7 @@ from typing import Any
 from agent.cache import Cache
 from agent.config import AgentConfig, HostPort
 from agent.entry import QueryEntry
+from agent.frontdoor import build_acl, build_limiter
 from agent.handlers.loopguard import LoopGuard
 from agent.listeners import (
     TcpConnection,
@@ -31,6 +32,7 @@ from agent.resolvconf import is_self, upstreams_from_resolv_conf
 from agent.served import ServedSnapshot
 from agent.shutdown import CANCEL_GRACE, finish_by
 from agent.upstream import UpstreamClient
+from dnsmesh.admission import ClientAcl
 from dnsmesh.dnsforward import UpstreamAnswer
 from dnsmesh.errors import ConfigError
 from dnsmesh.logs import fields
@@ -81,7 +83,16 @@ class AgentServer:
             stale_ttl=config.stale_ttl,
             stale_answer_after=config.stale_answer_after,
         )
-        self.entry = QueryEntry(self.pipeline, config.max_inflight)
+        self.entry = QueryEntry(
+            self.pipeline,
+            config.max_inflight,
+            acl=build_acl(config),
+            refuse_drop=config.refuse_drop,
+            limiter=build_limiter(config),
+            amplification_factor=config.amplification_factor,
+            amplification_exempt=ClientAcl(config.amplification_exempt),
+            clock=clock,
+        )
         self.tcp_connections = TcpConnections(config.tcp_max_connections)
         # Health decides the effective weights (ejections, mesh-wide down set, latency);
         # the holder above turns base and weights into what is answered.
