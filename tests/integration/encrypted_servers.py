@@ -14,13 +14,20 @@ import asyncio
 import contextlib
 import ssl
 import struct
+from pathlib import Path
+from typing import Any
 
 import h2.config
 import h2.connection
 import h2.events
 import trustme
+import uvicorn
 
 from tests.integration.fakedns import FakeUpstream, LoopThread
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
+
+DOH_NAME = "dns.test"  # the name an Http11DohServer's certificate is valid for
 
 
 def server_context(ca: trustme.CA, *names: str, alpn: list[str] | None = None) -> ssl.SSLContext:
@@ -257,5 +264,83 @@ class BlackHole:
             if self._server is not None:
                 self._server.close()
                 await self._server.wait_closed()
+
+        self.loop_thread.run(stop())
+
+
+class Http11DohServer:
+    """DoH over HTTP/1.1 only: uvicorn with TLS and no ALPN ``h2``, so a client that offers
+    HTTP/2 must settle for HTTP/1.1. Records the HTTP version and client port per request."""
+
+    def __init__(
+        self,
+        loop_thread: LoopThread,
+        backend: FakeUpstream,
+        ca: trustme.CA,
+        workdir: Path,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.loop_thread = loop_thread
+        self.backend = backend
+        self.host = host
+        self.port = free_port(host)
+        cert = ca.issue_cert(DOH_NAME)
+        self.cert_file, self.key_file = workdir / "doh-cert.pem", workdir / "doh-key.pem"
+        cert.cert_chain_pems[0].write_to_path(str(self.cert_file))
+        cert.private_key_pem.write_to_path(str(self.key_file))
+        self.requests: list[tuple[str, str, int]] = []  # (http version, method, client port)
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def url(self) -> str:
+        return f"https://{self.host}:{self.port}/dns-query"
+
+    async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.requests.append((scope["http_version"], scope["method"], scope["client"][1]))
+        answered: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.backend.handle(body, "doh", tuple(scope["client"]), answered.set_result)
+        wire = await answered
+        headers = [(b"content-type", b"application/dns-message")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": wire})
+
+    def start(self) -> Http11DohServer:
+        config = uvicorn.Config(
+            self.app,
+            host=self.host,
+            port=self.port,
+            ssl_certfile=str(self.cert_file),
+            ssl_keyfile=str(self.key_file),
+            log_level="warning",
+            lifespan="off",
+            interface="asgi3",
+            timeout_keep_alive=30,
+            timeout_graceful_shutdown=0.5,  # the agent keeps its connection open
+        )
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+
+        async def start() -> None:
+            assert self._server is not None
+            self._task = asyncio.get_running_loop().create_task(self._server.serve())
+
+        self.loop_thread.run(start())
+        wait_until(lambda: self._server is not None and self._server.started, 10, "uvicorn")
+        return self
+
+    def stop(self) -> None:
+        async def stop() -> None:
+            if self._server is not None and self._task is not None:
+                self._server.should_exit = True
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(self._task, 5)
 
         self.loop_thread.run(stop())

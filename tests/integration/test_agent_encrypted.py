@@ -20,7 +20,13 @@ import pytest
 import trustme
 
 from tests.integration.conftest import FakeClock, RunningAgent
-from tests.integration.encrypted_servers import BlackHole, DohServer, DotServer, server_context
+from tests.integration.encrypted_servers import (
+    BlackHole,
+    DohServer,
+    DotServer,
+    Http11DohServer,
+    server_context,
+)
 from tests.integration.fakedns import FakeUpstream, LoopThread
 from tests.support.polling import wait_until
 
@@ -352,3 +358,22 @@ def test_failover_from_a_dead_doh_upstream_to_a_live_dot_one(
     assert backend.count(transport="dot") == 1
     dead = agent.server.upstream.servers[0]
     wait_until(lambda: dead.down_until > time.monotonic(), 5, "the dead one marked down")
+
+
+def test_doh_over_http11_when_the_server_offers_no_http2(
+    start_agent: StartAgent,
+    loop_thread: LoopThread,
+    backend: FakeUpstream,
+    ca: trustme.CA,
+    ca_file: Path,
+    tmp_path: Path,
+) -> None:
+    doh = Http11DohServer(loop_thread, backend, ca, tmp_path).start()
+    try:
+        agent = start_agent(upstreams=[f"{doh.url()}#{NAME}"], upstream_ca=ca_file)
+        for i in range(5):
+            assert addresses(agent.query(f"n{i}.example.test")) == [f"192.0.2.{i + 1}"]
+        assert {(version, method) for version, method, _ in doh.requests} == {("1.1", "POST")}
+        assert len({port for _, _, port in doh.requests}) == 1  # one kept-alive connection
+    finally:
+        doh.stop()
