@@ -54,10 +54,8 @@ class DohClient:
                 headers=self._headers,
                 extensions=self._extensions,
             )
-        except httpx.ConnectError as exc:
-            raise StreamFailure(f"HTTPS connection failed: {_reason(exc)}") from None
         except httpx.HTTPError as exc:
-            raise StreamFailure(f"HTTPS exchange failed: {_reason(exc)}") from None
+            raise StreamFailure(_reason(exc)) from None
         if response.status_code != 200:
             raise StreamFailure(f"HTTP status {response.status_code}")
         media = response.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -70,7 +68,10 @@ class DohClient:
 
 
 def _reason(exc: httpx.HTTPError) -> str:
-    cause = exc.__context__
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        return f"certificate refused: {cause.verify_message}"
+    """The root cause in words; a refused certificate is named as such (httpx wraps it)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"certificate refused: {cause.verify_message}"
+        cause = cause.__cause__ or cause.__context__
     return str(exc) or type(exc).__name__
