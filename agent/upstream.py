@@ -618,7 +618,7 @@ class UpstreamClient:
             if self._tls is None:
                 self._tls = client_context(self.upstream_ca)
             if isinstance(server, TlsUpstream):
-                stream = DotClient(server, self._tls, self.idle_timeout)
+                stream = DotClient(server, self._tls, self.idle_timeout, self.query_timeout)
             else:
                 stream = DohClient(server, self._tls, self.idle_timeout)
             self._streams[server] = stream

@@ -125,13 +125,22 @@ def _free_id(pending: dict[int, asyncio.Future[bytes]]) -> int:
 class DotClient:
     """Queries one DoT upstream over its connection, opening one when there is none."""
 
-    def __init__(self, upstream: TlsUpstream, context: ssl.SSLContext, idle_timeout: float) -> None:
+    def __init__(
+        self,
+        upstream: TlsUpstream,
+        context: ssl.SSLContext,
+        idle_timeout: float,
+        connect_timeout: float,
+    ) -> None:
         self.upstream = upstream
+        # The handshake runs in its own task, outliving the attempt that started it: without
+        # a bound of its own, a server that accepts and never answers (or dropped SYNs)
+        # would hold every later query on it for the OS's minutes.
+        self._connect_timeout = connect_timeout
         self._context = context
         self._idle_timeout = idle_timeout
         self._connection: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
-        self.connections_opened = 0
 
     async def query(self, question: Question) -> UpstreamAnswer:
         for _ in range(2):
@@ -165,16 +174,18 @@ class DotClient:
     async def _connect(self) -> _Connection:
         up = self.upstream
         try:
-            reader, writer = await asyncio.open_connection(
-                up.host, up.port, ssl=self._context, server_hostname=up.name
-            )
+            async with asyncio.timeout(self._connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    up.host, up.port, ssl=self._context, server_hostname=up.name
+                )
+        except TimeoutError:
+            raise StreamFailure(f"no TLS handshake in {self._connect_timeout:.2f}s") from None
         except ssl.SSLCertVerificationError as exc:
             raise StreamFailure(
                 f"certificate refused for {up.name}: {exc.verify_message}"
             ) from None
         except (OSError, EOFError) as exc:
             raise StreamFailure(f"TLS connection failed: {exc}") from None
-        self.connections_opened += 1
         return _Connection(reader, writer, self._idle_timeout)
 
     async def close(self) -> None:

@@ -377,3 +377,23 @@ def test_doh_over_http11_when_the_server_offers_no_http2(
         assert len({port for _, _, port in doh.requests}) == 1  # one kept-alive connection
     finally:
         doh.stop()
+
+
+def test_a_hanging_dot_handshake_is_given_up_and_retried(
+    start_agent: StartAgent, loop_thread: LoopThread, ca_file: Path
+) -> None:
+    hole = BlackHole(loop_thread).start()  # accepts the TCP connection, never answers TLS
+    try:
+        agent = start_agent(
+            upstreams=[f"tls://{hole.host}:{hole.port}#{NAME}"],
+            upstream_ca=ca_file,
+            attempt_timeout=0.3,
+            query_timeout=0.5,
+            down_base=0.3,
+        )
+        assert agent.query("n0.example.test").rcode() == dns.rcode.SERVFAIL
+        # The handshake is bounded (by the query timeout), so the probes that follow try a
+        # new connection; unbounded, they would all wait on the first one for a minute.
+        wait_until(lambda: hole.accepted >= 2, 5, "a second handshake")
+    finally:
+        hole.stop()
