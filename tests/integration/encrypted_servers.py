@@ -96,6 +96,9 @@ class DotServer(_TlsServer):
     ) -> None:
         super().__init__(loop_thread, context, host, port)
         self.backend = backend
+        # Close the connection on the next query instead of answering it: a server whose
+        # idle timeout fired just as the query was written.
+        self.close_on_next_query = False
 
     def protocol(self) -> asyncio.Protocol:
         return _DotProtocol(self)
@@ -119,6 +122,10 @@ class _DotProtocol(asyncio.Protocol):
         self.server.open.discard(self.transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.server.close_on_next_query:
+            self.server.close_on_next_query = False
+            self.transport.close()
+            return
         self.buffer += data
         while len(self.buffer) >= 2:
             (size,) = struct.unpack("!H", self.buffer[:2])

@@ -197,22 +197,20 @@ def test_dot_idle_connection_is_closed_and_reopened(
 def test_dot_reconnects_when_the_server_closed_the_connection(
     start_agent: StartAgent,
     make_dot: Callable[..., DotServer],
-    loop_thread: LoopThread,
+    make_upstream: Callable[..., FakeUpstream],
+    backend: FakeUpstream,
     ca_file: Path,
 ) -> None:
     dot = make_dot()
-    agent = start_agent(upstreams=[f"tls://{dot.address}#{NAME}"], upstream_ca=ca_file)
+    second = make_upstream()  # where a failed attempt on the closed connection would go
+    second.answer("n1.example.test", "A", "192.0.2.99")
+    agent = start_agent(upstreams=[f"tls://{dot.address}#{NAME}", second], upstream_ca=ca_file)
     assert addresses(agent.query("n0.example.test")) == ["192.0.2.1"]
-
-    async def drop() -> None:  # the server's own idle timeout
-        for transport in list(dot.open):
-            transport.close()
-
-    loop_thread.run(drop())
-    wait_until(lambda: not dot.open, 5, "the server closing")
+    dot.close_on_next_query = True  # the server's idle timeout, as our query arrives
     assert addresses(agent.query("n1.example.test")) == ["192.0.2.2"]
-    assert dot.accepted == 2
-    assert agent.server.upstream.servers[0].failures == 0
+    assert dot.accepted == 2 and backend.count("n1.example.test") == 1
+    assert second.count() == 0  # asked again on a new connection, not failed over
+    assert not agent.server.upstream.servers[0].suspect
 
 
 @pytest.mark.parametrize("refusal", ["wrong name", "untrusted CA"])
