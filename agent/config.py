@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import re
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -225,13 +226,24 @@ class AgentConfig:
     probe_report_interval: float = 5.0  # probe reports to the controller, batched this often
 
 
+def _check_ca_file(path: str) -> None:
+    """Load ``--upstream-ca`` once at start, so a bad file stops the agent before it serves
+    rather than failing every encrypted query later."""
+    if not Path(path).is_file():
+        raise ConfigError(f"--upstream-ca {path}: no such file")
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"--upstream-ca {path}: no PEM CA certificate in it ({exc})") from None
+
+
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     """The AgentConfig for ``dnsmesh agent`` flags; ConfigError names the bad flag."""
     listen = tuple(parse_host_port(t) for t in (args.listen or ["127.0.0.1:53"]))
     upstreams = tuple(parse_upstream(t) for t in args.upstream) if args.upstream else None
     upstream_ca = getattr(args, "upstream_ca", None)
-    if upstream_ca is not None and not Path(upstream_ca).is_file():
-        raise ConfigError(f"--upstream-ca {upstream_ca}: no such file")
+    if upstream_ca is not None:
+        _check_ca_file(upstream_ca)
     for name in (
         "query_timeout",
         "attempt_timeout",

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 import pytest
+import trustme
 
 from agent.config import (
     HostPort,
@@ -80,7 +81,7 @@ def agent_args(*argv: str) -> argparse.Namespace:
 
 def test_flags_reach_the_config(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
-    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    trustme.CA().cert_pem.write_to_path(str(ca))
     config = config_from_args(
         agent_args(
             "--upstream",
@@ -100,8 +101,12 @@ def test_flags_reach_the_config(tmp_path: Path) -> None:
     assert config.upstream_ca == ca and config.upstream_idle_timeout == 3.0
 
 
-def test_a_missing_ca_file_or_a_bad_idle_timeout_is_refused(tmp_path: Path) -> None:
+def test_a_missing_or_bad_ca_file_or_a_bad_idle_timeout_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         config_from_args(agent_args("--upstream-ca", str(tmp_path / "nope.pem")))
+    for junk in ("", "not a certificate\n", "-----BEGIN CERTIFICATE-----\nAAAA\n"):
+        (tmp_path / "junk.pem").write_text(junk)
+        with pytest.raises(ConfigError, match="no PEM CA certificate"):
+            config_from_args(agent_args("--upstream-ca", str(tmp_path / "junk.pem")))
     with pytest.raises(ConfigError, match="--upstream-idle-timeout must be positive"):
         config_from_args(agent_args("--upstream-idle-timeout", "0"))
