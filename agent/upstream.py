@@ -284,13 +284,20 @@ class _StreamReply:
             return
         self.answer = task.result()
         if not self.done.done():
-            self.done.set_result(self)
+            self._deliver(self.done)
+        # else: it came between two attempts; the next one's rearm() delivers it
 
     def rearm(self, done: asyncio.Future[_Listener]) -> None:
         self.retired = True
         self.done = done
-        if self.answer is not None:  # it came between two attempts
-            done.set_result(self)
+        if self.answer is not None and not done.done():
+            self._deliver(done)
+
+    def _deliver(self, done: asyncio.Future[_Listener]) -> None:
+        # Once: an answer that was used (a SERVFAIL the query went past) must not win the
+        # next attempt too, as a UDP socket's one datagram cannot.
+        self.dead = True
+        done.set_result(self)
 
     def close(self) -> None:
         if self.task is not None:

@@ -395,3 +395,19 @@ def test_a_hanging_dot_handshake_is_given_up_and_retried(
         wait_until(lambda: hole.accepted >= 2, 5, "a second handshake")
     finally:
         hole.stop()
+
+
+def test_a_dot_servfail_tries_the_next_upstream(
+    start_agent: StartAgent,
+    make_dot: Callable[..., DotServer],
+    make_upstream: Callable[..., FakeUpstream],
+    backend: FakeUpstream,
+    ca_file: Path,
+) -> None:
+    backend.on("sf.example.test", "A", rcode=dns.rcode.SERVFAIL)
+    dot = make_dot()
+    second = make_upstream()
+    second.answer("sf.example.test", "A", "192.0.2.77")
+    agent = start_agent(upstreams=[f"tls://{dot.address}#{NAME}", second], upstream_ca=ca_file)
+    assert addresses(agent.query("sf.example.test")) == ["192.0.2.77"]
+    assert backend.count("sf.example.test") == 1 and second.count("sf.example.test") == 1
