@@ -411,3 +411,53 @@ def test_a_dot_servfail_tries_the_next_upstream(
     agent = start_agent(upstreams=[f"tls://{dot.address}#{NAME}", second], upstream_ca=ca_file)
     assert addresses(agent.query("sf.example.test")) == ["192.0.2.77"]
     assert backend.count("sf.example.test") == 1 and second.count("sf.example.test") == 1
+
+
+def test_a_slow_dot_answer_still_wins_after_its_attempt_timed_out(
+    start_agent: StartAgent,
+    make_dot: Callable[..., DotServer],
+    backend: FakeUpstream,
+    ca_file: Path,
+) -> None:
+    backend.answer("slow.example.test", "A", "192.0.2.55", delay=0.7)
+    dot = make_dot()
+    agent = start_agent(
+        upstreams=[f"tls://{dot.address}#{NAME}"],
+        upstream_ca=ca_file,
+        attempt_timeout=0.5,
+        query_timeout=2.0,
+    )
+    agent.query("www.example.test")  # the connection is up: no handshake in the timing
+    began = time.monotonic()
+    assert addresses(agent.query("slow.example.test")) == ["192.0.2.55"]
+    # The first attempt's answer at ~0.7 s, not the retry's at ~1.2 s nor a timeout.
+    assert time.monotonic() - began < 1.1
+
+
+def test_doh_http_errors_fail_the_attempt(
+    start_agent: StartAgent, make_doh: Callable[..., DohServer], ca_file: Path
+) -> None:
+    doh = make_doh()
+    agent = start_agent(
+        upstreams=[f"https://{doh.host}:{doh.port}/wrong#{NAME}"], upstream_ca=ca_file
+    )
+    r = agent.query("www.example.test")
+    assert r.rcode() == dns.rcode.SERVFAIL
+    [(code, text)] = ede(r)
+    assert code == 22 and "HTTP status 404" in text, text
+
+
+def test_the_loop_check_runs_over_dot(
+    start_agent: StartAgent,
+    make_dot: Callable[..., DotServer],
+    backend: FakeUpstream,
+    ca_file: Path,
+) -> None:
+    dot = make_dot()
+    agent = start_agent(
+        upstreams=[f"tls://{dot.address}#{NAME}"], upstream_ca=ca_file, loop_check=True
+    )
+    wait_until(lambda: backend.count(transport="dot") >= 1, 5, "the loop check's query")
+    assert addresses(agent.query("www.example.test")) == ["192.0.2.80"]
+    assert agent.server.upstream.servers[0].disabled is None
+    assert dot.accepted == 1
