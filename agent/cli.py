@@ -24,9 +24,19 @@ def add_agent_commands(
     )
     agent.add_argument(
         "--upstream",
-        metavar="HOST[:PORT]",
+        metavar="UPSTREAM",
         action="append",
-        help="upstream resolver (repeatable; default: the nameservers of resolv.conf)",
+        help="upstream resolver (repeatable; default: the nameservers of resolv.conf): "
+        "IP[:PORT] plain DNS (port 53); tls://IP[:PORT]#NAME DNS over TLS (port 853, the "
+        "certificate must be valid for NAME); https://HOST[:PORT]/PATH[#NAME] DNS over HTTPS "
+        "(#NAME: connect to the numeric HOST, verify NAME). Encrypted ones never fall back "
+        "to plain DNS",
+    )
+    agent.add_argument(
+        "--upstream-ca",
+        metavar="FILE",
+        help="PEM CA certificates that DoT/DoH upstream certificates must chain to, instead "
+        "of the system trust store",
     )
     agent.add_argument(
         "--resolv-conf",
@@ -178,6 +188,12 @@ def add_agent_commands(
         "--tcp-idle-timeout",
         default=10.0,
         help="a DNS-over-TCP client silent this long is disconnected",
+        **seconds,
+    )
+    tuning.add_argument(
+        "--upstream-idle-timeout",
+        default=10.0,
+        help="a DoT/DoH upstream connection with no query in flight this long is closed",
         **seconds,
     )
     tuning.add_argument(
