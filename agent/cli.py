@@ -24,15 +24,91 @@ def add_agent_commands(
     )
     agent.add_argument(
         "--upstream",
-        metavar="HOST[:PORT]",
+        metavar="UPSTREAM",
         action="append",
-        help="upstream resolver (repeatable; default: the nameservers of resolv.conf)",
+        help="upstream resolver (repeatable; default: the nameservers of resolv.conf): "
+        "IP[:PORT] plain DNS (port 53); tls://IP[:PORT]#NAME DNS over TLS (port 853, the "
+        "certificate must be valid for NAME); https://HOST[:PORT]/PATH[#NAME] DNS over HTTPS "
+        "(#NAME: connect to the numeric HOST, verify NAME). Encrypted ones never fall back "
+        "to plain DNS",
+    )
+    agent.add_argument(
+        "--upstream-ca",
+        metavar="FILE",
+        help="PEM CA certificates that DoT/DoH upstream certificates must chain to, instead "
+        "of the system trust store",
     )
     agent.add_argument(
         "--resolv-conf",
         metavar="PATH",
         default="/etc/resolv.conf",
         help="where to find upstreams when no --upstream is given",
+    )
+    door = agent.add_argument_group("who may ask, and how fast (not an open resolver)")
+    door.add_argument(
+        "--allow",
+        metavar="CIDR",
+        action="append",
+        help="clients answered (repeatable); others are refused. Default: loopback and the "
+        "--listen addresses, plus this node's own addresses when listening on 0.0.0.0 or ::. "
+        "--allow 0.0.0.0/0 --allow ::/0 answers everyone",
+    )
+    door.add_argument(
+        "--refuse-mode",
+        choices=("refuse", "drop"),
+        default="refuse",
+        help="what a client not allowed gets: REFUSED with EDE 18 Prohibited, or nothing",
+    )
+    door.add_argument(
+        "--rate-limit",
+        type=float,
+        default=0.0,
+        metavar="QPS",
+        help="UDP queries per second per source prefix (token bucket); over it, every "
+        "--rate-limit-slip-th gets TC=1 (retry over TCP, not limited) and the rest are "
+        "dropped; default 0: off",
+    )
+    door.add_argument(
+        "--rate-limit-burst",
+        type=int,
+        default=0,
+        metavar="N",
+        help="queries a source may send at once above the rate (default: one second's worth)",
+    )
+    door.add_argument(
+        "--rate-limit-exempt",
+        metavar="CIDR",
+        action="append",
+        help="sources never rate limited (repeatable; none by default)",
+    )
+    door.add_argument(
+        "--rate-limit-prefix-v4",
+        type=int,
+        default=32,
+        metavar="BITS",
+        help="IPv4 sources sharing this prefix share a bucket",
+    )
+    door.add_argument(
+        "--rate-limit-prefix-v6",
+        type=int,
+        default=64,
+        metavar="BITS",
+        help="IPv6 sources sharing this prefix share a bucket",
+    )
+    door.add_argument(
+        "--rate-limit-slip",
+        type=int,
+        default=2,
+        metavar="N",
+        help="of the queries over the limit, every N-th gets TC=1; 0 drops them all",
+    )
+    door.add_argument(
+        "--amplification-factor",
+        type=int,
+        default=10,
+        metavar="X",
+        help="a UDP answer over 512 bytes is at most X times its query, else TC=1 (retry "
+        "over TCP); 0: off",
     )
     tuning = agent.add_argument_group("tuning (defaults suit a node resolver)")
     seconds = {"type": float, "metavar": "SECONDS"}
@@ -112,6 +188,12 @@ def add_agent_commands(
         "--tcp-idle-timeout",
         default=10.0,
         help="a DNS-over-TCP client silent this long is disconnected",
+        **seconds,
+    )
+    tuning.add_argument(
+        "--upstream-idle-timeout",
+        default=10.0,
+        help="a DoT/DoH upstream connection with no query in flight this long is closed",
         **seconds,
     )
     tuning.add_argument(

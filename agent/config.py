@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import re
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from dnsmesh.admission import LOOPBACK, Network, parse_network
 from dnsmesh.errors import ConfigError
 
 DNS_PORT = 53
+DOT_PORT = 853  # RFC 7858 §3.1
+HTTPS_PORT = 443
 KIB = 1024
 MIB = 1024 * KIB
 MAX_UDP_RCVBUF = 1024 * MIB
@@ -71,6 +76,104 @@ def parse_host_port(text: str, default_port: int | None = None) -> HostPort:
     return HostPort(address.compressed, port)
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class TlsUpstream:
+    """DNS over TLS (RFC 7858) to a numeric address; the certificate must be valid for
+    ``name`` (never the address: a resolver has nobody to ask for the name's address)."""
+
+    host: str
+    port: int
+    name: str
+
+    @property
+    def family_v6(self) -> bool:
+        return ":" in self.host
+
+    def __str__(self) -> str:
+        return f"tls://{HostPort(self.host, self.port)}#{self.name}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class HttpsUpstream:
+    """DNS over HTTPS (RFC 8484): POSTs to ``url``. ``host`` is the URL's host, numeric or a
+    name; ``name``, when given, is what the certificate and the Host header must say while
+    the connection goes to the numeric ``host`` (no lookup of the name)."""
+
+    url: str
+    host: str
+    port: int
+    name: str | None = None
+
+    def __str__(self) -> str:
+        return self.url if self.name is None else f"{self.url}#{self.name}"
+
+
+# Where the agent forwards: plain DNS (UDP, TCP on truncation), DoT or DoH.
+UpstreamAddress = HostPort | TlsUpstream | HttpsUpstream
+
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?"
+)
+
+
+def _check_name(text: str, name: str) -> str:
+    if not _DNS_NAME.fullmatch(name):
+        raise ConfigError(f"{text!r}: {name!r} is not a host name to verify the certificate with")
+    return name.rstrip(".").lower()
+
+
+def parse_upstream(text: str) -> UpstreamAddress:
+    """One ``--upstream``: ``IP[:PORT]`` (plain DNS, port 53), ``tls://IP[:PORT]#NAME`` (DoT,
+    port 853, the certificate verified against NAME) or ``https://HOST[:PORT]/PATH[#NAME]``
+    (DoH; with #NAME, HOST must be numeric and NAME is verified instead)."""
+    text = text.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return parse_host_port(text, DNS_PORT)
+    scheme = scheme.lower()
+    if scheme == "tls":
+        address, hashmark, name = rest.partition("#")
+        if not hashmark or not name:
+            raise ConfigError(
+                f"{text!r}: DNS over TLS needs the name to verify the certificate with: "
+                "tls://IP[:PORT]#NAME"
+            )
+        hostport = parse_host_port(address, DOT_PORT)
+        return TlsUpstream(hostport.host, hostport.port, _check_name(text, name))
+    if scheme == "https":
+        return _parse_https(text)
+    raise ConfigError(f"{text!r}: unknown scheme {scheme!r} (plain IP[:PORT], tls:// or https://)")
+
+
+def _parse_https(text: str) -> HttpsUpstream:
+    url, _, name = text.partition("#")
+    try:
+        parts = urlsplit(url)
+        port = parts.port or HTTPS_PORT
+    except ValueError as exc:
+        raise ConfigError(f"{text!r}: not a URL: {exc}") from None
+    host = parts.hostname
+    if not host:
+        raise ConfigError(f"{text!r}: the URL has no host")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{text!r}: credentials in a DoH URL are not supported")
+    if parts.query:
+        raise ConfigError(f"{text!r}: a DoH URL takes no query string (queries are POSTed)")
+    if not parts.path or parts.path == "/":
+        raise ConfigError(f"{text!r}: the URL needs the DoH path, e.g. /dns-query")
+    try:
+        numeric: str | None = ipaddress.ip_address(host).compressed
+    except ValueError:
+        numeric = None
+    if numeric is None:
+        host = _check_name(text, host)
+        if name:
+            raise ConfigError(f"{text!r}: #NAME is for a numeric URL host; the host is a name")
+        return HttpsUpstream(url, host, port)
+    return HttpsUpstream(url, numeric, port, _check_name(text, name) if name else None)
+
+
 def parse_size(text: str) -> int:
     """A byte count: ``4194304``, ``512KiB``, ``4MiB`` (also ``K``/``M``); powers of 1024."""
     match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
@@ -86,7 +189,13 @@ class AgentConfig:
 
     listen: tuple[HostPort, ...] = (HostPort("127.0.0.1", DNS_PORT),)
     # None: take the nameservers of resolv_conf (minus our own addresses).
-    upstreams: tuple[HostPort, ...] | None = None
+    upstreams: tuple[UpstreamAddress, ...] | None = None
+    # CA certificates (PEM) that DoT/DoH upstream certificates must chain to; None: the
+    # system trust store.
+    upstream_ca: Path | None = None
+    # A DoT/DoH connection nobody used for this long is closed (RFC 7858 §3.4 asks clients
+    # to close idle connections; servers drop them after ~10-30 s anyway).
+    upstream_idle_timeout: float = 10.0
     resolv_conf: Path = Path("/etc/resolv.conf")
     policies: Path | None = None
     reload_interval: float = 0.5  # policy files are polled this often (effect within 2 s)
@@ -116,22 +225,49 @@ class AgentConfig:
     # Health (agent/probes/): probing can be turned off; the mesh-wide down set still applies.
     probes: bool = True
     probe_report_interval: float = 5.0  # probe reports to the controller, batched this often
+    # Front door (dnsmesh/admission.py). allow None: loopback plus the listen addresses
+    # (and the node's own addresses when listening on a wildcard), see agent/frontdoor.py.
+    allow: tuple[Network, ...] | None = None
+    refuse_drop: bool = False  # --refuse-mode drop: send nothing to a client not allowed
+    rate_limit: float = 0.0  # queries per second per source prefix over UDP; 0: off
+    rate_limit_burst: int = 0  # 0: as many as one second's rate
+    rate_limit_exempt: tuple[Network, ...] = ()
+    rate_limit_v4_prefix: int = 32
+    rate_limit_v6_prefix: int = 64
+    rate_limit_slip: int = 2  # every 2nd query over the limit gets TC=1, the rest dropped
+    amplification_factor: int = 10  # UDP answers over 512 octets: at most this x the query
+    # Clients the guard trusts: loopback cannot be forged from the wire, and the node's own
+    # clients keep getting whole EDNS answers over UDP.
+    amplification_exempt: tuple[Network, ...] = LOOPBACK
+
+
+def _check_ca_file(path: str) -> None:
+    """Load ``--upstream-ca`` once at start, so a bad file stops the agent before it serves
+    rather than failing every encrypted query later."""
+    if not Path(path).is_file():
+        raise ConfigError(f"--upstream-ca {path}: no such file")
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"--upstream-ca {path}: no PEM CA certificate in it ({exc})") from None
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     """The AgentConfig for ``dnsmesh agent`` flags; ConfigError names the bad flag."""
     listen = tuple(parse_host_port(t) for t in (args.listen or ["127.0.0.1:53"]))
-    upstreams = (
-        tuple(parse_host_port(t, DNS_PORT) for t in args.upstream) if args.upstream else None
-    )
+    upstreams = tuple(parse_upstream(t) for t in args.upstream) if args.upstream else None
+    upstream_ca = getattr(args, "upstream_ca", None)
+    if upstream_ca is not None:
+        _check_ca_file(upstream_ca)
     for name in (
         "query_timeout",
         "attempt_timeout",
         "drain_timeout",
         "tcp_idle_timeout",
         "stale_answer_after",
+        "upstream_idle_timeout",
     ):
-        if getattr(args, name) <= 0:
+        if getattr(args, name, 1.0) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
     if getattr(args, "probe_report_interval", 5.0) <= 0:
         raise ConfigError("--probe-report-interval must be positive")
@@ -144,9 +280,21 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         raise ConfigError("--cache-max-ttl must be at least 1")
     if args.max_inflight < 1 or args.tcp_max_connections < 1:
         raise ConfigError("--max-inflight and --tcp-max-connections must be at least 1")
+    allow = _networks("--allow", args.allow) if args.allow else None
+    exempt = _networks("--rate-limit-exempt", args.rate_limit_exempt or [])
+    if args.rate_limit < 0 or args.rate_limit_burst < 0 or args.rate_limit_slip < 0:
+        raise ConfigError(
+            "--rate-limit, --rate-limit-burst and --rate-limit-slip cannot be negative"
+        )
+    if not 0 <= args.rate_limit_prefix_v4 <= 32 or not 0 <= args.rate_limit_prefix_v6 <= 128:
+        raise ConfigError("--rate-limit-prefix-v4 is 0-32 and --rate-limit-prefix-v6 is 0-128")
+    if args.amplification_factor < 0:
+        raise ConfigError("--amplification-factor cannot be negative")
     return AgentConfig(
         listen=listen,
         upstreams=upstreams,
+        upstream_ca=Path(upstream_ca) if upstream_ca is not None else None,
+        upstream_idle_timeout=getattr(args, "upstream_idle_timeout", 10.0),
         resolv_conf=Path(args.resolv_conf),
         policies=Path(args.policies) if args.policies else None,
         reload_interval=args.reload_interval,
@@ -166,4 +314,20 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         probes=not getattr(args, "no_probes", False),
         probe_report_interval=getattr(args, "probe_report_interval", 5.0),
         udp_rcvbuf=udp_rcvbuf,
+        allow=allow,
+        refuse_drop=args.refuse_mode == "drop",
+        rate_limit=args.rate_limit,
+        rate_limit_burst=args.rate_limit_burst,
+        rate_limit_exempt=exempt,
+        rate_limit_v4_prefix=args.rate_limit_prefix_v4,
+        rate_limit_v6_prefix=args.rate_limit_prefix_v6,
+        rate_limit_slip=args.rate_limit_slip,
+        amplification_factor=args.amplification_factor,
     )
+
+
+def _networks(flag: str, texts: list[str]) -> tuple[Network, ...]:
+    try:
+        return tuple(parse_network(text) for text in texts)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None

@@ -9,6 +9,13 @@ It has two steps because forwarding is the only one that waits: ``answer_now`` i
 hit over UDP at recvfrom, parse, one dict lookup and sendto; only a query that must be
 forwarded goes on to ``forward``, which the listener awaits in a task of its own.
 
+It is also the front door (dnsmesh/admission.py): a client outside ``--allow`` is refused
+(REFUSED with EDE 18 Prohibited, or nothing with ``--refuse-mode drop``) before any
+handler runs, counted as ``refused``; the UDP listener asks ``limiter`` before anything
+else and hands a query over the rate to ``over_limit`` (counted as ``ratelimited``); and a
+UDP answer over 512 octets is held to ``udp_size_cap`` of its query's size, so the agent is
+no amplifier for spoofed queries.
+
 It is also the error boundary: an exception from any handler or from the forward becomes
 SERVFAIL with an Extended DNS Error "Other" (RFC 8914 §4.1) for that query alone, logged
 once as ``query.error``, so one bad query never leaves a client without an answer, takes
@@ -19,27 +26,53 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from agent.answer import Answer, Source
 from agent.pipeline import Pipeline
 from dnsmesh import dnswire
+from dnsmesh.admission import ClientAcl, RateLimiter, udp_size_cap
 from dnsmesh.dnswire import MalformedQuery, Query, fit_udp, name_to_text, parse_query
 from dnsmesh.logs import fields
 
 log = logging.getLogger(__name__)
 
 _INTERNAL_ERROR = (dnswire.EDE_OTHER, "internal error")
+_PROHIBITED = (dnswire.EDE_PROHIBITED, "client not allowed")
+# The counts besides the answer sources: queries that got no normal answer, and why.
+NOT_ANSWERED = ("malformed", "dropped", "refused", "ratelimited", "amplification")
 
 
 class QueryEntry:
     """What every listener shares: the pipeline, answer counts, the forwards in flight."""
 
-    def __init__(self, pipeline: Pipeline, max_inflight: int = 4096) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        max_inflight: int = 4096,
+        *,
+        acl: ClientAcl,
+        refuse_drop: bool = False,
+        limiter: RateLimiter | None = None,
+        amplification_factor: int = 10,
+        amplification_exempt: ClientAcl | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.pipeline = pipeline
         self.max_inflight = max_inflight
-        self.counts: dict[str, int] = dict.fromkeys([*Source.ALL, "malformed", "dropped"], 0)
+        self.acl = acl
+        # The ACL's memo of allowed clients, held here: the hot path tests membership only.
+        self._admitted = acl.admitted
+        self.refuse_drop = refuse_drop
+        self.limiter = limiter  # None: no rate limit (the default)
+        self.amplification_factor = amplification_factor
+        # Clients the guard trusts: by default loopback, which cannot be forged from the
+        # wire (Linux drops packets from 127/8 or ::1 arriving on another interface).
+        self.amplification_exempt = amplification_exempt or ClientAcl(())
+        self.clock = clock
+        self.counts: dict[str, int] = dict.fromkeys([*Source.ALL, *NOT_ANSWERED], 0)
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepting = True
 
@@ -50,8 +83,18 @@ class QueryEntry:
         try:
             query = parse_query(data)
         except MalformedQuery as exc:
+            if not self.acl.allows(client):
+                self.counts["refused"] += 1
+                return None  # not even a FORMERR for a client we do not serve
             self.counts["malformed"] += 1
             return exc.reply
+        if client not in self._admitted and not self.acl.allows(client):
+            self.counts["refused"] += 1
+            return (
+                None
+                if self.refuse_drop
+                else dnswire.build_error(query, dnswire.RCODE_REFUSED, _PROHIBITED)
+            )
         # The pipeline's immediate handlers, walked here rather than in a method of the
         # pipeline: one Python call less per query, about 3 % of a policy hit. The try costs
         # nothing when nothing raises (zero-cost exceptions, CPython 3.11).
@@ -65,8 +108,9 @@ class QueryEntry:
             return self._failed(query, client, "handler", exc)
         return query
 
-    async def forward(self, query: Query, client: str, udp: bool) -> bytes:
-        """The forwarded query's response; never raises but for cancellation."""
+    async def forward(self, query: Query, client: str, udp_size: int | None) -> bytes:
+        """The forwarded query's response; never raises but for cancellation. ``udp_size``:
+        the query's size in octets when it came over UDP, None over TCP."""
         try:
             answer: Answer = await self.pipeline.final(query, client)
         except Exception as exc:
@@ -83,17 +127,39 @@ class QueryEntry:
                     reason=answer.reason,
                 ),
             )
-        # RFC 6891 §7 / RFC 1035 §4.2.1: no more than the client takes over UDP; TC tells it
-        # to ask again over TCP.
-        return fit_udp(answer.wire, query.udp_limit) if udp else answer.wire
+        if udp_size is None or len(answer.wire) <= 512:
+            return answer.wire
+        return self._fit_udp(answer.wire, query, udp_size, client)
 
-    @staticmethod
-    def fit_udp_reply(wire: bytes, data: bytes) -> bytes:
-        """An immediate response cut to what the client of query ``data`` takes over UDP
-        (RFC 6891 §7, RFC 1035 §4.2.1). Only for responses over 512 bytes, which every
-        client takes: rare enough that parsing the query again costs nothing that matters,
-        and keeps the limit off the per-query path."""
-        return fit_udp(wire, parse_query(data).udp_limit)
+    def fit_udp_reply(self, wire: bytes, data: bytes, client: str) -> bytes:
+        """An immediate response fitted for UDP (``_fit_udp``). Only for responses over 512
+        bytes, which every client takes: rare enough that parsing the query again costs
+        nothing that matters, and keeps the limit off the per-query path."""
+        return self._fit_udp(wire, parse_query(data), len(data), client)
+
+    def _fit_udp(self, wire: bytes, query: Query, query_size: int, client: str) -> bytes:
+        """RFC 6891 §7 / RFC 1035 §4.2.1: no more than the client takes over UDP, and no
+        more than the amplification guard lets a query of its size get; TC=1 tells the
+        client to ask again over TCP."""
+        if self.amplification_exempt.allows(client):
+            return fit_udp(wire, query.udp_limit)
+        cap = udp_size_cap(query_size, self.amplification_factor)
+        if cap < len(wire) <= query.udp_limit:
+            self.counts["amplification"] += 1
+        return fit_udp(wire, min(query.udp_limit, cap))
+
+    def over_limit(self, data: bytes) -> bytes | None:
+        """A UDP query over its source's rate: a TC=1 answer to send for one in ``slip``
+        (the client retries over TCP, which is not limited), else None: dropped."""
+        self.counts["ratelimited"] += 1
+        assert self.limiter is not None  # only the listeners call this, when limiting
+        if not self.limiter.slips():
+            return None
+        try:
+            query = parse_query(data)
+        except MalformedQuery:
+            return None
+        return fit_udp(dnswire.build_response(query, dnswire.RCODE_NOERROR), 0)
 
     def _failed(self, query: Query, client: str, step: str, exc: Exception) -> bytes:
         self.counts[Source.ERROR] += 1

@@ -2,6 +2,12 @@
 
 What a query gets is decided by agent.entry.QueryEntry, the same for both transports; a
 listener only reads, frames, fits a response to UDP and writes.
+
+Only UDP is rate limited (``--rate-limit``, checked before a datagram is even parsed): a
+UDP source address can be forged, so a flood "from" a client may be an attack on it, and
+the limit's TC=1 slips send real clients to TCP, which must then work. A TCP client has
+completed a handshake, so its address is its own, and what it can make us hold is bounded
+already (--tcp-max-connections, 64 pipelined queries each, the idle timeout).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ class UdpListener(asyncio.BaseTransport):
     and close it as it does its other transports.
     """
 
-    __slots__ = ("_backlog", "_fd", "_loop", "closed", "entry", "sock")
+    __slots__ = ("_backlog", "_fd", "_loop", "_receive", "closed", "entry", "sock")
 
     def __init__(
         self,
@@ -61,12 +67,14 @@ class UdpListener(asyncio.BaseTransport):
         self._loop = asyncio.get_running_loop() if loop is None else loop
         self._fd = sock.fileno()
         self._backlog: deque[tuple[bytes, Any]] = deque()
+        # Chosen once: without a rate limit, a datagram costs no limit check at all.
+        self._receive = self.datagram_received if entry.limiter is None else self._limited
         sock.setblocking(False)
         self._loop.add_reader(self._fd, self._readable)
 
     def _readable(self) -> None:
         recvfrom = self.sock.recvfrom
-        received = self.datagram_received
+        received = self._receive
         for _ in range(_DRAIN):
             try:
                 data, addr = recvfrom(_RECV_SIZE)
@@ -86,7 +94,7 @@ class UdpListener(asyncio.BaseTransport):
         wire = entry.answer_now(data, addr[0])
         if wire.__class__ is bytes:  # the common case first: answered at once
             if len(wire) > 512:  # every client takes 512 (RFC 1035 §4.2.1): skip the rest
-                wire = entry.fit_udp_reply(wire, data)
+                wire = entry.fit_udp_reply(wire, data, addr[0])
             if self._backlog:
                 self._hold(wire, addr)  # keep replies in order behind those waiting
                 return
@@ -98,10 +106,23 @@ class UdpListener(asyncio.BaseTransport):
                 log.debug("udp.send_failed", extra=fields(error=str(exc)))
             return
         if isinstance(wire, Query) and not entry.full():
-            entry.spawn(self._forward(wire, addr))
+            entry.spawn(self._forward(wire, addr, len(data)))
 
-    async def _forward(self, query: Query, addr: Any) -> None:
-        self.send(await self.entry.forward(query, addr[0], True), addr)
+    def _limited(self, data: bytes, addr: Any) -> None:
+        """``datagram_received`` behind the rate limit (``--rate-limit``): a datagram over
+        its source's rate is not parsed; one in ``slip`` gets TC=1, the rest nothing."""
+        entry = self.entry
+        limiter = entry.limiter
+        if limiter is not None and not limiter.allow(addr[0], entry.clock()):
+            if entry.accepting:
+                slipped = entry.over_limit(data)
+                if slipped is not None:
+                    self.send(slipped, addr)
+            return
+        self.datagram_received(data, addr)
+
+    async def _forward(self, query: Query, addr: Any, size: int) -> None:
+        self.send(await self.entry.forward(query, addr[0], size), addr)
 
     def send(self, wire: bytes, addr: Any) -> None:
         """sendto, holding the reply while the send buffer is full (dropped when closed)."""
@@ -236,7 +257,15 @@ class TcpConnection(asyncio.Protocol):
         self.connections.live.add(self)
         peer = self.transport.get_extra_info("peername")
         self.client = peer[0] if peer else ""
-        if not self.entry.accepting or not self.connections.admit(self):
+        entry = self.entry
+        if entry.refuse_drop and not entry.acl.allows(self.client):
+            # --refuse-mode drop: a client not allowed gets nothing, not even a connection
+            # to hold open until the idle timeout. (Refuse mode answers each query REFUSED.)
+            self.closing = True
+            self.transport.abort()
+            entry.counts["refused"] += 1
+            return
+        if not entry.accepting or not self.connections.admit(self):
             self.closing = True
             self.transport.abort()
             self.entry.counts["dropped"] += 1
@@ -294,7 +323,7 @@ class TcpConnection(asyncio.Protocol):
 
     async def _forward(self, query: Query) -> None:
         try:
-            self._send(await self.entry.forward(query, self.client, False))
+            self._send(await self.entry.forward(query, self.client, None))
         finally:
             self.pending -= 1
             if self.closing and self.pending == 0 and self.transport is not None:

@@ -14,8 +14,9 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from agent.cache import Cache
-from agent.config import AgentConfig, HostPort
+from agent.config import AgentConfig, HostPort, UpstreamAddress
 from agent.entry import QueryEntry
+from agent.frontdoor import build_acl, build_limiter
 from agent.handlers.loopguard import LoopGuard
 from agent.listeners import (
     TcpConnection,
@@ -31,6 +32,7 @@ from agent.resolvconf import is_self, upstreams_from_resolv_conf
 from agent.served import ServedSnapshot
 from agent.shutdown import CANCEL_GRACE, finish_by
 from agent.upstream import UpstreamClient
+from dnsmesh.admission import ClientAcl
 from dnsmesh.dnsforward import UpstreamAnswer
 from dnsmesh.errors import ConfigError
 from dnsmesh.logs import fields
@@ -69,6 +71,8 @@ class AgentServer:
             down_base=config.down_base,
             down_max=config.down_max,
             max_ttl=config.max_ttl,
+            upstream_ca=config.upstream_ca,
+            idle_timeout=config.upstream_idle_timeout,
             clock=clock,
         )
         self.loop_guard = LoopGuard(self.upstream, config.attempt_timeout)
@@ -81,7 +85,16 @@ class AgentServer:
             stale_ttl=config.stale_ttl,
             stale_answer_after=config.stale_answer_after,
         )
-        self.entry = QueryEntry(self.pipeline, config.max_inflight)
+        self.entry = QueryEntry(
+            self.pipeline,
+            config.max_inflight,
+            acl=build_acl(config),
+            refuse_drop=config.refuse_drop,
+            limiter=build_limiter(config),
+            amplification_factor=config.amplification_factor,
+            amplification_exempt=ClientAcl(config.amplification_exempt),
+            clock=clock,
+        )
         self.tcp_connections = TcpConnections(config.tcp_max_connections)
         # Health decides the effective weights (ejections, mesh-wide down set, latency);
         # the holder above turns base and weights into what is answered.
@@ -128,6 +141,7 @@ class AgentServer:
                 raise ConfigError(f"cannot listen on {reason}") from exc
         if not self.addresses:
             raise ConfigError("cannot listen on any --listen address: " + "; ".join(skipped))
+        upstreams: Sequence[UpstreamAddress]
         try:
             if config.upstreams is None:
                 upstreams = upstreams_from_resolv_conf(config.resolv_conf, self.addresses)
@@ -190,20 +204,21 @@ class AgentServer:
                 ),
             )
 
-    def _without_self(self, upstreams: Sequence[HostPort]) -> list[HostPort]:
+    def _without_self(self, upstreams: Sequence[UpstreamAddress]) -> list[UpstreamAddress]:
         out = []
         for upstream in upstreams:
-            if is_self(upstream, self.addresses):
+            # Only a plain upstream can be one of our listeners: we serve no TLS nor HTTPS.
+            if isinstance(upstream, HostPort) and is_self(upstream, self.addresses):
                 log.warning("upstream.skipped_self", extra=fields(upstream=str(upstream)))
             else:
                 out.append(upstream)
         return out
 
-    def set_upstreams(self, upstreams: Sequence[HostPort]) -> None:
+    def set_upstreams(self, upstreams: Sequence[UpstreamAddress]) -> None:
         """Use these upstreams from now on (minus ourselves) and probe them for loops."""
         self._use_upstreams(self._without_self(upstreams))
 
-    def _use_upstreams(self, upstreams: Sequence[HostPort]) -> None:
+    def _use_upstreams(self, upstreams: Sequence[UpstreamAddress]) -> None:
         self.upstream.set_upstreams(upstreams)
         if self.config.loop_check and upstreams:
             task = asyncio.get_running_loop().create_task(self.loop_guard.probe_all())

@@ -32,6 +32,13 @@ is noticed without a client query paying an attempt timeout for it.
 The attempts of one query do not cancel each other: when an attempt times out, its socket
 keeps listening until the query's own deadline, so the late answer of an upstream that was
 still recursing wins over the retry that was sent meanwhile.
+
+Encrypted upstreams (``tls://``, ``https://``, agent/encrypted/) take the same path: an
+attempt to one is a task on its reused connection instead of a fresh socket, it keeps
+running for a late answer like a socket keeps listening, and its failures (including a
+certificate that does not verify: never a reason to fall back to plain DNS) count as an
+unanswered attempt. No 0x20 nor unwanted-reply counting there: they defend UDP against
+off-path forgers, who cannot inject into an authenticated stream.
 """
 
 from __future__ import annotations
@@ -42,12 +49,17 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from agent.config import HostPort
+from agent.config import HostPort, HttpsUpstream, TlsUpstream, UpstreamAddress
+from agent.encrypted import Question, StreamFailure, client_context
+from agent.encrypted.doh import DohClient
+from agent.encrypted.dot import DotClient
 from dnsmesh import dnswire
 from dnsmesh.dnsforward import (
     BadUpstreamResponse,
@@ -116,7 +128,7 @@ class _Unwanted(Exception):
 class Upstream:
     """One upstream and what we learned about it."""
 
-    address: HostPort
+    address: UpstreamAddress
     index: int  # configured position: the preference among healthy upstreams
     failures: int = 0  # consecutive client attempts it did not answer
     suspect: bool = False  # an attempt timed out; a probe asks whether the server is there
@@ -125,7 +137,7 @@ class Upstream:
     disabled: str | None = None  # never used again (a forwarding loop through it)
 
 
-def _expire(done: asyncio.Future[_Reply]) -> None:
+def _expire(done: asyncio.Future[_Listener]) -> None:
     if not done.done():
         done.set_exception(TimeoutError())
 
@@ -153,7 +165,7 @@ class _Reply:
         self,
         server: HostPort,
         sock: _socket.socket,
-        done: asyncio.Future[_Reply],
+        done: asyncio.Future[_Listener],
         msg_id: int,
         question: bytes,
         qname: bytes,
@@ -173,6 +185,16 @@ class _Reply:
         self.retired = False  # its own attempt timed out; it still listens for a late answer
         self.dead = False  # failed: never read again (uvloop also closes its poll on an error)
         self.answer: UpstreamAnswer | None = None
+
+    def rearm(self, done: asyncio.Future[_Listener]) -> None:
+        """Listen on for a late answer, which now completes ``done`` (a later attempt)."""
+        self.retired = True
+        self.done = done
+        asyncio.get_running_loop().add_reader(self.fd, _on_readable, self)
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.fd)
+        self.sock.close()
 
     def parse(self, data: bytes) -> UpstreamAnswer:
         return parse_upstream_response(
@@ -232,18 +254,71 @@ def _on_readable(want: _Reply) -> None:
         done.set_result(want)
 
 
-def _close(listening: list[_Reply]) -> None:
-    loop = asyncio.get_running_loop()
+class _StreamReply:
+    """One attempt of a query to an encrypted upstream: a task on its connection that
+    completes the current attempt's future, or keeps its answer for the next one."""
+
+    __slots__ = ("answer", "dead", "done", "question", "retired", "server", "task")
+
+    def __init__(self, server: UpstreamAddress, done: asyncio.Future[_Listener]) -> None:
+        self.server = server
+        self.done = done
+        self.question = b""  # never truncated: nothing is asked again with it
+        self.retired = False
+        self.dead = False
+        self.answer: UpstreamAnswer | None = None
+        self.task: asyncio.Task[UpstreamAnswer] | None = None
+
+    def start(self, work: Coroutine[Any, Any, UpstreamAnswer]) -> None:
+        self.task = asyncio.get_running_loop().create_task(work)
+        self.task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[UpstreamAnswer]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.dead = True
+            if not self.retired and not self.done.done():
+                self.done.set_exception(exc)
+            return
+        self.answer = task.result()
+        if not self.done.done():
+            self._deliver(self.done)
+        # else: it came between two attempts; the next one's rearm() delivers it
+
+    def rearm(self, done: asyncio.Future[_Listener]) -> None:
+        self.retired = True
+        self.done = done
+        if self.answer is not None and not done.done():
+            self._deliver(done)
+
+    def _deliver(self, done: asyncio.Future[_Listener]) -> None:
+        # Once: an answer that was used (a SERVFAIL the query went past) must not win the
+        # next attempt too, as a UDP socket's one datagram cannot.
+        self.dead = True
+        done.set_result(self)
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
+_Listener = _Reply | _StreamReply
+
+
+def _close(listening: list[_Listener]) -> None:
     for want in listening:
-        loop.remove_reader(want.fd)
-        want.sock.close()
+        want.close()
 
 
 def _upstream_error(
-    server: HostPort, exc: BaseException, began: float, deadline: float
+    server: UpstreamAddress, exc: BaseException, began: float, deadline: float
 ) -> UpstreamError:
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout(f"{server}: no answer in {deadline - began:.2f}s")
+    if isinstance(exc, StreamFailure):
+        return UpstreamError(f"{server}: {exc}")
     if isinstance(exc, OSError):
         return UpstreamError(f"{server}: {exc.strerror or exc}")
     return UpstreamError(f"{server}: bad TCP answer: {exc}")
@@ -254,7 +329,7 @@ class UpstreamClient:
 
     def __init__(
         self,
-        upstreams: Sequence[HostPort] = (),
+        upstreams: Sequence[UpstreamAddress] = (),
         *,
         attempt_timeout: float = 0.5,  # the agent's defaults (agent/config.py)
         query_timeout: float = 1.5,
@@ -262,6 +337,8 @@ class UpstreamClient:
         down_max: float = 30.0,
         max_ttl: int = 86_400,
         unwanted_limit: int = 10,
+        upstream_ca: Path | None = None,
+        idle_timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.attempt_timeout = attempt_timeout
@@ -271,16 +348,20 @@ class UpstreamClient:
         self.max_ttl = max_ttl
         self.unwanted_limit = unwanted_limit
         self.clock = clock
+        self.upstream_ca = upstream_ca
+        self.idle_timeout = idle_timeout
+        self._tls: ssl.SSLContext | None = None  # made at the first encrypted query
+        self._streams: dict[UpstreamAddress, DotClient | DohClient] = {}
         self.servers: list[Upstream] = []
         self.unwanted_abandoned = 0  # sockets given up for too many unwanted replies
         self.case_lost = 0  # replies with our ID but not our 0x20 case: asked over TCP
         self._inflight: dict[Key, asyncio.Future[UpstreamAnswer]] = {}
-        self._probes: dict[HostPort, asyncio.TimerHandle] = {}  # of down upstreams
-        self._probing: set[HostPort] = set()  # probes in flight
+        self._probes: dict[UpstreamAddress, asyncio.TimerHandle] = {}  # of down upstreams
+        self._probing: set[UpstreamAddress] = set()  # probes in flight
         self._background: set[asyncio.Task[Any]] = set()
         self.set_upstreams(upstreams)
 
-    def set_upstreams(self, upstreams: Sequence[HostPort]) -> None:
+    def set_upstreams(self, upstreams: Sequence[UpstreamAddress]) -> None:
         """Replace the list; an upstream that stays keeps its health record.
 
         A loop mark is not kept: the loop check that follows a change decides afresh. (A
@@ -297,8 +378,10 @@ class UpstreamClient:
                 server.downs, server.down_until = previous.downs, previous.down_until
             servers.append(server)
         self.servers = servers
+        for address in [a for a in self._streams if a not in upstreams]:
+            self.spawn(self._streams.pop(address).close())
 
-    def disable(self, address: HostPort, reason: str) -> bool:
+    def disable(self, address: UpstreamAddress, reason: str) -> bool:
         """Never use ``address`` again (until the list changes); False if it already was."""
         changed = False
         for server in self.servers:
@@ -379,13 +462,17 @@ class UpstreamClient:
             with contextlib.suppress(BaseException):
                 await task
         self._inflight.clear()
+        streams, self._streams = list(self._streams.values()), {}
+        for stream in streams:
+            await stream.close()
 
     async def _resolve(self, qname: bytes, qtype: int, qclass: int) -> UpstreamAnswer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.query_timeout
         fallback: UpstreamAnswer | None = None
         last_error = "no upstream configured"
-        listening: list[_Reply] = []  # this query's UDP sockets, still open for late answers
+        # This query's UDP sockets and encrypted attempts, still open for late answers.
+        listening: list[_Listener] = []
         try:
             for _ in range(_ROUNDS):
                 order = self.usable()
@@ -424,7 +511,7 @@ class UpstreamClient:
             return fallback  # every upstream said SERVFAIL/REFUSED: pass the last one on
         raise UpstreamTimeout(f"no upstream answered: {last_error}")
 
-    def _may_answer_late(self, listening: list[_Reply]) -> bool:
+    def _may_answer_late(self, listening: list[_Listener]) -> bool:
         """Whether a socket still listens to an upstream not known to be down."""
         now = self.clock()
         asked = {want.server for want in listening}
@@ -432,13 +519,13 @@ class UpstreamClient:
 
     async def _ask(
         self,
-        server: HostPort | None,
+        server: UpstreamAddress | None,
         qname: bytes,
         qtype: int,
         qclass: int,
         deadline: float,
-        listening: list[_Reply],
-    ) -> tuple[HostPort | None, UpstreamAnswer | UpstreamError]:
+        listening: list[_Listener],
+    ) -> tuple[UpstreamAddress | None, UpstreamAnswer | UpstreamError]:
         """One attempt of a query: ask ``server`` (None: nobody new) while the query's earlier
         sockets keep listening; the first good answer on any of them wins. Returns the
         outcome and the upstream it concerns: the one that answered, or ``server`` for a
@@ -446,18 +533,17 @@ class UpstreamClient:
         """
         loop = asyncio.get_running_loop()
         began = loop.time()
-        done: asyncio.Future[_Reply] = loop.create_future()
+        done: asyncio.Future[_Listener] = loop.create_future()
         for earlier in listening:  # their late answers now complete this attempt
-            if earlier.dead:
-                continue
-            earlier.retired = True
-            earlier.done = done
-            loop.add_reader(earlier.fd, _on_readable, earlier)
+            if not earlier.dead:
+                earlier.rearm(done)
         blame = server
         try:
             question = b""
-            if server is not None:
+            if type(server) is HostPort:
                 question = self._send_udp(server, qname, qtype, qclass, done, listening)
+            elif isinstance(server, TlsUpstream | HttpsUpstream):
+                self._send_stream(server, qname, qtype, qclass, done, listening)
             timer = loop.call_at(deadline, _expire, done)
             try:
                 winner = await done
@@ -467,18 +553,19 @@ class UpstreamClient:
             answer = winner.answer
             assert answer is not None
             if answer.truncated:  # RFC 7766 §5: ask the same server over TCP
+                assert isinstance(winner.server, HostPort)  # streams are never truncated
                 question = winner.question
                 async with asyncio.timeout_at(deadline):
                     answer = await self._tcp(winner.server, qname, qtype, qclass, question)
         except _Unwanted as exc:  # only the socket of this attempt raises (not retired)
-            assert server is not None
+            assert isinstance(server, HostPort)
             self._unwanted(server, exc)
             try:
                 async with asyncio.timeout_at(deadline):
                     answer = await self._tcp(server, qname, qtype, qclass, question)
             except (TimeoutError, OSError, BadUpstreamResponse) as tcp_exc:
                 return server, _upstream_error(server, tcp_exc, began, deadline)
-        except (TimeoutError, OSError, BadUpstreamResponse) as exc:
+        except (TimeoutError, OSError, BadUpstreamResponse, StreamFailure) as exc:
             if blame is None:
                 return None, UpstreamTimeout("no late answer")
             return blame, _upstream_error(blame, exc, began, deadline)
@@ -490,8 +577,8 @@ class UpstreamClient:
         qname: bytes,
         qtype: int,
         qclass: int,
-        done: asyncio.Future[_Reply],
-        listening: list[_Reply],
+        done: asyncio.Future[_Listener],
+        listening: list[_Listener],
     ) -> bytes:
         """Send the query to ``server`` from a fresh socket that completes ``done``; the
         question as sent (0x20 case)."""
@@ -518,6 +605,32 @@ class UpstreamClient:
             raise
         return question
 
+    def _send_stream(
+        self,
+        server: TlsUpstream | HttpsUpstream,
+        qname: bytes,
+        qtype: int,
+        qclass: int,
+        done: asyncio.Future[_Listener],
+        listening: list[_Listener],
+    ) -> None:
+        """Ask an encrypted upstream on its connection, in a task that completes ``done``."""
+        want = _StreamReply(server, done)
+        listening.append(want)
+        want.start(self._stream(server).query(Question(qname, qtype, qclass, self.max_ttl)))
+
+    def _stream(self, server: TlsUpstream | HttpsUpstream) -> DotClient | DohClient:
+        stream = self._streams.get(server)
+        if stream is None:
+            if self._tls is None:
+                self._tls = client_context(self.upstream_ca)
+            if isinstance(server, TlsUpstream):
+                stream = DotClient(server, self._tls, self.idle_timeout, self.query_timeout)
+            else:
+                stream = DohClient(server, self._tls, self.idle_timeout)
+            self._streams[server] = stream
+        return stream
+
     def _unwanted(self, server: HostPort, exc: _Unwanted) -> None:
         if exc.flood:
             self.unwanted_abandoned += 1
@@ -526,10 +639,12 @@ class UpstreamClient:
             self.case_lost += 1
             log.debug("upstream.case_lost", extra=fields(upstream=str(server)))
 
-    def _server(self, address: HostPort) -> Upstream | None:
+    def _server(self, address: UpstreamAddress) -> Upstream | None:
         return next((s for s in self.servers if s.address == address), None)
 
-    def _record(self, address: HostPort | None, outcome: UpstreamAnswer | UpstreamError) -> None:
+    def _record(
+        self, address: UpstreamAddress | None, outcome: UpstreamAnswer | UpstreamError
+    ) -> None:
         server = None if address is None else self._server(address)
         if server is None:
             return  # nobody new was asked, or the list changed meanwhile
@@ -581,16 +696,16 @@ class UpstreamClient:
         loop = asyncio.get_running_loop()
         self._probes[server.address] = loop.call_later(delay, self._probe_due, server.address)
 
-    def _probe_due(self, address: HostPort) -> None:
+    def _probe_due(self, address: UpstreamAddress) -> None:
         self._probes.pop(address, None)
         self._start_probe(address)
 
-    def _start_probe(self, address: HostPort) -> None:
+    def _start_probe(self, address: UpstreamAddress) -> None:
         if address not in self._probing:  # one probe per upstream at a time
             self._probing.add(address)
             self.spawn(self._probe(address))
 
-    async def _probe(self, address: HostPort) -> None:
+    async def _probe(self, address: UpstreamAddress) -> None:
         try:
             server = self._server(address)
             if server is None or server.disabled is not None:
@@ -624,15 +739,16 @@ class UpstreamClient:
         server.downs = 0
 
     async def exchange(
-        self, server: HostPort, qname: bytes, qtype: int, qclass: int, budget: float
+        self, server: UpstreamAddress, qname: bytes, qtype: int, qclass: int, budget: float
     ) -> UpstreamAnswer:
         """One question to one server, on its own (probes, the loop check): UDP, and TCP when
-        the UDP answer is truncated. The caller judges the server by the outcome.
+        the UDP answer is truncated, or the server's encrypted transport. The caller judges
+        the server by the outcome.
 
         Raises UpstreamError (UpstreamTimeout when it did not answer in time).
         """
         loop = asyncio.get_running_loop()
-        listening: list[_Reply] = []
+        listening: list[_Listener] = []
         try:
             _, outcome = await self._ask(
                 server, qname, qtype, qclass, loop.time() + budget, listening

@@ -8,6 +8,7 @@
         ├── LocalPolicyClash     409  a connected agent's local files define the name/domain
         ├── PreconditionFailed   412  If-Match names a revision that is no longer current
         ├── DatabaseUnavailable  503  the database cannot be reached or dropped the connection
+        │   └── CommitUnknown    503  the connection dropped during COMMIT: it may have landed
         ├── SchemaNotCurrent          the database is not migrated to head (refuse to start)
         └── InvalidRequest       422  a value other than a policy document is unusable
 
@@ -53,6 +54,20 @@ class PreconditionFailed(StoreError):
 
 class DatabaseUnavailable(StoreError):
     """The database cannot be reached or dropped the connection; nothing was changed."""
+
+
+class CommitUnknown(DatabaseUnavailable):
+    """The connection dropped while COMMIT was in flight: the write may or may not have
+    landed, and only a re-read can tell. ``revision``: the one it would have (the last one,
+    for a write of several), None when it took none.
+
+    A kind of DatabaseUnavailable, so whatever treats an outage as "try later" (the agent
+    recorder, the quorum monitor) still does; the API tells it apart (``commit_unknown``).
+    """
+
+    def __init__(self, message: str, revision: int | None) -> None:
+        super().__init__(message)
+        self.revision = revision
 
 
 class SchemaNotCurrent(StoreError):

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dnsmesh.controller")
 
+# agents.replica is VARCHAR(128): a longer id would fail every agent write on PostgreSQL.
+MAX_REPLICA_ID = 128
 CLI_ACTOR = "cli"  # the audit log's "who" for changes made with a local command
 
 
@@ -75,16 +77,22 @@ def run_controller(args: argparse.Namespace) -> int:
     import uvicorn
 
     from controller.api import create_app
+    from controller.api.body import DEFAULT_MAX_BODY
 
     url = resolve_database_url(args.database)
     host, port = parse_listen(args.listen)
     push = push_settings(args)  # flags first: a bad one fails before any socket or database
     tls = tls_files(args)
+    max_body = DEFAULT_MAX_BODY if args.max_body is None else args.max_body
+    if max_body < 1:
+        raise ConfigError("--max-body must be at least 1 byte")
     engine = open_database(url, migrate=args.migrate)
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
-    app = create_app(Database(engine), push, ca_bundle=tls.bundle() if tls else None)
+    app = create_app(
+        Database(engine), push, ca_bundle=tls.bundle() if tls else None, max_body=max_body
+    )
     ssl: dict[str, Any] = {}
     if tls is not None:
         ssl = {"ssl_certfile": str(tls.cert_file), "ssl_keyfile": str(tls.key_file)}
@@ -160,6 +168,8 @@ def push_settings(args: argparse.Namespace) -> PushSettings:
             "--ping-interval and --catch-up-interval must be > 0, --change-retention >= 0"
         )
     if args.replica_id:
+        if len(args.replica_id) > MAX_REPLICA_ID:
+            raise ConfigError(f"--replica-id must be at most {MAX_REPLICA_ID} characters")
         settings = dataclasses.replace(settings, replica_id=args.replica_id)
     return dataclasses.replace(settings, health=health_settings(args))
 

@@ -322,14 +322,18 @@ class PolicySpec(_Strict):
         return self
 
 
+# Labels, of a policy and of an agent: at most MAX_LABELS, a key of 1-63 characters, a
+# value of at most 63. No control characters in a value: NUL cannot be stored (PostgreSQL)
+# or shown, nor can the rest be shown safely in a listing or a log line.
+MAX_LABELS = 64
+LabelKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$")]
+LabelValue = Annotated[str, Field(max_length=63, pattern=r"^[^\x00-\x1f\x7f]*$")]
+Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)]
+
+
 class Metadata(_Strict):
     name: Annotated[str, Field(pattern=_NAME_RE.pattern)]
-    labels: dict[
-        Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$")],
-        # No control characters: NUL cannot be stored (PostgreSQL) or shown, nor can the rest
-        # be shown safely in a listing or a log line.
-        Annotated[str, Field(max_length=63, pattern=r"^[^\x00-\x1f\x7f]*$")],
-    ] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
     # Set by the controller (the revision at which the policy last changed); ignored on input
     # to the agent's files, and used as the ETag by the REST API.
     revision: int | None = Field(default=None, ge=0)

@@ -38,7 +38,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from dnsmesh.errors import DnsmeshError, FieldError, PolicyError
-from dnsmesh.policy import Policy, check_policy_set, field_errors, parse_policy
+from dnsmesh.policy import Labels, Policy, check_policy_set, field_errors, parse_policy
 
 PROTOCOL_VERSION: Literal[1] = 1
 
@@ -94,7 +94,7 @@ class Hello(_Message):
     type: Literal["hello"] = "hello"
     agent_id: str = Field(min_length=1, max_length=128)
     node_name: str = Field(min_length=1, max_length=253)
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)  # the limits of a policy's labels
     software: str = Field(default="", max_length=64)
     revision: int = Field(default=0, ge=0, description="the last revision the agent applied")
     local: LocalPolicies = Field(default_factory=list, description="its --policies files")

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import secrets
 
-from agent.config import HostPort
+from agent.config import UpstreamAddress
 from agent.upstream import UpstreamClient
 from dnsmesh import dnswire
 from dnsmesh.dnswire import Query
@@ -33,8 +33,8 @@ class LoopGuard:
     def __init__(self, upstream: UpstreamClient, timeout: float) -> None:
         self._upstream = upstream
         self._timeout = timeout
-        self.pending: dict[bytes, HostPort] = {}
-        self.detected: list[HostPort] = []
+        self.pending: dict[bytes, UpstreamAddress] = {}
+        self.detected: list[UpstreamAddress] = []
 
     def answer(self, query: Query, client: str) -> bytes | None:
         if not self.pending:
@@ -61,7 +61,7 @@ class LoopGuard:
         servers = [s.address for s in self._upstream.usable()]
         await asyncio.gather(*(self.probe(server) for server in servers))
 
-    async def probe(self, server: HostPort) -> bool:
+    async def probe(self, server: UpstreamAddress) -> bool:
         """Probe one upstream; True if it forwarded our probe back to us."""
         name = f"{secrets.token_hex(8)}.{secrets.token_hex(4)}.{PROBE_TLD}"
         qname = dnswire.name_to_wire(name)

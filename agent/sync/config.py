@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from pydantic import TypeAdapter, ValidationError
+
 from dnsmesh.errors import ConfigError
+from dnsmesh.policy import Labels, field_errors
 
 SyncMode = Literal["auto", "ws", "http"]
 STREAM_PATH = "/v1/agents/stream"
@@ -79,6 +82,9 @@ def http_url(url: str) -> str:
     return urlunsplit((http, netloc, path.removesuffix(STREAM_PATH), "", ""))
 
 
+_LABELS: TypeAdapter[dict[str, str]] = TypeAdapter(Labels)
+
+
 def tls_context(ca_file: Path | None) -> ssl.SSLContext:
     if ca_file is None:
         return ssl.create_default_context()
@@ -89,13 +95,19 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
 
 
 def parse_labels(pairs: list[str]) -> dict[str, str]:
+    """``--label`` pairs, held to the limits the controller checks (dnsmesh.policy.Labels):
+    a label it would refuse must stop the agent here, not make every hello fail."""
     labels: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--label {pair!r} is not KEY=VALUE")
         labels[key.strip()] = value.strip()
-    return labels
+    try:
+        return _LABELS.validate_python(labels)
+    except ValidationError as error:
+        problems = "; ".join(f"{e.path}: {e.message}" for e in field_errors(error))
+        raise ConfigError(f"--label: {problems}") from None
 
 
 def add_sync_arguments(parser: argparse.ArgumentParser) -> None:

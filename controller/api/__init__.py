@@ -162,13 +162,21 @@ Errors: every error status has one shape, with ``fields`` always present:
     409 apply_refused         a document of POST /v1/policies:apply was refused (422 when
                               every refused one is invalid); nothing was applied
     412 precondition_failed   If-Match is stale
-    413 payload_too_large
+    413 payload_too_large     the body is larger than --max-body (1 MiB by default), the
+                              limit named: a Content-Length past it is refused before the
+                              body is read, a chunked body when it passes it; the
+                              connection is then closed (Connection: close)
     422 invalid_policy        fields name every offending path, e.g. spec.endpoints[1].weight
                               (slice writes report paths in the whole policy: spec.slices[2].groups)
     422 invalid_request       a bad query parameter, token name or role; a body string or
                               key holding NUL or a lone surrogate (on every route)
     503 database_unavailable  the database is down or dropped the connection; nothing was
                               written; Retry-After: 1
+    503 commit_unknown        the database connection was lost during COMMIT: the write
+                              may or may not have landed. Dnsmesh-Unknown-Revision: R names
+                              the revision it would have (the last, for an :apply); re-read
+                              (GET /readyz, the policy's ETag) before writing again. No
+                              Retry-After: a blind retry of a POST could write twice
   While the database is away, GET /v1/policies and GET /v1/policies/{name} answer 200 from
   the push hub's copy when it has one (after the first agent), with Warning: 110 - "stale:
   database unavailable", X-Dnsmesh-Stale: true and X-Dnsmesh-Stale-Revision: R, for a

@@ -91,7 +91,7 @@ from controller.errors import DatabaseUnavailable
 from controller.hub import Hub
 from controller.services.agent_state import Forgotten
 from dnsmesh import protocol
-from dnsmesh.policy import field_errors
+from dnsmesh.policy import Labels, field_errors
 
 router = APIRouter(tags=["agents"])
 
@@ -201,7 +201,7 @@ class _NackReport(BaseModel):
 class _PollReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
     node_name: str = Field(min_length=1, max_length=253)
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
     software: str = Field(default="", max_length=64)
     revision: int = Field(ge=0, description="the revision the agent runs now")
     nack: _NackReport | None = None

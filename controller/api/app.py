@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from controller.api import admin, agents, endpoints, policies
+from controller.api.body import DEFAULT_MAX_BODY
 from controller.api.errors import install_error_handlers
 from controller.api.refusals import RefusalAudit
 from controller.api.screen import RefuseNul
@@ -23,9 +24,14 @@ from controller.services.policies import PolicyService
 
 
 def create_app(
-    db: Database, push: PushSettings | None = None, *, ca_bundle: str | None = None
+    db: Database,
+    push: PushSettings | None = None,
+    *,
+    ca_bundle: str | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
 ) -> FastAPI:
-    """``ca_bundle``: the PEM that GET /v1/ca serves (a controller with --tls), else None."""
+    """``ca_bundle``: the PEM that GET /v1/ca serves (a controller with --tls), else None;
+    ``max_body``: the largest request body in bytes (larger ones get 413)."""
     settings = push or PushSettings()
     policy_service = PolicyService(db, agent_stale_after=settings.stale_after)
     hub = build_hub(db, settings, policy_service)
@@ -45,6 +51,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.db = db
+    app.state.max_body = max_body
     app.state.policies = policy_service
     app.state.tokens = TokenStore(db)
     app.state.refusals = RefusalAudit(db)

@@ -20,7 +20,6 @@ from dnsmesh.logs import fields
 T = TypeVar("T")
 log = logging.getLogger("dnsmesh.controller.api")
 _BEARER = {"WWW-Authenticate": 'Bearer realm="dnsmesh"'}
-MAX_BODY = 4 * 1024 * 1024  # a policy with 1,024 endpoints is well under 1 MiB
 # What a 403 says the role may not do, as a sentence ("role 'viewer' may not write policies").
 _DOING = {
     Permission.READ_POLICIES: "read policies",
@@ -89,14 +88,10 @@ async def _refuse(
 
 
 async def json_body(request: Request) -> object:
-    """The body parsed as JSON; 400 ``malformed_json`` when it is not JSON or nests too
-    deep, 422 ``invalid_request`` when a string holds NUL or a lone surrogate."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:  # refuse before reading it all
-        raise ApiError(413, "payload_too_large", f"the body is larger than {MAX_BODY} bytes")
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise ApiError(413, "payload_too_large", f"the body is larger than {MAX_BODY} bytes")
+    """The body parsed as JSON; 413 ``payload_too_large`` past ``--max-body``, 400
+    ``malformed_json`` when it is not JSON or nests too deep, 422 ``invalid_request`` when a
+    string holds NUL or a lone surrogate."""
+    raw = await bounded_body(request, request.app.state.max_body)
     if not raw.strip():
         raise ApiError(400, "malformed_json", "the request body is empty; send a JSON object")
     try:
@@ -116,6 +111,37 @@ async def json_body(request: Request) -> object:
             raise ApiError(400, "malformed_json", str(refused), [refused.field]) from None
         raise ApiError(422, "invalid_request", str(refused), [refused.field]) from None
     return parsed
+
+
+async def bounded_body(request: Request, limit: int) -> bytes:
+    """The body, refused (413) as soon as it is known to exceed ``limit`` bytes.
+
+    A Content-Length beyond the limit is refused before a byte of the body is read; a
+    chunked (or lying) body is read only until it passes the limit. Either way the server
+    then closes the connection instead of reading the rest.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        "payload_too_large",
+        f"the body is larger than the limit of {limit} bytes (dnsmesh controller --max-body)",
+        # The rest of the body is still coming: closing is what stops it. Without this
+        # uvicorn keeps the connection and reads (and discards) whatever the client sends.
+        headers={"Connection": "close"},
+    )
 
 
 def if_match(request: Request) -> IfMatch | None:

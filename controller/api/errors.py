@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controller.errors import (
     AlreadyExists,
+    CommitUnknown,
     DatabaseUnavailable,
     DomainConflict,
     InvalidRequest,
@@ -34,6 +35,8 @@ log = logging.getLogger("dnsmesh.controller.api")
 
 # Clients may retry a 503 after this many seconds; the pool reconnects on its own.
 RETRY_AFTER_S = "1"
+# On a 503 commit_unknown: the revision the write would have, to look for when re-reading.
+UNKNOWN_REVISION = "Dnsmesh-Unknown-Revision"
 
 
 class ApiError(Exception):
@@ -86,6 +89,10 @@ def from_store_error(error: StoreError) -> ApiError:
         return ApiError(412, "precondition_failed", str(error))
     if isinstance(error, InvalidRequest):
         return ApiError(422, "invalid_request", str(error), error.fields)
+    if isinstance(error, CommitUnknown):
+        # No Retry-After: retrying blindly could apply the write twice (a POST, an :apply).
+        headers = {} if error.revision is None else {UNKNOWN_REVISION: str(error.revision)}
+        return ApiError(503, "commit_unknown", str(error), headers=headers)
     if isinstance(error, DatabaseUnavailable):
         return ApiError(
             503, "database_unavailable", str(error), headers={"Retry-After": RETRY_AFTER_S}
@@ -112,7 +119,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_store_error(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, StoreError)
-        if isinstance(error, DatabaseUnavailable):
+        if isinstance(error, CommitUnknown):
+            log.error(
+                "database.commit_unknown",
+                extra=fields(
+                    method=request.method,
+                    path=request.url.path,
+                    revision=error.revision,
+                    error=str(error),
+                ),
+            )
+        elif isinstance(error, DatabaseUnavailable):
             log.warning(
                 "database.unavailable",
                 extra=fields(method=request.method, path=request.url.path, error=str(error)),

@@ -18,8 +18,8 @@ from sqlalchemy import Engine, exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db.engine import WRITE_OPTION, is_unavailable
-from controller.errors import AlreadyExists, DatabaseUnavailable
-from controller.repositories.revision import current_revision
+from controller.errors import AlreadyExists, CommitUnknown, DatabaseUnavailable
+from controller.repositories.revision import PENDING_REVISION, current_revision
 
 T = TypeVar("T")
 
@@ -107,15 +107,50 @@ class Database:
 
     @contextmanager
     def writing(self) -> Iterator[WriteTransaction]:
-        """One write transaction: committed when the block ends unless discarded or raised."""
+        """One write transaction: committed when the block ends unless discarded or raised.
+
+        A failure before COMMIT (a statement, the final flush) rolled everything back:
+        DatabaseUnavailable, nothing landed. A connection lost during COMMIT is different:
+        the server may have committed before the connection went, so it raises
+        CommitUnknown with the revision the write would have, and the caller must re-read.
+        """
         with self._write_gate, self.guard(), self._writes() as session, session.begin() as inner:
             transaction = WriteTransaction(session)
             yield transaction
             if transaction.discarded:
                 inner.rollback()
+                return
+            session.flush()  # the last statements, still before COMMIT
+            try:
+                inner.commit()
+            except exc.SQLAlchemyError as error:
+                if not self._in_doubt(error):
+                    raise  # the COMMIT was refused: nothing landed
+                raise CommitUnknown(
+                    "the database connection was lost during COMMIT: the write may have "
+                    f"landed or not{_at(session)}; re-read before retrying "
+                    f"({_first_line(error)})",
+                    session.info.get(PENDING_REVISION),
+                ) from error
+
+    def _in_doubt(self, error: exc.SQLAlchemyError) -> bool:
+        """Whether a failed COMMIT may have landed: the connection went before the answer.
+
+        SQLite is in this process: a failed commit there did not happen. A PostgreSQL
+        answer of class 40 (serialization failure, deadlock) is a definite rollback.
+        """
+        if self.engine.dialect.name == "sqlite" or not is_unavailable(error):
+            return False
+        sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None)
+        return not (isinstance(sqlstate, str) and sqlstate.startswith("40"))
 
     def current_revision(self) -> int:
         return self.read(current_revision)
+
+
+def _at(session: Session) -> str:
+    revision = session.info.get(PENDING_REVISION)
+    return "" if revision is None else f" (it would be revision {revision})"
 
 
 def _first_line(error: exc.SQLAlchemyError) -> str:

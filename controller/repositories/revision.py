@@ -7,6 +7,8 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import StateRow
 
+PENDING_REVISION = "dnsmesh.pending_revision"  # the session.info key
+
 
 def current_revision(session: Session) -> int:
     return session.execute(select(StateRow.revision).where(StateRow.id == 1)).scalar_one()
@@ -19,9 +21,12 @@ def bump_revision(session: Session) -> int:
     (a reader that sees R has every change up to R), and the checks a service makes after
     this (If-Match, name and domain uniqueness, the down set) cannot race.
     """
-    return session.execute(
+    revision = session.execute(
         update(StateRow)
         .where(StateRow.id == 1)
         .values(revision=StateRow.revision + 1)
         .returning(StateRow.revision)
     ).scalar_one()
+    # What a commit that ends in doubt reports (controller.db.session.Database.writing).
+    session.info[PENDING_REVISION] = revision
+    return revision

@@ -28,7 +28,7 @@ import pytest
 from sqlalchemy import text
 from starlette.exceptions import StarletteDeprecationWarning
 
-from agent.config import AgentConfig, HostPort, parse_host_port
+from agent.config import AgentConfig, HostPort, parse_host_port, parse_upstream
 from agent.server import AgentServer
 from controller.api import create_app
 from controller.auth import TokenStore
@@ -128,7 +128,7 @@ def start_agent(loop_thread: LoopThread, tmp_path: Path) -> Iterator[Callable[..
         **overrides: Any,
     ) -> RunningAgent:
         ups = tuple(
-            parse_host_port(u if isinstance(u, str) else u.address) for u in (upstreams or [])
+            parse_upstream(u if isinstance(u, str) else u.address) for u in (upstreams or [])
         )
         fields: dict[str, Any] = {
             "listen": (HostPort("127.0.0.1", 0),),

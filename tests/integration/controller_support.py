@@ -1,14 +1,12 @@
-"""Helpers for the controller tests: throwaway PostgreSQL databases, policies, a TCP proxy."""
+"""Helpers for the controller tests: throwaway PostgreSQL databases, policies, the CLI."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import secrets
-import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,75 +74,6 @@ def policy_doc(
         ttl=5,
         slices=[{"id": "beta", "match": {"client_cidrs": ["10.8.0.0/16"]}, "groups": ["v2"]}],
     )
-
-
-class TcpProxy:
-    """A loopback TCP relay to PostgreSQL that a test can stop (connections reset) and restart."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.port = 0
-        self._listener: socket.socket | None = None
-        self._sockets: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-
-    def start(self) -> TcpProxy:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))  # the same port again after a stop
-        listener.listen(64)
-        self.port = listener.getsockname()[1]
-        self._listener = listener
-        thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
-        thread.start()
-        self._threads.append(thread)
-        return self
-
-    def stop(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)
-            listener.close()
-        with self._lock:
-            sockets, self._sockets = self._sockets, set()
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._threads = []
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._sockets.update((client, upstream))
-            for src, dst in ((client, upstream), (upstream, client)):
-                thread = threading.Thread(target=self._pipe, args=(src, dst), daemon=True)
-                thread.start()
-                self._threads.append(thread)
-
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
 
 
 def run_cli(

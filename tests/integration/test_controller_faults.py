@@ -24,12 +24,12 @@ from controller.db.session import Database
 from controller.services.policies import PolicyService
 from tests.integration.conftest import TestClient
 from tests.integration.controller_support import (
-    TcpProxy,
     admin_postgres_url,
     policy_doc,
     terminate_backends,
 )
 from tests.support.ports import free_port
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.postgres
 

@@ -18,9 +18,10 @@ from sqlalchemy.engine import make_url
 from controller.auth import TokenStore
 from controller.db.engine import build_engine
 from controller.db.session import Database
-from tests.integration.controller_support import TcpProxy, policy_doc
+from tests.integration.controller_support import policy_doc
 from tests.support.controller import ControllerProcess
 from tests.support.polling import wait_until
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.postgres
 

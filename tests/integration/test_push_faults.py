@@ -11,7 +11,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from dnsmesh import protocol
-from tests.integration.controller_support import TcpProxy, policy_doc
+from tests.integration.controller_support import policy_doc
 from tests.integration.push_support import (
     ServedController,
     TestAgent,
@@ -20,6 +20,7 @@ from tests.integration.push_support import (
     eventually,
     fast_settings,
 )
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.postgres
 

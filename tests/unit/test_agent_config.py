@@ -8,7 +8,9 @@ import pytest
 
 from agent.config import HostPort, parse_host_port
 from agent.resolvconf import is_self, parse_resolv_conf, upstreams_from_resolv_conf
+from agent.sync.config import parse_labels
 from dnsmesh.errors import ConfigError
+from dnsmesh.policy import MAX_LABELS
 
 
 @pytest.mark.parametrize(
@@ -88,3 +90,16 @@ def test_upstreams_from_resolv_conf_skip_self(tmp_path: Path) -> None:
         upstreams_from_resolv_conf(path, listening, never_local)
     with pytest.raises(ConfigError, match="cannot read"):
         upstreams_from_resolv_conf(tmp_path / "missing", listening, never_local)
+
+
+def test_agent_labels_are_held_to_the_limits_the_controller_checks() -> None:
+    assert parse_labels(["zone=eu west", "topology.kubernetes.io/zone=a"]) == {
+        "zone": "eu west",
+        "topology.kubernetes.io/zone": "a",
+    }
+    assert parse_labels([f"k={'v' * 63}"]) == {"k": "v" * 63}
+    for refused in ([f"k={'v' * 64}"], [f"{'k' * 64}=v"], ["-k=v"], ["k=a\x01b"]):
+        with pytest.raises(ConfigError, match="--label"):
+            parse_labels(refused)
+    with pytest.raises(ConfigError, match="--label"):
+        parse_labels([f"k{i}=v" for i in range(MAX_LABELS + 1)])

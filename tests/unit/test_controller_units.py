@@ -7,6 +7,7 @@ import hashlib
 import pytest
 from starlette.requests import Request
 
+from cli.main import build_parser
 from controller.api.deps import etag, if_match
 from controller.auth import (
     ROLE_PERMISSIONS,
@@ -21,7 +22,7 @@ from controller.auth import (
 )
 from controller.db.engine import normalize_url, redact, resolve_database_url
 from controller.errors import InvalidRequest
-from controller.server import parse_listen
+from controller.server import parse_listen, push_settings
 from controller.services.policies import IfMatch
 from dnsmesh.errors import ConfigError
 
@@ -115,3 +116,13 @@ def test_token_buckets_forget_idle_sources_first_when_full() -> None:
     now[0] += 1.0  # both refilled
     buckets.take("new")  # room is made by forgetting "idle", which owes nothing
     assert buckets.take("busy").dropped == 1
+
+
+def test_controller_flags_past_a_column_or_the_body_are_refused() -> None:
+    parser = build_parser()
+    long_id = parser.parse_args(["controller", "--replica-id", "r" * 129])
+    with pytest.raises(ConfigError, match="at most 128"):
+        push_settings(long_id)
+    fits = parser.parse_args(["controller", "--replica-id", "r" * 128])
+    assert push_settings(fits).replica_id == "r" * 128
+    assert parser.parse_args(["controller"]).max_body is None  # the default: 1 MiB
