@@ -7,7 +7,6 @@ the controller cannot be reached, the token was refused, or the request itself w
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import httpx
 from cli.trust import client_context
 from dnsmesh.errors import ControllerError, FieldError
 from dnsmesh.policy import Policy, parse_policy
+from dnsmesh.tlserrors import certificate_error
 
 DEFAULT_SERVER = "http://127.0.0.1:8053"
 
@@ -219,7 +219,7 @@ class ControllerClient:
         try:
             response = self._http.request(method, path, **kw)
         except httpx.ConnectError as exc:
-            if _is_certificate_error(exc):
+            if certificate_error(exc) is not None:
                 raise ControllerUnreachable(
                     f"the controller at {self.server} was not trusted: {exc} (give its CA "
                     "bundle with --ca-file or $DNSMESH_CA_FILE: dnsmesh ca export)"
@@ -234,15 +234,6 @@ class ControllerClient:
         if response.is_success or response.status_code in allow:
             return response
         raise _refusal(response)
-
-
-def _is_certificate_error(exc: BaseException) -> bool:
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
 
 
 def _write_params(dry_run: bool, force: bool) -> dict[str, str]:

@@ -18,6 +18,7 @@ import httpx
 from agent.config import HTTPS_PORT, HttpsUpstream
 from agent.encrypted import Question, StreamFailure
 from dnsmesh.dnsforward import UpstreamAnswer
+from dnsmesh.tlserrors import certificate_error
 
 _MEDIA = "application/dns-message"
 # RFC 8484 §4.1: use ID 0 (the HTTP exchange pairs the answer, and caches may share it).
@@ -69,9 +70,7 @@ class DohClient:
 
 def _reason(exc: httpx.HTTPError) -> str:
     """The root cause in words; a refused certificate is named as such (httpx wraps it)."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"certificate refused: {cause.verify_message}"
-        cause = cause.__cause__ or cause.__context__
+    refused = certificate_error(exc)
+    if refused is not None:
+        return f"certificate refused: {refused.verify_message}"
     return str(exc) or type(exc).__name__

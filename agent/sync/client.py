@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import ssl
 import time
 from collections.abc import Callable
 
@@ -47,6 +46,7 @@ from agent.sync.state_file import StateDir
 from agent.sync.websocket import WebSocketChannel, describe
 from dnsmesh.logs import fields
 from dnsmesh.protocol import ProtocolError, Report
+from dnsmesh.tlserrors import certificate_error
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class AgentSync:
             ) as exc:
                 error = describe(exc)
                 refused = isinstance(exc, ConnectionRefusedError | httpx.ConnectError)
-                if _untrusted(exc):
+                if certificate_error(exc) is not None:
                     # Retried like any failure (the controller may get a new certificate),
                     # but at error level: this is a configuration to fix, not a blip.
                     log.error(
@@ -219,13 +219,3 @@ class AgentSync:
             task = asyncio.get_running_loop().create_task(channel.report_quietly())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-
-
-def _untrusted(exc: BaseException) -> bool:
-    """The controller's certificate failed verification (directly or as a cause)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
