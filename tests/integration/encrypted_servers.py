@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import h2.events
 import trustme
 import uvicorn
 
+from dnsmesh.tcpframing import FrameDecoder, frame
 from tests.integration.fakedns import FakeUpstream, LoopThread
 from tests.support.polling import wait_until
 from tests.support.ports import free_port
@@ -111,7 +111,7 @@ class DotServer(_TlsServer):
 class _DotProtocol(asyncio.Protocol):
     def __init__(self, server: DotServer) -> None:
         self.server = server
-        self.buffer = b""
+        self.frames = FrameDecoder()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
@@ -126,16 +126,12 @@ class _DotProtocol(asyncio.Protocol):
             self.server.close_on_next_query = False
             self.transport.close()
             return
-        self.buffer += data
-        while len(self.buffer) >= 2:
-            (size,) = struct.unpack("!H", self.buffer[:2])
-            if len(self.buffer) < 2 + size:
-                return
-            message, self.buffer = self.buffer[2 : 2 + size], self.buffer[2 + size :]
+        self.frames.feed(data)
+        while (message := self.frames.next_message()) is not None:
 
             def send(wire: bytes, transport: asyncio.Transport = self.transport) -> None:
                 if not transport.is_closing():
-                    transport.write(struct.pack("!H", len(wire)) + wire)
+                    transport.write(frame(wire))
 
             self.server.backend.handle(message, "dot", self.peer, send)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -28,6 +27,8 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+
+from dnsmesh.tcpframing import FrameDecoder, frame
 
 T = TypeVar("T")
 
@@ -303,7 +304,7 @@ class _UdpServer(asyncio.DatagramProtocol):
 class _TcpServer(asyncio.Protocol):
     def __init__(self, fake: FakeUpstream) -> None:
         self.fake = fake
-        self.buffer = b""
+        self.frames = FrameDecoder()
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -311,17 +312,13 @@ class _TcpServer(asyncio.Protocol):
         self.peer = transport.get_extra_info("peername")
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while len(self.buffer) >= 2:
-            (size,) = struct.unpack("!H", self.buffer[:2])
-            if len(self.buffer) < 2 + size:
-                return
-            message, self.buffer = self.buffer[2 : 2 + size], self.buffer[2 + size :]
+        self.frames.feed(data)
+        while (message := self.frames.next_message()) is not None:
             transport = self.transport
             assert transport is not None
 
             def send(wire: bytes, transport: asyncio.Transport = transport) -> None:
                 if not transport.is_closing():
-                    transport.write(struct.pack("!H", len(wire)) + wire)
+                    transport.write(frame(wire))
 
             self.fake.handle(message, "tcp", self.peer, send)
