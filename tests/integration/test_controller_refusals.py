@@ -66,5 +66,8 @@ def test_a_flood_of_refusals_is_limited_per_source_and_the_drops_are_counted(api
     assert api.client.post("/v1/policies", json={}).status_code == 401
     rows = refusals(api)
     assert len(rows) == len(recorded) + 1
-    assert len(rows) + sum(e["after"].get("dropped", 0) for e in rows) == sent + 1
-    assert rows[0]["after"]["dropped"] > 0
+    dropped = [e["after"].get("dropped", 0) for e in rows]
+    assert len(rows) + sum(dropped) == sent + 1
+    # Which row carries a count depends on how fast the loop ran against the refill (on a
+    # slow machine the loop's own admitted rows carry them all), but some row must.
+    assert max(dropped) > 0
