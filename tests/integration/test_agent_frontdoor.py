@@ -135,6 +135,7 @@ def _latencies(agent: RunningAgent, seconds: float, interval: float) -> list[flo
     return took
 
 
+@pytest.mark.timing
 def test_a_flood_from_one_source_is_limited_and_another_source_stays_fast(
     tmp_path: Path, start_agent: StartAgent, upstream: FakeUpstream
 ) -> None:
