@@ -1,6 +1,6 @@
 """The controller's REST API (FastAPI); ``create_app(Database)`` builds it.
 
-Every route but /healthz, /readyz, /v1/ca and /openapi.json needs
+Every route but /healthz, /readyz, /v1/ca, and /openapi.json needs
 ``Authorization: Bearer dnsm_...``.
 Bodies are JSON; a policy body is the same document as one YAML policy document.
 
@@ -64,6 +64,15 @@ Tokens (admin)
     GET    /v1/tokens                            200 {"items": [{name, role, prefix,
                                                    created_at, created_by, expires_at}]}
     DELETE /v1/tokens/{name}                     200 {"revoked": name}
+    GET    /v1/whoami                            (any role) 200 {"name", "role", "expires_at",
+                                                   "may": {"policies:read", "policies:write",
+                                                   "audit:read", "tokens:manage": bool}}
+
+Events (viewer, editor, admin; controller/api/events.py)
+    GET    /v1/events                            200 text/event-stream: ``event: revision``
+                                                   data {"revision": R}, now and at every
+                                                   committed revision; ``event: goodbye``
+                                                   when the token stops being valid
 
 Audit (viewer, editor, admin)
     GET    /v1/audit?limit=50&before=ID          200 {"items": [{"id","at","actor","operation",

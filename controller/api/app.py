@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from controller.api import admin, agents, endpoints, policies
+from controller.api import admin, agents, endpoints, events, policies
 from controller.api.body import DEFAULT_MAX_BODY
 from controller.api.errors import install_error_handlers
 from controller.api.refusals import RefusalAudit
@@ -63,6 +63,7 @@ def create_app(
     app.include_router(policies.router)
     app.include_router(agents.router)
     app.include_router(endpoints.router)
+    app.include_router(events.router)
     return app
 
 
