@@ -21,6 +21,7 @@ from controller.quorum_monitor import QuorumMonitor
 from controller.recorder import AgentRecorder
 from controller.services.agent_state import AgentStateService
 from controller.services.policies import PolicyService
+from controller.webui import mount_ui
 
 
 def create_app(
@@ -64,6 +65,7 @@ def create_app(
     app.include_router(agents.router)
     app.include_router(endpoints.router)
     app.include_router(events.router)
+    mount_ui(app)
     return app
 
 

@@ -1,0 +1,46 @@
+// The audit trail, newest first, each entry's before and after as a diff.
+import { html, useState } from "../vendor/preact-htm.module.js";
+import { api } from "../api.js";
+import { diffLines } from "../diff.js";
+import { useResource } from "../resource.js";
+import { Diff, ErrorNote, when } from "../widgets.js";
+import { toYaml } from "../yaml.js";
+
+const PAGE = 50;
+
+export function Audit({ revision }) {
+  const first = useResource(() => api(`/v1/audit?limit=${PAGE}`).then((r) => r.data), [revision]);
+  const [older, setOlder] = useState({ items: [], next: undefined, error: null });
+  const [open, setOpen] = useState(null);
+  if (!first.data) return html`<section><h1>Audit</h1><${ErrorNote} error=${first.error} /></section>`;
+  const items = [...first.data.items, ...older.items];
+  const next = older.next === undefined ? first.data.next_before : older.next;
+  const more = () =>
+    api(`/v1/audit?limit=${PAGE}&before=${next}`).then(
+      ({ data }) => setOlder({ items: [...older.items, ...data.items], next: data.next_before, error: null }),
+      (error) => setOlder({ ...older, error }),
+    );
+  return html`<section>
+    <h1>Audit</h1>
+    <${ErrorNote} error=${first.error || older.error} />
+    <table class="audit">
+      <thead><tr><th>When</th><th>Who</th><th>What</th><th>Target</th><th>Revision</th></tr></thead>
+      <tbody>
+        ${items.map(
+          (entry) => html`<tr class="entry" data-audit=${entry.id} onClick=${() => setOpen(open === entry.id ? null : entry.id)}>
+              <td>${when(entry.at)}</td>
+              <td>${entry.actor}</td>
+              <td><code>${entry.operation}</code></td>
+              <td>${entry.target}</td>
+              <td>${entry.revision ?? "—"}</td>
+            </tr>
+            ${open === entry.id &&
+            html`<tr class="detail"><td colspan="5">
+              <${Diff} lines=${diffLines(toYaml(entry.before, { keepRevision: true }), toYaml(entry.after, { keepRevision: true }))} />
+            </td></tr>`}`,
+        )}
+      </tbody>
+    </table>
+    ${next ? html`<button type="button" onClick=${more}>Older entries</button>` : null}
+  </section>`;
+}
