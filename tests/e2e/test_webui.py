@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.e2e.mesh_support import Mesh, agent_process, ask, mesh
+from tests.e2e.mesh_support import Mesh, agent_id, agent_process, ask, mesh
 from tests.integration.conftest import AgentProcess
 from tests.support.policies import policy_doc
 from tests.support.polling import wait_until
@@ -119,6 +119,19 @@ def test_a_bad_token_is_refused_at_login(page: Page, ui: Mesh) -> None:
     assert page.evaluate("sessionStorage.getItem('dnsmesh.token')") is None
 
 
+def test_a_revoked_token_is_logged_out(page: Page, ui: Mesh) -> None:
+    made = ui.rest.http.post("/v1/tokens", json={"name": "webui-short", "role": "viewer"})
+    assert made.status_code == 201, made.text
+    page.goto(f"{ui.controller.url}/ui/")
+    page.fill("#token", made.json()["token"])
+    page.click("#login button[type=submit]")
+    expect(page.locator("tr[data-policy=web]")).to_be_visible()
+    assert ui.rest.http.delete("/v1/tokens/webui-short").status_code == 200
+    page.click("header a[href='#/agents']")
+    expect(page.locator("#login .notice")).to_contain_text("the token is unknown or revoked")
+    assert page.evaluate("sessionStorage.getItem('dnsmesh.token')") is None
+
+
 def test_editing_a_weight_changes_the_agents_answer(
     page: Page, mesh_with_agent: tuple[Mesh, AgentProcess]
 ) -> None:
@@ -136,8 +149,14 @@ def test_editing_a_weight_changes_the_agents_answer(
     page.click("#save")
     expect(page.locator("#notice")).to_contain_text("Saved web as revision")
     wait_until(lambda: ask(agent, WEB) == ["127.0.10.2"], 10, "the agent answering the edit")
-    ui.rest.put(web_policy(first=1, second=0))  # as the other tests expect it
+    reset = ui.rest.put(web_policy(first=1, second=0))  # as the other tests expect it
     wait_until(lambda: ask(agent, WEB) == ["127.0.10.1"], 10, "the agent answering the reset")
+
+    # The agents page shows the agent running that revision (its ACK, read on a timer).
+    page.click("header a[href='#/agents']")
+    row = page.locator(f"tr[data-agent='{agent_id(agent)}']")
+    expect(row.locator("[data-state]")).to_have_attribute("data-state", "converged")
+    expect(row).to_contain_text(str(reset))
 
 
 def test_a_validation_error_is_shown_at_its_field(page: Page, ui: Mesh) -> None:
@@ -231,3 +250,10 @@ def test_the_topology_draws_latency_and_loss_as_colour(page: Page, ui: Mesh) -> 
     assert ejected[0] > 180 and ejected[1] < 80 and ejected[2] < 80, ejected  # red
     unprobed = colour("probe-b", "127.0.20.1")
     assert max(unprobed) - min(unprobed) < 30 and min(unprobed) > 200, unprobed  # light grey
+
+    # The same reports per address, with each agent's detail.
+    page.click("header a[href='#/endpoints']")
+    ejected_row = page.locator("tr[data-address='127.0.20.1']")
+    expect(ejected_row.locator("[data-status]")).to_have_attribute("data-status", "failing")
+    ejected_row.locator("button").click()
+    expect(page.locator("table.reports")).to_contain_text("node-probe-a")

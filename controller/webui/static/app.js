@@ -98,7 +98,10 @@ function App() {
 
   useEffect(() => {
     if (!who) return undefined;
-    return followRevisions(setRevision, (state) => setLive(state));
+    return followRevisions(setRevision, (state, refusal) => {
+      setLive(state);
+      if (refusal && refusal.status === 401) logout(`Logged out: ${refusal.message}.`);
+    });
   }, [who]);
 
   if (checking) return html`<p class="loading">Loading…</p>`;

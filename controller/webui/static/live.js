@@ -1,13 +1,14 @@
 // Follows GET /v1/events (server-sent events) and reports each revision that lands.
 // EventSource cannot send a header, so the stream is read with fetch(): the token goes
 // in the Authorization header as for every other call, never in the URL.
-import { authHeaders } from "./api.js";
+import { ApiError, authHeaders } from "./api.js";
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
  * Calls onRevision(R) for every revision event and onState("live" | "reconnecting" |
- * "refused", detail) as the stream comes and goes; returns a function that stops it.
+ * "refused", ApiError when refused) as the stream comes and goes (a revoked token's
+ * stream ends, and its reconnection is refused); returns a function that stops it.
  */
 export function followRevisions(onRevision, onState) {
   let stopped = false;
@@ -23,7 +24,8 @@ export function followRevisions(onRevision, onState) {
           cache: "no-store",
         });
         if (response.status === 401 || response.status === 403) {
-          onState("refused", response.status);
+          const body = await response.json().catch(() => null);
+          onState("refused", new ApiError(response.status, body));
           return; // the token is not (or no longer) good: reconnecting would not help
         }
         if (!response.ok) throw new Error(`HTTP ${response.status}`);

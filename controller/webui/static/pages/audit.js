@@ -10,15 +10,20 @@ const PAGE = 50;
 
 export function Audit({ revision }) {
   const first = useResource(() => api(`/v1/audit?limit=${PAGE}`).then((r) => r.data), [revision]);
-  const [older, setOlder] = useState({ items: [], next: undefined, error: null });
+  // The older pages loaded below the first; they follow the first page they were read
+  // after (`base`), so a live reload of the first page starts them over, leaving no gap.
+  const [loaded, setOlder] = useState({ base: null, items: [], next: undefined, error: null });
   const [open, setOpen] = useState(null);
   if (!first.data) return html`<section><h1>Audit</h1><${ErrorNote} error=${first.error} /></section>`;
+  const older = loaded.base === first.data ? loaded : { items: [], next: undefined, error: null };
   const items = [...first.data.items, ...older.items];
   const next = older.next === undefined ? first.data.next_before : older.next;
+  const base = first.data;
   const more = () =>
     api(`/v1/audit?limit=${PAGE}&before=${next}`).then(
-      ({ data }) => setOlder({ items: [...older.items, ...data.items], next: data.next_before, error: null }),
-      (error) => setOlder({ ...older, error }),
+      ({ data }) =>
+        setOlder({ base, items: [...older.items, ...data.items], next: data.next_before, error: null }),
+      (error) => setOlder({ ...older, base, error }),
     );
   return html`<section>
     <h1>Audit</h1>
