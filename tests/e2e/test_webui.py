@@ -239,8 +239,9 @@ def test_the_topology_draws_latency_and_loss_as_colour(page: Page, ui: Mesh) -> 
         box = cell.bounding_box()
         assert box is not None
         # A few pixels in from the corner: the cell's fill, clear of its text and border.
-        r, g, b = image.getpixel((int(box["x"] + 5), int(box["y"] + 5)))  # type: ignore[misc]
-        return r, g, b
+        pixel = image.getpixel((int(box["x"] + 5), int(box["y"] + 5)))
+        assert isinstance(pixel, tuple)
+        return int(pixel[0]), int(pixel[1]), int(pixel[2])
 
     fast = colour("probe-a", "127.0.10.1")
     assert fast[1] > 150 and fast[1] > fast[0] + 80 and fast[1] > fast[2] + 80, fast  # green

@@ -22,10 +22,12 @@ export function Endpoints({ revision }) {
     <${ErrorNote} error=${error} />
     ${data &&
     html`<p class="muted quorum">
-        Quorum: an address is down for everyone when at least ${data.rule.min_agents} agents
-        with fresh reports (at most ${data.rule.stale_s} s old) agree it fails (loss ≥
-        ${percent(data.rule.fail_loss)}); it is back below ${percent(data.rule.recover_loss)}.
-        Down now: ${data.down.length ? data.down.join(", ") : "none"}.
+        Quorum: an address is down for every agent when at least
+        ${data.rule.min_agents} agents report it freshly (at most ${data.rule.stale_s} s ago)
+        and most of them see it failing (ejected, or loss ≥ ${percent(data.rule.fail_loss)});
+        it is up again when fewer than half do (while down, a loss above
+        ${percent(data.rule.recover_loss)} still counts as failing).
+        Down now: <span id="down-set">${data.down.length ? data.down.join(", ") : "none"}</span>.
       </p>
       <table class="endpoints">
         <thead><tr><th>Address</th><th>Policies</th><th>Status</th><th>Voters</th>
