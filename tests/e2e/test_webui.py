@@ -111,6 +111,33 @@ def test_log_in_and_see_a_policy(page: Page, ui: Mesh) -> None:
     expect(page.locator("[data-error-for=label]")).to_be_visible()
 
 
+def test_the_stream_parser_and_the_diff_in_the_browser(page: Page, ui: Mesh) -> None:
+    """The two hand-written pieces, run as the page runs them: server-sent events split
+    across chunks anywhere (inside a CRLF too), and the line diff."""
+    page.goto(f"{ui.controller.url}/ui/")
+    result = page.evaluate(
+        r"""async () => {
+        const { serverSentEvents } = await import("./live.js");
+        const { diffLines } = await import("./diff.js");
+        const chunks = ["event: revision\r", "\ndata: {\"revision\": 3}\r\n", "\r\n: ping\r\n",
+          "\r\nevent: goodbye\ndata: a\ndata: b\n", "\n"];
+        const body = new ReadableStream({ start(c) {
+          for (const chunk of chunks) c.enqueue(new TextEncoder().encode(chunk));
+          c.close();
+        } });
+        const events = [];
+        for await (const event of serverSentEvents(body)) events.push(event);
+        const diff = diffLines("a\nb\nc\n", "a\nx\nc\nd\n").map((l) => l.op + l.text);
+        return { events, diff };
+    }"""
+    )
+    assert result["events"] == [
+        {"type": "revision", "data": '{"revision": 3}'},
+        {"type": "goodbye", "data": "a\nb"},
+    ]
+    assert result["diff"] == [" a", "-b", "+x", " c", "+d"]
+
+
 def test_a_bad_token_is_refused_at_login(page: Page, ui: Mesh) -> None:
     page.goto(f"{ui.controller.url}/ui/")
     page.fill("#token", "dnsm_not-a-token")
