@@ -19,8 +19,12 @@ import pytest
 
 from controller.api import create_app
 from controller.api.events import revision_events
+from controller.auth import TokenStore
+from controller.db.engine import build_engine
+from controller.db.migrate import upgrade
 from controller.db.session import Database
 from controller.services.policies import PolicyService
+from tests.integration.controller_support import temporary_postgres_database
 from tests.integration.sync_support import (
     Controller,
     Rest,
@@ -29,6 +33,7 @@ from tests.integration.sync_support import (
     policy,
     running_controller,
 )
+from tests.support.controller import ControllerProcess
 
 EVENT_TIMEOUT_S = 10.0  # a wake-up is milliseconds; this only bounds a broken run
 
@@ -83,6 +88,37 @@ def test_a_write_reaches_an_open_stream(served: tuple[Controller, dict[str, str]
         rest.close()
 
 
+@pytest.mark.postgres
+def test_a_write_through_another_replica_reaches_the_stream(tmp_path: Path) -> None:
+    """Replica B polls the revision only every 30 s: an event within seconds of a write
+    through replica A can only have come by LISTEN/NOTIFY."""
+    with temporary_postgres_database("events") as url:
+        engine = build_engine(url)
+        try:
+            upgrade(engine)
+            store = TokenStore(Database(engine))
+            viewer = store.create("viewer-token", "viewer", actor="test")[1]
+            editor = store.create("editor-token", "editor", actor="test")[1]
+        finally:
+            engine.dispose()
+        quiet = ("--catch-up-interval", "30")
+        with (
+            ControllerProcess(url, tmp_path, "--replica-id", "a", *quiet) as a,
+            ControllerProcess(url, tmp_path, "--replica-id", "b", *quiet) as b,
+            stream(b.base_url, viewer) as response,
+        ):
+            received = events(response)
+            assert next(received) == ("revision", {"revision": 0})
+            started = time.monotonic()
+            written = Rest(a.base_url, editor)
+            try:
+                revision = written.put(policy("across", ["127.0.0.1"]))
+            finally:
+                written.close()
+            assert next(received) == ("revision", {"revision": revision})
+            assert time.monotonic() - started < 5.0
+
+
 @pytest.mark.parametrize(
     ("token", "status"), [(None, 401), ("dnsm_not-a-token", 401), ("agent", 403)]
 )
@@ -127,8 +163,6 @@ def test_the_controller_stops_promptly_with_a_stream_open(tmp_path: Path) -> Non
 def test_a_stream_ends_once_its_token_is_no_longer_good(sqlite_url: str) -> None:
     """The generator behind the route, on a real hub: revisions as they commit, then a
     goodbye naming why once the token check fails (the route checks every 15 s)."""
-    from controller.db.engine import build_engine
-
     engine = build_engine(sqlite_url)
     db = Database(engine)
     app = create_app(db)
