@@ -213,6 +213,12 @@ def test_a_viewer_can_look_but_not_edit(page: Page, ui: Mesh) -> None:
     refusal = page.locator(".error[data-status='403']")
     expect(refusal).to_contain_text("role 'viewer' may not write policies")
     assert ui.rest.http.get("/v1/policies/web").json()["spec"]["ttl"] == 5
+    # The refused write is in the audit trail, which a viewer may read.
+    page.click("header a[href='#/audit']")
+    refused = page.locator("tr.entry", has_text="write.refused").first
+    expect(refused).to_contain_text("/v1/policies/web")
+    refused.click()
+    expect(page.locator("tr.detail pre.diff")).to_contain_text("may not write policies")
 
 
 def test_the_page_refreshes_when_another_client_writes(page: Page, ui: Mesh) -> None:

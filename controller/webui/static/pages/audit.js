@@ -19,6 +19,7 @@ export function Audit({ revision }) {
   const items = [...first.data.items, ...older.items];
   const next = older.next === undefined ? first.data.next_before : older.next;
   const base = first.data;
+  const toggle = (id) => setOpen(open === id ? null : id);
   const more = () =>
     api(`/v1/audit?limit=${PAGE}&before=${next}`).then(
       ({ data }) =>
@@ -32,7 +33,10 @@ export function Audit({ revision }) {
       <thead><tr><th>When</th><th>Who</th><th>What</th><th>Target</th><th>Revision</th></tr></thead>
       <tbody>
         ${items.map(
-          (entry) => html`<tr class="entry" data-audit=${entry.id} onClick=${() => setOpen(open === entry.id ? null : entry.id)}>
+          (entry) => html`<tr class="entry" data-audit=${entry.id} tabindex="0"
+              title="show what changed" aria-expanded=${open === entry.id}
+              onClick=${() => toggle(entry.id)}
+              onKeyDown=${(e) => (e.key === "Enter" || e.key === " ") && toggle(entry.id)}>
               <td>${when(entry.at)}</td>
               <td>${entry.actor}</td>
               <td><code>${entry.operation}</code></td>
