@@ -397,6 +397,7 @@ def _print_summary(
         "dnsmesh is up",
         f"  API          {api}",
         f"  DNS          {dns} (UDP and TCP)",
+        f"  web UI       {api}/ui/ (log in with the admin token; trust the CA bundle first)",
         f"  admin token  {token_file} (export DNSMESH_TOKEN=$(cat {token_file}))",
         f"  CA bundle    {ca_file} (export DNSMESH_CA_FILE={ca_file})",
         f"  policies     {applied}",

@@ -1,6 +1,6 @@
 """The controller's REST API (FastAPI); ``create_app(Database)`` builds it.
 
-Every route but /healthz, /readyz, /v1/ca and /openapi.json needs
+Every route but /healthz, /readyz, /v1/ca, /openapi.json and the UI's files (/ui/) needs
 ``Authorization: Bearer dnsm_...``.
 Bodies are JSON; a policy body is the same document as one YAML policy document.
 
@@ -64,6 +64,15 @@ Tokens (admin)
     GET    /v1/tokens                            200 {"items": [{name, role, prefix,
                                                    created_at, created_by, expires_at}]}
     DELETE /v1/tokens/{name}                     200 {"revoked": name}
+    GET    /v1/whoami                            (any role) 200 {"name", "role", "expires_at",
+                                                   "may": {"policies:read", "policies:write",
+                                                   "audit:read", "tokens:manage": bool}}
+
+Events (viewer, editor, admin; controller/api/events.py)
+    GET    /v1/events                            200 text/event-stream: ``event: revision``
+                                                   data {"revision": R}, now and at every
+                                                   committed revision; ``event: goodbye``
+                                                   when the token stops being valid
 
 Audit (viewer, editor, admin)
     GET    /v1/audit?limit=50&before=ID          200 {"items": [{"id","at","actor","operation",
@@ -136,6 +145,9 @@ Endpoint health (the quorum rule: dnsmesh/quorum.py; shapes: controller/api/endp
                                                    stale}]}
   A change of the down set is a revision of its own, audited with actor "quorum"
   (operation endpoints.down, target down-set).
+
+The web UI (no token to load its files; it calls the routes above with the operator's)
+    GET /ui/      the UI's static files (controller/webui); /ui redirects here
 
 Health and trust (no token)
     GET /healthz  200 {"status": "ok"}

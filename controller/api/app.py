@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from controller.api import admin, agents, endpoints, policies
+from controller.api import admin, agents, endpoints, events, policies
 from controller.api.body import DEFAULT_MAX_BODY
 from controller.api.errors import install_error_handlers
 from controller.api.refusals import RefusalAudit
@@ -21,6 +21,7 @@ from controller.quorum_monitor import QuorumMonitor
 from controller.recorder import AgentRecorder
 from controller.services.agent_state import AgentStateService
 from controller.services.policies import PolicyService
+from controller.webui import mount_ui
 
 
 def create_app(
@@ -63,6 +64,8 @@ def create_app(
     app.include_router(policies.router)
     app.include_router(agents.router)
     app.include_router(endpoints.router)
+    app.include_router(events.router)
+    mount_ui(app)
     return app
 
 
