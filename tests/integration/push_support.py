@@ -146,6 +146,7 @@ class TestAgent:
         hello: bool = True,
         ping_interval: float | None = 20,
         ssl: SSLContext | None = None,
+        mesh_id: str | None = None,
     ) -> TestAgent:
         """``token`` None: no Authorization header (an agent with a client certificate in
         ``ssl``)."""
@@ -166,6 +167,7 @@ class TestAgent:
                     labels=labels or {"zone": "a"},
                     software="dnsmesh-test/1",
                     revision=revision,
+                    mesh_id=mesh_id,
                 )
             )
         return agent

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import stat
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -313,3 +314,65 @@ def test_the_token_cli_makes_join_tokens(mesh: TlsMesh, tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert wrong.returncode == 1 and "role agent only" in wrong.stderr
+
+
+def test_a_renewal_under_a_live_stream_keeps_it_and_dns_answers_throughout(
+    agents: SyncedAgents, tmp_path: Path
+) -> None:
+    url = migrated_sqlite(tmp_path / "short-db")
+    admin = mint_tokens(url)["admin"]
+    with tls_mesh(url, admin, tmp_path, "--agent-cert-ttl", "4s") as short:
+        rest = Rest(short.url, admin, ca_file=short.bundle)
+        try:
+            rest.put(policy("web", ["127.0.30.1"], domain="web.mesh.internal"))
+            synced = _start(agents, short, "node-t", join_token=short.join_token("node-t"))
+            wait_until(
+                lambda: synced.resolve("web.mesh.internal") == ["127.0.30.1"],
+                timeout=20,
+                what="the joined agent answering",
+            )
+            folder = agents.tmp_path / "node-t"
+            first = IdentityFile(folder).load()
+            assert first is not None
+            connected_at = wait_until(
+                lambda: (rest.agent("node-t") or {}).get("connected_at"), timeout=10
+            )
+            misses: list[object] = []
+            asked = 0
+            stop = threading.Event()
+
+            def ask() -> None:
+                nonlocal asked
+                while not stop.is_set():
+                    answer = synced.resolve("web.mesh.internal")
+                    asked += 1
+                    if answer != ["127.0.30.1"]:
+                        misses.append(answer)
+                    stop.wait(0.02)
+
+            asker = threading.Thread(target=ask, daemon=True)
+            asker.start()
+            serials = {first.certificate.serial_number}
+
+            def renewed_twice() -> bool:
+                current = IdentityFile(folder).load()
+                if current is not None:
+                    serials.add(current.certificate.serial_number)
+                return len(serials) >= 3
+
+            # Renewed at about half of each 4 s certificate: twice within some 4 s.
+            wait_until(renewed_twice, timeout=20, what="two renewals")
+            stop.set()
+            asker.join(5)
+            assert misses == [] and asked > 20
+            context = synced.agent.sync.context  # type: ignore[union-attr]
+            assert context.connections == 1  # the stream was never cut
+            assert rest.agent("node-t")["connected_at"] == connected_at  # type: ignore[index]
+
+            # The first certificate has expired by now: a new connection presents the latest.
+            wait_until(lambda: datetime.now(UTC) > first.not_after, timeout=10, what="it expires")
+            agents.stop(synced)
+            again = _start(agents, short, "node-t")
+            wait_until(lambda: again.transport == "websocket", timeout=20, what="reconnected")
+        finally:
+            rest.close()
