@@ -18,6 +18,8 @@ from agent.config import AgentConfig
 from agent.server import AgentServer
 from agent.sync.client import AgentSync
 from agent.sync.config import SyncConfig
+from agent.sync.credentials import Credentials
+from agent.sync.identity import IdentityFile
 from agent.sync.policy_sources import LocalPolicyWatcher, PolicySources
 from agent.sync.state_file import StateDir
 
@@ -52,7 +54,9 @@ class SyncedAgent:
 
     async def start(self) -> None:
         self.state_dir.ensure()
-        agent_id = self.state_dir.agent_id()
+        # A certificate (or a join token) makes the node name the agent id.
+        credentials = Credentials(self.sync_config, IdentityFile(self.state_dir.path))
+        agent_id = credentials.agent_id or self.state_dir.agent_id()
         state = self.state_dir.load()  # logs which file it used, or why none
         if state is not None:
             self.sources.start_from(state)
@@ -66,6 +70,7 @@ class SyncedAgent:
             self.sources,
             self.state_dir,
             agent_id,
+            credentials=credentials,
             rng=self.rng,
             probe_report=self.server.health.report if self.server.config.probes else None,
             probe_report_interval=self.server.config.probe_report_interval,

@@ -1,7 +1,9 @@
 """The controller's REST API (FastAPI); ``create_app(Database)`` builds it.
 
 Every route but /healthz, /readyz, /v1/ca, /openapi.json and the UI's files (/ui/) needs
-``Authorization: Bearer dnsm_...``.
+``Authorization: Bearer dnsm_...``, except for agents: over TLS they show their client
+certificate instead (the join flow: controller/api/identity.py, which lists /v1/join,
+/v1/renew and /v1/ca/refusals).
 Bodies are JSON; a policy body is the same document as one YAML policy document.
 
 Policies (read: viewer, editor, admin, agent; write: editor, admin)
@@ -79,7 +81,8 @@ Audit (viewer, editor, admin)
                                                    "target","revision","before","after"}],
                                                    "next_before": ID | null}, newest first.
   operation: policy.create|policy.update|policy.delete|slice.create|slice.update|
-  slice.delete|token.create|token.revoke|endpoints.down|write.refused; actor is the token
+  slice.delete|token.create|token.revoke|endpoints.down|write.refused|agent.join|
+  agent.revoke; actor is the token
   name ("cli" for the CLI, "quorum" for a down-set change: target down-set, before
   {"down": [...]}, after {"down", "marked", "cleared", "votes": {address: {voters,
   failing}}}).
