@@ -91,7 +91,11 @@ def run_controller(args: argparse.Namespace) -> int:
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
     app = create_app(
-        Database(engine), push, ca_bundle=tls.bundle() if tls else None, max_body=max_body
+        Database(engine),
+        push,
+        ca_bundle=tls.bundle() if tls else None,
+        max_body=max_body,
+        metrics_token=args.metrics_token,
     )
     ssl: dict[str, Any] = {}
     if tls is not None:
