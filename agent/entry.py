@@ -86,6 +86,8 @@ class QueryEntry:
         self.counts: dict[str, int] = dict.fromkeys(NOT_ANSWERED, 0)
         self.tallies: dict[str, SourceTally] = {source: SourceTally() for source in Source.ALL}
         self._refused = self.tallies[Source.REFUSED]
+        # The rate limit's drops by RCODE ("none"), of an unparsed query type.
+        self._limited_unparsed = self.tallies[Source.RATELIMITED].kinds[UNKNOWN_QTYPE]
         self._untimed = 0  # immediate answers left before the next one that is timed
         self.pipeline = pipeline
         self.tasks: set[asyncio.Task[None]] = set()
@@ -192,22 +194,24 @@ class QueryEntry:
 
     def over_limit(self, data: bytes) -> bytes | None:
         """A UDP query over its source's rate: a TC=1 answer to send for one in ``slip``
-        (the client retries over TCP, which is not limited), else None: dropped. Its query
-        type is counted as unknown unless it slipped: a dropped one is never parsed."""
+        (the client retries over TCP, which is not limited), else None: dropped.
+
+        A dropped one is never parsed (its query type is ``unknown``) nor timed, and costs
+        one list increment, as the plain count did before metrics: under a flood this is
+        the path every datagram takes."""
+        assert self.limiter is not None  # only the listeners call this, when limiting
+        if not self.limiter.slips():
+            self._limited_unparsed[NO_RESPONSE] += 1
+            return None
         start = self._sample_start()
         tally = self.tallies[Source.RATELIMITED]
-        assert self.limiter is not None  # only the listeners call this, when limiting
-        slipped: bytes | None = None
-        qtype = UNKNOWN_QTYPE
-        if self.limiter.slips():
-            try:
-                query = parse_query(data)
-            except MalformedQuery:
-                pass
-            else:
-                qtype = QTYPE_INDEX[query.qtype]
-                slipped = fit_udp(dnswire.build_response(query, dnswire.RCODE_NOERROR), 0)
-        tally.add(qtype, rcode_of(slipped), start)
+        try:
+            query = parse_query(data)
+        except MalformedQuery:
+            tally.add(UNKNOWN_QTYPE, NO_RESPONSE, start)
+            return None
+        slipped = fit_udp(dnswire.build_response(query, dnswire.RCODE_NOERROR), 0)
+        tally.add(QTYPE_INDEX[query.qtype], rcode_of(slipped), start)
         return slipped
 
     def _sample_start(self) -> int:

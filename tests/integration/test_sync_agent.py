@@ -88,6 +88,28 @@ def test_pushed_policies_are_answered_and_the_agent_is_reported(
     )
 
 
+def test_sync_state_and_revision_are_in_the_agents_metrics(
+    mesh: tuple[Controller, Rest, dict[str, str]], start_synced: Callable[..., Synced]
+) -> None:
+    controller, rest, tokens = mesh
+    revision = rest.put(policy("web", ["127.0.10.1"]))
+    agent = start_synced(controller.url, tokens["agent"])
+    wait_until(lambda: agent.resolve("web.mesh.internal") == ["127.0.10.1"], 5, "the snapshot")
+
+    def sample(name: str, **labels: str) -> float | None:
+        registry = agent.agent.server.metrics
+        value = agent.loop_thread.call(lambda: registry.get_sample_value(name, labels))
+        return value
+
+    assert sample("dnsmesh_agent_sync_connected", transport="websocket") == 1
+    assert sample("dnsmesh_agent_sync_connected", transport="poll") == 0
+    assert sample("dnsmesh_agent_snapshot_revision") == revision
+    assert sample("dnsmesh_agent_policies") == 1
+    assert (sample("dnsmesh_agent_sync_last_ack_timestamp_seconds") or 0) > 1e9
+    assert sample("dnsmesh_agent_sync_last_nack_timestamp_seconds") is None
+    assert sample("dnsmesh_agent_sync_nacks_total") == 0
+
+
 @pytest.mark.parametrize(("token", "status"), [("viewer", 403), ("unknown", 401)])
 def test_a_refused_token_is_fatal_retried_slowly_and_the_state_file_still_answers(
     mesh: tuple[Controller, Rest, dict[str, str]],
