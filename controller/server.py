@@ -123,10 +123,17 @@ def run_controller(args: argparse.Namespace) -> int:
             database=redact(url),
         ),
     )
+
     # uvicorn drains connections on SIGTERM and then re-raises the signal to the handler
     # that was in place before it; a handler (rather than SIG_DFL) lets a stop requested by
     # systemd or a test end with status 0 instead of being killed by the re-raised signal.
-    previous = signal.signal(signal.SIGTERM, _note_sigterm)
+    # Until uvicorn installs its own handlers (during startup) this one is the only one, so
+    # it must stop the server itself: a SIGTERM in that window was once swallowed and the
+    # controller ran on until SIGKILL.
+    def stop_server(_signum: int, _frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    previous = signal.signal(signal.SIGTERM, stop_server)
     try:
         server.run(sockets=[sock])
     finally:
@@ -194,10 +201,6 @@ def health_settings(args: argparse.Namespace) -> HealthSettings:
     if args.report_retention < 0:
         raise ConfigError("--report-retention must be >= 0")
     return HealthSettings(rule=rule, history_s=args.report_retention)
-
-
-def _note_sigterm(_signum: int, _frame: FrameType | None) -> None:
-    """SIGTERM after uvicorn's graceful shutdown: nothing left to do."""
 
 
 def run_db_upgrade(args: argparse.Namespace) -> int:
