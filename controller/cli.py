@@ -7,6 +7,7 @@ parser in ``add_controller_commands`` with ``parents=[common]`` and ``set_defaul
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,13 @@ def add_controller_commands(
         type=int,
         help="refuse request bodies larger than this with 413, before reading them "
         "(default 1048576, 1 MiB; a policy with 1,024 endpoints is under 200 KiB)",
+    )
+    controller.add_argument(
+        "--metrics-token",
+        metavar="TOKEN",
+        default=os.environ.get("DNSMESH_METRICS_TOKEN") or None,
+        help="GET /metrics then needs Authorization: Bearer TOKEN (default: "
+        "$DNSMESH_METRICS_TOKEN; without either, /metrics is readable without a token)",
     )
     add_tls_arguments(controller)
     push = controller.add_argument_group("push to agents")

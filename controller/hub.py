@@ -32,6 +32,7 @@ from controller.db.session import Database
 from controller.feed import Feed, Moved, Update
 from controller.identity import AgentIdentity
 from controller.identity_refusals import Refusal
+from controller.metrics import ControllerMetrics
 from controller.notify import PgListener, add_commit_listener, remove_commit_listener
 from controller.push_settings import PushSettings
 from controller.quorum_monitor import QuorumMonitor
@@ -89,9 +90,11 @@ class Hub:
         recorder: AgentRecorder,
         health: QuorumMonitor,
         trust: AgentTrust,
+        metrics: ControllerMetrics | None = None,
     ) -> None:
         self.db = db
         self.trust = trust
+        self.metrics = metrics or ControllerMetrics()
         self.settings = settings
         self.feed = feed
         self.agents = agents
@@ -166,13 +169,17 @@ class Hub:
     async def record_seen(self, agent_id: str) -> None:
         """A polling agent is alive (its long-poll)."""
         await self.start()
+        self.metrics.polled(agent_id)
         self.recorder.record(Seen(agent_id))
 
     async def record_poll(self, hello: AgentConnected, nack: Nacked | None) -> None:
         """A polling agent's hello and ACK (or NACK), written before this returns."""
         await self.start()
+        self.metrics.polled(hello.agent_id)
+        self.metrics.acked(hello.agent_id, hello.revision)
         self.recorder.record(hello)
         if nack is not None:
+            self.metrics.nacks.inc()
             self.recorder.record(nack)
         await self.recorder.flush()  # the answer means "recorded": a read right after sees it
 
@@ -218,6 +225,7 @@ class Hub:
                     compacted_at = loop.time()
                     await self.feed.compact()
             except Exception as error:  # the database is away: the next round retries
+                self.metrics.database_errors.labels("hub").inc()
                 log.warning("hub.catch_up_failed", extra=fields(error=str(error)))
 
     async def catch_up(self) -> None:
@@ -225,6 +233,7 @@ class Hub:
         moved = await self.feed.catch_up()
         if moved is Moved.NO:
             return
+        self.metrics.committed(self.feed.head)
         for session in self.sessions.values():
             if moved is Moved.BACK:
                 session.force_snapshot = True
@@ -373,6 +382,7 @@ class Hub:
                 return
             if isinstance(message, protocol.Ack):
                 session.acked = message.revision
+                self.metrics.acked(session.agent_id, message.revision)
                 self.recorder.record(
                     Acked(
                         session.agent_id,
@@ -388,6 +398,7 @@ class Hub:
                 # once a revision newer than the refused one exists (no resend loop).
                 session.refused = message.revision
                 session.sent = session.acked
+                self.metrics.nacks.inc()
                 self.recorder.record(Nacked(session.agent_id, message.revision, message.reason))
                 log.info(
                     "agent.nack",

@@ -93,6 +93,8 @@ def run_controller(args: argparse.Namespace) -> int:
     max_body = DEFAULT_MAX_BODY if args.max_body is None else args.max_body
     if max_body < 1:
         raise ConfigError("--max-body must be at least 1 byte")
+    if args.metrics_token == "":
+        raise ConfigError("--metrics-token cannot be empty (leave it out for an open /metrics)")
     engine = open_database(url, migrate=args.migrate)
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
@@ -116,6 +118,7 @@ def run_controller(args: argparse.Namespace) -> int:
         max_body=max_body,
         trust=trust,
         refusals=refusals,
+        metrics_token=args.metrics_token,
     )
     config = uvicorn.Config(
         app,

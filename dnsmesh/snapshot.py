@@ -3,6 +3,10 @@
 Everything that does not depend on the query is done here, once per snapshot: names in wire
 form, every A/AAAA and SOA record encoded, slices parsed, cumulative weights summed. Per
 query, ``CompiledPolicy.respond`` picks records and joins header + question + RRs + OPT.
+
+Each picker counts the answers it gives per endpoint in plain ints (``hits``), a list
+increment per answer; ``CompiledPolicy.take_answered`` reads them out for the agent's
+metrics (agent/answer_counts.py), which keeps them across snapshots.
 """
 
 from __future__ import annotations
@@ -53,13 +57,29 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class _Picker:
-    """Chooses the answer records of one address family for one view of a policy."""
+    """Chooses the answer records of one address family for one view of a policy, and
+    counts how often each endpoint was answered: ``hits[i]`` for the endpoint
+    ``owners[i]`` (an address may own several slots)."""
 
-    __slots__ = ()
+    __slots__ = ("hits", "owners")
+
+    def __init__(self, owners: Sequence[str]) -> None:
+        self.owners = tuple(owners)
+        self.hits = [0] * len(self.owners)
 
     def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
         """(the chosen RRs joined, how many) for this client."""
         raise NotImplementedError
+
+    def take_answered(self) -> dict[str, int]:
+        """Answers per endpoint address since the last call (the counts start again at 0)."""
+        out: dict[str, int] = {}
+        hits = self.hits
+        for index, owner in enumerate(self.owners):
+            if hits[index]:
+                out[owner] = out.get(owner, 0) + hits[index]
+                hits[index] = 0
+        return out
 
 
 class _Fixed(_Picker):
@@ -67,10 +87,12 @@ class _Fixed(_Picker):
 
     __slots__ = ("answer",)
 
-    def __init__(self, rrs: bytes, count: int) -> None:
+    def __init__(self, rrs: bytes, count: int, owner: str) -> None:
+        super().__init__((owner,))
         self.answer = (rrs, count)
 
     def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
+        self.hits[0] += 1
         return self.answer
 
 
@@ -79,12 +101,15 @@ class _WeightedOne(_Picker):
 
     __slots__ = ("rrs", "table")
 
-    def __init__(self, rrs: Sequence[bytes], weights: Sequence[int]) -> None:
+    def __init__(self, rrs: Sequence[bytes], weights: Sequence[int], owners: Sequence[str]):
+        super().__init__(owners)
         self.table = WeightedTable.build(weights)
         self.rrs = tuple((rr, 1) for rr in rrs)
 
     def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
-        return self.rrs[self.table.pick(rng)]
+        index = self.table.pick(rng)
+        self.hits[index] += 1
+        return self.rrs[index]
 
 
 # Up to this many weight units, a weighted pick indexes a table holding each answer `weight`
@@ -97,7 +122,11 @@ class _WeightedSlots(_Picker):
 
     __slots__ = ("slots", "total")
 
-    def __init__(self, rrs: Sequence[bytes], weights: Sequence[int]) -> None:
+    def __init__(self, rrs: Sequence[bytes], weights: Sequence[int], owners: Sequence[str]):
+        # A hit counter per slot rather than per endpoint: no second table to index.
+        super().__init__(
+            [owner for owner, weight in zip(owners, weights, strict=True) for _ in range(weight)]
+        )
         self.slots = tuple(
             (rr, 1) for rr, weight in zip(rrs, weights, strict=True) for _ in range(weight)
         )
@@ -105,7 +134,9 @@ class _WeightedSlots(_Picker):
 
     def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
         # random() < 1, so the index is always below total.
-        return self.slots[int(rng.random() * self.total)]
+        index = int(rng.random() * self.total)
+        self.hits[index] += 1
+        return self.slots[index]
 
 
 class _WeightedMany(_Picker):
@@ -113,14 +144,20 @@ class _WeightedMany(_Picker):
 
     __slots__ = ("count", "rrs", "table")
 
-    def __init__(self, rrs: Sequence[bytes], weights: Sequence[int], count: int) -> None:
+    def __init__(
+        self, rrs: Sequence[bytes], weights: Sequence[int], count: int, owners: Sequence[str]
+    ) -> None:
+        super().__init__(owners)
         self.rrs = tuple(rrs)
         self.table = WeightedTable.build(weights)
         self.count = count
 
     def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
         rrs = self.rrs
+        hits = self.hits
         picked = self.table.pick_distinct(self.count, rng)
+        for index in picked:
+            hits[index] += 1
         return b"".join([rrs[i] for i in picked]), len(picked)
 
 
@@ -129,21 +166,32 @@ class _Sticky(_Picker):
 
     __slots__ = ("count", "members", "memo", "rrs")
 
-    def __init__(self, rrs: Sequence[bytes], members: Sequence[tuple[bytes, int]], count: int):
+    def __init__(
+        self,
+        rrs: Sequence[bytes],
+        members: Sequence[tuple[bytes, int]],
+        count: int,
+        owners: Sequence[str],
+    ):
+        super().__init__(owners)
         self.rrs = tuple(rrs)
         self.members = tuple(members)
         self.count = count
-        self.memo: dict[str, tuple[bytes, int]] = {}
+        # client -> (its answer, the endpoint indices in it)
+        self.memo: dict[str, tuple[tuple[bytes, int], list[int]]] = {}
 
     def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
-        answer = self.memo.get(client)
-        if answer is None:
+        memoised = self.memo.get(client)
+        if memoised is None:
             picked = pick_sticky(client, self.members, self.count)
-            answer = (b"".join([self.rrs[i] for i in picked]), len(picked))
+            memoised = ((b"".join([self.rrs[i] for i in picked]), len(picked)), picked)
             if len(self.memo) >= MEMO_LIMIT:
                 self.memo.clear()
-            self.memo[client] = answer
-        return answer
+            self.memo[client] = memoised
+        hits = self.hits
+        for index in memoised[1]:
+            hits[index] += 1
+        return memoised[0]
 
 
 def _compile_picker(
@@ -158,16 +206,18 @@ def _compile_picker(
         return None
     rrs = [record_a(e.address, ttl) for e in live]
     weights = [e.weight for e in live]
+    owners = [str(e.address) for e in live]
     if len(live) == 1:
-        return _Fixed(rrs[0], 1)
+        return _Fixed(rrs[0], 1, owners[0])
     if strategy is Strategy.STICKY:
-        return _Sticky(rrs, [(sticky_key(str(e.address)), e.weight) for e in live], count)
+        keyed = [(sticky_key(owner), e.weight) for owner, e in zip(owners, live, strict=True)]
+        return _Sticky(rrs, keyed, count, owners)
     # weighted, failover (within its group) and, for now, latency-weighted.
     if count == 1:
         if sum(weights) <= SLOT_TABLE_LIMIT:
-            return _WeightedSlots(rrs, weights)
-        return _WeightedOne(rrs, weights)
-    return _WeightedMany(rrs, weights, count)
+            return _WeightedSlots(rrs, weights, owners)
+        return _WeightedOne(rrs, weights, owners)
+    return _WeightedMany(rrs, weights, count, owners)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +248,9 @@ def _compile_view(
 
 
 _REFUSE = _View(None, None, refuse=True)
+# The label of the answers given by a policy's default view (no slice matched): not a valid
+# slice id (those have no underscore), so it never names a slice.
+DEFAULT_SLICE = "_default"
 
 
 class CompiledPolicy:
@@ -206,6 +259,7 @@ class CompiledPolicy:
     __slots__ = (
         "_default",
         "_memo",
+        "_slice_ids",
         "_slices",
         "_soa",
         "_ttl",
@@ -246,6 +300,7 @@ class CompiledPolicy:
         strategy = spec.strategy
         self._default = _compile_view(endpoints, None, strategy, spec.answers, spec.ttl)
         slices: list[tuple[tuple[Network, ...], _View]] = []
+        self._slice_ids = tuple(slice_.id for slice_ in spec.slices)
         for slice_ in spec.slices:
             if slice_.action is SliceAction.REFUSE:
                 view = _REFUSE
@@ -257,6 +312,18 @@ class CompiledPolicy:
 
     def __repr__(self) -> str:
         return f"CompiledPolicy({self.name!r}, {self.domain!r})"
+
+    def take_answered(self) -> dict[tuple[str, str], int]:
+        """Answers per (slice id or DEFAULT_SLICE, endpoint address) since the last call."""
+        out: dict[tuple[str, str], int] = {}
+        views = [(DEFAULT_SLICE, self._default)]
+        views += [(id_, view) for id_, (_, view) in zip(self._slice_ids, self._slices, strict=True)]
+        for slice_id, view in views:
+            for picker in (view.v4, view.v6):
+                if picker is not None:
+                    for address, count in picker.take_answered().items():
+                        out[slice_id, address] = count
+        return out
 
     def view_for(self, client: str) -> _View:
         """The first slice whose client_cidrs contain ``client``, else the default view.

@@ -75,6 +75,11 @@ class ChannelContext:
         self.transport: str | None = None  # "websocket" | "poll" while connected
         self.connections = 0  # channels opened (a renewal must not open one)
         self.progress = False  # the current channel applied something (resets backoff)
+        # For /metrics: wall-clock times of the last revision applied (and so ACKed) and
+        # of the last one refused (NACKed), and how many were refused.
+        self.last_ack_at: float | None = None
+        self.last_nack_at: float | None = None
+        self.nacks = 0
         self._save_lock = asyncio.Lock()
         # What the state file holds (the state loaded at start, then each one saved): on stop,
         # anything applied since is written before exit, so a stop that lands between a swap
@@ -94,6 +99,7 @@ class ChannelContext:
         applied = [o for o in outcomes if isinstance(o, Applied)]
         if applied:
             self.progress = True
+            self.last_ack_at = time.time()
             log.info(
                 "sync.applied",
                 extra=fields(
@@ -118,6 +124,8 @@ class ChannelContext:
             await self.save()
         for outcome in outcomes:
             if isinstance(outcome, Refused):
+                self.nacks += 1
+                self.last_nack_at = time.time()
                 log.warning(
                     "sync.nack",
                     extra=fields(

@@ -15,6 +15,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from agent.config import AgentConfig
+from agent.metrics.collector import SyncState
 from agent.server import AgentServer
 from agent.sync.client import AgentSync
 from agent.sync.config import SyncConfig
@@ -31,7 +32,11 @@ class SyncedAgent:
         self, config: AgentConfig, sync: SyncConfig, *, rng: random.Random | None = None
     ) -> None:
         # The server must not watch the files itself: every load is checked for clashes.
-        self.server = AgentServer(dataclasses.replace(config, policies=None), down=self._mesh_down)
+        self.server = AgentServer(
+            dataclasses.replace(config, policies=None),
+            down=self._mesh_down,
+            sync_state=self._sync_state,
+        )
         self.sources = PolicySources(self.server.apply_snapshot, self._local_changed)
         self.state_dir = StateDir(sync.state_dir)
         self.sync_config = sync
@@ -46,6 +51,15 @@ class SyncedAgent:
     def _mesh_down(self) -> frozenset[str]:
         """The controller's mesh-wide down set travels with each revision it sends."""
         return self.sources.running.down
+
+    def _sync_state(self) -> SyncState | None:
+        """For /metrics: the channel to the controller (None before the sync starts)."""
+        if self.sync is None:
+            return None
+        context = self.sync.context
+        return SyncState(
+            context.transport, context.last_ack_at, context.last_nack_at, context.nacks
+        )
 
     def _local_changed(self) -> None:
         """A local reload took effect: the sync client reports what is shadowed now."""

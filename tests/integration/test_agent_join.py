@@ -196,6 +196,12 @@ def test_certificates_of_another_ca_or_expired_fail_the_handshake(
     mesh.wait_logged("other_ca")
     mesh.wait_logged("expired")
     assert moved() == {"other_ca": 1, "expired": 1}
+    # /metrics exports the same counts.
+    scraped = httpx.get(f"{mesh.url}/metrics", verify=mesh.trust()).text
+    for reason, count in mesh.refusals().items():
+        assert f'dnsmesh_controller_identity_refusals_total{{reason="{reason}"}} {count}.0' in (
+            scraped
+        )
     # An operator's token over HTTPS, with no certificate, is not affected.
     assert httpx.get(f"{mesh.url}/healthz", verify=mesh.trust()).status_code == 200
 
