@@ -152,9 +152,9 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--state-dir",
-        default=DEFAULT_STATE_DIR,
         metavar="DIR",
-        help="agent id and last applied policies",
+        help="agent id, last applied policies and the hand-off control socket (default: "
+        f"{DEFAULT_STATE_DIR} with --controller; none without)",
     )
     group.add_argument(
         "--sync",
@@ -203,13 +203,18 @@ def _secret(value: str | None, file: str | None, flag: str) -> str | None:
         raise ConfigError(f"{flag} {file}: {exc}") from exc
 
 
+def state_dir_from_args(args: argparse.Namespace) -> Path:
+    return Path(getattr(args, "state_dir", None) or DEFAULT_STATE_DIR)
+
+
 def sync_config_from_args(args: argparse.Namespace) -> SyncConfig | None:
     """The SyncConfig for ``--controller``, or None for a stand-alone agent."""
     if not args.controller:
         return None
     token = _secret(args.token, args.token_file, "--token-file")
     join_token = _secret(args.join_token, args.join_token_file, "--join-token-file")
-    joined = (Path(args.state_dir) / IDENTITY_FILE).exists()
+    state_dir = state_dir_from_args(args)
+    joined = (state_dir / IDENTITY_FILE).exists()
     if not token and not join_token and not joined:
         raise ConfigError(
             "--controller needs --join-token (or a certificate from an earlier join in "
@@ -236,7 +241,7 @@ def sync_config_from_args(args: argparse.Namespace) -> SyncConfig | None:
         controller=args.controller,
         token=token or "",
         join_token=join_token or None,
-        state_dir=Path(args.state_dir),
+        state_dir=state_dir,
         node_name=args.node_name or socket.gethostname(),
         labels=parse_labels(args.label),
         mode=args.sync,
