@@ -98,6 +98,12 @@ class Predecessor:
         except (FileNotFoundError, ConnectionRefusedError):
             log.info("handoff.none", extra=fields(control=str(path), outcome="binding afresh"))
             return None
+        except OSError as exc:  # a path AF_UNIX cannot take, a socket we may not open
+            log.warning(
+                "handoff.failed",
+                extra=fields(control=str(path), error=str(exc), outcome="binding afresh"),
+            )
+            return None
 
     @classmethod
     def _take_over(cls, path: Path) -> Predecessor:

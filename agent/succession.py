@@ -46,8 +46,18 @@ class Succession:
 
     async def after_start(self, server: AgentServer) -> None:
         if self.control is not None:
-            self._socket = ControlSocket(self.control, server.listeners, self._successor_ready)
-            self._socket.bind()
+            control = ControlSocket(self.control, server.listeners, self._successor_ready)
+            try:
+                control.bind()
+                self._socket = control
+            except OSError as exc:
+                # A path past AF_UNIX's 107 bytes, a read-only folder: the agent serves all
+                # the same, only a successor cannot take its sockets (SO_REUSEPORT still
+                # lets one start beside it, with the losses that has).
+                log.warning(
+                    "handoff.unavailable",
+                    extra=fields(control=str(self.control), error=str(exc)),
+                )
         predecessor = self.predecessor
         if predecessor is not None:
             # MAINPID first: systemd must follow us before the old main process exits.

@@ -289,3 +289,15 @@ def _alive(pid: int) -> bool:
     with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as stat:
         return stat.read().split(") ")[1][0] != "Z"
     return False
+
+
+def test_a_control_path_too_long_for_a_unix_socket_is_warned_about_not_fatal(
+    tmp_path: Path, spawn_agent: Spawn, upstream: FakeUpstream
+) -> None:
+    state = tmp_path / ("d" * 110)  # past AF_UNIX's 107 bytes whatever tmp_path is
+    saved_state(state)
+    port = free_port()
+    agent = spawn_agent(*agent_flags(state, port, upstream), "--replace")
+    assert agent.events("handoff.failed") and agent.events("handoff.unavailable")
+    assert first_answer(port, 5.0) < 5.0
+    assert agent.stop() == 0
