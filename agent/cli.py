@@ -241,6 +241,13 @@ def add_agent_commands(
         help="allow an --admin-listen address other than loopback (metrics name policies, "
         "endpoints and the query mix: expose them on purpose)",
     )
+    agent.add_argument(
+        "--replace",
+        action="store_true",
+        help="take over from the agent running with this --state-dir: take its listening "
+        "sockets, serve, then make it drain and exit (no query lost); with none running, "
+        "start as usual",
+    )
     add_sync_arguments(agent)
     agent.set_defaults(run=_run_agent)
 

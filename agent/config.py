@@ -242,6 +242,11 @@ class AgentConfig:
     # Clients the guard trusts: loopback cannot be forged from the wire, and the node's own
     # clients keep getting whole EDNS answers over UDP.
     amplification_exempt: tuple[Network, ...] = LOOPBACK
+    # Hand-off (agent/handoff.py): the control socket a successor takes our sockets from
+    # (STATE_DIR/agent.sock; None without a state folder), and whether to take over from
+    # the agent listening there (--replace).
+    control_socket: Path | None = None
+    replace: bool = False
 
 
 def _check_ca_file(path: str) -> None:
@@ -328,6 +333,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         rate_limit_v6_prefix=args.rate_limit_prefix_v6,
         rate_limit_slip=args.rate_limit_slip,
         amplification_factor=args.amplification_factor,
+        control_socket=_control_socket(args),
+        replace=getattr(args, "replace", False),
     )
 
 
@@ -347,6 +354,17 @@ def parse_admin_listen(text: str, *, public: bool) -> HostPort | None:
             "be open to the network; add --admin-listen-public if that is meant"
         )
     return address
+
+
+def _control_socket(args: argparse.Namespace) -> Path | None:
+    """STATE_DIR/agent.sock: with --state-dir, or --controller (whose state folder has a
+    default); a stand-alone agent without a state folder cannot hand off."""
+    from agent.handoff import control_path
+    from agent.sync.config import state_dir_from_args
+
+    if getattr(args, "state_dir", None) is None and not getattr(args, "controller", None):
+        return None
+    return control_path(state_dir_from_args(args))
 
 
 def _networks(flag: str, texts: list[str]) -> tuple[Network, ...]:
