@@ -116,10 +116,10 @@ def _ca_pem(path: str | None) -> bytes | None:
     try:
         data = Path(path).read_bytes()
         ssl.create_default_context(cadata=data.decode("ascii"))
+    except (ssl.SSLError, ValueError):  # before OSError: SSLError is one
+        raise ConfigError(f"--ca-file {path}: no PEM CA certificate in it") from None
     except OSError as exc:
         raise ConfigError(f"--ca-file {path}: {exc.strerror}") from None
-    except (ssl.SSLError, ValueError):
-        raise ConfigError(f"--ca-file {path}: no PEM CA certificate in it") from None
     return data
 
 
