@@ -19,6 +19,7 @@ from dnsmesh.nftcapture import DEFAULT_MARK
 if TYPE_CHECKING:
     from cli.node.install import Run
 
+
 def add_node_commands(
     subcommands: argparse._SubParsersAction[Any], common: argparse.ArgumentParser
 ) -> None:

@@ -186,8 +186,9 @@ def write_atomically(path: Path, text: str) -> None:
 class AgentProcess:
     """A real ``dnsmesh agent`` process with JSON logs collected from stderr."""
 
-    def __init__(self, args: list[str]) -> None:
-        self.args = [DNSMESH, "agent", "--log-format", "json", *args]
+    def __init__(self, args: list[str], prefix: tuple[str, ...] = ()) -> None:
+        """``prefix`` runs it through another command (``ip netns exec NS``)."""
+        self.args = [*prefix, DNSMESH, "agent", "--log-format", "json", *args]
         self.proc = subprocess.Popen(
             self.args,
             stdout=subprocess.DEVNULL,

@@ -211,3 +211,25 @@ def test_uninstall_without_an_install_says_so(
     plain(tmp_path)
     assert main(["node", "uninstall", "--root", str(tmp_path)]) == 1
     assert "not installed" in capsys.readouterr().err
+
+
+def test_a_capture_dry_run_prints_the_ruleset(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["node", "capture", "on", "--agent", "127.0.0.1:5353", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("would load into nft")
+    assert "dnat ip to 127.0.0.1:5353" in printed and "ip6" not in printed
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        (["--agent", "127.0.0.1:53", "--agent", "127.0.0.2:53"], "at most one IPv4"),
+        (["--agent", "127.0.0.1:0"], "port 0"),
+        (["--exempt-mark", "0"], "socket mark"),
+    ],
+)
+def test_a_bad_capture_is_refused(
+    capsys: pytest.CaptureFixture[str], flags: list[str], problem: str
+) -> None:
+    assert main(["node", "capture", "on", "--dry-run", *flags]) == 1
+    assert problem in capsys.readouterr().err
