@@ -81,6 +81,7 @@ class AgentServer:
             max_ttl=config.max_ttl,
             upstream_ca=config.upstream_ca,
             idle_timeout=config.upstream_idle_timeout,
+            socket_mark=config.socket_mark,
             clock=clock,
         )
         self.loop_guard = LoopGuard(self.upstream, config.attempt_timeout)
