@@ -13,6 +13,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import pytest
 
 from tests.integration.conftest import RunningAgent, policy_yaml
 from tests.integration.fakedns import FakeUpstream
@@ -213,6 +214,7 @@ def test_special_use_names_are_answered_here(
     assert agent.server.counts()["local"] == 6
 
 
+@pytest.mark.timing  # a stall bound: alone, after the parallel part
 def test_a_large_reload_does_not_stall_answers(tmp_path: Path, start_agent: StartAgent) -> None:
     import json
     import time
