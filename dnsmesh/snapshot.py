@@ -3,6 +3,10 @@
 Everything that does not depend on the query is done here, once per snapshot: names in wire
 form, every A/AAAA and SOA record encoded, slices parsed, cumulative weights summed. Per
 query, ``CompiledPolicy.respond`` picks records and joins header + question + RRs + OPT.
+
+Each view also keeps its candidates (every endpoint it could answer, with its configured and
+effective weight and its state), built here once, so the query log (dnsmesh/querylog.py)
+states what a pick chose from without computing anything on the query path.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import ipaddress
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Final, NamedTuple
 
 from dnsmesh.dnswire import (
     CLASS_IN,
@@ -146,6 +151,50 @@ class _Sticky(_Picker):
         return answer
 
 
+class CandidateState:
+    """Why an endpoint is or is not in a view's draw (the query log's ``state``)."""
+
+    ACTIVE: Final = "active"  # drawn from, by its effective weight
+    STANDBY: Final = "standby"  # failover: a higher priority group is answering
+    EJECTED: Final = "ejected"  # health set its weight to 0 (ejected here or down mesh-wide)
+    DRAINED: Final = "drained"  # its configured weight is 0
+
+
+class Candidate(NamedTuple):
+    """One endpoint a view could answer, as the query log shows it."""
+
+    address: str
+    weight: int  # as configured in the policy
+    effective_weight: int  # after health and latency (what the pick used)
+    state: str  # a CandidateState
+
+
+def _candidates(
+    endpoints: Sequence[Endpoint], configured: Mapping[str, int], strategy: Strategy
+) -> tuple[Candidate, ...]:
+    """The candidates of one family's endpoints, in policy order, with their state decided as
+    ``_compile_picker`` decides who is drawn from."""
+    live = [e for e in endpoints if e.weight > 0]
+    drawn = set(range(len(live)))
+    if strategy is Strategy.FAILOVER:
+        drawn = set(failover_members([e.priority for e in live], [e.weight for e in live]))
+    drawn_addresses = {str(live[i].address) for i in drawn}
+    out = []
+    for e in endpoints:
+        address = str(e.address)
+        weight = configured[address]
+        if weight == 0:
+            state = CandidateState.DRAINED
+        elif e.weight == 0:
+            state = CandidateState.EJECTED
+        elif address in drawn_addresses:
+            state = CandidateState.ACTIVE
+        else:
+            state = CandidateState.STANDBY
+        out.append(Candidate(address, weight, e.weight, state))
+    return tuple(out)
+
+
 def _compile_picker(
     endpoints: Sequence[Endpoint], strategy: Strategy, count: int, ttl: int
 ) -> _Picker | None:
@@ -171,33 +220,39 @@ def _compile_picker(
 
 
 @dataclass(frozen=True, slots=True)
-class _View:
-    """What one slice (or the default) answers: a picker per family, or a refusal."""
+class View:
+    """What one slice (or the default) answers: a picker per family, or a refusal; and the
+    candidates of each family, for the query log (never read when answering)."""
 
     v4: _Picker | None
     v6: _Picker | None
     refuse: bool = False
+    slice: str | None = None  # the slice's id; None: the policy's default view
+    v4_candidates: tuple[Candidate, ...] = ()
+    v6_candidates: tuple[Candidate, ...] = ()
 
 
 def _compile_view(
     endpoints: Sequence[Endpoint],
+    configured: Mapping[str, int],
     groups: Sequence[str] | None,
     spec_strategy: Strategy,
     count: int,
     ttl: int,
-) -> _View:
+    slice_id: str | None = None,
+) -> View:
     if groups is not None:
         wanted = set(groups)
         endpoints = [e for e in endpoints if e.group in wanted]
     v4 = [e for e in endpoints if e.address.version == 4]
     v6 = [e for e in endpoints if e.address.version == 6]
-    return _View(
+    return View(
         _compile_picker(v4, spec_strategy, count, ttl),
         _compile_picker(v6, spec_strategy, count, ttl),
+        slice=slice_id,
+        v4_candidates=_candidates(v4, configured, spec_strategy),
+        v6_candidates=_candidates(v6, configured, spec_strategy),
     )
-
-
-_REFUSE = _View(None, None, refuse=True)
 
 
 class CompiledPolicy:
@@ -212,6 +267,7 @@ class CompiledPolicy:
         "domain",
         "name",
         "policy",
+        "revision",
         "wildcard",
         "zone",
     )
@@ -232,6 +288,7 @@ class CompiledPolicy:
                 for e in endpoints
             ]
         self.policy = policy
+        self.revision = revision  # the snapshot revision this was compiled for
         self.name = policy.name
         self.domain = spec.domain
         self.wildcard = spec.domain.startswith("*.")
@@ -244,21 +301,30 @@ class CompiledPolicy:
         # answered by someone else.)
         self._soa = record_soa_at_question(spec.ttl, spec.ttl, serial=revision)
         strategy = spec.strategy
-        self._default = _compile_view(endpoints, None, strategy, spec.answers, spec.ttl)
-        slices: list[tuple[tuple[Network, ...], _View]] = []
+        configured = {str(e.address): e.weight for e in spec.endpoints}
+        self._default = _compile_view(endpoints, configured, None, strategy, spec.answers, spec.ttl)
+        slices: list[tuple[tuple[Network, ...], View]] = []
         for slice_ in spec.slices:
             if slice_.action is SliceAction.REFUSE:
-                view = _REFUSE
+                view = View(None, None, refuse=True, slice=slice_.id)
             else:
-                view = _compile_view(endpoints, slice_.groups, strategy, spec.answers, spec.ttl)
+                view = _compile_view(
+                    endpoints,
+                    configured,
+                    slice_.groups,
+                    strategy,
+                    spec.answers,
+                    spec.ttl,
+                    slice_.id,
+                )
             slices.append((tuple(slice_.match.client_cidrs), view))
         self._slices = tuple(slices)
-        self._memo: dict[str, _View] = {}
+        self._memo: dict[str, View] = {}
 
     def __repr__(self) -> str:
         return f"CompiledPolicy({self.name!r}, {self.domain!r})"
 
-    def view_for(self, client: str) -> _View:
+    def view_for(self, client: str) -> View:
         """The first slice whose client_cidrs contain ``client``, else the default view.
 
         Memoised per client string: parsing an address and testing networks costs
@@ -275,7 +341,15 @@ class CompiledPolicy:
             memo[client] = view
         return view
 
-    def _match(self, client: str) -> _View:
+    def view_of(self, client: str) -> View:
+        """The view ``view_for`` gives ``client``, reading its memo but never writing it: the
+        query log's writer thread asks this of a policy that answered, and the memo (its
+        clearing included) is the loop's."""
+        if not self._slices:
+            return self._default
+        return self._memo.get(client) or self._match(client)
+
+    def _match(self, client: str) -> View:
         try:
             address = ipaddress.ip_address(client)
         except ValueError:
