@@ -71,6 +71,9 @@ async def serve(config: AgentConfig, sync: SyncConfig | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    query_log = (server if isinstance(server, AgentServer) else server.server).query_log
+    if query_log is not None:  # logrotate's postrotate: the log is reopened at its path
+        loop.add_signal_handler(signal.SIGHUP, query_log.reopen)
     try:
         await stop.wait()
     finally:

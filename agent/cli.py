@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from agent.querylog_config import add_query_log_arguments
 from agent.sync.config import add_sync_arguments
 
 
@@ -227,6 +228,7 @@ def add_agent_commands(
         help="how often probe results are reported to the controller",
         **seconds,
     )
+    add_query_log_arguments(agent)
     add_sync_arguments(agent)
     agent.set_defaults(run=_run_agent)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from agent.querylog_config import QueryLogConfig, query_log_config_from_args
 from dnsmesh.admission import LOOPBACK, Network, parse_network
 from dnsmesh.errors import ConfigError
 
@@ -239,6 +240,7 @@ class AgentConfig:
     # Clients the guard trusts: loopback cannot be forged from the wire, and the node's own
     # clients keep getting whole EDNS answers over UDP.
     amplification_exempt: tuple[Network, ...] = LOOPBACK
+    query_log: QueryLogConfig | None = None  # --query-log (agent/querylog.py); None: off
 
 
 def _check_ca_file(path: str) -> None:
@@ -323,6 +325,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         rate_limit_v6_prefix=args.rate_limit_prefix_v6,
         rate_limit_slip=args.rate_limit_slip,
         amplification_factor=args.amplification_factor,
+        query_log=query_log_config_from_args(args),
     )
 
 
