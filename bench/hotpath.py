@@ -4,6 +4,7 @@
     python3 bench/hotpath.py                 # against the previous commit (HEAD~1)
     python3 bench/hotpath.py --ref d0a1c4a   # against any commit, tag or branch
     python3 bench/hotpath.py --queries 20000
+    python3 bench/hotpath.py --log           # this tree only: the query log's cost per query
 
 Wall-clock benchmarks (bench/dns.py) swing by tens of percent on a shared machine; valgrind's
 callgrind counts the instructions the CPU executes, which is the same on every run of the
@@ -17,6 +18,13 @@ runs three times under callgrind (no queries, N policy hits, N cache hits) and t
 figure is (run - empty run) / N, which takes away the interpreter's start and the imports.
 The ref's tree is exported with ``git archive`` to a temporary folder and imported from
 there, with this tree's copy of this script doing the measuring.
+
+``--log`` prices the query log (``--query-log``) in this tree: the same scenarios with the
+log on and every query admitted (no sampling, no rate bound), once counting only the loop's
+part (admission and the queued tuple: ``+log-loop``) and once with the writer's part too
+(formatting every queued line and writing it to /dev/null: ``+log``), run in one thread so
+the count is exact. It also times each scenario without valgrind (microseconds per query,
+the best of five runs), which says what the instruction counts mean on this machine.
 """
 
 from __future__ import annotations
@@ -32,12 +40,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("hit", "cached")
+LOG_SCENARIOS = ("hit", "hit+log-loop", "hit+log", "cached", "cached+log-loop", "cached+log")
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
 
-def _inner(scenario: str, count: int) -> None:
-    """Run ``count`` queries of ``scenario`` through the UDP listener of the tree on sys.path."""
+def _inner(scenario: str, count: int, timed: bool = False) -> None:
+    """Run ``count`` queries of ``scenario`` through the UDP listener of the tree on sys.path;
+    ``timed``: print the microseconds per query (best of five runs) instead."""
     import dataclasses
+    import time
 
     import dns.message
     import dns.rrset
@@ -51,7 +62,17 @@ def _inner(scenario: str, count: int) -> None:
     from dnsmesh.snapshot import compile_snapshot
 
     config = dataclasses.replace(AgentConfig(), listen=(HostPort("127.0.0.1", 0),), probes=False)
+    base, _, log_part = scenario.partition("+")
+    if log_part:
+        from agent.querylog_config import QueryLogConfig
+
+        every_query = QueryLogConfig(path=os.devnull, max_rate=0)
+        config = dataclasses.replace(config, query_log=every_query)
     server = AgentServer(config)
+    query_log = getattr(server, "query_log", None)
+    if query_log is not None:
+        query_log.queue_limit = count + 1
+        query_log.open()  # no writer thread: the writer's part runs below, in this thread
     policy = parse_policy(
         {
             "apiVersion": "dnsmesh/v1",
@@ -95,14 +116,29 @@ def _inner(scenario: str, count: int) -> None:
     # The shared query state is ``entry`` since the one query entry, ``service`` before.
     shared = getattr(server, "entry", None) or server.service  # type: ignore[attr-defined]
     listener = UdpListener(shared, Socket(), Loop())  # type: ignore[arg-type]
-    name = "hit.mesh.internal" if scenario == "hit" else "cached.bench.test"
+    name = "hit.mesh.internal" if base == "hit" else "cached.bench.test"
     wire = dns.message.make_query(name, "A", use_edns=0).to_wire()
     client = ("127.0.0.1", 40000)
     received = listener.datagram_received
+    if timed:
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(count):
+                received(wire, client)
+            if log_part == "log":
+                query_log.write_pending()
+            best = min(best, time.perf_counter() - start)
+            if query_log is not None:
+                query_log.queue.clear()  # +log-loop: the writer's part is not timed
+        print(f"{best / count * 1e6:.3f}")
+        return
     for _ in range(count):
         received(wire, client)
     if Socket.sent != count:
         raise SystemExit(f"{scenario}: {Socket.sent} answers sent for {count} queries")
+    if log_part == "log" and query_log.write_pending() != count:
+        raise SystemExit(f"{scenario}: not every query got a line")
 
 
 def _python() -> Path:
@@ -138,21 +174,58 @@ def _per_query(tree: Path, count: int) -> dict[str, float]:
     return {s: (_callgrind(tree, s, count) - empty) / count for s in SCENARIOS}
 
 
+def _timed(scenario: str, count: int) -> float:
+    """Microseconds per query of ``scenario`` in this tree, without valgrind."""
+    command = [str(_python()), "-B", str(Path(__file__).resolve()), "--inner", scenario]
+    command += [str(count), "--tree", str(ROOT), "--timed"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "0"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise SystemExit(f"timed run failed ({scenario}):\n{done.stderr[-2000:]}")
+    return float(done.stdout.strip())
+
+
+def _log_cost(count: int) -> None:
+    """The --log table: each scenario with the log off and on, counted and timed."""
+    print(f"the query log's cost per query (this tree), {count} queries per run")
+    print("| scenario | instructions | vs log off | us per query (timed) | vs log off |")
+    print("|---|---:|---:|---:|---:|")
+    off: tuple[float, float] = (0.0, 0.0)
+    for scenario in LOG_SCENARIOS:
+        counted = (_callgrind(ROOT, scenario, count) - _callgrind(ROOT, scenario, 0)) / count
+        timed = _timed(scenario, count)
+        if "+" not in scenario:
+            off = (counted, timed)
+            print(f"| {scenario} | {counted:,.0f} | | {timed:.2f} | |")
+            continue
+        print(
+            f"| {scenario} | {counted:,.0f} | +{counted - off[0]:,.0f} | {timed:.2f} "
+            f"| +{timed - off[1]:.2f} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ref", default="HEAD~1", help="the commit to compare with")
     parser.add_argument("--queries", type=int, default=20000, help="queries per run (N)")
+    parser.add_argument(
+        "--log", action="store_true", help="the query log's cost per query, in this tree only"
+    )
     parser.add_argument("--inner", nargs=2, metavar=("SCENARIO", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--tree", help=argparse.SUPPRESS)
+    parser.add_argument("--timed", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
         # The measured tree first on the path, ahead of an editable install of this one, and
         # in place of this script's folder, whose dns.py would shadow dnspython.
         sys.path[0] = args.tree
-        _inner(args.inner[0], int(args.inner[1]))
+        _inner(args.inner[0], int(args.inner[1]), args.timed)
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is needed: apt-get install valgrind")
+    if args.log:
+        _log_cost(args.queries)
+        return
     with tempfile.TemporaryDirectory(prefix="dnsmesh-hotpath-") as tmp:
         before = Path(tmp)
         archive = subprocess.run(
