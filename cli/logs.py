@@ -117,12 +117,12 @@ def _in_network(client: object, network: Network) -> bool:
         return False
 
 
-def run_logs(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_logs(args: argparse.Namespace, out: TextIO | None = None) -> int:
     wanted = LineFilter.from_args(args)
     if args.file != "-" and not os.path.isfile(args.file):
         raise ConfigError(f"--file {args.file}: no such file (is the agent run with --query-log?)")
     try:
-        skipped = _print(args, wanted, out)
+        skipped = _print(args, wanted, out or sys.stdout)
     except BrokenPipeError:
         # The reader left (| head): stop quietly, and keep the interpreter's last flush of
         # stdout from failing again at exit.
