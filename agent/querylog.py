@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import BinaryIO
 
 from agent.querylog_config import QueryLogConfig
 from dnsmesh.dnswire import Query
@@ -58,7 +57,7 @@ class QueryLog:
         self.overflow = 0  # lines dropped because the queue was full (the loop's count)
         self.written = 0  # the writer's counts
         self.lost = 0  # lines whose write failed
-        self._file: BinaryIO | None = None
+        self._fd: int | None = None  # unbuffered: a failed write leaves nothing behind
         self._reopen = False
         self._failing = False  # a write failed and none has succeeded since (logged once)
         self._last_line = time.monotonic()
@@ -127,7 +126,7 @@ class QueryLog:
 
     def open(self) -> None:
         try:
-            self._file = self._open()
+            self._fd = self._open()
         except OSError as exc:
             raise ConfigError(
                 f"--query-log {self.config.path}: {exc.strerror or exc} (cannot append to it)"
@@ -161,7 +160,10 @@ class QueryLog:
 
     def _run(self) -> None:
         while not self._stopping.wait(self.flush_interval):
-            self.write_pending()
+            try:
+                self.write_pending()
+            except Exception:  # a bug must not stop the log for good; that batch is lost
+                log.exception("querylog.writer_crashed")
         self.write_pending()
 
     def write_pending(self) -> int:
@@ -190,12 +192,13 @@ class QueryLog:
         return len(lines)
 
     def _write(self, data: bytes, count: int) -> None:
-        file = self._file
-        if file is None:
+        fd = self._fd
+        if fd is None:
             return
         try:
-            file.write(data)
-            file.flush()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
         except OSError as exc:
             self.lost += count
             if not self._failing:  # once per failure, not per batch: the disk may stay full
@@ -226,21 +229,17 @@ class QueryLog:
             )
             return
         self._close()
-        self._file = fresh
+        self._fd = fresh
         log.info("querylog.reopened", extra=fields(path=self.config.path))
 
-    def _open(self) -> BinaryIO:
+    def _open(self) -> int:
         if self.config.path == "-":
-            return sys.stdout.buffer
+            return os.dup(sys.stdout.fileno())  # closing ours leaves standard output open
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        return os.fdopen(os.open(self.config.path, flags, _MODE), "ab")
+        return os.open(self.config.path, flags, _MODE)
 
     def _close(self) -> None:
-        file, self._file = self._file, None
-        if file is None:
-            return
-        with contextlib.suppress(OSError):
-            if file is sys.stdout.buffer:
-                file.flush()
-            else:
-                file.close()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
