@@ -175,10 +175,10 @@ def _candidates(
     """The candidates of one family's endpoints, in policy order, with their state decided as
     ``_compile_picker`` decides who is drawn from."""
     live = [e for e in endpoints if e.weight > 0]
-    drawn = set(range(len(live)))
     if strategy is Strategy.FAILOVER:
-        drawn = set(failover_members([e.priority for e in live], [e.weight for e in live]))
-    drawn_addresses = {str(live[i].address) for i in drawn}
+        members = failover_members([e.priority for e in live], [e.weight for e in live])
+        live = [live[i] for i in members]
+    drawn = {str(e.address) for e in live}
     out = []
     for e in endpoints:
         address = str(e.address)
@@ -187,7 +187,7 @@ def _candidates(
             state = CandidateState.DRAINED
         elif e.weight == 0:
             state = CandidateState.EJECTED
-        elif address in drawn_addresses:
+        elif address in drawn:
             state = CandidateState.ACTIVE
         else:
             state = CandidateState.STANDBY
