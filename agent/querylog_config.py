@@ -56,7 +56,7 @@ def add_query_log_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=128,
         metavar="BITS",
-        help="IPv6 clients are logged cut to this prefix (56 hides the host part of a /56)",
+        help="IPv6 clients are logged cut to this prefix (56: 2001:db8:aa:bb00::)",
     )
 
 
