@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from pathlib import Path
@@ -9,8 +10,10 @@ from pathlib import Path
 import dns.message
 import pytest
 
-from cli.main import main
+from cli.logs import run_logs
+from cli.main import build_parser
 from dnsmesh.dnswire import Query, parse_query
+from dnsmesh.errors import ConfigError
 from dnsmesh.policy import parse_policy
 from dnsmesh.querylog import LineFormatter, Record
 from dnsmesh.snapshot import compile_snapshot
@@ -52,20 +55,23 @@ def log_file(tmp_path: Path) -> Path:
     return path
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
-    assert main(["logs", *args]) == 0
-    return capsys.readouterr().out.splitlines()
+def run(*args: str) -> list[str]:
+    """``dnsmesh logs ARGS`` as parsed by the real parser (main() is left out: it would
+    configure logging for the whole test session)."""
+    out = io.StringIO()
+    assert run_logs(build_parser().parse_args(["logs", *args]), out) == 0
+    return out.getvalue().splitlines()
 
 
-def names(capsys: pytest.CaptureFixture[str], log_file: Path, *filters: str) -> list[object]:
-    lines = [json.loads(x) for x in run(capsys, "--file", str(log_file), "--json", *filters)]
+def names(log_file: Path, *filters: str) -> list[object]:
+    lines = [json.loads(x) for x in run("--file", str(log_file), "--json", *filters)]
     return [line.get("name", "summary") for line in lines]
 
 
 def test_without_filters_every_line_and_the_summary(
     capsys: pytest.CaptureFixture[str], log_file: Path
 ) -> None:
-    assert names(capsys, log_file) == [
+    assert names(log_file) == [
         "web.mesh.internal",
         "www.example.com",
         "nothing.example.com",
@@ -73,49 +79,40 @@ def test_without_filters_every_line_and_the_summary(
         "notweb.mesh.internalx",
         "summary",
     ]
-    assert main(["logs", "--file", str(log_file)]) == 0
     assert "1 lines were not query log lines" in capsys.readouterr().err
 
 
-def test_name_is_a_suffix_on_label_boundaries(
-    capsys: pytest.CaptureFixture[str], log_file: Path
-) -> None:
-    found = names(capsys, log_file, "--name", "Mesh.Internal.")
+def test_name_is_a_suffix_on_label_boundaries(log_file: Path) -> None:
+    found = names(log_file, "--name", "Mesh.Internal.")
     assert found == ["web.mesh.internal", "web.mesh.internal", "summary"]
-    assert names(capsys, log_file, "--name", "example.com") == [
+    assert names(log_file, "--name", "example.com") == [
         "www.example.com",
         "nothing.example.com",
         "summary",
     ]
 
 
-def test_client_is_an_address_or_a_network(
-    capsys: pytest.CaptureFixture[str], log_file: Path
-) -> None:
-    assert names(capsys, log_file, "--client", "10.1.2.4") == ["www.example.com", "summary"]
-    assert names(capsys, log_file, "--client", "10.1.0.0/16")[:2] == [
+def test_client_is_an_address_or_a_network(log_file: Path) -> None:
+    assert names(log_file, "--client", "10.1.2.4") == ["www.example.com", "summary"]
+    assert names(log_file, "--client", "10.1.0.0/16")[:2] == [
         "web.mesh.internal",
         "www.example.com",
     ]
-    assert names(capsys, log_file, "--client", "2001:db8::/32")[0] == "notweb.mesh.internalx"
+    assert names(log_file, "--client", "2001:db8::/32")[0] == "notweb.mesh.internalx"
 
 
-def test_rcode_and_source_filters_combine(
-    capsys: pytest.CaptureFixture[str], log_file: Path
-) -> None:
-    assert names(capsys, log_file, "--rcode", "nxdomain") == ["nothing.example.com", "summary"]
-    assert names(capsys, log_file, "--source", "refused", "--source", "error") == [
+def test_rcode_and_source_filters_combine(log_file: Path) -> None:
+    assert names(log_file, "--rcode", "nxdomain") == ["nothing.example.com", "summary"]
+    assert names(log_file, "--source", "refused", "--source", "error") == [
         "web.mesh.internal",
         "notweb.mesh.internalx",
         "summary",
     ]
-    assert names(capsys, log_file, "--source", "policy", "--rcode", "SERVFAIL") == ["summary"]
+    assert names(log_file, "--source", "policy", "--rcode", "SERVFAIL") == ["summary"]
 
 
-def test_the_table_shows_the_pick_and_the_left_out_lines(
-    capsys: pytest.CaptureFixture[str], log_file: Path
-) -> None:
-    header, policy, *rest = run(capsys, "--file", str(log_file))
+def test_the_table_shows_the_pick_and_the_left_out_lines(log_file: Path) -> None:
+    header, policy, *rest = run("--file", str(log_file))
     assert header.split() == ["TIME", "CLIENT", "SOURCE", "RCODE", "TYPE", "MS", "NAME"]
     assert policy.split()[2:8] == [
         "10.1.2.3",
@@ -130,10 +127,8 @@ def test_the_table_shows_the_pick_and_the_left_out_lines(
     assert rest[-1].endswith("-- 12 lines left out by --query-log-max-rate")
 
 
-def test_bad_input_is_a_clear_error(
-    capsys: pytest.CaptureFixture[str], log_file: Path, tmp_path: Path
-) -> None:
-    assert main(["logs", "--file", str(tmp_path / "nope.log")]) == 1
-    assert "no such file" in capsys.readouterr().err
-    assert main(["logs", "--file", str(log_file), "--client", "10.1.2"]) == 1
-    assert "not an address or CIDR" in capsys.readouterr().err
+def test_bad_input_is_a_clear_error(log_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        run("--file", str(tmp_path / "nope.log"))
+    with pytest.raises(ConfigError, match="is not an address or CIDR"):
+        run("--file", str(log_file), "--client", "10.1.2")

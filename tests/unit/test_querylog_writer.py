@@ -110,7 +110,8 @@ def test_reopen_takes_the_new_file_or_keeps_the_old_one(
     log.add(0.0, "127.0.0.1", QUERY, "cache", NXDOMAIN)
     with caplog.at_level(logging.ERROR, logger="agent.querylog"):
         assert log.write_pending() == 1
-    assert [r.getMessage() for r in caplog.records] == ["querylog.reopen_failed"]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == ["querylog.reopen_failed"]
     assert log.written == 3 and log.lost == 0
 
 
