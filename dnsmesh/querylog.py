@@ -34,7 +34,7 @@ import dns.rcode
 import dns.rdatatype
 
 from dnsmesh.dnswire import CLASS_IN, TYPE_A, TYPE_AAAA, Query, name_to_text
-from dnsmesh.snapshot import Candidate, CompiledPolicy, View
+from dnsmesh.snapshot import Candidate, CompiledPolicy
 
 # The sources of a line: where an answer came from (agent/answer.py Source), and the two
 # ways a query gets no normal answer that the front door decides.
@@ -57,6 +57,8 @@ Record = tuple[
 # Memo tables (client prefixes, names, decisions) are cleared when they reach this size: a
 # flood of distinct values costs the work each time, never unbounded memory.
 _MEMO_LIMIT = 65536
+# Decision heads kept at most: policies x slices x families in use, with room for reloads.
+_HEADS_LIMIT = 4096
 # One encoder for every line: json.dumps with arguments builds a new one per call.
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -143,33 +145,40 @@ class ClientMask:
 class Decisions:
     """The ``decision`` of policy lines, as JSON text.
 
-    All of a decision but ``picked`` is fixed for one compiled policy, view and address
-    family, so that part is encoded once and kept (bounded; each entry holds its policy and
-    view, so their ids, the keys, cannot be reused while it is kept); a line then costs the
-    view lookup and reading the addresses out of the answer.
+    All of a decision but ``picked`` is fixed for one policy revision, slice and candidate
+    list, so that part is encoded once and kept, keyed by those values (never by the
+    compiled policy: holding compiled policies would keep every snapshot a reload or a
+    re-weighing replaced alive); a line then costs the view lookup, one hash of the key
+    and reading the addresses out of the answer.
     """
 
     __slots__ = ("_addresses", "_heads", "_picks")
 
     def __init__(self) -> None:
-        self._heads: dict[tuple[int, int, int], tuple[CompiledPolicy, View | None, str]] = {}
+        self._heads: dict[tuple[str, int, str | None, tuple[Candidate, ...]], str] = {}
         self._addresses: dict[bytes, str] = {}
         self._picks: dict[bytes, str] = {}  # the sections after the question -> picked, as JSON
 
     def text(self, policy: CompiledPolicy, client: str, query: Query, response: bytes) -> str:
         """What ``policy`` decided for this answer: the candidates of the view the client's
         slice selects, in the family asked for, and what the answer holds."""
-        # Another class is refused before any view is consulted.
-        view = policy.view_of(client) if query.qclass == CLASS_IN else None
-        qtype = query.qtype
-        family = 4 if qtype == TYPE_A else 6 if qtype == TYPE_AAAA else 0
-        key = (id(policy), id(view), family)
-        held = self._heads.get(key)
-        if held is None:
-            held = (policy, view, _decision_head(policy, view, family))
-            if len(self._heads) >= _MEMO_LIMIT:
+        candidates: tuple[Candidate, ...] = ()
+        slice_id: str | None = None
+        if query.qclass == CLASS_IN:  # another class is refused before any view is consulted
+            view = policy.view_of(client)
+            slice_id = view.slice
+            qtype = query.qtype
+            if qtype == TYPE_A:
+                candidates = view.v4_candidates
+            elif qtype == TYPE_AAAA:
+                candidates = view.v6_candidates
+        key = (policy.name, policy.revision, slice_id, candidates)
+        head = self._heads.get(key)
+        if head is None:
+            head = _decision_head(*key)
+            if len(self._heads) >= _HEADS_LIMIT:
                 self._heads.clear()
-            self._heads[key] = held
+            self._heads[key] = head
         # A policy's answers repeat (the same pre-encoded records, a few combinations), so
         # the addresses are read out of each distinct answer once.
         size = len(query.question)
@@ -180,7 +189,7 @@ class Decisions:
             if len(self._picks) >= _MEMO_LIMIT:
                 self._picks.clear()
             self._picks[sections] = picked
-        return held[2] + picked + "}"
+        return head + picked + "}"
 
     def picked(self, response: bytes, question_size: int) -> list[str]:
         """The A and AAAA addresses in ``response``'s answer section, in answer order.
@@ -218,15 +227,14 @@ class Decisions:
         return found
 
 
-def _decision_head(policy: CompiledPolicy, view: View | None, family: int) -> str:
+def _decision_head(
+    policy: str, revision: int, slice_id: str | None, candidates: tuple[Candidate, ...]
+) -> str:
     """A decision's JSON up to the value of ``picked``."""
-    candidates: tuple[Candidate, ...] = ()
-    if view is not None:
-        candidates = view.v4_candidates if family == 4 else view.v6_candidates if family else ()
     fixed = {
-        "policy": policy.name,
-        "slice": None if view is None else view.slice,
-        "revision": policy.revision,
+        "policy": policy,
+        "slice": slice_id,
+        "revision": revision,
         "candidates": [c._asdict() for c in candidates],
     }
     return _encode(fixed)[:-1] + ',"picked":'

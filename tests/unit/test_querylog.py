@@ -307,3 +307,18 @@ def test_left_out_counts_are_reported_once_on_the_next_line_or_a_summary() -> No
 def test_type_and_rcode_names() -> None:
     assert [type_text(t) for t in (1, 28, 65, 65280)] == ["A", "AAAA", "HTTPS", "TYPE65280"]
     assert rcode_text(b"\x00\x00\x81\x82") == "SERVFAIL"
+
+
+def test_a_reweighed_policy_of_the_same_revision_gets_its_own_decision() -> None:
+    base = compile_snapshot([make_policy([{"address": "10.0.0.1"}, {"address": "10.0.0.2"}])], 5)
+    reweighed = reweigh(base, {"web": {"10.0.0.1": 1, "10.0.0.2": 0}})
+    decisions = Decisions()  # one cache across both, as the writer keeps it
+    query = ask()
+    states = []
+    for snapshot in (base, reweighed, base):
+        compiled = snapshot.policies()[0]
+        wire, _ = answered(compiled, query)
+        decided = json.loads(decisions.text(compiled, "127.0.0.1", query, wire))
+        assert decided["revision"] == 5
+        states.append([c["state"] for c in decided["candidates"]])
+    assert states == [["active", "active"], ["active", "ejected"], ["active", "active"]]
