@@ -18,7 +18,10 @@ class Source:
     STALE: Final = "stale"  # an expired cached answer while upstreams fail (RFC 8767)
     UPSTREAM: Final = "upstream"  # forwarded and answered just now
     ERROR: Final = "error"  # SERVFAIL/REFUSED made here
-    ALL: Final = (LOCAL, POLICY, CACHE, STALE, UPSTREAM, ERROR)
+    # The front door's, before any handler: a client outside --allow, a query over its rate.
+    REFUSED: Final = "refused"
+    RATELIMITED: Final = "ratelimited"
+    ALL: Final = (LOCAL, POLICY, CACHE, STALE, UPSTREAM, ERROR, REFUSED, RATELIMITED)
 
 
 class Answer(NamedTuple):

@@ -40,6 +40,10 @@ class Cache(Generic[V]):
         self.max_ttl = max_ttl
         self.max_stale = max_stale
         self._entries: OrderedDict[CacheKey, _Entry[V]] = OrderedDict()
+        # For /metrics (hits are the answers counted under the "cache" source): fresh
+        # lookups that found nothing fresh, and entries pushed out by the size bound.
+        self.misses = 0
+        self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -59,16 +63,19 @@ class Cache(Generic[V]):
         while len(self._entries) > self.capacity:
             # Least recently used first; the stalest entries age out the same way.
             self._entries.popitem(last=False)
+            self.evictions += 1
 
     def get(self, key: CacheKey) -> tuple[V, int] | None:
         """A fresh entry and its age in whole seconds (to count TTLs down), or None."""
         entry = self._entries.get(key)
         if entry is None:
+            self.misses += 1
             return None
         now = self.clock()
         if now >= entry.expires:
             if now >= entry.discard:
                 del self._entries[key]
+            self.misses += 1
             return None
         self._entries.move_to_end(key)
         return entry.value, int(now - entry.stored)

@@ -229,6 +229,20 @@ def add_agent_commands(
         **seconds,
     )
     add_query_log_arguments(agent)
+    admin = agent.add_argument_group("admin listener (/metrics, /healthz, /readyz over HTTP)")
+    admin.add_argument(
+        "--admin-listen",
+        metavar="HOST:PORT",
+        default="127.0.0.1:9153",
+        help="where to serve Prometheus /metrics, /healthz and /readyz (default "
+        "127.0.0.1:9153; port 0 picks a free one; off: none)",
+    )
+    admin.add_argument(
+        "--admin-listen-public",
+        action="store_true",
+        help="allow an --admin-listen address other than loopback (metrics name policies, "
+        "endpoints and the query mix: expose them on purpose)",
+    )
     add_sync_arguments(agent)
     agent.set_defaults(run=_run_agent)
 

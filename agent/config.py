@@ -17,6 +17,7 @@ from dnsmesh.errors import ConfigError
 DNS_PORT = 53
 DOT_PORT = 853  # RFC 7858 §3.1
 HTTPS_PORT = 443
+ADMIN_PORT = 9153  # CoreDNS's metrics port: where a node resolver's metrics are looked for
 KIB = 1024
 MIB = 1024 * KIB
 MAX_UDP_RCVBUF = 1024 * MIB
@@ -237,6 +238,8 @@ class AgentConfig:
     rate_limit_v6_prefix: int = 64
     rate_limit_slip: int = 2  # every 2nd query over the limit gets TC=1, the rest dropped
     amplification_factor: int = 10  # UDP answers over 512 octets: at most this x the query
+    # The admin listener (/metrics, /healthz, /readyz, agent/metrics/admin.py); None: none.
+    admin_listen: HostPort | None = HostPort("127.0.0.1", ADMIN_PORT)
     # Clients the guard trusts: loopback cannot be forged from the wire, and the node's own
     # clients keep getting whole EDNS answers over UDP.
     amplification_exempt: tuple[Network, ...] = LOOPBACK
@@ -292,7 +295,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         raise ConfigError("--rate-limit-prefix-v4 is 0-32 and --rate-limit-prefix-v6 is 0-128")
     if args.amplification_factor < 0:
         raise ConfigError("--amplification-factor cannot be negative")
+    admin = getattr(args, "admin_listen", f"127.0.0.1:{ADMIN_PORT}")
     return AgentConfig(
+        admin_listen=parse_admin_listen(admin, public=getattr(args, "admin_listen_public", False)),
         listen=listen,
         upstreams=upstreams,
         upstream_ca=Path(upstream_ca) if upstream_ca is not None else None,
@@ -327,6 +332,24 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         amplification_factor=args.amplification_factor,
         query_log=query_log_config_from_args(args),
     )
+
+
+def parse_admin_listen(text: str, *, public: bool) -> HostPort | None:
+    """``--admin-listen``: HOST:PORT, or ``off``. Metrics tell a lot about a node (its
+    policies, endpoints, clients' query mix), so an address other than loopback needs
+    ``--admin-listen-public`` said explicitly."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        address = parse_host_port(text)
+    except ConfigError as exc:
+        raise ConfigError(f"--admin-listen: {exc}") from None
+    if not public and not ipaddress.ip_address(address.host).is_loopback:
+        raise ConfigError(
+            f"--admin-listen {address} is not a loopback address: metrics and readiness would "
+            "be open to the network; add --admin-listen-public if that is meant"
+        )
+    return address
 
 
 def _networks(flag: str, texts: list[str]) -> tuple[Network, ...]:

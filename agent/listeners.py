@@ -263,7 +263,7 @@ class TcpConnection(asyncio.Protocol):
             # to hold open until the idle timeout. (Refuse mode answers each query REFUSED.)
             self.closing = True
             self.transport.abort()
-            entry.counts["refused"] += 1
+            entry.refused_connection()
             return
         if not entry.accepting or not self.connections.admit(self):
             self.closing = True

@@ -18,9 +18,16 @@ from agent.entry import PROHIBITED, QueryEntry
 from agent.handlers.policy import DecidingPolicyAnswers
 from agent.pipeline import Pipeline
 from agent.querylog import QueryLog
+from agent.tally import (
+    IMMEDIATE_SAMPLE,
+    NO_RESPONSE,
+    QTYPE_INDEX,
+    UNKNOWN_QTYPE,
+    clock_ns,
+    rcode_of,
+)
 from dnsmesh import dnswire
 from dnsmesh.dnswire import MalformedQuery, Query, parse_query
-from dnsmesh.querylog import RATELIMITED, REFUSED
 
 _INTERNAL = "internal error"
 
@@ -46,52 +53,59 @@ class LoggedQueryEntry(QueryEntry):
         self._add = query_log.add
 
     def answer_now(self, data: bytes, client: str) -> bytes | Query | None:
-        start = perf_counter()
+        begun = perf_counter()  # the line's clock; the tallies sample their own
         add = self._add
+        if self._untimed:
+            self._untimed -= 1
+            start = 0
+        else:
+            self._untimed = IMMEDIATE_SAMPLE - 1
+            start = clock_ns()
         try:
             query = parse_query(data)
         except MalformedQuery as exc:
             if not self.acl.allows(client):
-                self.counts["refused"] += 1
-                add(start, client, None, REFUSED, None)
+                self._refused.add(UNKNOWN_QTYPE, NO_RESPONSE, start)
+                add(begun, client, None, Source.REFUSED, None)
                 return None
             self.counts["malformed"] += 1
-            add(start, client, None, Source.ERROR, exc.reply, None, exc.reason)
+            add(begun, client, None, Source.ERROR, exc.reply, None, exc.reason)
             return exc.reply
         if client not in self._admitted and not self.acl.allows(client):
-            self.counts["refused"] += 1
             refusal = (
                 None
                 if self.refuse_drop
                 else dnswire.build_error(query, dnswire.RCODE_REFUSED, PROHIBITED)
             )
-            add(start, client, query, REFUSED, refusal)
+            self._refused.add(QTYPE_INDEX[query.qtype], rcode_of(refusal), start)
+            add(begun, client, query, Source.REFUSED, refusal)
             return refusal
         try:
             for handler, source in self.pipeline.immediate:
                 wire = handler(query, client)
                 if wire is not None:
-                    self.counts[source] += 1
+                    self.tallies[source].add(QTYPE_INDEX[query.qtype], wire[3] & 0x0F, start)
                     decided = self._policies.decided if source == Source.POLICY else None
-                    add(start, client, query, source, wire, decided)
+                    add(begun, client, query, source, wire, decided)
                     return wire
         except Exception as exc:
-            failed = self._failed(query, client, "handler", exc)
-            add(start, client, query, Source.ERROR, failed, None, _INTERNAL)
+            failed = self._failed(query, client, "handler", exc, start)
+            add(begun, client, query, Source.ERROR, failed, None, _INTERNAL)
             return failed
         return query
 
     async def forward(self, query: Query, client: str, udp_size: int | None) -> bytes:
         # From the forward's start: the loop's wait to start the task is not counted.
-        start = perf_counter()
+        begun = perf_counter()
+        start = clock_ns()
         try:
             answer: Answer = await self.pipeline.final(query, client)
         except Exception as exc:
-            failed = self._failed(query, client, "forward", exc)
-            self._add(start, client, query, Source.ERROR, failed, None, _INTERNAL)
+            failed = self._failed(query, client, "forward", exc, start)
+            self._add(begun, client, query, Source.ERROR, failed, None, _INTERNAL)
             return failed
-        self._add(start, client, query, answer.source, answer.wire, None, answer.reason)
-        return self._answered(answer, query, client, udp_size)
+        self._add(begun, client, query, answer.source, answer.wire, None, answer.reason)
+        return self._answered(answer, query, client, udp_size, start)
 
     def over_limit(self, data: bytes, client: str) -> bytes | None:
         slipped = super().over_limit(data, client)
@@ -102,5 +116,5 @@ class LoggedQueryEntry(QueryEntry):
                 query: Query | None = parse_query(data)
             except MalformedQuery:
                 query = None
-            log.put(now, now, client, query, RATELIMITED, slipped, None, "")
+            log.put(now, now, client, query, Source.RATELIMITED, slipped, None, "")
         return slipped

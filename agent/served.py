@@ -15,8 +15,10 @@ them here; it never swaps a snapshot itself.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
+from agent.answer_counts import AnswerCounts
 from dnsmesh.reweigh import Compiled, Weights, reweigh
 from dnsmesh.snapshot import Snapshot, compile_snapshot
 
@@ -24,15 +26,31 @@ from dnsmesh.snapshot import Snapshot, compile_snapshot
 class ServedSnapshot:
     """``snapshot`` is what queries read; ``set_base`` and ``set_weights`` change it."""
 
-    __slots__ = ("_compiled", "_down", "base", "snapshot", "weights")
+    __slots__ = (
+        "_compiled",
+        "_down",
+        "answers",
+        "base",
+        "base_since",
+        "clock",
+        "snapshot",
+        "weights",
+    )
 
-    def __init__(self, down: Callable[[], frozenset[str]] = frozenset) -> None:
+    def __init__(
+        self,
+        down: Callable[[], frozenset[str]] = frozenset,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """``down`` reads the mesh-wide down set from where revisions arrive (the sync)."""
+        self.clock = clock
         self.base: Snapshot = compile_snapshot([])
+        self.base_since: float | None = None  # when the first or latest base was set
         self.weights: Weights = {}
         self.snapshot: Snapshot = self.base
         self._down = down
         self._compiled: Compiled = {}  # reweigh's cache: unchanged policies are not recompiled
+        self.answers = AnswerCounts()  # answers per policy, slice and endpoint (metrics)
 
     @property
     def down(self) -> frozenset[str]:
@@ -41,6 +59,7 @@ class ServedSnapshot:
     def set_base(self, base: Snapshot, weights: Weights) -> None:
         """A newly compiled policy set with the weights health decided for it, at once."""
         self.base = base
+        self.base_since = self.clock()
         self.weights = weights
         self._publish()
 
@@ -50,4 +69,6 @@ class ServedSnapshot:
         self._publish()
 
     def _publish(self) -> None:
+        old = self.snapshot
         self.snapshot = reweigh(self.base, self.weights, self._compiled)  # the one assignment
+        self.answers.retire(old, self.snapshot)

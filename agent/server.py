@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
+from prometheus_client.registry import CollectorRegistry
+
 from agent.cache import Cache
 from agent.config import AgentConfig, HostPort, UpstreamAddress
 from agent.entry import QueryEntry
@@ -26,6 +28,8 @@ from agent.listeners import (
     set_receive_buffer,
 )
 from agent.logged_entry import make_entry
+from agent.metrics.admin import AdminListener
+from agent.metrics.collector import AgentCollector, SyncState
 from agent.pipeline import Pipeline, build_pipeline
 from agent.probes.monitor import HealthMonitor
 from agent.querylog import QueryLog
@@ -58,8 +62,10 @@ class AgentServer:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         down: Callable[[], frozenset[str]] = frozenset,
+        sync_state: Callable[[], SyncState | None] | None = None,
     ) -> None:
-        """``down`` gives the mesh-wide down set (the controller's), empty without one."""
+        """``down`` gives the mesh-wide down set (the controller's), empty without one;
+        ``sync_state`` what the sync client knows, for a controlled agent's metrics."""
         self.config = config
         self.clock = clock
         self.rng = rng or random.Random()
@@ -106,6 +112,11 @@ class AgentServer:
         # the holder above turns base and weights into what is answered.
         self.health = HealthMonitor(self.served, probing=config.probes, rng=self.rng)
         self.watcher: PolicyWatcher | None = None
+        # Ready only once policies are served, when there are any to wait for.
+        self.expects_policies = config.policies is not None or sync_state is not None
+        self.metrics = CollectorRegistry(auto_describe=False)
+        self.metrics.register(AgentCollector(self, sync_state))
+        self.admin: AdminListener | None = None
         self.addresses: list[HostPort] = []
         self._udp: list[UdpListener] = []
         self._servers: list[asyncio.Server] = []
@@ -164,6 +175,7 @@ class AgentServer:
         if self.watcher is not None:
             self.watcher.start()
         await self.health.start()
+        await self._start_admin()
         log.info(
             "agent.started",
             extra=fields(
@@ -211,6 +223,33 @@ class AgentServer:
                     hint="raise net.core.rmem_max or give the agent CAP_NET_ADMIN",
                 ),
             )
+
+    async def _start_admin(self) -> None:
+        """The admin listener, if configured. One that cannot bind is logged and left out:
+        metrics are not worth leaving the node without DNS (a restart loop would)."""
+        if self.config.admin_listen is None:
+            return
+        admin = AdminListener(self.config.admin_listen, self.metrics, self.readiness)
+        try:
+            await admin.start()
+        except OSError as exc:
+            log.error(
+                "agent.admin_listen_failed",
+                extra=fields(address=str(self.config.admin_listen), error=str(exc)),
+            )
+            return
+        self.admin = admin
+
+    def readiness(self) -> str | None:
+        """None when ready to answer (/readyz): a DNS listener bound and, when policies are
+        expected (files or a controller), a policy set loaded; else why not."""
+        if not self.entry.accepting:
+            return "stopping"
+        if not self.addresses:
+            return "no DNS listener bound"
+        if self.expects_policies and self.served.base_since is None:
+            return "no policy set loaded yet"
+        return None
 
     def _without_self(self, upstreams: Sequence[UpstreamAddress]) -> list[UpstreamAddress]:
         out = []
@@ -273,6 +312,8 @@ class AgentServer:
         await self._close_listeners()
         if self.query_log is not None:  # after the listeners: the last answers are logged
             await asyncio.to_thread(self.query_log.stop, CANCEL_GRACE)
+        if self.admin is not None:
+            await self.admin.stop()
         health = self.health
         log.info(
             "agent.stopped",
@@ -302,4 +343,4 @@ class AgentServer:
         self._servers.clear()
 
     def counts(self) -> dict[str, int]:
-        return dict(self.entry.counts)
+        return self.entry.totals()

@@ -135,6 +135,9 @@ class Upstream:
     downs: int = 0  # consecutive down marks: the exponent of the backoff
     down_until: float = 0.0  # clock time before which it is tried only as a last resort
     disabled: str | None = None  # never used again (a forwarding loop through it)
+    # Totals for /metrics: attempts sent for client queries, and those that timed out.
+    queries: int = 0
+    timeouts: int = 0
 
 
 def _expire(done: asyncio.Future[_Listener]) -> None:
@@ -376,6 +379,7 @@ class UpstreamClient:
             if previous is not None:
                 server.failures, server.suspect = previous.failures, previous.suspect
                 server.downs, server.down_until = previous.downs, previous.down_until
+                server.queries, server.timeouts = previous.queries, previous.timeouts
             servers.append(server)
         self.servers = servers
         for address in [a for a in self._streams if a not in upstreams]:
@@ -404,6 +408,10 @@ class UpstreamClient:
             )
         )
         return live
+
+    def is_up(self, server: Upstream) -> bool:
+        """Neither disabled nor marked down (a suspect one is up: see ``all_down``)."""
+        return server.disabled is None and server.down_until <= self.clock()
 
     def all_down(self) -> bool:
         """Whether every upstream is down (or disabled); suspect ones do not count: a slow
@@ -648,6 +656,9 @@ class UpstreamClient:
         server = None if address is None else self._server(address)
         if server is None:
             return  # nobody new was asked, or the list changed meanwhile
+        server.queries += 1
+        if isinstance(outcome, UpstreamTimeout):
+            server.timeouts += 1
         if isinstance(outcome, UpstreamError):
             self._attempt_failed(server, str(outcome))
         else:

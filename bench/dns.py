@@ -8,6 +8,7 @@ it runs the agent from .venv, creating it with `pip install -e .` if missing):
     python3 bench/dns.py --quick        # smoke: one round of 2 s, about 30 seconds
     python3 bench/dns.py --duration 5 --servers agent,dnsmasq --scenarios hit,latency
     python3 bench/dns.py --profile cached --duration 5   # where the agent's CPU goes (py-spy)
+    python3 bench/dns.py --metrics      # also the agent with /metrics on and scraped, beside it
 
 It installs dnsperf and dnsmasq from Debian when missing (apt-get, as root), starts an
 upstream dnsmasq (serving the whole zone bench.test), then for every scenario starts each
@@ -61,9 +62,12 @@ ZONE_ADDRESS = "127.0.0.1"
 UPSTREAM_TTL = 3600  # long, so forwarded answers stay cached for the whole run
 
 SERVERS = ("agent", "dnsmasq", "ceiling")
-ALL_SERVERS = (*SERVERS, "ceiling-fresh")
+# "agent-metrics" (with --metrics): the agent with its admin listener on and /metrics
+# scraped every --scrape-interval, measured in the same rounds as the agent without it.
+ALL_SERVERS = (*SERVERS, "ceiling-fresh", "agent-metrics")
 SERVER_LABELS = {
     "agent": "dnsmesh agent",
+    "agent-metrics": "dnsmesh agent, /metrics scraped",
     "dnsmasq": "dnsmasq",
     "ceiling": "py-ceiling (ref)",
     "ceiling-fresh": "py-ceiling fresh ports (ref)",
@@ -249,6 +253,7 @@ class Setup:
     client_core: int | None
     policies: Path
     log_level: str
+    scrape_interval: float = 1.0
 
 
 def start_upstream(dnsmasq: str, workdir: Path, core: int | None) -> Server:
@@ -281,9 +286,29 @@ def _dnsmasq_common(port: int) -> list[str]:
     ]
 
 
+@dataclass
+class ScrapedServer(Server):
+    """The agent with a scraper of its /metrics beside it (pinned to the client's core)."""
+
+    scraper: Server | None = None
+
+    def stop(self) -> None:
+        if self.scraper is not None:
+            self.scraper.stop()
+        super().stop()
+
+    def scrapes(self) -> str:
+        """The scraper's own summary line, once it is stopped."""
+        if self.scraper is None:
+            return ""
+        self.scraper.stop()
+        return self.scraper.log_tail(200).strip()
+
+
 def start_server(kind: str, setup: Setup) -> Server:
     port = free_port()
-    if kind == "agent":
+    if kind in ("agent", "agent-metrics"):
+        admin = f"127.0.0.1:{free_port()}" if kind == "agent-metrics" else "off"
         cmd = [
             setup.dnsmesh,
             "agent",
@@ -295,7 +320,20 @@ def start_server(kind: str, setup: Setup) -> Server:
             f"127.0.0.1:{port}",
             "--upstream",
             f"127.0.0.1:{setup.upstream_port}",
+            "--admin-listen",
+            admin,
         ]
+        if kind == "agent-metrics":
+            server = start(kind, cmd, port, setup.workdir, setup.server_core)
+            scraper = [
+                setup.python,
+                str(REPO / "bench" / "_scraper.py"),
+                f"http://{admin}/metrics",
+                str(setup.scrape_interval),
+            ]
+            scraped = ScrapedServer(server.label, server.port, server.proc, server.log)
+            scraped.scraper = start("scraper", scraper, port, setup.workdir, setup.client_core)
+            return scraped
     elif kind == "dnsmasq":
         # The reference forwarder (dnsmasq), plus the policy name as a local record.
         cmd = [
@@ -420,7 +458,7 @@ def measure_scenario(
         for kind in kinds:
             try:
                 servers[kind] = start_server(kind, setup)
-                deadline = 30 if kind == "agent" else 10
+                deadline = 30 if kind.startswith("agent") else 10
                 wait_answering(servers[kind], scenario.probe, scenario.expect, deadline)
             except ServerFailed as exc:
                 fail(kind, exc)
@@ -479,7 +517,9 @@ def measure_scenario(
                 rows[kind].core_busy_pct = 100.0 * busy / total
                 rows[kind].softirq_pct = 100.0 * softirq / total
     finally:
-        for server in servers.values():
+        for kind, server in servers.items():
+            if isinstance(server, ScrapedServer):
+                rows[kind].detail["scraper"] = server.scrapes()
             server.stop()
         verbose.unlink(missing_ok=True)
     return [rows[kind] for kind in kinds]
@@ -528,6 +568,11 @@ def judge(rows: list[Row]) -> None:
                 row.ratio = row.qps / ref.qps
             if ref is not None and ref.cpu_us_per_query and row.cpu_us_per_query:
                 row.cpu_ratio = row.cpu_us_per_query / ref.cpu_us_per_query
+            if row.server == "agent-metrics":
+                plain = next((r for r in mine if r.server == "agent" and r.qps), None)
+                if plain is not None and plain.qps and scenario.max_qps is None:
+                    row.target = f"{row.qps / plain.qps:.2f}x the agent's QPS without"
+                continue
             if row.server != "agent":
                 continue
             healthy = (row.ok_pct or 0.0) >= 99.0
@@ -709,6 +754,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--results-dir", type=Path, default=RESULTS, help="default bench/results/ (gitignored)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (server logs)")
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also run the agent with its admin listener on and /metrics scraped, in the "
+        "same rounds as the agent without it (server agent-metrics)",
+    )
+    parser.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often --metrics scrapes (default 1; Prometheus' default is 15-60)",
+    )
     args = parser.parse_args(argv)
     if args.duration is None:
         args.duration = 2.0 if args.quick else 4.0
@@ -720,6 +778,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.p99_seconds = max(0.5, min(3.0, args.duration * args.rounds / 4))
     if args.no_p99_pass or args.profile:
         args.p99_seconds = 0.0
+    if args.metrics and "agent-metrics" not in args.servers.split(","):
+        args.servers += ",agent-metrics"
+    elif not args.metrics:  # only asked for: it doubles the agent's share of the run
+        args.servers = ",".join(s for s in args.servers.split(",") if s != "agent-metrics")
+    if not 0 < args.scrape_interval <= 60:
+        parser.error("--scrape-interval must be in (0, 60] seconds")
     for name, allowed in (("servers", ALL_SERVERS), ("scenarios", SCENARIOS)):
         chosen = [item for item in getattr(args, name).split(",") if item]
         unknown = set(chosen) - set(allowed)
@@ -746,6 +810,8 @@ def main(argv: list[str] | None = None) -> int:
         why = agent_importable(python)
         if why:
             servers.remove("agent")
+            if "agent-metrics" in servers:
+                servers.remove("agent-metrics")
             skipped.append(f"dnsmesh agent not runnable ({why})")
             print(f"bench: skipping the agent: {why}", file=sys.stderr)
     pinned = (os.cpu_count() or 1) >= 2
@@ -781,10 +847,13 @@ def main(argv: list[str] | None = None) -> int:
             client_core=args.client_core if pinned else None,
             policies=policies,
             log_level=args.agent_log_level,
+            scrape_interval=args.scrape_interval,
         )
         for key in args.scenarios:
             scenario = SCENARIO_DEFS[key]
             kinds = [kind for kind in scenario.servers if kind in servers]
+            if "agent" in kinds and "agent-metrics" in servers:  # side by side, same rounds
+                kinds.insert(kinds.index("agent") + 1, "agent-metrics")
             print(f"bench: {scenario.title}: {', '.join(kinds)} ...", file=sys.stderr)
             rows += measure_scenario(scenario, kinds, setup, timing, profiling)
     finally:

@@ -4,10 +4,12 @@ It is the quick start and the shape of production in miniature: two child proces
 (``dnsmesh controller`` and ``dnsmesh agent --controller ...``), the agent fed by push,
 the policies applied through the REST API like ``dnsmesh apply`` does. Everything it
 keeps lives in one data folder (default ``./.dnsmesh``, mode 0700): the SQLite database
-(migrated on every start), an admin token and an agent token minted on first run (files
-readable only by the user), the TLS CA and serving certificate (``tls/``: the controller
-serves HTTPS and WSS, and the agent and the apply step verify it with ``tls/ca-bundle.pem``),
-and the agent's state folder.
+(migrated on every start), an admin token minted on first run (a file readable only by
+the user), the TLS CA and serving certificate (``tls/``: the controller serves HTTPS and
+WSS, and the agent and the apply step verify it with ``tls/ca-bundle.pem``), and the
+agent's state folder. The agent joins as production agents do: while its state folder
+holds no valid certificate, ``up`` makes a one-time join token (``agent-join-token``, 1 h)
+and the agent trades it for its certificate, then connects with mTLS and no token.
 
 A child that dies is started again after a backoff (logged: up.child_exited, then
 up.child_restarted; cli.supervise); the other keeps running, so DNS goes on being answered
@@ -44,7 +46,8 @@ from dnsmesh.logs import fields
 log = logging.getLogger("dnsmesh.up")
 
 ADMIN_TOKEN = "admin-token"
-AGENT_TOKEN = "agent-token"
+JOIN_TOKEN = "agent-join-token"
+OLD_AGENT_TOKEN = "agent-token"  # what up kept before agents joined: revoked, removed
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 
@@ -149,6 +152,48 @@ def _ensure_token(data_dir: Path, file_name: str, role: str, url: str) -> str:
     return secret
 
 
+def node_name() -> str:
+    """The agent's node name: this host's name when it can be one, else ``local``."""
+    from controller.identity import check_node_name
+
+    try:
+        return check_node_name(socket.gethostname())
+    except ValueError:
+        return "local"
+
+
+def _join_token(data_dir: Path, url: str, node: str) -> Path | None:
+    """A fresh join token for the agent, unless its state folder holds a valid certificate."""
+    from datetime import UTC, datetime
+
+    from agent.sync.identity import IdentityFile
+    from controller.auth import TokenStore
+    from controller.db.engine import build_engine
+    from controller.db.session import Database
+    from controller.join_tokens import JoinTokens
+
+    path = data_dir / JOIN_TOKEN
+    with contextlib.suppress(DnsmeshError):
+        identity = IdentityFile(data_dir / "agent").load()
+        if identity is not None and not identity.expired(datetime.now(UTC)):
+            path.unlink(missing_ok=True)
+            return None
+    engine = build_engine(url)
+    try:
+        db = Database(engine)
+        tokens = TokenStore(db)
+        if any(info.name == "up-agent" for info in tokens.list()):
+            tokens.revoke("up-agent", actor="up")  # the agent's old bearer token
+        (data_dir / OLD_AGENT_TOKEN).unlink(missing_ok=True)
+        _info, secret = JoinTokens(db).create(
+            f"up-join-{os.urandom(3).hex()}", actor="up", node=node
+        )
+    finally:
+        engine.dispose()
+    _write_secret(path, secret)
+    return path
+
+
 def _prepare(data_dir: Path) -> str:
     """Create the data folder and migrate its database; returns the database URL."""
     from controller.server import open_database
@@ -223,12 +268,11 @@ def _healthy(api: str, trust: ssl.SSLContext) -> bool:
 
 
 def _agent_converged(
-    api: str, token: str, agent_id_file: Path, revision: int, trust: ssl.SSLContext
+    api: str, token: str, agent_id: str, revision: int, trust: ssl.SSLContext
 ) -> bool:
     import httpx
 
     try:
-        agent_id = agent_id_file.read_text().strip()
         body = httpx.get(
             f"{api}/v1/agents",
             headers={"Authorization": f"Bearer {token}"},
@@ -236,7 +280,7 @@ def _agent_converged(
             trust_env=False,
             verify=trust,
         ).json()
-    except (OSError, httpx.HTTPError, ValueError):
+    except (httpx.HTTPError, ValueError):
         return False
     return any(
         item.get("agent_id") == agent_id
@@ -290,7 +334,8 @@ def run_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     data_dir: Path = args.data_dir
     url = _prepare(data_dir)
     admin = _ensure_token(data_dir, ADMIN_TOKEN, "admin", url)
-    _ensure_token(data_dir, AGENT_TOKEN, "agent", url)
+    node = node_name()
+    join_token = _join_token(data_dir, url, node)
     # TLS as in production: the controller's CA and serving certificate live in the data
     # folder (made here on the first run, so the bundle exists before the controller does).
     from cli.trust import client_context
@@ -332,12 +377,15 @@ def run_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         revision = _apply(api, admin, ca_file, policies, out) if policies is not None else 0
         agent_state = data_dir / "agent"
         upstreams = [flag for u in args.upstream for flag in ("--upstream", u)]
+        # The join token is used once; a restarted agent connects with its certificate.
+        joining = ["--join-token-file", str(join_token)] if join_token is not None else []
         agent_args = [
             "agent",
             "--controller",
             api,
-            "--token-file",
-            str(data_dir / AGENT_TOKEN),
+            *joining,
+            "--node-name",
+            node,
             "--ca-file",
             str(ca_file),
             "--state-dir",
@@ -352,7 +400,7 @@ def run_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         _wait_ready(
             "agent",
             agent.child,
-            lambda: _agent_converged(api, admin, agent_state / "agent-id", revision, trust),
+            lambda: _agent_converged(api, admin, node, revision, trust),
             stop,
         )
         applied = f"{count} from {policies} (revision {revision})" if policies else "none"
@@ -397,10 +445,12 @@ def _print_summary(
         "dnsmesh is up",
         f"  API          {api}",
         f"  DNS          {dns} (UDP and TCP)",
+        f"  web UI       {api}/ui/ (log in with the admin token; trust the CA bundle first)",
         f"  admin token  {token_file} (export DNSMESH_TOKEN=$(cat {token_file}))",
         f"  CA bundle    {ca_file} (export DNSMESH_CA_FILE={ca_file})",
         f"  policies     {applied}",
-        f"  data         {data_dir}/ (database, tokens, TLS CA and keys, agent state)",
+        f"  data         {data_dir}/ (database, tokens, TLS CA and keys, agent state and "
+        "certificate)",
         "",
         "try:",
         f"  dig @{dns_host} -p {dns_port} checkout.mesh.internal",

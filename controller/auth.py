@@ -78,8 +78,11 @@ class TokenInfo:
     created_at: str
     created_by: str
     expires_at: str | None  # None: until revoked
+    join: bool = False  # a one-time join token (controller/join_tokens.py)
+    join_node: str | None = None  # the only node it may join as (None: any)
+    spent_at: str | None = None  # when a join token was used
 
-    def to_json(self) -> dict[str, str | None]:
+    def to_json(self) -> dict[str, str | bool | None]:
         return {
             "name": self.name,
             "role": self.role.value,
@@ -87,6 +90,9 @@ class TokenInfo:
             "created_at": self.created_at,
             "created_by": self.created_by,
             "expires_at": self.expires_at,
+            "join": self.join,
+            "join_node": self.join_node,
+            "spent_at": self.spent_at,
         }
 
 
@@ -184,15 +190,17 @@ class TokenStore:
             )
             session.add(row)
             session.flush()
-            info = _info(row)
-            _audit(session, self.db, actor, "token.create", checked_name, None, info)
+            info = token_info(row)
+            audit_token(session, self.db, actor, "token.create", checked_name, None, info)
             return info
 
         return self.db.write(work), secret
 
     def list(self) -> list[TokenInfo]:
         def work(session: Session) -> list[TokenInfo]:
-            return [_info(row) for row in session.scalars(select(TokenRow).order_by(TokenRow.name))]
+            return [
+                token_info(row) for row in session.scalars(select(TokenRow).order_by(TokenRow.name))
+            ]
 
         return self.db.read(work)
 
@@ -201,10 +209,10 @@ class TokenStore:
             row = session.scalars(select(TokenRow).where(TokenRow.name == name)).one_or_none()
             if row is None:
                 raise NotFound(f"no token named {name!r}")
-            info = _info(row)
+            info = token_info(row)
             self._known.pop(row.digest, None)
             session.execute(delete(TokenRow).where(TokenRow.id == row.id))
-            _audit(session, self.db, actor, "token.revoke", name, info, None)
+            audit_token(session, self.db, actor, "token.revoke", name, info, None)
 
         self.db.write(work)
 
@@ -242,7 +250,8 @@ class TokenStore:
         def work(session: Session) -> Principal | None:
             row = session.execute(
                 select(TokenRow.name, TokenRow.role, TokenRow.digest, TokenRow.expires_at).where(
-                    TokenRow.digest == digest
+                    TokenRow.digest == digest,
+                    TokenRow.is_join.is_(False),  # a join token buys a certificate, nothing else
                 )
             ).one_or_none()
             # The lookup already matched; compare_digest keeps the final check constant-time.
@@ -254,14 +263,22 @@ class TokenStore:
         return self.db.read(work)
 
 
-def _info(row: TokenRow) -> TokenInfo:
+def token_info(row: TokenRow) -> TokenInfo:
     expires = None if row.expires_at is None else iso(row.expires_at)
     return TokenInfo(
-        row.name, Role(row.role), row.prefix, iso(row.created_at), row.created_by, expires
+        row.name,
+        Role(row.role),
+        row.prefix,
+        iso(row.created_at),
+        row.created_by,
+        expires,
+        join=row.is_join,
+        join_node=row.join_node,
+        spent_at=None if row.spent_at is None else iso(row.spent_at),
     )
 
 
-def _audit(
+def audit_token(
     session: Session,
     db: Database,
     actor: str,

@@ -5,7 +5,7 @@ writing files is controller/tls_store.py. Keys are EC P-256 (small, fast, what e
 stack and SPIFFE implementation accepts). The CA certificate carries its trust domain as
 the URI SAN ``spiffe://TRUST_DOMAIN`` (the SPIFFE X.509-SVID spec lets a signing
 certificate do so), which is how a later start recognises which trust domain it was made
-for. ``sign_csr`` is the piece the agent join flow will call: it issues an X.509-SVID
+for. ``sign_csr`` is what the agent join flow calls: it issues an X.509-SVID
 (one URI SAN, the SPIFFE ID; client and server auth) for a CSR whose key the agent keeps.
 """
 
@@ -133,13 +133,16 @@ def sign_csr(
     """An X.509-SVID for the CSR's key: the SPIFFE ID as its only SAN, client and server auth.
 
     The CSR's own subject and extensions are ignored (the caller decides the identity);
-    its signature must be valid, the ID must be in the CA's trust domain, and the TTL at
-    most MAX_SVID_TTL and never past the CA's own expiry.
+    its signature must be valid, the ID must be in the CA's trust domain (any, for an
+    operator's CA that names none: the caller's ``--trust-domain``), and the TTL at
+    most MAX_SVID_TTL and never past the CA's own expiry. It is backdated by a tenth of
+    the TTL at most (BACKDATE for a day-long one), so that half of its validity, when the
+    agent renews, stays close to half of the TTL even for the seconds-long ones of tests.
     """
     if not csr.is_signature_valid:
         raise ValueError("the CSR's signature is not valid")
     domain = trust_domain_of(ca.certificate)
-    if domain is None or not spiffe.startswith(f"spiffe://{domain}/"):
+    if not spiffe.startswith("spiffe://" if domain is None else f"spiffe://{domain}/"):
         raise ValueError(f"{spiffe!r} is not a workload ID in the trust domain {domain!r}")
     if not timedelta(0) < ttl <= MAX_SVID_TTL:
         raise ValueError(f"the TTL must be between 0 and {MAX_SVID_TTL}")
@@ -148,7 +151,7 @@ def sign_csr(
         raise ValueError("the CSR's key must be an EC key")
     lifetime = min(ttl, ca.certificate.not_valid_after_utc - now)
     builder = (
-        _leaf(ca, public_key, now, lifetime)
+        _leaf(ca, public_key, now, lifetime, backdate=min(BACKDATE, ttl / 10))
         .subject_name(x509.Name([]))
         .add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe)]), critical=True
@@ -232,16 +235,23 @@ def fingerprint(certificate: x509.Certificate) -> str:
 
 
 def _validity(
-    builder: x509.CertificateBuilder, now: datetime, lifetime: timedelta
+    builder: x509.CertificateBuilder,
+    now: datetime,
+    lifetime: timedelta,
+    backdate: timedelta = BACKDATE,
 ) -> x509.CertificateBuilder:
-    return builder.not_valid_before(now - BACKDATE).not_valid_after(now + lifetime)
+    return builder.not_valid_before(now - backdate).not_valid_after(now + lifetime)
 
 
 def _leaf(
-    ca: Issued, public_key: ec.EllipticCurvePublicKey, now: datetime, lifetime: timedelta
+    ca: Issued,
+    public_key: ec.EllipticCurvePublicKey,
+    now: datetime,
+    lifetime: timedelta,
+    backdate: timedelta = BACKDATE,
 ) -> x509.CertificateBuilder:
     return (
-        _validity(x509.CertificateBuilder(), now, lifetime)
+        _validity(x509.CertificateBuilder(), now, lifetime, backdate)
         .issuer_name(ca.certificate.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())

@@ -7,6 +7,7 @@ parser in ``add_controller_commands`` with ``parents=[common]`` and ``set_defaul
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,21 @@ def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
     )
     tls.add_argument("--ca-key", metavar="FILE", type=Path, help="the --ca-cert's private key")
     tls.add_argument(
+        "--require-agent-mtls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="refuse agents that show no client certificate on the agent routes (the "
+        "stream, polling, reports); operators' tokens are not affected (default: on with "
+        "--tls)",
+    )
+    tls.add_argument(
+        "--agent-cert-ttl",
+        metavar="DURATION",
+        default="24h",
+        help="lifetime of the certificates issued to agents (they renew at half of it): "
+        "90s, 30m, 24h, 7d; at most 30d",
+    )
+    tls.add_argument(
         "--trust-domain",
         metavar="NAME",
         default=DEFAULT_TRUST_DOMAIN,
@@ -87,6 +103,13 @@ def add_controller_commands(
         type=int,
         help="refuse request bodies larger than this with 413, before reading them "
         "(default 1048576, 1 MiB; a policy with 1,024 endpoints is under 200 KiB)",
+    )
+    controller.add_argument(
+        "--metrics-token",
+        metavar="TOKEN",
+        default=os.environ.get("DNSMESH_METRICS_TOKEN") or None,
+        help="GET /metrics then needs Authorization: Bearer TOKEN (default: "
+        "$DNSMESH_METRICS_TOKEN; without either, /metrics is readable without a token)",
     )
     add_tls_arguments(controller)
     push = controller.add_argument_group("push to agents")
@@ -180,12 +203,27 @@ def add_controller_commands(
     )
     add_database_argument(create)
     create.add_argument("--role", required=True, choices=["admin", "editor", "viewer", "agent"])
-    create.add_argument("--name", required=True, help="the token's name (shown in the audit log)")
+    create.add_argument(
+        "--name",
+        help="the token's name (shown in the audit log); required but for --join, which "
+        "makes one up",
+    )
     create.add_argument(
         "--ttl",
         metavar="DURATION",
         help="the token expires this long after now: 90s, 30m, 1h, 7d, 2w "
-        "(default: valid until revoked)",
+        "(default: valid until revoked; 1h for --join)",
+    )
+    create.add_argument(
+        "--join",
+        action="store_true",
+        help="a one-time join token (role agent): a new agent started with --join-token "
+        "trades it for its certificate, once",
+    )
+    create.add_argument(
+        "--node",
+        metavar="NAME",
+        help="with --join: the only node name the token may join as",
     )
     create.set_defaults(run=_run_token_create)
     listing = token_commands.add_parser(
@@ -228,6 +266,24 @@ def add_controller_commands(
         help="with --server: a bundle to verify it with (default: $DNSMESH_CA_FILE)",
     )
     export.set_defaults(run=_run_ca_export)
+    revoke_node = ca_commands.add_parser(
+        "revoke",
+        parents=[common],
+        help="revoke every certificate of a node: its stream is closed, it is refused",
+        description="Revoke every certificate issued to NODE, straight in the database (shared "
+        "by every replica): its open stream is closed within a catch-up interval (at once on "
+        "PostgreSQL) and its certificate is refused from then on. It can join again only "
+        "with a new join token.",
+    )
+    add_database_argument(revoke_node)
+    revoke_node.add_argument("node", metavar="NODE", help="the node name (dnsmesh ca list)")
+    revoke_node.set_defaults(run=_run_ca_revoke)
+    listing_certs = ca_commands.add_parser(
+        "list", parents=[common], help="show the certificates issued to agents"
+    )
+    add_database_argument(listing_certs)
+    listing_certs.add_argument("--node", metavar="NAME", help="only this node's")
+    listing_certs.set_defaults(run=_run_ca_list)
 
 
 def _run_controller(args: argparse.Namespace) -> int:
@@ -258,6 +314,18 @@ def _run_token_revoke(args: argparse.Namespace) -> int:
     from controller.server import run_token_revoke
 
     return run_token_revoke(args)
+
+
+def _run_ca_revoke(args: argparse.Namespace) -> int:
+    from controller.server import run_ca_revoke
+
+    return run_ca_revoke(args)
+
+
+def _run_ca_list(args: argparse.Namespace) -> int:
+    from controller.server import run_ca_list
+
+    return run_ca_list(args)
 
 
 def _run_ca_export(args: argparse.Namespace) -> int:

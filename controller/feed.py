@@ -9,6 +9,7 @@ Besides policies, a snapshot carries the mesh-wide down set
 change-log row of its own, operation ``down``) lies in its range. Each
 update is built and encoded once per starting revision and shared by every agent that
 starts there, so a commit costs one read of the change log per replica, not one per agent.
+Every update names the mesh (``mesh_id``, read once at start: it never changes).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Feed:
         self.window_size = window
         self.retention = retention  # revisions of change log to keep; 0: keep all
         self.head = 0
+        self.mesh_id: str | None = None  # read at start
         self.encoded = 0  # updates built and encoded (each shared by many agents)
         self._window: deque[Change] = deque()
         self._floor = 0  # the window holds every change in (floor, head]
@@ -64,6 +66,7 @@ class Feed:
         self._kept_after = 0  # the last compaction point
 
     async def start(self) -> None:
+        self.mesh_id = await asyncio.to_thread(self.store.mesh_id)
         self.head = self._floor = await asyncio.to_thread(self.store.current_revision)
 
     async def catch_up(self) -> Moved:
@@ -161,7 +164,9 @@ class Feed:
             if cached is not None and cached.revision >= self.head:
                 return cached
             listing = await asyncio.to_thread(self.store.list_policies)
-            message = protocol.build_snapshot(listing.revision, listing.items, listing.down)
+            message = protocol.build_snapshot(
+                listing.revision, listing.items, listing.down, self.mesh_id
+            )
             self.encoded += 1
             self._snapshot = Update(listing.revision, protocol.encode_message(message))
             if self._known is None or listing.revision >= self._known[0]:
@@ -208,6 +213,7 @@ class Feed:
             changes[-1].revision,
             ((c.policy, c.document) for c in changes if not c.is_down),
             down,
+            self.mesh_id,
         )
         self.encoded += 1
         return Update(delta.revision, protocol.encode_message(delta))

@@ -8,6 +8,10 @@ LISTEN/NOTIFY across replicas), and a catch-up poll bounds the delay if a wake-u
 
 The protocol an agent speaks is documented in controller/api/agents.py; the messages are
 dnsmesh.protocol's. Agent state goes to the agents table through controller.recorder.
+
+An agent that connected with its certificate (controller/agent_trust.py) is held to it:
+its hello must name its own node, and once its certificate is revoked its stream is
+closed at the next round of the watcher (at once when a NOTIFY wakes it).
 """
 
 from __future__ import annotations
@@ -23,8 +27,12 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from controller.agent_events import Acked, AgentConnected, Gone, Nacked, Seen
+from controller.agent_trust import AgentTrust
 from controller.db.session import Database
 from controller.feed import Feed, Moved, Update
+from controller.identity import AgentIdentity
+from controller.identity_refusals import Refusal
+from controller.metrics import ControllerMetrics
 from controller.notify import PgListener, add_commit_listener, remove_commit_listener
 from controller.push_settings import PushSettings
 from controller.quorum_monitor import QuorumMonitor
@@ -41,6 +49,7 @@ log = logging.getLogger("dnsmesh.controller.hub")
 CLOSE_PROTOCOL_ERROR = 4400  # a message that is not valid, or not expected now
 CLOSE_REPLACED = 4409  # the same agent id connected again to this replica
 CLOSE_HELLO_TIMEOUT = 4408  # no hello within hello_timeout_s
+CLOSE_IDENTITY = 4403  # the certificate was revoked, or names another node than the hello
 CLOSE_INTERNAL = 1011  # RFC 6455: the server hit an unexpected condition
 
 
@@ -64,6 +73,7 @@ class AgentSession:
     acked: int  # the last revision it ACKed (or its hello's): what it runs
     refused: int = -1  # the last revision it NACKed: no resend until the head passes it
     force_snapshot: bool = False
+    identity: AgentIdentity | None = None  # the certificate it connected with
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -79,8 +89,12 @@ class Hub:
         agents: AgentStateService,
         recorder: AgentRecorder,
         health: QuorumMonitor,
+        trust: AgentTrust,
+        metrics: ControllerMetrics | None = None,
     ) -> None:
         self.db = db
+        self.trust = trust
+        self.metrics = metrics or ControllerMetrics()
         self.settings = settings
         self.feed = feed
         self.agents = agents
@@ -155,13 +169,17 @@ class Hub:
     async def record_seen(self, agent_id: str) -> None:
         """A polling agent is alive (its long-poll)."""
         await self.start()
+        self.metrics.polled(agent_id)
         self.recorder.record(Seen(agent_id))
 
     async def record_poll(self, hello: AgentConnected, nack: Nacked | None) -> None:
         """A polling agent's hello and ACK (or NACK), written before this returns."""
         await self.start()
+        self.metrics.polled(hello.agent_id)
+        self.metrics.acked(hello.agent_id, hello.revision)
         self.recorder.record(hello)
         if nack is not None:
+            self.metrics.nacks.inc()
             self.recorder.record(nack)
         await self.recorder.flush()  # the answer means "recorded": a read right after sees it
 
@@ -200,12 +218,14 @@ class Hub:
             self._wake.clear()
             try:
                 await self.catch_up()
+                await self.drop_revoked()
                 if self.feed.known_policies() is None:  # lost to a gap: read them again
                     await self.feed.snapshot()
                 if loop.time() - compacted_at >= 1.0:  # at most one DELETE a second
                     compacted_at = loop.time()
                     await self.feed.compact()
             except Exception as error:  # the database is away: the next round retries
+                self.metrics.database_errors.labels("hub").inc()
                 log.warning("hub.catch_up_failed", extra=fields(error=str(error)))
 
     async def catch_up(self) -> None:
@@ -213,16 +233,33 @@ class Hub:
         moved = await self.feed.catch_up()
         if moved is Moved.NO:
             return
+        self.metrics.committed(self.feed.head)
         for session in self.sessions.values():
             if moved is Moved.BACK:
                 session.force_snapshot = True
             session.wake.set()
 
+    async def drop_revoked(self) -> None:
+        """Closes the stream of every agent whose certificate was revoked since it connected."""
+        by_serial = {s.identity.serial: s for s in self.sessions.values() if s.identity}
+        if not by_serial:
+            return
+        for serial in await asyncio.to_thread(self.trust.registry.revoked_among, by_serial):
+            session = by_serial[serial]
+            node = session.identity.node_name if session.identity else ""
+            message = f"the certificate of node {node!r} was revoked"
+            self.trust.refusals.note(Refusal.REVOKED, message, node=node, stream="closed")
+            await _fail(session.channel, CLOSE_IDENTITY, "revoked", message)
+
     # -- long-polling ----------------------------------------------------------------------
 
-    async def poll(self, since: int, wait: float) -> Update | None:
-        """The update from ``since`` as soon as there is one, or None after ``wait`` seconds."""
+    async def poll(self, since: int, wait: float, *, mesh_id: str | None = None) -> Update | None:
+        """The update from ``since`` as soon as there is one, or None after ``wait`` seconds.
+
+        A ``mesh_id`` other than this mesh's gets a snapshot: its revision is another's."""
         await self.start()
+        if self._other_mesh(mesh_id, since, "poll"):
+            return await self.feed.update_for(since, snapshot=True)
         if since > self.feed.head:
             await self.catch_up()
         loop = asyncio.get_running_loop()
@@ -235,15 +272,32 @@ class Hub:
 
     # -- one WebSocket agent ----------------------------------------------------------------
 
-    async def serve(self, channel: Channel) -> None:
-        """Speaks the protocol with one agent until it goes; never raises."""
+    def _other_mesh(self, mesh_id: str | None, revision: int, agent: str) -> bool:
+        if mesh_id is None or mesh_id == self.feed.mesh_id:
+            return False
+        log.info(
+            "agent.other_mesh",
+            extra=fields(
+                agent=agent,
+                agent_mesh=mesh_id,
+                mesh=self.feed.mesh_id,
+                revision=revision,
+                outcome="a snapshot, not a delta",
+            ),
+        )
+        return True
+
+    async def serve(self, channel: Channel, identity: AgentIdentity | None = None) -> None:
+        """Speaks the protocol with one agent until it goes; never raises.
+
+        ``identity``: the certificate the agent connected with (None: a token)."""
         try:
-            await self._serve(channel)
+            await self._serve(channel, identity)
         except Exception:
             log.exception("hub.session_failed")
             await _fail(channel, CLOSE_INTERNAL, "internal", "internal error; see the log")
 
-    async def _serve(self, channel: Channel) -> None:
+    async def _serve(self, channel: Channel, identity: AgentIdentity | None) -> None:
         await self.start()
         try:
             first = await asyncio.wait_for(channel.receive(), self.settings.hello_timeout_s)
@@ -260,6 +314,19 @@ class Hub:
                 channel, CLOSE_PROTOCOL_ERROR, "expected_hello", "the first message must be hello"
             )
             return
+        if identity is not None and (hello.agent_id, hello.node_name) != (
+            identity.agent_id,
+            identity.node_name,
+        ):
+            message = (
+                f"the certificate is node {identity.node_name!r}'s; the hello asks as agent "
+                f"{hello.agent_id!r} of node {hello.node_name!r}"
+            )
+            self.trust.refusals.note(
+                Refusal.WRONG_NODE, message, node=identity.node_name, asked=hello.agent_id
+            )
+            await _fail(channel, CLOSE_IDENTITY, "wrong_node", message)
+            return
         if hello.revision > self.feed.head:
             await self.catch_up()  # another replica may have pushed it before we heard
         session = AgentSession(
@@ -268,7 +335,10 @@ class Hub:
             channel=channel,
             sent=hello.revision,
             acked=hello.revision,
-            force_snapshot=hello.revision == 0 or hello.revision > self.feed.head,
+            force_snapshot=hello.revision == 0
+            or hello.revision > self.feed.head
+            or self._other_mesh(hello.mesh_id, hello.revision, hello.agent_id),
+            identity=identity,
         )
         self.recorder.record(
             AgentConnected(
@@ -312,6 +382,7 @@ class Hub:
                 return
             if isinstance(message, protocol.Ack):
                 session.acked = message.revision
+                self.metrics.acked(session.agent_id, message.revision)
                 self.recorder.record(
                     Acked(
                         session.agent_id,
@@ -327,6 +398,7 @@ class Hub:
                 # once a revision newer than the refused one exists (no resend loop).
                 session.refused = message.revision
                 session.sent = session.acked
+                self.metrics.nacks.inc()
                 self.recorder.record(Nacked(session.agent_id, message.revision, message.reason))
                 log.info(
                     "agent.nack",

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import secrets
 import signal
 import socket
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -76,26 +78,48 @@ def bind(host: str, port: int) -> socket.socket:
 def run_controller(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from controller.agent_trust import TrustSettings
     from controller.api import create_app
     from controller.api.body import DEFAULT_MAX_BODY
+    from controller.identity_refusals import IdentityRefusals
+    from controller.tls_peer import server_context_factory, uvicorn_protocols
 
     url = resolve_database_url(args.database)
     host, port = parse_listen(args.listen)
     push = push_settings(args)  # flags first: a bad one fails before any socket or database
+    require_mtls = agent_mtls_required(args)
+    cert_ttl = agent_cert_ttl(args)
     tls = tls_files(args)
     max_body = DEFAULT_MAX_BODY if args.max_body is None else args.max_body
     if max_body < 1:
         raise ConfigError("--max-body must be at least 1 byte")
+    if args.metrics_token == "":
+        raise ConfigError("--metrics-token cannot be empty (leave it out for an open /metrics)")
     engine = open_database(url, migrate=args.migrate)
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
-    app = create_app(
-        Database(engine), push, ca_bundle=tls.bundle() if tls else None, max_body=max_body
-    )
+    refusals = IdentityRefusals()
+    trust = None
     ssl: dict[str, Any] = {}
     if tls is not None:
-        ssl = {"ssl_certfile": str(tls.cert_file), "ssl_keyfile": str(tls.key_file)}
+        trust = TrustSettings(tls.signer, tls.bundle(), args.trust_domain, cert_ttl, require_mtls)
+        ssl = {
+            "ssl_certfile": str(tls.cert_file),
+            "ssl_keyfile": str(tls.key_file),
+            # Client certificates of the mesh CA, asked for but optional (controller/tls_peer.py).
+            "ssl_context_factory": server_context_factory(tls.bundle_file, refusals),
+            **uvicorn_protocols(),
+        }
+    app = create_app(
+        Database(engine),
+        push,
+        ca_bundle=tls.bundle() if tls else None,
+        max_body=max_body,
+        trust=trust,
+        refusals=refusals,
+        metrics_token=args.metrics_token,
+    )
     config = uvicorn.Config(
         app,
         log_config=None,  # our handlers (dnsmesh.logs) format uvicorn's records too
@@ -117,12 +141,24 @@ def run_controller(args: argparse.Namespace) -> int:
             address=shown,
             url=f"{'https' if tls else 'http'}://{shown}",
             database=redact(url),
+            agent_mtls="required"
+            if trust and trust.require_mtls
+            else "optional"
+            if trust
+            else "off",
         ),
     )
+
     # uvicorn drains connections on SIGTERM and then re-raises the signal to the handler
     # that was in place before it; a handler (rather than SIG_DFL) lets a stop requested by
     # systemd or a test end with status 0 instead of being killed by the re-raised signal.
-    previous = signal.signal(signal.SIGTERM, _note_sigterm)
+    # Until uvicorn installs its own handlers (during startup) this one is the only one, so
+    # it must stop the server itself: a SIGTERM in that window was once swallowed and the
+    # controller ran on until SIGKILL.
+    def stop_server(_signum: int, _frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    previous = signal.signal(signal.SIGTERM, stop_server)
     try:
         server.run(sockets=[sock])
     finally:
@@ -152,6 +188,25 @@ def tls_files(args: argparse.Namespace) -> TlsFiles | None:
 
 
 _TLS_ONLY = {"--tls-san": "tls_san", "--ca-cert": "ca_cert", "--ca-key": "ca_key"}
+
+
+def agent_mtls_required(args: argparse.Namespace) -> bool:
+    """--require-agent-mtls: on by default with --tls; impossible without it."""
+    if args.require_agent_mtls and not args.tls:
+        raise ConfigError(
+            "--require-agent-mtls needs --tls (agents' certificates come from its CA)"
+        )
+    return bool(args.tls if args.require_agent_mtls is None else args.require_agent_mtls)
+
+
+def agent_cert_ttl(args: argparse.Namespace) -> timedelta:
+    from controller.auth import parse_ttl
+    from controller.ca import MAX_SVID_TTL
+
+    ttl = _cli_refusal(parse_ttl, args.agent_cert_ttl, field="--agent-cert-ttl")
+    if ttl > MAX_SVID_TTL:
+        raise ConfigError(f"--agent-cert-ttl must be at most {MAX_SVID_TTL.days}d")
+    return ttl
 
 
 def push_settings(args: argparse.Namespace) -> PushSettings:
@@ -192,10 +247,6 @@ def health_settings(args: argparse.Namespace) -> HealthSettings:
     return HealthSettings(rule=rule, history_s=args.report_retention)
 
 
-def _note_sigterm(_signum: int, _frame: FrameType | None) -> None:
-    """SIGTERM after uvicorn's graceful shutdown: nothing left to do."""
-
-
 def run_db_upgrade(args: argparse.Namespace) -> int:
     from controller.db.migrate import head_revisions
 
@@ -208,20 +259,38 @@ def run_db_upgrade(args: argparse.Namespace) -> int:
 
 def run_token_create(args: argparse.Namespace) -> int:
     from controller.auth import TokenStore, parse_ttl
+    from controller.join_tokens import JoinTokens
 
     ttl = _cli_refusal(parse_ttl, args.ttl, field="--ttl") if args.ttl is not None else None
+    if args.join and args.role != "agent":
+        raise ConfigError("--join makes a token of role agent only (--role agent --join)")
+    if args.node is not None and not args.join:
+        raise ConfigError("--node binds a join token: it needs --join")
+    name = args.name
+    if name is None and args.join:
+        name = f"join-{(args.node or 'node').lower()[:40]}-{secrets.token_hex(3)}"
+    if name is None:
+        raise ConfigError("--name is required (it is shown in the audit log)")
     url = resolve_database_url(args.database)
     engine = open_database(url, migrate=False)
     try:
-        tokens = TokenStore(Database(engine))
-        info, secret = _cli_refusal(tokens.create, args.name, args.role, actor=CLI_ACTOR, ttl=ttl)
+        db = Database(engine)
+        if args.join:
+            info, secret = _cli_refusal(
+                JoinTokens(db).create, name, actor=CLI_ACTOR, node=args.node, ttl=ttl
+            )
+        else:
+            tokens = TokenStore(db)
+            info, secret = _cli_refusal(tokens.create, name, args.role, actor=CLI_ACTOR, ttl=ttl)
     finally:
         engine.dispose()
     print(secret)  # alone on stdout so `TOKEN=$(dnsmesh token create ...)` works
+    kind = "join token" if info.join else "token"
+    bound = f", for node {info.join_node}" if info.join_node else ""
     print(
-        f"created token {info.name!r} (role {info.role.value}"
+        f"created {kind} {info.name!r} (role {info.role.value}{bound}"
         f"{', expires ' + info.expires_at if info.expires_at else ''}); "
-        "it is shown only this once",
+        f"it is shown only this once{'; it works once' if info.join else ''}",
         file=sys.stderr,
     )
     return 0
@@ -238,8 +307,62 @@ def run_token_list(args: argparse.Namespace) -> int:
         engine.dispose()
     rows = [("NAME", "ROLE", "PREFIX", "CREATED", "EXPIRES", "BY")]
     rows += [
-        (t.name, t.role.value, t.prefix, t.created_at, t.expires_at or "never", t.created_by)
+        (
+            t.name,
+            _kind(t.role.value, t.join, t.join_node, t.spent_at),
+            t.prefix,
+            t.created_at,
+            t.expires_at or "never",
+            t.created_by,
+        )
         for t in tokens
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _kind(role: str, join: bool, node: str | None, spent_at: str | None) -> str:
+    """The ROLE column: a join token says so, for which node, and whether it was used."""
+    if not join:
+        return role
+    return f"{role} (join{' ' + node if node else ''}{', spent' if spent_at else ''})"
+
+
+def run_ca_revoke(args: argparse.Namespace) -> int:
+    from controller.agent_certs import CertificateRegistry
+
+    url = resolve_database_url(args.database)
+    engine = open_database(url, migrate=False)
+    try:
+        count = _cli_refusal(
+            CertificateRegistry(Database(engine)).revoke, args.node, actor=CLI_ACTOR
+        )
+    finally:
+        engine.dispose()
+    print(
+        f"revoked {count} certificate{'' if count == 1 else 's'} of node {args.node!r}: its "
+        "stream is closed and it is refused from now on; it may join again with a new join "
+        "token",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run_ca_list(args: argparse.Namespace) -> int:
+    from controller.agent_certs import CertificateRegistry
+
+    url = resolve_database_url(args.database)
+    engine = open_database(url, migrate=False)
+    try:
+        issued = CertificateRegistry(Database(engine)).list(args.node)
+    finally:
+        engine.dispose()
+    rows = [("NODE", "SERIAL", "ISSUED", "EXPIRES", "BY", "REVOKED")]
+    rows += [
+        (c.node_name, c.serial, c.issued_at, c.not_after, c.issued_by, c.revoked_at or "-")
+        for c in issued
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:

@@ -45,6 +45,7 @@ class TlsFiles:
     cert_file: Path  # the serving certificate and its chain
     key_file: Path
     bundle_file: Path  # what clients trust
+    signer: ca.Issued  # the CA (ours or the operator's) that signs agent certificates too
 
     def bundle(self) -> str:
         return self.bundle_file.read_text()
@@ -98,7 +99,7 @@ def ensure_tls(
     if _read_bytes(folder / BUNDLE) != bundle:
         _write(folder / BUNDLE, bundle, 0o644)
     _ensure_serving(folder, signer, chain, names, moment)
-    return TlsFiles(folder / SERVER_CERT, folder / SERVER_KEY, folder / BUNDLE)
+    return TlsFiles(folder / SERVER_CERT, folder / SERVER_KEY, folder / BUNDLE, signer)
 
 
 def _own_ca(folder: Path, trust_domain: str, now: datetime) -> ca.Issued:

@@ -3,7 +3,7 @@
 Modelled on xDS and etcd watches (docs/design.md). One WebSocket per agent:
 
     agent -> controller   hello {agent_id, node_name, labels, software, revision,
-                                 local, shadowed}
+                                 local, shadowed, mesh_id}
     controller -> agent   snapshot {revision, policies}            (new agent, or log compacted)
                           delta {since, revision, changes}          (everything after `since`)
     agent -> controller   ack {revision, local, shadowed} | nack {revision, reason}
@@ -14,6 +14,12 @@ Besides policies, a revision carries ``down``: the endpoint addresses that a quo
 reporting agents sees as failing, so that every agent stops handing them out, including
 agents that never probed them. It is a whole set: a snapshot always carries it, a delta
 carries it only when it changed (``null``: unchanged).
+
+Every update also names the ``mesh_id`` (a UUID made with the controller's database), and
+the agent's hello names the mesh its state came from: an agent whose state came from
+another mesh gets a snapshot, and a delta of another mesh is refused like a revision gap
+(revision numbers of two meshes say nothing about each other). ``null``: not known (a
+state from before mesh ids, or a controller that sends none).
 
 An agent may also serve policies from its own ``--policies`` files. The hello and every ACK
 carry them (``local``: each one's name and domain, so the controller can refuse a write that
@@ -99,9 +105,13 @@ class Hello(_Message):
     revision: int = Field(default=0, ge=0, description="the last revision the agent applied")
     local: LocalPolicies = Field(default_factory=list, description="its --policies files")
     shadowed: ShadowedPolicies = Field(default_factory=list)
+    mesh_id: str | None = Field(
+        default=None, max_length=64, description="the mesh its state came from; null: none"
+    )
 
 
 DownSet = Annotated[list[IPAddressText], Field(max_length=100_000)]
+MeshId = Annotated[str | None, Field(default=None, max_length=64)]
 
 
 class SnapshotMessage(_Message):
@@ -109,6 +119,7 @@ class SnapshotMessage(_Message):
     revision: int = Field(ge=0)
     policies: list[Document]
     down: DownSet = Field(default_factory=list, description="endpoints marked down mesh-wide")
+    mesh_id: MeshId
 
 
 class PolicyChange(BaseModel):
@@ -123,6 +134,7 @@ class Delta(_Message):
     revision: int = Field(ge=0)
     changes: list[PolicyChange]
     down: DownSet | None = Field(default=None, description="the new down set; null: unchanged")
+    mesh_id: MeshId
 
 
 class Ack(_Message):
@@ -191,6 +203,7 @@ class AppliedState:
     revision: int
     policies: Mapping[str, Policy]
     down: frozenset[str] = frozenset()
+    mesh_id: str | None = None  # the controller's mesh the revision belongs to
 
     @classmethod
     def empty(cls) -> AppliedState:
@@ -201,12 +214,15 @@ def apply_update(state: AppliedState, update: SnapshotMessage | Delta) -> Applie
     """The state after ``update``, or PolicyError/RevisionGap and the state is unchanged.
 
     A snapshot replaces everything; a delta must start exactly at ``state.revision`` (a gap
-    means a message was missed and the agent must resync instead of guessing).
+    means a message was missed and the agent must resync instead of guessing) and come
+    from the mesh the state came from.
     """
     if isinstance(update, SnapshotMessage):
         policies = {p.name: p for p in map(parse_policy, update.policies)}
         check_policy_set(list(policies.values()))
-        return AppliedState(update.revision, policies, frozenset(update.down))
+        return AppliedState(update.revision, policies, frozenset(update.down), update.mesh_id)
+    if update.mesh_id is not None and state.mesh_id not in (None, update.mesh_id):
+        raise RevisionGap(f"delta of mesh {update.mesh_id}, agent's state is of {state.mesh_id}")
     if update.since != state.revision:
         raise RevisionGap(f"delta starts at revision {update.since}, agent is at {state.revision}")
     merged = dict(state.policies)
@@ -221,7 +237,7 @@ def apply_update(state: AppliedState, update: SnapshotMessage | Delta) -> Applie
         merged[change.name] = policy
     check_policy_set(list(merged.values()))
     down = state.down if update.down is None else frozenset(update.down)
-    return AppliedState(update.revision, merged, down)
+    return AppliedState(update.revision, merged, down, update.mesh_id or state.mesh_id)
 
 
 def build_delta(
@@ -229,6 +245,7 @@ def build_delta(
     revision: int,
     changes: Iterable[tuple[str, Document | None]],
     down: Iterable[str] | None = None,
+    mesh_id: str | None = None,
 ) -> Delta:
     """A delta from change-log rows in revision order; only each name's last change is kept."""
     last: dict[str, Document | None] = {}
@@ -240,19 +257,25 @@ def build_delta(
         revision=revision,
         changes=[PolicyChange(name=name, policy=doc) for name, doc in last.items()],
         down=None if down is None else sorted(down),
+        mesh_id=mesh_id,
     )
 
 
 def build_snapshot(
-    revision: int, documents: Iterable[Document], down: Iterable[str] = ()
+    revision: int,
+    documents: Iterable[Document],
+    down: Iterable[str] = (),
+    mesh_id: str | None = None,
 ) -> SnapshotMessage:
-    return SnapshotMessage(revision=revision, policies=list(documents), down=sorted(down))
+    return SnapshotMessage(
+        revision=revision, policies=list(documents), down=sorted(down), mesh_id=mesh_id
+    )
 
 
 def encode_state(state: AppliedState) -> bytes:
     """The agent's state file: the last applied snapshot, so a restart answers at once."""
     documents = (p.to_document() for p in state.policies.values())
-    snapshot = build_snapshot(state.revision, documents, state.down)
+    snapshot = build_snapshot(state.revision, documents, state.down, state.mesh_id)
     return snapshot.model_dump_json(indent=1).encode()
 
 

@@ -36,11 +36,6 @@ import dns.rdatatype
 from dnsmesh.dnswire import CLASS_IN, TYPE_A, TYPE_AAAA, Query, name_to_text
 from dnsmesh.snapshot import Candidate, CompiledPolicy
 
-# The sources of a line: where an answer came from (agent/answer.py Source), and the two
-# ways a query gets no normal answer that the front door decides.
-REFUSED = "refused"
-RATELIMITED = "ratelimited"
-
 # (start, end, client, query, source, response, policy, reason, limited, overflow):
 #   start, end  perf_counter() seconds when the query arrived and when it was answered
 #   query       the parsed query; None when it could not be parsed
@@ -169,9 +164,9 @@ class Decisions:
             slice_id = view.slice
             qtype = query.qtype
             if qtype == TYPE_A:
-                candidates = view.v4_candidates
+                candidates = view.candidates(4)
             elif qtype == TYPE_AAAA:
-                candidates = view.v6_candidates
+                candidates = view.candidates(6)
         key = (policy.name, policy.revision, slice_id, candidates)
         head = self._heads.get(key)
         if head is None:

@@ -4,9 +4,14 @@ Everything that does not depend on the query is done here, once per snapshot: na
 form, every A/AAAA and SOA record encoded, slices parsed, cumulative weights summed. Per
 query, ``CompiledPolicy.respond`` picks records and joins header + question + RRs + OPT.
 
-Each view also keeps its candidates (every endpoint it could answer, with its configured and
-effective weight and its state), built here once, so the query log (dnsmesh/querylog.py)
-states what a pick chose from without computing anything on the query path.
+Each view also keeps what its candidates are made of (every endpoint it could answer, with
+its configured and effective weight and its state) and makes them on first use, which is
+the query log's writer thread (dnsmesh/querylog.py): the query path computes nothing for
+them, and an agent without the log never pays for them at all (compiling stays as fast).
+
+Each picker counts the answers it gives per endpoint in plain ints (``hits``), a list
+increment per answer; ``CompiledPolicy.take_answered`` reads them out for the agent's
+metrics (agent/answer_counts.py), which keeps them across snapshots.
 """
 
 from __future__ import annotations
@@ -58,13 +63,29 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class _Picker:
-    """Chooses the answer records of one address family for one view of a policy."""
+    """Chooses the answer records of one address family for one view of a policy, and
+    counts how often each endpoint was answered: ``hits[i]`` for the endpoint
+    ``owners[i]`` (an address may own several slots)."""
 
-    __slots__ = ()
+    __slots__ = ("hits", "owners")
+
+    def __init__(self, owners: Sequence[str]) -> None:
+        self.owners = tuple(owners)
+        self.hits = [0] * len(self.owners)
 
     def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
         """(the chosen RRs joined, how many) for this client."""
         raise NotImplementedError
+
+    def take_answered(self) -> dict[str, int]:
+        """Answers per endpoint address since the last call (the counts start again at 0)."""
+        out: dict[str, int] = {}
+        hits = self.hits
+        for index, owner in enumerate(self.owners):
+            if hits[index]:
+                out[owner] = out.get(owner, 0) + hits[index]
+                hits[index] = 0
+        return out
 
 
 class _Fixed(_Picker):
@@ -72,10 +93,12 @@ class _Fixed(_Picker):
 
     __slots__ = ("answer",)
 
-    def __init__(self, rrs: bytes, count: int) -> None:
+    def __init__(self, rrs: bytes, count: int, owner: str) -> None:
+        super().__init__((owner,))
         self.answer = (rrs, count)
 
     def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
+        self.hits[0] += 1
         return self.answer
 
 
@@ -84,12 +107,15 @@ class _WeightedOne(_Picker):
 
     __slots__ = ("rrs", "table")
 
-    def __init__(self, rrs: Sequence[bytes], weights: Sequence[int]) -> None:
+    def __init__(self, rrs: Sequence[bytes], weights: Sequence[int], owners: Sequence[str]):
+        super().__init__(owners)
         self.table = WeightedTable.build(weights)
         self.rrs = tuple((rr, 1) for rr in rrs)
 
     def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
-        return self.rrs[self.table.pick(rng)]
+        index = self.table.pick(rng)
+        self.hits[index] += 1
+        return self.rrs[index]
 
 
 # Up to this many weight units, a weighted pick indexes a table holding each answer `weight`
@@ -102,7 +128,11 @@ class _WeightedSlots(_Picker):
 
     __slots__ = ("slots", "total")
 
-    def __init__(self, rrs: Sequence[bytes], weights: Sequence[int]) -> None:
+    def __init__(self, rrs: Sequence[bytes], weights: Sequence[int], owners: Sequence[str]):
+        # A hit counter per slot rather than per endpoint: no second table to index.
+        super().__init__(
+            [owner for owner, weight in zip(owners, weights, strict=True) for _ in range(weight)]
+        )
         self.slots = tuple(
             (rr, 1) for rr, weight in zip(rrs, weights, strict=True) for _ in range(weight)
         )
@@ -110,7 +140,9 @@ class _WeightedSlots(_Picker):
 
     def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
         # random() < 1, so the index is always below total.
-        return self.slots[int(rng.random() * self.total)]
+        index = int(rng.random() * self.total)
+        self.hits[index] += 1
+        return self.slots[index]
 
 
 class _WeightedMany(_Picker):
@@ -118,14 +150,20 @@ class _WeightedMany(_Picker):
 
     __slots__ = ("count", "rrs", "table")
 
-    def __init__(self, rrs: Sequence[bytes], weights: Sequence[int], count: int) -> None:
+    def __init__(
+        self, rrs: Sequence[bytes], weights: Sequence[int], count: int, owners: Sequence[str]
+    ) -> None:
+        super().__init__(owners)
         self.rrs = tuple(rrs)
         self.table = WeightedTable.build(weights)
         self.count = count
 
     def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
         rrs = self.rrs
+        hits = self.hits
         picked = self.table.pick_distinct(self.count, rng)
+        for index in picked:
+            hits[index] += 1
         return b"".join([rrs[i] for i in picked]), len(picked)
 
 
@@ -134,21 +172,32 @@ class _Sticky(_Picker):
 
     __slots__ = ("count", "members", "memo", "rrs")
 
-    def __init__(self, rrs: Sequence[bytes], members: Sequence[tuple[bytes, int]], count: int):
+    def __init__(
+        self,
+        rrs: Sequence[bytes],
+        members: Sequence[tuple[bytes, int]],
+        count: int,
+        owners: Sequence[str],
+    ):
+        super().__init__(owners)
         self.rrs = tuple(rrs)
         self.members = tuple(members)
         self.count = count
-        self.memo: dict[str, tuple[bytes, int]] = {}
+        # client -> (its answer, the endpoint indices in it)
+        self.memo: dict[str, tuple[tuple[bytes, int], list[int]]] = {}
 
     def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
-        answer = self.memo.get(client)
-        if answer is None:
+        memoised = self.memo.get(client)
+        if memoised is None:
             picked = pick_sticky(client, self.members, self.count)
-            answer = (b"".join([self.rrs[i] for i in picked]), len(picked))
+            memoised = ((b"".join([self.rrs[i] for i in picked]), len(picked)), picked)
             if len(self.memo) >= MEMO_LIMIT:
                 self.memo.clear()
-            self.memo[client] = answer
-        return answer
+            self.memo[client] = memoised
+        hits = self.hits
+        for index in memoised[1]:
+            hits[index] += 1
+        return memoised[0]
 
 
 class CandidateState:
@@ -170,28 +219,28 @@ class Candidate(NamedTuple):
 
 
 def _candidates(
-    endpoints: Sequence[Endpoint], configured: Mapping[str, int], strategy: Strategy
+    endpoints: Sequence[Endpoint], configured_endpoints: Sequence[Endpoint], strategy: Strategy
 ) -> tuple[Candidate, ...]:
-    """The candidates of one family's endpoints, in policy order, with their state decided as
-    ``_compile_picker`` decides who is drawn from."""
+    """The candidates of one family's (effective) endpoints, in policy order, with their state
+    decided as ``_compile_picker`` decides who is drawn from."""
+    configured = {e.address: e.weight for e in configured_endpoints}
     live = [e for e in endpoints if e.weight > 0]
     if strategy is Strategy.FAILOVER:
         members = failover_members([e.priority for e in live], [e.weight for e in live])
         live = [live[i] for i in members]
-    drawn = {str(e.address) for e in live}
+    drawn = {e.address for e in live}
     out = []
     for e in endpoints:
-        address = str(e.address)
-        weight = configured[address]
+        weight = configured[e.address]
         if weight == 0:
             state = CandidateState.DRAINED
         elif e.weight == 0:
             state = CandidateState.EJECTED
-        elif address in drawn:
+        elif e.address in drawn:
             state = CandidateState.ACTIVE
         else:
             state = CandidateState.STANDBY
-        out.append(Candidate(address, weight, e.weight, state))
+        out.append(Candidate(str(e.address), weight, e.weight, state))
     return tuple(out)
 
 
@@ -207,34 +256,49 @@ def _compile_picker(
         return None
     rrs = [record_a(e.address, ttl) for e in live]
     weights = [e.weight for e in live]
+    owners = [str(e.address) for e in live]
     if len(live) == 1:
-        return _Fixed(rrs[0], 1)
+        return _Fixed(rrs[0], 1, owners[0])
     if strategy is Strategy.STICKY:
-        return _Sticky(rrs, [(sticky_key(str(e.address)), e.weight) for e in live], count)
+        keyed = [(sticky_key(owner), e.weight) for owner, e in zip(owners, live, strict=True)]
+        return _Sticky(rrs, keyed, count, owners)
     # weighted, failover (within its group) and, for now, latency-weighted.
     if count == 1:
         if sum(weights) <= SLOT_TABLE_LIMIT:
-            return _WeightedSlots(rrs, weights)
-        return _WeightedOne(rrs, weights)
-    return _WeightedMany(rrs, weights, count)
+            return _WeightedSlots(rrs, weights, owners)
+        return _WeightedOne(rrs, weights, owners)
+    return _WeightedMany(rrs, weights, count, owners)
 
 
 @dataclass(frozen=True, slots=True)
 class View:
-    """What one slice (or the default) answers: a picker per family, or a refusal; and the
-    candidates of each family, for the query log (never read when answering)."""
+    """What one slice (or the default) answers: a picker per family, or a refusal; and what
+    the candidates of each family are made of, for the query log (never read answering)."""
 
     v4: _Picker | None
     v6: _Picker | None
     refuse: bool = False
     slice: str | None = None  # the slice's id; None: the policy's default view
-    v4_candidates: tuple[Candidate, ...] = ()
-    v6_candidates: tuple[Candidate, ...] = ()
+    # The view's endpoints of each family with their effective weights, the policy's as
+    # configured, and its strategy: what ``candidates`` are made of.
+    endpoints: tuple[tuple[Endpoint, ...], tuple[Endpoint, ...]] = ((), ())
+    configured: Sequence[Endpoint] = ()
+    strategy: Strategy = Strategy.WEIGHTED
+    _made: dict[int, tuple[Candidate, ...]] = field(default_factory=dict, compare=False)
+
+    def candidates(self, family: int) -> tuple[Candidate, ...]:
+        """The candidates of family 4 or 6, made on first use. Only the query log's writer
+        thread asks, so the memo has one writer."""
+        made = self._made.get(family)
+        if made is None:
+            endpoints = self.endpoints[family == 6]
+            made = self._made[family] = _candidates(endpoints, self.configured, self.strategy)
+        return made
 
 
 def _compile_view(
     endpoints: Sequence[Endpoint],
-    configured: Mapping[str, int],
+    configured: Sequence[Endpoint],
     groups: Sequence[str] | None,
     spec_strategy: Strategy,
     count: int,
@@ -250,9 +314,15 @@ def _compile_view(
         _compile_picker(v4, spec_strategy, count, ttl),
         _compile_picker(v6, spec_strategy, count, ttl),
         slice=slice_id,
-        v4_candidates=_candidates(v4, configured, spec_strategy),
-        v6_candidates=_candidates(v6, configured, spec_strategy),
+        endpoints=(tuple(v4), tuple(v6)),
+        configured=configured,
+        strategy=spec_strategy,
     )
+
+
+# The label of the answers given by a policy's default view (no slice matched): not a valid
+# slice id (those have no underscore), so it never names a slice.
+DEFAULT_SLICE = "_default"
 
 
 class CompiledPolicy:
@@ -261,6 +331,7 @@ class CompiledPolicy:
     __slots__ = (
         "_default",
         "_memo",
+        "_slice_ids",
         "_slices",
         "_soa",
         "_ttl",
@@ -301,9 +372,10 @@ class CompiledPolicy:
         # answered by someone else.)
         self._soa = record_soa_at_question(spec.ttl, spec.ttl, serial=revision)
         strategy = spec.strategy
-        configured = {str(e.address): e.weight for e in spec.endpoints}
+        configured = spec.endpoints
         self._default = _compile_view(endpoints, configured, None, strategy, spec.answers, spec.ttl)
         slices: list[tuple[tuple[Network, ...], View]] = []
+        self._slice_ids = tuple(slice_.id for slice_ in spec.slices)
         for slice_ in spec.slices:
             if slice_.action is SliceAction.REFUSE:
                 view = View(None, None, refuse=True, slice=slice_.id)
@@ -323,6 +395,18 @@ class CompiledPolicy:
 
     def __repr__(self) -> str:
         return f"CompiledPolicy({self.name!r}, {self.domain!r})"
+
+    def take_answered(self) -> dict[tuple[str, str], int]:
+        """Answers per (slice id or DEFAULT_SLICE, endpoint address) since the last call."""
+        out: dict[tuple[str, str], int] = {}
+        views = [(DEFAULT_SLICE, self._default)]
+        views += [(id_, view) for id_, (_, view) in zip(self._slice_ids, self._slices, strict=True)]
+        for slice_id, view in views:
+            for picker in (view.v4, view.v6):
+                if picker is not None:
+                    for address, count in picker.take_answered().items():
+                        out[slice_id, address] = count
+        return out
 
     def view_for(self, client: str) -> View:
         """The first slice whose client_cidrs contain ``client``, else the default view.

@@ -51,6 +51,7 @@ class HealthMonitor:
         self.health: dict[str, EndpointHealth] = {}
         self.decision = Decision({})
         self.fail_open_total = 0  # policies that entered fail-open (all endpoints unhealthy)
+        self.ejections_total = 0  # endpoint addresses ejected (each ejection once)
         self.recompiles = 0
         self._samples: dict[str, int] = {}  # probes per address since the last report
         self._runner = ProbeRunner(
@@ -104,6 +105,7 @@ class HealthMonitor:
         self.health[address] = after
         self._samples[address] = self._samples.get(address, 0) + 1
         if after.ejected != before.ejected:
+            self.ejections_total += after.ejected
             log.warning(
                 "health.ejected" if after.ejected else "health.returned",
                 extra=fields(

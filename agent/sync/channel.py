@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 
 from agent.sync.config import SyncConfig
+from agent.sync.credentials import Credentials
 from agent.sync.policy_sources import Applied, Outcome, PolicySources, Refused, local_policies
 from agent.sync.state_file import StateDir
 from dnsmesh.logs import fields
@@ -57,8 +58,10 @@ class ChannelContext:
         clock: Callable[[], float],
         probe_report: Callable[[], Report] | None,
         probe_report_interval: float,
+        credentials: Credentials,
     ) -> None:
         self.config = config
+        self.credentials = credentials  # a certificate (mTLS) or the token
         self.sources = sources
         self.state_dir = state_dir
         self.agent_id = agent_id
@@ -70,7 +73,13 @@ class ChannelContext:
         self.probe_report_interval = probe_report_interval
         self.software = software_version()
         self.transport: str | None = None  # "websocket" | "poll" while connected
+        self.connections = 0  # channels opened (a renewal must not open one)
         self.progress = False  # the current channel applied something (resets backoff)
+        # For /metrics: wall-clock times of the last revision applied (and so ACKed) and
+        # of the last one refused (NACKed), and how many were refused.
+        self.last_ack_at: float | None = None
+        self.last_nack_at: float | None = None
+        self.nacks = 0
         self._save_lock = asyncio.Lock()
         # What the state file holds (the state loaded at start, then each one saved): on stop,
         # anything applied since is written before exit, so a stop that lands between a swap
@@ -81,6 +90,7 @@ class ChannelContext:
         self, updates: Sequence[SnapshotMessage | Delta], transport: str
     ) -> list[Outcome]:
         began = time.perf_counter()
+        mesh_before = self.sources.running.mesh_id
         # Parsing and compiling a big update is CPU work: in a thread, the loop keeps
         # answering queries between GIL switches (measured with 5,000 policies, one of them
         # changed: the loop's longest stall 60 ms inline -> ~35 ms). The swap is on the loop.
@@ -89,6 +99,7 @@ class ChannelContext:
         applied = [o for o in outcomes if isinstance(o, Applied)]
         if applied:
             self.progress = True
+            self.last_ack_at = time.time()
             log.info(
                 "sync.applied",
                 extra=fields(
@@ -99,9 +110,22 @@ class ChannelContext:
                     ms=round((time.perf_counter() - began) * 1000, 2),
                 ),
             )
+            mesh_now = self.sources.running.mesh_id
+            if mesh_before is not None and mesh_now not in (None, mesh_before):
+                log.warning(
+                    "sync.mesh_changed",
+                    extra=fields(
+                        previous_mesh=mesh_before,
+                        mesh=mesh_now,
+                        revision=applied[-1].revision,
+                        outcome="the state of the other mesh was replaced by a snapshot",
+                    ),
+                )
             await self.save()
         for outcome in outcomes:
             if isinstance(outcome, Refused):
+                self.nacks += 1
+                self.last_nack_at = time.time()
                 log.warning(
                     "sync.nack",
                     extra=fields(
@@ -127,6 +151,7 @@ class ChannelContext:
 
     def connected(self, transport: str, url: str) -> None:
         self.transport = transport
+        self.connections += 1
         log.info(
             "sync.connected",
             extra=fields(
@@ -134,6 +159,7 @@ class ChannelContext:
                 url=url,
                 agent_id=self.agent_id,
                 revision=self.sources.running.revision,
+                identity="certificate" if self.credentials.mtls else "token",
             ),
         )
 
@@ -146,6 +172,7 @@ class ChannelContext:
             revision=self.sources.running.revision,
             local=local_policies(self.sources.local),
             shadowed=self.sources.shadowed,
+            mesh_id=self.sources.running.mesh_id,
         )
 
     def nack_pause(self) -> float:

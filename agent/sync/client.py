@@ -23,6 +23,10 @@ would leave its node stale for seconds (measured: resync p99 7.2 s after /health
 What happens when the controller's policies clash with local ``--policies`` files is
 decided in agent/sync/policy_sources.py: the local file wins on the node, the controller's
 policy is shadowed there, and every revision still applies.
+
+An agent that joins (agent/sync/credentials.py) trades its join token for a certificate
+before its first channel, and renews the certificate beside the channels, in a task of its
+own, so a renewal never touches an open stream.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ from websockets.exceptions import WebSocketException
 
 from agent.sync.channel import ChannelContext, backoff_delay
 from agent.sync.config import SyncConfig
-from agent.sync.errors import Resync, SyncFatal, SyncRetry, WebSocketRefused
+from agent.sync.credentials import Credentials
+from agent.sync.errors import JoinRefused, Resync, SyncFatal, SyncRetry, WebSocketRefused
 from agent.sync.policy_sources import PolicySources
 from agent.sync.polling import Poller
 from agent.sync.state_file import StateDir
@@ -63,6 +68,7 @@ class AgentSync:
         state_dir: StateDir,
         agent_id: str,
         *,
+        credentials: Credentials,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         probe_report: Callable[[], Report] | None = None,
@@ -79,6 +85,7 @@ class AgentSync:
             clock=clock,
             probe_report=probe_report,
             probe_report_interval=probe_report_interval,
+            credentials=credentials,
         )
         self._task: asyncio.Task[None] | None = None
         self._channel: WebSocketChannel | Poller | None = None
@@ -98,7 +105,12 @@ class AgentSync:
         return self.context.transport
 
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="agent-sync")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="agent-sync")
+        if self.context.credentials.mtls:
+            renewals = self.context.credentials.renewals(self.context.config.backoff_cap * 6)
+            task = loop.create_task(renewals, name="agent-renewals")
+            self._background.add(task)
 
     async def stop(self) -> None:
         tasks = [t for t in (self._task, *self._background) if t is not None]
@@ -122,6 +134,7 @@ class AgentSync:
             retry_after: float | None = None
             refused = False
             try:
+                await context.credentials.ensure()
                 if use_ws:
                     await self._ws_session()
                 else:
@@ -130,8 +143,10 @@ class AgentSync:
                     attempt = 0
                     continue
             except SyncFatal as exc:
+                if exc.status == 403:
+                    context.credentials.certificate_refused()
                 log.error(
-                    "sync.token_refused",
+                    "sync.join_refused" if isinstance(exc, JoinRefused) else "sync.token_refused",
                     extra=fields(
                         status=exc.status,
                         error=str(exc),

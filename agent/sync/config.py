@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import TypeAdapter, ValidationError
 
+from agent.sync.identity import IDENTITY_FILE
 from dnsmesh.errors import ConfigError
 from dnsmesh.policy import Labels, field_errors
 
@@ -26,7 +27,7 @@ class SyncConfig:
     """Where the controller is, who this agent is, and how it reconnects."""
 
     controller: str  # http(s):// base URL of the controller (ws(s):// accepted too)
-    token: str
+    token: str  # "" for an agent that joins (join_token) or has joined (its certificate)
     state_dir: Path
     node_name: str = field(default_factory=socket.gethostname)
     labels: dict[str, str] = field(default_factory=dict)
@@ -45,6 +46,7 @@ class SyncConfig:
     poll_wait: float = 25.0  # long-poll: the controller holds a poll this long (max 30)
     report_interval: float = 20.0  # polling: report (stay shown connected) at least this often
     ca_file: Path | None = None  # the CA bundle for an https/wss controller (else the system's)
+    join_token: str | None = None  # one-time: traded for a certificate (agent/sync/credentials.py)
 
     def tls_context(self) -> ssl.SSLContext:
         """A verifying client context: the --ca-file bundle, else the system's CAs."""
@@ -127,6 +129,17 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--token-file", metavar="PATH", help="read the token from this file")
     group.add_argument(
+        "--join-token",
+        default=os.environ.get("DNSMESH_JOIN_TOKEN"),
+        help="a one-time join token (dnsmesh token create --role agent --join): traded for "
+        "this node's certificate, which the agent then connects with (mTLS, no token); "
+        "unused once the state folder holds a valid certificate "
+        "(default: $DNSMESH_JOIN_TOKEN)",
+    )
+    group.add_argument(
+        "--join-token-file", metavar="PATH", help="read the join token from this file"
+    )
+    group.add_argument(
         "--ca-file",
         metavar="FILE",
         type=Path,
@@ -181,18 +194,27 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _secret(value: str | None, file: str | None, flag: str) -> str | None:
+    if not file:
+        return value
+    try:
+        return Path(file).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{flag} {file}: {exc}") from exc
+
+
 def sync_config_from_args(args: argparse.Namespace) -> SyncConfig | None:
     """The SyncConfig for ``--controller``, or None for a stand-alone agent."""
     if not args.controller:
         return None
-    token = args.token
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"--token-file {args.token_file}: {exc}") from exc
-    if not token:
-        raise ConfigError("--controller needs --token, --token-file or $DNSMESH_AGENT_TOKEN")
+    token = _secret(args.token, args.token_file, "--token-file")
+    join_token = _secret(args.join_token, args.join_token_file, "--join-token-file")
+    joined = (Path(args.state_dir) / IDENTITY_FILE).exists()
+    if not token and not join_token and not joined:
+        raise ConfigError(
+            "--controller needs --join-token (or a certificate from an earlier join in "
+            "--state-dir), or --token, --token-file or $DNSMESH_AGENT_TOKEN"
+        )
     _split(args.controller)
     if args.ca_file is not None:
         tls_context(args.ca_file)  # an unreadable bundle fails now, not at every connect
@@ -212,7 +234,8 @@ def sync_config_from_args(args: argparse.Namespace) -> SyncConfig | None:
         raise ConfigError("--sync-poll-wait must be between 0 and 30 seconds")
     return SyncConfig(
         controller=args.controller,
-        token=token,
+        token=token or "",
+        join_token=join_token or None,
         state_dir=Path(args.state_dir),
         node_name=args.node_name or socket.gethostname(),
         labels=parse_labels(args.label),

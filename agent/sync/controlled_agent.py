@@ -15,9 +15,12 @@ from collections.abc import Coroutine
 from typing import Any
 
 from agent.config import AgentConfig
+from agent.metrics.collector import SyncState
 from agent.server import AgentServer
 from agent.sync.client import AgentSync
 from agent.sync.config import SyncConfig
+from agent.sync.credentials import Credentials
+from agent.sync.identity import IdentityFile
 from agent.sync.policy_sources import LocalPolicyWatcher, PolicySources
 from agent.sync.state_file import StateDir
 
@@ -29,7 +32,11 @@ class SyncedAgent:
         self, config: AgentConfig, sync: SyncConfig, *, rng: random.Random | None = None
     ) -> None:
         # The server must not watch the files itself: every load is checked for clashes.
-        self.server = AgentServer(dataclasses.replace(config, policies=None), down=self._mesh_down)
+        self.server = AgentServer(
+            dataclasses.replace(config, policies=None),
+            down=self._mesh_down,
+            sync_state=self._sync_state,
+        )
         self.sources = PolicySources(self.server.apply_snapshot, self._local_changed)
         self.state_dir = StateDir(sync.state_dir)
         self.sync_config = sync
@@ -45,6 +52,15 @@ class SyncedAgent:
         """The controller's mesh-wide down set travels with each revision it sends."""
         return self.sources.running.down
 
+    def _sync_state(self) -> SyncState | None:
+        """For /metrics: the channel to the controller (None before the sync starts)."""
+        if self.sync is None:
+            return None
+        context = self.sync.context
+        return SyncState(
+            context.transport, context.last_ack_at, context.last_nack_at, context.nacks
+        )
+
     def _local_changed(self) -> None:
         """A local reload took effect: the sync client reports what is shadowed now."""
         if self.sync is not None:
@@ -52,7 +68,9 @@ class SyncedAgent:
 
     async def start(self) -> None:
         self.state_dir.ensure()
-        agent_id = self.state_dir.agent_id()
+        # A certificate (or a join token) makes the node name the agent id.
+        credentials = Credentials(self.sync_config, IdentityFile(self.state_dir.path))
+        agent_id = credentials.agent_id or self.state_dir.agent_id()
         state = self.state_dir.load()  # logs which file it used, or why none
         if state is not None:
             self.sources.start_from(state)
@@ -66,6 +84,7 @@ class SyncedAgent:
             self.sources,
             self.state_dir,
             agent_id,
+            credentials=credentials,
             rng=self.rng,
             probe_report=self.server.health.report if self.server.config.probes else None,
             probe_report_interval=self.server.config.probe_report_interval,

@@ -18,6 +18,10 @@ class SyncFatal(DnsmeshError):
         self.status = status
 
 
+class JoinRefused(SyncFatal):
+    """The controller refused the join token, or the certificate (a join or a renewal)."""
+
+
 class SyncRetry(DnsmeshError):
     """The channel failed in a way a later attempt may not (reset, 5xx, close, timeout)."""
 

@@ -51,14 +51,11 @@ class Poller:
         config = sync.config
         return httpx.AsyncClient(
             base_url=config.http_url,
-            headers={
-                "Authorization": f"Bearer {config.token}",
-                "User-Agent": f"{sync.software} (agent)",
-            },
+            headers={**sync.credentials.headers(), "User-Agent": f"{sync.software} (agent)"},
             # A long-poll legitimately takes poll_wait; the margin covers a slow answer.
             timeout=httpx.Timeout(config.poll_wait + 10.0, connect=config.open_timeout),
             trust_env=False,  # the agent talks to its controller directly
-            verify=config.tls_context(),
+            verify=sync.credentials.tls_context(),
         )
 
     async def run(self) -> None:
@@ -83,10 +80,15 @@ class Poller:
             if config.mode == "auto":
                 wait = min(wait, max(0.0, config.ws_retry - (now - entered)))
             asked = sync.clock()
-            response = await self.client.get(
-                "/v1/changes",
-                params={"since": since, "wait": round(wait, 3), "agent_id": sync.agent_id},
-            )
+            params: dict[str, str | int | float] = {
+                "since": since,
+                "wait": round(wait, 3),
+                "agent_id": sync.agent_id,
+            }
+            mesh_id = sync.sources.running.mesh_id
+            if mesh_id is not None:
+                params["mesh_id"] = mesh_id
+            response = await self.client.get("/v1/changes", params=params)
             check(response)
             if response.status_code == 204:
                 if sync.clock() - asked < wait / 2:

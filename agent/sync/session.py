@@ -101,6 +101,7 @@ CLEAN_CLOSES = frozenset({1000, 1001, 1012})
 CLOSE_HINTS = {
     4409: ": another connection uses this agent id; is the state folder shared between nodes?",
     4400: ": the controller did not understand this agent (versions apart?)",
+    4403: ": the controller refused this agent's certificate (revoked?) or its hello",
 }
 
 

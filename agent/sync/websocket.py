@@ -23,7 +23,14 @@ from websockets.exceptions import (
 )
 
 from agent.sync.channel import ChannelContext
-from agent.sync.errors import Resync, SyncFatal, SyncRetry, WebSocketRefused, parse_retry_after
+from agent.sync.errors import (
+    JoinRefused,
+    Resync,
+    SyncFatal,
+    SyncRetry,
+    WebSocketRefused,
+    parse_retry_after,
+)
 from agent.sync.session import (
     Apply,
     Closed,
@@ -127,8 +134,8 @@ async def _open(context: ChannelContext) -> ClientConnection:
     try:
         return await connect(
             config.stream_url,
-            ssl=config.tls_context() if secure else None,
-            additional_headers={"Authorization": f"Bearer {config.token}"},
+            ssl=context.credentials.tls_context() if secure else None,
+            additional_headers=context.credentials.headers(),
             user_agent_header=f"{context.software} (agent)",
             open_timeout=config.open_timeout,
             ping_interval=config.ping_interval,
@@ -141,7 +148,8 @@ async def _open(context: ChannelContext) -> ClientConnection:
         status = exc.response.status_code
         body = exc.response.body.decode(errors="replace")[:300] if exc.response.body else ""
         if status in (401, 403):
-            raise SyncFatal(status, body or "the token was refused") from exc
+            refused = JoinRefused if context.credentials.mtls else SyncFatal
+            raise refused(status, body or "the token was refused") from exc
         if status >= 500 or status == 429:
             raise SyncRetry(
                 f"the controller answered {status}: {body}",

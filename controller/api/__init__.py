@@ -1,7 +1,9 @@
 """The controller's REST API (FastAPI); ``create_app(Database)`` builds it.
 
-Every route but /healthz, /readyz, /v1/ca and /openapi.json needs
-``Authorization: Bearer dnsm_...``.
+Every route but /healthz, /readyz, /v1/ca, /openapi.json and the UI's files (/ui/) needs
+``Authorization: Bearer dnsm_...``, except for agents: over TLS they show their client
+certificate instead (the join flow: controller/api/identity.py, which lists /v1/join,
+/v1/renew and /v1/ca/refusals).
 Bodies are JSON; a policy body is the same document as one YAML policy document.
 
 Policies (read: viewer, editor, admin, agent; write: editor, admin)
@@ -64,13 +66,23 @@ Tokens (admin)
     GET    /v1/tokens                            200 {"items": [{name, role, prefix,
                                                    created_at, created_by, expires_at}]}
     DELETE /v1/tokens/{name}                     200 {"revoked": name}
+    GET    /v1/whoami                            (any role) 200 {"name", "role", "expires_at",
+                                                   "may": {"policies:read", "policies:write",
+                                                   "audit:read", "tokens:manage": bool}}
+
+Events (viewer, editor, admin; controller/api/events.py)
+    GET    /v1/events                            200 text/event-stream: ``event: revision``
+                                                   data {"revision": R}, now and at every
+                                                   committed revision; ``event: goodbye``
+                                                   when the token stops being valid
 
 Audit (viewer, editor, admin)
     GET    /v1/audit?limit=50&before=ID          200 {"items": [{"id","at","actor","operation",
                                                    "target","revision","before","after"}],
                                                    "next_before": ID | null}, newest first.
   operation: policy.create|policy.update|policy.delete|slice.create|slice.update|
-  slice.delete|token.create|token.revoke|endpoints.down|write.refused; actor is the token
+  slice.delete|token.create|token.revoke|endpoints.down|write.refused|agent.join|
+  agent.revoke; actor is the token
   name ("cli" for the CLI, "quorum" for a down-set change: target down-set, before
   {"down": [...]}, after {"down", "marked", "cleared", "votes": {address: {voters,
   failing}}}).
@@ -136,6 +148,9 @@ Endpoint health (the quorum rule: dnsmesh/quorum.py; shapes: controller/api/endp
                                                    stale}]}
   A change of the down set is a revision of its own, audited with actor "quorum"
   (operation endpoints.down, target down-set).
+
+The web UI (no token to load its files; it calls the routes above with the operator's)
+    GET /ui/      the UI's static files (controller/webui); /ui redirects here
 
 Health and trust (no token)
     GET /healthz  200 {"status": "ok"}

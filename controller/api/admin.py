@@ -19,12 +19,14 @@ from controller.api.deps import (
 )
 from controller.api.errors import ApiError
 from controller.auth import Permission, Principal, parse_ttl
+from controller.db.session import iso
 from dnsmesh.errors import FieldError
 
 router = APIRouter()
 
 Admin = Annotated[Principal, Depends(require(Permission.MANAGE_TOKENS))]
 Auditor = Annotated[Principal, Depends(require(Permission.READ_AUDIT))]
+Anyone = Annotated[Principal, Depends(require(Permission.READ_POLICIES))]  # every role
 
 _TOKEN_BODY: dict[str, Any] = {
     "requestBody": {
@@ -70,6 +72,16 @@ async def ca_bundle(request: Request) -> Response:
     if bundle is None:
         raise ApiError(404, "not_found", "this controller serves no TLS (start it with --tls)")
     return Response(bundle, media_type="application/x-pem-file")
+
+
+@router.get("/v1/whoami", tags=["tokens"])
+async def whoami(who: Anyone) -> JSONResponse:
+    """The caller's token name and role, and what that role may do (the UI hides the rest)."""
+    expires = None if who.expires_at is None else iso(who.expires_at)
+    may = {permission.value: who.can(permission) for permission in Permission}
+    return JSONResponse(
+        {"name": who.name, "role": who.role.value, "expires_at": expires, "may": may}
+    )
 
 
 @router.get("/v1/tokens", tags=["tokens"])

@@ -3,13 +3,20 @@
 How an agent speaks to the controller (messages are dnsmesh.protocol's, JSON text frames):
 
 WebSocket ``GET /v1/agents/stream`` (ws:// or wss://)
-  1. The upgrade request carries ``Authorization: Bearer <token>`` of role ``agent`` or
-     ``admin``. Otherwise the upgrade is refused with an HTTP response before any WebSocket
-     exists: 401 (no, unknown or revoked token; WWW-Authenticate: Bearer) or 403 (another
-     role), body ``{"error": {"code", "message", "fields"}}`` like every API error; 503
-     (Retry-After: 1) while the database is unreachable.
+  1. Over wss, an agent that joined (controller/api/identity.py) connects with its client
+     certificate and no token: its node name is its agent id. Otherwise the upgrade
+     request carries ``Authorization: Bearer <token>`` of role ``agent`` or ``admin``,
+     which a controller with ``--require-agent-mtls`` (the default with --tls) refuses
+     (401). A refused upgrade is an HTTP response before any WebSocket exists: 401 (no,
+     unknown or revoked token; WWW-Authenticate: Bearer), 403 (another role; a
+     certificate revoked or not issued here), body ``{"error": {"code", "message",
+     "fields"}}`` like every API error; 503 (Retry-After: 1) while the database is
+     unreachable.
   2. The agent sends ``hello`` {agent_id, node_name, labels, software, revision, local,
-     shadowed} first, within 10 s (else ``error`` hello_timeout and close 4408).
+     shadowed, mesh_id} first, within 10 s (else ``error`` hello_timeout and close 4408).
+     With a certificate, agent_id and node_name must both be its node (else ``error``
+     wrong_node and close 4403). ``mesh_id``: the mesh its state came from; another
+     mesh's (or a revision from another mesh) gets a snapshot.
      ``revision`` is the last revision it applied, 0 when it has nothing; ``local`` lists
      the policies of its own --policies files ([{name, domain, source}]) and ``shadowed``
      the controller policies that they shadow on its node ([{name, reason}]: the local
@@ -32,8 +39,9 @@ WebSocket ``GET /v1/agents/stream`` (ws:// or wss://)
   6. Anything else from the agent (not JSON, not a protocol message, a second hello) gets
      an ``error`` {code: bad_message | unexpected_message, message} and close 4400.
      Close 4409: the same agent_id connected again to this controller (the older
-     connection is closed). Close 1011: internal error. Close 1012: the controller is
-     restarting. Reconnect on any close, with backoff and jitter.
+     connection is closed). Close 4403: the agent's certificate was revoked (``dnsmesh ca
+     revoke``), or names another node than the hello. Close 1011: internal error. Close
+     1012: the controller is restarting. Reconnect on any close, with backoff and jitter.
   6a. Probe reports: at any time after hello, the agent may send ``report`` {endpoints:
      [{address, latency_ms, loss, state, consecutive_failures, samples}]}, every few
      seconds, one entry per endpoint address it probes (the merged result of all its
@@ -48,12 +56,14 @@ WebSocket ``GET /v1/agents/stream`` (ws:// or wss://)
      dead agent shows as disconnected within about two intervals. Agents must answer
      pings (every WebSocket library does); they may ping too.
 
-HTTP polling (when a WebSocket cannot be opened), same tokens and revision semantics:
-  ``GET /v1/changes?since=R&wait=S[&agent_id=ID]``
+HTTP polling (when a WebSocket cannot be opened), same credentials (a certificate acts
+for its own agent id only: 403 for another) and revision semantics:
+  ``GET /v1/changes?since=R&wait=S[&agent_id=ID][&mesh_id=M]``
       200 and the update as JSON (the same ``snapshot``/``delta`` message as above) as soon
       as something is newer than R (at once if it already is; R=0: a snapshot), or 204
       with no body after S seconds (0-30, default 0) of nothing new. ``agent_id`` keeps
-      that polling agent shown as connected.
+      that polling agent shown as connected; ``mesh_id`` (the mesh its state came from)
+      other than the controller's gets a snapshot.
   ``POST /v1/agents/{agent_id}/ack``
       {"node_name", "labels"?, "software"?, "revision": R, "nack"?: {"revision", "reason"},
        "local"?: [...], "shadowed"?: [...]}
@@ -85,8 +95,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from controller.agent_events import AgentConnected, Nacked
 from controller.api.deps import MAX_ID, blocking, json_body, log_change, policy_store, require
 from controller.api.errors import RETRY_AFTER_S, ApiError, error_body, from_store_error
+from controller.api.identity import (
+    AGENT_ROLES,
+    Agent,
+    AgentCaller,
+    certificate_caller,
+    source_of,
+    trust_of,
+)
 from controller.api.selectors import LabelQuery, has_labels, label_selector
-from controller.auth import Permission, Principal, Role, TokenExpired, TokenStore
+from controller.auth import Permission, Principal, TokenExpired, TokenStore
 from controller.errors import DatabaseUnavailable
 from controller.hub import Hub
 from controller.services.agent_state import Forgotten
@@ -96,10 +114,8 @@ from dnsmesh.policy import Labels, field_errors
 router = APIRouter(tags=["agents"])
 
 _BEARER = {"WWW-Authenticate": 'Bearer realm="dnsmesh"'}
-_AGENT_ROLES = frozenset({Role.AGENT, Role.ADMIN})
 
 Operator = Annotated[Principal, Depends(require(Permission.READ_AUDIT))]  # viewer and up
-Reader = Annotated[Principal, Depends(require(Permission.READ_POLICIES))]
 Writer = Annotated[Principal, Depends(require(Permission.WRITE_POLICIES))]  # editor, admin
 
 
@@ -108,9 +124,8 @@ def hub_of(app: Any) -> Hub:
     return hub
 
 
-def _agent_only(who: Principal) -> None:
-    if who.role not in _AGENT_ROLES:
-        raise ApiError(403, "forbidden", f"role {who.role.value!r} may not act as an agent")
+def _as(caller: AgentCaller, request: Request, agent_id: str) -> None:
+    caller.require_agent_id(agent_id, trust_of(request.app), source_of(request))
 
 
 class _WebSocketChannel:
@@ -145,6 +160,24 @@ class _WebSocketChannel:
 
 @router.websocket("/v1/agents/stream")
 async def agent_stream(websocket: WebSocket) -> None:
+    try:
+        caller = await certificate_caller(websocket)
+    except (ApiError, DatabaseUnavailable) as error:
+        refusal = error if isinstance(error, ApiError) else from_store_error(error)
+        response = JSONResponse(
+            error_body(refusal.code, refusal.message), refusal.status, refusal.headers
+        )
+        await websocket.send_denial_response(response)
+        return
+    if caller is not None:
+        await websocket.accept()
+        await hub_of(websocket.app).serve(_WebSocketChannel(websocket), caller.identity)
+        return
+    await _token_stream(websocket)
+
+
+async def _token_stream(websocket: WebSocket) -> None:
+    """An agent by bearer token (where agents are not required to show a certificate)."""
     header = websocket.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     principal = None
@@ -166,7 +199,7 @@ async def agent_stream(websocket: WebSocket) -> None:
         body = error_body("unauthorized", refused)
         await websocket.send_denial_response(JSONResponse(body, 401, headers=_BEARER))
         return
-    if principal.role not in _AGENT_ROLES:
+    if principal.role not in AGENT_ROLES:
         message = f"role {principal.role.value!r} may not act as an agent"
         await websocket.send_denial_response(JSONResponse(error_body("forbidden", message), 403))
         return
@@ -177,16 +210,19 @@ async def agent_stream(websocket: WebSocket) -> None:
 @router.get("/v1/changes", responses={204: {"description": "nothing newer within wait"}})
 async def changes(
     request: Request,
-    who: Reader,
+    caller: Agent,
     since: Annotated[int, Query(ge=0, le=MAX_ID, description="the revision the agent runs")],
     wait: Annotated[float, Query(ge=0, le=30, description="seconds to wait for news")] = 0,
     agent_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    mesh_id: Annotated[
+        str | None, Query(min_length=1, max_length=64, description="the mesh of its state")
+    ] = None,
 ) -> Response:
-    _agent_only(who)
     hub = hub_of(request.app)
     if agent_id is not None:
+        _as(caller, request, agent_id)
         await hub.record_seen(agent_id)
-    update = await hub.poll(since, min(wait, hub.settings.max_wait_s))
+    update = await hub.poll(since, min(wait, hub.settings.max_wait_s), mesh_id=mesh_id)
     if update is None:
         return Response(status_code=204)
     return Response(update.text, media_type="application/json")
@@ -212,14 +248,15 @@ class _PollReport(BaseModel):
 @router.post("/v1/agents/{agent_id}/ack")
 async def report(
     request: Request,
-    who: Reader,
+    caller: Agent,
     agent_id: Annotated[str, Path(min_length=1, max_length=128)],
 ) -> JSONResponse:
-    _agent_only(who)
+    _as(caller, request, agent_id)
     try:
         body = _PollReport.model_validate(await json_body(request))
     except ValidationError as error:
         raise ApiError(422, "invalid_request", "not an agent report", field_errors(error)) from None
+    _as(caller, request, body.node_name)  # a certificate's node is both its id and its name
     hub = hub_of(request.app)
     nack = None
     if body.nack is not None:
@@ -245,10 +282,10 @@ async def report(
 @router.post("/v1/agents/{agent_id}/report")
 async def probe_report(
     request: Request,
-    who: Reader,
+    caller: Agent,
     agent_id: Annotated[str, Path(min_length=1, max_length=128)],
 ) -> JSONResponse:
-    _agent_only(who)
+    _as(caller, request, agent_id)
     body = await json_body(request)
     try:
         report = protocol.Report.model_validate(body)

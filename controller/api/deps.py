@@ -55,10 +55,8 @@ def require(
     """
 
     async def check(request: Request) -> Principal:
-        header = request.headers.get("authorization", "")
-        scheme, _, secret = header.partition(" ")
-        secret = secret.strip()
-        if scheme.lower() != "bearer" or not secret:
+        secret = bearer_secret(request)
+        if not secret:
             await _refuse(request, 401, "a bearer token is required", None, None)
         try:
             principal = await blocking(
@@ -74,6 +72,12 @@ def require(
         return principal
 
     return check
+
+
+def bearer_secret(request: Request) -> str:
+    """The token of ``Authorization: Bearer <token>``; "" without one."""
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" else ""
 
 
 async def _refuse(

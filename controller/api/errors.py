@@ -119,6 +119,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_store_error(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, StoreError)
+        if isinstance(error, DatabaseUnavailable):  # CommitUnknown is one too
+            request.app.state.metrics.database_errors.labels("api").inc()
         if isinstance(error, CommitUnknown):
             log.error(
                 "database.commit_unknown",

@@ -20,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -47,6 +48,8 @@ class StateRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     revision: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # Made with the database (migration 0006): which mesh an agent's state came from.
+    mesh_id: Mapped[str] = mapped_column(String(36), nullable=False)
 
 
 class PolicyRow(Base):
@@ -107,6 +110,27 @@ class TokenRow(Base):
     created_by: Mapped[str] = mapped_column(String(63), nullable=False)
     # NULL: valid until revoked; else refused (401 "the token has expired") from then on.
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # A join token (role agent): never a bearer token; buys one agent certificate, for
+    # ``join_node`` only when that is set. ``spent_at`` is set by the statement that spends it.
+    is_join: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
+    join_node: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    spent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    spent_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class AgentCertificateRow(Base):
+    """An X.509-SVID the controller issued to an agent, and its revocation."""
+
+    __tablename__ = "agent_certificates"
+
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)  # hex, as in the cert
+    node_name: Mapped[str] = mapped_column(String(128), index=True, nullable=False)
+    spiffe_id: Mapped[str] = mapped_column(String(512), nullable=False)
+    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    not_after: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    issued_by: Mapped[str] = mapped_column(String(63), nullable=False)  # join token, or "renew"
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(63), nullable=True)
 
 
 class AgentRow(Base):

@@ -14,6 +14,11 @@ def current_revision(session: Session) -> int:
     return session.execute(select(StateRow.revision).where(StateRow.id == 1)).scalar_one()
 
 
+def current_mesh_id(session: Session) -> str:
+    """The mesh's id, made with the database (migration 0006); it never changes."""
+    return session.execute(select(StateRow.mesh_id).where(StateRow.id == 1)).scalar_one()
+
+
 def bump_revision(session: Session) -> int:
     """The next revision, taken with the counter row's lock held until the commit.
 

@@ -25,7 +25,7 @@ from controller.errors import AlreadyExists, DomainConflict, LocalPolicyClash, N
 from controller.repositories import agents, history, policies
 from controller.repositories.health import read_down
 from controller.repositories.history import AuditEntry, Change, Operation
-from controller.repositories.revision import bump_revision, current_revision
+from controller.repositories.revision import bump_revision, current_mesh_id, current_revision
 from controller.services.policy_rules import (
     IfMatch,
     SliceEdit,
@@ -109,6 +109,9 @@ class PolicyService:
 
     def current_revision(self) -> int:
         return self.db.current_revision()
+
+    def mesh_id(self) -> str:
+        return self.db.read(current_mesh_id)
 
     def changes_since(self, revision: int, limit: int | None = None) -> list[Change]:
         """Every change with a revision above ``revision``, oldest first."""

@@ -18,11 +18,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dns.message
+import pytest
 
 from tests.e2e.mesh_support import FAST_SYNC, agent_process, ask, mesh
 from tests.integration.conftest import AgentProcess
 from tests.integration.sync_support import policy
 from tests.support.polling import wait_until
+
+# Wall-clock bounds: run alone after the parallel part of the suite (scripts/test).
+pytestmark = pytest.mark.timing
 
 DRAIN = 1.0
 MARGIN = 1.5  # process exit and a loaded machine: 0.2-0.4 s seen; the old code took 3.4-4.1 s

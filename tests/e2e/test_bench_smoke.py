@@ -13,10 +13,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench" / "dns.py"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("dnsperf") is None,
-    reason="dnsperf is not installed (apt-get install -y dnsperf dnsmasq-base)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("dnsperf") is None,
+        reason="dnsperf is not installed (apt-get install -y dnsperf dnsmasq-base)",
+    ),
+    pytest.mark.timing,  # a load generator and three servers: alone, after the parallel part
+]
 
 
 def _agent_code_present() -> bool:

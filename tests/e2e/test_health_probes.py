@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.health_support import (
     Streak,
     answers,
@@ -20,6 +22,9 @@ from tests.e2e.health_support import (
     one_answer,
     time_until,
 )
+
+# Wall-clock bounds: run alone after the parallel part of the suite (scripts/test).
+pytestmark = pytest.mark.timing
 
 INTERVAL = 0.2
 TIMEOUT = 0.2

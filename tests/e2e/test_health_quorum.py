@@ -9,8 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.e2e.health_support import Streak, answers, endpoints, time_until
 from tests.e2e.mesh_support import agent_process, mesh
+
+# Wall-clock bounds: run alone after the parallel part of the suite (scripts/test).
+pytestmark = pytest.mark.timing
 
 FAST_REPORTS = ("--probe-report-interval", "0.3")
 

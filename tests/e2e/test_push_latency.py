@@ -13,6 +13,9 @@ from tests.e2e.mesh_support import agent_id, agent_process, ask, mesh
 from tests.integration.sync_support import policy
 from tests.support.polling import wait_until
 
+# Wall-clock bounds: run alone after the parallel part of the suite (scripts/test).
+pytestmark = pytest.mark.timing
+
 CHANGES = 15
 
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from agent.sync.client import AgentSync
 from agent.sync.config import SyncConfig
@@ -30,6 +31,9 @@ from controller.services.policies import PolicyService
 from tests.integration.fakedns import LoopThread
 from tests.integration.sync_support import Controller, Rest, migrated_sqlite, mint_tokens, policy
 from tests.support.polling import wait_until
+
+# Wall-clock bounds: run alone after the parallel part of the suite (scripts/test).
+pytestmark = pytest.mark.timing
 
 AGENTS = 10
 # With the old backoff (full jitter, 0.2 s doubling to 10 s) an agent is 4-6 failures deep

@@ -147,7 +147,10 @@ def test_up_runs_a_mesh_that_answers_at_once_and_stops_cleanly(
         token = (data / "admin-token").read_text().strip()
         assert token.startswith("dnsm_")
         assert (data / "admin-token").stat().st_mode & 0o777 == 0o600
-        assert (data / "agent-token").stat().st_mode & 0o777 == 0o600
+        # The agent joined: a certificate and key of its own, the join token spent.
+        assert (data / "agent" / "identity.pem").stat().st_mode & 0o777 == 0o600
+        assert (data / "agent-join-token").stat().st_mode & 0o777 == 0o600
+        assert not (data / "agent-token").exists()
         assert data.stat().st_mode & 0o777 == 0o700
 
         process.send_signal(stop_signal)

@@ -141,6 +141,7 @@ def start_agent(loop_thread: LoopThread, tmp_path: Path) -> Iterator[Callable[..
             "loop_check": False,
             "drain_timeout": 1.0,
             "reload_interval": 0.1,
+            "admin_listen": None,  # a test that wants one asks (127.0.0.1 port 0)
         }
         fields.update(overrides)
         config = dataclasses.replace(AgentConfig(), **fields)
@@ -187,7 +188,16 @@ class AgentProcess:
     """A real ``dnsmesh agent`` process with JSON logs collected from stderr."""
 
     def __init__(self, args: list[str]) -> None:
-        self.args = [DNSMESH, "agent", "--log-format", "json", *args]
+        # Its own admin port (a later --admin-listen in args wins): never 9153 shared.
+        self.args = [
+            DNSMESH,
+            "agent",
+            "--log-format",
+            "json",
+            "--admin-listen",
+            "127.0.0.1:0",
+            *args,
+        ]
         self.proc = subprocess.Popen(
             self.args,
             stdout=subprocess.DEVNULL,

@@ -13,6 +13,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from ssl import SSLContext
 from typing import Any
 
 import httpx
@@ -136,7 +137,7 @@ class TestAgent:
     async def connect(
         cls,
         url: str,
-        token: str,
+        token: str | None,
         *,
         agent_id: str = "agent-1",
         revision: int = 0,
@@ -144,10 +145,15 @@ class TestAgent:
         labels: dict[str, str] | None = None,
         hello: bool = True,
         ping_interval: float | None = 20,
+        ssl: SSLContext | None = None,
+        mesh_id: str | None = None,
     ) -> TestAgent:
+        """``token`` None: no Authorization header (an agent with a client certificate in
+        ``ssl``)."""
         ws = await connect(
             url,
-            additional_headers={"Authorization": f"Bearer {token}"},
+            additional_headers={} if token is None else {"Authorization": f"Bearer {token}"},
+            ssl=ssl,
             proxy=None,
             open_timeout=10,
             ping_interval=ping_interval,
@@ -161,6 +167,7 @@ class TestAgent:
                     labels=labels or {"zone": "a"},
                     software="dnsmesh-test/1",
                     revision=revision,
+                    mesh_id=mesh_id,
                 )
             )
         return agent

@@ -230,6 +230,7 @@ class SyncedAgents:
             reload_interval=0.05,
             loop_check=False,
             drain_timeout=0.5,
+            admin_listen=None,  # metrics are read from agent.server.metrics directly
         )
         settings: dict[str, Any] = {
             "controller": controller,

@@ -13,11 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 import dns.edns
 import dns.message
 import dns.rcode
+import pytest
 
 from agent.config import AgentConfig
 from tests.integration.conftest import FakeClock, RunningAgent
 from tests.integration.fakedns import FakeUpstream, Rule
 from tests.support.polling import wait_until
+
+# Wall-clock bounds: run alone after the parallel part of the suite (scripts/test).
+pytestmark = pytest.mark.timing
 
 StartAgent = Callable[..., RunningAgent]
 MakeUpstream = Callable[..., FakeUpstream]

@@ -20,6 +20,9 @@ import pytest
 
 from tests.integration.conftest import DNSMESH, AgentProcess, policy_yaml
 
+# Wall-clock bounds: run alone after the parallel part of the suite (scripts/test).
+pytestmark = pytest.mark.timing
+
 Spawn = Callable[..., AgentProcess]
 
 

@@ -371,9 +371,11 @@ def test_tokens_api(api: Api, controller_db: Any) -> None:
     assert created.status_code == 201
     body = created.json()
     assert set(body) == {
-        "name", "role", "prefix", "created_at", "created_by", "expires_at", "token"
+        "name", "role", "prefix", "created_at", "created_by", "expires_at", "join",
+        "join_node", "spent_at", "token",
     }  # fmt: skip
     assert body["expires_at"] is None  # no ttl: valid until revoked
+    assert (body["join"], body["join_node"], body["spent_at"]) == (False, None, None)
     secret = body["token"]
     assert secret.startswith("dnsm_") and len(secret) >= 40
     assert body["prefix"] == secret[:12] and body["created_by"] == "admin-token"
@@ -388,7 +390,9 @@ def test_tokens_api(api: Api, controller_db: Any) -> None:
         "viewer-token",
     ]
     assert all(
-        set(t) == {"name", "role", "prefix", "created_at", "created_by", "expires_at"}
+        set(t)
+        == {"name", "role", "prefix", "created_at", "created_by", "expires_at", "join"}
+        | {"join_node", "spent_at"}
         for t in listing
     )
     assert secret not in api.get("/v1/tokens").text

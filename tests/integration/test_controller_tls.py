@@ -65,8 +65,11 @@ def database(tmp_path: Path) -> tuple[str, dict[str, str]]:
 def tls_controller(
     tmp_path: Path, database: tuple[str, dict[str, str]]
 ) -> Iterator[tuple[ControllerProcess, Path]]:
+    """A --tls controller that still lets agents in by token (tests/integration/
+    test_agent_join.py has the default, certificates required)."""
     data = tmp_path / "data"
-    with ControllerProcess(database[0], tmp_path, "--tls", "--data-dir", str(data)) as process:
+    flags = ("--tls", "--data-dir", str(data), "--no-require-agent-mtls")
+    with ControllerProcess(database[0], tmp_path, *flags) as process:
         yield process, data / "tls" / "ca-bundle.pem"
 
 

@@ -99,7 +99,9 @@ def test_new_agent_gets_a_snapshot_and_its_ack_is_recorded(served: ServedControl
 def test_a_new_agent_on_an_empty_database_gets_an_empty_snapshot(served: ServedController) -> None:
     async def scenario() -> None:
         agent = await TestAgent.connect(served.ws_url, served.tokens["agent"])
-        assert await agent.next() == protocol.SnapshotMessage(revision=0, policies=[])
+        assert await agent.next() == protocol.SnapshotMessage(
+            revision=0, policies=[], mesh_id=served.hub.feed.mesh_id
+        )
         async with served.http() as http:
             revision = await put(http, served, "alpha")
         delta = await agent.next()  # from the empty state: a delta, not another snapshot

@@ -76,6 +76,21 @@ def test_pushed_policies_are_answered_and_the_agent_is_reported(
     assert row["connected"] and row["transport"] == "websocket"
     assert row["node_name"] == "test-node" and row["labels"] == {"zone": "t1"}
     assert row["software"].startswith("dnsmesh/") and row["last_nack"] is None
+    # The same, as the agent's metrics say it (read on the agent's loop, as a scrape is).
+    registry = agent.agent.server.metrics
+
+    def sample(name: str, **labels: str) -> float | None:
+        value: float | None = agent.loop_thread.call(
+            lambda: registry.get_sample_value(name, labels)
+        )
+        return value
+
+    assert sample("dnsmesh_agent_sync_connected", transport="websocket") == 1
+    assert sample("dnsmesh_agent_sync_connected", transport="poll") == 0
+    assert sample("dnsmesh_agent_snapshot_revision") == revision
+    assert (sample("dnsmesh_agent_sync_last_ack_timestamp_seconds") or 0) > 1e9
+    assert sample("dnsmesh_agent_sync_last_nack_timestamp_seconds") is None
+    assert sample("dnsmesh_agent_sync_nacks_total") == 0
     rest.delete("web")
     wait_until(lambda: agent.resolve("web.mesh.internal") == [], 2, "the deletion")
     # The state file is written just after the swap (and before the ACK), so it may trail
