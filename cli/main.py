@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     from agent.cli import add_agent_commands
     from cli.commands import add_client_commands
     from cli.logs import add_logs_command
+    from cli.node.commands import add_node_commands
     from cli.up import add_up_command
     from controller.cli import add_controller_commands
 
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_controller_commands(subcommands, common)
     add_client_commands(subcommands, common)
     add_up_command(subcommands, common)
+    add_node_commands(subcommands, common)
     add_logs_command(subcommands, common)
     return parser
 
