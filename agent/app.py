@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from agent.config import AgentConfig, config_from_args
+from agent.querylog import QueryLog
 from agent.server import AgentServer
 from agent.succession import Succession
 from agent.sync.config import SyncConfig
@@ -80,10 +81,11 @@ async def serve(config: AgentConfig, sync: SyncConfig | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop, sig.name)
     loop.add_signal_handler(signal.SIGUSR2, succession.spawn_successor)
+    loop.add_signal_handler(signal.SIGHUP, _reopen_logs, dns.query_log)
     try:
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     log.info("agent.stopping", extra=fields(signal=received[0] if received else ""))
     watchdog = threading.Timer(config.drain_timeout + STOP_WATCHDOG_MARGIN, _stop_overran)
@@ -96,6 +98,16 @@ async def serve(config: AgentConfig, sync: SyncConfig | None = None) -> int:
     finally:
         succession.close()
     return 0
+
+
+def _reopen_logs(query_log: QueryLog | None) -> None:
+    """SIGHUP, logrotate's postrotate: the query log is reopened at its path. Without one
+    the signal is ignored rather than ending the agent (its default action), so a rotation
+    config left behind cannot cost the node its DNS."""
+    if query_log is None:
+        log.info("agent.sighup", extra=fields(action="ignored: no --query-log to reopen"))
+    else:
+        query_log.reopen()
 
 
 def _stop_overran() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from agent.querylog_config import add_query_log_arguments
 from agent.sync.config import add_sync_arguments
 
 
@@ -236,6 +237,7 @@ def add_agent_commands(
         help="how often probe results are reported to the controller",
         **seconds,
     )
+    add_query_log_arguments(agent)
     admin = agent.add_argument_group("admin listener (/metrics, /healthz, /readyz over HTTP)")
     admin.add_argument(
         "--admin-listen",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from agent.querylog_config import QueryLogConfig, query_log_config_from_args
 from dnsmesh.admission import LOOPBACK, Network, parse_network
 from dnsmesh.errors import ConfigError
 
@@ -250,6 +251,7 @@ class AgentConfig:
     # the agent listening there (--replace).
     control_socket: Path | None = None
     replace: bool = False
+    query_log: QueryLogConfig | None = None  # --query-log (agent/querylog.py); None: off
 
 
 def _check_ca_file(path: str) -> None:
@@ -357,6 +359,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         amplification_factor=args.amplification_factor,
         control_socket=_control_socket(args),
         replace=getattr(args, "replace", False),
+        query_log=query_log_config_from_args(args),
     )
 
 

@@ -52,7 +52,7 @@ from dnsmesh.logs import fields
 log = logging.getLogger(__name__)
 
 _INTERNAL_ERROR = (dnswire.EDE_OTHER, "internal error")
-_PROHIBITED = (dnswire.EDE_PROHIBITED, "client not allowed")
+PROHIBITED = (dnswire.EDE_PROHIBITED, "client not allowed")
 # The counts besides the answer sources: queries that got no normal answer, and why.
 NOT_ANSWERED = ("malformed", "dropped", "amplification")
 
@@ -129,7 +129,7 @@ class QueryEntry:
             refusal = (
                 None
                 if self.refuse_drop
-                else dnswire.build_error(query, dnswire.RCODE_REFUSED, _PROHIBITED)
+                else dnswire.build_error(query, dnswire.RCODE_REFUSED, PROHIBITED)
             )
             self._refused.add(QTYPE_INDEX[query.qtype], rcode_of(refusal), start)
             return refusal
@@ -159,6 +159,12 @@ class QueryEntry:
             answer: Answer = await self.pipeline.final(query, client)
         except Exception as exc:
             return self._failed(query, client, "forward", exc, start)
+        return self._answered(answer, query, client, udp_size, start)
+
+    def _answered(
+        self, answer: Answer, query: Query, client: str, udp_size: int | None, start: int
+    ) -> bytes:
+        """A forwarded query's answer counted, logged at debug level and fitted for UDP."""
         self.tallies[answer.source].add(QTYPE_INDEX[query.qtype], rcode_of(answer.wire), start)
         if log.isEnabledFor(logging.DEBUG):  # never for immediate answers: the hot path
             log.debug(
@@ -192,9 +198,10 @@ class QueryEntry:
             self.counts["amplification"] += 1
         return fit_udp(wire, min(query.udp_limit, cap))
 
-    def over_limit(self, data: bytes) -> bytes | None:
-        """A UDP query over its source's rate: a TC=1 answer to send for one in ``slip``
-        (the client retries over TCP, which is not limited), else None: dropped.
+    def over_limit(self, data: bytes, client: str) -> bytes | None:
+        """A UDP query from ``client`` over its source's rate: a TC=1 answer to send for one
+        in ``slip`` (the client retries over TCP, which is not limited), else None: dropped.
+        (The client is for the query log's entry, agent/logged_entry.py.)
 
         A dropped one is never parsed (its query type is ``unknown``) nor timed, and costs
         one list increment, as the plain count did before metrics: under a flood this is

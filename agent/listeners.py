@@ -115,7 +115,7 @@ class UdpListener(asyncio.BaseTransport):
         limiter = entry.limiter
         if limiter is not None and not limiter.allow(addr[0], entry.clock()):
             if entry.accepting:
-                slipped = entry.over_limit(data)
+                slipped = entry.over_limit(data, addr[0])
                 if slipped is not None:
                     self.send(slipped, addr)
             return

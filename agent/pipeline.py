@@ -21,7 +21,7 @@ from agent.handlers.cached import CachedAnswers
 from agent.handlers.forward import Forwarder
 from agent.handlers.local import LocalNames
 from agent.handlers.loopguard import LoopGuard
-from agent.handlers.policy import PolicyAnswers
+from agent.handlers.policy import DecidingPolicyAnswers, PolicyAnswers
 from agent.served import ServedSnapshot
 from agent.upstream import UpstreamClient
 from dnsmesh.dnsforward import UpstreamAnswer
@@ -37,6 +37,8 @@ class Pipeline:
 
     immediate: tuple[tuple[ImmediateHandler, str], ...]  # (handler, its Source constant)
     final: FinalHandler
+    # The policy handler, whose decisions the query log reads (None: a pipeline built by hand).
+    policies: PolicyAnswers | None = None
 
 
 def build_pipeline(
@@ -48,7 +50,10 @@ def build_pipeline(
     *,
     stale_ttl: int,
     stale_answer_after: float,
+    keep_decisions: bool = False,
 ) -> Pipeline:
+    """``keep_decisions``: the query log is on, and reads which policy answered."""
+    policies = (DecidingPolicyAnswers if keep_decisions else PolicyAnswers)(served, rng)
     return Pipeline(
         immediate=(
             # 1. Special-use names first: RFC 6761/6762 say they are answered locally and
@@ -58,7 +63,7 @@ def build_pipeline(
             #    stickiness, the client's slice) and a reload must show on the next query;
             #    a cached copy would freeze one pick. A name that was forwarded and cached
             #    before a policy appeared for it is answered by the policy from then on.
-            (PolicyAnswers(served, rng).answer, Source.POLICY),
+            (policies.answer, Source.POLICY),
             # 3. The cache before forwarding, the point of having one.
             (CachedAnswers(cache).answer, Source.CACHE),
             # 4. The loop guard just before forwarding: only a query about to be forwarded
@@ -70,4 +75,5 @@ def build_pipeline(
         final=Forwarder(
             upstream, cache, stale_ttl=stale_ttl, stale_answer_after=stale_answer_after
         ).answer,
+        policies=policies,
     )

@@ -29,10 +29,12 @@ from agent.listeners import (
     bind_pair,
     set_receive_buffer,
 )
+from agent.logged_entry import make_entry
 from agent.metrics.admin import AdminListener
 from agent.metrics.collector import AgentCollector, SyncState
 from agent.pipeline import Pipeline, build_pipeline
 from agent.probes.monitor import HealthMonitor
+from agent.querylog import QueryLog
 from agent.reload import PolicyWatcher
 from agent.resolvconf import is_self, upstreams_from_resolv_conf
 from agent.served import ServedSnapshot
@@ -85,6 +87,8 @@ class AgentServer:
             clock=clock,
         )
         self.loop_guard = LoopGuard(self.upstream, config.attempt_timeout)
+        # With --query-log, the logging entry and pipeline; chosen here, not per query.
+        self.query_log = QueryLog(config.query_log) if config.query_log is not None else None
         self.pipeline: Pipeline = build_pipeline(
             self.served,
             self.cache,
@@ -93,9 +97,11 @@ class AgentServer:
             self.rng,
             stale_ttl=config.stale_ttl,
             stale_answer_after=config.stale_answer_after,
+            keep_decisions=self.query_log is not None,
         )
-        self.entry = QueryEntry(
+        self.entry: QueryEntry = make_entry(
             self.pipeline,
+            self.query_log,
             config.max_inflight,
             acl=build_acl(config),
             refuse_drop=config.refuse_drop,
@@ -134,6 +140,8 @@ class AgentServer:
 
     async def start(self) -> None:
         config = self.config
+        if self.query_log is not None:
+            self.query_log.start()  # a path that cannot be written stops the start here
         if config.policies is not None:
             # A bad file at start is logged like a bad reload: the agent serves (forwards)
             # with no policies rather than leave the node without DNS.
@@ -325,6 +333,8 @@ class AgentServer:
         await self.upstream.close()
         self.tcp_connections.abort_all()
         await self._close_listeners()
+        if self.query_log is not None:  # after the listeners: the last answers are logged
+            await asyncio.to_thread(self.query_log.stop, CANCEL_GRACE)
         if self.admin is not None:
             await self.admin.stop()
         health = self.health

@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Imported here, not at the top, so that importing this module stays cheap.
     from agent.cli import add_agent_commands
     from cli.commands import add_client_commands
+    from cli.logs import add_logs_command
     from cli.node.commands import add_node_commands
     from cli.up import add_up_command
     from controller.cli import add_controller_commands
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_client_commands(subcommands, common)
     add_up_command(subcommands, common)
     add_node_commands(subcommands, common)
+    add_logs_command(subcommands, common)
     return parser
 
 

@@ -4,6 +4,11 @@ Everything that does not depend on the query is done here, once per snapshot: na
 form, every A/AAAA and SOA record encoded, slices parsed, cumulative weights summed. Per
 query, ``CompiledPolicy.respond`` picks records and joins header + question + RRs + OPT.
 
+Each view also keeps what its candidates are made of (every endpoint it could answer, with
+its configured and effective weight and its state) and makes them on first use, which is
+the query log's writer thread (dnsmesh/querylog.py): the query path computes nothing for
+them, and an agent without the log never pays for them at all (compiling stays as fast).
+
 Each picker counts the answers it gives per endpoint in plain ints (``hits``), a list
 increment per answer; ``CompiledPolicy.take_answered`` reads them out for the agent's
 metrics (agent/answer_counts.py), which keeps them across snapshots.
@@ -15,6 +20,7 @@ import ipaddress
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Final, NamedTuple
 
 from dnsmesh.dnswire import (
     CLASS_IN,
@@ -194,6 +200,50 @@ class _Sticky(_Picker):
         return memoised[0]
 
 
+class CandidateState:
+    """Why an endpoint is or is not in a view's draw (the query log's ``state``)."""
+
+    ACTIVE: Final = "active"  # drawn from, by its effective weight
+    STANDBY: Final = "standby"  # failover: a higher priority group is answering
+    EJECTED: Final = "ejected"  # health set its weight to 0 (ejected here or down mesh-wide)
+    DRAINED: Final = "drained"  # its configured weight is 0
+
+
+class Candidate(NamedTuple):
+    """One endpoint a view could answer, as the query log shows it."""
+
+    address: str
+    weight: int  # as configured in the policy
+    effective_weight: int  # after health and latency (what the pick used)
+    state: str  # a CandidateState
+
+
+def _candidates(
+    endpoints: Sequence[Endpoint], configured_endpoints: Sequence[Endpoint], strategy: Strategy
+) -> tuple[Candidate, ...]:
+    """The candidates of one family's (effective) endpoints, in policy order, with their state
+    decided as ``_compile_picker`` decides who is drawn from."""
+    configured = {e.address: e.weight for e in configured_endpoints}
+    live = [e for e in endpoints if e.weight > 0]
+    if strategy is Strategy.FAILOVER:
+        members = failover_members([e.priority for e in live], [e.weight for e in live])
+        live = [live[i] for i in members]
+    drawn = {e.address for e in live}
+    out = []
+    for e in endpoints:
+        weight = configured[e.address]
+        if weight == 0:
+            state = CandidateState.DRAINED
+        elif e.weight == 0:
+            state = CandidateState.EJECTED
+        elif e.address in drawn:
+            state = CandidateState.ACTIVE
+        else:
+            state = CandidateState.STANDBY
+        out.append(Candidate(str(e.address), weight, e.weight, state))
+    return tuple(out)
+
+
 def _compile_picker(
     endpoints: Sequence[Endpoint], strategy: Strategy, count: int, ttl: int
 ) -> _Picker | None:
@@ -221,33 +271,55 @@ def _compile_picker(
 
 
 @dataclass(frozen=True, slots=True)
-class _View:
-    """What one slice (or the default) answers: a picker per family, or a refusal."""
+class View:
+    """What one slice (or the default) answers: a picker per family, or a refusal; and what
+    the candidates of each family are made of, for the query log (never read answering)."""
 
     v4: _Picker | None
     v6: _Picker | None
     refuse: bool = False
+    slice: str | None = None  # the slice's id; None: the policy's default view
+    # The view's endpoints of each family with their effective weights, the policy's as
+    # configured, and its strategy: what ``candidates`` are made of.
+    endpoints: tuple[tuple[Endpoint, ...], tuple[Endpoint, ...]] = ((), ())
+    configured: Sequence[Endpoint] = ()
+    strategy: Strategy = Strategy.WEIGHTED
+    _made: dict[int, tuple[Candidate, ...]] = field(default_factory=dict, compare=False)
+
+    def candidates(self, family: int) -> tuple[Candidate, ...]:
+        """The candidates of family 4 or 6, made on first use. Only the query log's writer
+        thread asks, so the memo has one writer."""
+        made = self._made.get(family)
+        if made is None:
+            endpoints = self.endpoints[family == 6]
+            made = self._made[family] = _candidates(endpoints, self.configured, self.strategy)
+        return made
 
 
 def _compile_view(
     endpoints: Sequence[Endpoint],
+    configured: Sequence[Endpoint],
     groups: Sequence[str] | None,
     spec_strategy: Strategy,
     count: int,
     ttl: int,
-) -> _View:
+    slice_id: str | None = None,
+) -> View:
     if groups is not None:
         wanted = set(groups)
         endpoints = [e for e in endpoints if e.group in wanted]
     v4 = [e for e in endpoints if e.address.version == 4]
     v6 = [e for e in endpoints if e.address.version == 6]
-    return _View(
+    return View(
         _compile_picker(v4, spec_strategy, count, ttl),
         _compile_picker(v6, spec_strategy, count, ttl),
+        slice=slice_id,
+        endpoints=(tuple(v4), tuple(v6)),
+        configured=configured,
+        strategy=spec_strategy,
     )
 
 
-_REFUSE = _View(None, None, refuse=True)
 # The label of the answers given by a policy's default view (no slice matched): not a valid
 # slice id (those have no underscore), so it never names a slice.
 DEFAULT_SLICE = "_default"
@@ -266,6 +338,7 @@ class CompiledPolicy:
         "domain",
         "name",
         "policy",
+        "revision",
         "wildcard",
         "zone",
     )
@@ -286,6 +359,7 @@ class CompiledPolicy:
                 for e in endpoints
             ]
         self.policy = policy
+        self.revision = revision  # the snapshot revision this was compiled for
         self.name = policy.name
         self.domain = spec.domain
         self.wildcard = spec.domain.startswith("*.")
@@ -298,17 +372,26 @@ class CompiledPolicy:
         # answered by someone else.)
         self._soa = record_soa_at_question(spec.ttl, spec.ttl, serial=revision)
         strategy = spec.strategy
-        self._default = _compile_view(endpoints, None, strategy, spec.answers, spec.ttl)
-        slices: list[tuple[tuple[Network, ...], _View]] = []
+        configured = spec.endpoints
+        self._default = _compile_view(endpoints, configured, None, strategy, spec.answers, spec.ttl)
+        slices: list[tuple[tuple[Network, ...], View]] = []
         self._slice_ids = tuple(slice_.id for slice_ in spec.slices)
         for slice_ in spec.slices:
             if slice_.action is SliceAction.REFUSE:
-                view = _REFUSE
+                view = View(None, None, refuse=True, slice=slice_.id)
             else:
-                view = _compile_view(endpoints, slice_.groups, strategy, spec.answers, spec.ttl)
+                view = _compile_view(
+                    endpoints,
+                    configured,
+                    slice_.groups,
+                    strategy,
+                    spec.answers,
+                    spec.ttl,
+                    slice_.id,
+                )
             slices.append((tuple(slice_.match.client_cidrs), view))
         self._slices = tuple(slices)
-        self._memo: dict[str, _View] = {}
+        self._memo: dict[str, View] = {}
 
     def __repr__(self) -> str:
         return f"CompiledPolicy({self.name!r}, {self.domain!r})"
@@ -325,7 +408,7 @@ class CompiledPolicy:
                         out[slice_id, address] = count
         return out
 
-    def view_for(self, client: str) -> _View:
+    def view_for(self, client: str) -> View:
         """The first slice whose client_cidrs contain ``client``, else the default view.
 
         Memoised per client string: parsing an address and testing networks costs
@@ -342,7 +425,15 @@ class CompiledPolicy:
             memo[client] = view
         return view
 
-    def _match(self, client: str) -> _View:
+    def view_of(self, client: str) -> View:
+        """The view ``view_for`` gives ``client``, reading its memo but never writing it: the
+        query log's writer thread asks this of a policy that answered, and the memo (its
+        clearing included) is the loop's."""
+        if not self._slices:
+            return self._default
+        return self._memo.get(client) or self._match(client)
+
+    def _match(self, client: str) -> View:
         try:
             address = ipaddress.ip_address(client)
         except ValueError:

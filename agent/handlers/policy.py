@@ -6,6 +6,7 @@ import random
 
 from agent.served import ServedSnapshot
 from dnsmesh.dnswire import Query
+from dnsmesh.snapshot import CompiledPolicy
 
 
 class PolicyAnswers:
@@ -23,6 +24,25 @@ class PolicyAnswers:
 
     def answer(self, query: Query, client: str) -> bytes | None:
         policy = self._served.snapshot.lookup(query.qname)
+        if policy is None:
+            return None
+        return policy.respond(query, client, self._rng)
+
+
+class DecidingPolicyAnswers(PolicyAnswers):
+    """PolicyAnswers that keeps the compiled policy behind its last answer, for the query
+    log: the entry reads ``decided`` right after this handler answered, in the same call, so
+    it is the policy (and so the revision) that made that very response."""
+
+    __slots__ = ("decided",)
+
+    def __init__(self, served: ServedSnapshot, rng: random.Random) -> None:
+        super().__init__(served, rng)
+        self.decided: CompiledPolicy | None = None
+
+    def answer(self, query: Query, client: str) -> bytes | None:
+        policy = self._served.snapshot.lookup(query.qname)
+        self.decided = policy
         if policy is None:
             return None
         return policy.respond(query, client, self._rng)
