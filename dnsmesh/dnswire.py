@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv6Address
 from typing import NamedTuple, NoReturn
 
+from dnsmesh.cookies import OPTION_COOKIE
+from dnsmesh.cookies import valid_length as valid_cookie_length
 from dnsmesh.errors import DnsmeshError
 
 RCODE_NOERROR = 0
@@ -93,6 +95,9 @@ class Query(NamedTuple):
     # its payload clamped to [512, 1232] (RFC 6891 §6.2.5). A field computed once per
     # distinct question, not a property: a property call cost ~300 ns per query here.
     udp_limit: int = 512
+    # The first EDNS COOKIE option's data (RFC 7873 §5.2), its length already checked;
+    # None without one, the common case, which then costs nothing more.
+    cookie: bytes | None = None
 
 
 def udp_limit_for(edns_payload: int | None) -> int:
@@ -123,7 +128,7 @@ def _header_only(packet: bytes, rcode: int) -> bytes:
 # Parsed question+OPT tails by their bytes: most traffic repeats the same few questions, and
 # a dict hit skips the label walk, the slicing and the OPT checks. Only clean parses are
 # stored; the table is cleared when full, so a flood of distinct names costs a re-parse each.
-_Tail = tuple[bytes, bytes, int, int, int | None, bool, int]
+_Tail = tuple[bytes, bytes, int, int, int | None, bool, int, bytes | None]
 _TAILS: dict[bytes, _Tail] = {}
 TAIL_MEMO_LIMIT = 4096
 # Only ordinary-sized queries are kept (a question is at most 259 octets, an OPT with a
@@ -166,7 +171,8 @@ def _reject_header(packet: bytes, flags: int) -> NoReturn:
 
 
 def _parse_tail(packet: bytes, arcount: int) -> _Tail:
-    """(qname, question, qtype, qclass, edns_payload, dnssec_ok, udp_limit) after the header."""
+    """(qname, question, qtype, qclass, edns_payload, dnssec_ok, udp_limit, cookie) after
+    the header."""
     size = len(packet)
     # Walk the question name. A query has nothing before its question to point at, so a
     # compression pointer (or an extended label type, RFC 6891 §5) here is malformed.
@@ -194,12 +200,12 @@ def _parse_tail(packet: bytes, arcount: int) -> _Tail:
     if arcount == 0:
         if end != size:
             raise MalformedQuery("trailing bytes", _header_only(packet, RCODE_FORMERR))
-        return qname, question, qtype, qclass, None, False, 512
-    payload, dnssec_ok = _parse_opt(packet, end, question)
-    return qname, question, qtype, qclass, payload, dnssec_ok, udp_limit_for(payload)
+        return qname, question, qtype, qclass, None, False, 512, None
+    payload, dnssec_ok, cookie = _parse_opt(packet, end, question)
+    return qname, question, qtype, qclass, payload, dnssec_ok, udp_limit_for(payload), cookie
 
 
-def _parse_opt(packet: bytes, end: int, question: bytes) -> tuple[int, bool]:
+def _parse_opt(packet: bytes, end: int, question: bytes) -> tuple[int, bool, bytes | None]:
     """The query's one additional record must be an OPT (RFC 6891 §6.1.1) ending the packet."""
     size = len(packet)
     if end + 11 > size or packet[end] != 0:
@@ -209,10 +215,16 @@ def _parse_opt(packet: bytes, end: int, question: bytes) -> tuple[int, bool]:
     if rtype != TYPE_OPT or rdata + rdlen != size:
         raise MalformedQuery("bad OPT record", _header_only(packet, RCODE_FORMERR))
     pos = rdata
+    cookie = None
     while pos < size:  # each option must fit exactly (RFC 6891 §6.1.2)
         if pos + 4 > size:
             raise MalformedQuery("bad EDNS option", _header_only(packet, RCODE_FORMERR))
-        pos += 4 + _OPTION.unpack_from(packet, pos)[1]
+        code, length = _OPTION.unpack_from(packet, pos)
+        if code == OPTION_COOKIE and cookie is None:  # only the first counts (RFC 7873 §5.2)
+            cookie = packet[pos + 4 : pos + 4 + length]
+            if not valid_cookie_length(len(cookie)):
+                raise MalformedQuery("malformed COOKIE option", _formerr_with_opt(packet, question))
+        pos += 4 + length
     if pos != size:
         raise MalformedQuery("bad EDNS option", _header_only(packet, RCODE_FORMERR))
     if version:
@@ -221,7 +233,17 @@ def _parse_opt(packet: bytes, end: int, question: bytes) -> tuple[int, bool]:
         reply = HEADER.pack(msg_id, FLAG_QR | (flags & _ECHO_MASK) | FLAG_RA, 1, 0, 0, 1)
         opt = _OPT_FIXED.pack(TYPE_OPT, EDNS_PAYLOAD, RCODE_BADVERS >> 4, 0, 0, 0)
         raise MalformedQuery("unsupported EDNS version", reply + question + b"\x00" + opt)
-    return payload, bool(opt_flags & _DO_BIT)
+    return payload, bool(opt_flags & _DO_BIT), cookie
+
+
+def _formerr_with_opt(packet: bytes, question: bytes) -> bytes:
+    """FORMERR with the question and our OPT: for a query whose EDNS we read but whose
+    option is malformed, so the client sees that EDNS itself is understood."""
+    msg_id, flags = struct.unpack_from("!HH", packet)
+    header = HEADER.pack(
+        msg_id, FLAG_QR | (flags & _ECHO_MASK) | FLAG_RA | RCODE_FORMERR, 1, 0, 0, 1
+    )
+    return header + question + OPT_PLAIN
 
 
 def name_to_wire(text: str) -> bytes:
@@ -397,3 +419,29 @@ def fit_udp(response: bytes, limit: int) -> bytes:
             break
     header = HEADER.pack(msg_id, flags | FLAG_TC, qdcount, 0, 0, 1 if opt else 0)
     return header + response[12:question_end] + opt
+
+
+def add_option(response: bytes, code: int, data: bytes) -> bytes:
+    """``response`` with one more EDNS option in its OPT (a server cookie, RFC 7873 §5.2).
+
+    Our responses end with their OPT, so this is an append and a length patch; an OPT
+    elsewhere in the additional section is extended in place, and a response without one
+    gets ours (a query carrying an option had EDNS, so its answer must too).
+    """
+    option = _OPTION.pack(code, len(data)) + data
+    msg_id, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(response)
+    pos = 12
+    for _ in range(qdcount):
+        pos = skip_name(response, pos) + 4
+    for index in range(ancount + nscount + arcount):
+        start = pos
+        pos = skip_name(response, pos)
+        rtype, _rclass, _ttl, rdlen = _RR_FIXED.unpack_from(response, pos)
+        end = pos + 10 + rdlen
+        if rtype == TYPE_OPT and index >= ancount + nscount:
+            head = response[start : pos + 8] + struct.pack("!H", rdlen + len(option))
+            return response[:start] + head + response[pos + 10 : end] + option + response[end:]
+        pos = end
+    header = HEADER.pack(msg_id, flags, qdcount, ancount, nscount, arcount + 1)
+    opt = _OPT_FIXED.pack(TYPE_OPT, EDNS_PAYLOAD, 0, 0, 0, len(option))
+    return header + response[12:] + b"\x00" + opt + option
