@@ -110,6 +110,14 @@ def add_agent_commands(
         help="a UDP answer over 512 bytes is at most X times its query, else TC=1 (retry "
         "over TCP); 0: off",
     )
+    door.add_argument(
+        "--cookie-secret-file",
+        metavar="PATH",
+        help="DNS Cookies' server secret, 32 hex digits: the same file on every agent behind "
+        "one anycast address lets a client keep its cookie across them (RFC 9018). A change "
+        "to the file is picked up and the old secret still taken for an hour. Default: a "
+        "random secret at start",
+    )
     tuning = agent.add_argument_group("tuning (defaults suit a node resolver)")
     seconds = {"type": float, "metavar": "SECONDS"}
     tuning.add_argument(

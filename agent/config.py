@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dnsmesh.admission import LOOPBACK, Network, parse_network
+from dnsmesh.cookies import parse_secret
 from dnsmesh.errors import ConfigError
 
 DNS_PORT = 53
@@ -242,6 +243,9 @@ class AgentConfig:
     # Clients the guard trusts: loopback cannot be forged from the wire, and the node's own
     # clients keep getting whole EDNS answers over UDP.
     amplification_exempt: tuple[Network, ...] = LOOPBACK
+    # DNS Cookies' server secret (--cookie-secret-file); None: a random one at start.
+    cookie_secret: bytes | None = None
+    cookie_secret_file: Path | None = None
 
 
 def _check_ca_file(path: str) -> None:
@@ -293,6 +297,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         raise ConfigError("--rate-limit-prefix-v4 is 0-32 and --rate-limit-prefix-v6 is 0-128")
     if args.amplification_factor < 0:
         raise ConfigError("--amplification-factor cannot be negative")
+    secret_file = getattr(args, "cookie_secret_file", None)
+    secret = read_cookie_secret(Path(secret_file)) if secret_file is not None else None
     admin = getattr(args, "admin_listen", f"127.0.0.1:{ADMIN_PORT}")
     return AgentConfig(
         admin_listen=parse_admin_listen(admin, public=getattr(args, "admin_listen_public", False)),
@@ -328,7 +334,20 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         rate_limit_v6_prefix=args.rate_limit_prefix_v6,
         rate_limit_slip=args.rate_limit_slip,
         amplification_factor=args.amplification_factor,
+        cookie_secret=secret,
+        cookie_secret_file=Path(secret_file) if secret_file is not None else None,
     )
+
+
+def read_cookie_secret(path: Path) -> bytes:
+    """The secret in ``--cookie-secret-file`` (32 hex digits); ConfigError says what is wrong,
+    so a bad file stops the agent at start rather than leave agents with different secrets."""
+    try:
+        return parse_secret(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--cookie-secret-file {path}: cannot read it ({exc})") from None
+    except ValueError as exc:
+        raise ConfigError(f"--cookie-secret-file {path}: {exc}") from None
 
 
 def parse_admin_listen(text: str, *, public: bool) -> HostPort | None:

@@ -16,6 +16,12 @@ else and hands a query over the rate to ``over_limit`` (counted as ``ratelimited
 UDP answer over 512 octets is held to ``udp_size_cap`` of its query's size, so the agent is
 no amplifier for spoofed queries.
 
+DNS Cookies (RFC 7873, RFC 9018; dnsmesh/cookies.py) are what lifts the last two for a
+client that proves its address: a query carrying a COOKIE option gets our server cookie
+in its answer, and one whose server cookie verifies is spared the amplification guard
+here and the rate limit in the UDP listener (``valid_cookie``). A query without the
+option pays one attribute test for all this.
+
 It counts every query it decides, by source, query type, RCODE and latency, in the plain
 lists of agent/tally.py; /metrics reads them at scrape time (agent/metrics/collector.py).
 
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -46,7 +53,21 @@ from agent.tally import (
 )
 from dnsmesh import dnswire
 from dnsmesh.admission import ClientAcl, RateLimiter, udp_size_cap
-from dnsmesh.dnswire import MalformedQuery, Query, fit_udp, name_to_text, parse_query
+from dnsmesh.cookies import (
+    CLIENT_COOKIE_LEN,
+    OPTION_COOKIE,
+    RCODE_BADCOOKIE,
+    SERVER_COOKIE_LEN,
+    ServerCookies,
+)
+from dnsmesh.dnswire import (
+    MalformedQuery,
+    Query,
+    add_option,
+    fit_udp,
+    name_to_text,
+    parse_query,
+)
 from dnsmesh.logs import fields
 
 log = logging.getLogger(__name__)
@@ -55,6 +76,8 @@ _INTERNAL_ERROR = (dnswire.EDE_OTHER, "internal error")
 _PROHIBITED = (dnswire.EDE_PROHIBITED, "client not allowed")
 # The counts besides the answer sources: queries that got no normal answer, and why.
 NOT_ANSWERED = ("malformed", "dropped", "amplification")
+# A COOKIE option's code and length when it holds a client and an RFC 9018 server cookie.
+_SERVER_COOKIE_OPTION = struct.pack("!HH", OPTION_COOKIE, CLIENT_COOKIE_LEN + SERVER_COOKIE_LEN)
 
 
 class QueryEntry:
@@ -66,12 +89,16 @@ class QueryEntry:
         max_inflight: int = 4096,
         *,
         acl: ClientAcl,
+        cookies: ServerCookies,
         refuse_drop: bool = False,
         limiter: RateLimiter | None = None,
         amplification_factor: int = 10,
         amplification_exempt: ClientAcl | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """``wall_clock`` stamps server cookies (Unix time, which agents sharing a secret
+        agree on); ``clock`` drives the rate limiter."""
         self.max_inflight = max_inflight
         self.acl = acl
         # The ACL's memo of allowed clients, held here: the hot path tests membership only.
@@ -83,6 +110,10 @@ class QueryEntry:
         # wire (Linux drops packets from 127/8 or ::1 arriving on another interface).
         self.amplification_exempt = amplification_exempt or ClientAcl(())
         self.clock = clock
+        self.cookies = cookies
+        self.wall_clock = wall_clock
+        # Queries whose server cookie verified; over-limit ones answered BADCOOKIE.
+        self.cookie_counts = {"valid": 0, "badcookie": 0}
         self.counts: dict[str, int] = dict.fromkeys(NOT_ANSWERED, 0)
         self.tallies: dict[str, SourceTally] = {source: SourceTally() for source in Source.ALL}
         self._refused = self.tallies[Source.REFUSED]
@@ -146,6 +177,8 @@ class QueryEntry:
                         elapsed = clock_ns() - start
                         tally.latency[elapsed.bit_length()] += 1
                         tally.latency_ns += elapsed
+                    if query.cookie is not None:
+                        return self._with_cookie(wire, query, client)[0]
                     return wire
         except Exception as exc:
             return self._failed(query, client, "handler", exc, start)
@@ -171,30 +204,74 @@ class QueryEntry:
                     reason=answer.reason,
                 ),
             )
-        if udp_size is None or len(answer.wire) <= 512:
-            return answer.wire
-        return self._fit_udp(answer.wire, query, udp_size, client)
+        wire, proven = answer.wire, False
+        if query.cookie is not None:
+            wire, proven = self._with_cookie(wire, query, client)
+        if udp_size is None or len(wire) <= 512:
+            return wire
+        return self._fit_udp(wire, query, udp_size, client, proven)
+
+    def _with_cookie(self, wire: bytes, query: Query, client: str) -> tuple[bytes, bool]:
+        """(``wire`` with our server cookie for this client in its OPT, whether the query's
+        own server cookie verified): RFC 7873 §5.2.3-5.2.5 answer normally in every case
+        and hand out a fresh cookie where the one sent is missing, stale or not ours."""
+        assert query.cookie is not None
+        proven, option = self.cookies.verdict(query.cookie, client, int(self.wall_clock()))
+        if proven:
+            self.cookie_counts["valid"] += 1
+        return add_option(wire, OPTION_COOKIE, option), proven
+
+    def _proven(self, query: Query, client: str) -> bool:
+        """Whether the query carries a server cookie of ours made for ``client``."""
+        cookie = query.cookie
+        return (
+            cookie is not None and self.cookies.verdict(cookie, client, int(self.wall_clock()))[0]
+        )
+
+    def valid_cookie(self, data: bytes, client: str) -> bool:
+        """Whether this UDP query proves its source with a cookie (``_proven``): the
+        listener lets it past the rate limit, since a spoofed source cannot have one.
+
+        Asked for every datagram over the limit, so a flood is first screened for the
+        option's header (code 10, a client and a version-1 server cookie: 24 octets), a
+        byte search that costs far less than the parse a flood of new names would."""
+        if _SERVER_COOKIE_OPTION not in data:
+            return False
+        try:
+            return self._proven(parse_query(data), client)
+        except MalformedQuery:
+            return False
 
     def fit_udp_reply(self, wire: bytes, data: bytes, client: str) -> bytes:
         """An immediate response fitted for UDP (``_fit_udp``). Only for responses over 512
-        bytes, which every client takes: rare enough that parsing the query again costs
-        nothing that matters, and keeps the limit off the per-query path."""
-        return self._fit_udp(wire, parse_query(data), len(data), client)
+        bytes, which every client takes: rare enough that parsing the query again (and
+        checking its cookie again) costs nothing that matters, and keeps the limit off
+        the per-query path."""
+        query = parse_query(data)
+        return self._fit_udp(wire, query, len(data), client, self._proven(query, client))
 
-    def _fit_udp(self, wire: bytes, query: Query, query_size: int, client: str) -> bytes:
+    def _fit_udp(
+        self, wire: bytes, query: Query, query_size: int, client: str, proven: bool
+    ) -> bytes:
         """RFC 6891 §7 / RFC 1035 §4.2.1: no more than the client takes over UDP, and no
         more than the amplification guard lets a query of its size get; TC=1 tells the
-        client to ask again over TCP."""
-        if self.amplification_exempt.allows(client):
+        client to ask again over TCP. ``proven``: the query's server cookie verified, so
+        its source is real and the guard has nothing to guard against."""
+        if proven or self.amplification_exempt.allows(client):
             return fit_udp(wire, query.udp_limit)
         cap = udp_size_cap(query_size, self.amplification_factor)
         if cap < len(wire) <= query.udp_limit:
             self.counts["amplification"] += 1
         return fit_udp(wire, min(query.udp_limit, cap))
 
-    def over_limit(self, data: bytes) -> bytes | None:
+    def over_limit(self, data: bytes, client: str) -> bytes | None:
         """A UDP query over its source's rate: a TC=1 answer to send for one in ``slip``
         (the client retries over TCP, which is not limited), else None: dropped.
+
+        A slipped query that carries a client cookie gets BADCOOKIE with a fresh server
+        cookie instead (RFC 7873 §5.2.3 lets a server so answer "based on server policy,
+        including rate limiting"): the client asks again over UDP with the cookie, which
+        the limit lets through, and no TCP connection is needed.
 
         A dropped one is never parsed (its query type is ``unknown``) nor timed, and costs
         one list increment, as the plain count did before metrics: under a flood this is
@@ -210,7 +287,12 @@ class QueryEntry:
         except MalformedQuery:
             tally.add(UNKNOWN_QTYPE, NO_RESPONSE, start)
             return None
-        slipped = fit_udp(dnswire.build_response(query, dnswire.RCODE_NOERROR), 0)
+        if query.cookie is not None:
+            self.cookie_counts["badcookie"] += 1
+            error = dnswire.build_error(query, RCODE_BADCOOKIE)
+            slipped = self._with_cookie(error, query, client)[0]
+        else:
+            slipped = fit_udp(dnswire.build_response(query, dnswire.RCODE_NOERROR), 0)
         tally.add(QTYPE_INDEX[query.qtype], rcode_of(slipped), start)
         return slipped
 

@@ -3,7 +3,8 @@
 What a query gets is decided by agent.entry.QueryEntry, the same for both transports; a
 listener only reads, frames, fits a response to UDP and writes.
 
-Only UDP is rate limited (``--rate-limit``, checked before a datagram is even parsed): a
+Only UDP is rate limited (``--rate-limit``, checked before a datagram is even parsed, but
+for a datagram over the limit, which is let through if it carries a valid DNS cookie): a
 UDP source address can be forged, so a flood "from" a client may be an attack on it, and
 the limit's TC=1 slips send real clients to TCP, which must then work. A TCP client has
 completed a handshake, so its address is its own, and what it can make us hold is bounded
@@ -113,9 +114,15 @@ class UdpListener(asyncio.BaseTransport):
         its source's rate is not parsed; one in ``slip`` gets TC=1, the rest nothing."""
         entry = self.entry
         limiter = entry.limiter
-        if limiter is not None and not limiter.allow(addr[0], entry.clock()):
+        if (
+            limiter is not None
+            and not limiter.allow(addr[0], entry.clock())
+            # A valid server cookie proves the source (DNS Cookies, agent/entry.py): such
+            # a client is exempt, as BIND's RRL exempts it. Checked only over the limit.
+            and not entry.valid_cookie(data, addr[0])
+        ):
             if entry.accepting:
-                slipped = entry.over_limit(data)
+                slipped = entry.over_limit(data, addr[0])
                 if slipped is not None:
                     self.send(slipped, addr)
             return

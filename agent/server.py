@@ -9,6 +9,7 @@ import asyncio
 import errno
 import logging
 import random
+import secrets
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
@@ -37,6 +38,7 @@ from agent.served import ServedSnapshot
 from agent.shutdown import CANCEL_GRACE, finish_by
 from agent.upstream import UpstreamClient
 from dnsmesh.admission import ClientAcl
+from dnsmesh.cookies import SECRET_LEN, ServerCookies
 from dnsmesh.dnsforward import UpstreamAnswer
 from dnsmesh.errors import ConfigError
 from dnsmesh.logs import fields
@@ -99,6 +101,7 @@ class AgentServer:
             limiter=build_limiter(config),
             amplification_factor=config.amplification_factor,
             amplification_exempt=ClientAcl(config.amplification_exempt),
+            cookies=ServerCookies(config.cookie_secret or secrets.token_bytes(SECRET_LEN)),
             clock=clock,
         )
         self.tcp_connections = TcpConnections(config.tcp_max_connections)
@@ -313,6 +316,8 @@ class AgentServer:
                 probes=health.runner.probes_sent,
                 health_recompiles=health.recompiles,
                 fail_open=health.fail_open_total,
+                cookies_valid=self.entry.cookie_counts["valid"],
+                badcookie=self.entry.cookie_counts["badcookie"],
                 **self.counts(),
             ),
         )
