@@ -114,9 +114,9 @@ def add_agent_commands(
         "--cookie-secret-file",
         metavar="PATH",
         help="DNS Cookies' server secret, 32 hex digits: the same file on every agent behind "
-        "one anycast address lets a client keep its cookie across them (RFC 9018). A change "
-        "to the file is picked up and the old secret still taken for an hour. Default: a "
-        "random secret at start",
+        "one anycast address lets a client keep its cookie across them (RFC 9018). A new "
+        "secret written there is used at once and the one before still taken (rollover). "
+        "Default: a random secret at start",
     )
     tuning = agent.add_argument_group("tuning (defaults suit a node resolver)")
     seconds = {"type": float, "metavar": "SECONDS"}

@@ -18,6 +18,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from agent.cache import Cache
 from agent.config import AgentConfig, HostPort, UpstreamAddress
+from agent.cookie_secret import CookieSecretWatcher
 from agent.entry import QueryEntry
 from agent.frontdoor import build_acl, build_limiter
 from agent.handlers.loopguard import LoopGuard
@@ -93,6 +94,12 @@ class AgentServer:
             stale_ttl=config.stale_ttl,
             stale_answer_after=config.stale_answer_after,
         )
+        cookies = ServerCookies(config.cookie_secret or secrets.token_bytes(SECRET_LEN))
+        self.cookie_secret: CookieSecretWatcher | None = None
+        if config.cookie_secret_file is not None:
+            self.cookie_secret = CookieSecretWatcher(
+                config.cookie_secret_file, cookies, interval=config.reload_interval
+            )
         self.entry = QueryEntry(
             self.pipeline,
             config.max_inflight,
@@ -101,7 +108,7 @@ class AgentServer:
             limiter=build_limiter(config),
             amplification_factor=config.amplification_factor,
             amplification_exempt=ClientAcl(config.amplification_exempt),
-            cookies=ServerCookies(config.cookie_secret or secrets.token_bytes(SECRET_LEN)),
+            cookies=cookies,
             clock=clock,
         )
         self.tcp_connections = TcpConnections(config.tcp_max_connections)
@@ -169,6 +176,8 @@ class AgentServer:
         self._use_upstreams(upstreams)
         if self.watcher is not None:
             self.watcher.start()
+        if self.cookie_secret is not None:
+            self.cookie_secret.start()
         await self.health.start()
         await self._start_admin()
         log.info(
@@ -292,6 +301,8 @@ class AgentServer:
         parts: dict[str, Coroutine[Any, Any, Any]] = {"health": self.health.stop()}
         if self.watcher is not None:
             parts["policy files"] = self.watcher.stop()
+        if self.cookie_secret is not None:
+            parts["cookie secret"] = self.cookie_secret.stop()
         parts.update(also or {})
         others = loop.create_task(finish_by(deadline, parts))
         # The forwards get the whole budget; entry.drain cancels what is left at its end

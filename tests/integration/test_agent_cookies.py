@@ -20,6 +20,7 @@ import pytest
 from dnsmesh.cookies import OPTION_COOKIE, RCODE_BADCOOKIE
 from tests.integration.conftest import RunningAgent, policy_yaml
 from tests.integration.fakedns import FakeUpstream
+from tests.support.polling import wait_until
 
 StartAgent = Callable[..., RunningAgent]
 CLIENT_COOKIE = bytes.fromhex("2464c4abcf10c957")
@@ -137,6 +138,38 @@ def test_over_the_rate_limit_a_cookie_client_gets_badcookie_and_then_passes(
     counts = agent.server.counts()
     assert counts["ratelimited"] == 3 and counts["policy"] == 6
     assert agent.server.entry.cookie_counts == {"valid": 5, "badcookie": 2}
+
+
+def test_a_new_secret_in_the_file_is_used_and_the_old_one_still_taken(
+    tmp_path: Path, start_agent: StartAgent, caplog: pytest.LogCaptureFixture
+) -> None:
+    old, new = "e5e973e5a6b2a43f48e7dc849e37bfcf", "445536bcd2513298075a5d379663c962"
+    secret_file = tmp_path / "cookie-secret"
+    secret_file.write_text(old + "\n")
+    policies = tmp_path / "p.yaml"
+    policies.write_text(policy_yaml("door", "door.mesh.test", [{"address": "10.9.0.1"}]))
+    agent = start_agent(
+        policies=policies, cookie_secret=bytes.fromhex(old), cookie_secret_file=secret_file
+    )
+    cookies = agent.server.entry.cookies
+    held = _cookie(_ask(agent, "door.mesh.test", "A", CLIENT_COOKIE))
+    secret_file.write_text(new + "\n")
+    wait_until(lambda: cookies.secret == bytes.fromhex(new), 5, "the rotation")
+    # The cookie made with the old secret still proves the client, and is replaced with
+    # one made with the new secret (RFC 9018 §4.4), which proves it from then on.
+    replaced = _cookie(_ask(agent, "door.mesh.test", "A", held))
+    assert replaced != held and replaced[:8] == CLIENT_COOKIE
+    assert _cookie(_ask(agent, "door.mesh.test", "A", replaced)) == replaced
+    assert agent.server.entry.cookie_counts["valid"] == 2
+    # A bad file is logged and the secret in use kept.
+    secret_file.write_text("not a secret")
+    wait_until(
+        lambda: any(r.msg == "cookie.secret_reload_failed" for r in caplog.records),
+        5,
+        "the failed reload",
+    )
+    assert cookies.secret == bytes.fromhex(new)
+    assert _cookie(_ask(agent, "door.mesh.test", "A", replaced)) == replaced
 
 
 dig = pytest.mark.skipif(shutil.which("dig") is None, reason="dig is not installed")
