@@ -118,6 +118,12 @@ def add_agent_commands(
         "secret written there is used at once and the one before still taken (rollover). "
         "Default: a random secret at start",
     )
+    door.add_argument(
+        "--upstream-cookies",
+        action="store_true",
+        help="send DNS cookies to plain upstreams and drop a UDP reply whose client cookie "
+        "is not ours as forged (on top of the ID, port and 0x20 checks)",
+    )
     tuning = agent.add_argument_group("tuning (defaults suit a node resolver)")
     seconds = {"type": float, "metavar": "SECONDS"}
     tuning.add_argument(

@@ -246,6 +246,7 @@ class AgentConfig:
     # DNS Cookies' server secret (--cookie-secret-file); None: a random one at start.
     cookie_secret: bytes | None = None
     cookie_secret_file: Path | None = None
+    upstream_cookies: bool = False  # --upstream-cookies: send DNS cookies to plain upstreams
 
 
 def _check_ca_file(path: str) -> None:
@@ -336,6 +337,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         amplification_factor=args.amplification_factor,
         cookie_secret=secret,
         cookie_secret_file=Path(secret_file) if secret_file is not None else None,
+        upstream_cookies=getattr(args, "upstream_cookies", False),
     )
 
 

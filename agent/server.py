@@ -39,7 +39,7 @@ from agent.served import ServedSnapshot
 from agent.shutdown import CANCEL_GRACE, finish_by
 from agent.upstream import UpstreamClient
 from dnsmesh.admission import ClientAcl
-from dnsmesh.cookies import SECRET_LEN, ServerCookies
+from dnsmesh.cookies import SECRET_LEN, ClientCookies, ServerCookies
 from dnsmesh.dnsforward import UpstreamAnswer
 from dnsmesh.errors import ConfigError
 from dnsmesh.logs import fields
@@ -82,6 +82,9 @@ class AgentServer:
             max_ttl=config.max_ttl,
             upstream_ca=config.upstream_ca,
             idle_timeout=config.upstream_idle_timeout,
+            cookies=ClientCookies(secrets.token_bytes(SECRET_LEN))
+            if config.upstream_cookies
+            else None,
             clock=clock,
         )
         self.loop_guard = LoopGuard(self.upstream, config.attempt_timeout)

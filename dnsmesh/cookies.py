@@ -131,6 +131,53 @@ class ServerCookies:
         return server_cookie(self.secret, client_cookie, address, now)
 
 
+class ClientCookies:
+    """Our side as a client of the upstreams (``--upstream-cookies``, RFC 7873 §5.1, §6).
+
+    The client cookie for a server is SipHash-2-4 of its address under a client secret
+    (RFC 7873 §6 without our own address, as RFC 9018 §3 updates it: behind NAT we do not
+    know it), so each upstream gets its own and none can track us to another. Each server
+    cookie an upstream hands us is kept and sent back, the last one seen per upstream.
+
+    A reply whose COOKIE option does not carry our client cookie was not sent in answer
+    to our query: ``learn`` says so and the caller drops it as forged, a check a forger
+    must pass on top of the ID, the port and the 0x20 case, and one that needs 64 bits
+    it never saw.
+    """
+
+    __slots__ = ("_client", "_server", "secret")
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) != SECRET_LEN:
+            raise ValueError(f"a cookie secret is {SECRET_LEN} octets, not {len(secret)}")
+        self.secret = secret
+        self._client: dict[str, bytes] = {}  # server address -> our client cookie for it
+        self._server: dict[str, bytes] = {}  # server address -> its last server cookie
+
+    def client_cookie(self, server: str) -> bytes:
+        cookie = self._client.get(server)
+        if cookie is None:
+            cookie = self._client[server] = siphash24_digest(self.secret, address_octets(server))
+        return cookie
+
+    def option(self, server: str) -> bytes:
+        """The COOKIE option data for a query to ``server``: our client cookie and its
+        server cookie when we have one (RFC 7873 §5.1)."""
+        return self.client_cookie(server) + self._server.get(server, b"")
+
+    def learn(self, server: str, option: bytes | None) -> bool:
+        """Take in a reply's COOKIE option (None: it had none); False when the reply is
+        forged: its client cookie is not ours. A server cookie of a length RFC 7873 §4.2
+        forbids is not kept (the reply is not refused for it: it did carry our cookie)."""
+        if option is None:
+            return True  # a server that does not do cookies (RFC 7873 §5.3)
+        if not hmac.compare_digest(option[:CLIENT_COOKIE_LEN], self.client_cookie(server)):
+            return False
+        if valid_length(len(option)) and len(option) > CLIENT_COOKIE_LEN:
+            self._server[server] = option[CLIENT_COOKIE_LEN:]
+        return True
+
+
 def parse_secret(text: str) -> bytes:
     """A secret as ``--cookie-secret-file`` holds it: 32 hex digits (16 octets), blanks
     around them ignored; ValueError says what is wrong."""

@@ -19,7 +19,7 @@ import pytest
 
 from dnsmesh.cookies import OPTION_COOKIE, RCODE_BADCOOKIE
 from tests.integration.conftest import RunningAgent, policy_yaml
-from tests.integration.fakedns import FakeUpstream
+from tests.integration.fakedns import SERVER_COOKIE, FakeUpstream
 from tests.support.polling import wait_until
 
 StartAgent = Callable[..., RunningAgent]
@@ -197,3 +197,52 @@ def test_dig_gets_a_cookie_and_its_cookie_is_taken(
     assert agent.server.entry.cookie_counts["valid"] == 1
     malformed = _dig(agent, "+cookie=0102030405060708090a", "big.example.test", "TXT")
     assert "status: FORMERR" in malformed, malformed
+
+
+# -- the agent as a client of its upstreams (--upstream-cookies) ---------------------------
+
+
+def test_upstream_cookies_are_sent_and_the_server_cookie_kept(
+    start_agent: StartAgent, upstream: FakeUpstream
+) -> None:
+    upstream.answer("a.example.test", "A", "192.0.2.1", cookies=True)
+    upstream.answer("b.example.test", "A", "192.0.2.2", cookies=True)
+    agent = start_agent(upstreams=[upstream], upstream_cookies=True)
+    assert agent.query("a.example.test").answer[0][0].to_text() == "192.0.2.1"
+    assert agent.query("b.example.test").answer[0][0].to_text() == "192.0.2.2"
+    first, second = (r.cookie for r in upstream.received)
+    assert first is not None and len(first) == 8  # our client cookie alone at first
+    assert second == first + SERVER_COOKIE  # then with the server cookie it gave us
+    # Without the flag the upstream queries carry none.
+    plain = start_agent(upstreams=[upstream])
+    assert plain.query("c.example.test").rcode() == dns.rcode.NXDOMAIN
+    assert upstream.received[-1].cookie is None
+
+
+def test_an_upstream_reply_without_our_client_cookie_is_dropped_as_forged(
+    start_agent: StartAgent, upstream: FakeUpstream
+) -> None:
+    # Each query first gets a reply with the right ID, port and 0x20 case but another
+    # client cookie and a forged address, then the real one.
+    upstream.answer("f.example.test", "A", "192.0.2.9", cookies=True, forged_cookie_first="6.6.6.6")
+    upstream.answer("g.example.test", "A", "192.0.2.9", cookies=True, forged_cookie_first="6.6.6.6")
+    agent = start_agent(upstreams=[upstream], upstream_cookies=True)
+    assert agent.query("f.example.test").answer[0][0].to_text() == "192.0.2.9"
+    # Without cookies the same forgery wins: the check is what stops it.
+    plain = start_agent(upstreams=[upstream])
+    assert plain.query("g.example.test").answer[0][0].to_text() == "6.6.6.6"
+    assert upstream.count(transport="tcp") == 0
+
+
+def test_an_upstream_badcookie_is_asked_again_over_tcp(
+    start_agent: StartAgent, upstream: FakeUpstream
+) -> None:
+    upstream.answer("h.example.test", "A", "192.0.2.3", cookies=True, badcookie_udp=True)
+    agent = start_agent(upstreams=[upstream], upstream_cookies=True)
+    reply = agent.query("h.example.test")
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert reply.answer[0][0].to_text() == "192.0.2.3"
+    tcp = [r for r in upstream.received if r.transport == "tcp"]
+    assert len(tcp) == 1 and tcp[0].cookie is not None
+    assert tcp[0].cookie.endswith(SERVER_COOKIE)  # learned from the BADCOOKIE
+    assert agent.server.upstream.badcookie == 1

@@ -4,6 +4,7 @@ RFC 9018 Appendix A's vectors, the time window, rollover, and the COOKIE option'
 from __future__ import annotations
 
 import dns.edns
+import dns.flags
 import dns.message
 import dns.rcode
 import pytest
@@ -14,6 +15,7 @@ from dnsmesh.cookies import (
     MAX_AHEAD,
     OPTION_COOKIE,
     RENEW_AGE,
+    ClientCookies,
     ServerCookies,
     address_octets,
     parse_secret,
@@ -21,6 +23,7 @@ from dnsmesh.cookies import (
     siphash24_digest,
     valid_length,
 )
+from dnsmesh.dnsforward import build_upstream_query, response_option
 
 # RFC 9018 Appendix A.
 SECRET = bytes.fromhex("e5e973e5a6b2a43f48e7dc849e37bfcf")
@@ -234,3 +237,40 @@ def test_add_option_gives_a_response_without_opt_one() -> None:
     parsed = dns.message.from_wire(dnswire.add_option(response, OPTION_COOKIE, A1_REPLY))
     assert parsed.edns == 0
     assert [option.otype for option in parsed.options] == [OPTION_COOKIE]
+
+
+def test_client_cookies_are_per_server_and_learn_the_server_cookie() -> None:
+    cookies = ClientCookies(SECRET)
+    ours = cookies.client_cookie("192.0.2.53")
+    assert len(ours) == 8 and ours == cookies.client_cookie("192.0.2.53")
+    assert ours != cookies.client_cookie("192.0.2.54") != cookies.client_cookie("2001:db8::53")
+    assert ours != ClientCookies(bytes(16)).client_cookie("192.0.2.53")  # the secret counts
+    assert cookies.option("192.0.2.53") == ours  # no server cookie yet
+    assert cookies.learn("192.0.2.53", None)  # a server without cookies: taken
+    assert cookies.learn("192.0.2.53", ours + b"s" * 16)
+    assert cookies.option("192.0.2.53") == ours + b"s" * 16
+    assert cookies.option("192.0.2.54") == cookies.client_cookie("192.0.2.54")
+    # Another client cookie: forged, and nothing learned from it.
+    assert not cookies.learn("192.0.2.53", b"forged!!" + b"t" * 16)
+    assert cookies.option("192.0.2.53") == ours + b"s" * 16
+    # Ours with a server cookie of a length RFC 7873 forbids: taken, not kept.
+    assert cookies.learn("192.0.2.53", ours + b"u" * 5)
+    assert cookies.option("192.0.2.53") == ours + b"s" * 16
+
+
+def test_the_upstream_query_carries_the_cookie_and_the_reply_s_is_found() -> None:
+    wire = build_upstream_query(b"\x04door\x04mesh\x04test\x00", 1, 1, 0x1234, A1_REPLY)
+    query = dns.message.from_wire(wire)
+    cookie = query.options[0]
+    assert isinstance(cookie, dns.edns.CookieOption)
+    assert cookie.client + cookie.server == A1_REPLY
+    assert query.payload == 1232 and query.flags & dns.flags.RD
+    plain = build_upstream_query(b"\x04door\x04mesh\x04test\x00", 1, 1, 0x1234)
+    assert dns.message.from_wire(plain).options == ()
+    reply = dns.message.make_response(query)
+    reply.use_edns(
+        0, options=[dns.edns.EDEOption(3), dns.edns.GenericOption(OPTION_COOKIE, A1_REPLY)]
+    )
+    assert response_option(reply.to_wire(), OPTION_COOKIE) == A1_REPLY
+    assert response_option(dns.message.make_response(query).to_wire(), 15) is None
+    assert response_option(b"\x00" * 5, OPTION_COOKIE) is None
