@@ -20,7 +20,9 @@ DNS Cookies (RFC 7873, RFC 9018; dnsmesh/cookies.py) are what lifts the last two
 client that proves its address: a query carrying a COOKIE option gets our server cookie
 in its answer, and one whose server cookie verifies is spared the amplification guard
 here and the rate limit in the UDP listener (``valid_cookie``). A query without the
-option pays one attribute test for all this.
+option pays nothing for all this: the parse raises ``WithCookie`` for one that has it
+(dnsmesh/dnswire.py), and the cookie path answers the query without its option as any
+other and adds our cookie to the answer.
 
 It counts every query it decides, by source, query type, RCODE and latency, in the plain
 lists of agent/tally.py; /metrics reads them at scrape time (agent/metrics/collector.py).
@@ -38,7 +40,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent.answer import Answer, Source
 from agent.pipeline import Pipeline
@@ -63,10 +65,12 @@ from dnsmesh.cookies import (
 from dnsmesh.dnswire import (
     MalformedQuery,
     Query,
+    WithCookie,
     add_option,
     fit_udp,
     name_to_text,
     parse_query,
+    parse_query_and_cookie,
 )
 from dnsmesh.logs import fields
 
@@ -78,6 +82,13 @@ _PROHIBITED = (dnswire.EDE_PROHIBITED, "client not allowed")
 NOT_ANSWERED = ("malformed", "dropped", "amplification")
 # A COOKIE option's code and length when it holds a client and an RFC 9018 server cookie.
 _SERVER_COOKIE_OPTION = struct.pack("!HH", OPTION_COOKIE, CLIENT_COOKIE_LEN + SERVER_COOKIE_LEN)
+
+
+class CookieForward(NamedTuple):
+    """A query to forward whose answer gets our server cookie (``answer_now`` gives it)."""
+
+    query: Query
+    cookie: bytes
 
 
 class QueryEntry:
@@ -137,10 +148,11 @@ class QueryEntry:
             (handler, self.tallies[source]) for handler, source in pipeline.immediate
         )
 
-    def answer_now(self, data: bytes, client: str) -> bytes | Query | None:
-        """The response to send at once (bytes), the query to ``forward`` (a Query), or None:
-        nothing to send (a malformed packet without a header worth answering). Over UDP the
-        listener fits a response longer than 512 bytes with ``fit_udp_reply``."""
+    def answer_now(self, data: bytes, client: str) -> bytes | Query | CookieForward | None:
+        """The response to send at once (bytes), the query to ``forward`` (a Query, or a
+        CookieForward for one with a COOKIE option), or None: nothing to send (a malformed
+        packet without a header worth answering). Over UDP the listener fits a response
+        longer than 512 bytes with ``fit_udp_reply``."""
         if self._untimed:  # _sample_start inlined
             self._untimed -= 1
             start = 0
@@ -156,6 +168,8 @@ class QueryEntry:
                 return None
             self.counts["malformed"] += 1
             return exc.reply
+        except WithCookie as found:
+            return self._answer_with_cookie(found, client)
         if client not in self._admitted and not self.acl.allows(client):
             refusal = (
                 None
@@ -177,16 +191,30 @@ class QueryEntry:
                         elapsed = clock_ns() - start
                         tally.latency[elapsed.bit_length()] += 1
                         tally.latency_ns += elapsed
-                    if query.cookie is not None:
-                        return self._with_cookie(wire, query, client)[0]
                     return wire
         except Exception as exc:
             return self._failed(query, client, "handler", exc, start)
         return query
 
-    async def forward(self, query: Query, client: str, udp_size: int | None) -> bytes:
+    def _answer_with_cookie(
+        self, found: WithCookie, client: str
+    ) -> bytes | Query | CookieForward | None:
+        """``answer_now`` for a query with a COOKIE option: the query without it is
+        answered as any other (the front door, the pipeline, the counts), then our cookie
+        goes into the answer, or rides with the query to ``forward``."""
+        answer = self.answer_now(found.plain, client)
+        if isinstance(answer, bytes):
+            return self._with_cookie(answer, found.cookie, client)[0]
+        if isinstance(answer, Query):
+            return CookieForward(answer, found.cookie)
+        return answer
+
+    async def forward(
+        self, pending: Query | CookieForward, client: str, udp_size: int | None
+    ) -> bytes:
         """The forwarded query's response; never raises but for cancellation. ``udp_size``:
         the query's size in octets when it came over UDP, None over TCP."""
+        query, cookie = (pending, None) if isinstance(pending, Query) else pending
         start = clock_ns()
         try:
             answer: Answer = await self.pipeline.final(query, client)
@@ -205,25 +233,23 @@ class QueryEntry:
                 ),
             )
         wire, proven = answer.wire, False
-        if query.cookie is not None:
-            wire, proven = self._with_cookie(wire, query, client)
+        if cookie is not None:
+            wire, proven = self._with_cookie(wire, cookie, client)
         if udp_size is None or len(wire) <= 512:
             return wire
         return self._fit_udp(wire, query, udp_size, client, proven)
 
-    def _with_cookie(self, wire: bytes, query: Query, client: str) -> tuple[bytes, bool]:
+    def _with_cookie(self, wire: bytes, cookie: bytes, client: str) -> tuple[bytes, bool]:
         """(``wire`` with our server cookie for this client in its OPT, whether the query's
         own server cookie verified): RFC 7873 §5.2.3-5.2.5 answer normally in every case
         and hand out a fresh cookie where the one sent is missing, stale or not ours."""
-        assert query.cookie is not None
-        proven, option = self.cookies.verdict(query.cookie, client, int(self.wall_clock()))
+        proven, option = self.cookies.verdict(cookie, client, int(self.wall_clock()))
         if proven:
             self.cookie_counts["valid"] += 1
         return add_option(wire, OPTION_COOKIE, option), proven
 
-    def _proven(self, query: Query, client: str) -> bool:
-        """Whether the query carries a server cookie of ours made for ``client``."""
-        cookie = query.cookie
+    def _proven(self, cookie: bytes | None, client: str) -> bool:
+        """Whether a query's COOKIE option holds a server cookie of ours for ``client``."""
         return (
             cookie is not None and self.cookies.verdict(cookie, client, int(self.wall_clock()))[0]
         )
@@ -238,7 +264,7 @@ class QueryEntry:
         if _SERVER_COOKIE_OPTION not in data:
             return False
         try:
-            return self._proven(parse_query(data), client)
+            return self._proven(parse_query_and_cookie(data)[1], client)
         except MalformedQuery:
             return False
 
@@ -247,8 +273,8 @@ class QueryEntry:
         bytes, which every client takes: rare enough that parsing the query again (and
         checking its cookie again) costs nothing that matters, and keeps the limit off
         the per-query path."""
-        query = parse_query(data)
-        return self._fit_udp(wire, query, len(data), client, self._proven(query, client))
+        query, cookie = parse_query_and_cookie(data)
+        return self._fit_udp(wire, query, len(data), client, self._proven(cookie, client))
 
     def _fit_udp(
         self, wire: bytes, query: Query, query_size: int, client: str, proven: bool
@@ -283,14 +309,14 @@ class QueryEntry:
         start = self._sample_start()
         tally = self.tallies[Source.RATELIMITED]
         try:
-            query = parse_query(data)
+            query, cookie = parse_query_and_cookie(data)
         except MalformedQuery:
             tally.add(UNKNOWN_QTYPE, NO_RESPONSE, start)
             return None
-        if query.cookie is not None:
+        if cookie is not None:
             self.cookie_counts["badcookie"] += 1
             error = dnswire.build_error(query, RCODE_BADCOOKIE)
-            slipped = self._with_cookie(error, query, client)[0]
+            slipped = self._with_cookie(error, cookie, client)[0]
         else:
             slipped = fit_udp(dnswire.build_response(query, dnswire.RCODE_NOERROR), 0)
         tally.add(QTYPE_INDEX[query.qtype], rcode_of(slipped), start)

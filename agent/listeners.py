@@ -22,7 +22,7 @@ from collections import OrderedDict, deque
 from typing import Any, cast
 
 from agent.config import HostPort
-from agent.entry import QueryEntry
+from agent.entry import CookieForward, QueryEntry
 from dnsmesh.dnswire import Query
 from dnsmesh.logs import fields
 from dnsmesh.tcpframing import FrameDecoder, frame
@@ -106,7 +106,7 @@ class UdpListener(asyncio.BaseTransport):
             except OSError as exc:
                 log.debug("udp.send_failed", extra=fields(error=str(exc)))
             return
-        if isinstance(wire, Query) and not entry.full():
+        if isinstance(wire, Query | CookieForward) and not entry.full():
             entry.spawn(self._forward(wire, addr, len(data)))
 
     def _limited(self, data: bytes, addr: Any) -> None:
@@ -128,7 +128,7 @@ class UdpListener(asyncio.BaseTransport):
             return
         self.datagram_received(data, addr)
 
-    async def _forward(self, query: Query, addr: Any, size: int) -> None:
+    async def _forward(self, query: Query | CookieForward, addr: Any, size: int) -> None:
         self.send(await self.entry.forward(query, addr[0], size), addr)
 
     def send(self, wire: bytes, addr: Any) -> None:
@@ -324,11 +324,11 @@ class TcpConnection(asyncio.Protocol):
         wire = entry.answer_now(message, self.client)
         if type(wire) is bytes:
             self._send(wire)
-        elif isinstance(wire, Query) and not entry.full():
+        elif isinstance(wire, Query | CookieForward) and not entry.full():
             self.pending += 1
             entry.spawn(self._forward(wire))
 
-    async def _forward(self, query: Query) -> None:
+    async def _forward(self, query: Query | CookieForward) -> None:
         try:
             self._send(await self.entry.forward(query, self.client, None))
         finally:

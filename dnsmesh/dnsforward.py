@@ -338,9 +338,7 @@ def build_forwarded_response(
     bits of the query, so it is built once per answer and age and kept on the answer: a
     cache hit then costs one dict probe and one join.
     """
-    msg_id, query_flags, _qname, question, _qtype, _qclass, payload, dnssec_ok, _limit, _cookie = (
-        query
-    )
+    msg_id, query_flags, _qname, question, _qtype, _qclass, payload, dnssec_ok, _limit = query
     if stale_ttl is None:
         key = (
             (age << 11)

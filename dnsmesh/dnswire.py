@@ -95,9 +95,6 @@ class Query(NamedTuple):
     # its payload clamped to [512, 1232] (RFC 6891 §6.2.5). A field computed once per
     # distinct question, not a property: a property call cost ~300 ns per query here.
     udp_limit: int = 512
-    # The first EDNS COOKIE option's data (RFC 7873 §5.2), its length already checked;
-    # None without one, the common case, which then costs nothing more.
-    cookie: bytes | None = None
 
 
 def udp_limit_for(edns_payload: int | None) -> int:
@@ -108,6 +105,25 @@ def udp_limit_for(edns_payload: int | None) -> int:
 
 
 _new_query = tuple.__new__
+
+
+class WithCookie(DnsmeshError):
+    """Raised by ``parse_query`` for a good query that carries a COOKIE option (RFC 7873):
+    ``query`` is the parse, ``cookie`` the first option's data (its length checked) and
+    ``plain`` the packet without its COOKIE options, which parses as the query would
+    without them.
+
+    Raised rather than returned in a field so that a query without the option, nearly
+    every one, pays nothing for cookies: such queries are never memoised, so the memo hit
+    has no test to make, and a try costs nothing until it catches (CPython 3.11). The
+    cookie path (agent/entry.py) answers ``plain`` and adds our cookie to the answer.
+    """
+
+    def __init__(self, query: Query, cookie: bytes, plain: bytes) -> None:
+        super().__init__("a query with a COOKIE option")
+        self.query = query
+        self.cookie = cookie
+        self.plain = plain
 
 
 class MalformedQuery(DnsmeshError):
@@ -128,7 +144,7 @@ def _header_only(packet: bytes, rcode: int) -> bytes:
 # Parsed question+OPT tails by their bytes: most traffic repeats the same few questions, and
 # a dict hit skips the label walk, the slicing and the OPT checks. Only clean parses are
 # stored; the table is cleared when full, so a flood of distinct names costs a re-parse each.
-_Tail = tuple[bytes, bytes, int, int, int | None, bool, int, bytes | None]
+_Tail = tuple[bytes, bytes, int, int, int | None, bool, int]
 _TAILS: dict[bytes, _Tail] = {}
 TAIL_MEMO_LIMIT = 4096
 # Only ordinary-sized queries are kept (a question is at most 259 octets, an OPT with a
@@ -153,7 +169,9 @@ def parse_query(packet: bytes) -> Query:
     tail = packet[11:]
     parsed = _TAILS.get(tail)
     if parsed is None:
-        parsed = _parse_tail(packet, arcount)
+        parsed, cookie = _parse_tail(packet, arcount)
+        if cookie is not None:  # never memoised: see WithCookie
+            raise WithCookie(_new_query(Query, (msg_id, flags) + parsed), *cookie)  # noqa: RUF005
         if len(tail) <= TAIL_MEMO_MAX_OCTETS:
             if len(_TAILS) >= TAIL_MEMO_LIMIT:
                 _TAILS.clear()
@@ -170,9 +188,9 @@ def _reject_header(packet: bytes, flags: int) -> NoReturn:
     raise MalformedQuery("not exactly one question", _header_only(packet, RCODE_FORMERR))
 
 
-def _parse_tail(packet: bytes, arcount: int) -> _Tail:
-    """(qname, question, qtype, qclass, edns_payload, dnssec_ok, udp_limit, cookie) after
-    the header."""
+def _parse_tail(packet: bytes, arcount: int) -> tuple[_Tail, tuple[bytes, bytes] | None]:
+    """(qname, question, qtype, qclass, edns_payload, dnssec_ok, udp_limit) after the
+    header, and the COOKIE option's data and the packet without it, when there is one."""
     size = len(packet)
     # Walk the question name. A query has nothing before its question to point at, so a
     # compression pointer (or an extended label type, RFC 6891 §5) here is malformed.
@@ -200,12 +218,14 @@ def _parse_tail(packet: bytes, arcount: int) -> _Tail:
     if arcount == 0:
         if end != size:
             raise MalformedQuery("trailing bytes", _header_only(packet, RCODE_FORMERR))
-        return qname, question, qtype, qclass, None, False, 512, None
+        return (qname, question, qtype, qclass, None, False, 512), None
     payload, dnssec_ok, cookie = _parse_opt(packet, end, question)
-    return qname, question, qtype, qclass, payload, dnssec_ok, udp_limit_for(payload), cookie
+    return (qname, question, qtype, qclass, payload, dnssec_ok, udp_limit_for(payload)), cookie
 
 
-def _parse_opt(packet: bytes, end: int, question: bytes) -> tuple[int, bool, bytes | None]:
+def _parse_opt(
+    packet: bytes, end: int, question: bytes
+) -> tuple[int, bool, tuple[bytes, bytes] | None]:
     """The query's one additional record must be an OPT (RFC 6891 §6.1.1) ending the packet."""
     size = len(packet)
     if end + 11 > size or packet[end] != 0:
@@ -216,11 +236,14 @@ def _parse_opt(packet: bytes, end: int, question: bytes) -> tuple[int, bool, byt
         raise MalformedQuery("bad OPT record", _header_only(packet, RCODE_FORMERR))
     pos = rdata
     cookie = None
+    others = []  # the options but COOKIE, for the packet without it
     while pos < size:  # each option must fit exactly (RFC 6891 §6.1.2)
         if pos + 4 > size:
             raise MalformedQuery("bad EDNS option", _header_only(packet, RCODE_FORMERR))
         code, length = _OPTION.unpack_from(packet, pos)
-        if code == OPTION_COOKIE and cookie is None:  # only the first counts (RFC 7873 §5.2)
+        if code != OPTION_COOKIE:
+            others.append(packet[pos : pos + 4 + length])
+        elif cookie is None:  # only the first counts (RFC 7873 §5.2), the others go too
             cookie = packet[pos + 4 : pos + 4 + length]
             if not valid_cookie_length(len(cookie)):
                 raise MalformedQuery("malformed COOKIE option", _formerr_with_opt(packet, question))
@@ -233,7 +256,20 @@ def _parse_opt(packet: bytes, end: int, question: bytes) -> tuple[int, bool, byt
         reply = HEADER.pack(msg_id, FLAG_QR | (flags & _ECHO_MASK) | FLAG_RA, 1, 0, 0, 1)
         opt = _OPT_FIXED.pack(TYPE_OPT, EDNS_PAYLOAD, RCODE_BADVERS >> 4, 0, 0, 0)
         raise MalformedQuery("unsupported EDNS version", reply + question + b"\x00" + opt)
-    return payload, bool(opt_flags & _DO_BIT), cookie
+    if cookie is None:
+        return payload, bool(opt_flags & _DO_BIT), None
+    kept = b"".join(others)
+    plain = packet[: end + 9] + struct.pack("!H", len(kept)) + kept
+    return payload, bool(opt_flags & _DO_BIT), (cookie, plain)
+
+
+def parse_query_and_cookie(packet: bytes) -> tuple[Query, bytes | None]:
+    """``parse_query`` for the paths off the hot one: the query and its COOKIE option's
+    data (None without one). Raises MalformedQuery like it."""
+    try:
+        return parse_query(packet), None
+    except WithCookie as found:
+        return found.query, found.cookie
 
 
 def _formerr_with_opt(packet: bytes, question: bytes) -> bytes:

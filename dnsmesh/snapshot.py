@@ -365,18 +365,7 @@ class CompiledPolicy:
         NXDOMAIN, since the name exists. A class other than IN is REFUSED: we hold data only
         for IN. A slice with action refuse answers REFUSED with EDE 18 (RFC 8914 §4.19).
         """
-        (
-            msg_id,
-            query_flags,
-            _qname,
-            question,
-            qtype,
-            qclass,
-            payload,
-            dnssec_ok,
-            _limit,
-            _cookie,
-        ) = query
+        msg_id, query_flags, _qname, question, qtype, qclass, payload, dnssec_ok, _limit = query
         if qclass != CLASS_IN:
             return build_error(query, RCODE_REFUSED)
         if self._slices:

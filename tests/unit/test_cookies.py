@@ -201,13 +201,24 @@ def _query(*options: dns.edns.Option) -> bytes:
     ).to_wire()
 
 
-def test_the_parse_carries_the_first_cookie_option() -> None:
+def test_a_query_with_a_cookie_is_raised_with_the_first_option_and_a_plain_copy() -> None:
     first = dns.edns.GenericOption(OPTION_COOKIE, A1_REPLY)
     second = dns.edns.GenericOption(OPTION_COOKIE, b"x" * 8)
-    assert dnswire.parse_query(_query(first, second)).cookie == A1_REPLY
-    assert dnswire.parse_query(_query()).cookie is None
+    ede = dns.edns.EDEOption(3)
+    for _ in range(2):  # never memoised: the second parse raises too
+        with pytest.raises(dnswire.WithCookie) as caught:
+            dnswire.parse_query(_query(first, ede, second))
+    found = caught.value
+    assert found.cookie == A1_REPLY
+    # Without its COOKIE options, the packet parses to the same query.
+    assert dnswire.parse_query(found.plain) == found.query
+    assert [o.otype for o in dns.message.from_wire(found.plain).options] == [ede.otype]
+    query, cookie = dnswire.parse_query_and_cookie(_query(first))
+    assert (
+        cookie == A1_REPLY and query.qname == found.query.qname == b"\x04door\x04mesh\x04test\x00"
+    )
     plain = dns.message.make_query("door.mesh.test", "A").to_wire()
-    assert dnswire.parse_query(plain).cookie is None
+    assert dnswire.parse_query_and_cookie(plain) == (dnswire.parse_query(plain), None)
 
 
 @pytest.mark.parametrize("length", [0, 7, 9, 15, 41])
@@ -222,7 +233,7 @@ def test_a_malformed_cookie_option_is_formerr_with_the_question(length: int) -> 
 
 
 def test_add_option_extends_the_responses_opt() -> None:
-    query = dnswire.parse_query(_query(dns.edns.GenericOption(OPTION_COOKIE, A1_CLIENT_COOKIE)))
+    query = dnswire.parse_query(_query())
     response = dnswire.build_response(query, dnswire.RCODE_NOERROR, ede=(dnswire.EDE_OTHER, "x"))
     parsed = dns.message.from_wire(dnswire.add_option(response, OPTION_COOKIE, A1_REPLY))
     assert [option.otype for option in parsed.options] == [dnswire.OPTION_EDE, OPTION_COOKIE]
