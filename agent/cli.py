@@ -146,6 +146,15 @@ def add_agent_commands(
         **seconds,
     )
     tuning.add_argument(
+        "--socket-mark",
+        type=mark,
+        default=0,
+        metavar="MARK",
+        help="a firewall mark (SO_MARK) on every plain-DNS upstream socket, so that `dnsmesh "
+        "node capture` exempts the agent's own queries (0x646d there); needs CAP_NET_RAW "
+        "(Linux 5.17+) or CAP_NET_ADMIN; default 0: none",
+    )
+    tuning.add_argument(
         "--no-loop-check",
         action="store_true",
         help="do not probe upstreams for a forwarding loop at start",
@@ -255,8 +264,20 @@ def add_agent_commands(
         help="allow an --admin-listen address other than loopback (metrics name policies, "
         "endpoints and the query mix: expose them on purpose)",
     )
+    agent.add_argument(
+        "--replace",
+        action="store_true",
+        help="take over from the agent running with this --state-dir: take its listening "
+        "sockets, serve, then make it drain and exit (no query lost); with none running, "
+        "start as usual",
+    )
     add_sync_arguments(agent)
     agent.set_defaults(run=_run_agent)
+
+
+def mark(text: str) -> int:
+    """A socket mark in decimal or 0x hex (its name is what argparse's error shows)."""
+    return int(text, 0)
 
 
 def _run_agent(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import re
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,6 +210,8 @@ class AgentConfig:
     down_base: float = 1.0  # first backoff of a down upstream; doubles up to down_max
     down_max: float = 30.0  # RFC 8767 §5 suggests re-trying a failed resolution after 30 s
     loop_check: bool = True
+    # SO_MARK on plain-DNS upstream sockets (0: none), which `dnsmesh node capture` exempts.
+    socket_mark: int = 0
     # Cache (RFC 8767 serve-stale: stale answers carry stale_ttl, at most max_stale old).
     cache_size: int = 10_000
     max_ttl: int = 86_400  # --cache-max-ttl: caps what is cached and what clients are told
@@ -247,6 +250,11 @@ class AgentConfig:
     cookie_secret: bytes | None = None
     cookie_secret_file: Path | None = None
     upstream_cookies: bool = False  # --upstream-cookies: send DNS cookies to plain upstreams
+    # Hand-off (agent/handoff.py): the control socket a successor takes our sockets from
+    # (STATE_DIR/agent.sock; None without a state folder), and whether to take over from
+    # the agent listening there (--replace).
+    control_socket: Path | None = None
+    replace: bool = False
 
 
 def _check_ca_file(path: str) -> None:
@@ -258,6 +266,21 @@ def _check_ca_file(path: str) -> None:
         ssl.create_default_context(cafile=path)
     except (ssl.SSLError, ValueError) as exc:
         raise ConfigError(f"--upstream-ca {path}: no PEM CA certificate in it ({exc})") from None
+
+
+def check_socket_mark(mark: int) -> None:
+    """Set ``--socket-mark`` on a throwaway socket once at start, so a mark out of range or
+    a missing capability stops the agent before it serves rather than failing every
+    forwarded query later."""
+    if not 0 < mark <= 0xFFFFFFFF:
+        raise ConfigError("--socket-mark must be 1-0xffffffff (or 0: none)")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        except PermissionError:
+            raise ConfigError(
+                "--socket-mark needs CAP_NET_RAW (Linux 5.17 and later) or CAP_NET_ADMIN"
+            ) from None
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
@@ -288,6 +311,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         raise ConfigError("--cache-max-ttl must be at least 1")
     if args.max_inflight < 1 or args.tcp_max_connections < 1:
         raise ConfigError("--max-inflight and --tcp-max-connections must be at least 1")
+    socket_mark = getattr(args, "socket_mark", 0)
+    if socket_mark:
+        check_socket_mark(socket_mark)
     allow = _networks("--allow", args.allow) if args.allow else None
     exempt = _networks("--rate-limit-exempt", args.rate_limit_exempt or [])
     if args.rate_limit < 0 or args.rate_limit_burst < 0 or args.rate_limit_slip < 0:
@@ -314,6 +340,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         query_timeout=args.query_timeout,
         down_base=args.down_backoff,
         loop_check=not args.no_loop_check,
+        socket_mark=socket_mark,
         cache_size=args.cache_size,
         max_ttl=args.cache_max_ttl,
         stale_ttl=args.stale_ttl,
@@ -338,6 +365,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         cookie_secret=secret,
         cookie_secret_file=Path(secret_file) if secret_file is not None else None,
         upstream_cookies=getattr(args, "upstream_cookies", False),
+        control_socket=_control_socket(args),
+        replace=getattr(args, "replace", False),
     )
 
 
@@ -368,6 +397,17 @@ def parse_admin_listen(text: str, *, public: bool) -> HostPort | None:
             "be open to the network; add --admin-listen-public if that is meant"
         )
     return address
+
+
+def _control_socket(args: argparse.Namespace) -> Path | None:
+    """STATE_DIR/agent.sock: with --state-dir, or --controller (whose state folder has a
+    default); a stand-alone agent without a state folder cannot hand off."""
+    from agent.handoff import control_path
+    from agent.sync.config import state_dir_from_args
+
+    if getattr(args, "state_dir", None) is None and not getattr(args, "controller", None):
+        return None
+    return control_path(state_dir_from_args(args))
 
 
 def _networks(flag: str, texts: list[str]) -> tuple[Network, ...]:

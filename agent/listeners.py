@@ -198,6 +198,19 @@ class TcpConnections:
         # Every connection until connection_lost, including those evicted from ``open``
         # whose close still waits for a client that does not read: a stop aborts them all.
         self.live: set[TcpConnection] = set()
+        self._none_live: asyncio.Event | None = None
+
+    async def closed(self) -> None:
+        """Until every connection is gone (a hand-off waits for lingering ones)."""
+        while self.live:
+            self._none_live = asyncio.Event()
+            await self._none_live.wait()
+
+    def gone(self, conn: TcpConnection) -> None:
+        self.open.pop(conn, None)
+        self.live.discard(conn)
+        if not self.live and self._none_live is not None:
+            self._none_live.set()
 
     def admit(self, conn: TcpConnection) -> bool:
         """Make room for ``conn`` by closing the least recently active idle connection.
@@ -364,9 +377,14 @@ class TcpConnection(asyncio.Protocol):
             self.transport.pause_reading()
         log.debug("tcp.close", extra=fields(client=self.client, reason=reason))
 
+    def linger(self, quiet: float) -> None:
+        """Keep answering this client until it has been quiet for ``quiet`` seconds, then
+        close (a hand-off: new connections go to the successor meanwhile)."""
+        self.idle_timeout = quiet
+        self._arm_idle()
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self.connections.remove(self)
-        self.connections.live.discard(self)
+        self.connections.gone(self)
         self.closing = True
         if self._idle is not None:
             self._idle.cancel()

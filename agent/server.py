@@ -10,6 +10,7 @@ import errno
 import logging
 import random
 import secrets
+import socket
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from agent.cookie_secret import CookieSecretWatcher
 from agent.entry import QueryEntry
 from agent.frontdoor import build_acl, build_limiter
 from agent.handlers.loopguard import LoopGuard
+from agent.handoff import Listener
 from agent.listeners import (
     TcpConnection,
     TcpConnections,
@@ -85,6 +87,7 @@ class AgentServer:
             cookies=ClientCookies(secrets.token_bytes(SECRET_LEN))
             if config.upstream_cookies
             else None,
+            socket_mark=config.socket_mark,
             clock=clock,
         )
         self.loop_guard = LoopGuard(self.upstream, config.attempt_timeout)
@@ -125,6 +128,11 @@ class AgentServer:
         self.metrics.register(AgentCollector(self, sync_state))
         self.admin: AdminListener | None = None
         self.addresses: list[HostPort] = []
+        # Sockets a predecessor handed over (agent/handoff.py), taken instead of binding.
+        self.passed: Callable[[HostPort], tuple[socket.socket, socket.socket] | None] = (
+            lambda _address: None
+        )
+        self._listeners: list[Listener] = []
         self._udp: list[UdpListener] = []
         self._servers: list[asyncio.Server] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -194,7 +202,7 @@ class AgentServer:
 
     async def _listen(self, address: HostPort) -> None:
         loop = asyncio.get_running_loop()
-        udp, tcp = bind_pair(address)
+        udp, tcp = self.passed(address) or bind_pair(address)
         config = self.config
         try:
             rcvbuf = set_receive_buffer(udp, config.udp_rcvbuf)
@@ -216,6 +224,7 @@ class AgentServer:
         )
         self._servers.append(server)
         self.addresses.append(bound)
+        self._listeners.append(Listener(bound, udp, tcp))
         log.info(
             "agent.listening",
             extra=fields(address=str(bound), protocols="udp,tcp", udp_rcvbuf=rcvbuf),
@@ -258,6 +267,10 @@ class AgentServer:
             return "no policy set loaded yet"
         return None
 
+    def listeners(self) -> list[Listener]:
+        """The listening sockets, to hand to a successor."""
+        return list(self._listeners)
+
     def _without_self(self, upstreams: Sequence[UpstreamAddress]) -> list[UpstreamAddress]:
         out = []
         for upstream in upstreams:
@@ -284,11 +297,16 @@ class AgentServer:
         drain_timeout: float | None = None,
         *,
         also: Mapping[str, Coroutine[Any, Any, Any]] | None = None,
+        linger: float = 0.0,
     ) -> None:
         """Stop accepting at once, let in-flight queries finish until the drain deadline,
         then close everything: the whole stop ends within the drain timeout (plus a short
         cancellation grace), whatever it holds. ``also`` are more parts to stop within the
-        same deadline (a controlled agent's sync client and local files)."""
+        same deadline (a controlled agent's sync client and local files).
+
+        ``linger`` (a hand-off): open TCP connections are still read and answered until
+        each is quiet that long, rather than closed at once, so a query a client sent just
+        before is answered, not reset; new connections go to the successor meanwhile."""
         loop = asyncio.get_running_loop()
         drain = self.config.drain_timeout if drain_timeout is None else drain_timeout
         deadline = loop.time() + drain
@@ -298,10 +316,15 @@ class AgentServer:
         for server in self._servers:
             server.close()  # no new TCP connections; open ones finish what they hold
         for conn in list(self.tcp_connections.open):
-            conn.close("shutdown")
+            if linger > 0:
+                conn.linger(linger)
+            else:
+                conn.close("shutdown")
         for task in list(self._background):
             task.cancel()  # loop checks: nothing to wait for
         parts: dict[str, Coroutine[Any, Any, Any]] = {"health": self.health.stop()}
+        if linger > 0:
+            parts["tcp connections"] = self.tcp_connections.closed()
         if self.watcher is not None:
             parts["policy files"] = self.watcher.stop()
         if self.cookie_secret is not None:
@@ -350,6 +373,7 @@ class AgentServer:
                 wait.cancel()
         self._udp.clear()
         self._servers.clear()
+        self._listeners.clear()
 
     def counts(self) -> dict[str, int]:
         return self.entry.totals()

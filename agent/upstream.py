@@ -372,6 +372,7 @@ class UpstreamClient:
         upstream_ca: Path | None = None,
         idle_timeout: float = 10.0,
         cookies: ClientCookies | None = None,
+        socket_mark: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``cookies``: send DNS cookies to plain upstreams (``--upstream-cookies``)."""
@@ -385,6 +386,7 @@ class UpstreamClient:
         self.clock = clock
         self.upstream_ca = upstream_ca
         self.idle_timeout = idle_timeout
+        self.socket_mark = socket_mark  # SO_MARK of plain-DNS sockets: node capture exempts it
         self._tls: ssl.SSLContext | None = None  # made at the first encrypted query
         self._streams: dict[UpstreamAddress, DotClient | DohClient] = {}
         self.servers: list[Upstream] = []
@@ -644,6 +646,8 @@ class UpstreamClient:
         )
         listening.append(want)  # closed by the query, whatever happens next
         try:
+            if self.socket_mark:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.socket_mark)
             sock.setblocking(False)
             # connect() binds a fresh random ephemeral port and makes the kernel drop
             # datagrams from any other address or port.
@@ -816,11 +820,28 @@ class UpstreamClient:
             raise outcome
         return outcome
 
+    async def _marked_tcp(self, server: HostPort) -> socket.socket:
+        """A TCP socket connected to ``server`` carrying the socket mark (set before connect,
+        so the SYN carries it too)."""
+        family = socket.AF_INET6 if server.family_v6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.socket_mark)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, (server.host, server.port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
     async def _tcp(
         self, server: HostPort, qname: bytes, qtype: int, qclass: int, question: bytes
     ) -> UpstreamAnswer:
         msg_id = random_id()
-        reader, writer = await asyncio.open_connection(server.host, server.port)
+        if self.socket_mark:
+            reader, writer = await asyncio.open_connection(sock=await self._marked_tcp(server))
+        else:
+            reader, writer = await asyncio.open_connection(server.host, server.port)
         try:
             cookies = self.cookies
             cookie = b"" if cookies is None else cookies.option(server.host)

@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Imported here, not at the top, so that importing this module stays cheap.
     from agent.cli import add_agent_commands
     from cli.commands import add_client_commands
+    from cli.node.commands import add_node_commands
     from cli.up import add_up_command
     from controller.cli import add_controller_commands
 
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_controller_commands(subcommands, common)
     add_client_commands(subcommands, common)
     add_up_command(subcommands, common)
+    add_node_commands(subcommands, common)
     return parser
 
 

@@ -51,8 +51,11 @@ class AdminListener:
         self._open: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        # SO_REUSEPORT, like the DNS listeners: a successor taking over (agent/handoff.py)
+        # binds the same admin port while this agent drains, and keeps it after. Linux lets
+        # only sockets of the same user join the group.
         self._server = await asyncio.start_server(
-            self._connected, self.address.host, self.address.port, backlog=64
+            self._connected, self.address.host, self.address.port, backlog=64, reuse_port=True
         )
         port = self._server.sockets[0].getsockname()[1]
         self.address = HostPort(self.address.host, port)

@@ -157,6 +157,7 @@ class AgentSync:
                 # Jittered too, so agents whose token was revoked together do not retry
                 # in lockstep.
                 await asyncio.sleep(config.fatal_retry * rng.uniform(0.75, 1.25))
+                config = self._next_controller()
                 continue
             except WebSocketRefused as exc:
                 if config.mode == "auto":
@@ -200,6 +201,7 @@ class AgentSync:
                 self._channel = None
             if context.progress or clock() - started > config.backoff_cap:
                 attempt = 0  # the last channel worked: the next failure is a fresh one
+            config = self._next_controller()
             cap = config.refused_cap if refused else config.backoff_cap
             delay = backoff_delay(attempt, config.backoff_base, cap, rng)
             if retry_after is not None:
@@ -210,6 +212,20 @@ class AgentSync:
                 extra=fields(error=error, attempt=attempt, retry_in=round(delay, 3)),
             )
             await asyncio.sleep(delay)
+
+    def _next_controller(self) -> SyncConfig:
+        """Replicas (several --controller URLs): the next reconnect goes to the next one,
+        so an agent whose replica died moves on without waiting for it to come back."""
+        context = self.context
+        config = context.config.next_controller()
+        if config.controller != context.config.controller:
+            log.info(
+                "sync.controller_next",
+                extra=fields(previous=context.config.controller, controller=config.controller),
+            )
+        context.config = config
+        context.credentials.config = config
+        return config
 
     async def _ws_session(self) -> None:
         channel = WebSocketChannel(self.context)

@@ -6,7 +6,7 @@ import argparse
 import os
 import socket
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -47,6 +47,15 @@ class SyncConfig:
     report_interval: float = 20.0  # polling: report (stay shown connected) at least this often
     ca_file: Path | None = None  # the CA bundle for an https/wss controller (else the system's)
     join_token: str | None = None  # one-time: traded for a certificate (agent/sync/credentials.py)
+    # Every --controller URL (replicas on one database), ``controller`` the one in use: a
+    # reconnect moves to the next (agent/sync/client.py). Empty: ``controller`` alone.
+    controllers: tuple[str, ...] = ()
+
+    def next_controller(self) -> SyncConfig:
+        """The settings with the URL after the current one (in rotation) in use."""
+        urls = self.controllers or (self.controller,)
+        at = urls.index(self.controller) if self.controller in urls else -1
+        return replace(self, controller=urls[(at + 1) % len(urls)])
 
     def tls_context(self) -> ssl.SSLContext:
         """A verifying client context: the --ca-file bundle, else the system's CAs."""
@@ -121,7 +130,13 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
         "defines, the local file wins on this node and the agent reports the controller "
         "policy as shadowed (every revision still applies).",
     )
-    group.add_argument("--controller", metavar="URL", help="the controller, e.g. http://ctl:8053")
+    group.add_argument(
+        "--controller",
+        metavar="URL",
+        action="append",
+        help="the controller, e.g. http://ctl:8053; repeatable or comma-separated for "
+        "replicas on one database: the first is used, each reconnect tries the next",
+    )
     group.add_argument(
         "--token",
         default=os.environ.get("DNSMESH_AGENT_TOKEN"),
@@ -152,9 +167,9 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--state-dir",
-        default=DEFAULT_STATE_DIR,
         metavar="DIR",
-        help="agent id and last applied policies",
+        help="agent id, last applied policies and the hand-off control socket (default: "
+        f"{DEFAULT_STATE_DIR} with --controller; none without)",
     )
     group.add_argument(
         "--sync",
@@ -203,19 +218,34 @@ def _secret(value: str | None, file: str | None, flag: str) -> str | None:
         raise ConfigError(f"{flag} {file}: {exc}") from exc
 
 
+def controller_urls(given: list[str]) -> tuple[str, ...]:
+    """Each ``--controller`` (repeatable, each a comma list), checked, duplicates dropped."""
+    urls = [url.strip() for text in given for url in text.split(",") if url.strip()]
+    for url in urls:
+        _split(url)
+    if not urls:
+        raise ConfigError("--controller: no URL given")
+    return tuple(dict.fromkeys(urls))
+
+
+def state_dir_from_args(args: argparse.Namespace) -> Path:
+    return Path(getattr(args, "state_dir", None) or DEFAULT_STATE_DIR)
+
+
 def sync_config_from_args(args: argparse.Namespace) -> SyncConfig | None:
     """The SyncConfig for ``--controller``, or None for a stand-alone agent."""
     if not args.controller:
         return None
     token = _secret(args.token, args.token_file, "--token-file")
     join_token = _secret(args.join_token, args.join_token_file, "--join-token-file")
-    joined = (Path(args.state_dir) / IDENTITY_FILE).exists()
+    state_dir = state_dir_from_args(args)
+    joined = (state_dir / IDENTITY_FILE).exists()
     if not token and not join_token and not joined:
         raise ConfigError(
             "--controller needs --join-token (or a certificate from an earlier join in "
             "--state-dir), or --token, --token-file or $DNSMESH_AGENT_TOKEN"
         )
-    _split(args.controller)
+    controllers = controller_urls(args.controller)
     if args.ca_file is not None:
         tls_context(args.ca_file)  # an unreadable bundle fails now, not at every connect
     timings = {
@@ -233,10 +263,11 @@ def sync_config_from_args(args: argparse.Namespace) -> SyncConfig | None:
     if not 0 <= args.sync_poll_wait <= 30:
         raise ConfigError("--sync-poll-wait must be between 0 and 30 seconds")
     return SyncConfig(
-        controller=args.controller,
+        controller=controllers[0],
+        controllers=controllers,
         token=token or "",
         join_token=join_token or None,
-        state_dir=Path(args.state_dir),
+        state_dir=state_dir,
         node_name=args.node_name or socket.gethostname(),
         labels=parse_labels(args.label),
         mode=args.sync,

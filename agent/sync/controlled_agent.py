@@ -91,7 +91,7 @@ class SyncedAgent:
         )
         await self.sync.start()
 
-    async def stop(self, drain_timeout: float | None = None) -> None:
+    async def stop(self, drain_timeout: float | None = None, *, linger: float = 0.0) -> None:
         """The sync client (its close handshake with a hung controller may take seconds)
         and the local files stop side by side with the server, within its drain timeout."""
         parts: dict[str, Coroutine[Any, Any, None]] = {}
@@ -99,4 +99,4 @@ class SyncedAgent:
             parts["sync"] = self.sync.stop()
         if self.watcher is not None:
             parts["local files"] = self.watcher.stop()
-        await self.server.stop(drain_timeout, also=parts)
+        await self.server.stop(drain_timeout, also=parts, linger=linger)

@@ -187,9 +187,11 @@ def write_atomically(path: Path, text: str) -> None:
 class AgentProcess:
     """A real ``dnsmesh agent`` process with JSON logs collected from stderr."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], prefix: tuple[str, ...] = ()) -> None:
+        """``prefix`` runs it through another command (``ip netns exec NS``)."""
         # Its own admin port (a later --admin-listen in args wins): never 9153 shared.
         self.args = [
+            *prefix,
             DNSMESH,
             "agent",
             "--log-format",

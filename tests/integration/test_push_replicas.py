@@ -26,8 +26,11 @@ from tests.integration.controller_support import (
     policy_doc,
     temporary_postgres_database,
 )
+from tests.integration.fakedns import LoopThread
 from tests.integration.push_support import ServedController, TestAgent, eventually, fast_settings
+from tests.integration.sync_support import SyncedAgents
 from tests.support.controller import ControllerProcess
+from tests.support.polling import wait_until
 
 
 @pytest.fixture
@@ -209,3 +212,64 @@ def test_a_change_nobody_announced_arrives_by_the_catch_up_poll(database_url: st
             await agent.close()
 
         asyncio.run(scenario())
+
+
+@pytest.mark.postgres
+def test_agents_of_a_killed_replica_move_to_another_and_miss_nothing(
+    shared_postgres: tuple[str, dict[str, str]], tmp_path: Path, loop_thread: LoopThread
+) -> None:
+    """Agents given both replicas (--controller A,B): A is SIGKILLed, a write goes through B
+    while they move, and every agent serves it within the reconnect bound, shown on B."""
+    url, tokens = shared_postgres
+    with (
+        ControllerProcess(url, tmp_path, "--replica-id", "replica-a") as a,
+        ControllerProcess(url, tmp_path, "--replica-id", "replica-b") as b,
+        client(b.base_url, tokens["editor"]) as editor,
+        client(b.base_url, tokens["viewer"]) as viewer,
+    ):
+        first = editor.put("/v1/policies/alpha", json=policy_doc("alpha", weight=10))
+        assert first.status_code == 201
+        agents = SyncedAgents(loop_thread, tmp_path)
+        try:
+            synced = [
+                agents.start(
+                    a.base_url,
+                    tokens["agent"],
+                    controllers=(a.base_url, b.base_url),
+                    state_dir=tmp_path / f"state-{n}",
+                    node_name=f"node-{n}",
+                )
+                for n in range(3)
+            ]
+            ids = {s.agent_id for s in synced}
+
+            def rows() -> dict[str, dict[str, object]]:
+                items = viewer.get("/v1/agents").json()["items"]
+                return {i["agent_id"]: i for i in items if i["agent_id"] in ids}
+
+            def on(replica: str) -> bool:
+                now = rows()
+                return len(now) == 3 and all(
+                    r["replica"] == replica and r["connected"] is True for r in now.values()
+                )
+
+            wait_until(lambda: on("replica-a"), 10, "the agents on replica A")
+            assert a.process is not None
+            a.process.kill()  # SIGKILL: no close frames, the kernel resets the connections
+            killed = time.monotonic()
+            moved = editor.put("/v1/policies/alpha", json=policy_doc("alpha", weight=20))
+            assert moved.status_code == 200
+            revision = moved.json()["metadata"]["revision"]
+            wait_until(
+                lambda: all(s.agent.sources.running.revision == revision for s in synced),
+                10,
+                "the write through B on every agent",
+            )
+            took = time.monotonic() - killed
+            wait_until(lambda: on("replica-b"), 10, "the agents shown on replica B")
+            assert {r["transport"] for r in rows().values()} == {"websocket"}
+            print(f"replica killed -> write through the other on all 3 agents: {took:.2f} s")
+            # The reconnect bound: a first retry within backoff_base, the next replica.
+            assert took < 5.0
+        finally:
+            agents.stop_all()

@@ -357,3 +357,22 @@ def test_sync_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         sync_config_from_args(parse("--controller=http://x", "--token=t", "--sync-refused-cap=0"))
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_labels(["novalue"])
+
+
+def test_several_controllers_rotate_on_reconnect() -> None:
+    config = sync_config_from_args(
+        parse("--controller=http://a:1,http://b:1", "--controller", "http://c:1", "--token=t")
+    )
+    assert config is not None and config.controller == "http://a:1"
+    assert config.controllers == ("http://a:1", "http://b:1", "http://c:1")
+    seen = []
+    for _ in range(4):
+        config = config.next_controller()
+        seen.append(config.controller)
+    assert seen == ["http://b:1", "http://c:1", "http://a:1", "http://b:1"]
+    single = sync_config_from_args(parse("--controller=http://a:1", "--token=t"))
+    assert single is not None and single.next_controller().controller == "http://a:1"
+    with pytest.raises(ConfigError, match="not an http"):
+        sync_config_from_args(parse("--controller=http://a:1,ftp://b", "--token=t"))
+    with pytest.raises(ConfigError, match="no URL"):
+        sync_config_from_args(parse("--controller= , ", "--token=t"))
