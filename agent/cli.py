@@ -111,6 +111,20 @@ def add_agent_commands(
         help="a UDP answer over 512 bytes is at most X times its query, else TC=1 (retry "
         "over TCP); 0: off",
     )
+    door.add_argument(
+        "--cookie-secret-file",
+        metavar="PATH",
+        help="DNS Cookies' server secret, 32 hex digits: the same file on every agent behind "
+        "one anycast address lets a client keep its cookie across them (RFC 9018). A new "
+        "secret written there is used at once and the one before still taken (rollover). "
+        "Default: a random secret at start",
+    )
+    door.add_argument(
+        "--upstream-cookies",
+        action="store_true",
+        help="send DNS cookies to plain upstreams and drop a UDP reply whose client cookie "
+        "is not ours as forged (on top of the ID, port and 0x20 checks)",
+    )
     tuning = agent.add_argument_group("tuning (defaults suit a node resolver)")
     seconds = {"type": float, "metavar": "SECONDS"}
     tuning.add_argument(

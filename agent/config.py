@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from agent.querylog_config import QueryLogConfig, query_log_config_from_args
 from dnsmesh.admission import LOOPBACK, Network, parse_network
+from dnsmesh.cookies import parse_secret
 from dnsmesh.errors import ConfigError
 
 DNS_PORT = 53
@@ -246,6 +247,10 @@ class AgentConfig:
     # Clients the guard trusts: loopback cannot be forged from the wire, and the node's own
     # clients keep getting whole EDNS answers over UDP.
     amplification_exempt: tuple[Network, ...] = LOOPBACK
+    # DNS Cookies' server secret (--cookie-secret-file); None: a random one at start.
+    cookie_secret: bytes | None = None
+    cookie_secret_file: Path | None = None
+    upstream_cookies: bool = False  # --upstream-cookies: send DNS cookies to plain upstreams
     # Hand-off (agent/handoff.py): the control socket a successor takes our sockets from
     # (STATE_DIR/agent.sock; None without a state folder), and whether to take over from
     # the agent listening there (--replace).
@@ -321,6 +326,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         raise ConfigError("--rate-limit-prefix-v4 is 0-32 and --rate-limit-prefix-v6 is 0-128")
     if args.amplification_factor < 0:
         raise ConfigError("--amplification-factor cannot be negative")
+    secret_file = getattr(args, "cookie_secret_file", None)
+    secret = read_cookie_secret(Path(secret_file)) if secret_file is not None else None
     admin = getattr(args, "admin_listen", f"127.0.0.1:{ADMIN_PORT}")
     return AgentConfig(
         admin_listen=parse_admin_listen(admin, public=getattr(args, "admin_listen_public", False)),
@@ -357,10 +364,24 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         rate_limit_v6_prefix=args.rate_limit_prefix_v6,
         rate_limit_slip=args.rate_limit_slip,
         amplification_factor=args.amplification_factor,
+        cookie_secret=secret,
+        cookie_secret_file=Path(secret_file) if secret_file is not None else None,
+        upstream_cookies=getattr(args, "upstream_cookies", False),
         control_socket=_control_socket(args),
         replace=getattr(args, "replace", False),
         query_log=query_log_config_from_args(args),
     )
+
+
+def read_cookie_secret(path: Path) -> bytes:
+    """The secret in ``--cookie-secret-file`` (32 hex digits); ConfigError says what is wrong,
+    so a bad file stops the agent at start rather than leave agents with different secrets."""
+    try:
+        return parse_secret(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--cookie-secret-file {path}: cannot read it ({exc})") from None
+    except ValueError as exc:
+        raise ConfigError(f"--cookie-secret-file {path}: {exc}") from None
 
 
 def parse_admin_listen(text: str, *, public: bool) -> HostPort | None:

@@ -16,6 +16,14 @@ else and hands a query over the rate to ``over_limit`` (counted as ``ratelimited
 UDP answer over 512 octets is held to ``udp_size_cap`` of its query's size, so the agent is
 no amplifier for spoofed queries.
 
+DNS Cookies (RFC 7873, RFC 9018; dnsmesh/cookies.py) are what lifts the last two for a
+client that proves its address: a query carrying a COOKIE option gets our server cookie
+in its answer, and one whose server cookie verifies is spared the amplification guard
+here and the rate limit in the UDP listener (``valid_cookie``). A query without the
+option pays nothing for all this: the parse raises ``WithCookie`` for one that has it
+(dnsmesh/dnswire.py), and the cookie path answers the query without its option as any
+other and adds our cookie to the answer.
+
 It counts every query it decides, by source, query type, RCODE and latency, in the plain
 lists of agent/tally.py; /metrics reads them at scrape time (agent/metrics/collector.py).
 
@@ -29,9 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent.answer import Answer, Source
 from agent.pipeline import Pipeline
@@ -46,7 +55,23 @@ from agent.tally import (
 )
 from dnsmesh import dnswire
 from dnsmesh.admission import ClientAcl, RateLimiter, udp_size_cap
-from dnsmesh.dnswire import MalformedQuery, Query, fit_udp, name_to_text, parse_query
+from dnsmesh.cookies import (
+    CLIENT_COOKIE_LEN,
+    OPTION_COOKIE,
+    RCODE_BADCOOKIE,
+    SERVER_COOKIE_LEN,
+    ServerCookies,
+)
+from dnsmesh.dnswire import (
+    MalformedQuery,
+    Query,
+    WithCookie,
+    add_option,
+    fit_udp,
+    name_to_text,
+    parse_query,
+    parse_query_and_cookie,
+)
 from dnsmesh.logs import fields
 
 log = logging.getLogger(__name__)
@@ -55,6 +80,15 @@ _INTERNAL_ERROR = (dnswire.EDE_OTHER, "internal error")
 PROHIBITED = (dnswire.EDE_PROHIBITED, "client not allowed")
 # The counts besides the answer sources: queries that got no normal answer, and why.
 NOT_ANSWERED = ("malformed", "dropped", "amplification")
+# A COOKIE option's code and length when it holds a client and an RFC 9018 server cookie.
+_SERVER_COOKIE_OPTION = struct.pack("!HH", OPTION_COOKIE, CLIENT_COOKIE_LEN + SERVER_COOKIE_LEN)
+
+
+class CookieForward(NamedTuple):
+    """A query to forward whose answer gets our server cookie (``answer_now`` gives it)."""
+
+    query: Query
+    cookie: bytes
 
 
 class QueryEntry:
@@ -66,12 +100,16 @@ class QueryEntry:
         max_inflight: int = 4096,
         *,
         acl: ClientAcl,
+        cookies: ServerCookies,
         refuse_drop: bool = False,
         limiter: RateLimiter | None = None,
         amplification_factor: int = 10,
         amplification_exempt: ClientAcl | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """``wall_clock`` stamps server cookies (Unix time, which agents sharing a secret
+        agree on); ``clock`` drives the rate limiter."""
         self.max_inflight = max_inflight
         self.acl = acl
         # The ACL's memo of allowed clients, held here: the hot path tests membership only.
@@ -83,6 +121,10 @@ class QueryEntry:
         # wire (Linux drops packets from 127/8 or ::1 arriving on another interface).
         self.amplification_exempt = amplification_exempt or ClientAcl(())
         self.clock = clock
+        self.cookies = cookies
+        self.wall_clock = wall_clock
+        # Queries whose server cookie verified; over-limit ones answered BADCOOKIE.
+        self.cookie_counts = {"valid": 0, "badcookie": 0}
         self.counts: dict[str, int] = dict.fromkeys(NOT_ANSWERED, 0)
         self.tallies: dict[str, SourceTally] = {source: SourceTally() for source in Source.ALL}
         self._refused = self.tallies[Source.REFUSED]
@@ -106,10 +148,11 @@ class QueryEntry:
             (handler, self.tallies[source]) for handler, source in pipeline.immediate
         )
 
-    def answer_now(self, data: bytes, client: str) -> bytes | Query | None:
-        """The response to send at once (bytes), the query to ``forward`` (a Query), or None:
-        nothing to send (a malformed packet without a header worth answering). Over UDP the
-        listener fits a response longer than 512 bytes with ``fit_udp_reply``."""
+    def answer_now(self, data: bytes, client: str) -> bytes | Query | CookieForward | None:
+        """The response to send at once (bytes), the query to ``forward`` (a Query, or a
+        CookieForward for one with a COOKIE option), or None: nothing to send (a malformed
+        packet without a header worth answering). Over UDP the listener fits a response
+        longer than 512 bytes with ``fit_udp_reply``."""
         if self._untimed:  # _sample_start inlined
             self._untimed -= 1
             start = 0
@@ -125,6 +168,8 @@ class QueryEntry:
                 return None
             self.counts["malformed"] += 1
             return exc.reply
+        except WithCookie as found:
+            return self._answer_with_cookie(found, client)
         if client not in self._admitted and not self.acl.allows(client):
             refusal = (
                 None
@@ -151,20 +196,43 @@ class QueryEntry:
             return self._failed(query, client, "handler", exc, start)
         return query
 
-    async def forward(self, query: Query, client: str, udp_size: int | None) -> bytes:
+    def _answer_with_cookie(
+        self, found: WithCookie, client: str
+    ) -> bytes | Query | CookieForward | None:
+        """``answer_now`` for a query with a COOKIE option: the query without it is
+        answered as any other (the front door, the pipeline, the counts), then our cookie
+        goes into the answer, or rides with the query to ``forward``."""
+        answer = self.answer_now(found.plain, client)
+        if isinstance(answer, bytes):
+            return self._with_cookie(answer, found.cookie, client)[0]
+        if isinstance(answer, Query):
+            return CookieForward(answer, found.cookie)
+        return answer
+
+    async def forward(
+        self, pending: Query | CookieForward, client: str, udp_size: int | None
+    ) -> bytes:
         """The forwarded query's response; never raises but for cancellation. ``udp_size``:
         the query's size in octets when it came over UDP, None over TCP."""
+        query, cookie = (pending, None) if isinstance(pending, Query) else pending
         start = clock_ns()
         try:
             answer: Answer = await self.pipeline.final(query, client)
         except Exception as exc:
             return self._failed(query, client, "forward", exc, start)
-        return self._answered(answer, query, client, udp_size, start)
+        return self._answered(answer, query, cookie, client, udp_size, start)
 
     def _answered(
-        self, answer: Answer, query: Query, client: str, udp_size: int | None, start: int
+        self,
+        answer: Answer,
+        query: Query,
+        cookie: bytes | None,
+        client: str,
+        udp_size: int | None,
+        start: int,
     ) -> bytes:
-        """A forwarded query's answer counted, logged at debug level and fitted for UDP."""
+        """A forwarded query's answer counted, logged at debug level, given our cookie when
+        the query had a COOKIE option, and fitted for UDP."""
         self.tallies[answer.source].add(QTYPE_INDEX[query.qtype], rcode_of(answer.wire), start)
         if log.isEnabledFor(logging.DEBUG):  # never for immediate answers: the hot path
             log.debug(
@@ -177,21 +245,58 @@ class QueryEntry:
                     reason=answer.reason,
                 ),
             )
-        if udp_size is None or len(answer.wire) <= 512:
-            return answer.wire
-        return self._fit_udp(answer.wire, query, udp_size, client)
+        wire, proven = answer.wire, False
+        if cookie is not None:
+            wire, proven = self._with_cookie(wire, cookie, client)
+        if udp_size is None or len(wire) <= 512:
+            return wire
+        return self._fit_udp(wire, query, udp_size, client, proven)
+
+    def _with_cookie(self, wire: bytes, cookie: bytes, client: str) -> tuple[bytes, bool]:
+        """(``wire`` with our server cookie for this client in its OPT, whether the query's
+        own server cookie verified): RFC 7873 §5.2.3-5.2.5 answer normally in every case
+        and hand out a fresh cookie where the one sent is missing, stale or not ours."""
+        proven, option = self.cookies.verdict(cookie, client, int(self.wall_clock()))
+        if proven:
+            self.cookie_counts["valid"] += 1
+        return add_option(wire, OPTION_COOKIE, option), proven
+
+    def _proven(self, cookie: bytes | None, client: str) -> bool:
+        """Whether a query's COOKIE option holds a server cookie of ours for ``client``."""
+        return (
+            cookie is not None and self.cookies.verdict(cookie, client, int(self.wall_clock()))[0]
+        )
+
+    def valid_cookie(self, data: bytes, client: str) -> bool:
+        """Whether this UDP query proves its source with a cookie (``_proven``): the
+        listener lets it past the rate limit, since a spoofed source cannot have one.
+
+        Asked for every datagram over the limit, so a flood is first screened for the
+        option's header (code 10, a client and a version-1 server cookie: 24 octets), a
+        byte search that costs far less than the parse a flood of new names would."""
+        if _SERVER_COOKIE_OPTION not in data:
+            return False
+        try:
+            return self._proven(parse_query_and_cookie(data)[1], client)
+        except MalformedQuery:
+            return False
 
     def fit_udp_reply(self, wire: bytes, data: bytes, client: str) -> bytes:
         """An immediate response fitted for UDP (``_fit_udp``). Only for responses over 512
-        bytes, which every client takes: rare enough that parsing the query again costs
-        nothing that matters, and keeps the limit off the per-query path."""
-        return self._fit_udp(wire, parse_query(data), len(data), client)
+        bytes, which every client takes: rare enough that parsing the query again (and
+        checking its cookie again) costs nothing that matters, and keeps the limit off
+        the per-query path."""
+        query, cookie = parse_query_and_cookie(data)
+        return self._fit_udp(wire, query, len(data), client, self._proven(cookie, client))
 
-    def _fit_udp(self, wire: bytes, query: Query, query_size: int, client: str) -> bytes:
+    def _fit_udp(
+        self, wire: bytes, query: Query, query_size: int, client: str, proven: bool
+    ) -> bytes:
         """RFC 6891 §7 / RFC 1035 §4.2.1: no more than the client takes over UDP, and no
         more than the amplification guard lets a query of its size get; TC=1 tells the
-        client to ask again over TCP."""
-        if self.amplification_exempt.allows(client):
+        client to ask again over TCP. ``proven``: the query's server cookie verified, so
+        its source is real and the guard has nothing to guard against."""
+        if proven or self.amplification_exempt.allows(client):
             return fit_udp(wire, query.udp_limit)
         cap = udp_size_cap(query_size, self.amplification_factor)
         if cap < len(wire) <= query.udp_limit:
@@ -203,6 +308,11 @@ class QueryEntry:
         in ``slip`` (the client retries over TCP, which is not limited), else None: dropped.
         (The client is for the query log's entry, agent/logged_entry.py.)
 
+        A slipped query that carries a client cookie gets BADCOOKIE with a fresh server
+        cookie instead (RFC 7873 §5.2.3 lets a server so answer "based on server policy,
+        including rate limiting"): the client asks again over UDP with the cookie, which
+        the limit lets through, and no TCP connection is needed.
+
         A dropped one is never parsed (its query type is ``unknown``) nor timed, and costs
         one list increment, as the plain count did before metrics: under a flood this is
         the path every datagram takes."""
@@ -213,11 +323,16 @@ class QueryEntry:
         start = self._sample_start()
         tally = self.tallies[Source.RATELIMITED]
         try:
-            query = parse_query(data)
+            query, cookie = parse_query_and_cookie(data)
         except MalformedQuery:
             tally.add(UNKNOWN_QTYPE, NO_RESPONSE, start)
             return None
-        slipped = fit_udp(dnswire.build_response(query, dnswire.RCODE_NOERROR), 0)
+        if cookie is not None:
+            self.cookie_counts["badcookie"] += 1
+            error = dnswire.build_error(query, RCODE_BADCOOKIE)
+            slipped = self._with_cookie(error, cookie, client)[0]
+        else:
+            slipped = fit_udp(dnswire.build_response(query, dnswire.RCODE_NOERROR), 0)
         tally.add(QTYPE_INDEX[query.qtype], rcode_of(slipped), start)
         return slipped
 

@@ -3,7 +3,8 @@
 What a query gets is decided by agent.entry.QueryEntry, the same for both transports; a
 listener only reads, frames, fits a response to UDP and writes.
 
-Only UDP is rate limited (``--rate-limit``, checked before a datagram is even parsed): a
+Only UDP is rate limited (``--rate-limit``, checked before a datagram is even parsed, but
+for a datagram over the limit, which is let through if it carries a valid DNS cookie): a
 UDP source address can be forged, so a flood "from" a client may be an attack on it, and
 the limit's TC=1 slips send real clients to TCP, which must then work. A TCP client has
 completed a handshake, so its address is its own, and what it can make us hold is bounded
@@ -21,7 +22,7 @@ from collections import OrderedDict, deque
 from typing import Any, cast
 
 from agent.config import HostPort
-from agent.entry import QueryEntry
+from agent.entry import CookieForward, QueryEntry
 from dnsmesh.dnswire import Query
 from dnsmesh.logs import fields
 from dnsmesh.tcpframing import FrameDecoder, frame
@@ -105,7 +106,7 @@ class UdpListener(asyncio.BaseTransport):
             except OSError as exc:
                 log.debug("udp.send_failed", extra=fields(error=str(exc)))
             return
-        if isinstance(wire, Query) and not entry.full():
+        if isinstance(wire, Query | CookieForward) and not entry.full():
             entry.spawn(self._forward(wire, addr, len(data)))
 
     def _limited(self, data: bytes, addr: Any) -> None:
@@ -113,7 +114,13 @@ class UdpListener(asyncio.BaseTransport):
         its source's rate is not parsed; one in ``slip`` gets TC=1, the rest nothing."""
         entry = self.entry
         limiter = entry.limiter
-        if limiter is not None and not limiter.allow(addr[0], entry.clock()):
+        if (
+            limiter is not None
+            and not limiter.allow(addr[0], entry.clock())
+            # A valid server cookie proves the source (DNS Cookies, agent/entry.py): such
+            # a client is exempt, as BIND's RRL exempts it. Checked only over the limit.
+            and not entry.valid_cookie(data, addr[0])
+        ):
             if entry.accepting:
                 slipped = entry.over_limit(data, addr[0])
                 if slipped is not None:
@@ -121,7 +128,7 @@ class UdpListener(asyncio.BaseTransport):
             return
         self.datagram_received(data, addr)
 
-    async def _forward(self, query: Query, addr: Any, size: int) -> None:
+    async def _forward(self, query: Query | CookieForward, addr: Any, size: int) -> None:
         self.send(await self.entry.forward(query, addr[0], size), addr)
 
     def send(self, wire: bytes, addr: Any) -> None:
@@ -330,11 +337,11 @@ class TcpConnection(asyncio.Protocol):
         wire = entry.answer_now(message, self.client)
         if type(wire) is bytes:
             self._send(wire)
-        elif isinstance(wire, Query) and not entry.full():
+        elif isinstance(wire, Query | CookieForward) and not entry.full():
             self.pending += 1
             entry.spawn(self._forward(wire))
 
-    async def _forward(self, query: Query) -> None:
+    async def _forward(self, query: Query | CookieForward) -> None:
         try:
             self._send(await self.entry.forward(query, self.client, None))
         finally:

@@ -14,7 +14,7 @@ from time import perf_counter
 from typing import Any
 
 from agent.answer import Answer, Source
-from agent.entry import PROHIBITED, QueryEntry
+from agent.entry import PROHIBITED, CookieForward, QueryEntry
 from agent.handlers.policy import DecidingPolicyAnswers
 from agent.pipeline import Pipeline
 from agent.querylog import QueryLog
@@ -27,7 +27,7 @@ from agent.tally import (
     rcode_of,
 )
 from dnsmesh import dnswire
-from dnsmesh.dnswire import MalformedQuery, Query, parse_query
+from dnsmesh.dnswire import MalformedQuery, Query, WithCookie, parse_query, parse_query_and_cookie
 
 _INTERNAL = "internal error"
 
@@ -52,7 +52,7 @@ class LoggedQueryEntry(QueryEntry):
         self._policies = pipeline.policies
         self._add = query_log.add
 
-    def answer_now(self, data: bytes, client: str) -> bytes | Query | None:
+    def answer_now(self, data: bytes, client: str) -> bytes | Query | CookieForward | None:
         begun = perf_counter()  # the line's clock; the tallies sample their own
         add = self._add
         if self._untimed:
@@ -71,6 +71,8 @@ class LoggedQueryEntry(QueryEntry):
             self.counts["malformed"] += 1
             add(begun, client, None, Source.ERROR, exc.reply, None, exc.reason)
             return exc.reply
+        except WithCookie as found:  # the plain query is answered (and logged) as any other
+            return self._answer_with_cookie(found, client)
         if client not in self._admitted and not self.acl.allows(client):
             refusal = (
                 None
@@ -94,9 +96,12 @@ class LoggedQueryEntry(QueryEntry):
             return failed
         return query
 
-    async def forward(self, query: Query, client: str, udp_size: int | None) -> bytes:
+    async def forward(
+        self, pending: Query | CookieForward, client: str, udp_size: int | None
+    ) -> bytes:
         # From the forward's start: the loop's wait to start the task is not counted.
         begun = perf_counter()
+        query, cookie = (pending, None) if isinstance(pending, Query) else pending
         start = clock_ns()
         try:
             answer: Answer = await self.pipeline.final(query, client)
@@ -105,7 +110,7 @@ class LoggedQueryEntry(QueryEntry):
             self._add(begun, client, query, Source.ERROR, failed, None, _INTERNAL)
             return failed
         self._add(begun, client, query, answer.source, answer.wire, None, answer.reason)
-        return self._answered(answer, query, client, udp_size, start)
+        return self._answered(answer, query, cookie, client, udp_size, start)
 
     def over_limit(self, data: bytes, client: str) -> bytes | None:
         slipped = super().over_limit(data, client)
@@ -113,7 +118,7 @@ class LoggedQueryEntry(QueryEntry):
         now, admitted = log.admit()
         if admitted:  # parsed for its name only when it gets a line: this is the flood path
             try:
-                query: Query | None = parse_query(data)
+                query: Query | None = parse_query_and_cookie(data)[0]
             except MalformedQuery:
                 query = None
             log.put(now, now, client, query, Source.RATELIMITED, slipped, None, "")

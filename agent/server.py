@@ -9,6 +9,7 @@ import asyncio
 import errno
 import logging
 import random
+import secrets
 import socket
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -18,6 +19,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from agent.cache import Cache
 from agent.config import AgentConfig, HostPort, UpstreamAddress
+from agent.cookie_secret import CookieSecretWatcher
 from agent.entry import QueryEntry
 from agent.frontdoor import build_acl, build_limiter
 from agent.handlers.loopguard import LoopGuard
@@ -41,6 +43,7 @@ from agent.served import ServedSnapshot
 from agent.shutdown import CANCEL_GRACE, finish_by
 from agent.upstream import UpstreamClient
 from dnsmesh.admission import ClientAcl
+from dnsmesh.cookies import SECRET_LEN, ClientCookies, ServerCookies
 from dnsmesh.dnsforward import UpstreamAnswer
 from dnsmesh.errors import ConfigError
 from dnsmesh.logs import fields
@@ -83,6 +86,9 @@ class AgentServer:
             max_ttl=config.max_ttl,
             upstream_ca=config.upstream_ca,
             idle_timeout=config.upstream_idle_timeout,
+            cookies=ClientCookies(secrets.token_bytes(SECRET_LEN))
+            if config.upstream_cookies
+            else None,
             socket_mark=config.socket_mark,
             clock=clock,
         )
@@ -99,6 +105,12 @@ class AgentServer:
             stale_answer_after=config.stale_answer_after,
             keep_decisions=self.query_log is not None,
         )
+        cookies = ServerCookies(config.cookie_secret or secrets.token_bytes(SECRET_LEN))
+        self.cookie_secret: CookieSecretWatcher | None = None
+        if config.cookie_secret_file is not None:
+            self.cookie_secret = CookieSecretWatcher(
+                config.cookie_secret_file, cookies, interval=config.reload_interval
+            )
         self.entry: QueryEntry = make_entry(
             self.pipeline,
             self.query_log,
@@ -108,6 +120,7 @@ class AgentServer:
             limiter=build_limiter(config),
             amplification_factor=config.amplification_factor,
             amplification_exempt=ClientAcl(config.amplification_exempt),
+            cookies=cookies,
             clock=clock,
         )
         self.tcp_connections = TcpConnections(config.tcp_max_connections)
@@ -182,6 +195,8 @@ class AgentServer:
         self._use_upstreams(upstreams)
         if self.watcher is not None:
             self.watcher.start()
+        if self.cookie_secret is not None:
+            self.cookie_secret.start()
         await self.health.start()
         await self._start_admin()
         log.info(
@@ -320,6 +335,8 @@ class AgentServer:
             parts["tcp connections"] = self.tcp_connections.closed()
         if self.watcher is not None:
             parts["policy files"] = self.watcher.stop()
+        if self.cookie_secret is not None:
+            parts["cookie secret"] = self.cookie_secret.stop()
         parts.update(also or {})
         others = loop.create_task(finish_by(deadline, parts))
         # The forwards get the whole budget; entry.drain cancels what is left at its end
@@ -346,6 +363,8 @@ class AgentServer:
                 probes=health.runner.probes_sent,
                 health_recompiles=health.recompiles,
                 fail_open=health.fail_open_total,
+                cookies_valid=self.entry.cookie_counts["valid"],
+                badcookie=self.entry.cookie_counts["badcookie"],
                 **self.counts(),
             ),
         )

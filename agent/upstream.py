@@ -39,6 +39,15 @@ running for a late answer like a socket keeps listening, and its failures (inclu
 certificate that does not verify: never a reason to fall back to plain DNS) count as an
 unanswered attempt. No 0x20 nor unwanted-reply counting there: they defend UDP against
 off-path forgers, who cannot inject into an authenticated stream.
+
+With ``--upstream-cookies`` each plain upstream query carries a DNS cookie (RFC 7873 §5.1:
+our client cookie for that server and the server cookie it last gave us;
+dnsmesh/cookies.py ClientCookies). A UDP reply whose COOKIE option lacks our client cookie
+is counted unwanted and ignored like any other forgery: an off-path forger would need 64
+more bits it never saw. A reply with no COOKIE option is taken (a server without cookies,
+RFC 7873 §5.3), so the check only ever adds to the others. A BADCOOKIE reply, the
+server asking for its cookie first, has given us that cookie: the query is asked again
+over TCP, which it answers (as a truncated answer is).
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ from agent.encrypted import Question, StreamFailure, client_context
 from agent.encrypted.doh import DohClient
 from agent.encrypted.dot import DotClient
 from dnsmesh import dnswire
+from dnsmesh.cookies import OPTION_COOKIE, RCODE_BADCOOKIE, ClientCookies
 from dnsmesh.dnsforward import (
     BadUpstreamResponse,
     CaseMismatch,
@@ -69,6 +79,7 @@ from dnsmesh.dnsforward import (
     build_upstream_query,
     parse_upstream_response,
     randomize_case,
+    response_option,
 )
 from dnsmesh.errors import UpstreamError, UpstreamTimeout
 from dnsmesh.logs import fields
@@ -116,12 +127,17 @@ def random_id() -> int:
 
 
 class _Unwanted(Exception):
-    """This query's UDP socket is not to be trusted: too many replies that were not ours, or
-    ours with the case of the name lost."""
+    """This query's UDP socket is not to be trusted, or not enough: too many replies that
+    were not ours ("flood"), ours with the case of the name lost ("case"), or a BADCOOKIE
+    from an upstream that wants its cookie before it answers over UDP ("badcookie")."""
 
-    def __init__(self, flood: bool) -> None:
-        super().__init__("unwanted replies" if flood else "case lost")
-        self.flood = flood
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _BadCookie(BadUpstreamResponse):
+    """BADCOOKIE (RFC 7873 §5.3): the upstream's server cookie is learned; ask again."""
 
 
 @dataclass(slots=True)
@@ -150,6 +166,7 @@ class _Reply:
 
     __slots__ = (
         "answer",
+        "cookies",
         "dead",
         "done",
         "fd",
@@ -174,8 +191,10 @@ class _Reply:
         qname: bytes,
         max_ttl: int,
         unwanted_limit: int,
+        cookies: ClientCookies | None,
     ) -> None:
         self.server = server
+        self.cookies = cookies
         self.sock = sock
         self.fd = sock.fileno()
         self.done = done  # the future of the query's current attempt: set to this _Reply
@@ -200,9 +219,16 @@ class _Reply:
         self.sock.close()
 
     def parse(self, data: bytes) -> UpstreamAnswer:
-        return parse_upstream_response(
+        answer = parse_upstream_response(
             data, self.msg_id, self.question, restore_name=self.qname, max_ttl=self.max_ttl
         )
+        cookies = self.cookies
+        if cookies is not None:
+            if not cookies.learn(self.server.host, response_option(data, OPTION_COOKIE)):
+                raise BadUpstreamResponse("client cookie is not ours")
+            if answer.rcode == RCODE_BADCOOKIE:
+                raise _BadCookie("BADCOOKIE")
+        return answer
 
     def fail(self, exc: BaseException) -> None:
         """This socket is of no more use: fail the attempt, or if the attempt already timed
@@ -242,7 +268,10 @@ def _on_readable(want: _Reply) -> None:
         except CaseMismatch:
             # Right ID, case lost: an upstream that does not keep case, or a lucky forger.
             # Neither is trusted over UDP; TCP settles it.
-            want.fail(_Unwanted(flood=False))
+            want.fail(_Unwanted("case"))
+            return
+        except _BadCookie:
+            want.fail(_Unwanted("badcookie"))  # its cookie is learned; TCP answers anyway
             return
         except BadUpstreamResponse as exc:
             # RFC 5452 §9.1: a mismatch may be a spoofing attempt; ignore it and keep waiting,
@@ -250,7 +279,7 @@ def _on_readable(want: _Reply) -> None:
             want.unwanted += 1
             log.debug("upstream.reply_rejected", extra=fields(reason=str(exc)))
             if want.unwanted > want.unwanted_limit:
-                want.fail(_Unwanted(flood=True))
+                want.fail(_Unwanted("flood"))
                 return
             continue
         want.answer = answer
@@ -342,9 +371,12 @@ class UpstreamClient:
         unwanted_limit: int = 10,
         upstream_ca: Path | None = None,
         idle_timeout: float = 10.0,
+        cookies: ClientCookies | None = None,
         socket_mark: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``cookies``: send DNS cookies to plain upstreams (``--upstream-cookies``)."""
+        self.cookies = cookies
         self.attempt_timeout = attempt_timeout
         self.query_timeout = query_timeout
         self.down_base = down_base
@@ -360,6 +392,7 @@ class UpstreamClient:
         self.servers: list[Upstream] = []
         self.unwanted_abandoned = 0  # sockets given up for too many unwanted replies
         self.case_lost = 0  # replies with our ID but not our 0x20 case: asked over TCP
+        self.badcookie = 0  # BADCOOKIE replies (the upstream wanted its cookie): over TCP
         self._inflight: dict[Key, asyncio.Future[UpstreamAnswer]] = {}
         self._probes: dict[UpstreamAddress, asyncio.TimerHandle] = {}  # of down upstreams
         self._probing: set[UpstreamAddress] = set()  # probes in flight
@@ -599,8 +632,17 @@ class UpstreamClient:
         # The C socket type, not socket.socket: the Python subclass's constructor and
         # close() cost ~5 us more per query, and nothing here needs what it adds.
         sock = _socket.socket(family, socket.SOCK_DGRAM)
+        cookies = self.cookies
         want = _Reply(
-            server, sock, done, msg_id, question, qname, self.max_ttl, self.unwanted_limit
+            server,
+            sock,
+            done,
+            msg_id,
+            question,
+            qname,
+            self.max_ttl,
+            self.unwanted_limit,
+            cookies,
         )
         listening.append(want)  # closed by the query, whatever happens next
         try:
@@ -611,7 +653,8 @@ class UpstreamClient:
             # datagrams from any other address or port.
             sock.connect((server.host, server.port))
             asyncio.get_running_loop().add_reader(want.fd, _on_readable, want)
-            sock.send(build_upstream_query(question[:-4], qtype, qclass, msg_id))
+            cookie = b"" if cookies is None else cookies.option(server.host)
+            sock.send(build_upstream_query(question[:-4], qtype, qclass, msg_id, cookie))
         except OSError:
             want.dead = True  # never sent: nothing to listen for
             raise
@@ -644,12 +687,15 @@ class UpstreamClient:
         return stream
 
     def _unwanted(self, server: HostPort, exc: _Unwanted) -> None:
-        if exc.flood:
+        if exc.reason == "flood":
             self.unwanted_abandoned += 1
             log.warning("upstream.unwanted_replies", extra=fields(upstream=str(server)))
-        else:  # an upstream that does not keep case does so on every query
+        elif exc.reason == "case":  # an upstream that does not keep case does so every time
             self.case_lost += 1
             log.debug("upstream.case_lost", extra=fields(upstream=str(server)))
+        else:
+            self.badcookie += 1
+            log.debug("upstream.badcookie", extra=fields(upstream=str(server)))
 
     def _server(self, address: UpstreamAddress) -> Upstream | None:
         return next((s for s in self.servers if s.address == address), None)
@@ -797,8 +843,9 @@ class UpstreamClient:
         else:
             reader, writer = await asyncio.open_connection(server.host, server.port)
         try:
-            packet = build_upstream_query(question[:-4], qtype, qclass, msg_id)
-            writer.write(frame(packet))
+            cookies = self.cookies
+            cookie = b"" if cookies is None else cookies.option(server.host)
+            writer.write(frame(build_upstream_query(question[:-4], qtype, qclass, msg_id, cookie)))
             frames = FrameDecoder()
             while True:  # skip anything that is not our answer, as over UDP
                 data = frames.next_message()
@@ -809,7 +856,7 @@ class UpstreamClient:
                     frames.feed(chunk)
                     continue
                 try:
-                    return parse_upstream_response(
+                    answer = parse_upstream_response(
                         data,
                         msg_id,
                         question,
@@ -819,6 +866,9 @@ class UpstreamClient:
                     )
                 except BadUpstreamResponse:
                     continue
+                if cookies is not None:  # learned only: no off-path forger here either
+                    cookies.learn(server.host, response_option(data, OPTION_COOKIE))
+                return answer
         finally:
             writer.close()
             with contextlib.suppress(OSError):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field, replace
 
+from dnsmesh.cookies import OPTION_COOKIE
 from dnsmesh.dnswire import (
     EDE_STALE_ANSWER,
     FLAG_AD,
@@ -34,6 +35,7 @@ from dnsmesh.dnswire import (
     TYPE_OPT,
     TYPE_SOA,
     Query,
+    add_option,
     build_opt,
     skip_name,
 )
@@ -85,14 +87,41 @@ def randomize_case(qname: bytes, noise: bytes) -> bytes:
     return (int.from_bytes(qname, "big") ^ flips).to_bytes(size, "big")
 
 
-def build_upstream_query(qname: bytes, qtype: int, qclass: int, msg_id: int) -> bytes:
-    """Our query to an upstream: RD=1, EDNS0 with payload 1232 (RFC 6891), DO clear."""
-    return (
-        HEADER.pack(msg_id, FLAG_RD, 1, 0, 0, 1)
-        + qname
-        + _TYPE_CLASS.pack(qtype, qclass)
-        + (_QUERY_OPT)
-    )
+def build_upstream_query(
+    qname: bytes, qtype: int, qclass: int, msg_id: int, cookie: bytes = b""
+) -> bytes:
+    """Our query to an upstream: RD=1, EDNS0 with payload 1232 (RFC 6891), DO clear, and
+    a COOKIE option when ``cookie`` (its data) is given (``--upstream-cookies``)."""
+    query = HEADER.pack(msg_id, FLAG_RD, 1, 0, 0, 1) + qname + _TYPE_CLASS.pack(qtype, qclass)
+    if not cookie:
+        return query + _QUERY_OPT
+    return add_option(query + _QUERY_OPT, OPTION_COOKIE, cookie)
+
+
+def response_option(packet: bytes, code: int) -> bytes | None:
+    """The data of the first ``code`` option in a response's OPT; None when it has none
+    (or its records do not parse: such a packet is refused by ``parse_upstream_response``)."""
+    try:
+        _id, _flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(packet)
+        pos = 12
+        for _ in range(qdcount):
+            pos = skip_name(packet, pos) + 4
+        for index in range(ancount + nscount + arcount):
+            pos = skip_name(packet, pos)
+            rtype, _rclass, _ttl, rdlen = _RR_FIXED.unpack_from(packet, pos)
+            pos += 10
+            end = pos + rdlen
+            if rtype == TYPE_OPT and index >= ancount + nscount:
+                while pos + 4 <= end:
+                    option, length = _OPTION.unpack_from(packet, pos)
+                    if option == code and pos + 4 + length <= end:
+                        return packet[pos + 4 : pos + 4 + length]
+                    pos += 4 + length
+                return None
+            pos = end
+    except (IndexError, ValueError, struct.error):
+        pass
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv6Address
 from typing import NamedTuple, NoReturn
 
+from dnsmesh.cookies import OPTION_COOKIE
+from dnsmesh.cookies import valid_length as valid_cookie_length
 from dnsmesh.errors import DnsmeshError
 
 RCODE_NOERROR = 0
@@ -105,6 +107,25 @@ def udp_limit_for(edns_payload: int | None) -> int:
 _new_query = tuple.__new__
 
 
+class WithCookie(DnsmeshError):
+    """Raised by ``parse_query`` for a good query that carries a COOKIE option (RFC 7873):
+    ``query`` is the parse, ``cookie`` the first option's data (its length checked) and
+    ``plain`` the packet without its COOKIE options, which parses as the query would
+    without them.
+
+    Raised rather than returned in a field so that a query without the option, nearly
+    every one, pays nothing for cookies: such queries are never memoised, so the memo hit
+    has no test to make, and a try costs nothing until it catches (CPython 3.11). The
+    cookie path (agent/entry.py) answers ``plain`` and adds our cookie to the answer.
+    """
+
+    def __init__(self, query: Query, cookie: bytes, plain: bytes) -> None:
+        super().__init__("a query with a COOKIE option")
+        self.query = query
+        self.cookie = cookie
+        self.plain = plain
+
+
 class MalformedQuery(DnsmeshError):
     """The packet is not a query we answer normally; ``reply`` is what to send, if anything."""
 
@@ -148,7 +169,9 @@ def parse_query(packet: bytes) -> Query:
     tail = packet[11:]
     parsed = _TAILS.get(tail)
     if parsed is None:
-        parsed = _parse_tail(packet, arcount)
+        parsed, cookie = _parse_tail(packet, arcount)
+        if cookie is not None:  # never memoised: see WithCookie
+            raise WithCookie(_new_query(Query, (msg_id, flags) + parsed), *cookie)  # noqa: RUF005
         if len(tail) <= TAIL_MEMO_MAX_OCTETS:
             if len(_TAILS) >= TAIL_MEMO_LIMIT:
                 _TAILS.clear()
@@ -165,8 +188,9 @@ def _reject_header(packet: bytes, flags: int) -> NoReturn:
     raise MalformedQuery("not exactly one question", _header_only(packet, RCODE_FORMERR))
 
 
-def _parse_tail(packet: bytes, arcount: int) -> _Tail:
-    """(qname, question, qtype, qclass, edns_payload, dnssec_ok, udp_limit) after the header."""
+def _parse_tail(packet: bytes, arcount: int) -> tuple[_Tail, tuple[bytes, bytes] | None]:
+    """(qname, question, qtype, qclass, edns_payload, dnssec_ok, udp_limit) after the
+    header, and the COOKIE option's data and the packet without it, when there is one."""
     size = len(packet)
     # Walk the question name. A query has nothing before its question to point at, so a
     # compression pointer (or an extended label type, RFC 6891 §5) here is malformed.
@@ -194,12 +218,14 @@ def _parse_tail(packet: bytes, arcount: int) -> _Tail:
     if arcount == 0:
         if end != size:
             raise MalformedQuery("trailing bytes", _header_only(packet, RCODE_FORMERR))
-        return qname, question, qtype, qclass, None, False, 512
-    payload, dnssec_ok = _parse_opt(packet, end, question)
-    return qname, question, qtype, qclass, payload, dnssec_ok, udp_limit_for(payload)
+        return (qname, question, qtype, qclass, None, False, 512), None
+    payload, dnssec_ok, cookie = _parse_opt(packet, end, question)
+    return (qname, question, qtype, qclass, payload, dnssec_ok, udp_limit_for(payload)), cookie
 
 
-def _parse_opt(packet: bytes, end: int, question: bytes) -> tuple[int, bool]:
+def _parse_opt(
+    packet: bytes, end: int, question: bytes
+) -> tuple[int, bool, tuple[bytes, bytes] | None]:
     """The query's one additional record must be an OPT (RFC 6891 §6.1.1) ending the packet."""
     size = len(packet)
     if end + 11 > size or packet[end] != 0:
@@ -209,10 +235,19 @@ def _parse_opt(packet: bytes, end: int, question: bytes) -> tuple[int, bool]:
     if rtype != TYPE_OPT or rdata + rdlen != size:
         raise MalformedQuery("bad OPT record", _header_only(packet, RCODE_FORMERR))
     pos = rdata
+    cookie = None
+    others = []  # the options but COOKIE, for the packet without it
     while pos < size:  # each option must fit exactly (RFC 6891 §6.1.2)
         if pos + 4 > size:
             raise MalformedQuery("bad EDNS option", _header_only(packet, RCODE_FORMERR))
-        pos += 4 + _OPTION.unpack_from(packet, pos)[1]
+        code, length = _OPTION.unpack_from(packet, pos)
+        if code != OPTION_COOKIE:
+            others.append(packet[pos : pos + 4 + length])
+        elif cookie is None:  # only the first counts (RFC 7873 §5.2), the others go too
+            cookie = packet[pos + 4 : pos + 4 + length]
+            if not valid_cookie_length(len(cookie)):
+                raise MalformedQuery("malformed COOKIE option", _formerr_with_opt(packet, question))
+        pos += 4 + length
     if pos != size:
         raise MalformedQuery("bad EDNS option", _header_only(packet, RCODE_FORMERR))
     if version:
@@ -221,7 +256,30 @@ def _parse_opt(packet: bytes, end: int, question: bytes) -> tuple[int, bool]:
         reply = HEADER.pack(msg_id, FLAG_QR | (flags & _ECHO_MASK) | FLAG_RA, 1, 0, 0, 1)
         opt = _OPT_FIXED.pack(TYPE_OPT, EDNS_PAYLOAD, RCODE_BADVERS >> 4, 0, 0, 0)
         raise MalformedQuery("unsupported EDNS version", reply + question + b"\x00" + opt)
-    return payload, bool(opt_flags & _DO_BIT)
+    if cookie is None:
+        return payload, bool(opt_flags & _DO_BIT), None
+    kept = b"".join(others)
+    plain = packet[: end + 9] + struct.pack("!H", len(kept)) + kept
+    return payload, bool(opt_flags & _DO_BIT), (cookie, plain)
+
+
+def parse_query_and_cookie(packet: bytes) -> tuple[Query, bytes | None]:
+    """``parse_query`` for the paths off the hot one: the query and its COOKIE option's
+    data (None without one). Raises MalformedQuery like it."""
+    try:
+        return parse_query(packet), None
+    except WithCookie as found:
+        return found.query, found.cookie
+
+
+def _formerr_with_opt(packet: bytes, question: bytes) -> bytes:
+    """FORMERR with the question and our OPT: for a query whose EDNS we read but whose
+    option is malformed, so the client sees that EDNS itself is understood."""
+    msg_id, flags = struct.unpack_from("!HH", packet)
+    header = HEADER.pack(
+        msg_id, FLAG_QR | (flags & _ECHO_MASK) | FLAG_RA | RCODE_FORMERR, 1, 0, 0, 1
+    )
+    return header + question + OPT_PLAIN
 
 
 def name_to_wire(text: str) -> bytes:
@@ -397,3 +455,29 @@ def fit_udp(response: bytes, limit: int) -> bytes:
             break
     header = HEADER.pack(msg_id, flags | FLAG_TC, qdcount, 0, 0, 1 if opt else 0)
     return header + response[12:question_end] + opt
+
+
+def add_option(response: bytes, code: int, data: bytes) -> bytes:
+    """``response`` with one more EDNS option in its OPT (a server cookie, RFC 7873 §5.2).
+
+    Our responses end with their OPT, so this is an append and a length patch; an OPT
+    elsewhere in the additional section is extended in place, and a response without one
+    gets ours (a query carrying an option had EDNS, so its answer must too).
+    """
+    option = _OPTION.pack(code, len(data)) + data
+    msg_id, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(response)
+    pos = 12
+    for _ in range(qdcount):
+        pos = skip_name(response, pos) + 4
+    for index in range(ancount + nscount + arcount):
+        start = pos
+        pos = skip_name(response, pos)
+        rtype, _rclass, _ttl, rdlen = _RR_FIXED.unpack_from(response, pos)
+        end = pos + 10 + rdlen
+        if rtype == TYPE_OPT and index >= ancount + nscount:
+            head = response[start : pos + 8] + struct.pack("!H", rdlen + len(option))
+            return response[:start] + head + response[pos + 10 : end] + option + response[end:]
+        pos = end
+    header = HEADER.pack(msg_id, flags, qdcount, ancount, nscount, arcount + 1)
+    opt = _OPT_FIXED.pack(TYPE_OPT, EDNS_PAYLOAD, 0, 0, 0, len(option))
+    return header + response[12:] + b"\x00" + opt + option

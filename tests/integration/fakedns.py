@@ -76,6 +76,12 @@ class Rule:
     forward_to: tuple[str, int] | None = None  # relay the query there (loop tests)
     ede: int | None = None  # an Extended DNS Error in the reply's OPT (e.g. 3, Stale Answer)
     lose_case: bool = False  # echo the question name lower-cased (ignores 0x20)
+    # DNS Cookies: answer a query's client cookie with it and SERVER_COOKIE (RFC 7873);
+    # over UDP, first a reply with another client cookie and this A answer (a forgery that
+    # got the ID, port and case right); over UDP, BADCOOKIE (with our cookie) instead.
+    cookies: bool = False
+    forged_cookie_first: str | None = None
+    badcookie_udp: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class Received:
     id: int
     at: float  # time.monotonic() when it arrived
     sent_name: str = ""  # the name as it came, case kept (0x20 tests)
+    cookie: bytes | None = None  # the query's COOKIE option (client and server cookie)
 
 
 class FakeUpstream:
@@ -202,6 +209,7 @@ class FakeUpstream:
                     query.id,
                     time.monotonic(),
                     question.name.to_text().rstrip("."),
+                    _cookie_of(query),
                 )
             )
         rule = self.rules.get((name, qtype)) or self.rules.get((name, "*")) or self.default
@@ -233,6 +241,21 @@ class FakeUpstream:
         if rule.lose_case:
             end = 12 + len(query.question[0].name.to_wire())
             response = response[:12] + response[12:end].lower() + response[end:]
+        cookie = _cookie_of(query)
+        if rule.cookies and rule.forged_cookie_first is not None and transport == "udp":
+            forged = dns.message.from_wire(response)  # sent whether the query had a cookie
+            forged.answer = [
+                dns.rrset.from_text(
+                    query.question[0].name, 300, "IN", "A", rule.forged_cookie_first
+                )
+            ]
+            send(_with_cookie(forged.to_wire(), b"forged!!" + SERVER_COOKIE))
+        if rule.cookies and cookie is not None:
+            if rule.badcookie_udp and transport == "udp":
+                bad = dns.message.make_response(query, our_payload=1232)
+                send(_with_cookie(bad.to_wire(), cookie[:8] + SERVER_COOKIE, rcode=23))
+                return
+            response = _with_cookie(response, cookie[:8] + SERVER_COOKIE)
         if rule.wrong_id_first:
             bad = dns.message.from_wire(response)
             bad.id = (query.id + 1) & 0xFFFF
@@ -255,6 +278,25 @@ class FakeUpstream:
             forged.set_rcode(dns.rcode.NXDOMAIN)
             send(forged.to_wire())
         send(response)
+
+
+SERVER_COOKIE = b"fake-upstream-16"  # what the fake hands out as its server cookie
+
+
+def _cookie_of(message: dns.message.Message) -> bytes | None:
+    for option in message.options:
+        if isinstance(option, dns.edns.CookieOption):
+            return option.client + option.server
+    return None
+
+
+def _with_cookie(wire: bytes, cookie: bytes, rcode: int | None = None) -> bytes:
+    message = dns.message.from_wire(wire)
+    options = [o for o in message.options if o.otype != dns.edns.OptionType.COOKIE]
+    message.use_edns(0, payload=1232, options=[*options, dns.edns.GenericOption(10, cookie)])
+    if rcode is not None:
+        message.set_rcode(rcode)
+    return message.to_wire(max_size=65535)
 
 
 def build_reply(query: dns.message.Message, rule: Rule, *, truncated: bool) -> bytes:

@@ -286,6 +286,7 @@ def test_forwards_in_flight_are_bounded(start_agent: StartAgent, upstream: FakeU
     assert agent.server.counts()["dropped"] == 3
 
 
+@pytest.mark.timing  # real attempt timeouts of 0.2 s: failed once beside another worker
 def test_upstream_down_and_up_are_logged_once_each(
     start_agent: StartAgent, make_upstream: MakeUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -143,3 +143,30 @@ def test_flags_reach_the_config() -> None:
 def test_bad_flags_are_refused(argv: tuple[str, ...], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         config_from_args(_parse(*argv))
+
+
+def test_the_cookie_secret_file_reaches_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "cookie-secret"
+    path.write_text("e5e973e5a6b2a43f48e7dc849e37bfcf\n")
+    config = config_from_args(_parse("--cookie-secret-file", str(path)))
+    assert config.cookie_secret == bytes.fromhex("e5e973e5a6b2a43f48e7dc849e37bfcf")
+    assert config_from_args(_parse()).cookie_secret is None  # a random one at start
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, "cannot read it"),
+        ("", "0 octets, expected 16"),
+        ("e5e973e5a6b2a43f", "8 octets, expected 16"),
+        ("secret-passphrase", "not hex digits"),
+    ],
+)
+def test_a_bad_cookie_secret_file_is_refused(
+    tmp_path: Path, text: str | None, message: str
+) -> None:
+    path = tmp_path / "cookie-secret"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=f"--cookie-secret-file {path}: {message}"):
+        config_from_args(_parse("--cookie-secret-file", str(path)))

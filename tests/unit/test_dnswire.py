@@ -34,6 +34,7 @@ from dnsmesh.dnswire import (
     name_to_text,
     name_to_wire,
     parse_query,
+    parse_query_and_cookie,
     record_a,
     record_soa,
     udp_limit_for,
@@ -90,7 +91,8 @@ def test_edns_payload_and_udp_limit(payload: int, limit: int) -> None:
 
 def test_do_bit_and_options_are_read() -> None:
     cookie = dns.edns.GenericOption(dns.edns.OptionType.COOKIE, b"\x01" * 8)
-    query = parse_query(make_query(dnssec=True, options=[cookie]))
+    query, found = parse_query_and_cookie(make_query(dnssec=True, options=[cookie]))
+    assert found == b"\x01" * 8
     assert query.dnssec_ok is True
     assert query.edns_payload == 1232
 

@@ -1,6 +1,7 @@
 """Property tests: random and mutated packets never crash the wire code.
 
-parse_query may only return a Query or raise MalformedQuery; whatever it returns, a policy
+parse_query may only return a Query or raise MalformedQuery, or WithCookie whose copy
+without the option parses to the same Query; whatever it returns, a policy
 answers without raising and dnspython can read that answer; every reply a MalformedQuery
 offers is a readable response. parse_upstream_response may only raise BadUpstreamResponse.
 The normal suite runs a few hundred examples each; ``-m slow`` runs a longer campaign.
@@ -28,6 +29,7 @@ from dnsmesh.dnsforward import (
 from dnsmesh.dnswire import (
     MalformedQuery,
     Query,
+    WithCookie,
     build_response,
     fit_udp,
     name_to_text,
@@ -116,6 +118,9 @@ def _check_query_packet(packet: bytes, client: str) -> None:
             assert reply.flags & 0x8000
             assert exc.reply[:2] == packet[:2]
         return
+    except WithCookie as found:
+        assert parse_query(found.plain) == found.query
+        query = found.query
     assert isinstance(query, Query)
     assert query.udp_limit == udp_limit_for(query.edns_payload)
     name_to_text(query.qname)
