@@ -4,6 +4,7 @@ amplification guard and the rate limit, a forged one is not, a malformed one is 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ import dns.query
 import dns.rcode
 import pytest
 
+from agent.querylog_config import QueryLogConfig
 from dnsmesh.cookies import OPTION_COOKIE, RCODE_BADCOOKIE
 from tests.integration.conftest import RunningAgent, policy_yaml
 from tests.integration.fakedns import SERVER_COOKIE, FakeUpstream
@@ -246,3 +248,27 @@ def test_an_upstream_badcookie_is_asked_again_over_tcp(
     assert len(tcp) == 1 and tcp[0].cookie is not None
     assert tcp[0].cookie.endswith(SERVER_COOKIE)  # learned from the BADCOOKIE
     assert agent.server.upstream.badcookie == 1
+
+
+def test_with_the_query_log_on_cookie_queries_get_their_cookie_and_their_line(
+    tmp_path: Path, start_agent: StartAgent, upstream: FakeUpstream
+) -> None:
+    log = tmp_path / "queries.log"
+    policies = tmp_path / "p.yaml"
+    policies.write_text(policy_yaml("web", "web.mesh.test", [{"address": "10.3.0.1"}]))
+    agent = _big_agent(start_agent, upstream, policies=policies, query_log=QueryLogConfig(str(log)))
+    policy = _ask(agent, "web.mesh.test", "A", CLIENT_COOKIE)
+    assert [r.to_text() for r in policy.answer[0]] == ["10.3.0.1"]
+    cookie = _cookie(policy)
+    assert cookie[:8] == CLIENT_COOKIE
+    forwarded = _ask(agent, "big.example.test", "TXT", cookie)  # proven: not truncated
+    assert len(forwarded.answer[0]) == 12 and _cookie(forwarded)[:8] == CLIENT_COOKIE
+    lines = wait_until(
+        lambda: log.exists() and len(text := log.read_text().splitlines()) >= 2 and text,
+        5,
+        "two query log lines",
+    )
+    assert [(line["name"], line["source"]) for line in map(json.loads, lines)] == [
+        ("web.mesh.test", "policy"),
+        ("big.example.test", "upstream"),
+    ]
