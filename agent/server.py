@@ -34,6 +34,7 @@ from agent.shutdown import CANCEL_GRACE, finish_by
 from agent.upstream import UpstreamClient
 from dnsmesh.admission import ClientAcl
 from dnsmesh.dnsforward import UpstreamAnswer
+from dnsmesh.drains import NO_DRAINS, DrainSet
 from dnsmesh.errors import ConfigError
 from dnsmesh.logs import fields
 from dnsmesh.snapshot import Snapshot
@@ -56,12 +57,14 @@ class AgentServer:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         down: Callable[[], frozenset[str]] = frozenset,
+        drains: Callable[[], DrainSet] = lambda: NO_DRAINS,
     ) -> None:
-        """``down`` gives the mesh-wide down set (the controller's), empty without one."""
+        """``down`` gives the mesh-wide down set and ``drains`` the operators' drains (the
+        controller's), empty without one."""
         self.config = config
         self.clock = clock
         self.rng = rng or random.Random()
-        self.served = ServedSnapshot(down)
+        self.served = ServedSnapshot(down, drains)
         self.cache: Cache[UpstreamAnswer] = Cache(
             config.cache_size, clock, max_ttl=config.max_ttl, max_stale=config.max_stale
         )

@@ -22,6 +22,7 @@ from agent.sync.credentials import Credentials
 from agent.sync.identity import IdentityFile
 from agent.sync.policy_sources import LocalPolicyWatcher, PolicySources
 from agent.sync.state_file import StateDir
+from dnsmesh.drains import DrainSet
 
 
 class SyncedAgent:
@@ -31,7 +32,11 @@ class SyncedAgent:
         self, config: AgentConfig, sync: SyncConfig, *, rng: random.Random | None = None
     ) -> None:
         # The server must not watch the files itself: every load is checked for clashes.
-        self.server = AgentServer(dataclasses.replace(config, policies=None), down=self._mesh_down)
+        self.server = AgentServer(
+            dataclasses.replace(config, policies=None),
+            down=self._mesh_down,
+            drains=self._drains,
+        )
         self.sources = PolicySources(self.server.apply_snapshot, self._local_changed)
         self.state_dir = StateDir(sync.state_dir)
         self.sync_config = sync
@@ -46,6 +51,10 @@ class SyncedAgent:
     def _mesh_down(self) -> frozenset[str]:
         """The controller's mesh-wide down set travels with each revision it sends."""
         return self.sources.running.down
+
+    def _drains(self) -> DrainSet:
+        """So do the operators' drains."""
+        return self.sources.running.drains
 
     def _local_changed(self) -> None:
         """A local reload took effect: the sync client reports what is shadowed now."""
