@@ -101,6 +101,7 @@ class DrainService:
                 "a drain lasts more than 0 s and at most 366 days",
                 [FieldError("for", "must be more than 0 s and at most 366 days")],
             )
+        refused: list[safety.Violation] = []
         with self.db.writing() as transaction:
             session = transaction.session
             revision = bump_revision(session)
@@ -123,21 +124,23 @@ class DrainService:
             ]
             if violations and not force:
                 transaction.discard()
-                self._audit_refusal(address, policy, actor, violations)
-                raise SafetyRuleBroken(violations[0], address)
-            before = repo.as_set(live)
-            repo.delete_drains(session, [r for r in rows if r not in live])
-            row = existing or DrainRow(address=address, policy_name=policy or repo.EVERY_POLICY)
-            row.revision = revision
-            row.created_at = now
-            row.created_by = actor
-            row.until = until
-            row.forced = bool(violations)
-            if existing is None:
-                session.add(row)
-            extra = {"forced_past": [v.message for v in violations]} if violations else {}
-            self._log(session, revision, "endpoint.drain", address, actor, before, after, extra)
-            return DrainResult(revision, drain_json(row), violations)
+                refused = violations
+            else:
+                before = repo.as_set(live)
+                repo.delete_drains(session, [r for r in rows if r not in live])
+                row = existing or DrainRow(address=address, policy_name=policy or repo.EVERY_POLICY)
+                row.revision, row.created_at, row.created_by = revision, now, actor
+                row.until, row.forced = until, bool(violations)
+                if existing is None:
+                    session.add(row)
+                extra = {"forced_past": [v.message for v in violations]} if violations else {}
+                self._log(session, revision, "endpoint.drain", address, actor, before, after, extra)
+                written = drain_json(row)
+        if refused:
+            # In a transaction of its own, once the refused one has let go of the write lock.
+            self._audit_refusal(address, policy, actor, refused)
+            raise SafetyRuleBroken(refused[0], address)
+        return DrainResult(revision, written, violations)
 
     def undrain(self, address: str, *, actor: str, policy: str | None = None) -> int:
         """Removes the drain of ``address`` in ``policy``; returns the revision."""
