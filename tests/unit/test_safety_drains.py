@@ -8,7 +8,7 @@ from typing import Any
 import dns.message
 import pytest
 
-from dnsmesh import protocol, safety
+from dnsmesh import protocol, quorum, safety
 from dnsmesh.dnswire import RCODE_SERVFAIL, parse_query
 from dnsmesh.drains import Drained, DrainSet
 from dnsmesh.errors import PolicyError
@@ -253,3 +253,45 @@ def test_drains_travel_in_snapshots_deltas_and_the_state_file() -> None:
     cleared = protocol.apply_update(state, protocol.build_delta(1, 2, [], None, "m", DrainSet()))
     assert not cleared.drains
     assert protocol.decode_state(protocol.encode_state(state)).drains == state.drains
+
+
+# -- the quorum: anti-flap streaks and safety ------------------------------------------------
+
+
+def _verdicts(down: set[str], addresses: list[str]) -> dict[str, quorum.Verdict]:
+    return {a: quorum.Verdict(a, 3, 3 if a in down else 0, a in down) for a in addresses}
+
+
+def test_the_quorum_flips_only_after_explicit_fall_and_rise_evaluations() -> None:
+    p = policy([A, B, C], health={"fall": 3, "rise": 2})
+    streaks: dict[str, int] = {}
+    stored: frozenset[str] = frozenset()
+    for _ in range(2):
+        settled = quorum.settle(_verdicts({A}, [A, B, C]), stored, streaks, [p], DrainSet())
+        assert settled.down == frozenset()
+        streaks = settled.streaks
+    settled = quorum.settle(_verdicts({A}, [A, B, C]), stored, streaks, [p], DrainSet())
+    assert settled.down == {A}  # the third evaluation in a row
+    stored, streaks = settled.down, settled.streaks
+    up = quorum.settle(_verdicts(set(), [A, B, C]), stored, streaks, [p], DrainSet())
+    assert up.down == {A}  # one evaluation saying up is not enough with rise 2
+    back = quorum.settle(_verdicts({A}, [A, B, C]), stored, up.streaks, [p], DrainSet())
+    assert back.streaks == {}  # it said down again: the count starts over
+    # no explicit fall/rise: the first evaluation flips, as before
+    plain = policy([A, B, C])
+    assert quorum.settle(_verdicts({A}, [A, B, C]), frozenset(), {}, [plain], DrainSet()).down == {
+        A
+    }
+
+
+def test_the_quorum_down_set_keeps_the_safety_floor_counting_drains() -> None:
+    p = policy([A, B, C], safety_rule={"min_endpoints": 2})
+    settled = quorum.settle(_verdicts({A, B}, [A, B, C]), frozenset(), {}, [p], DrainSet())
+    assert settled.down == {A} and settled.held == {B}
+    drained = quorum.settle(
+        _verdicts({A}, [A, B, C]), frozenset(), {}, [p], DrainSet([Drained(C, "web")])
+    )
+    assert drained.down == frozenset() and drained.held == {A}
+    # one already down stays down first; an address in no policy is not held
+    kept = quorum.settle(_verdicts({A, B, D}, [A, B, C, D]), frozenset({B}), {}, [p], DrainSet())
+    assert kept.down == {B, D} and kept.held == {A}
