@@ -4,8 +4,11 @@ Three inputs make the answers, and this is the one object that owns them all:
 
 * the **base** snapshot, compiled from the local policy files or the controller's revision;
 * the mesh-wide **down** set that comes with each controller revision (empty without one);
-* the **weights** that health decides (the agent's probes, ejections and the down set),
-  policy name -> endpoint -> weight, only where they differ from the configured ones.
+* the operators' **drains** that come with each controller revision (none without one);
+* what health decides (``Effective``): the **weights** (the agent's probes, ejections, the
+  down set and the drains), policy name -> endpoint -> weight, only where they differ from
+  the configured ones, and the policies that answer SERVFAIL because all their endpoints
+  are down.
 
 Whenever the base or the weights change, the effective snapshot is built by the pure
 ``dnsmesh.reweigh.reweigh`` and published in one assignment of ``snapshot``: a query sees
@@ -19,7 +22,8 @@ import time
 from collections.abc import Callable
 
 from agent.answer_counts import AnswerCounts
-from dnsmesh.reweigh import Compiled, Weights, reweigh
+from dnsmesh.drains import NO_DRAINS, DrainSet
+from dnsmesh.reweigh import CONFIGURED, Compiled, Effective, reweigh
 from dnsmesh.snapshot import Snapshot, compile_snapshot
 
 
@@ -29,26 +33,30 @@ class ServedSnapshot:
     __slots__ = (
         "_compiled",
         "_down",
+        "_drains",
         "answers",
         "base",
         "base_since",
         "clock",
+        "effective",
         "snapshot",
-        "weights",
     )
 
     def __init__(
         self,
         down: Callable[[], frozenset[str]] = frozenset,
+        drains: Callable[[], DrainSet] = lambda: NO_DRAINS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``down`` reads the mesh-wide down set from where revisions arrive (the sync)."""
+        """``down`` and ``drains`` read the mesh-wide down set and the operators' drains
+        from where revisions arrive (the sync)."""
         self.clock = clock
         self.base: Snapshot = compile_snapshot([])
         self.base_since: float | None = None  # when the first or latest base was set
-        self.weights: Weights = {}
+        self.effective: Effective = CONFIGURED
         self.snapshot: Snapshot = self.base
         self._down = down
+        self._drains = drains
         self._compiled: Compiled = {}  # reweigh's cache: unchanged policies are not recompiled
         self.answers = AnswerCounts()  # answers per policy, slice and endpoint (metrics)
 
@@ -56,19 +64,26 @@ class ServedSnapshot:
     def down(self) -> frozenset[str]:
         return self._down()
 
-    def set_base(self, base: Snapshot, weights: Weights) -> None:
-        """A newly compiled policy set with the weights health decided for it, at once."""
+    @property
+    def drains(self) -> DrainSet:
+        return self._drains()
+
+    def set_base(self, base: Snapshot, effective: Effective) -> None:
+        """A newly compiled policy set with what health decided for it, at once."""
         self.base = base
         self.base_since = self.clock()
-        self.weights = weights
+        self.effective = effective
         self._publish()
 
-    def set_weights(self, weights: Weights) -> None:
-        """New weights from health for the base being served."""
-        self.weights = weights
+    def set_weights(self, effective: Effective) -> None:
+        """What health decided anew for the base being served."""
+        self.effective = effective
         self._publish()
 
     def _publish(self) -> None:
         old = self.snapshot
-        self.snapshot = reweigh(self.base, self.weights, self._compiled)  # the one assignment
+        effective = self.effective
+        self.snapshot = reweigh(  # the one assignment
+            self.base, effective.weights, self._compiled, effective.servfail
+        )
         self.answers.retire(old, self.snapshot)

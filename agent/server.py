@@ -45,6 +45,7 @@ from agent.upstream import UpstreamClient
 from dnsmesh.admission import ClientAcl
 from dnsmesh.cookies import SECRET_LEN, ClientCookies, ServerCookies
 from dnsmesh.dnsforward import UpstreamAnswer
+from dnsmesh.drains import NO_DRAINS, DrainSet
 from dnsmesh.errors import ConfigError
 from dnsmesh.logs import fields
 from dnsmesh.snapshot import Snapshot
@@ -68,13 +69,15 @@ class AgentServer:
         rng: random.Random | None = None,
         down: Callable[[], frozenset[str]] = frozenset,
         sync_state: Callable[[], SyncState | None] | None = None,
+        drains: Callable[[], DrainSet] = lambda: NO_DRAINS,
     ) -> None:
-        """``down`` gives the mesh-wide down set (the controller's), empty without one;
-        ``sync_state`` what the sync client knows, for a controlled agent's metrics."""
+        """``down`` gives the mesh-wide down set and ``drains`` the operators' drains (the
+        controller's), empty without one; ``sync_state`` what the sync client knows, for a
+        controlled agent's metrics."""
         self.config = config
         self.clock = clock
         self.rng = rng or random.Random()
-        self.served = ServedSnapshot(down)
+        self.served = ServedSnapshot(down, drains)
         self.cache: Cache[UpstreamAnswer] = Cache(
             config.cache_size, clock, max_ttl=config.max_ttl, max_stale=config.max_stale
         )

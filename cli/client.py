@@ -208,6 +208,29 @@ class ControllerClient:
         body: dict[str, Any] = self._request("GET", "/v1/endpoints", params=params).json()
         return body
 
+    def drain(
+        self,
+        address: str,
+        policy: str | None = None,
+        duration: str | None = None,
+        *,
+        force: bool = False,
+    ) -> dict[str, Any]:
+        """``POST /v1/endpoints/{address}/drain``: ControllerRefused (409) past a safety rule."""
+        body = {k: v for k, v in (("policy", policy), ("for", duration)) if v is not None}
+        params = {"force": "true"} if force else {}
+        answer: dict[str, Any] = self._request(
+            "POST", f"/v1/endpoints/{address}/drain", json=body, params=params
+        ).json()
+        return answer
+
+    def undrain(self, address: str, policy: str | None = None) -> int:
+        """``DELETE /v1/endpoints/{address}/drain``; returns the revision."""
+        params = {"policy": policy} if policy else {}
+        response = self._request("DELETE", f"/v1/endpoints/{address}/drain", params=params)
+        revision: int = response.json()["revision"]
+        return revision
+
     def topology(self) -> dict[str, Any]:
         """``GET /v1/topology``: agents x endpoints with latency and loss."""
         body: dict[str, Any] = self._request("GET", "/v1/topology").json()

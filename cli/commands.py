@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from cli.drains import add_endpoint_command
 from dnsmesh.errors import ConfigError
 from dnsmesh.policy import Policy
 from dnsmesh.policyfile import load_policy_path
@@ -108,6 +109,7 @@ def add_client_commands(
         "names", nargs="+", metavar="NAME", help="policy names, or agent ids (agents)"
     )
     delete.set_defaults(run=run_delete)
+    add_endpoint_command(subcommands, client)
 
 
 def run_apply(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -268,7 +270,7 @@ def _shadowed_cell(shadowed: list[dict[str, str]] | None) -> str:
 
 
 def _endpoints_table(items: list[dict[str, Any]]) -> str:
-    header = ("ADDRESS", "STATUS", "FAILING", "LATENCY", "LOSS", "POLICIES")
+    header = ("ADDRESS", "STATUS", "ADMIN", "FAILING", "LATENCY", "LOSS", "POLICIES")
     rows = [header]
     for item in items:
         latency = item["latency_ms"]
@@ -277,6 +279,7 @@ def _endpoints_table(items: list[dict[str, Any]]) -> str:
             (
                 item["address"],
                 item["status"].upper() if item["down"] else item["status"],
+                _admin_cell(item),
                 f"{item['failing']}/{item['voters']}",
                 "-" if latency is None else f"{latency:.1f}ms",
                 "-" if loss is None else f"{loss:.0%}",
@@ -284,6 +287,17 @@ def _endpoints_table(items: list[dict[str, Any]]) -> str:
             )
         )
     return _render_table(rows)
+
+
+def _admin_cell(item: dict[str, Any]) -> str:
+    """gdnsd's admin_state: up, or drained (where, and until when)."""
+    state = str(item.get("admin_state", "up"))
+    drains = item.get("drains") or []
+    if not drains:
+        return state
+    where = ",".join(d["policy"] or "*" for d in drains)
+    until = min((d["until"] for d in drains if d["until"]), default=None)
+    return f"{state}({where}{' until ' + until[11:19] if until else ''})"
 
 
 def _render_table(rows: Sequence[Sequence[str]]) -> str:

@@ -6,6 +6,7 @@
         ├── AlreadyExists        409  the name (or slice id) is taken
         ├── DomainConflict       409  another policy already has the domain
         ├── LocalPolicyClash     409  a connected agent's local files define the name/domain
+        ├── SafetyRuleBroken     409  a drain would break a policy's spec.safety (``force``)
         ├── PreconditionFailed   412  If-Match names a revision that is no longer current
         ├── DatabaseUnavailable  503  the database cannot be reached or dropped the connection
         │   └── CommitUnknown    503  the connection dropped during COMMIT: it may have landed
@@ -18,6 +19,7 @@ Invalid documents raise ``dnsmesh.errors.PolicyError`` (422) with every offendin
 from __future__ import annotations
 
 from dnsmesh.errors import ControllerError, FieldError
+from dnsmesh.safety import Violation
 
 
 class StoreError(ControllerError):
@@ -46,6 +48,18 @@ class LocalPolicyClash(StoreError):
     def __init__(self, message: str, fields: list[FieldError]) -> None:
         super().__init__(message)
         self.fields = fields
+
+
+class SafetyRuleBroken(StoreError):
+    """A drain would leave a policy with less in service than its ``spec.safety`` asks."""
+
+    def __init__(self, violation: Violation, address: str) -> None:
+        super().__init__(
+            f"draining {address} would break a safety rule: {violation.message} "
+            "(drain with force to do it anyway)"
+        )
+        self.violation = violation
+        self.fields = [FieldError(f"spec.safety.{violation.rule}", violation.message)]
 
 
 class PreconditionFailed(StoreError):

@@ -6,7 +6,8 @@ delta built from the window (or from the change log when the window does not rea
 or a snapshot of every policy when the log does not reach back either (compaction).
 Besides policies, a snapshot carries the mesh-wide down set
 (controller.services.endpoint_health), and a delta carries it when a down-set change (a
-change-log row of its own, operation ``down``) lies in its range. Each
+change-log row of its own, operation ``down``) lies in its range; the operators' drains
+travel the same way (operation ``drain``). Each
 update is built and encoded once per starting revision and shared by every agent that
 starts there, so a commit costs one read of the change log per replica, not one per agent.
 Every update names the mesh (``mesh_id``, read once at start: it never changes).
@@ -165,7 +166,7 @@ class Feed:
                 return cached
             listing = await asyncio.to_thread(self.store.list_policies)
             message = protocol.build_snapshot(
-                listing.revision, listing.items, listing.down, self.mesh_id
+                listing.revision, listing.items, listing.down, self.mesh_id, listing.drains
             )
             self.encoded += 1
             self._snapshot = Update(listing.revision, protocol.encode_message(message))
@@ -197,7 +198,7 @@ class Feed:
             return
         documents = dict(by_name)  # a new dict: a reader may hold the old one
         for change in newer:
-            if change.is_down:
+            if not change.touches_policy:
                 continue
             if change.document is None:
                 documents.pop(change.policy, None)
@@ -208,12 +209,14 @@ class Feed:
     def _encode_delta(self, since: int, changes: list[Change]) -> Update:
         # A down-set change carries the whole set: the last one in the range is the news.
         down = next((c.down for c in reversed(changes) if c.is_down), None)
+        drains = next((c.drains for c in reversed(changes) if c.is_drain), None)
         delta = protocol.build_delta(
             since,
             changes[-1].revision,
-            ((c.policy, c.document) for c in changes if not c.is_down),
+            ((c.policy, c.document) for c in changes if c.touches_policy),
             down,
             self.mesh_id,
+            drains,
         )
         self.encoded += 1
         return Update(delta.revision, protocol.encode_message(delta))

@@ -3,8 +3,9 @@
 Like controller.recorder, the hub hands reports over without awaiting the database
 (``record``); one task writes whatever queued up in one transaction, then evaluates the
 quorum rule (controller.services.endpoint_health). It also evaluates every ``evaluate_s``
-without new reports, because reports going stale can change the verdict too, and prunes the
-history.
+without new reports, because reports going stale can change the verdict too, prunes the
+history, and ends the drains whose time is up (controller.services.drains), so a drain's
+``for`` ends within about ``evaluate_s`` of its time.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TypeVar
 from controller.batching import BatchQueue
 from controller.db.session import Database
 from controller.errors import DatabaseUnavailable
+from controller.services.drains import DrainService
 from controller.services.endpoint_health import EndpointHealthService, Received
 from dnsmesh import protocol, quorum
 from dnsmesh.logs import fields
@@ -49,6 +51,7 @@ class QuorumMonitor:
         self.service = EndpointHealthService(
             db, self.settings.rule, history_s=self.settings.history_s
         )
+        self.drains = DrainService(db)
         self._reports: BatchQueue[Received] = BatchQueue(MAX_QUEUED)
         self.changes = 0  # down-set revisions this replica committed (for tests and logs)
 
@@ -72,6 +75,7 @@ class QuorumMonitor:
                 self._reports.put_back(batch)  # the database is away: again later
                 await asyncio.sleep(1.0)
                 continue
+            await self._expire_drains()
             await self._evaluate()
             if batch:
                 await self._reports.handled(len(batch))
@@ -104,6 +108,11 @@ class QuorumMonitor:
                     cleared=sorted(change.cleared),
                 ),
             )
+
+    async def _expire_drains(self) -> None:
+        revision = await self._guarded(self.drains.expire)
+        if revision is not None:
+            log.info("endpoints.drains_expired", extra=fields(revision=revision))
 
     async def _guarded(self, work: Callable[..., T], *args: object) -> T | None:
         try:

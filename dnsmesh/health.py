@@ -6,17 +6,19 @@ measurements as arguments, so the rules are tested without sockets or clocks.
 **Per endpoint address** (``EndpointHealth.observe``): an EWMA of latency (successes
 only) and of loss (1 per failed probe, 0 per success), and the consecutive failures and
 successes. Outlier ejection follows Envoy's outlier detection (a circuit breaker):
-``consecutive_failures`` failures in a row eject the endpoint for
-``base_ejection x times ejected``; once that time is over, the first successful probe
-brings it back (an endpoint still failing stays out: it is probed all along). Every
+``fall`` failures in a row (``spec.health.fall``, once ``outlier.consecutive_failures``)
+eject the endpoint for ``base_ejection x times ejected``; once that time is over, ``rise``
+successes in a row (``spec.health.rise``, default 1) bring it back (an endpoint still
+failing stays out: it is probed all along; successes during the ejection count). Every
 ``base_ejection`` spent healthy forgives one past ejection, as Envoy decrements its
 ejection multiplier.
 
-**Per policy** (``decide_weights``): the endpoints that are ejected locally or marked
-down mesh-wide (the controller's quorum) get weight 0, but never more than
-``max_ejection_percent`` of the policy's endpoints (the least bad stay in); when every
-endpoint is unhealthy the policy answers from its configured weights (fail open, counted
-in ``Decision.fail_open``) rather than with nothing.
+**Per policy** (``decide_weights``): drained endpoints (an operator's override) get weight
+0; of the rest, those ejected locally or marked down mesh-wide (the controller's quorum)
+get weight 0 too, but never more than ``max_ejection_percent`` of them and never past the
+policy's safety rules (dnsmesh.safety; the least bad stay in); when every endpoint in
+service is unhealthy the policy answers what ``spec.health.on_all_down`` says (fail open,
+its configured weights, by default) rather than with nothing (``decide_policy``).
 
 **latency-weighted**: the effective weight of endpoint *e* is
 
@@ -54,7 +56,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from dnsmesh.policy import Outlier, Policy, Strategy
+from dnsmesh import safety
+from dnsmesh.drains import NO_DRAINS, DrainSet
+from dnsmesh.policy import (
+    DEFAULT_FALL,
+    DEFAULT_RISE,
+    FallbackGroup,
+    Health,
+    OnAllDown,
+    Outlier,
+    Policy,
+    Strategy,
+)
 
 ALPHA = 0.3  # EWMA weight of the newest sample: ~ the last 5-6 probes matter
 K = 0.005  # seconds added to both latencies before taking their ratio (see 2. above)
@@ -71,20 +84,36 @@ State = Literal["healthy", "ejected", "unknown"]
 
 @dataclass(frozen=True, slots=True)
 class OutlierRule:
-    """The ejection rule one address follows (the merge of its policies' ``outlier``)."""
+    """The ejection rule one address follows (the merge of its policies' ``health``):
+    ejected after ``consecutive_failures`` (``spec.health.fall``) failed probes in a row,
+    back after ``rise`` successes in a row once its ejection time is over."""
 
-    consecutive_failures: int = 5
+    consecutive_failures: int = DEFAULT_FALL
     base_ejection: float = 30.0
+    rise: int = DEFAULT_RISE
 
     @classmethod
-    def merge(cls, outliers: Iterable[Outlier]) -> OutlierRule:
-        """Several policies probing one address: the most sensitive rule (fewest failures
-        to eject, shortest ejection), so no policy keeps a failing endpoint longer than it
-        asked for; a longer ejection would keep it away from policies that asked less."""
-        rules = list(outliers)
-        if not rules:
+    def of(cls, health: Health | None) -> OutlierRule:
+        if health is None:
             return cls()
-        return cls(min(o.consecutive_failures for o in rules), min(o.base_ejection for o in rules))
+        return cls(
+            health.failures_to_eject, health.outlier.base_ejection, health.successes_to_return
+        )
+
+    @classmethod
+    def merge(cls, rules: Iterable[OutlierRule]) -> OutlierRule:
+        """Several policies probing one address: the most sensitive rule (fewest failures
+        to eject, shortest ejection, fewest successes to return), so no policy keeps a
+        failing endpoint longer than it asked for; a longer ejection would keep it away
+        from policies that asked less."""
+        found = list(rules)
+        if not found:
+            return cls()
+        return cls(
+            min(r.consecutive_failures for r in found),
+            min(r.base_ejection for r in found),
+            min(r.rise for r in found),
+        )
 
 
 def ewma(previous: float | None, sample: float, alpha: float = ALPHA) -> float:
@@ -147,8 +176,8 @@ class EndpointHealth:
             samples=self.samples + 1,
         )
         if self.ejected_until is not None:
-            if now < self.ejected_until:
-                return after  # still serving its ejection time
+            if now < self.ejected_until or after.consecutive_successes < rule.rise:
+                return after  # still serving its ejection time, or not yet risen
             return replace(after, ejected_until=None, ejected_at=None, healthy_since=now)
         since = self.healthy_since if self.healthy_since is not None else now
         if self.times_ejected and now - since >= rule.base_ejection:
@@ -190,13 +219,35 @@ def level_factor(level: int) -> float:
 @dataclass(frozen=True, slots=True)
 class Decision:
     """``weights`` for compile_snapshot (only policies whose weights differ from the
-    configured ones), the ladder ``levels`` to pass back next time (hysteresis), and the
-    names of the policies answered fail-open."""
+    configured ones), the ladder ``levels`` to pass back next time (hysteresis), the
+    policies with every endpoint in service unhealthy and what they answer (``all_down``:
+    name -> ``fail-open``, ``servfail``, ``nodata`` or ``fallback``), those of them that
+    answer SERVFAIL, and the addresses ejected per policy."""
 
     weights: Mapping[str, Mapping[str, int]]
     levels: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    fail_open: tuple[str, ...] = ()
+    all_down: Mapping[str, str] = field(default_factory=dict)
     ejected: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def fail_open(self) -> tuple[str, ...]:
+        return tuple(name for name, mode in self.all_down.items() if mode == "fail-open")
+
+    @property
+    def servfail(self) -> frozenset[str]:
+        return frozenset(name for name, mode in self.all_down.items() if mode == "servfail")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDecision:
+    """One policy's part of a Decision."""
+
+    weights: dict[str, int] | None  # None: the configured weights
+    all_down: str | None = None  # what it answers with every endpoint in service unhealthy
+    ejected: tuple[str, ...] = ()
+
+
+_CONFIGURED = PolicyDecision(None)
 
 
 def _badness(
@@ -215,33 +266,77 @@ def _badness(
     return (-(int(local) + int(address in down)), -int(local), at)
 
 
+def all_down_weights(policy: Policy, drained: frozenset[str]) -> tuple[str, dict[str, int] | None]:
+    """What a policy answers when no endpoint in service is healthy: (mode, weights).
+
+    ``fail-open``: its configured weights, drained endpoints still left out (a drain is an
+    operator's word; when everything is drained, nothing is answered). ``nodata``: every
+    weight 0, so A/AAAA get NOERROR with no records. ``servfail``: the configured weights
+    (the snapshot answers SERVFAIL for it, whatever they are). ``fallback_group``: only that
+    group's endpoints that are not drained, at their weight (1 for a standby of weight 0).
+    """
+    endpoints = policy.spec.endpoints
+    health = policy.spec.health
+    mode = health.all_down if health is not None else OnAllDown.FAIL_OPEN
+    if isinstance(mode, FallbackGroup):
+        weights = {
+            str(e.address): (max(1, e.weight) if e.group == mode.group else 0) for e in endpoints
+        }
+        for address in drained:
+            if address in weights:
+                weights[address] = 0
+        return "fallback", weights
+    if mode is OnAllDown.NODATA:
+        return mode.value, {str(e.address): 0 for e in endpoints}
+    if mode is OnAllDown.SERVFAIL:
+        return mode.value, None
+    configured = {str(e.address): e.weight for e in endpoints if e.weight > 0}
+    left_out = drained & configured.keys()
+    if not left_out:
+        return mode.value, None
+    return mode.value, {a: 0 if a in left_out else w for a, w in configured.items()}
+
+
 def decide_policy(
     policy: Policy,
     health: Mapping[str, EndpointHealth],
     down: frozenset[str],
     previous: Mapping[tuple[str, str], int],
     levels: dict[tuple[str, str], int],
-) -> tuple[dict[str, int] | None, bool, tuple[str, ...]]:
-    """(effective weights or None if they are the configured ones, failed open, ejected)."""
+    drained: frozenset[str] = frozenset(),
+) -> PolicyDecision:
+    """The effective weights of one policy, in this order:
+
+    1. drained endpoints are out, always (the controller checked the safety rules when the
+       drain was made, or the operator forced it);
+    2. when no endpoint left in service is healthy (ejected here or down mesh-wide), the
+       policy answers what ``spec.health.on_all_down`` says (``all_down_weights``);
+    3. else unhealthy endpoints are ejected, worst first, at most ``max_ejection_percent`` of
+       those in service and only while ``spec.safety`` still holds: the rest stay in;
+    4. latency-weighted policies scale the weights of what is left.
+    """
     spec = policy.spec
     endpoints = [e for e in spec.endpoints if e.weight > 0]
     addresses = [str(e.address) for e in endpoints]
-    if not any(a in health or a in down for a in addresses):
-        return None, False, ()  # nothing known: the configured weights (the common case)
+    if not drained and not any(a in health or a in down for a in addresses):
+        return _CONFIGURED  # nothing known: the configured weights (the common case)
+    drained = drained & {str(e.address) for e in spec.endpoints}
+    serving = [a for a in addresses if a not in drained]
+    unhealthy = [a for a in serving if a in down or (a in health and health[a].ejected)]
+    if len(unhealthy) == len(serving):  # every endpoint in service is down, or none is left
+        mode, weights = all_down_weights(policy, drained)
+        return PolicyDecision(weights, mode)
     outlier = spec.health.outlier if spec.health is not None else Outlier()
-    unhealthy = [a for a in addresses if a in down or (a in health and health[a].ejected)]
-    if unhealthy and len(unhealthy) == len(addresses):
-        return None, True, ()  # fail open: the configured weights, all of them
-    allowed = len(addresses) * outlier.max_ejection_percent // 100
+    allowed = len(serving) * outlier.max_ejection_percent // 100
     order = {a: i for i, a in enumerate(addresses)}
     unhealthy.sort(key=lambda a: (*_badness(a, health.get(a), down), order[a]))
-    ejected = tuple(unhealthy[:allowed])
+    ejected = safety.admit(policy, drained, unhealthy, allowed)
     weights = {str(e.address): e.weight for e in endpoints}
     changed = False
     if spec.strategy is Strategy.LATENCY_WEIGHTED:
         measured = {
             a: health[a]
-            for a in addresses
+            for a in serving
             if a not in ejected and a in health and health[a].latency is not None
         }
         if measured:
@@ -256,10 +351,10 @@ def decide_policy(
                     levels[key] = level
                     weight = max(1, round(weight * level_factor(level)))
                 weights[address] = weight
-    for address in ejected:
+    for address in (*drained, *ejected):
         weights[address] = 0
         changed = True
-    return (weights if changed else None), False, ejected
+    return PolicyDecision(weights if changed else None, None, ejected)
 
 
 def decide_weights(
@@ -267,23 +362,27 @@ def decide_weights(
     health: Mapping[str, EndpointHealth],
     down: frozenset[str] = frozenset(),
     previous: Mapping[tuple[str, str], int] | None = None,
+    drains: DrainSet = NO_DRAINS,
 ) -> Decision:
     """The ``weights`` argument of compile_snapshot for these policies, given this agent's
-    per-address ``health``, the mesh-wide ``down`` set and the last decision's levels.
+    per-address ``health``, the mesh-wide ``down`` set, the operators' ``drains`` and the
+    last decision's levels.
 
     Mesh ``down`` addresses count as ejected for every agent, including one that never
-    probed them, under the same max_ejection_percent bound and fail-open rule.
+    probed them, under the same max_ejection_percent bound, safety rules and all-down rule.
     """
     weights: dict[str, Mapping[str, int]] = {}
     levels: dict[tuple[str, str], int] = {}
-    fail_open: list[str] = []
+    all_down: dict[str, str] = {}
     ejected: dict[str, tuple[str, ...]] = {}
     for policy in policies:
-        decided, opened, out = decide_policy(policy, health, down, previous or {}, levels)
-        if decided is not None:
-            weights[policy.name] = decided
-        if opened:
-            fail_open.append(policy.name)
-        if out:
-            ejected[policy.name] = out
-    return Decision(weights, levels, tuple(fail_open), ejected)
+        decided = decide_policy(
+            policy, health, down, previous or {}, levels, drains.of(policy.name)
+        )
+        if decided.weights is not None:
+            weights[policy.name] = decided.weights
+        if decided.all_down is not None:
+            all_down[policy.name] = decided.all_down
+        if decided.ejected:
+            ejected[policy.name] = decided.ejected
+    return Decision(weights, levels, all_down, ejected)

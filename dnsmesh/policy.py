@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import re
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -165,7 +166,9 @@ IPNetwork = Annotated[
     PlainValidator(_parse_network),
     PlainSerializer(str, return_type=str),
 ]
-GroupName = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62})$")]
+_GROUP_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62})$"
+_GROUP_RE = re.compile(_GROUP_PATTERN)
+GroupName = Annotated[str, Field(pattern=_GROUP_PATTERN)]
 
 
 Location = tuple[str | int, ...]
@@ -222,14 +225,110 @@ class Probe(_Strict):
 
 
 class Outlier(_Strict):
-    consecutive_failures: int = Field(default=5, ge=1, le=1000)
+    # The old name of ``spec.health.fall``, still accepted (one of the two, not both).
+    consecutive_failures: int | None = Field(default=None, ge=1, le=1000)
     base_ejection: Duration = 30.0
     max_ejection_percent: int = Field(default=50, ge=0, le=100)
 
 
+class OnAllDown(StrEnum):
+    """What a policy answers when every endpoint in service is unhealthy."""
+
+    FAIL_OPEN = "fail-open"  # its configured endpoints, as if all were healthy
+    SERVFAIL = "servfail"
+    NODATA = "nodata"
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackGroup:
+    """``{fallback_group: NAME}``: answer the endpoints of that group of the same policy."""
+
+    group: str
+
+
+_ALL_DOWN_CHOICES = "'fail-open', 'servfail', 'nodata' or {fallback_group: NAME}"
+
+
+def _parse_on_all_down(value: object) -> OnAllDown | FallbackGroup:
+    """Parsed by hand: a pydantic union of a string and a mapping reports both branches'
+    errors at made-up paths; this names the one field and what it may be."""
+    if isinstance(value, OnAllDown | FallbackGroup):
+        return value
+    if isinstance(value, str):
+        try:
+            return OnAllDown(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not one of {_ALL_DOWN_CHOICES}") from None
+    if isinstance(value, dict) and set(value) == {"fallback_group"}:
+        group = value["fallback_group"]
+        if isinstance(group, str) and _GROUP_RE.match(group):
+            return FallbackGroup(group)
+        raise ValueError(f"fallback_group {group!r} is not a group name")
+    raise ValueError(f"must be {_ALL_DOWN_CHOICES}")
+
+
+def _dump_on_all_down(value: OnAllDown | FallbackGroup) -> str | dict[str, str]:
+    return value.value if isinstance(value, OnAllDown) else {"fallback_group": value.group}
+
+
+AllDownAnswer = Annotated[
+    OnAllDown | FallbackGroup,
+    PlainValidator(_parse_on_all_down),
+    PlainSerializer(_dump_on_all_down),
+]
+
+DEFAULT_FALL = 5  # Envoy's consecutive_5xx default
+DEFAULT_RISE = 1  # what the agent did before rise existed: the first success after ejection
+
+
 class Health(_Strict):
     probe: Probe | None = None
+    # Anti-flap (gdnsd's up/down thresholds, PowerDNS's minimumFailures): down after
+    # ``fall`` consecutive failed probes, back after ``rise`` consecutive successes.
+    # Unset fields stay unset, so a stored document reads back as it was written.
+    fall: int | None = Field(default=None, ge=1, le=1000)
+    rise: int | None = Field(default=None, ge=1, le=1000)
     outlier: Outlier = Field(default_factory=Outlier)
+    on_all_down: AllDownAnswer | None = None
+
+    @model_validator(mode="after")
+    def _one_name_for_fall(self) -> Health:
+        if self.fall is not None and self.outlier.consecutive_failures is not None:
+            raise consistency_error(
+                type(self).__name__,
+                [
+                    (
+                        ("outlier", "consecutive_failures"),
+                        "is the old name of spec.health.fall: give one of them",
+                    )
+                ],
+            )
+        return self
+
+    @property
+    def failures_to_eject(self) -> int:
+        """``fall``, or its old name ``outlier.consecutive_failures``, or the default."""
+        if self.fall is not None:
+            return self.fall
+        if self.outlier.consecutive_failures is not None:
+            return self.outlier.consecutive_failures
+        return DEFAULT_FALL
+
+    @property
+    def successes_to_return(self) -> int:
+        return DEFAULT_RISE if self.rise is None else self.rise
+
+    @property
+    def all_down(self) -> OnAllDown | FallbackGroup:
+        return OnAllDown.FAIL_OPEN if self.on_all_down is None else self.on_all_down
+
+
+class Safety(_Strict):
+    """Assertion rules (as Route 53 ARC's): what drains, ejections and the quorum's down set
+    must leave in service. Counted over the endpoints whose configured weight is above 0."""
+
+    min_endpoints: int = Field(default=1, ge=0, le=1024)
+    min_weight_percent: int = Field(default=0, ge=0, le=100)
 
 
 class SliceMatch(_Strict):
@@ -285,8 +384,13 @@ class PolicySpec(_Strict):
     answers: int = Field(default=1, ge=1, le=32)
     endpoints: list[Endpoint] = Field(min_length=1, max_length=1024)
     health: Health | None = None
+    safety: Safety | None = None
     slices: list[Slice] = Field(default_factory=list)
     canary: Canary | None = None
+
+    @property
+    def safety_rule(self) -> Safety:
+        return self.safety if self.safety is not None else _DEFAULT_SAFETY
 
     @model_validator(mode="after")
     def _consistent(self) -> PolicySpec:
@@ -313,6 +417,22 @@ class PolicySpec(_Strict):
                             f"group {group!r} is not a group of any endpoint",
                         )
                     )
+        fallback = self.health.on_all_down if self.health is not None else None
+        if isinstance(fallback, FallbackGroup) and fallback.group not in groups:
+            problems.append(
+                (
+                    ("health", "on_all_down", "fallback_group"),
+                    f"{fallback.group!r} is not a group of any endpoint",
+                )
+            )
+        serving = sum(1 for e in self.endpoints if e.weight > 0)
+        if self.safety is not None and self.safety.min_endpoints > serving:
+            problems.append(
+                (
+                    ("safety", "min_endpoints"),
+                    f"is more than the {serving} endpoints with a weight above 0",
+                )
+            )
         if self.canary and self.canary.group not in groups:
             problems.append(
                 (("canary", "group"), f"{self.canary.group!r} is not a group of any endpoint")
@@ -320,6 +440,9 @@ class PolicySpec(_Strict):
         if problems:
             raise consistency_error(type(self).__name__, problems)
         return self
+
+
+_DEFAULT_SAFETY = Safety()
 
 
 # Labels, of a policy and of an agent: at most MAX_LABELS, a key of 1-63 characters, a

@@ -13,7 +13,9 @@ Modelled on xDS and etcd watches (docs/design.md). One WebSocket per agent:
 Besides policies, a revision carries ``down``: the endpoint addresses that a quorum of
 reporting agents sees as failing, so that every agent stops handing them out, including
 agents that never probed them. It is a whole set: a snapshot always carries it, a delta
-carries it only when it changed (``null``: unchanged).
+carries it only when it changed (``null``: unchanged). ``drained`` travels the same way:
+the operators' drains (dnsmesh.drains), each an address and optionally the one policy it is
+drained in, which no agent answers whatever its health.
 
 Every update also names the ``mesh_id`` (a UUID made with the controller's database), and
 the agent's hello names the mesh its state came from: an agent whose state came from
@@ -43,6 +45,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
+from dnsmesh.drains import NO_DRAINS, Drained, DrainSet
 from dnsmesh.errors import DnsmeshError, FieldError, PolicyError
 from dnsmesh.policy import Labels, Policy, check_policy_set, field_errors, parse_policy
 
@@ -114,11 +117,31 @@ DownSet = Annotated[list[IPAddressText], Field(max_length=100_000)]
 MeshId = Annotated[str | None, Field(default=None, max_length=64)]
 
 
+class DrainEntry(BaseModel):
+    """An endpoint an operator drained: in ``policy`` only, or in every policy (null)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    address: IPAddressText
+    policy: str | None = Field(default=None, min_length=1, max_length=63)
+
+
+DrainList = Annotated[list[DrainEntry], Field(max_length=100_000)]
+
+
+def drain_entries(drains: DrainSet) -> list[DrainEntry]:
+    return [DrainEntry(address=d.address, policy=d.policy) for d in sorted(drains.entries)]
+
+
+def drain_set(entries: Iterable[DrainEntry]) -> DrainSet:
+    return DrainSet(Drained(e.address, e.policy) for e in entries)
+
+
 class SnapshotMessage(_Message):
     type: Literal["snapshot"] = "snapshot"
     revision: int = Field(ge=0)
     policies: list[Document]
     down: DownSet = Field(default_factory=list, description="endpoints marked down mesh-wide")
+    drained: DrainList = Field(default_factory=list, description="endpoints operators drained")
     mesh_id: MeshId
 
 
@@ -134,6 +157,7 @@ class Delta(_Message):
     revision: int = Field(ge=0)
     changes: list[PolicyChange]
     down: DownSet | None = Field(default=None, description="the new down set; null: unchanged")
+    drained: DrainList | None = Field(default=None, description="the new drains; null: unchanged")
     mesh_id: MeshId
 
 
@@ -197,13 +221,14 @@ def decode_message(data: str | bytes) -> Message:
 
 @dataclass(frozen=True, slots=True)
 class AppliedState:
-    """What an agent runs: a revision, the policies at that revision by name, and the
-    endpoint addresses marked down mesh-wide."""
+    """What an agent runs: a revision, the policies at that revision by name, the
+    endpoint addresses marked down mesh-wide and the operators' drains."""
 
     revision: int
     policies: Mapping[str, Policy]
     down: frozenset[str] = frozenset()
     mesh_id: str | None = None  # the controller's mesh the revision belongs to
+    drains: DrainSet = NO_DRAINS
 
     @classmethod
     def empty(cls) -> AppliedState:
@@ -220,7 +245,13 @@ def apply_update(state: AppliedState, update: SnapshotMessage | Delta) -> Applie
     if isinstance(update, SnapshotMessage):
         policies = {p.name: p for p in map(parse_policy, update.policies)}
         check_policy_set(list(policies.values()))
-        return AppliedState(update.revision, policies, frozenset(update.down), update.mesh_id)
+        return AppliedState(
+            update.revision,
+            policies,
+            frozenset(update.down),
+            update.mesh_id,
+            drain_set(update.drained),
+        )
     if update.mesh_id is not None and state.mesh_id not in (None, update.mesh_id):
         raise RevisionGap(f"delta of mesh {update.mesh_id}, agent's state is of {state.mesh_id}")
     if update.since != state.revision:
@@ -237,7 +268,8 @@ def apply_update(state: AppliedState, update: SnapshotMessage | Delta) -> Applie
         merged[change.name] = policy
     check_policy_set(list(merged.values()))
     down = state.down if update.down is None else frozenset(update.down)
-    return AppliedState(update.revision, merged, down, update.mesh_id or state.mesh_id)
+    drains = state.drains if update.drained is None else drain_set(update.drained)
+    return AppliedState(update.revision, merged, down, update.mesh_id or state.mesh_id, drains)
 
 
 def build_delta(
@@ -246,6 +278,7 @@ def build_delta(
     changes: Iterable[tuple[str, Document | None]],
     down: Iterable[str] | None = None,
     mesh_id: str | None = None,
+    drains: DrainSet | None = None,
 ) -> Delta:
     """A delta from change-log rows in revision order; only each name's last change is kept."""
     last: dict[str, Document | None] = {}
@@ -257,6 +290,7 @@ def build_delta(
         revision=revision,
         changes=[PolicyChange(name=name, policy=doc) for name, doc in last.items()],
         down=None if down is None else sorted(down),
+        drained=None if drains is None else drain_entries(drains),
         mesh_id=mesh_id,
     )
 
@@ -266,16 +300,21 @@ def build_snapshot(
     documents: Iterable[Document],
     down: Iterable[str] = (),
     mesh_id: str | None = None,
+    drains: DrainSet = NO_DRAINS,
 ) -> SnapshotMessage:
     return SnapshotMessage(
-        revision=revision, policies=list(documents), down=sorted(down), mesh_id=mesh_id
+        revision=revision,
+        policies=list(documents),
+        down=sorted(down),
+        drained=drain_entries(drains),
+        mesh_id=mesh_id,
     )
 
 
 def encode_state(state: AppliedState) -> bytes:
     """The agent's state file: the last applied snapshot, so a restart answers at once."""
     documents = (p.to_document() for p in state.policies.values())
-    snapshot = build_snapshot(state.revision, documents, state.down, state.mesh_id)
+    snapshot = build_snapshot(state.revision, documents, state.down, state.mesh_id, state.drains)
     return snapshot.model_dump_json(indent=1).encode()
 
 

@@ -20,14 +20,31 @@ The rule (docs/design.md, "The down set"), per endpoint address:
   voters (a tie keeps it down), which includes the case where no voter is left (every
   report went stale: with no evidence, nobody is kept from the endpoint).
 
+Two rules then bound what the verdicts may change (``settle``):
+
+* **Anti-flap.** An address flips (up to down, or back) only after its verdict said so in
+  ``fall`` (respectively ``rise``) consecutive evaluations, the policies' explicit
+  ``spec.health.fall``/``rise`` (the smallest of the policies that have the address;
+  unset: 1). Unset means 1 because the votes are already debounced by the same numbers
+  on each agent (an agent reports ``ejected`` only after ``fall`` failed probes, and
+  ``healthy`` again after ``rise`` successes), and counting again would double the time
+  to detect by default; an operator who asks for it explicitly gets both.
+* **Safety.** An address goes down only while every policy that has it keeps its
+  ``spec.safety`` with the drains and the rest of the down set counted out
+  (dnsmesh.safety); addresses are admitted in address order, the ones already down first.
+
 The result is a set; the controller commits a new revision only when it differs from the
 stored one, so evaluating the same reports twice (two replicas, a retry) changes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+from dnsmesh import safety
+from dnsmesh.drains import DrainSet
+from dnsmesh.policy import Policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +118,68 @@ def evaluate(
 
 def down_set(verdicts: Mapping[str, Verdict]) -> frozenset[str]:
     return frozenset(a for a, v in verdicts.items() if v.down)
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """The down set after anti-flap and safety; the streaks to pass to the next evaluation;
+    the addresses the safety rules kept up although their verdict is down."""
+
+    down: frozenset[str]
+    streaks: dict[str, int]
+    held: frozenset[str]
+
+
+def flips_needed(policies: Iterable[Policy]) -> dict[tuple[str, bool], int]:
+    """(address, going down) -> consecutive evaluations needed, where a policy asks for
+    more than 1 (the smallest ``fall``/``rise`` set explicitly among the policies)."""
+    needed: dict[tuple[str, bool], int] = {}
+    for policy in policies:
+        health = policy.spec.health
+        if health is None:
+            continue
+        for address in {str(e.address) for e in policy.spec.endpoints}:
+            for going_down, value in ((True, health.fall), (False, health.rise)):
+                key = (address, going_down)
+                asked = 1 if value is None else value
+                needed[key] = min(needed.get(key, asked), asked)
+    return needed
+
+
+def settle(
+    verdicts: Mapping[str, Verdict],
+    stored: frozenset[str],
+    streaks: Mapping[str, int],
+    policies: Sequence[Policy],
+    drains: DrainSet,
+) -> Settled:
+    """The down set that ``verdicts`` make of ``stored``, under anti-flap and safety."""
+    needed = flips_needed(policies)
+    counts: dict[str, int] = {}
+    wanted: set[str] = set()
+    for address in sorted(set(verdicts) | stored):
+        is_down = address in stored
+        says_down = verdicts[address].down if address in verdicts else False
+        if says_down != is_down:
+            count = streaks.get(address, 0) + 1
+            if count >= needed.get((address, says_down), 1):
+                is_down = says_down  # said so often enough in a row: it flips
+            else:
+                counts[address] = count
+        if is_down:
+            wanted.add(address)
+    by_address: dict[str, list[Policy]] = {}
+    for policy in policies:
+        for endpoint in policy.spec.endpoints:
+            by_address.setdefault(str(endpoint.address), []).append(policy)
+    down: set[str] = set()
+    held: set[str] = set()
+    for address in sorted(wanted, key=lambda a: (a not in stored, a)):
+        after = down | {address}
+        if all(
+            safety.check(p, drains.of(p.name) | after) is None for p in by_address.get(address, [])
+        ):
+            down.add(address)
+        else:
+            held.add(address)
+    return Settled(frozenset(down), counts, frozenset(held))

@@ -7,31 +7,54 @@ weights and calls this to build the snapshot it serves.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-from dnsmesh.snapshot import CompiledPolicy, Snapshot
+from dnsmesh.snapshot import CompiledPolicy, ServfailPolicy, Snapshot
 
 # policy name -> endpoint address -> weight
 Weights = Mapping[str, Mapping[str, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Effective:
+    """What health decided for a snapshot: the ``weights`` that differ from the configured
+    ones, and the policies that answer SERVFAIL (every endpoint down, on_all_down servfail)."""
+
+    weights: Weights = field(default_factory=dict)
+    servfail: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.weights) or bool(self.servfail)
+
+
+CONFIGURED = Effective()
 
 # policy name -> (policy, revision, weights, the policy compiled with those weights)
 Compiled = dict[str, tuple[object, int, Mapping[str, int], CompiledPolicy]]
 
 
-def reweigh(base: Snapshot, weights: Weights, cache: Compiled | None = None) -> Snapshot:
-    """``base`` with the policies in ``weights`` compiled again with those weights.
+def reweigh(
+    base: Snapshot,
+    weights: Weights,
+    cache: Compiled | None = None,
+    servfail: frozenset[str] = frozenset(),
+) -> Snapshot:
+    """``base`` with the policies in ``weights`` compiled again with those weights, and those
+    in ``servfail`` replaced by a ServfailPolicy.
 
     ``cache`` keeps the compiled policy of the last call when its policy, revision and
     weights are unchanged: compiling is the expensive part, and usually one endpoint of
     one policy moved.
     """
-    if not weights:
+    if not weights and not servfail:
         if cache is not None:
             cache.clear()
         return base
     kept: Compiled = {}
 
     def one(compiled: CompiledPolicy) -> CompiledPolicy:
-        wanted = weights.get(compiled.name)
+        failing = compiled.name in servfail
+        wanted: Mapping[str, int] | None = {} if failing else weights.get(compiled.name)
         if wanted is None:
             return compiled
         hit = cache.get(compiled.name) if cache is not None else None
@@ -40,8 +63,11 @@ def reweigh(base: Snapshot, weights: Weights, cache: Compiled | None = None) -> 
             and hit[0] is compiled.policy
             and hit[1] == base.revision
             and hit[2] == wanted
+            and isinstance(hit[3], ServfailPolicy) == failing
         ):
             fresh = hit[3]
+        elif failing:
+            fresh = ServfailPolicy(compiled.policy, base.revision)
         else:
             fresh = CompiledPolicy(compiled.policy, base.revision, wanted)
         kept[compiled.name] = (compiled.policy, base.revision, wanted, fresh)

@@ -24,6 +24,7 @@ from typing import Final, NamedTuple
 
 from dnsmesh.dnswire import (
     CLASS_IN,
+    EDE_OTHER,
     EDE_PROHIBITED,
     FLAG_AA,
     FLAG_CD,
@@ -34,6 +35,7 @@ from dnsmesh.dnswire import (
     OPT_DO,
     OPT_PLAIN,
     RCODE_REFUSED,
+    RCODE_SERVFAIL,
     TYPE_A,
     TYPE_AAAA,
     TYPE_SOA,
@@ -486,6 +488,26 @@ class CompiledPolicy:
             return b"".join((header, question, self._soa, opt))
         rrs, count = picker.choose(client, rng)
         return b"".join((_pack_header(msg_id, flags, 1, count, 0, arcount), question, rrs, opt))
+
+
+class ServfailPolicy(CompiledPolicy):
+    """A policy answering SERVFAIL to A and AAAA: every endpoint in service is down and its
+    ``spec.health.on_all_down`` is ``servfail``. Swapped in by dnsmesh.reweigh while that
+    lasts, so the query path of every other policy pays nothing for the choice."""
+
+    __slots__ = ("_ede",)
+
+    def __init__(self, policy: Policy, revision: int = 0) -> None:
+        super().__init__(policy, revision)
+        # EDE 0 with a reason: none of RFC 8914's codes says "the service is down".
+        self._ede = (EDE_OTHER, f"every endpoint of policy {policy.name} is down")
+
+    def respond(self, query: Query, client: str, rng: random.Random) -> bytes:
+        if query.qtype not in (TYPE_A, TYPE_AAAA) or query.qclass != CLASS_IN:
+            return super().respond(query, client, rng)  # NODATA, REFUSED as always
+        if self._slices and self.view_for(client).refuse:
+            return build_error(query, RCODE_REFUSED, ede=(EDE_PROHIBITED, ""))
+        return build_error(query, RCODE_SERVFAIL, ede=self._ede)
 
 
 def _at_label_start(qname: bytes, offset: int) -> bool:

@@ -24,7 +24,7 @@ from agent.served import ServedSnapshot
 from dnsmesh.health import Decision, EndpointHealth, decide_weights
 from dnsmesh.logs import fields
 from dnsmesh.protocol import EndpointReport, Report
-from dnsmesh.reweigh import Weights
+from dnsmesh.reweigh import Effective
 from dnsmesh.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class HealthMonitor:
         self.decision = Decision({})
         self.fail_open_total = 0  # policies that entered fail-open (all endpoints unhealthy)
         self.ejections_total = 0  # endpoint addresses ejected (each ejection once)
+        self.all_down_total = 0  # policies that entered any on_all_down answer
         self.recompiles = 0
         self._samples: dict[str, int] = {}  # probes per address since the last report
         self._runner = ProbeRunner(
@@ -78,14 +79,14 @@ class HealthMonitor:
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def weigh(self, base: Snapshot) -> Weights:
-        """The weights for a new compiled policy set (or a new mesh down set), decided now
-        from what is known of health; its probes are planned too."""
+    def weigh(self, base: Snapshot) -> Effective:
+        """The weights for a new compiled policy set (or a new mesh down set or drains),
+        decided now from what is known of health; its probes are planned too."""
         if self._decide(base):
             self._reweighted(base)
         if self._task is not None:
             self._replan(base)
-        return self.decision.weights
+        return self.effective
 
     def _replan(self, base: Snapshot) -> None:
         policies = [c.policy for c in base.policies()]
@@ -134,21 +135,35 @@ class HealthMonitor:
     def _decide(self, base: Snapshot) -> bool:
         """Decide the weights for ``base``; whether any effective weight changed."""
         policies = [c.policy for c in base.policies()]
-        decision = decide_weights(policies, self.health, self.served.down, self.decision.levels)
-        changed = decision.weights != self.decision.weights
-        opened = set(decision.fail_open) - set(self.decision.fail_open)
+        decision = decide_weights(
+            policies, self.health, self.served.down, self.decision.levels, self.served.drains
+        )
+        changed = (
+            decision.weights != self.decision.weights or decision.servfail != self.decision.servfail
+        )
+        before = self.decision.all_down
         self.decision = decision
-        for name in sorted(opened):
-            self.fail_open_total += 1
-            log.warning("health.fail_open", extra=fields(policy=name))
+        for name, mode in sorted(decision.all_down.items()):
+            if before.get(name) == mode:
+                continue
+            self.all_down_total += 1
+            if mode == "fail-open":
+                self.fail_open_total += 1
+                log.warning("health.fail_open", extra=fields(policy=name))
+            else:
+                log.warning("health.all_down", extra=fields(policy=name, answer=mode))
         return changed
+
+    @property
+    def effective(self) -> Effective:
+        return Effective(self.decision.weights, self.decision.servfail)
 
     def _refresh(self) -> None:
         """Decide again for the base being served; hand over the weights if they changed."""
         base = self.served.base
         if self._decide(base):
             self._reweighted(base)
-            self.served.set_weights(self.decision.weights)
+            self.served.set_weights(self.effective)
 
     def _reweighted(self, base: Snapshot) -> None:
         self.recompiles += 1

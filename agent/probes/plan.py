@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dnsmesh.health import OutlierRule
-from dnsmesh.policy import Outlier, Policy, Probe, ProbeType
+from dnsmesh.policy import Health, Policy, Probe, ProbeType
 
 FALLBACK_PORT = 80  # an ICMP probe without the privilege falls back to TCP on this port
 
@@ -40,15 +40,13 @@ def build_plan(policies: Sequence[Policy]) -> dict[str, Target]:
     theirs (OutlierRule.merge). A TCP fallback for ICMP uses any port another policy
     probes that address on, else 80.
     """
-    specs: dict[str, list[tuple[Probe, Outlier, str]]] = {}
+    specs: dict[str, list[tuple[Probe, Health, str]]] = {}
     for policy in policies:
         health = policy.spec.health
         if health is None or health.probe is None:
             continue
         for endpoint in policy.spec.endpoints:
-            specs.setdefault(str(endpoint.address), []).append(
-                (health.probe, health.outlier, policy.name)
-            )
+            specs.setdefault(str(endpoint.address), []).append((health.probe, health, policy.name))
     plan: dict[str, Target] = {}
     for address, entries in specs.items():
         probe, _, _ = min(entries, key=lambda e: (e[0].interval, e[0].timeout, e[2]))
@@ -61,7 +59,7 @@ def build_plan(policies: Sequence[Policy]) -> dict[str, Target]:
             expect_status=probe.expect_status,
             interval=probe.interval,
             timeout=probe.timeout,
-            rule=OutlierRule.merge(o for _, o, _ in entries),
+            rule=OutlierRule.merge(OutlierRule.of(h) for _, h, _ in entries),
             tcp_port=probe.port or (ports[0] if ports else FALLBACK_PORT),
         )
     return plan

@@ -23,6 +23,7 @@ from agent.sync.credentials import Credentials
 from agent.sync.identity import IdentityFile
 from agent.sync.policy_sources import LocalPolicyWatcher, PolicySources
 from agent.sync.state_file import StateDir
+from dnsmesh.drains import DrainSet
 
 
 class SyncedAgent:
@@ -36,6 +37,7 @@ class SyncedAgent:
             dataclasses.replace(config, policies=None),
             down=self._mesh_down,
             sync_state=self._sync_state,
+            drains=self._drains,
         )
         self.sources = PolicySources(self.server.apply_snapshot, self._local_changed)
         self.state_dir = StateDir(sync.state_dir)
@@ -60,6 +62,10 @@ class SyncedAgent:
         return SyncState(
             context.transport, context.last_ack_at, context.last_nack_at, context.nacks
         )
+
+    def _drains(self) -> DrainSet:
+        """So do the operators' drains."""
+        return self.sources.running.drains
 
     def _local_changed(self) -> None:
         """A local reload took effect: the sync client reports what is shadowed now."""

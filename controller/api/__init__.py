@@ -81,8 +81,8 @@ Audit (viewer, editor, admin)
                                                    "target","revision","before","after"}],
                                                    "next_before": ID | null}, newest first.
   operation: policy.create|policy.update|policy.delete|slice.create|slice.update|
-  slice.delete|token.create|token.revoke|endpoints.down|write.refused|agent.join|
-  agent.revoke; actor is the token
+  slice.delete|token.create|token.revoke|endpoints.down|endpoint.drain|endpoint.undrain|
+  endpoint.drain_refused|write.refused|agent.join|agent.revoke; actor is the token
   name ("cli" for the CLI, "quorum" for a down-set change: target down-set, before
   {"down": [...]}, after {"down", "marked", "cleared", "votes": {address: {voters,
   failing}}}).
@@ -139,15 +139,30 @@ Endpoint health (the quorum rule: dnsmesh/quorum.py; shapes: controller/api/endp
                                                    "down", "rule", "items": [{address,
                                                    policies, status (down|failing|healthy|
                                                    unknown), voters, failing, latency_ms,
-                                                   loss, agents: [per-agent report]}]};
+                                                   loss, admin_state (up|drained|
+                                                   partly-drained), drains, agents:
+                                                   [per-agent report]}]};
                                                    label: the endpoints of the policies with
                                                    those labels (repeat to AND)
+    POST   /v1/endpoints/{address}/drain[?force=true] {"policy"?, "for"?}
+                                                 (editor, admin) 201 {"revision", "drain",
+                                                   "forced_past"}; 200 revision null: the same
+                                                   drain again; 409 safety_min_endpoints |
+                                                   safety_min_weight_percent (unless force);
+                                                   422 a bad address, one no policy has, a
+                                                   bad "for"; 404 no such policy
+    DELETE /v1/endpoints/{address}/drain[?policy=NAME]
+                                                 (editor, admin) 200 {"revision"}; 404 not
+                                                   drained (controller/api/drains.py)
     GET    /v1/topology                          (viewer, editor, admin) 200 {"revision",
                                                    "agents", "endpoints", "links": [{agent_id,
                                                    address, state, latency_ms, loss, age_s,
                                                    stale}]}
   A change of the down set is a revision of its own, audited with actor "quorum"
-  (operation endpoints.down, target down-set).
+  (operation endpoints.down, target down-set); so is a drain, an undrain and a drain's
+  expiry (endpoint.drain | endpoint.undrain, target the address, before/after {"drained":
+  [...]}, actor "drain-expiry" for an expiry); a refused drain is audited as
+  endpoint.drain_refused with no revision.
 
 The web UI (no token to load its files; it calls the routes above with the operator's)
     GET /ui/      the UI's static files (controller/webui); /ui redirects here

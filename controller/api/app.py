@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from controller.agent_trust import AgentTrust, TrustSettings
-from controller.api import admin, agents, endpoints, events, identity, metrics, policies
+from controller.api import admin, agents, drains, endpoints, events, identity, metrics, policies
 from controller.api.body import DEFAULT_MAX_BODY
 from controller.api.errors import install_error_handlers
 from controller.api.refusals import RefusalAudit
@@ -23,6 +23,7 @@ from controller.push_settings import PushSettings
 from controller.quorum_monitor import QuorumMonitor
 from controller.recorder import AgentRecorder
 from controller.services.agent_state import AgentStateService
+from controller.services.drains import DrainService
 from controller.services.policies import PolicyService
 from controller.webui import mount_ui
 
@@ -66,6 +67,7 @@ def create_app(
     app.state.db = db
     app.state.max_body = max_body
     app.state.policies = policy_service
+    app.state.drains = DrainService(db)
     app.state.tokens = TokenStore(db)
     app.state.refusals = RefusalAudit(db)
     app.state.hub = hub
@@ -81,6 +83,7 @@ def create_app(
     app.include_router(agents.router)
     app.include_router(identity.router)
     app.include_router(endpoints.router)
+    app.include_router(drains.router)
     app.include_router(events.router)
     app.include_router(metrics.router)
     mount_ui(app)

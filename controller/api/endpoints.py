@@ -4,6 +4,9 @@ GET /v1/endpoints[?policy=NAME][&label=K=V...]   (viewer, editor, admin)
     200 {"revision": R, "down": [address, ...], "rule": {min_agents, fail_loss,
          recover_loss, stale_s},
          "items": [{"address", "policies": [name, ...], "status", "down": bool,
+                    "admin_state": "up" | "drained" | "partly-drained",
+                    "drains": [{address, policy, revision, drained_at, drained_by,
+                                until, forced}],
                     "down_since": time | null, "down_revision": r | null,
                     "voters", "failing", "latency_ms": median | null,
                     "loss": mean | null,
@@ -16,7 +19,9 @@ GET /v1/endpoints[?policy=NAME][&label=K=V...]   (viewer, editor, admin)
     ``down`` (the quorum marked it down for every agent), ``failing`` (some agents see
     it failing, not a quorum), ``healthy`` (fresh reports, none failing), ``unknown``
     (no fresh report). ``voters``, ``failing``, ``latency_ms`` and ``loss`` count fresh
-    reports only (at most ``stale_s`` old, state not ``unknown``).
+    reports only (at most ``stale_s`` old, state not ``unknown``). ``admin_state`` is
+    the operators' word (controller.api.drains): ``drained`` in every policy listed (or
+    in policy NAME), ``partly-drained`` in some of them, else ``up``.
 GET /v1/topology   (viewer, editor, admin)
     200 {"revision": R, "at": time, "stale_s",
          "agents": [{"agent_id", "node_name", "labels"}],
@@ -42,6 +47,7 @@ from controller.auth import Permission, Principal
 from controller.db.models import EndpointHealthRow
 from controller.db.session import iso
 from controller.hub import Hub
+from controller.services.drains import drain_json
 from controller.services.health_view import HealthView
 
 router = APIRouter(tags=["endpoints"])
@@ -106,6 +112,10 @@ def endpoints_json(view: HealthView, policies: set[str] | None = None) -> dict[s
         latencies = [d["latency_ms"] for d in fresh if d["latency_ms"] is not None]
         failing = sum(1 for d in fresh if d["failing"])
         down = view.down.get(address)
+        listed = by_address.get(address, [])
+        scope = set(listed) if policies is None else set(listed) & policies
+        drained = view.drains_of(address, scope)
+        drained_in = {d.policy_name for d in drained}
         if down is not None:
             status = "down"
         elif failing:
@@ -117,8 +127,13 @@ def endpoints_json(view: HealthView, policies: set[str] | None = None) -> dict[s
         items.append(
             {
                 "address": address,
-                "policies": by_address.get(address, []),
+                "policies": listed,
                 "status": status,
+                # gdnsd's admin_state: an operator's drain beats what health says
+                "admin_state": "drained"
+                if drained and ("" in drained_in or scope <= drained_in)
+                else ("partly-drained" if drained else "up"),
+                "drains": [drain_json(d) for d in drained],
                 "down": down is not None,
                 "down_since": iso(down.since) if down is not None else None,
                 "down_revision": down.revision if down is not None else None,

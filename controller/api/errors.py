@@ -25,6 +25,7 @@ from controller.errors import (
     LocalPolicyClash,
     NotFound,
     PreconditionFailed,
+    SafetyRuleBroken,
     StoreError,
 )
 from dnsmesh.errors import FieldError, PolicyError
@@ -85,6 +86,8 @@ def from_store_error(error: StoreError) -> ApiError:
         return ApiError(409, "already_exists", str(error))
     if isinstance(error, LocalPolicyClash):
         return ApiError(409, "local_policy_clash", str(error), error.fields)
+    if isinstance(error, SafetyRuleBroken):
+        return ApiError(409, f"safety_{error.violation.rule}", str(error), error.fields)
     if isinstance(error, PreconditionFailed):
         return ApiError(412, "precondition_failed", str(error))
     if isinstance(error, InvalidRequest):

@@ -208,3 +208,19 @@ class DownRow(Base):
     since: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     voters: Mapped[int] = mapped_column(Integer, nullable=False)
     failing: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
+class DrainRow(Base):
+    """An endpoint an operator drained: in one policy, or in every one (``policy_name`` "")."""
+
+    __tablename__ = "endpoint_drains"
+
+    address: Mapped[str] = mapped_column(String(45), primary_key=True)
+    policy_name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    created_by: Mapped[str] = mapped_column(String(63), nullable=False)
+    # NULL: until undrained; else it expires by itself then (the controller's clock).
+    until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Made past a safety rule with force.
+    forced: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())

@@ -11,10 +11,12 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import AuditRow, ChangeRow
 from controller.db.session import iso
+from dnsmesh.drains import Drained, DrainSet
 from dnsmesh.protocol import Document
 
-Operation = Literal["create", "update", "delete", "down"]
+Operation = Literal["create", "update", "delete", "down", "drain"]
 DOWN: Final = "down"  # a down-set change (controller.services.endpoint_health); policy ""
+DRAIN: Final = "drain"  # a change of the drains (controller.services.drains); policy ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +24,8 @@ class Change:
     """One committed revision: the policy it touched and its document after (None: deleted).
 
     A change of the mesh-wide down set (operation ``down``) touches no policy (``policy``
-    is empty) and its document is ``{"down": [address, ...]}``, the whole new set.
+    is empty) and its document is ``{"down": [address, ...]}``, the whole new set; a change
+    of the drains (operation ``drain``) likewise, ``{"drained": [{address, policy}, ...]}``.
     """
 
     revision: int
@@ -33,6 +36,23 @@ class Change:
     @property
     def is_down(self) -> bool:
         return self.operation == "down"
+
+    @property
+    def is_drain(self) -> bool:
+        return self.operation == "drain"
+
+    @property
+    def touches_policy(self) -> bool:
+        return self.operation not in ("down", "drain")
+
+    @property
+    def drains(self) -> DrainSet | None:
+        """The drains after this change, or None for any other change."""
+        if self.operation != "drain" or self.document is None:
+            return None
+        return DrainSet(
+            Drained(str(d["address"]), d.get("policy")) for d in self.document.get("drained", [])
+        )
 
     @property
     def down(self) -> list[str] | None:
@@ -141,4 +161,6 @@ def _operation(value: str) -> Operation:
         return "update"
     if value == "down":
         return "down"
+    if value == "drain":
+        return "drain"
     return "delete"

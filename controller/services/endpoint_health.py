@@ -26,12 +26,13 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import EndpointHealthRow, EndpointReportRow
 from controller.db.session import Database, as_utc
-from controller.repositories import health
+from controller.repositories import drains, health
 from controller.repositories.health import ReportValues, read_down
 from controller.repositories.history import DOWN, append_audit, append_change
 from controller.repositories.policies import policy_endpoints
 from controller.repositories.revision import bump_revision, current_revision
 from controller.services.health_view import HealthView, endpoint_address
+from controller.services.parsed_policies import ParsedPolicies
 from dnsmesh import quorum
 from dnsmesh.protocol import EndpointReport
 
@@ -62,6 +63,8 @@ class DownChange:
 class Decision:
     down: frozenset[str]
     verdicts: dict[str, quorum.Verdict]
+    streaks: dict[str, int]  # anti-flap: evaluations in a row each address wanted to flip
+    held: frozenset[str]  # down by the verdict, kept up by a policy's safety rules
 
 
 class EndpointHealthService:
@@ -71,6 +74,12 @@ class EndpointHealthService:
         self.db = db
         self.rule = rule or quorum.QuorumRule()
         self.history_s = history_s  # keep report history this long; 0: keep none
+        self._policies = ParsedPolicies()
+        # Anti-flap counts of this replica (dnsmesh.quorum.settle). In memory: a restarted
+        # replica counts again from 0, which delays a flip by at most rise/fall rounds; the
+        # stored down set is the state every replica shares.
+        self._streaks: dict[str, int] = {}
+        self.held: frozenset[str] = frozenset()
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -114,7 +123,9 @@ class EndpointHealthService:
 
     def evaluate(self) -> DownChange | None:
         """Applies the rule; commits and returns the change if the down set moved."""
-        stored, computed = self.db.read(self._decide)
+        streaks = self._streaks
+        stored, computed = self.db.read(lambda session: self._decide(session, streaks))
+        self._streaks, self.held = computed.streaks, computed.held
         if computed.down == stored:
             return None  # the common case: a read, no lock
         with self.db.writing() as transaction:
@@ -122,7 +133,7 @@ class EndpointHealthService:
             revision = bump_revision(session)
             # Decided again under the revision row lock: another replica may have committed
             # this very change meanwhile (then there is nothing left to do).
-            before, decision = self._decide(session)
+            before, decision = self._decide(session, streaks)
             if decision.down == before:
                 transaction.discard()
                 return None
@@ -160,13 +171,14 @@ class EndpointHealthService:
                 health.agent_names(session),
                 policies,
                 self.rule,
+                drains.live(drains.drain_rows(session), now),
             )
 
         return self.db.read(work)
 
     # -- internals -------------------------------------------------------------------------
 
-    def _decide(self, session: Session) -> tuple[frozenset[str], Decision]:
+    def _decide(self, session: Session, streaks: dict[str, int]) -> tuple[frozenset[str], Decision]:
         now = self.db.clock()
         stored = frozenset(read_down(session))
         votes: dict[str, list[quorum.Vote]] = defaultdict(list)
@@ -177,7 +189,14 @@ class EndpointHealthService:
             age = (now - as_utc(reported_at)).total_seconds()
             votes[address].append(quorum.Vote(agent_id, state, loss, age))
         verdicts = quorum.evaluate(votes, stored, self.rule)
-        return stored, Decision(quorum.down_set(verdicts), verdicts)
+        settled = quorum.settle(
+            verdicts,
+            stored,
+            streaks,
+            self._policies.read(session),
+            drains.read_drains(session, now),
+        )
+        return stored, Decision(settled.down, verdicts, settled.streaks, settled.held)
 
     def _mark(
         self, session: Session, revision: int, before: frozenset[str], decision: Decision

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from controller.db.models import DownRow, EndpointHealthRow
+from controller.db.models import DownRow, DrainRow, EndpointHealthRow
 from controller.db.session import as_utc, iso
 from dnsmesh import quorum
 
@@ -31,6 +31,15 @@ class HealthView:
     agents: dict[str, tuple[str, dict[str, str]]]  # agent id -> node name, labels
     policies: dict[str, list[str]]  # policy name -> its endpoint addresses
     rule: quorum.QuorumRule
+    drains: list[DrainRow] = field(default_factory=list)  # in force at ``now``
+
+    def drains_of(self, address: str, policies: set[str]) -> list[DrainRow]:
+        """The drains of ``address`` that reach any of ``policies``."""
+        return [
+            d
+            for d in self.drains
+            if d.address == address and (not d.policy_name or d.policy_name in policies)
+        ]
 
     def age_s(self, row: EndpointHealthRow) -> float:
         return (self.now - as_utc(row.reported_at)).total_seconds()

@@ -23,6 +23,7 @@ from controller.db.models import PolicyRow
 from controller.db.session import Database
 from controller.errors import AlreadyExists, DomainConflict, LocalPolicyClash, NotFound, StoreError
 from controller.repositories import agents, history, policies
+from controller.repositories.drains import read_drains
 from controller.repositories.health import read_down
 from controller.repositories.history import AuditEntry, Change, Operation
 from controller.repositories.revision import bump_revision, current_mesh_id, current_revision
@@ -37,6 +38,7 @@ from controller.services.policy_rules import (
     remove_slice,
     slice_at,
 )
+from dnsmesh.drains import NO_DRAINS, DrainSet
 from dnsmesh.errors import FieldError, PolicyError
 from dnsmesh.policy import Policy, check_policy_set, parse_policy
 from dnsmesh.protocol import Document
@@ -67,6 +69,7 @@ class PolicyList:
     revision: int  # the global revision the items are the state of
     items: list[Document]
     down: list[str] = field(default_factory=list)  # endpoints down mesh-wide at ``revision``
+    drains: DrainSet = NO_DRAINS  # the operators' drains in force at ``revision``
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +142,8 @@ class PolicyService:
             # revision, so a client can list and then ask for the changes since it.
             revision = current_revision(session)
             items = policies.policy_documents(session, labels)
-            return PolicyList(revision, items, read_down(session))
+            drains = read_drains(session, self.db.clock())
+            return PolicyList(revision, items, read_down(session), drains)
 
         return self.db.read(work)
 

@@ -20,6 +20,7 @@ import dns.rcode
 
 from agent.querylog_config import QueryLogConfig
 from dnsmesh.admission import parse_network
+from dnsmesh.reweigh import Effective
 from tests.integration.conftest import DNSMESH, AgentProcess, RunningAgent, policy_yaml
 from tests.integration.fakedns import FakeUpstream
 from tests.support.polling import wait_until
@@ -68,7 +69,7 @@ def test_a_policy_line_matches_the_answer_and_the_policy(
     agent, path = start_logged(start_agent, tmp_path)
     # Health ejects 10.1.0.4 and halves 10.1.0.1: the line must show the weights answered by.
     effective = {"10.1.0.1": 2, "10.1.0.2": 3, "10.1.0.3": 2, "10.1.0.4": 0}
-    agent.call(lambda: agent.server.served.set_weights({"web": effective}))
+    agent.call(lambda: agent.server.served.set_weights(Effective({"web": effective})))
     answers = [agent.query("web.mesh.test"), agent.query("web.mesh.test", tcp=True)]
     lines = wait_lines(path, 2)
     for line, answer in zip(lines, answers, strict=True):

@@ -262,9 +262,10 @@ def test_endpoints_topology_and_get_endpoints_show_health_per_address_and_agent(
     table = run_cli("get", "endpoints", cwd=tmp_path, env=env)
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["ADDRESS", "STATUS", "FAILING", "LATENCY", "LOSS", "POLICIES"]
-    assert lines[1].split() == [A, "healthy", "0/2", "2.0ms", "5%", "checkout"]
-    assert lines[2].split()[:3] == [B, "failing", "1/1"]
+    header = ["ADDRESS", "STATUS", "ADMIN", "FAILING", "LATENCY", "LOSS", "POLICIES"]
+    assert lines[0].split() == header
+    assert lines[1].split() == [A, "healthy", "up", "0/2", "2.0ms", "5%", "checkout"]
+    assert lines[2].split()[:4] == [B, "failing", "up", "1/1"]
     as_json = run_cli("get", "endpoints", "search", "-o", "json", cwd=tmp_path, env=env)
     assert as_json.returncode == 0, as_json.stderr
     assert [i["address"] for i in json.loads(as_json.stdout)["items"]] == ["127.0.20.1"]

@@ -19,7 +19,7 @@ from dnsmesh.health import (
     latency_factor,
     level_factor,
 )
-from dnsmesh.policy import Outlier, Policy, parse_policy
+from dnsmesh.policy import Health, Outlier, Policy, parse_policy
 
 RULE = OutlierRule(consecutive_failures=3, base_ejection=10.0)
 
@@ -139,12 +139,14 @@ def test_staying_healthy_for_base_ejection_forgives_one_ejection() -> None:
 def test_outlier_rules_merge_to_the_most_sensitive() -> None:
     merged = OutlierRule.merge(
         [
-            Outlier(consecutive_failures=5, base_ejection=30),
-            Outlier(consecutive_failures=2, base_ejection=60),
+            OutlierRule.of(Health(outlier=Outlier(consecutive_failures=5, base_ejection=30))),
+            OutlierRule.of(Health(fall=2, rise=3, outlier=Outlier(base_ejection=60))),
+            OutlierRule.of(Health(rise=2)),
         ]
     )
-    assert merged == OutlierRule(consecutive_failures=2, base_ejection=30.0)
+    assert merged == OutlierRule(consecutive_failures=2, base_ejection=30.0, rise=1)
     assert OutlierRule.merge([]) == OutlierRule()
+    assert OutlierRule.of(Health(rise=4)) == OutlierRule(5, 30.0, 4)
 
 
 # -- per policy: ejection bound, fail-open, mesh down ---------------------------------------
