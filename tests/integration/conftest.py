@@ -280,6 +280,7 @@ CONTROLLER_TABLES = (
     "endpoint_health",
     "endpoint_reports",
     "endpoints_down",
+    "answer_buckets",
 )
 
 
