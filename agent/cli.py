@@ -224,7 +224,7 @@ def add_agent_commands(
     health.add_argument(
         "--probe-report-interval",
         default=5.0,
-        help="how often probe results are reported to the controller",
+        help="how often probe results and answer counts are reported to the controller",
         **seconds,
     )
     admin = agent.add_argument_group("admin listener (/metrics, /healthz, /readyz over HTTP)")
