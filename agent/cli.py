@@ -248,7 +248,7 @@ def add_agent_commands(
     health.add_argument(
         "--probe-report-interval",
         default=5.0,
-        help="how often probe results are reported to the controller",
+        help="how often probe results and answer counts are reported to the controller",
         **seconds,
     )
     add_query_log_arguments(agent)

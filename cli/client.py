@@ -231,6 +231,12 @@ class ControllerClient:
         revision: int = response.json()["revision"]
         return revision
 
+    def share(self, policy: str, window: int) -> dict[str, Any]:
+        """``GET /v1/policies/{name}/share``: served against intended share."""
+        path = f"/v1/policies/{policy}/share"
+        body: dict[str, Any] = self._request("GET", path, params={"window": window}).json()
+        return body
+
     def topology(self) -> dict[str, Any]:
         """``GET /v1/topology``: agents x endpoints with latency and loss."""
         body: dict[str, Any] = self._request("GET", "/v1/topology").json()

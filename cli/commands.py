@@ -82,13 +82,22 @@ def add_client_commands(
     apply.set_defaults(run=run_apply)
 
     get = subcommands.add_parser(
-        "get", parents=[client], help="show policies, agents or endpoint health"
+        "get", parents=[client], help="show policies, agents, endpoint health or served share"
     )
-    get.add_argument("kind", choices=["policies", "policy", "agents", "agent", "endpoints"])
+    get.add_argument(
+        "kind", choices=["policies", "policy", "agents", "agent", "endpoints", "share"]
+    )
     get.add_argument(
         "name",
         nargs="?",
         help="a policy's name; agents: an agent id or node name; endpoints: of that policy",
+    )
+    get.add_argument(
+        "--window",
+        type=int,
+        default=300,
+        metavar="SECONDS",
+        help="share: the answers of the last SECONDS (10-3600, default 300)",
     )
     get.add_argument("-o", "--output", choices=_OUTPUTS, default="table", help="print as")
     get.add_argument(
@@ -132,6 +141,10 @@ def run_get(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         return run_get_agents(args, out)
     if args.kind == "endpoints":
         return run_get_endpoints(args, out)
+    if args.kind == "share":
+        from cli.share import run_get_share
+
+        return run_get_share(args, out)
     selector = _selector(args.selector)
     with ControllerClient(args.server, args.token, ca_file=args.ca_file) as client:
         if args.name:

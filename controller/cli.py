@@ -182,6 +182,22 @@ def add_controller_commands(
         default=3600.0,
         help="keep the history of reports this long; 0 keeps only the latest (default 3600)",
     )
+    share = controller.add_argument_group("served share (agents' answer counts)")
+    share.add_argument(
+        "--share-drift-threshold",
+        metavar="RATIO",
+        type=float,
+        default=0.1,
+        help="flag a policy whose served share is farther than this from its weights "
+        "(total variation distance, 0-1; default 0.1)",
+    )
+    share.add_argument(
+        "--share-min-answers",
+        metavar="N",
+        type=int,
+        default=200,
+        help="flag only over at least N answers in the window (default 200)",
+    )
     controller.set_defaults(run=_run_controller)
 
     db = subcommands.add_parser("db", parents=[common], help="manage the controller database")

@@ -39,6 +39,7 @@ from controller.quorum_monitor import QuorumMonitor
 from controller.recorder import AgentRecorder
 from controller.services.agent_state import AgentInfo, AgentStateService, Convergence
 from controller.services.health_view import HealthView
+from controller.share_monitor import ShareMonitor
 from dnsmesh import protocol
 from dnsmesh.logs import fields
 from dnsmesh.protocol import Document
@@ -89,6 +90,7 @@ class Hub:
         agents: AgentStateService,
         recorder: AgentRecorder,
         health: QuorumMonitor,
+        share: ShareMonitor,
         trust: AgentTrust,
         metrics: ControllerMetrics | None = None,
     ) -> None:
@@ -100,6 +102,7 @@ class Hub:
         self.agents = agents
         self.recorder = recorder
         self.health = health
+        self.share = share  # answer reports and the served-share drift
         self.sessions: dict[str, AgentSession] = {}  # by agent id
         self.listener: PgListener | None = None
         self._wake = asyncio.Event()
@@ -126,6 +129,7 @@ class Hub:
         self._spawn(self._watch(), "watch")
         self._spawn(self.recorder.run(has_agents=lambda: bool(self.sessions)), "recorder")
         self._spawn(self.health.run(), "health")
+        self._spawn(self.share.run(), "share")
         if self.db.engine.dialect.name == "postgresql":
             self.listener = PgListener(self.db.engine.url, self._on_notify)
             self._spawn(self.listener.run(), "listen")
@@ -142,6 +146,7 @@ class Hub:
             await session.channel.close(1001, "controller stopping")
         await self.recorder.flush(within_s=5.0)
         await self.health.flush(within_s=2.0)
+        await self.share.flush(within_s=2.0)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -189,6 +194,13 @@ class Hub:
         self.recorder.record(Seen(agent_id))
         self.health.record(agent_id, report)
         return await self.health.flush()
+
+    async def record_answers(self, agent_id: str, report: protocol.AnswerReport) -> bool:
+        """A polling agent's answer report, written; False if not yet stored."""
+        await self.start()
+        self.recorder.record(Seen(agent_id))
+        self.share.record(agent_id, report)
+        return await self.share.flush()
 
     async def down(self) -> list[str]:
         return await asyncio.to_thread(self.health.service.down)
@@ -393,6 +405,8 @@ class Hub:
                 )
             elif isinstance(message, protocol.Report):
                 self.health.record(session.agent_id, message)
+            elif isinstance(message, protocol.AnswerReport):
+                self.share.record(session.agent_id, message)
             elif isinstance(message, protocol.Nack):
                 # The agent still runs what it last ACKed: the next update starts there,
                 # once a revision newer than the refused one exists (no resend loop).
@@ -411,7 +425,7 @@ class Hub:
                     session.channel,
                     CLOSE_PROTOCOL_ERROR,
                     "unexpected_message",
-                    f"an agent may send ack, nack or report here, not {message.type}",
+                    f"an agent may send ack, nack, report or answers here, not {message.type}",
                 )
                 return
 

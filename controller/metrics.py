@@ -79,6 +79,13 @@ class ControllerMetrics:
             "Endpoints in the mesh-wide down set (the quorum of agents' probes).",
             registry=registry,
         )
+        self.share_drift = Gauge(
+            "dnsmesh_controller_share_drift",
+            "Total variation distance between the answers agents served and the intended "
+            "weights over the last 300 s, per policy (0: as intended, 1: disjoint).",
+            ["policy"],
+            registry=registry,
+        )
         for where in ("api", "hub", "metrics"):
             self.database_errors.labels(where)
         self._committed: OrderedDict[int, float] = OrderedDict()

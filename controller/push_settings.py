@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from controller.quorum_monitor import HealthSettings
+from controller.services.served_share import ShareSettings
 
 
 def default_replica_id() -> str:
@@ -33,6 +34,7 @@ class PushSettings:
     ws_deflate: bool = False
     replica_id: str = field(default_factory=default_replica_id)
     health: HealthSettings = field(default_factory=HealthSettings)  # reports and the quorum
+    share: ShareSettings = field(default_factory=ShareSettings)  # answer reports, drift
 
     @property
     def stale_after(self) -> timedelta:

@@ -26,6 +26,7 @@ from dnsmesh.logs import fields
 if TYPE_CHECKING:
     from controller.push_settings import PushSettings
     from controller.quorum_monitor import HealthSettings
+    from controller.services.served_share import ShareSettings
     from controller.tls_store import TlsFiles
 
 log = logging.getLogger("dnsmesh.controller")
@@ -226,7 +227,18 @@ def push_settings(args: argparse.Namespace) -> PushSettings:
         if len(args.replica_id) > MAX_REPLICA_ID:
             raise ConfigError(f"--replica-id must be at most {MAX_REPLICA_ID} characters")
         settings = dataclasses.replace(settings, replica_id=args.replica_id)
-    return dataclasses.replace(settings, health=health_settings(args))
+    return dataclasses.replace(settings, health=health_settings(args), share=share_settings(args))
+
+
+def share_settings(args: argparse.Namespace) -> ShareSettings:
+    from controller.services.served_share import ShareSettings
+    from dnsmesh.share import ShareRule
+
+    try:
+        rule = ShareRule(args.share_drift_threshold, args.share_min_answers)
+    except ValueError as error:
+        raise ConfigError(f"--share-drift-threshold/--share-min-answers: {error}") from None
+    return ShareSettings(rule=rule)
 
 
 def health_settings(args: argparse.Namespace) -> HealthSettings:

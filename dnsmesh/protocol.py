@@ -8,6 +8,7 @@ Modelled on xDS and etcd watches (docs/design.md). One WebSocket per agent:
                           delta {since, revision, changes}          (everything after `since`)
     agent -> controller   ack {revision, local, shadowed} | nack {revision, reason}
     agent -> controller   report {endpoints}                        (probe results, every few s)
+    agent -> controller   answers {counts}                          (answers since the last one)
     controller -> agent   error {code, message}                     (then closes)
 
 Besides policies, a revision carries ``down``: the endpoint addresses that a quorum of
@@ -193,6 +194,31 @@ class Report(_Message):
     endpoints: list[EndpointReport] = Field(max_length=100_000)
 
 
+class AnswerCount(BaseModel):
+    """Answers one agent gave naming one endpoint of one policy's slice, since its last
+    ``answers`` message (a delta, not a running total)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    policy: str = Field(min_length=1, max_length=63)
+    slice: str = Field(min_length=1, max_length=63, description="slice id; _default: none")
+    endpoint: IPAddressText
+    answers: int = Field(ge=1, le=2**40)
+
+
+class AnswerReport(_Message):
+    """Sent only to a controller that accepts it (``ANSWERS_FEATURE``): an older one would
+    close the stream on a message type it does not know."""
+
+    type: Literal["answers"] = "answers"
+    counts: list[AnswerCount] = Field(max_length=100_000)
+
+
+# The WebSocket upgrade response of a controller that takes ``answers`` messages names it in
+# this header; a polling agent learns it from POST /v1/agents/{id}/answers not being 404.
+FEATURES_HEADER = "Dnsmesh-Accepts"
+ANSWERS_FEATURE = "answers"
+
+
 class ErrorMessage(_Message):
     type: Literal["error"] = "error"
     code: str
@@ -200,7 +226,7 @@ class ErrorMessage(_Message):
 
 
 Message = Annotated[
-    Hello | SnapshotMessage | Delta | Ack | Nack | Report | ErrorMessage,
+    Hello | SnapshotMessage | Delta | Ack | Nack | Report | AnswerReport | ErrorMessage,
     Field(discriminator="type"),
 ]
 _MESSAGE: TypeAdapter[Message] = TypeAdapter(Message)

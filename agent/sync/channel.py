@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
 
+from agent.answer_reports import AnswerReports
 from agent.sync.config import SyncConfig
 from agent.sync.credentials import Credentials
 from agent.sync.policy_sources import Applied, Outcome, PolicySources, Refused, local_policies
@@ -59,6 +60,7 @@ class ChannelContext:
         probe_report: Callable[[], Report] | None,
         probe_report_interval: float,
         credentials: Credentials,
+        answer_reports: AnswerReports | None = None,
     ) -> None:
         self.config = config
         self.credentials = credentials  # a certificate (mTLS) or the token
@@ -71,6 +73,9 @@ class ChannelContext:
         # probe_report_interval on whichever channel is open.
         self.probe_report = probe_report
         self.probe_report_interval = probe_report_interval
+        # Answers counted since the last report (served share), sent as often as probe
+        # results, to controllers that accept them.
+        self.answer_reports = answer_reports
         self.software = software_version()
         self.transport: str | None = None  # "websocket" | "poll" while connected
         self.connections = 0  # channels opened (a renewal must not open one)

@@ -41,6 +41,7 @@ from collections.abc import Callable
 import httpx
 from websockets.exceptions import WebSocketException
 
+from agent.answer_reports import AnswerReports
 from agent.sync.channel import ChannelContext, backoff_delay
 from agent.sync.config import SyncConfig
 from agent.sync.credentials import Credentials
@@ -73,6 +74,7 @@ class AgentSync:
         clock: Callable[[], float] = time.monotonic,
         probe_report: Callable[[], Report] | None = None,
         probe_report_interval: float = 5.0,
+        answer_reports: AnswerReports | None = None,
     ) -> None:
         # The context holds the identity, sources and settings that the transports share;
         # this loop reads them there rather than keep copies of its own.
@@ -86,6 +88,7 @@ class AgentSync:
             probe_report=probe_report,
             probe_report_interval=probe_report_interval,
             credentials=credentials,
+            answer_reports=answer_reports,
         )
         self._task: asyncio.Task[None] | None = None
         self._channel: WebSocketChannel | Poller | None = None

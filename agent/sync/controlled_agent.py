@@ -14,6 +14,7 @@ import random
 from collections.abc import Coroutine
 from typing import Any
 
+from agent.answer_reports import AnswerReports
 from agent.config import AgentConfig
 from agent.metrics.collector import SyncState
 from agent.server import AgentServer
@@ -94,6 +95,7 @@ class SyncedAgent:
             rng=self.rng,
             probe_report=self.server.health.report if self.server.config.probes else None,
             probe_report_interval=self.server.config.probe_report_interval,
+            answer_reports=AnswerReports(self.server.served),
         )
         await self.sync.start()
 

@@ -40,6 +40,7 @@ class Poller:
         self.client = client
         self.session = SyncSession()
         self.probe_route = True  # False once the controller said it has no report route
+        self.answers_route = True  # likewise for answer reports (an older controller)
 
     async def report_quietly(self) -> None:
         """Report what runs outside the poll loop; a failure is the loop's to notice."""
@@ -73,9 +74,10 @@ class Poller:
                 last_report = now
             if now - last_probes >= sync.probe_report_interval:
                 await self.report_probes()
+                await self.report_answers()
                 last_probes = now
             wait = max(0.0, min(config.poll_wait, config.report_interval))
-            if sync.probe_report is not None:
+            if sync.probe_report is not None or sync.answer_reports is not None:
                 wait = min(wait, sync.probe_report_interval)
             if config.mode == "auto":
                 wait = min(wait, max(0.0, config.ws_retry - (now - entered)))
@@ -153,6 +155,33 @@ class Poller:
             log.warning("sync.probe_reports_unsupported", extra=fields(status=response.status_code))
             self.probe_route = False
             return
+        check(response)
+
+    async def report_answers(self) -> None:
+        """POST the answers counted since the last report. The 200 says they are stored; a
+        refusal or a connection never made puts them back for the next POST, and a request
+        whose answer was lost is not repeated (the controller may have stored it)."""
+        reports = self.sync.answer_reports
+        if reports is None or not self.answers_route:
+            return
+        report = reports.take()
+        if report is None:
+            return
+        try:
+            response = await self.client.post(
+                f"/v1/agents/{self.sync.agent_id}/answers", json=message_json(report)
+            )
+        except httpx.ConnectError:
+            reports.put_back(report)
+            raise
+        if response.status_code in (404, 405):
+            log.warning(
+                "sync.answer_reports_unsupported", extra=fields(status=response.status_code)
+            )
+            self.answers_route = False
+            return
+        if response.status_code >= 500 or response.status_code == 429:
+            reports.put_back(report)  # not stored (database away, overloaded): next time
         check(response)
 
 

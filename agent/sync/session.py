@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from agent.sync.policy_sources import Applied, Outcome, Refused
 from dnsmesh.protocol import (
     Ack,
+    AnswerReport,
     Delta,
     ErrorMessage,
     Hello,
@@ -48,7 +49,18 @@ class LocalChanged:
 
 
 # What a controller may send, and the agent's own reports that go out in order with it.
-Event = Hello | SnapshotMessage | Delta | Ack | Nack | Report | ErrorMessage | Closed | LocalChanged
+Event = (
+    Hello
+    | SnapshotMessage
+    | Delta
+    | Ack
+    | Nack
+    | Report
+    | AnswerReport
+    | ErrorMessage
+    | Closed
+    | LocalChanged
+)
 
 
 # -- what comes out ----------------------------------------------------------------------
@@ -65,7 +77,7 @@ class Apply:
 class Send:
     """Send this message to the controller."""
 
-    message: Ack | Nack | Report
+    message: Ack | Nack | Report | AnswerReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +150,7 @@ class SyncSession:
         return decisions
 
     def _other(self, event: Event) -> list[Decision]:
-        if isinstance(event, Report):
+        if isinstance(event, Report | AnswerReport):
             return [Send(event)]
         if isinstance(event, LocalChanged):
             return [Send(event.ack)]

@@ -44,7 +44,14 @@ from agent.sync.session import (
 )
 from agent.sync.session import Resync as ResyncDecision
 from dnsmesh.logs import fields
-from dnsmesh.protocol import ProtocolError, decode_message, encode_message
+from dnsmesh.protocol import (
+    ANSWERS_FEATURE,
+    FEATURES_HEADER,
+    AnswerReport,
+    ProtocolError,
+    decode_message,
+    encode_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +87,8 @@ class WebSocketChannel:
             helpers = [loop.create_task(_read(ws, self._queue))]
             if context.probe_report is not None:
                 helpers.append(loop.create_task(self._report_probes()))
+            if context.answer_reports is not None and accepts_answers(ws):
+                helpers.append(loop.create_task(self._report_answers()))
             try:
                 await self._loop(ws)
             finally:
@@ -88,6 +97,7 @@ class WebSocketChannel:
                 for helper in helpers:
                     with contextlib.suppress(asyncio.CancelledError):
                         await helper
+                self._keep_unsent_answers()
 
     async def _loop(self, ws: ClientConnection) -> None:
         queue = self._queue
@@ -105,7 +115,12 @@ class WebSocketChannel:
             for answer in self.session.applied(outcomes, ack):
                 await self._carry_out(ws, answer)
         elif isinstance(decision, Send):
-            await ws.send(encode_message(decision.message))
+            try:
+                await ws.send(encode_message(decision.message))
+            except ConnectionClosed:
+                if isinstance(decision.message, AnswerReport):
+                    self._put_back(decision.message)  # it never left: the next one takes it
+                raise
         elif isinstance(decision, ControllerError):
             log.error(
                 "sync.controller_error", extra=fields(code=decision.code, error=decision.message)
@@ -125,6 +140,38 @@ class WebSocketChannel:
             report = context.next_probe_report()
             if report is not None:
                 self._queue.put_nowait(report)
+
+    async def _report_answers(self) -> None:
+        """Queue the answers counted since the last report, as often as probe results."""
+        context = self.context
+        reports = context.answer_reports
+        assert reports is not None
+        while True:
+            await asyncio.sleep(context.probe_report_interval * context.rng.uniform(0.9, 1.1))
+            report = reports.take()
+            if report is not None:
+                self._queue.put_nowait(report)
+
+    def _put_back(self, report: AnswerReport) -> None:
+        if self.context.answer_reports is not None:
+            self.context.answer_reports.put_back(report)
+
+    def _keep_unsent_answers(self) -> None:
+        """Answer reports still queued when the channel ends were never sent: keep them."""
+        while not self._queue.empty():
+            event = self._queue.get_nowait()
+            if isinstance(event, AnswerReport):
+                self._put_back(event)
+
+
+def accepts_answers(ws: ClientConnection) -> bool:
+    """Whether the controller said, in its upgrade response, that it takes answer reports
+    (an older one closes the stream on a message type it does not know)."""
+    response = ws.response
+    if response is None:
+        return False
+    features = response.headers.get(FEATURES_HEADER, "")
+    return ANSWERS_FEATURE in (part.strip() for part in features.split(","))
 
 
 async def _open(context: ChannelContext) -> ClientConnection:

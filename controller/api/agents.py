@@ -51,6 +51,13 @@ WebSocket ``GET /v1/agents/stream`` (ws:// or wss://)
      down mesh-wide): every snapshot has it, a delta has it when it changed (null:
      unchanged). Agents must keep probing and reporting addresses that are down, so the
      quorum can see them recover.
+  6b. Answer reports: an upgrade response with ``Dnsmesh-Accepts: answers`` takes, at any
+     time after hello, ``answers`` {counts: [{policy, slice, endpoint, answers}]}: the
+     answers the agent gave per policy, slice id (``_default``: none matched) and endpoint
+     since its previous ``answers`` message, a delta, every few seconds. No answer is sent.
+     Counts that name no policy, slice or endpoint being served are dropped; the rest are
+     summed per time bucket for GET /v1/policies/{name}/share. An agent must not send it
+     to a controller whose upgrade response does not name it (an older one closes 4400).
   7. Keepalive: the controller pings every ``--ping-interval`` seconds (default 5) and
      closes a connection whose pong has not come within another interval (1011), so a
      dead agent shows as disconnected within about two intervals. Agents must answer
@@ -77,6 +84,11 @@ for its own agent id only: 403 for another) and revision semantics:
       re-evaluated: ``down`` is the down set then (it also reaches the agent as part of
       the next update from /v1/changes, with its revision). 422 invalid_request when the
       body is not a report.
+  ``POST /v1/agents/{agent_id}/answers``
+      an ``answers`` message as above. 200 {"agent_id", "counts": N} once stored; 503
+      (Retry-After) when it could not be, and then it was not: the agent sends those counts
+      again with its next report. 422 invalid_request when the body is not one; 404 on a
+      controller without served share, which the agent takes as "do not send them".
 
 For operators (viewer, editor, admin):
   ``GET /v1/agents``, ``DELETE /v1/agents/{id}`` and ``GET /v1/revisions/{r}``
@@ -114,6 +126,9 @@ from dnsmesh.policy import Labels, field_errors
 router = APIRouter(tags=["agents"])
 
 _BEARER = {"WWW-Authenticate": 'Bearer realm="dnsmesh"'}
+# What this controller takes besides the first protocol's messages, named in the upgrade
+# response so that an agent sends them only to a controller that knows them.
+_ACCEPTS = [(protocol.FEATURES_HEADER.lower().encode(), protocol.ANSWERS_FEATURE.encode())]
 
 Operator = Annotated[Principal, Depends(require(Permission.READ_AUDIT))]  # viewer and up
 Writer = Annotated[Principal, Depends(require(Permission.WRITE_POLICIES))]  # editor, admin
@@ -170,7 +185,7 @@ async def agent_stream(websocket: WebSocket) -> None:
         await websocket.send_denial_response(response)
         return
     if caller is not None:
-        await websocket.accept()
+        await websocket.accept(headers=_ACCEPTS)
         await hub_of(websocket.app).serve(_WebSocketChannel(websocket), caller.identity)
         return
     await _token_stream(websocket)
@@ -203,7 +218,7 @@ async def _token_stream(websocket: WebSocket) -> None:
         message = f"role {principal.role.value!r} may not act as an agent"
         await websocket.send_denial_response(JSONResponse(error_body("forbidden", message), 403))
         return
-    await websocket.accept()
+    await websocket.accept(headers=_ACCEPTS)
     await hub_of(websocket.app).serve(_WebSocketChannel(websocket))
 
 
@@ -301,6 +316,30 @@ async def probe_report(
         )
     down = await hub.down()
     return JSONResponse({"agent_id": agent_id, "endpoints": len(report.endpoints), "down": down})
+
+
+@router.post("/v1/agents/{agent_id}/answers")
+async def answer_report(
+    request: Request,
+    caller: Agent,
+    agent_id: Annotated[str, Path(min_length=1, max_length=128)],
+) -> JSONResponse:
+    _as(caller, request, agent_id)
+    body = await json_body(request)
+    try:
+        report = protocol.AnswerReport.model_validate(body)
+    except ValidationError as error:
+        raise ApiError(
+            422, "invalid_request", "not an answer report", field_errors(error)
+        ) from None
+    if not await hub_of(request.app).record_answers(agent_id, report):
+        raise ApiError(
+            503,
+            "database_unavailable",
+            "the answers could not be stored yet",
+            headers={"Retry-After": RETRY_AFTER_S},
+        )
+    return JSONResponse({"agent_id": agent_id, "counts": len(report.counts)})
 
 
 @router.get("/v1/agents")

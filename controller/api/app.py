@@ -8,7 +8,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from controller.agent_trust import AgentTrust, TrustSettings
-from controller.api import admin, agents, drains, endpoints, events, identity, metrics, policies
+from controller.api import (
+    admin,
+    agents,
+    drains,
+    endpoints,
+    events,
+    identity,
+    metrics,
+    policies,
+    share,
+)
 from controller.api.body import DEFAULT_MAX_BODY
 from controller.api.errors import install_error_handlers
 from controller.api.refusals import RefusalAudit
@@ -25,6 +35,7 @@ from controller.recorder import AgentRecorder
 from controller.services.agent_state import AgentStateService
 from controller.services.drains import DrainService
 from controller.services.policies import PolicyService
+from controller.share_monitor import ShareMonitor
 from controller.webui import mount_ui
 
 
@@ -84,6 +95,7 @@ def create_app(
     app.include_router(identity.router)
     app.include_router(endpoints.router)
     app.include_router(drains.router)
+    app.include_router(share.router)
     app.include_router(events.router)
     app.include_router(metrics.router)
     mount_ui(app)
@@ -100,15 +112,18 @@ def build_hub(
     """The hub with its collaborators: the feed, the agents' state, its writer, the quorum,
     who agents are (``trust``: tokens only when None) and the counters it keeps."""
     agent_state = AgentStateService(db, stale_after=settings.stale_after)
+    metrics = metrics or ControllerMetrics()
+    feed = Feed(policy_service, window=settings.window, retention=settings.change_retention)
     return Hub(
         db,
         settings,
-        feed=Feed(policy_service, window=settings.window, retention=settings.change_retention),
+        feed=feed,
         agents=agent_state,
         recorder=AgentRecorder(
             agent_state, replica=settings.replica_id, heartbeat_s=settings.heartbeat_s
         ),
         health=QuorumMonitor(db, settings.health),
+        share=ShareMonitor(db, settings.share, feed.known_policies, metrics.share_drift),
         trust=trust or AgentTrust.build(db, None, None),
         metrics=metrics,
     )

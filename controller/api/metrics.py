@@ -46,6 +46,7 @@ async def _refresh(metrics: ControllerMetrics, hub: Hub, request: Request) -> No
     """The gauges read now: the revision and down set from the database (a scrape of a
     controller whose database is away still answers, without them), agents from the hub."""
     metrics.count_agents(len(hub.sessions), hub.settings.stale_after.total_seconds())
+    await hub.share.evaluate()  # the drift gauges as of now (a database error leaves them)
     try:
         metrics.revision.set(await blocking(policy_store(request).current_revision))
         metrics.endpoints_down.set(len(await hub.down()))

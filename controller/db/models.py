@@ -198,6 +198,19 @@ class EndpointReportRow(Base):
     )
 
 
+class AnswerBucketRow(Base):
+    """Answers agents gave naming one endpoint of a policy's slice, summed over every agent
+    for one time bucket (``bucket``: its start in Unix seconds, a multiple of its length)."""
+
+    __tablename__ = "answer_buckets"
+
+    policy: Mapped[str] = mapped_column(String(63), primary_key=True)
+    slice: Mapped[str] = mapped_column(String(63), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(45), primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True, index=True)
+    answers: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
 class DownRow(Base):
     """An address the quorum marked down, since which revision, and how the vote stood."""
 

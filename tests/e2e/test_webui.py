@@ -291,3 +291,31 @@ def test_the_topology_draws_latency_and_loss_as_colour(page: Page, ui: Mesh) -> 
     expect(ejected_row.locator("[data-status]")).to_have_attribute("data-status", "failing")
     ejected_row.locator("button").click()
     expect(page.locator("table.reports")).to_contain_text("node-probe-a")
+
+
+def test_the_policy_page_charts_served_against_intended_share(page: Page, ui: Mesh) -> None:
+    endpoints = [{"address": "127.0.30.1", "weight": 3}, {"address": "127.0.30.2", "weight": 1}]
+    ui.rest.put(policy_doc("split", endpoints))
+    counts = [  # served 1:3, the weights 3:1: a drift of 0.5 over 400 answers, flagged
+        {"policy": "split", "slice": "_default", "endpoint": "127.0.30.1", "answers": 100},
+        {"policy": "split", "slice": "_default", "endpoint": "127.0.30.2", "answers": 300},
+    ]
+    with httpx.Client(
+        base_url=ui.controller.url, headers={"Authorization": f"Bearer {ui.tokens['agent']}"}
+    ) as agent_api:
+        hello = {"node_name": "node-share", "revision": 0}
+        assert agent_api.post("/v1/agents/share/ack", json=hello).status_code == 200
+        sent = agent_api.post("/v1/agents/share/answers", json={"counts": counts})
+        assert sent.status_code == 200, sent.text
+    log_in(page, ui, "viewer")
+    page.goto(f"{ui.controller.url}/ui/#/policies/split")
+    expect(page.locator("#share-flagged")).to_contain_text("0.500 over 400 answers")
+
+    def width(address: str, bar: str) -> float:
+        box = page.locator(f"#share g[data-address='{address}'] rect.{bar}").bounding_box()
+        assert box is not None
+        return float(box["width"])
+
+    assert width("127.0.30.1", "intended") == pytest.approx(3 * width("127.0.30.2", "intended"))
+    assert width("127.0.30.2", "served") == pytest.approx(3 * width("127.0.30.1", "served"))
+    assert width("127.0.30.1", "intended") == pytest.approx(width("127.0.30.2", "served"))

@@ -282,6 +282,9 @@ CONTROLLER_TABLES = (
     "endpoint_health",
     "endpoint_reports",
     "endpoints_down",
+    "agent_certificates",
+    "endpoint_drains",
+    "answer_buckets",
 )
 
 

@@ -2,6 +2,7 @@
 import { html, useState } from "../vendor/preact-htm.module.js";
 import { api, labelQuery } from "../api.js";
 import { useResource } from "../resource.js";
+import { ShareChart } from "../share.js";
 import { ErrorNote, Labels } from "../widgets.js";
 import { toYaml } from "../yaml.js";
 
@@ -60,6 +61,7 @@ export function PolicyView({ name, revision, who }) {
     ${data &&
     html`<p class="muted">Last changed at revision <span class="policy-revision">${data.metadata.revision}</span>.</p>
       ${mayEdit && html`<p><a class="button" id="edit" href=${`#/policies/${encodeURIComponent(name)}/edit`}>Edit</a></p>`}
+      <${ShareChart} name=${name} />
       <pre class="yaml" id="policy-yaml">${toYaml(data)}</pre>`}
   </section>`;
 }
