@@ -14,13 +14,12 @@ and a ConfigMap's symlink swap shows.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 from pathlib import Path
 
 from agent.config import read_cookie_secret
+from agent.periodic import Periodic
 from dnsmesh.cookies import ServerCookies
 from dnsmesh.errors import ConfigError
 from dnsmesh.logs import fields
@@ -38,16 +37,15 @@ def _stamp(path: Path) -> Stamp:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
-class CookieSecretWatcher:
+class CookieSecretWatcher(Periodic):
     """Rotates ``cookies`` to the secret in ``path`` whenever the file changes; a bad
     file is logged and the secret in use kept (it was good at start, so nothing breaks)."""
 
     def __init__(self, path: Path, cookies: ServerCookies, *, interval: float) -> None:
+        super().__init__(interval)
         self.path = path
         self.cookies = cookies
-        self.interval = interval
         self._seen = _stamp(path)  # what the start read (config_from_args)
-        self._task: asyncio.Task[None] | None = None
 
     def check(self) -> bool:
         """Read the file again if it changed; whether the secret was rotated."""
@@ -66,17 +64,5 @@ class CookieSecretWatcher:
         log.info("cookie.secret_rotated", extra=fields(path=str(self.path)))
         return True
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            self.check()
+    async def tick(self) -> None:
+        self.check()

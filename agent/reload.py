@@ -7,12 +7,12 @@ filesystem including bind mounts and ConfigMap symlink swaps, and costs a few st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.periodic import Periodic
 from dnsmesh.errors import PolicyError, PolicyFileError
 from dnsmesh.logs import fields
 from dnsmesh.policyfile import load_policy_path, policy_files
@@ -39,19 +39,18 @@ def fingerprint(path: Path) -> Fingerprint:
     return tuple(out)
 
 
-class PolicyWatcher:
+class PolicyWatcher(Periodic):
     """Loads ``path`` into snapshots and hands each good one to ``apply``."""
 
     def __init__(
         self, path: Path, apply: Callable[[Snapshot], None], *, interval: float = 0.5
     ) -> None:
+        super().__init__(interval)
         self.path = path
         self.apply = apply
-        self.interval = interval
         self.revision = 0
         self.failures = 0
         self._seen: Fingerprint | None = None
-        self._task: asyncio.Task[None] | None = None
 
     def load(self) -> bool:
         """Load, compile and apply once; False (logged, nothing applied) if a file is bad."""
@@ -103,25 +102,13 @@ class PolicyWatcher:
     def changed(self) -> bool:
         return fingerprint(self.path) != self._seen
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            if not self.changed():
-                continue
-            try:
-                snapshot = await asyncio.to_thread(self._build)
-            except Exception:  # a bug must not stop reloads for good
-                log.exception("policy.reload_crashed")
-                continue
-            if snapshot is not None:
-                self._apply(snapshot)  # on the loop's thread: one assignment, seen whole
+    async def tick(self) -> None:
+        if not self.changed():
+            return
+        try:
+            snapshot = await asyncio.to_thread(self._build)
+        except Exception:  # a bug must not stop reloads for good
+            log.exception("policy.reload_crashed")
+            return
+        if snapshot is not None:
+            self._apply(snapshot)  # on the loop's thread: one assignment, seen whole
