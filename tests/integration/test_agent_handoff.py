@@ -208,7 +208,8 @@ def test_replace_with_nothing_running_binds_afresh(
     saved_state(state)
     agent = spawn_agent(*agent_flags(state, free_port(), upstream), "--replace")
     assert agent.events("handoff.none")
-    assert (state / "agent.sock").is_socket()
+    # The control socket opens just after the DNS listeners (agent.started): wait for it.
+    wait_until(lambda: (state / "agent.sock").is_socket(), 5, "the control socket")
     assert agent.stop() == 0
     assert not (state / "agent.sock").exists()  # removed: it was ours
 
