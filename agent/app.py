@@ -66,6 +66,14 @@ async def serve(config: AgentConfig, sync: SyncConfig | None = None) -> int:
     dns = server if isinstance(server, AgentServer) else server.server
     await succession.before_start(dns)
     await server.start()
+    # The handlers go in before after_start tells systemd READY=1: a reload (SIGUSR2) that
+    # systemd sends the moment the unit is active must find its handler, not SIGUSR2's
+    # default action, which ends the process (seen in the SIGUSR2 test on a busy machine).
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop, sig.name)
+    loop.add_signal_handler(signal.SIGUSR2, succession.spawn_successor)
+    loop.add_signal_handler(signal.SIGHUP, _reopen_logs, dns.query_log)
     await succession.after_start(dns)
     # Everything built so far (modules, the policy snapshot) lives as long as the process;
     # freezing it keeps a full collection from scanning it: measured 6.3 ms -> ~0 ms per
@@ -77,11 +85,6 @@ async def serve(config: AgentConfig, sync: SyncConfig | None = None) -> int:
     # often finds nothing. The bench helper measured 395 -> 6 young collections in a test
     # and p99 under saturation 16 -> 11 ms. Reference cycles are still collected, less often.
     gc.set_threshold(10_000, 20, 20)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, request_stop, sig.name)
-    loop.add_signal_handler(signal.SIGUSR2, succession.spawn_successor)
-    loop.add_signal_handler(signal.SIGHUP, _reopen_logs, dns.query_log)
     try:
         await stop.wait()
     finally:
