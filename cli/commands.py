@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -180,13 +180,7 @@ def run_get_agents(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         raise ControllerRefused(
             404, "not_found", f"no agent has the id or node name {args.name!r}{labels}", []
         )
-    if args.output == "json":
-        json.dump(agents, out, indent=2)
-        out.write("\n")
-    elif args.output == "yaml":
-        yaml.safe_dump(agents, out, sort_keys=False)
-    else:
-        out.write(_agents_table(agents))
+    write_output(args.output, agents, lambda: _agents_table(agents), out)
     return 0
 
 
@@ -196,14 +190,19 @@ def run_get_endpoints(args: argparse.Namespace, out: TextIO = sys.stdout) -> int
 
     with ControllerClient(args.server, args.token, ca_file=args.ca_file) as client:
         body = client.endpoints(args.name, _selector(args.selector))
-    if args.output == "json":
+    write_output(args.output, body, lambda: _endpoints_table(body["items"]), out)
+    return 0
+
+
+def write_output(output: str, body: Any, table: Callable[[], str], out: TextIO) -> None:
+    """``-o json``, ``-o yaml``, or the table (``table()``, built only when asked for)."""
+    if output == "json":
         json.dump(body, out, indent=2)
         out.write("\n")
-    elif args.output == "yaml":
+    elif output == "yaml":
         yaml.safe_dump(body, out, sort_keys=False)
     else:
-        out.write(_endpoints_table(body["items"]))
-    return 0
+        out.write(table())
 
 
 def run_delete(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:

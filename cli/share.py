@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any, TextIO
 
-import yaml
-
+from cli.commands import write_output
 from dnsmesh.errors import ConfigError
 
 
@@ -19,13 +17,7 @@ def run_get_share(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         raise ConfigError("dnsmesh get share needs the policy's name")
     with ControllerClient(args.server, args.token, ca_file=args.ca_file) as client:
         body = client.share(args.name, args.window)
-    if args.output == "json":
-        json.dump(body, out, indent=2)
-        out.write("\n")
-    elif args.output == "yaml":
-        yaml.safe_dump(body, out, sort_keys=False)
-    else:
-        out.write(share_table(body))
+    write_output(args.output, body, lambda: share_table(body), out)
     return 0
 
 
