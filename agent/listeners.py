@@ -270,6 +270,8 @@ class TcpConnection(asyncio.Protocol):
         self.paused = False  # reading paused by us
         self.write_blocked = False  # the transport's write buffer is above its high mark
         self.closing = False
+        self.spoke = False  # has sent a byte: a hand-off lingers on it only until quiet
+        self._linger: float | None = None
         self._idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -293,6 +295,10 @@ class TcpConnection(asyncio.Protocol):
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
+        if not self.spoke:
+            self.spoke = True
+            if self._linger is not None:
+                self.idle_timeout = self._linger
         self.frames.feed(data)
         self.connections.touch(self)
         self._process()
@@ -379,8 +385,15 @@ class TcpConnection(asyncio.Protocol):
 
     def linger(self, quiet: float) -> None:
         """Keep answering this client until it has been quiet for ``quiet`` seconds, then
-        close (a hand-off: new connections go to the successor meanwhile)."""
-        self.idle_timeout = quiet
+        close (a hand-off: new connections go to the successor meanwhile).
+
+        A connection that has sent nothing yet keeps its idle timeout until it speaks:
+        accepted just before the hand-off, its first query may come later than ``quiet``
+        on a loaded host, and closing it then resets a client that did nothing wrong. The
+        stop's drain deadline still bounds the wait."""
+        self._linger = quiet
+        if self.spoke:
+            self.idle_timeout = quiet
         self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:

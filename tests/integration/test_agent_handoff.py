@@ -201,6 +201,30 @@ def test_ten_hand_offs_under_load_lose_no_query(
     assert agent.stop() == 0
 
 
+def test_a_connection_silent_at_the_hand_off_is_answered_when_it_speaks(
+    tmp_path: Path, spawn_agent: Spawn, upstream: FakeUpstream
+) -> None:
+    """A TCP connection accepted just before a hand-off whose first query comes later than
+    the old agent's linger (0.3 s): the old agent answers it rather than closing it, which
+    reset such clients under load."""
+    state = tmp_path / "state"
+    saved_state(state)
+    port = free_port()
+    flags = agent_flags(state, port, upstream)
+    agent = spawn_agent(*flags)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        time.sleep(0.2)  # accepted by the old agent before the successor shares the socket
+        successor = spawn_agent(*flags, "--replace")
+        agent.wait_event("handoff.ready")
+        time.sleep(1.0)  # well past the linger, within the 3 s drain deadline
+        wire = dns.message.make_query(POLICY_NAME, "A").to_wire()
+        conn.sendall(len(wire).to_bytes(2, "big") + wire)
+        reply = dns.query.receive_tcp(conn, expiration=time.time() + 5)[0]
+        assert correct(POLICY_NAME, reply)
+    assert agent.proc.wait(10) == 0
+    assert successor.stop() == 0
+
+
 def test_replace_with_nothing_running_binds_afresh(
     tmp_path: Path, spawn_agent: Spawn, upstream: FakeUpstream
 ) -> None:
