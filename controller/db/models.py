@@ -68,12 +68,13 @@ class PolicyRow(Base):
 
 
 class ChangeRow(Base):
-    """One committed change per revision: what the push to agents replays."""
+    """What each committed revision changed, one row per policy it touched (a bulk apply
+    touches many in one revision): what the push to agents replays."""
 
     __tablename__ = "changes"
 
     revision: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    policy_name: Mapped[str] = mapped_column(String(63), index=True, nullable=False)
+    policy_name: Mapped[str] = mapped_column(String(63), primary_key=True, index=True)
     operation: Mapped[str] = mapped_column(String(16), nullable=False)  # create|update|delete
     document: Mapped[dict[str, Any] | None] = mapped_column(JsonColumn, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

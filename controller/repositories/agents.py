@@ -95,18 +95,40 @@ def local_definitions(
     The JSON lists are matched here rather than in SQL, the same way on both backends; only
     agents that reported local policies are read.
     """
+    return matching_definitions(live_local_policies(session, seen_since), name=name, domain=domain)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalEntry:
+    agent_id: str
+    node_name: str
+    local: dict[str, str]  # {name, domain, source} as the agent reported it
+
+
+def live_local_policies(session: Session, seen_since: datetime) -> list[LocalEntry]:
+    """Every local policy live agents reported, read once for the checks of a whole set."""
     rows = session.execute(
         select(AgentRow.agent_id, AgentRow.node_name, AgentRow.local_policies)
         .where(_live(seen_since), AgentRow.local_policies.is_not(None))
         .order_by(AgentRow.agent_id)
     )
+    return [
+        LocalEntry(agent_id, node_name, entry)
+        for agent_id, node_name, local in rows
+        for entry in local or []
+    ]
+
+
+def matching_definitions(
+    entries: Iterable[LocalEntry], *, name: str | None, domain: str
+) -> list[LocalDefinition]:
+    """The entries with domain ``domain`` or (if given) named ``name``."""
     found = []
-    for agent_id, node_name, local in rows:
-        for entry in local or []:
-            if name is not None and entry.get("name") == name:
-                found.append(LocalDefinition(agent_id, node_name, "name", entry))
-            elif entry.get("domain") == domain:
-                found.append(LocalDefinition(agent_id, node_name, "domain", entry))
+    for entry in entries:
+        if name is not None and entry.local.get("name") == name:
+            found.append(LocalDefinition(entry.agent_id, entry.node_name, "name", entry.local))
+        elif entry.local.get("domain") == domain:
+            found.append(LocalDefinition(entry.agent_id, entry.node_name, "domain", entry.local))
     return found
 
 

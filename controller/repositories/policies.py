@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import TypeVar
 
@@ -14,6 +14,7 @@ from controller.errors import NotFound
 from dnsmesh.protocol import Document
 
 T = TypeVar("T")
+K = TypeVar("K", str, int)
 
 
 def find_policy(session: Session, name: str) -> PolicyRow | None:
@@ -25,6 +26,40 @@ def require_policy(session: Session, name: str) -> PolicyRow:
     if row is None:
         raise NotFound(f"policy {name!r} does not exist")
     return row
+
+
+# Names and domains go into IN (...) lists of at most this many: far under SQLite's 32,766
+# bound parameters and PostgreSQL's 65,535, and one round trip for a set of 1,000.
+_CHUNK = 1000
+
+
+def find_policies(session: Session, names: Iterable[str]) -> dict[str, PolicyRow]:
+    """The rows of every policy named in ``names`` that exists, by name."""
+    found: dict[str, PolicyRow] = {}
+    for chunk in _chunks(sorted(set(names))):
+        for row in session.scalars(select(PolicyRow).where(PolicyRow.name.in_(chunk))):
+            found[row.name] = row
+    return found
+
+
+def domain_owners(session: Session, domains: Iterable[str]) -> dict[str, str]:
+    """The name of the policy that has each of ``domains`` (those that any policy has)."""
+    owners: dict[str, str] = {}
+    for chunk in _chunks(sorted(set(domains))):
+        query = select(PolicyRow.domain, PolicyRow.name).where(PolicyRow.domain.in_(chunk))
+        owners.update({domain: name for domain, name in session.execute(query)})
+    return owners
+
+
+def delete_policy_rows(session: Session, rows: Iterable[PolicyRow]) -> None:
+    ids = [row.id for row in rows]
+    for chunk in _chunks(ids):
+        session.execute(delete(PolicyRow).where(PolicyRow.id.in_(chunk)))
+
+
+def _chunks(values: list[K]) -> Iterator[list[K]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
 
 
 def domain_owner(session: Session, domain: str, *, other_than: str) -> str | None:
@@ -75,8 +110,7 @@ def save_policy(
     row.labels = labels
     row.document = document
     row.updated_at = at
-    session.flush()
-    return row
+    return row  # flushed with the change and audit rows (one flush for a set of many)
 
 
 def delete_policy_row(session: Session, row: PolicyRow) -> None:

@@ -21,7 +21,14 @@ from sqlalchemy.orm import Session
 
 from controller.db.models import PolicyRow
 from controller.db.session import Database
-from controller.errors import AlreadyExists, DomainConflict, LocalPolicyClash, NotFound, StoreError
+from controller.errors import (
+    AlreadyExists,
+    DomainConflict,
+    LocalPolicyClash,
+    NotFound,
+    PreconditionFailed,
+    StoreError,
+)
 from controller.repositories import agents, history, policies
 from controller.repositories.drains import read_drains
 from controller.repositories.health import read_down
@@ -259,74 +266,71 @@ class PolicyService:
         prune: Mapping[str, str] | None = None,
         dry_run: bool = False,
         force: bool = False,
+        if_match: IfMatch | None = None,
     ) -> SetApplied:
-        """Creates, replaces (and with ``prune``, deletes) to match a set: all or none.
+        """Creates, replaces (and with ``prune``, deletes) to match a set: all or none, as
+        **one revision**.
 
-        One transaction. ``prune``: the policies with these labels (``{}``: every policy)
-        that the set does not name are deleted, first, so a domain can move from a pruned
-        policy to a new one. Then each document in order, with the checks of a single write
-        (a domain may move from one policy of the set to a later one). Every document gets
-        its outcome; when any is refused, or for ``dry_run``, the transaction is discarded.
-        ``force`` as for ``create_policy``.
-        Each change is a revision of its own (the change log holds one change a revision).
+        Every document is validated first, and the set as a whole (a name or domain twice);
+        then, in one transaction, each is checked as a single write would be (a domain held
+        by a policy outside the set, a connected agent's local files unless ``force``).
+        ``prune``: the policies with these labels (``{}``: every policy) that the set does
+        not name are deleted in the same revision, so a domain can move from a pruned
+        policy to a new one, or between policies of the set. Every document gets its
+        outcome; when any is refused, or for ``dry_run``, the transaction is discarded.
+        ``if_match``: the mesh revision the set was planned against (PreconditionFailed
+        when another write came first). One change-log row and one audit row per policy
+        changed, all at the set's revision; a set that changes nothing takes none.
+        The reads are one query per kind for the whole set (chunked), and the rows are
+        written in one flush: a set of 1,000 costs a few round trips, not thousands.
         """
-        parsed: list[Policy | None] = []
-        outcomes: list[SetOutcome] = []
-        for index, document in enumerate(documents):
-            try:
-                policy = parse_policy(document)
-            except PolicyError as refusal:
-                parsed.append(None)
-                outcomes.append(SetOutcome(index, _name_of(document), "refused", refusal))
-            else:
-                parsed.append(policy)
-                outcomes.append(SetOutcome(index, policy.name, "unchanged"))
-        valid = [p for p in parsed if p is not None]
-        for error in _set_errors(valid):
-            index = parsed.index(valid[error.index])
-            outcomes[index].refuse(PolicyError([error.field]))
+        parsed, outcomes = _parse_set(documents)
         with self.db.writing() as transaction:
             session = transaction.session
-            pruned: list[SetOutcome] = []
+            revision = bump_revision(session)
+            if if_match is not None and not if_match.holds(revision - 1):
+                raise PreconditionFailed(
+                    f"the mesh is at revision {revision - 1}, not the one If-Match names"
+                )
+            valid = [p for p in parsed if p is not None]
+            rows = policies.find_policies(session, (p.name for p in valid))
+            doomed: list[PolicyRow] = []
             if prune is not None:
                 keep = {outcome.name for outcome in outcomes}
-                for stale in policies.policy_rows(session, prune):
-                    if stale.name in keep:
-                        continue
-                    revision = bump_revision(session)
-                    before = stale.document
-                    policies.delete_policy_row(session, stale)
-                    self._log(
-                        session,
-                        revision,
-                        stale.name,
-                        "delete",
-                        None,
-                        actor,
-                        "policy.delete",
-                        before,
-                    )
-                    pruned.append(SetOutcome(len(documents) + len(pruned), stale.name, "pruned"))
+                doomed = [r for r in policies.policy_rows(session, prune) if r.name not in keep]
+            moving = {p.name for p in valid} | {r.name for r in doomed}
+            owners = policies.domain_owners(session, (p.spec.domain for p in valid))
+            locals_ = None if force else self._live_local_policies(session)
+            changed: list[tuple[Policy, PolicyRow | None]] = []
             for outcome, candidate in zip(outcomes, parsed, strict=True):
                 if candidate is None or outcome.refusal is not None:
                     continue
-                current = policies.find_policy(session, candidate.name)
+                current = rows.get(candidate.name)
+                owner = owners.get(candidate.spec.domain)
+                if owner is not None and owner not in moving:
+                    message = f"{candidate.spec.domain!r} is already the domain of policy {owner!r}"
+                    outcome.refuse(DomainConflict(message, [FieldError("spec.domain", message)]))
+                    continue
                 wanted = candidate.to_document(with_revision=False)
                 if current is not None and content(current.document) == wanted:
                     continue
-                operation = "policy.update" if current else "policy.create"
-                try:
-                    if not force:
-                        self._refuse_local_clashes(session, candidate, current)
-                    self._save(
-                        session, bump_revision(session), candidate, current, actor, operation
-                    )
-                except (DomainConflict, LocalPolicyClash) as refusal:
-                    outcome.refuse(refusal)
-                    continue
+                if locals_ is not None:
+                    try:
+                        _refuse_local_clashes(locals_, candidate, current)
+                    except LocalPolicyClash as refusal:
+                        outcome.refuse(refusal)
+                        continue
                 outcome.outcome = "configured" if current else "created"
+                changed.append((candidate, current))
+            pruned = [
+                SetOutcome(len(documents) + i, row.name, "pruned") for i, row in enumerate(doomed)
+            ]
             applied = all(o.refusal is None for o in outcomes)
-            revision = current_revision(session)
+            if not changed and not doomed:
+                transaction.discard()  # nothing to change: no revision
+                return SetApplied(revision - 1, False, outcomes)
+            if applied:
+                self._write_set(session, revision, changed, doomed, actor)
             if dry_run or not applied:
                 transaction.discard()
         return SetApplied(revision, applied and not dry_run, outcomes + pruned)
@@ -378,38 +382,74 @@ class PolicyService:
 
     # -- internals -----------------------------------------------------------------------
 
+    def _live_local_policies(self, session: Session) -> list[agents.LocalEntry]:
+        return agents.live_local_policies(session, self.db.clock() - self.agent_stale_after)
+
+    def _write_set(
+        self,
+        session: Session,
+        revision: int,
+        changed: list[tuple[Policy, PolicyRow | None]],
+        doomed: list[PolicyRow],
+        actor: str,
+    ) -> None:
+        """The rows of a set at one revision, deletions first (their domains move), then one
+        flush: SQLAlchemy sends each table's rows as one batched statement."""
+        now = self.db.clock()
+        if doomed:
+            policies.delete_policy_rows(session, doomed)
+        for gone in doomed:
+            history.append_change(session, revision, gone.name, "delete", None, now)
+            history.append_audit(
+                session,
+                at=now,
+                actor=actor,
+                operation="policy.delete",
+                target=gone.name,
+                revision=revision,
+                before=gone.document,
+                after=None,
+            )
+        if doomed:
+            # The deleted rows' domains and names are free before the new rows go in.
+            for gone in doomed:
+                session.expunge(gone)
+            session.flush()
+        for policy, row in changed:
+            document = policy.to_document(with_revision=False)
+            document["metadata"]["revision"] = revision
+            before = row.document if row is not None else None
+            policies.save_policy(
+                session,
+                row,
+                name=policy.name,
+                domain=policy.spec.domain,
+                revision=revision,
+                labels=dict(policy.metadata.labels),
+                document=document,
+                at=now,
+            )
+            history.append_change(
+                session, revision, policy.name, "update" if row else "create", document, now
+            )
+            history.append_audit(
+                session,
+                at=now,
+                actor=actor,
+                operation="policy.update" if row else "policy.create",
+                target=policy.name,
+                revision=revision,
+                before=before,
+                after=document,
+            )
+        session.flush()
+
     def _refuse_local_clashes(
         self, session: Session, policy: Policy, row: PolicyRow | None
     ) -> None:
-        """LocalPolicyClash if a live agent's local files define the name or domain this
-        write brings; a name or domain the policy already had is no new clash."""
-        domain = policy.spec.domain
-        if row is not None and row.domain == domain:
-            return
-        found = agents.local_definitions(
-            session,
-            self.db.clock() - self.agent_stale_after,
-            name=policy.name if row is None else None,
-            domain=domain,
-        )
-        if not found:
-            return
-        described = [
-            f"agent {d.agent_id} (node {d.node_name}) serves {d.what} "
-            f"{policy.name if d.what == 'name' else domain!r} from local policy "
-            f"{d.local.get('name')!r} in {d.local.get('source') or 'its --policies files'}"
-            for d in found[:5]
-        ]
-        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
-        message = (
-            f"policy {policy.name!r} clashes with agents' local policies: "
-            + "; ".join(described)
-            + more
-            + " (those agents would keep serving their local file); write with force=true "
-            "to store it anyway"
-        )
-        path = "metadata.name" if found[0].what == "name" else "spec.domain"
-        raise LocalPolicyClash(message, [FieldError(path, described[0])])
+        if row is not None and row.domain == policy.spec.domain:
+            return  # no new clash: skip the read
+        _refuse_local_clashes(self._live_local_policies(session), policy, row)
 
     def _edit_slices(
         self,
@@ -496,6 +536,58 @@ class PolicyService:
             after=document,
         )
         session.flush()
+
+
+def _refuse_local_clashes(
+    entries: list[agents.LocalEntry], policy: Policy, row: PolicyRow | None
+) -> None:
+    """LocalPolicyClash if a live agent's local files define the name or domain this
+    write brings; a name or domain the policy already had is no new clash."""
+    domain = policy.spec.domain
+    if row is not None and row.domain == domain:
+        return
+    found = agents.matching_definitions(
+        entries, name=policy.name if row is None else None, domain=domain
+    )
+    if not found:
+        return
+    described = [
+        f"agent {d.agent_id} (node {d.node_name}) serves {d.what} "
+        f"{policy.name if d.what == 'name' else domain!r} from local policy "
+        f"{d.local.get('name')!r} in {d.local.get('source') or 'its --policies files'}"
+        for d in found[:5]
+    ]
+    more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+    message = (
+        f"policy {policy.name!r} clashes with agents' local policies: "
+        + "; ".join(described)
+        + more
+        + " (those agents would keep serving their local file); write with force=true "
+        "to store it anyway"
+    )
+    path = "metadata.name" if found[0].what == "name" else "spec.domain"
+    raise LocalPolicyClash(message, [FieldError(path, described[0])])
+
+
+def _parse_set(documents: list[object]) -> tuple[list[Policy | None], list[SetOutcome]]:
+    """Each document validated, then the set (a name or domain twice): every refusal named
+    by the document's index."""
+    parsed: list[Policy | None] = []
+    outcomes: list[SetOutcome] = []
+    for index, document in enumerate(documents):
+        try:
+            policy = parse_policy(document)
+        except PolicyError as refusal:
+            parsed.append(None)
+            outcomes.append(SetOutcome(index, _name_of(document), "refused", refusal))
+        else:
+            parsed.append(policy)
+            outcomes.append(SetOutcome(index, policy.name, "unchanged"))
+    valid = [p for p in parsed if p is not None]
+    positions = [i for i, p in enumerate(parsed) if p is not None]
+    for error in _set_errors(valid):
+        outcomes[positions[error.index]].refuse(PolicyError([error.field]))
+    return parsed, outcomes
 
 
 @dataclass(frozen=True, slots=True)
