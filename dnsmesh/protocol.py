@@ -43,7 +43,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
@@ -282,7 +282,7 @@ class AppliedState:
     down: frozenset[str] = frozenset()
     mesh_id: str | None = None  # the controller's mesh the revision belongs to
     drains: DrainSet = NO_DRAINS
-    rollouts: Rollouts = NO_ROLLOUTS
+    rollouts: Rollouts = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> AppliedState:
