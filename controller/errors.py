@@ -7,6 +7,7 @@
         ├── DomainConflict       409  another policy already has the domain
         ├── LocalPolicyClash     409  a connected agent's local files define the name/domain
         ├── SafetyRuleBroken     409  a drain would break a policy's spec.safety (``force``)
+        ├── Conflict             409  the operation does not fit the state (no rollout, ...)
         ├── PreconditionFailed   412  If-Match names a revision that is no longer current
         ├── DatabaseUnavailable  503  the database cannot be reached or dropped the connection
         │   └── CommitUnknown    503  the connection dropped during COMMIT: it may have landed
@@ -60,6 +61,14 @@ class SafetyRuleBroken(StoreError):
         )
         self.violation = violation
         self.fields = [FieldError(f"spec.safety.{violation.rule}", violation.message)]
+
+
+class Conflict(StoreError):
+    """The operation does not fit what is stored (a rollout command without a rollout)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class PreconditionFailed(StoreError):

@@ -166,7 +166,12 @@ class Feed:
                 return cached
             listing = await asyncio.to_thread(self.store.list_policies)
             message = protocol.build_snapshot(
-                listing.revision, listing.items, listing.down, self.mesh_id, listing.drains
+                listing.revision,
+                listing.items,
+                listing.down,
+                self.mesh_id,
+                listing.drains,
+                listing.rollouts,
             )
             self.encoded += 1
             self._snapshot = Update(listing.revision, protocol.encode_message(message))
@@ -210,6 +215,7 @@ class Feed:
         # A down-set change carries the whole set: the last one in the range is the news.
         down = next((c.down for c in reversed(changes) if c.is_down), None)
         drains = next((c.drains for c in reversed(changes) if c.is_drain), None)
+        rollouts = next((c.rollouts for c in reversed(changes) if c.is_rollout), None)
         delta = protocol.build_delta(
             since,
             changes[-1].revision,
@@ -217,6 +223,7 @@ class Feed:
             down,
             self.mesh_id,
             drains,
+            rollouts,
         )
         self.encoded += 1
         return Update(delta.revision, protocol.encode_message(delta))

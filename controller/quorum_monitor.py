@@ -4,8 +4,10 @@ Like controller.recorder, the hub hands reports over without awaiting the databa
 (``record``); one task writes whatever queued up in one transaction, then evaluates the
 quorum rule (controller.services.endpoint_health). It also evaluates every ``evaluate_s``
 without new reports, because reports going stale can change the verdict too, prunes the
-history, and ends the drains whose time is up (controller.services.drains), so a drain's
-``for`` ends within about ``evaluate_s`` of its time.
+history, ends the drains whose time is up (controller.services.drains), so a drain's
+``for`` ends within about ``evaluate_s`` of its time, and runs the canary engine
+(controller.services.rollouts) after the quorum, so a report that breaks a canary's bounds
+rolls it back in the round that wrote it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from controller.db.session import Database
 from controller.errors import DatabaseUnavailable
 from controller.services.drains import DrainService
 from controller.services.endpoint_health import EndpointHealthService, Received
+from controller.services.rollouts import RolloutService
 from dnsmesh import protocol, quorum
 from dnsmesh.logs import fields
 
@@ -52,6 +55,7 @@ class QuorumMonitor:
             db, self.settings.rule, history_s=self.settings.history_s
         )
         self.drains = DrainService(db)
+        self.rollouts = RolloutService(db, stale_s=self.settings.rule.stale_s)
         self._reports: BatchQueue[Received] = BatchQueue(MAX_QUEUED)
         self.changes = 0  # down-set revisions this replica committed (for tests and logs)
 
@@ -77,6 +81,7 @@ class QuorumMonitor:
                 continue
             await self._expire_drains()
             await self._evaluate()
+            await self._roll()
             if batch:
                 await self._reports.handled(len(batch))
             if loop.time() >= next_prune:
@@ -106,6 +111,19 @@ class QuorumMonitor:
                     down=sorted(change.down),
                     marked=sorted(change.marked),
                     cleared=sorted(change.cleared),
+                ),
+            )
+
+    async def _roll(self) -> None:
+        for moved in await self._guarded(self.rollouts.tick) or []:
+            log.info(
+                "rollout.transition",
+                extra=fields(
+                    policy=moved.policy,
+                    revision=moved.revision,
+                    state=moved.state,
+                    share=moved.share,
+                    reason=moved.reason,
                 ),
             )
 

@@ -350,11 +350,28 @@ class Slice(_Strict):
         return self
 
 
+class Cohort(StrEnum):
+    """How a client is put in a group of a canary or split: by its address (it stays in its
+    group while the shares move: weighted rendezvous hashing) or afresh per query."""
+
+    CLIENT = "client"
+    RANDOM = "random"
+
+
+DEFAULT_MIN_REPORTS = 2
+
+
 class Canary(_Strict):
     group: GroupName
     steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(min_length=1)
     interval: Duration = 600.0
     max_loss: float = Field(default=0.02, ge=0.0, le=1.0)
+    # None: latency is not checked.
+    max_latency_ms: int | None = Field(default=None, ge=1, le=3_600_000)
+    # Unset stays unset in the stored document (DEFAULT_MIN_REPORTS applies).
+    min_reports: int | None = Field(default=None, ge=1, le=10_000)
+    # Unset: ``client`` when spec.strategy is sticky, else ``random`` (PolicySpec.cohort).
+    cohort: Cohort | None = None
 
     @field_validator("steps")
     @classmethod
@@ -362,6 +379,31 @@ class Canary(_Strict):
         if any(b <= a for a, b in itertools.pairwise(steps)):
             raise ValueError("canary steps must increase")
         return steps
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_positive(cls, interval: float) -> float:
+        if interval <= 0:
+            raise ValueError("must be longer than 0")
+        return interval
+
+    @property
+    def reports_needed(self) -> int:
+        return DEFAULT_MIN_REPORTS if self.min_reports is None else self.min_reports
+
+
+class Split(_Strict):
+    """Fixed shares of the answers per group (A/B, blue/green): ``{shares: {GROUP: PERCENT}}``."""
+
+    shares: dict[GroupName, Annotated[int, Field(ge=0, le=100)]] = Field(min_length=1)
+    cohort: Cohort | None = None
+
+    @field_validator("shares")
+    @classmethod
+    def _shares_sum_to_100(cls, shares: dict[str, int]) -> dict[str, int]:
+        if sum(shares.values()) != 100:
+            raise ValueError(f"the shares add up to {sum(shares.values())}, not 100")
+        return shares
 
 
 def _domain_field(value: object) -> object:
@@ -387,10 +429,20 @@ class PolicySpec(_Strict):
     safety: Safety | None = None
     slices: list[Slice] = Field(default_factory=list)
     canary: Canary | None = None
+    split: Split | None = None
 
     @property
     def safety_rule(self) -> Safety:
         return self.safety if self.safety is not None else _DEFAULT_SAFETY
+
+    @property
+    def cohort(self) -> Cohort:
+        """How the canary's or split's groups are drawn: as written, else by client for a
+        sticky policy (its clients already keep their endpoint) and per query otherwise."""
+        written = self.canary.cohort if self.canary else self.split.cohort if self.split else None
+        if written is not None:
+            return written
+        return Cohort.CLIENT if self.strategy is Strategy.STICKY else Cohort.RANDOM
 
     @model_validator(mode="after")
     def _consistent(self) -> PolicySpec:
@@ -437,9 +489,31 @@ class PolicySpec(_Strict):
             problems.append(
                 (("canary", "group"), f"{self.canary.group!r} is not a group of any endpoint")
             )
+        problems.extend(self._split_problems(groups))
         if problems:
             raise consistency_error(type(self).__name__, problems)
         return self
+
+    def _split_problems(self, groups: set[str]) -> list[tuple[Location, str]]:
+        if self.split is None:
+            return []
+        if self.canary is not None:
+            return [(("split",), "a policy takes a canary or a split, not both")]
+        problems: list[tuple[Location, str]] = []
+        for group in self.split.shares:
+            if group not in groups:
+                problems.append(
+                    (("split", "shares", group), f"{group!r} is not a group of any endpoint")
+                )
+        for index, endpoint in enumerate(self.endpoints):
+            if endpoint.weight > 0 and endpoint.group not in self.split.shares:
+                problems.append(
+                    (
+                        ("endpoints", index, "group"),
+                        "an endpoint with a weight above 0 must be in a group of spec.split",
+                    )
+                )
+        return problems
 
 
 _DEFAULT_SAFETY = Safety()

@@ -16,7 +16,9 @@ reporting agents sees as failing, so that every agent stops handing them out, in
 agents that never probed them. It is a whole set: a snapshot always carries it, a delta
 carries it only when it changed (``null``: unchanged). ``drained`` travels the same way:
 the operators' drains (dnsmesh.drains), each an address and optionally the one policy it is
-drained in, which no agent answers whatever its health.
+drained in, which no agent answers whatever its health. So does ``rollouts``: the
+controller's canary rollouts, each a policy and its canary group's percent of the answers
+(a controller policy with a canary and no entry answers its canary group 0 %).
 
 Every update also names the ``mesh_id`` (a UUID made with the controller's database), and
 the agent's hello names the mesh its state came from: an agent whose state came from
@@ -41,7 +43,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
@@ -137,12 +139,34 @@ def drain_set(entries: Iterable[DrainEntry]) -> DrainSet:
     return DrainSet(Drained(e.address, e.policy) for e in entries)
 
 
+class RolloutEntry(BaseModel):
+    """A rollout in force: the canary group of ``policy`` gets ``share`` % of its answers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    policy: str = Field(min_length=1, max_length=63)
+    share: int = Field(ge=0, le=100)
+
+
+RolloutList = Annotated[list[RolloutEntry], Field(max_length=100_000)]
+Rollouts = Mapping[str, int]  # policy name -> the canary group's share in percent
+NO_ROLLOUTS: Rollouts = {}
+
+
+def rollout_entries(rollouts: Rollouts) -> list[RolloutEntry]:
+    return [RolloutEntry(policy=name, share=rollouts[name]) for name in sorted(rollouts)]
+
+
+def rollout_shares(entries: Iterable[RolloutEntry]) -> dict[str, int]:
+    return {e.policy: e.share for e in entries}
+
+
 class SnapshotMessage(_Message):
     type: Literal["snapshot"] = "snapshot"
     revision: int = Field(ge=0)
     policies: list[Document]
     down: DownSet = Field(default_factory=list, description="endpoints marked down mesh-wide")
     drained: DrainList = Field(default_factory=list, description="endpoints operators drained")
+    rollouts: RolloutList = Field(default_factory=list, description="canary shares in force")
     mesh_id: MeshId
 
 
@@ -159,6 +183,9 @@ class Delta(_Message):
     changes: list[PolicyChange]
     down: DownSet | None = Field(default=None, description="the new down set; null: unchanged")
     drained: DrainList | None = Field(default=None, description="the new drains; null: unchanged")
+    rollouts: RolloutList | None = Field(
+        default=None, description="the new canary shares; null: unchanged"
+    )
     mesh_id: MeshId
 
 
@@ -255,6 +282,7 @@ class AppliedState:
     down: frozenset[str] = frozenset()
     mesh_id: str | None = None  # the controller's mesh the revision belongs to
     drains: DrainSet = NO_DRAINS
+    rollouts: Rollouts = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> AppliedState:
@@ -277,6 +305,7 @@ def apply_update(state: AppliedState, update: SnapshotMessage | Delta) -> Applie
             frozenset(update.down),
             update.mesh_id,
             drain_set(update.drained),
+            rollout_shares(update.rollouts),
         )
     if update.mesh_id is not None and state.mesh_id not in (None, update.mesh_id):
         raise RevisionGap(f"delta of mesh {update.mesh_id}, agent's state is of {state.mesh_id}")
@@ -295,7 +324,9 @@ def apply_update(state: AppliedState, update: SnapshotMessage | Delta) -> Applie
     check_policy_set(list(merged.values()))
     down = state.down if update.down is None else frozenset(update.down)
     drains = state.drains if update.drained is None else drain_set(update.drained)
-    return AppliedState(update.revision, merged, down, update.mesh_id or state.mesh_id, drains)
+    rollouts = state.rollouts if update.rollouts is None else rollout_shares(update.rollouts)
+    mesh_id = update.mesh_id or state.mesh_id
+    return AppliedState(update.revision, merged, down, mesh_id, drains, rollouts)
 
 
 def build_delta(
@@ -305,6 +336,7 @@ def build_delta(
     down: Iterable[str] | None = None,
     mesh_id: str | None = None,
     drains: DrainSet | None = None,
+    rollouts: Rollouts | None = None,
 ) -> Delta:
     """A delta from change-log rows in revision order; only each name's last change is kept."""
     last: dict[str, Document | None] = {}
@@ -317,6 +349,7 @@ def build_delta(
         changes=[PolicyChange(name=name, policy=doc) for name, doc in last.items()],
         down=None if down is None else sorted(down),
         drained=None if drains is None else drain_entries(drains),
+        rollouts=None if rollouts is None else rollout_entries(rollouts),
         mesh_id=mesh_id,
     )
 
@@ -327,12 +360,14 @@ def build_snapshot(
     down: Iterable[str] = (),
     mesh_id: str | None = None,
     drains: DrainSet = NO_DRAINS,
+    rollouts: Rollouts = NO_ROLLOUTS,
 ) -> SnapshotMessage:
     return SnapshotMessage(
         revision=revision,
         policies=list(documents),
         down=sorted(down),
         drained=drain_entries(drains),
+        rollouts=rollout_entries(rollouts),
         mesh_id=mesh_id,
     )
 
@@ -340,7 +375,9 @@ def build_snapshot(
 def encode_state(state: AppliedState) -> bytes:
     """The agent's state file: the last applied snapshot, so a restart answers at once."""
     documents = (p.to_document() for p in state.policies.values())
-    snapshot = build_snapshot(state.revision, documents, state.down, state.mesh_id, state.drains)
+    snapshot = build_snapshot(
+        state.revision, documents, state.down, state.mesh_id, state.drains, state.rollouts
+    )
     return snapshot.model_dump_json(indent=1).encode()
 
 

@@ -67,9 +67,9 @@ def reweigh(
         ):
             fresh = hit[3]
         elif failing:
-            fresh = ServfailPolicy(compiled.policy, base.revision)
+            fresh = ServfailPolicy(compiled.policy, base.revision, compiled.canary_share)
         else:
-            fresh = CompiledPolicy(compiled.policy, base.revision, wanted)
+            fresh = CompiledPolicy(compiled.policy, base.revision, wanted, compiled.canary_share)
         kept[compiled.name] = (compiled.policy, base.revision, wanted, fresh)
         return fresh
 

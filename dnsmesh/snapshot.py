@@ -45,7 +45,8 @@ from dnsmesh.dnswire import (
     record_a,
     record_soa_at_question,
 )
-from dnsmesh.policy import Endpoint, Policy, SliceAction, Strategy, check_policy_set
+from dnsmesh.policy import Cohort, Endpoint, Policy, SliceAction, Strategy, check_policy_set
+from dnsmesh.rollout import Side, cohort_of, side_key, traffic_sides
 from dnsmesh.selection import (
     WeightedTable,
     failover_members,
@@ -202,6 +203,87 @@ class _Sticky(_Picker):
         return memoised[0]
 
 
+class _Split(_Picker):
+    """A canary's or split's sides, each its own picker: the side by the client's cohort
+    (weighted rendezvous over the shares, memoised per client) or by a draw per query."""
+
+    __slots__ = ("keys", "memo", "pickers", "shares", "table")
+
+    def __init__(
+        self,
+        pickers: Sequence[_Picker],
+        shares: Sequence[int],
+        keys: Sequence[bytes],
+        by_client: bool,
+    ) -> None:
+        super().__init__(())
+        self.pickers = tuple(pickers)
+        self.shares = tuple(shares)
+        self.keys = tuple(keys)
+        self.table = WeightedTable.build(shares)
+        # client -> its side's picker; None: a fresh draw per query (cohort random)
+        self.memo: dict[str, _Picker] | None = {} if by_client else None
+
+    def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
+        memo = self.memo
+        if memo is None:
+            return self.pickers[self.table.pick(rng)].choose(client, rng)
+        picker = memo.get(client)
+        if picker is None:
+            picker = self.pickers[cohort_of(client, self.keys, self.shares)]
+            if len(memo) >= MEMO_LIMIT:
+                memo.clear()
+            memo[client] = picker
+        return picker.choose(client, rng)
+
+    def take_answered(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for picker in self.pickers:
+            for owner, count in picker.take_answered().items():
+                out[owner] = out.get(owner, 0) + count
+        return out
+
+
+def _compile_sides(
+    endpoints: Sequence[Endpoint],
+    strategy: Strategy,
+    count: int,
+    ttl: int,
+    sides: Sequence[Side],
+    split: SplitSettings,
+) -> _Picker | None:
+    """One family's picker of a policy split into sides: each side picks by the strategy
+    among its own endpoints; a side with none that can answer gives its share to the
+    others, and when every side with a share has none, those without one answer."""
+    compiled = [
+        (side, _compile_picker([e for e in endpoints if side.holds(e)], strategy, count, ttl))
+        for side in sides
+    ]
+    live = [(side, picker) for side, picker in compiled if picker is not None]
+    sharing = [(side.share, side, picker) for side, picker in live if side.share > 0]
+    if not sharing:
+        sharing = [(1, side, picker) for side, picker in live]
+    if not sharing:
+        return None
+    if len(sharing) == 1:
+        return sharing[0][2]  # one side answers alone: its picker, nothing in between
+    return _Split(
+        [picker for _, _, picker in sharing],
+        [share for share, _, _ in sharing],
+        [side_key(split.policy, side.label) for _, side, _ in sharing],
+        split.by_client,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SplitSettings:
+    """How a policy's answers are split: its sides, and whether cohorts follow the client."""
+
+    policy: str
+    sides: tuple[Side, ...]
+    by_client: bool
+
+
 class CandidateState:
     """Why an endpoint is or is not in a view's draw (the query log's ``state``)."""
 
@@ -306,15 +388,26 @@ def _compile_view(
     count: int,
     ttl: int,
     slice_id: str | None = None,
+    split: SplitSettings | None = None,
 ) -> View:
     if groups is not None:
         wanted = set(groups)
         endpoints = [e for e in endpoints if e.group in wanted]
     v4 = [e for e in endpoints if e.address.version == 4]
     v6 = [e for e in endpoints if e.address.version == 6]
+    if split is None:
+        pickers = (
+            _compile_picker(v4, spec_strategy, count, ttl),
+            _compile_picker(v6, spec_strategy, count, ttl),
+        )
+    else:
+        pickers = (
+            _compile_sides(v4, spec_strategy, count, ttl, split.sides, split),
+            _compile_sides(v6, spec_strategy, count, ttl, split.sides, split),
+        )
     return View(
-        _compile_picker(v4, spec_strategy, count, ttl),
-        _compile_picker(v6, spec_strategy, count, ttl),
+        pickers[0],
+        pickers[1],
         slice=slice_id,
         endpoints=(tuple(v4), tuple(v6)),
         configured=configured,
@@ -337,6 +430,7 @@ class CompiledPolicy:
         "_slices",
         "_soa",
         "_ttl",
+        "canary_share",
         "domain",
         "name",
         "policy",
@@ -346,8 +440,14 @@ class CompiledPolicy:
     )
 
     def __init__(
-        self, policy: Policy, revision: int = 0, weights: Mapping[str, int] | None = None
+        self,
+        policy: Policy,
+        revision: int = 0,
+        weights: Mapping[str, int] | None = None,
+        canary_share: int | None = None,
     ) -> None:
+        """``canary_share``: the canary group's percent of the answers (the controller's
+        rollout); None answers a canary policy by its weights as written."""
         spec = policy.spec
         endpoints = list(spec.endpoints)
         if weights:
@@ -361,6 +461,7 @@ class CompiledPolicy:
                 for e in endpoints
             ]
         self.policy = policy
+        self.canary_share = canary_share
         self.revision = revision  # the snapshot revision this was compiled for
         self.name = policy.name
         self.domain = spec.domain
@@ -375,7 +476,15 @@ class CompiledPolicy:
         self._soa = record_soa_at_question(spec.ttl, spec.ttl, serial=revision)
         strategy = spec.strategy
         configured = spec.endpoints
-        self._default = _compile_view(endpoints, configured, None, strategy, spec.answers, spec.ttl)
+        sides = traffic_sides(spec, canary_share)
+        split = (
+            None
+            if sides is None
+            else SplitSettings(policy.name, sides, spec.cohort is Cohort.CLIENT)
+        )
+        self._default = _compile_view(
+            endpoints, configured, None, strategy, spec.answers, spec.ttl, None, split
+        )
         slices: list[tuple[tuple[Network, ...], View]] = []
         self._slice_ids = tuple(slice_.id for slice_ in spec.slices)
         for slice_ in spec.slices:
@@ -390,6 +499,7 @@ class CompiledPolicy:
                     spec.answers,
                     spec.ttl,
                     slice_.id,
+                    split,
                 )
             slices.append((tuple(slice_.match.client_cidrs), view))
         self._slices = tuple(slices)
@@ -497,8 +607,8 @@ class ServfailPolicy(CompiledPolicy):
 
     __slots__ = ("_ede",)
 
-    def __init__(self, policy: Policy, revision: int = 0) -> None:
-        super().__init__(policy, revision)
+    def __init__(self, policy: Policy, revision: int = 0, canary_share: int | None = None) -> None:
+        super().__init__(policy, revision, None, canary_share)
         # EDE 0 with a reason: none of RFC 8914's codes says "the service is down".
         self._ede = (EDE_OTHER, f"every endpoint of policy {policy.name} is down")
 
@@ -561,6 +671,7 @@ def compile_snapshot(
     revision: int = 0,
     *,
     weights: Mapping[str, Mapping[str, int]] | None = None,
+    canary_shares: Mapping[str, int] | None = None,
 ) -> Snapshot:
     """Compile a validated policy set; raises PolicyError if names or domains repeat.
 
@@ -568,13 +679,18 @@ def compile_snapshot(
     (``{"checkout": {"10.0.1.10": 0}}``): what health checks and latency scoring decide.
     Deciding them (and keeping within max_ejection_percent) is the caller's job; an endpoint
     at weight 0 is never answered, and a family left with none answers NODATA.
+
+    ``canary_shares``: the canary group's percent of the answers per policy name (the
+    controller's rollouts); a canary policy not named answers by its weights as written.
     """
     check_policy_set(list(policies))
     exact: dict[bytes, CompiledPolicy] = {}
     wildcards: dict[bytes, CompiledPolicy] = {}
     overrides = weights or {}
+    shares = canary_shares or {}
     for policy in policies:
-        compiled = CompiledPolicy(policy, revision, overrides.get(policy.name))
+        share = shares.get(policy.name)
+        compiled = CompiledPolicy(policy, revision, overrides.get(policy.name), share)
         if compiled.wildcard:
             wildcards[compiled.zone] = compiled
         else:

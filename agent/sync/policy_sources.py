@@ -152,7 +152,11 @@ class PolicySources:
     def _compile(self, local: Sequence[SourcedPolicy], state: AppliedState) -> CompiledSnapshot:
         shadowed = {c.controller.name for c in find_clashes(local, state.policies)}
         served = [p for name, p in state.policies.items() if name not in shadowed]
-        return compile_snapshot([s.policy for s in local] + served, state.revision)
+        # A controller policy's canary answers as its rollout says, 0 % without one; a local
+        # file's canary answers by its weights as written (no engine moves it).
+        shares = {p.name: state.rollouts.get(p.name, 0) for p in served if p.spec.canary}
+        policies = [s.policy for s in local] + served
+        return compile_snapshot(policies, state.revision, canary_shares=shares)
 
     def _log_shadowing(self, before: Sequence[ShadowedPolicy]) -> None:
         after = self.shadowed

@@ -17,6 +17,7 @@ from controller.api import (
     identity,
     metrics,
     policies,
+    rollouts,
     share,
 )
 from controller.api.body import DEFAULT_MAX_BODY
@@ -35,6 +36,7 @@ from controller.recorder import AgentRecorder
 from controller.services.agent_state import AgentStateService
 from controller.services.drains import DrainService
 from controller.services.policies import PolicyService
+from controller.services.rollouts import RolloutService
 from controller.share_monitor import ShareMonitor
 from controller.webui import mount_ui
 
@@ -79,6 +81,7 @@ def create_app(
     app.state.max_body = max_body
     app.state.policies = policy_service
     app.state.drains = DrainService(db)
+    app.state.rollouts = RolloutService(db, policy_service)
     app.state.tokens = TokenStore(db)
     app.state.refusals = RefusalAudit(db)
     app.state.hub = hub
@@ -95,6 +98,7 @@ def create_app(
     app.include_router(identity.router)
     app.include_router(endpoints.router)
     app.include_router(drains.router)
+    app.include_router(rollouts.router)
     app.include_router(share.router)
     app.include_router(events.router)
     app.include_router(metrics.router)

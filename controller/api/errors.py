@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from controller.errors import (
     AlreadyExists,
     CommitUnknown,
+    Conflict,
     DatabaseUnavailable,
     DomainConflict,
     InvalidRequest,
@@ -88,6 +89,8 @@ def from_store_error(error: StoreError) -> ApiError:
         return ApiError(409, "local_policy_clash", str(error), error.fields)
     if isinstance(error, SafetyRuleBroken):
         return ApiError(409, f"safety_{error.violation.rule}", str(error), error.fields)
+    if isinstance(error, Conflict):
+        return ApiError(409, error.code, str(error))
     if isinstance(error, PreconditionFailed):
         return ApiError(412, "precondition_failed", str(error))
     if isinstance(error, InvalidRequest):

@@ -238,3 +238,24 @@ class DrainRow(Base):
     until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # Made past a safety rule with force.
     forced: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
+
+
+class RolloutRow(Base):
+    """A policy's canary rollout (controller.services.rollouts): where it is and why."""
+
+    __tablename__ = "rollouts"
+
+    policy_name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    group_name: Mapped[str] = mapped_column(String(63), nullable=False)
+    step: Mapped[int] = mapped_column(Integer, nullable=False)  # an index into canary.steps
+    share: Mapped[int] = mapped_column(Integer, nullable=False)  # the canary group's percent
+    state: Mapped[str] = mapped_column(String(16), nullable=False)  # dnsmesh.rollout.RolloutState
+    # NULL: no step is due (paused, finished, rolled back).
+    next_step_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The health figures and the reason of the last transition.
+    figures: Mapped[Any] = mapped_column(JsonColumn, nullable=True)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    revision: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    # SHA-256 of the canary block and the canary group's endpoints: a change starts anew.
+    fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)

@@ -14,9 +14,10 @@ from controller.db.session import iso
 from dnsmesh.drains import Drained, DrainSet
 from dnsmesh.protocol import Document
 
-Operation = Literal["create", "update", "delete", "down", "drain"]
+Operation = Literal["create", "update", "delete", "down", "drain", "rollout"]
 DOWN: Final = "down"  # a down-set change (controller.services.endpoint_health); policy ""
 DRAIN: Final = "drain"  # a change of the drains (controller.services.drains); policy ""
+ROLLOUT: Final = "rollout"  # a rollout's move (controller.services.rollouts); policy ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +43,20 @@ class Change:
         return self.operation == "drain"
 
     @property
+    def is_rollout(self) -> bool:
+        return self.operation == "rollout"
+
+    @property
     def touches_policy(self) -> bool:
-        return self.operation not in ("down", "drain")
+        return self.operation not in ("down", "drain", "rollout")
+
+    @property
+    def rollouts(self) -> dict[str, int] | None:
+        """Every policy's canary share after this change (``{"rollouts": [{policy, share}]}``),
+        or None for any other change."""
+        if self.operation != "rollout" or self.document is None:
+            return None
+        return {str(r["policy"]): int(r["share"]) for r in self.document.get("rollouts", [])}
 
     @property
     def drains(self) -> DrainSet | None:
@@ -163,4 +176,6 @@ def _operation(value: str) -> Operation:
         return "down"
     if value == "drain":
         return "drain"
+    if value == "rollout":
+        return "rollout"
     return "delete"

@@ -34,6 +34,7 @@ from controller.repositories.drains import read_drains
 from controller.repositories.health import read_down
 from controller.repositories.history import AuditEntry, Change, Operation
 from controller.repositories.revision import bump_revision, current_mesh_id, current_revision
+from controller.repositories.rollouts import read_shares
 from controller.services.policy_rules import (
     IfMatch,
     SliceEdit,
@@ -77,6 +78,7 @@ class PolicyList:
     items: list[Document]
     down: list[str] = field(default_factory=list)  # endpoints down mesh-wide at ``revision``
     drains: DrainSet = NO_DRAINS  # the operators' drains in force at ``revision``
+    rollouts: Mapping[str, int] = field(default_factory=dict)  # canary shares at ``revision``
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +152,8 @@ class PolicyService:
             revision = current_revision(session)
             items = policies.policy_documents(session, labels)
             drains = read_drains(session, self.db.clock())
-            return PolicyList(revision, items, read_down(session), drains)
+            shares = read_shares(session)
+            return PolicyList(revision, items, read_down(session), drains, shares)
 
         return self.db.read(work)
 
