@@ -14,6 +14,7 @@ from controller.api import (
     drains,
     endpoints,
     events,
+    explain,
     identity,
     metrics,
     policies,
@@ -34,6 +35,7 @@ from controller.quorum_monitor import QuorumMonitor
 from controller.recorder import AgentRecorder
 from controller.services.agent_state import AgentStateService
 from controller.services.drains import DrainService
+from controller.services.explain import ExplainService
 from controller.services.policies import PolicyService
 from controller.share_monitor import ShareMonitor
 from controller.webui import mount_ui
@@ -79,6 +81,7 @@ def create_app(
     app.state.max_body = max_body
     app.state.policies = policy_service
     app.state.drains = DrainService(db)
+    app.state.explain = ExplainService(db)
     app.state.tokens = TokenStore(db)
     app.state.refusals = RefusalAudit(db)
     app.state.hub = hub
@@ -96,6 +99,7 @@ def create_app(
     app.include_router(endpoints.router)
     app.include_router(drains.router)
     app.include_router(share.router)
+    app.include_router(explain.router)
     app.include_router(events.router)
     app.include_router(metrics.router)
     mount_ui(app)
