@@ -237,6 +237,19 @@ class ControllerClient:
         body: dict[str, Any] = self._request("GET", path, params={"window": window}).json()
         return body
 
+    def explain(self, name: str, client: str, node: str | None) -> dict[str, Any]:
+        """``GET /v1/explain``: what ``client`` gets from policy (or DNS name) ``name``."""
+        params = {"name": name, "client": client, **({"node": node} if node else {})}
+        body: dict[str, Any] = self._request("GET", "/v1/explain", params=params).json()
+        return body
+
+    def what_if(self, document: object, client: str, node: str | None) -> dict[str, Any]:
+        """``POST /v1/explain``: the proposed ``document`` beside the stored policy."""
+        params = {"client": client, **({"node": node} if node else {})}
+        response = self._request("POST", "/v1/explain", params=params, json=document)
+        body: dict[str, Any] = response.json()
+        return body
+
     def topology(self) -> dict[str, Any]:
         """``GET /v1/topology``: agents x endpoints with latency and loss."""
         body: dict[str, Any] = self._request("GET", "/v1/topology").json()

@@ -119,6 +119,9 @@ def add_client_commands(
     )
     delete.set_defaults(run=run_delete)
     add_endpoint_command(subcommands, client)
+    from cli.explain import add_explain_command  # it imports write_output from here
+
+    add_explain_command(subcommands, client)
 
 
 def run_apply(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:

@@ -14,6 +14,7 @@ from controller.api import (
     drains,
     endpoints,
     events,
+    explain,
     identity,
     metrics,
     policies,
@@ -35,6 +36,7 @@ from controller.quorum_monitor import QuorumMonitor
 from controller.recorder import AgentRecorder
 from controller.services.agent_state import AgentStateService
 from controller.services.drains import DrainService
+from controller.services.explain import ExplainService
 from controller.services.policies import PolicyService
 from controller.services.rollouts import RolloutService
 from controller.share_monitor import ShareMonitor
@@ -82,6 +84,7 @@ def create_app(
     app.state.policies = policy_service
     app.state.drains = DrainService(db)
     app.state.rollouts = RolloutService(db, policy_service)
+    app.state.explain = ExplainService(db)
     app.state.tokens = TokenStore(db)
     app.state.refusals = RefusalAudit(db)
     app.state.hub = hub
@@ -100,6 +103,7 @@ def create_app(
     app.include_router(drains.router)
     app.include_router(rollouts.router)
     app.include_router(share.router)
+    app.include_router(explain.router)
     app.include_router(events.router)
     app.include_router(metrics.router)
     mount_ui(app)

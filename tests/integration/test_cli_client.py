@@ -235,3 +235,32 @@ def test_refused_tokens_and_an_unreachable_controller_say_so(scope: Scope, tmp_p
     nowhere = f"http://127.0.0.1:{free_port()}"
     status, out = mesh.cli("get", "policies", server=nowhere)
     assert status == 1 and f"cannot reach the controller at {nowhere}" in out
+
+
+def test_explain_and_what_if(scope: Scope, tmp_path: Path) -> None:
+    name = scope.name("shop")
+    folder = write(tmp_path / "now", **{name: scope.policy("shop")})
+    assert scope.mesh.cli("apply", "-f", str(folder))[0] == 0
+    status, text = scope.mesh.cli("explain", name, "--client", "127.0.0.1", role="viewer")
+    assert status == 0, text
+    assert "slice _default" in text and "90.0%" in text and "10.0%" in text
+    done = scope.mesh.run(
+        "explain", f"{name}.mesh.internal", "--client", "::1", "-o", "json", role="viewer"
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["distribution"]["A"]["shares"]["127.0.10.2"] == 0.1
+    proposed = write(tmp_path / "next", **{name: scope.policy("shop", weight=30)})
+    status, text = scope.mesh.cli(
+        "explain", name, "--client", "127.0.0.1", "--with-file", str(proposed), role="viewer"
+    )
+    assert status == 0, text
+    assert "BEFORE" in text and "90.0%" in text and "75.0%" in text
+    broken = write(tmp_path / "bad", **{name: scope.policy("shop", weight=-1)})
+    status, text = scope.mesh.cli(
+        "explain", name, "--client", "127.0.0.1", "--with-file", str(broken), role="viewer"
+    )
+    assert status != 0 and "weight" in text
+    status, text = scope.mesh.cli("explain", "nope", "--client", "127.0.0.1", role="viewer")
+    assert status != 0 and "nope" in text
+    status, text = scope.mesh.cli("explain", name, "--client", "bad", role="viewer")
+    assert status != 0 and "client" in text
