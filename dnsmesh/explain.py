@@ -133,8 +133,8 @@ class Explanation:
     distribution: dict[str, Odds]  # "A" / "AAAA" -> odds; a family with no answer: absent
     all_down: str | None = None  # spec.health.on_all_down in force, if every endpoint is out
     node: dict[str, Any] | None = None
-    # The rollout step and share the client's view is at: filled by the rollouts feature
-    # (spec.canary / spec.split) when it is merged; None while the policy has none.
+    # The rollout the answers follow (spec.canary: its group, step, share and state, as
+    # the controller's rollout table holds them); None while the policy has no canary.
     rollout: dict[str, Any] | None = None
     notes: tuple[str, ...] = field(default=())
 
@@ -184,14 +184,17 @@ def compile_with_state(
     health: Mapping[str, EndpointHealth] | None = None,
     down: frozenset[str] = frozenset(),
     drained: frozenset[str] = frozenset(),
+    canary_share: int | None = None,
 ) -> tuple[CompiledPolicy, str | None]:
-    """``policy`` compiled as an agent with this ``health``, mesh ``down`` set and drains
-    would compile it (dnsmesh.health.decide_policy: the same ejection bounds, safety rules
-    and on_all_down), and the on_all_down mode in force (None: some endpoint serves)."""
+    """``policy`` compiled as an agent with this ``health``, mesh ``down`` set, drains and
+    rollout share would compile it (dnsmesh.health.decide_policy: the same ejection bounds,
+    safety rules and on_all_down), and the on_all_down mode in force (None: some endpoint
+    serves)."""
     decided = decide_policy(policy, health or {}, down, {}, {}, drained)
     if decided.all_down == "servfail":
         return ServfailPolicy(policy, revision), decided.all_down
-    return CompiledPolicy(policy, revision, decided.weights), decided.all_down
+    compiled = CompiledPolicy(policy, revision, decided.weights, canary_share)
+    return compiled, decided.all_down
 
 
 # -- the distribution ----------------------------------------------------------------------

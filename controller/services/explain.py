@@ -10,7 +10,7 @@ Only the agent knows its ejections as of now and its latency weights: its own ad
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import select
@@ -23,6 +23,7 @@ from controller.repositories.drains import read_drains
 from controller.repositories.health import read_down
 from controller.repositories.policies import policy_documents
 from controller.repositories.revision import current_revision
+from controller.repositories.rollouts import rollout_rows
 from dnsmesh import explain as ex
 from dnsmesh.drains import DrainSet
 from dnsmesh.health import EndpointHealth
@@ -54,6 +55,7 @@ class _State:
     drains: DrainSet
     node: dict[str, Any] | None
     ejected: frozenset[str]
+    rollouts: dict[str, tuple[int, int, str]]  # policy -> (share, step, state)
 
 
 class ExplainService:
@@ -84,10 +86,20 @@ class ExplainService:
     def _explain(self, policy: Policy, client: str, state: _State) -> ex.Explanation:
         drained = state.drains.of(policy.name)
         health = dict.fromkeys(state.ejected, _REPORTED_EJECTED)
+        canary = policy.spec.canary
+        row = state.rollouts.get(policy.name) if canary is not None else None
+        # As the agents compile it: a controller policy with a canary and no rollout yet
+        # gives its canary group nothing.
+        share = None if canary is None else (row[0] if row is not None else 0)
         compiled, all_down = ex.compile_with_state(
-            policy, state.revision, health=health, down=state.down, drained=drained
+            policy,
+            state.revision,
+            health=health,
+            down=state.down,
+            drained=drained,
+            canary_share=share,
         )
-        return ex.explain(
+        explanation = ex.explain(
             compiled,
             client,
             source=SOURCE,
@@ -97,6 +109,12 @@ class ExplainService:
             all_down=all_down,
             node=state.node,
         )
+        if canary is None:
+            return explanation
+        rollout: dict[str, Any] = {"group": canary.group, "share": share, "state": None}
+        if row is not None:
+            rollout.update(step=row[1], state=row[2], steps=list(canary.steps))
+        return replace(explanation, rollout=rollout)
 
     def _state(self, session: Session, node: str | None) -> _State:
         node_json: dict[str, Any] | None = None
@@ -124,6 +142,7 @@ class ExplainService:
             drains=read_drains(session, self.db.clock()),
             node=node_json,
             ejected=ejected,
+            rollouts={r.policy_name: (r.share, r.step, r.state) for r in rollout_rows(session)},
         )
 
 

@@ -157,3 +157,26 @@ def test_split_and_canary_together_is_422(api: Api) -> None:
     response = api.post("/v1/policies", json=document)
     assert response.status_code == 422
     assert "spec.split" in {f["path"] for f in response.json()["error"]["fields"]}
+
+
+def test_explain_follows_the_rollout_share(api: Api, controller_db: Database) -> None:
+    """Explain compiles a canary policy as the agents do: nothing to the canary before the
+    rollout starts, then its share, with the rollout's step and state shown."""
+    service, _health, _clock = engine(controller_db)
+    api.post("/v1/policies", json=canary_policy())
+
+    def explained() -> dict[str, Any]:
+        response = api.get("/v1/explain?name=web&client=127.0.0.9", role="viewer")
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    before = explained()
+    assert before["rollout"] == {"group": "v2", "share": 0, "state": None}
+    assert before["distribution"]["A"]["shares"] == {"127.0.30.1": 1.0}
+
+    service.tick()  # starts at 10 %
+    after = explained()
+    assert after["rollout"]["share"] == 10 and after["rollout"]["state"] == "progressing"
+    odds = after["distribution"]["A"]["shares"]
+    assert abs(odds.get("127.0.30.2", 0.0) - 0.10) < 0.03, odds
