@@ -231,6 +231,18 @@ class ControllerClient:
         revision: int = response.json()["revision"]
         return revision
 
+    def rollout_status(self, policy: str) -> dict[str, Any]:
+        """``GET /v1/policies/{name}/rollout``."""
+        body: dict[str, Any] = self._request("GET", f"/v1/policies/{policy}/rollout").json()
+        return body
+
+    def rollout_command(self, policy: str, command: str) -> dict[str, Any]:
+        """``POST /v1/policies/{name}/rollout/{command}``: ControllerRefused (409) if it does
+        not fit."""
+        path = f"/v1/policies/{policy}/rollout/{command}"
+        body: dict[str, Any] = self._request("POST", path).json()
+        return body
+
     def share(self, policy: str, window: int) -> dict[str, Any]:
         """``GET /v1/policies/{name}/share``: served against intended share."""
         path = f"/v1/policies/{policy}/share"

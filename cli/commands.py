@@ -13,6 +13,7 @@ from typing import Any, TextIO
 import yaml
 
 from cli.drains import add_endpoint_command
+from cli.rollouts import add_rollout_command
 from dnsmesh.errors import ConfigError
 from dnsmesh.policy import Policy
 from dnsmesh.policyfile import load_policy_path
@@ -119,6 +120,7 @@ def add_client_commands(
     )
     delete.set_defaults(run=run_delete)
     add_endpoint_command(subcommands, client)
+    add_rollout_command(subcommands, client)
     from cli.explain import add_explain_command  # it imports write_output from here
 
     add_explain_command(subcommands, client)

@@ -264,3 +264,36 @@ def test_explain_and_what_if(scope: Scope, tmp_path: Path) -> None:
     assert status != 0 and "nope" in text
     status, text = scope.mesh.cli("explain", name, "--client", "bad", role="viewer")
     assert status != 0 and "client" in text
+
+
+BLUE_GREEN = """\
+apiVersion: dnsmesh/v1
+kind: Policy
+metadata: {{name: {name}}}
+spec:
+  domain: {name}.mesh.internal
+  endpoints:
+    - {{address: 127.0.11.1, group: blue}}
+    - {{address: 127.0.11.2, group: green}}
+  split: {{shares: {{blue: 100, green: 0}}}}
+"""
+
+
+def test_rollout_switch_moves_a_blue_green_split_and_undo_puts_it_back(
+    scope: Scope, tmp_path: Path
+) -> None:
+    mesh, name = scope.mesh, scope.name("bg")
+    status, out = mesh.cli(
+        "apply", "-f", str(write(tmp_path / "p", a=BLUE_GREEN.format(name=name)))
+    )
+    assert status == 0, out
+    status, out = mesh.cli("rollout", "switch", name, "--to", "green")
+    assert status == 0 and f"policy/{name} switched to green" in out, out
+    doc = json.loads(mesh.run("get", "policy", name, "-o", "json", role="viewer").stdout)
+    assert doc["spec"]["split"]["shares"] == {"blue": 0, "green": 100}
+    status, out = mesh.cli("rollout", "status", name, role="viewer")
+    assert status != 0, out
+    status, out = mesh.cli("rollout", "undo", name)
+    assert status == 0 and "put back" in out, out
+    doc = json.loads(mesh.run("get", "policy", name, "-o", "json", role="viewer").stdout)
+    assert doc["spec"]["split"]["shares"] == {"blue": 100, "green": 0}
