@@ -4,8 +4,9 @@ Like controller.recorder, the hub hands reports over without awaiting the databa
 (``record``); one task writes whatever queued up in one transaction, then evaluates the
 quorum rule (controller.services.endpoint_health). It also evaluates every ``evaluate_s``
 without new reports, because reports going stale can change the verdict too, prunes the
-history, and ends the drains whose time is up (controller.services.drains), so a drain's
-``for`` ends within about ``evaluate_s`` of its time.
+history, ends the drains whose time is up (controller.services.drains), so a drain's
+``for`` ends within about ``evaluate_s`` of its time, and keeps the probe assignment in step
+with the agents (controller.services.probe_assignment).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from controller.db.session import Database
 from controller.errors import DatabaseUnavailable
 from controller.services.drains import DrainService
 from controller.services.endpoint_health import EndpointHealthService, Received
+from controller.services.probe_assignment import ProbeAssignmentService, ProbingSettings
 from dnsmesh import protocol, quorum
 from dnsmesh.logs import fields
 
@@ -38,10 +40,12 @@ class HealthSettings:
     """Knobs of the feedback loop (``dnsmesh controller --quorum-*``/``--report-*`` flags)."""
 
     rule: quorum.QuorumRule = field(default_factory=quorum.QuorumRule)
-    history_s: float = 3600.0  # keep every report this long; 0: keep only the latest
+    history_s: float = 3600.0  # keep report history this long; 0: keep only the latest
+    history_window_s: float = 30.0  # a history row per (agent, address) per window at most
     evaluate_s: float = 1.0  # re-apply the rule this often even without new reports
     prune_s: float = 60.0
     batch_delay_s: float = 0.05
+    probing: ProbingSettings = field(default_factory=ProbingSettings)
 
 
 class QuorumMonitor:
@@ -49,11 +53,16 @@ class QuorumMonitor:
         self.settings = settings or HealthSettings()
         self.db = db
         self.service = EndpointHealthService(
-            db, self.settings.rule, history_s=self.settings.history_s
+            db,
+            self.settings.rule,
+            history_s=self.settings.history_s,
+            history_window_s=self.settings.history_window_s,
         )
         self.drains = DrainService(db)
+        self.probing = ProbeAssignmentService(db, self.settings.probing)
         self._reports: BatchQueue[Received] = BatchQueue(MAX_QUEUED)
         self.changes = 0  # down-set revisions this replica committed (for tests and logs)
+        self.assignments = 0  # probe-assignment revisions this replica committed
 
     def record(self, agent_id: str, report: protocol.Report) -> None:
         """Queues one agent's report, stamped with the controller's clock."""
@@ -77,6 +86,7 @@ class QuorumMonitor:
                 continue
             await self._expire_drains()
             await self._evaluate()
+            await self._reassign(loop.time())
             if batch:
                 await self._reports.handled(len(batch))
             if loop.time() >= next_prune:
@@ -107,6 +117,15 @@ class QuorumMonitor:
                     marked=sorted(change.marked),
                     cleared=sorted(change.cleared),
                 ),
+            )
+
+    async def _reassign(self, now: float) -> None:
+        change = await self._guarded(self.probing.reconcile, now)
+        if change is not None:
+            self.assignments += 1
+            log.info(
+                "endpoints.probers_changed",
+                extra=fields(revision=change.revision, moved=change.moved[:50]),
             )
 
     async def _expire_drains(self) -> None:

@@ -16,7 +16,9 @@ reporting agents sees as failing, so that every agent stops handing them out, in
 agents that never probed them. It is a whole set: a snapshot always carries it, a delta
 carries it only when it changed (``null``: unchanged). ``drained`` travels the same way:
 the operators' drains (dnsmesh.drains), each an address and optionally the one policy it is
-drained in, which no agent answers whatever its health.
+drained in, which no agent answers whatever its health. ``probers`` too (dnsmesh.probing):
+which agents probe which endpoint address, so that an endpoint gets a bounded number of
+probes whatever the fleet's size.
 
 Every update also names the ``mesh_id`` (a UUID made with the controller's database), and
 the agent's hello names the mesh its state came from: an agent whose state came from
@@ -49,6 +51,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
 from dnsmesh.drains import NO_DRAINS, Drained, DrainSet
 from dnsmesh.errors import DnsmeshError, FieldError, PolicyError
 from dnsmesh.policy import Labels, Policy, check_policy_set, field_errors, parse_policy
+from dnsmesh.probing import DEFAULT_SPREAD_LABEL, NO_ASSIGNMENT, Assignment
 
 PROTOCOL_VERSION: Literal[1] = 1
 
@@ -137,12 +140,56 @@ def drain_set(entries: Iterable[DrainEntry]) -> DrainSet:
     return DrainSet(Drained(e.address, e.policy) for e in entries)
 
 
+class ProberEntry(BaseModel):
+    """The agents that probe one endpoint address, and what each zone measured of it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    address: IPAddressText
+    agents: list[str] = Field(max_length=1000)
+    zone_latency_ms: dict[str, float] = Field(default_factory=dict, max_length=1000)
+
+
+class Probers(BaseModel):
+    """Coordinated probing (dnsmesh.probing): an address listed here is probed only by its
+    agents; every other address by every agent. ``spread_label`` names the node label whose
+    value is an agent's zone (for ``zone_latency_ms``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    spread_label: str = Field(default=DEFAULT_SPREAD_LABEL, max_length=63)
+    endpoints: list[ProberEntry] = Field(default_factory=list, max_length=100_000)
+
+
+def prober_entries(assignment: Assignment) -> Probers:
+    return Probers(
+        spread_label=assignment.spread_label,
+        endpoints=[
+            ProberEntry(
+                address=address,
+                agents=list(agents),
+                zone_latency_ms=dict(assignment.zone_latency_ms.get(address, {})),
+            )
+            for address, agents in sorted(assignment.probers.items())
+        ],
+    )
+
+
+def assignment_of(probers: Probers) -> Assignment:
+    return Assignment(
+        probers={e.address: tuple(sorted(e.agents)) for e in probers.endpoints},
+        zone_latency_ms={
+            e.address: e.zone_latency_ms for e in probers.endpoints if e.zone_latency_ms
+        },
+        spread_label=probers.spread_label,
+    )
+
+
 class SnapshotMessage(_Message):
     type: Literal["snapshot"] = "snapshot"
     revision: int = Field(ge=0)
     policies: list[Document]
     down: DownSet = Field(default_factory=list, description="endpoints marked down mesh-wide")
     drained: DrainList = Field(default_factory=list, description="endpoints operators drained")
+    probers: Probers = Field(default_factory=Probers, description="who probes which endpoint")
     mesh_id: MeshId
 
 
@@ -159,6 +206,7 @@ class Delta(_Message):
     changes: list[PolicyChange]
     down: DownSet | None = Field(default=None, description="the new down set; null: unchanged")
     drained: DrainList | None = Field(default=None, description="the new drains; null: unchanged")
+    probers: Probers | None = Field(default=None, description="the new probers; null: unchanged")
     mesh_id: MeshId
 
 
@@ -255,6 +303,7 @@ class AppliedState:
     down: frozenset[str] = frozenset()
     mesh_id: str | None = None  # the controller's mesh the revision belongs to
     drains: DrainSet = NO_DRAINS
+    probers: Assignment = NO_ASSIGNMENT  # coordinated probing: who probes which address
 
     @classmethod
     def empty(cls) -> AppliedState:
@@ -277,6 +326,7 @@ def apply_update(state: AppliedState, update: SnapshotMessage | Delta) -> Applie
             frozenset(update.down),
             update.mesh_id,
             drain_set(update.drained),
+            assignment_of(update.probers),
         )
     if update.mesh_id is not None and state.mesh_id not in (None, update.mesh_id):
         raise RevisionGap(f"delta of mesh {update.mesh_id}, agent's state is of {state.mesh_id}")
@@ -295,7 +345,10 @@ def apply_update(state: AppliedState, update: SnapshotMessage | Delta) -> Applie
     check_policy_set(list(merged.values()))
     down = state.down if update.down is None else frozenset(update.down)
     drains = state.drains if update.drained is None else drain_set(update.drained)
-    return AppliedState(update.revision, merged, down, update.mesh_id or state.mesh_id, drains)
+    probers = state.probers if update.probers is None else assignment_of(update.probers)
+    return AppliedState(
+        update.revision, merged, down, update.mesh_id or state.mesh_id, drains, probers
+    )
 
 
 def build_delta(
@@ -305,6 +358,7 @@ def build_delta(
     down: Iterable[str] | None = None,
     mesh_id: str | None = None,
     drains: DrainSet | None = None,
+    probers: Assignment | None = None,
 ) -> Delta:
     """A delta from change-log rows in revision order; only each name's last change is kept."""
     last: dict[str, Document | None] = {}
@@ -317,6 +371,7 @@ def build_delta(
         changes=[PolicyChange(name=name, policy=doc) for name, doc in last.items()],
         down=None if down is None else sorted(down),
         drained=None if drains is None else drain_entries(drains),
+        probers=None if probers is None else prober_entries(probers),
         mesh_id=mesh_id,
     )
 
@@ -327,12 +382,14 @@ def build_snapshot(
     down: Iterable[str] = (),
     mesh_id: str | None = None,
     drains: DrainSet = NO_DRAINS,
+    probers: Assignment = NO_ASSIGNMENT,
 ) -> SnapshotMessage:
     return SnapshotMessage(
         revision=revision,
         policies=list(documents),
         down=sorted(down),
         drained=drain_entries(drains),
+        probers=prober_entries(probers),
         mesh_id=mesh_id,
     )
 
@@ -340,7 +397,9 @@ def build_snapshot(
 def encode_state(state: AppliedState) -> bytes:
     """The agent's state file: the last applied snapshot, so a restart answers at once."""
     documents = (p.to_document() for p in state.policies.values())
-    snapshot = build_snapshot(state.revision, documents, state.down, state.mesh_id, state.drains)
+    snapshot = build_snapshot(
+        state.revision, documents, state.down, state.mesh_id, state.drains, state.probers
+    )
     return snapshot.model_dump_json(indent=1).encode()
 
 

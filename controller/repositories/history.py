@@ -12,11 +12,14 @@ from sqlalchemy.orm import Session
 from controller.db.models import AuditRow, ChangeRow
 from controller.db.session import iso
 from dnsmesh.drains import Drained, DrainSet
-from dnsmesh.protocol import Document
+from dnsmesh.probing import Assignment
+from dnsmesh.protocol import Document, Probers, assignment_of
 
-Operation = Literal["create", "update", "delete", "down", "drain"]
+Operation = Literal["create", "update", "delete", "down", "drain", "probers"]
 DOWN: Final = "down"  # a down-set change (controller.services.endpoint_health); policy ""
 DRAIN: Final = "drain"  # a change of the drains (controller.services.drains); policy ""
+PROBERS: Final = "probers"  # a new probe assignment (controller.services.probe_assignment)
+_NOT_POLICIES = (DOWN, DRAIN, PROBERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +28,8 @@ class Change:
 
     A change of the mesh-wide down set (operation ``down``) touches no policy (``policy``
     is empty) and its document is ``{"down": [address, ...]}``, the whole new set; a change
-    of the drains (operation ``drain``) likewise, ``{"drained": [{address, policy}, ...]}``.
+    of the drains (operation ``drain``) likewise, ``{"drained": [{address, policy}, ...]}``,
+    and of the probe assignment (operation ``probers``), ``{"probers": <protocol.Probers>}``.
     """
 
     revision: int
@@ -42,8 +46,19 @@ class Change:
         return self.operation == "drain"
 
     @property
+    def is_probers(self) -> bool:
+        return self.operation == PROBERS
+
+    @property
     def touches_policy(self) -> bool:
-        return self.operation not in ("down", "drain")
+        return self.operation not in _NOT_POLICIES
+
+    @property
+    def probers(self) -> Assignment | None:
+        """The probe assignment after this change, or None for any other change."""
+        if self.operation != PROBERS or self.document is None:
+            return None
+        return assignment_of(Probers.model_validate(self.document.get("probers", {})))
 
     @property
     def drains(self) -> DrainSet | None:
@@ -163,4 +178,6 @@ def _operation(value: str) -> Operation:
         return "down"
     if value == "drain":
         return "drain"
+    if value == "probers":
+        return "probers"
     return "delete"

@@ -26,6 +26,7 @@ from controller.repositories import agents, history, policies
 from controller.repositories.drains import read_drains
 from controller.repositories.health import read_down
 from controller.repositories.history import AuditEntry, Change, Operation
+from controller.repositories.probers import read_probers
 from controller.repositories.revision import bump_revision, current_mesh_id, current_revision
 from controller.services.policy_rules import (
     IfMatch,
@@ -41,6 +42,7 @@ from controller.services.policy_rules import (
 from dnsmesh.drains import NO_DRAINS, DrainSet
 from dnsmesh.errors import FieldError, PolicyError
 from dnsmesh.policy import Policy, check_policy_set, parse_policy
+from dnsmesh.probing import NO_ASSIGNMENT, Assignment
 from dnsmesh.protocol import Document
 
 __all__ = [
@@ -70,6 +72,7 @@ class PolicyList:
     items: list[Document]
     down: list[str] = field(default_factory=list)  # endpoints down mesh-wide at ``revision``
     drains: DrainSet = NO_DRAINS  # the operators' drains in force at ``revision``
+    probers: Assignment = NO_ASSIGNMENT  # the probe assignment at ``revision``
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +146,7 @@ class PolicyService:
             revision = current_revision(session)
             items = policies.policy_documents(session, labels)
             drains = read_drains(session, self.db.clock())
-            return PolicyList(revision, items, read_down(session), drains)
+            return PolicyList(revision, items, read_down(session), drains, read_probers(session))
 
         return self.db.read(work)
 
