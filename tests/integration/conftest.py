@@ -285,6 +285,7 @@ CONTROLLER_TABLES = (
     "agent_certificates",
     "endpoint_drains",
     "answer_buckets",
+    "probe_assignments",
 )
 
 
