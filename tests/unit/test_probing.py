@@ -178,3 +178,35 @@ def test_history_keeps_a_row_per_window_or_change_with_the_probes_summed() -> No
     assert rows[1]["samples"] == 5 + 5 * 5  # the five reports it skipped, then its own
     changed = sampler.keep(row(61, "ejected"))
     assert changed is not None and changed["state"] == "ejected"
+
+
+def test_the_controller_refuses_a_budget_its_quorum_cannot_use() -> None:
+    import argparse
+
+    from controller.server import health_settings
+    from dnsmesh.errors import ConfigError
+
+    def args(**changed: object) -> argparse.Namespace:
+        values: dict[str, object] = {
+            "quorum_min_agents": 2,
+            "quorum_fail_loss": 0.5,
+            "quorum_recover_loss": 0.2,
+            "report_stale_after": 30.0,
+            "report_retention": 3600.0,
+            "report_history_window": 30.0,
+            "probes_per_endpoint": 3,
+            "probe_spread_label": "zone",
+            "probe_reassign_delay": 2.0,
+        }
+        values.update(changed)
+        return argparse.Namespace(**values)
+
+    settings = health_settings(args())
+    assert settings.probing.per_endpoint == 3 and settings.probing.min_agents == 2
+    with pytest.raises(ConfigError, match="--quorum-min-agents 2 is more than"):
+        health_settings(args(probes_per_endpoint=1))
+    assert health_settings(args(probes_per_endpoint=0)).probing.per_endpoint == 0
+    with pytest.raises(ConfigError, match="--probes-per-endpoint"):
+        health_settings(args(probes_per_endpoint=-1))
+    with pytest.raises(ConfigError, match="--report-history-window"):
+        health_settings(args(report_history_window=-1))
