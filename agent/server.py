@@ -36,6 +36,7 @@ from agent.metrics.admin import AdminListener
 from agent.metrics.collector import AgentCollector, SyncState
 from agent.pipeline import Pipeline, build_pipeline
 from agent.probes.monitor import HealthMonitor
+from agent.probes.scope import EVERYTHING, ProbeScope
 from agent.querylog import QueryLog
 from agent.reload import PolicyWatcher
 from agent.resolvconf import is_self, upstreams_from_resolv_conf
@@ -70,8 +71,10 @@ class AgentServer:
         down: Callable[[], frozenset[str]] = frozenset,
         sync_state: Callable[[], SyncState | None] | None = None,
         drains: Callable[[], DrainSet] = lambda: NO_DRAINS,
+        scope: ProbeScope = EVERYTHING,
     ) -> None:
-        """``down`` gives the mesh-wide down set and ``drains`` the operators' drains (the
+        """``scope``: which endpoints this agent probes (the controller's assignment).
+        ``down`` gives the mesh-wide down set and ``drains`` the operators' drains (the
         controller's), empty without one; ``sync_state`` what the sync client knows, for a
         controlled agent's metrics."""
         self.config = config
@@ -129,7 +132,7 @@ class AgentServer:
         self.tcp_connections = TcpConnections(config.tcp_max_connections)
         # Health decides the effective weights (ejections, mesh-wide down set, latency);
         # the holder above turns base and weights into what is answered.
-        self.health = HealthMonitor(self.served, probing=config.probes, rng=self.rng)
+        self.health = HealthMonitor(self.served, probing=config.probes, rng=self.rng, scope=scope)
         self.watcher: PolicyWatcher | None = None
         # Ready only once policies are served, when there are any to wait for.
         self.expects_policies = config.policies is not None or sync_state is not None

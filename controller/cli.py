@@ -182,6 +182,37 @@ def add_controller_commands(
         default=3600.0,
         help="keep the history of reports this long; 0 keeps only the latest (default 3600)",
     )
+    health.add_argument(
+        "--report-history-window",
+        metavar="SECONDS",
+        type=float,
+        default=30.0,
+        help="history keeps one report per agent and endpoint per window (its probes summed), "
+        "and every change of state (default 30; 0: every report)",
+    )
+    health.add_argument(
+        "--probes-per-endpoint",
+        metavar="N",
+        type=int,
+        default=3,
+        help="coordinated probing: N connected agents probe each endpoint, spread across "
+        "zones (a policy may set spec.health.probes_per_endpoint); 0: every agent (default 3)",
+    )
+    health.add_argument(
+        "--probe-spread-label",
+        metavar="LABEL",
+        default="zone",
+        help="the agent label whose value is its zone, to spread probers across "
+        "(default zone; agents without it are one zone)",
+    )
+    health.add_argument(
+        "--probe-reassign-delay",
+        metavar="SECONDS",
+        type=float,
+        default=2.0,
+        help="a change of who probes what waits this long, so a storm of connects is one "
+        "revision (default 2)",
+    )
     share = controller.add_argument_group("served share (agents' answer counts)")
     share.add_argument(
         "--share-drift-threshold",

@@ -7,7 +7,8 @@ or a snapshot of every policy when the log does not reach back either (compactio
 Besides policies, a snapshot carries the mesh-wide down set
 (controller.services.endpoint_health), and a delta carries it when a down-set change (a
 change-log row of its own, operation ``down``) lies in its range; the operators' drains
-travel the same way (operation ``drain``). Each
+travel the same way (operation ``drain``), and so does the probe assignment (operation
+``probers``, controller.services.probe_assignment). Each
 update is built and encoded once per starting revision and shared by every agent that
 starts there, so a commit costs one read of the change log per replica, not one per agent.
 Every update names the mesh (``mesh_id``, read once at start: it never changes).
@@ -172,6 +173,7 @@ class Feed:
                 self.mesh_id,
                 listing.drains,
                 listing.rollouts,
+                listing.probers,
             )
             self.encoded += 1
             self._snapshot = Update(listing.revision, protocol.encode_message(message))
@@ -216,6 +218,7 @@ class Feed:
         down = next((c.down for c in reversed(changes) if c.is_down), None)
         drains = next((c.drains for c in reversed(changes) if c.is_drain), None)
         rollouts = next((c.rollouts for c in reversed(changes) if c.is_rollout), None)
+        probers = next((c.probers for c in reversed(changes) if c.is_probers), None)
         delta = protocol.build_delta(
             since,
             changes[-1].revision,
@@ -224,6 +227,7 @@ class Feed:
             self.mesh_id,
             drains,
             rollouts,
+            probers,
         )
         self.encoded += 1
         return Update(delta.revision, protocol.encode_message(delta))

@@ -5,9 +5,10 @@ Like controller.recorder, the hub hands reports over without awaiting the databa
 quorum rule (controller.services.endpoint_health). It also evaluates every ``evaluate_s``
 without new reports, because reports going stale can change the verdict too, prunes the
 history, ends the drains whose time is up (controller.services.drains), so a drain's
-``for`` ends within about ``evaluate_s`` of its time, and runs the canary engine
+``for`` ends within about ``evaluate_s`` of its time, runs the canary engine
 (controller.services.rollouts) after the quorum, so a report that breaks a canary's bounds
-rolls it back in the round that wrote it.
+rolls it back in the round that wrote it, and keeps the probe assignment in step with the
+agents (controller.services.probe_assignment).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from controller.db.session import Database
 from controller.errors import DatabaseUnavailable
 from controller.services.drains import DrainService
 from controller.services.endpoint_health import EndpointHealthService, Received
+from controller.services.probe_assignment import ProbeAssignmentService, ProbingSettings
 from controller.services.rollouts import RolloutService
 from dnsmesh import protocol, quorum
 from dnsmesh.logs import fields
@@ -41,10 +43,12 @@ class HealthSettings:
     """Knobs of the feedback loop (``dnsmesh controller --quorum-*``/``--report-*`` flags)."""
 
     rule: quorum.QuorumRule = field(default_factory=quorum.QuorumRule)
-    history_s: float = 3600.0  # keep every report this long; 0: keep only the latest
+    history_s: float = 3600.0  # keep report history this long; 0: keep only the latest
+    history_window_s: float = 30.0  # a history row per (agent, address) per window at most
     evaluate_s: float = 1.0  # re-apply the rule this often even without new reports
     prune_s: float = 60.0
     batch_delay_s: float = 0.05
+    probing: ProbingSettings = field(default_factory=ProbingSettings)
 
 
 class QuorumMonitor:
@@ -52,12 +56,17 @@ class QuorumMonitor:
         self.settings = settings or HealthSettings()
         self.db = db
         self.service = EndpointHealthService(
-            db, self.settings.rule, history_s=self.settings.history_s
+            db,
+            self.settings.rule,
+            history_s=self.settings.history_s,
+            history_window_s=self.settings.history_window_s,
         )
         self.drains = DrainService(db)
         self.rollouts = RolloutService(db, stale_s=self.settings.rule.stale_s)
+        self.probing = ProbeAssignmentService(db, self.settings.probing)
         self._reports: BatchQueue[Received] = BatchQueue(MAX_QUEUED)
         self.changes = 0  # down-set revisions this replica committed (for tests and logs)
+        self.assignments = 0  # probe-assignment revisions this replica committed
 
     def record(self, agent_id: str, report: protocol.Report) -> None:
         """Queues one agent's report, stamped with the controller's clock."""
@@ -82,6 +91,7 @@ class QuorumMonitor:
             await self._expire_drains()
             await self._evaluate()
             await self._roll()
+            await self._reassign(loop.time())
             if batch:
                 await self._reports.handled(len(batch))
             if loop.time() >= next_prune:
@@ -125,6 +135,15 @@ class QuorumMonitor:
                     share=moved.share,
                     reason=moved.reason,
                 ),
+            )
+
+    async def _reassign(self, now: float) -> None:
+        change = await self._guarded(self.probing.reconcile, now)
+        if change is not None:
+            self.assignments += 1
+            log.info(
+                "endpoints.probers_changed",
+                extra=fields(revision=change.revision, moved=change.moved[:50]),
             )
 
     async def _expire_drains(self) -> None:

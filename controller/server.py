@@ -26,8 +26,10 @@ from dnsmesh.logs import fields
 if TYPE_CHECKING:
     from controller.push_settings import PushSettings
     from controller.quorum_monitor import HealthSettings
+    from controller.services.probe_assignment import ProbingSettings
     from controller.services.served_share import ShareSettings
     from controller.tls_store import TlsFiles
+    from dnsmesh.quorum import QuorumRule
 
 log = logging.getLogger("dnsmesh.controller")
 
@@ -256,7 +258,36 @@ def health_settings(args: argparse.Namespace) -> HealthSettings:
         raise ConfigError(f"--quorum-*/--report-stale-after: {error}") from None
     if args.report_retention < 0:
         raise ConfigError("--report-retention must be >= 0")
-    return HealthSettings(rule=rule, history_s=args.report_retention)
+    if args.report_history_window < 0:
+        raise ConfigError("--report-history-window must be >= 0")
+    return HealthSettings(
+        rule=rule,
+        history_s=args.report_retention,
+        history_window_s=args.report_history_window,
+        probing=probing_settings(args, rule),
+    )
+
+
+def probing_settings(args: argparse.Namespace, rule: QuorumRule) -> ProbingSettings:
+    from controller.services.probe_assignment import ProbingSettings
+    from dnsmesh.probing import budget_error
+
+    if args.probes_per_endpoint < 0:
+        raise ConfigError("--probes-per-endpoint must be >= 0")
+    if args.probe_reassign_delay < 0:
+        raise ConfigError("--probe-reassign-delay must be >= 0")
+    if not 1 <= len(args.probe_spread_label) <= 63:
+        raise ConfigError("--probe-spread-label must be 1-63 characters (a label key)")
+    problem = budget_error(rule.min_agents, args.probes_per_endpoint)
+    if problem is not None:
+        raise ConfigError(problem)
+    return ProbingSettings(
+        per_endpoint=args.probes_per_endpoint,
+        spread_label=args.probe_spread_label,
+        delay_s=args.probe_reassign_delay,
+        report_stale_s=rule.stale_s,
+        min_agents=rule.min_agents,
+    )
 
 
 def run_db_upgrade(args: argparse.Namespace) -> int:

@@ -290,6 +290,9 @@ class Health(_Strict):
     rise: int | None = Field(default=None, ge=1, le=1000)
     outlier: Outlier = Field(default_factory=Outlier)
     on_all_down: AllDownAnswer | None = None
+    # Coordinated probing (dnsmesh.probing): how many agents probe each endpoint; 0: every
+    # agent; unset: the controller's --probes-per-endpoint.
+    probes_per_endpoint: int | None = Field(default=None, ge=0, le=1000)
 
     @model_validator(mode="after")
     def _one_name_for_fall(self) -> Health:

@@ -18,7 +18,9 @@ carries it only when it changed (``null``: unchanged). ``drained`` travels the s
 the operators' drains (dnsmesh.drains), each an address and optionally the one policy it is
 drained in, which no agent answers whatever its health. So does ``rollouts``: the
 controller's canary rollouts, each a policy and its canary group's percent of the answers
-(a controller policy with a canary and no entry answers its canary group 0 %).
+(a controller policy with a canary and no entry answers its canary group 0 %). And
+``probers`` (dnsmesh.probing): which agents probe which endpoint address, so that an
+endpoint gets a bounded number of probes whatever the fleet's size.
 
 Every update also names the ``mesh_id`` (a UUID made with the controller's database), and
 the agent's hello names the mesh its state came from: an agent whose state came from
@@ -51,6 +53,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
 from dnsmesh.drains import NO_DRAINS, Drained, DrainSet
 from dnsmesh.errors import DnsmeshError, FieldError, PolicyError
 from dnsmesh.policy import Labels, Policy, check_policy_set, field_errors, parse_policy
+from dnsmesh.probing import DEFAULT_SPREAD_LABEL, NO_ASSIGNMENT, Assignment
 
 PROTOCOL_VERSION: Literal[1] = 1
 
@@ -160,6 +163,49 @@ def rollout_shares(entries: Iterable[RolloutEntry]) -> dict[str, int]:
     return {e.policy: e.share for e in entries}
 
 
+class ProberEntry(BaseModel):
+    """The agents that probe one endpoint address, and what each zone measured of it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    address: IPAddressText
+    agents: list[str] = Field(max_length=1000)
+    zone_latency_ms: dict[str, float] = Field(default_factory=dict, max_length=1000)
+
+
+class Probers(BaseModel):
+    """Coordinated probing (dnsmesh.probing): an address listed here is probed only by its
+    agents; every other address by every agent. ``spread_label`` names the node label whose
+    value is an agent's zone (for ``zone_latency_ms``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    spread_label: str = Field(default=DEFAULT_SPREAD_LABEL, max_length=63)
+    endpoints: list[ProberEntry] = Field(default_factory=list, max_length=100_000)
+
+
+def prober_entries(assignment: Assignment) -> Probers:
+    return Probers(
+        spread_label=assignment.spread_label,
+        endpoints=[
+            ProberEntry(
+                address=address,
+                agents=list(agents),
+                zone_latency_ms=dict(assignment.zone_latency_ms.get(address, {})),
+            )
+            for address, agents in sorted(assignment.probers.items())
+        ],
+    )
+
+
+def assignment_of(probers: Probers) -> Assignment:
+    return Assignment(
+        probers={e.address: tuple(sorted(e.agents)) for e in probers.endpoints},
+        zone_latency_ms={
+            e.address: e.zone_latency_ms for e in probers.endpoints if e.zone_latency_ms
+        },
+        spread_label=probers.spread_label,
+    )
+
+
 class SnapshotMessage(_Message):
     type: Literal["snapshot"] = "snapshot"
     revision: int = Field(ge=0)
@@ -167,6 +213,7 @@ class SnapshotMessage(_Message):
     down: DownSet = Field(default_factory=list, description="endpoints marked down mesh-wide")
     drained: DrainList = Field(default_factory=list, description="endpoints operators drained")
     rollouts: RolloutList = Field(default_factory=list, description="canary shares in force")
+    probers: Probers = Field(default_factory=Probers, description="who probes which endpoint")
     mesh_id: MeshId
 
 
@@ -186,6 +233,7 @@ class Delta(_Message):
     rollouts: RolloutList | None = Field(
         default=None, description="the new canary shares; null: unchanged"
     )
+    probers: Probers | None = Field(default=None, description="the new probers; null: unchanged")
     mesh_id: MeshId
 
 
@@ -283,6 +331,7 @@ class AppliedState:
     mesh_id: str | None = None  # the controller's mesh the revision belongs to
     drains: DrainSet = NO_DRAINS
     rollouts: Rollouts = field(default_factory=dict)
+    probers: Assignment = NO_ASSIGNMENT  # coordinated probing: who probes which address
 
     @classmethod
     def empty(cls) -> AppliedState:
@@ -306,6 +355,7 @@ def apply_update(state: AppliedState, update: SnapshotMessage | Delta) -> Applie
             update.mesh_id,
             drain_set(update.drained),
             rollout_shares(update.rollouts),
+            assignment_of(update.probers),
         )
     if update.mesh_id is not None and state.mesh_id not in (None, update.mesh_id):
         raise RevisionGap(f"delta of mesh {update.mesh_id}, agent's state is of {state.mesh_id}")
@@ -325,8 +375,9 @@ def apply_update(state: AppliedState, update: SnapshotMessage | Delta) -> Applie
     down = state.down if update.down is None else frozenset(update.down)
     drains = state.drains if update.drained is None else drain_set(update.drained)
     rollouts = state.rollouts if update.rollouts is None else rollout_shares(update.rollouts)
+    probers = state.probers if update.probers is None else assignment_of(update.probers)
     mesh_id = update.mesh_id or state.mesh_id
-    return AppliedState(update.revision, merged, down, mesh_id, drains, rollouts)
+    return AppliedState(update.revision, merged, down, mesh_id, drains, rollouts, probers)
 
 
 def build_delta(
@@ -337,6 +388,7 @@ def build_delta(
     mesh_id: str | None = None,
     drains: DrainSet | None = None,
     rollouts: Rollouts | None = None,
+    probers: Assignment | None = None,
 ) -> Delta:
     """A delta from change-log rows in revision order; only each name's last change is kept."""
     last: dict[str, Document | None] = {}
@@ -350,6 +402,7 @@ def build_delta(
         down=None if down is None else sorted(down),
         drained=None if drains is None else drain_entries(drains),
         rollouts=None if rollouts is None else rollout_entries(rollouts),
+        probers=None if probers is None else prober_entries(probers),
         mesh_id=mesh_id,
     )
 
@@ -361,6 +414,7 @@ def build_snapshot(
     mesh_id: str | None = None,
     drains: DrainSet = NO_DRAINS,
     rollouts: Rollouts = NO_ROLLOUTS,
+    probers: Assignment = NO_ASSIGNMENT,
 ) -> SnapshotMessage:
     return SnapshotMessage(
         revision=revision,
@@ -368,6 +422,7 @@ def build_snapshot(
         down=sorted(down),
         drained=drain_entries(drains),
         rollouts=rollout_entries(rollouts),
+        probers=prober_entries(probers),
         mesh_id=mesh_id,
     )
 
@@ -376,7 +431,13 @@ def encode_state(state: AppliedState) -> bytes:
     """The agent's state file: the last applied snapshot, so a restart answers at once."""
     documents = (p.to_document() for p in state.policies.values())
     snapshot = build_snapshot(
-        state.revision, documents, state.down, state.mesh_id, state.drains, state.rollouts
+        state.revision,
+        documents,
+        state.down,
+        state.mesh_id,
+        state.drains,
+        state.rollouts,
+        state.probers,
     )
     return snapshot.model_dump_json(indent=1).encode()
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from agent.probes.plan import build_plan
 from agent.probes.probers import Ping, aioping_ping
 from agent.probes.runner import ProbeRunner
+from agent.probes.scope import EVERYTHING, ProbeScope
 from agent.served import ServedSnapshot
 from dnsmesh.health import Decision, EndpointHealth, decide_weights
 from dnsmesh.logs import fields
@@ -43,9 +44,11 @@ class HealthMonitor:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         ping: Ping = aioping_ping,
+        scope: ProbeScope = EVERYTHING,
     ) -> None:
         self.served = served
         self.probing = probing
+        self.scope = scope  # coordinated probing: which addresses are this agent's
         self.min_gap = min_gap
         self.clock = clock
         self.health: dict[str, EndpointHealth] = {}
@@ -91,6 +94,7 @@ class HealthMonitor:
     def _replan(self, base: Snapshot) -> None:
         policies = [c.policy for c in base.policies()]
         plan = build_plan(policies) if self.probing else {}
+        plan = {a: t for a, t in plan.items() if self.scope.probes(a)}
         self._runner.set_plan(plan)
         for address in list(self.health):
             if address not in plan:  # no policy probes it any more: forget what we knew
@@ -135,8 +139,13 @@ class HealthMonitor:
     def _decide(self, base: Snapshot) -> bool:
         """Decide the weights for ``base``; whether any effective weight changed."""
         policies = [c.policy for c in base.policies()]
+        health = self.health
+        if self.scope is not EVERYTHING:
+            # What this agent does not probe, its zone's probers measured (latency only).
+            addresses = {str(e.address) for p in policies for e in p.spec.endpoints}
+            health = {**self.scope.borrowed(addresses - health.keys()), **health}
         decision = decide_weights(
-            policies, self.health, self.served.down, self.decision.levels, self.served.drains
+            policies, health, self.served.down, self.decision.levels, self.served.drains
         )
         changed = (
             decision.weights != self.decision.weights or decision.servfail != self.decision.servfail

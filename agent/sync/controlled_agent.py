@@ -17,6 +17,7 @@ from typing import Any
 from agent.answer_reports import AnswerReports
 from agent.config import AgentConfig
 from agent.metrics.collector import SyncState
+from agent.probes.scope import ProbeScope
 from agent.server import AgentServer
 from agent.sync.client import AgentSync
 from agent.sync.config import SyncConfig
@@ -25,6 +26,7 @@ from agent.sync.identity import IdentityFile
 from agent.sync.policy_sources import LocalPolicyWatcher, PolicySources
 from agent.sync.state_file import StateDir
 from dnsmesh.drains import DrainSet
+from dnsmesh.probing import Assignment
 
 
 class SyncedAgent:
@@ -33,12 +35,15 @@ class SyncedAgent:
     def __init__(
         self, config: AgentConfig, sync: SyncConfig, *, rng: random.Random | None = None
     ) -> None:
+        # Which endpoints it probes: the controller's assignment, once its id is known.
+        self.scope = ProbeScope(self._probers, dict(sync.labels))
         # The server must not watch the files itself: every load is checked for clashes.
         self.server = AgentServer(
             dataclasses.replace(config, policies=None),
             down=self._mesh_down,
             sync_state=self._sync_state,
             drains=self._drains,
+            scope=self.scope,
         )
         self.sources = PolicySources(self.server.apply_snapshot, self._local_changed)
         self.state_dir = StateDir(sync.state_dir)
@@ -68,6 +73,10 @@ class SyncedAgent:
         """So do the operators' drains."""
         return self.sources.running.drains
 
+    def _probers(self) -> Assignment:
+        """And who probes which endpoint."""
+        return self.sources.running.probers
+
     def _local_changed(self) -> None:
         """A local reload took effect: the sync client reports what is shadowed now."""
         if self.sync is not None:
@@ -78,6 +87,7 @@ class SyncedAgent:
         # A certificate (or a join token) makes the node name the agent id.
         credentials = Credentials(self.sync_config, IdentityFile(self.state_dir.path))
         agent_id = credentials.agent_id or self.state_dir.agent_id()
+        self.scope.agent_id = agent_id  # before the state file's assignment is planned
         state = self.state_dir.load()  # logs which file it used, or why none
         if state is not None:
             self.sources.start_from(state)

@@ -224,6 +224,19 @@ class DownRow(Base):
     failing: Mapped[int] = mapped_column(Integer, nullable=False)
 
 
+class ProberRow(Base):
+    """The agents assigned to probe one endpoint address (coordinated probing,
+    dnsmesh.probing), with what each zone measured of it when it was assigned."""
+
+    __tablename__ = "probe_assignments"
+
+    address: Mapped[str] = mapped_column(String(45), primary_key=True)
+    agents: Mapped[list[str]] = mapped_column(JsonColumn, nullable=False)
+    zone_latency_ms: Mapped[dict[str, float]] = mapped_column(JsonColumn, nullable=False)
+    spread_label: Mapped[str] = mapped_column(String(63), nullable=False)
+    revision: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
 class DrainRow(Base):
     """An endpoint an operator drained: in one policy, or in every one (``policy_name`` "")."""
 

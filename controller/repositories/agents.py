@@ -252,3 +252,15 @@ _WRITERS: dict[type, Any] = {
     Gone: _write_gone,
     Seen: _write_seen,
 }
+
+
+def live_agents(
+    session: Session, seen_since: datetime
+) -> list[tuple[str, dict[str, str], list[dict[str, str]] | None]]:
+    """(agent id, labels, shadowed) of every connected agent seen since ``seen_since``."""
+    rows = session.execute(
+        select(AgentRow.agent_id, AgentRow.labels, AgentRow.shadowed)
+        .where(_live(seen_since))
+        .order_by(AgentRow.agent_id)
+    )
+    return [(agent_id, dict(labels), shadowed) for agent_id, labels, shadowed in rows]

@@ -12,12 +12,15 @@ from sqlalchemy.orm import Session
 from controller.db.models import AuditRow, ChangeRow
 from controller.db.session import iso
 from dnsmesh.drains import Drained, DrainSet
-from dnsmesh.protocol import Document
+from dnsmesh.probing import Assignment
+from dnsmesh.protocol import Document, Probers, assignment_of
 
-Operation = Literal["create", "update", "delete", "down", "drain", "rollout"]
+Operation = Literal["create", "update", "delete", "down", "drain", "rollout", "probers"]
 DOWN: Final = "down"  # a down-set change (controller.services.endpoint_health); policy ""
 DRAIN: Final = "drain"  # a change of the drains (controller.services.drains); policy ""
 ROLLOUT: Final = "rollout"  # a rollout's move (controller.services.rollouts); policy ""
+PROBERS: Final = "probers"  # a new probe assignment (controller.services.probe_assignment)
+_NOT_POLICIES = (DOWN, DRAIN, ROLLOUT, PROBERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +29,8 @@ class Change:
 
     A change of the mesh-wide down set (operation ``down``) touches no policy (``policy``
     is empty) and its document is ``{"down": [address, ...]}``, the whole new set; a change
-    of the drains (operation ``drain``) likewise, ``{"drained": [{address, policy}, ...]}``.
+    of the drains (operation ``drain``) likewise, ``{"drained": [{address, policy}, ...]}``,
+    and of the probe assignment (operation ``probers``), ``{"probers": <protocol.Probers>}``.
     """
 
     revision: int
@@ -44,19 +48,30 @@ class Change:
 
     @property
     def is_rollout(self) -> bool:
-        return self.operation == "rollout"
+        return self.operation == ROLLOUT
+
+    @property
+    def is_probers(self) -> bool:
+        return self.operation == PROBERS
 
     @property
     def touches_policy(self) -> bool:
-        return self.operation not in ("down", "drain", "rollout")
+        return self.operation not in _NOT_POLICIES
 
     @property
     def rollouts(self) -> dict[str, int] | None:
         """Every policy's canary share after this change (``{"rollouts": [{policy, share}]}``),
         or None for any other change."""
-        if self.operation != "rollout" or self.document is None:
+        if self.operation != ROLLOUT or self.document is None:
             return None
         return {str(r["policy"]): int(r["share"]) for r in self.document.get("rollouts", [])}
+
+    @property
+    def probers(self) -> Assignment | None:
+        """The probe assignment after this change, or None for any other change."""
+        if self.operation != PROBERS or self.document is None:
+            return None
+        return assignment_of(Probers.model_validate(self.document.get("probers", {})))
 
     @property
     def drains(self) -> DrainSet | None:
@@ -178,4 +193,6 @@ def _operation(value: str) -> Operation:
         return "drain"
     if value == "rollout":
         return "rollout"
+    if value == "probers":
+        return "probers"
     return "delete"

@@ -1,8 +1,9 @@
 """Endpoint health: storing agents' probe reports, and marking endpoints down by quorum.
 
 Agents report what they measured per endpoint address (dnsmesh.protocol.Report). The latest
-report per (agent, address) is kept in ``endpoint_health``, every report for
-``history_s`` seconds in ``endpoint_reports``. ``evaluate`` applies the quorum rule
+report per (agent, address) is kept in ``endpoint_health``, and a bounded history for
+``history_s`` seconds in ``endpoint_reports``: a row per pair per window or state change,
+its probes summed (controller.services.report_history). ``evaluate`` applies the quorum rule
 (dnsmesh.quorum) to the latest reports and, when the resulting down set differs from the
 stored one, commits it as a revision of its own: the revision counter is bumped, the
 ``endpoints_down`` rows are rewritten, a change-log row of operation ``down`` carries the
@@ -33,6 +34,7 @@ from controller.repositories.policies import policy_endpoints
 from controller.repositories.revision import bump_revision, current_revision
 from controller.services.health_view import HealthView, endpoint_address
 from controller.services.parsed_policies import ParsedPolicies
+from controller.services.report_history import HistorySampler
 from dnsmesh import quorum
 from dnsmesh.protocol import EndpointReport
 
@@ -69,11 +71,18 @@ class Decision:
 
 class EndpointHealthService:
     def __init__(
-        self, db: Database, rule: quorum.QuorumRule | None = None, *, history_s: float = 3600.0
+        self,
+        db: Database,
+        rule: quorum.QuorumRule | None = None,
+        *,
+        history_s: float = 3600.0,
+        history_window_s: float = 30.0,
     ) -> None:
         self.db = db
         self.rule = rule or quorum.QuorumRule()
         self.history_s = history_s  # keep report history this long; 0: keep none
+        # At most one history row per (agent, address) per window, or per state change.
+        self.sampler = HistorySampler(history_window_s)
         self._policies = ParsedPolicies()
         # Anti-flap counts of this replica (dnsmesh.quorum.settle). In memory: a restarted
         # replica counts again from 0, which delays a flip by at most rise/fall rounds; the
@@ -87,6 +96,7 @@ class EndpointHealthService:
         """Stores a batch of reports in one transaction; returns how many endpoint rows."""
         latest: dict[tuple[str, str], ReportValues] = {}
         history: list[ReportValues] = []
+        reported = 0
         for received in batch:
             for endpoint in received.endpoints:
                 row = {
@@ -100,20 +110,24 @@ class EndpointHealthService:
                     "reported_at": received.at,
                 }
                 latest[(received.agent_id, endpoint.address)] = row  # the batch's last wins
-                history.append(row)
+                reported += 1
+                kept = self.sampler.keep(row) if self.history_s > 0 else None
+                if kept is not None:
+                    history.append(kept)
         if not latest:
             return 0
         with self.db.writing() as transaction:
             session = transaction.session
             health.upsert_latest_reports(session, [latest[key] for key in sorted(latest)])
-            if self.history_s > 0:
+            if history:
                 health.insert_report_history(session, history)
-        return len(history)
+        return reported
 
     def prune_history(self) -> int:
         """Deletes history older than the retention window (and the latest rows of agents
         silent for as long); returns how many history rows went."""
         cutoff = self.db.clock() - timedelta(seconds=self.history_s)
+        self.sampler.forget_before(cutoff - self.sampler.window)
         latest_cutoff = self.db.clock() - timedelta(
             seconds=max(self.history_s, 10 * self.rule.stale_s)
         )

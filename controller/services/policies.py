@@ -33,6 +33,7 @@ from controller.repositories import agents, history, policies
 from controller.repositories.drains import read_drains
 from controller.repositories.health import read_down
 from controller.repositories.history import AuditEntry, Change, Operation
+from controller.repositories.probers import read_probers
 from controller.repositories.revision import bump_revision, current_mesh_id, current_revision
 from controller.repositories.rollouts import read_shares
 from controller.services.policy_rules import (
@@ -49,6 +50,7 @@ from controller.services.policy_rules import (
 from dnsmesh.drains import NO_DRAINS, DrainSet
 from dnsmesh.errors import FieldError, PolicyError
 from dnsmesh.policy import Policy, check_policy_set, parse_policy
+from dnsmesh.probing import NO_ASSIGNMENT, Assignment
 from dnsmesh.protocol import Document
 
 __all__ = [
@@ -79,6 +81,7 @@ class PolicyList:
     down: list[str] = field(default_factory=list)  # endpoints down mesh-wide at ``revision``
     drains: DrainSet = NO_DRAINS  # the operators' drains in force at ``revision``
     rollouts: Mapping[str, int] = field(default_factory=dict)  # canary shares at ``revision``
+    probers: Assignment = NO_ASSIGNMENT  # the probe assignment at ``revision``
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +156,8 @@ class PolicyService:
             items = policies.policy_documents(session, labels)
             drains = read_drains(session, self.db.clock())
             shares = read_shares(session)
-            return PolicyList(revision, items, read_down(session), drains, shares)
+            probers = read_probers(session)
+            return PolicyList(revision, items, read_down(session), drains, shares, probers)
 
         return self.db.read(work)
 

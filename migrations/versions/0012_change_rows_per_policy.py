@@ -6,7 +6,7 @@ the one row of its revision (policy ``""``). The NOTIFY trigger stays: PostgreSQ
 identical notifications of one transaction into one, so a set still wakes each replica once.
 
 Revision ID: 0012
-Revises: 0009
+Revises: 0011
 Create Date: 2026-12-03
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0012"
-down_revision: str | None = "0009"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -71,10 +71,10 @@ class Mesh:
 
 
 @contextlib.contextmanager
-def mesh(tmp: Path) -> Iterator[Mesh]:
+def mesh(tmp: Path, *controller_args: str) -> Iterator[Mesh]:
     url = migrated_sqlite(tmp / "db")
     tokens = mint_tokens(url)
-    with running_controller(url, tmp) as controller:
+    with running_controller(url, tmp, extra=controller_args) as controller:
         rest = Rest(controller.url, tokens["admin"])
         try:
             yield Mesh(tmp, url, controller, rest, tokens, free_port())

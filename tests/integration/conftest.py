@@ -286,6 +286,7 @@ CONTROLLER_TABLES = (
     "endpoint_drains",
     "answer_buckets",
     "rollouts",
+    "probe_assignments",
 )
 
 

@@ -11,7 +11,7 @@ import dataclasses
 import os
 import signal
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,10 @@ def mint_tokens(database_url: str) -> dict[str, str]:
 class Controller:
     """``dnsmesh controller`` that a test can kill, pause, and start again on the same port."""
 
-    def __init__(self, database_url: str, cwd: Path, port: int | None = None) -> None:
+    def __init__(
+        self, database_url: str, cwd: Path, port: int | None = None, extra: Sequence[str] = ()
+    ) -> None:
+        self.extra = tuple(extra)  # more `dnsmesh controller` flags
         self.database_url = database_url
         self.cwd = cwd
         self.port = port or free_port()
@@ -73,7 +76,12 @@ class Controller:
 
     def start(self) -> Controller:
         process = ControllerProcess(
-            self.database_url, self.cwd, "--listen", f"127.0.0.1:{self.port}", *FAST_CONTROLLER
+            self.database_url,
+            self.cwd,
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            *FAST_CONTROLLER,
+            *self.extra,
         )
         process.__enter__()
         self.process = process
@@ -109,9 +117,9 @@ class Controller:
 
 @contextlib.contextmanager
 def running_controller(
-    database_url: str, cwd: Path, port: int | None = None
+    database_url: str, cwd: Path, port: int | None = None, extra: Sequence[str] = ()
 ) -> Iterator[Controller]:
-    controller = Controller(database_url, cwd, port).start()
+    controller = Controller(database_url, cwd, port, extra).start()
     try:
         yield controller
     finally:
