@@ -65,11 +65,15 @@ class ExplainService:
     def explain(self, name: str, client: str, node: str | None = None) -> dict[str, Any]:
         """GET /v1/explain: NotFound for no such policy (by name or DNS name) or node."""
         state = self.db.read(lambda session: self._state(session, node))
-        snapshot = compile_snapshot(state.policies, state.revision)
-        found = ex.resolve(snapshot, name)
-        if found is None:
-            raise NotFound(f"no policy is called or answers {name!r}")
-        return self._explain(found.policy, client, state).to_json()
+        policy = next((p for p in state.policies if p.name == name), None)
+        if policy is None:
+            # A DNS name: the snapshot's own lookup decides which policy answers it. Only
+            # then is every policy compiled (a name is found without compiling any).
+            found = ex.resolve(compile_snapshot(state.policies, state.revision), name)
+            if found is None:
+                raise NotFound(f"no policy is called or answers {name!r}")
+            policy = found.policy
+        return self._explain(policy, client, state).to_json()
 
     def what_if(self, document: object, client: str, node: str | None = None) -> dict[str, Any]:
         """POST /v1/explain: the proposed ``document`` against the policy of that name as
