@@ -7,11 +7,12 @@ import ipaddress
 import re
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from agent.querylog_config import QueryLogConfig, query_log_config_from_args
+from agent.sync.config import parse_labels
 from dnsmesh.admission import LOOPBACK, Network, parse_network
 from dnsmesh.cookies import parse_secret
 from dnsmesh.errors import ConfigError
@@ -257,6 +258,9 @@ class AgentConfig:
     control_socket: Path | None = None
     replace: bool = False
     query_log: QueryLogConfig | None = None  # --query-log (agent/querylog.py); None: off
+    # --label KEY=VALUE: this node's labels, which slices' match.node_labels are decided by
+    # (with or without a controller; the controller also gets them in the hello).
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def _check_ca_file(path: str) -> None:
@@ -370,6 +374,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         control_socket=_control_socket(args),
         replace=getattr(args, "replace", False),
         query_log=query_log_config_from_args(args),
+        labels=parse_labels(getattr(args, "label", [])),
     )
 
 

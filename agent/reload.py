@@ -16,7 +16,7 @@ from agent.periodic import Periodic
 from dnsmesh.errors import PolicyError, PolicyFileError
 from dnsmesh.logs import fields
 from dnsmesh.policyfile import load_policy_path, policy_files
-from dnsmesh.snapshot import Snapshot, compile_snapshot
+from dnsmesh.snapshot import NO_CONTEXT, CompileContext, Snapshot, compile_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,17 @@ class PolicyWatcher(Periodic):
     """Loads ``path`` into snapshots and hands each good one to ``apply``."""
 
     def __init__(
-        self, path: Path, apply: Callable[[Snapshot], None], *, interval: float = 0.5
+        self,
+        path: Path,
+        apply: Callable[[Snapshot], None],
+        *,
+        interval: float = 0.5,
+        context: CompileContext = NO_CONTEXT,
     ) -> None:
         super().__init__(interval)
         self.path = path
         self.apply = apply
+        self.context = context  # this node's labels, for slices
         self.revision = 0
         self.failures = 0
         self._seen: Fingerprint | None = None
@@ -95,7 +101,9 @@ class PolicyWatcher(Periodic):
 
     def _compile(self) -> Snapshot:
         loaded = load_policy_path(self.path)
-        snapshot = compile_snapshot([s.policy for s in loaded], self.revision + 1)
+        snapshot = compile_snapshot(
+            [s.policy for s in loaded], self.revision + 1, context=self.context
+        )
         self.revision += 1
         return snapshot
 

@@ -49,7 +49,7 @@ from dnsmesh.dnsforward import UpstreamAnswer
 from dnsmesh.drains import NO_DRAINS, DrainSet
 from dnsmesh.errors import ConfigError
 from dnsmesh.logs import fields
-from dnsmesh.snapshot import Snapshot
+from dnsmesh.snapshot import CompileContext, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,10 @@ class AgentServer:
             # A bad file at start is logged like a bad reload: the agent serves (forwards)
             # with no policies rather than leave the node without DNS.
             self.watcher = PolicyWatcher(
-                config.policies, self.apply_snapshot, interval=config.reload_interval
+                config.policies,
+                self.apply_snapshot,
+                interval=config.reload_interval,
+                context=CompileContext(config.labels),
             )
             self.watcher.load()
         skipped: list[str] = []

@@ -77,8 +77,14 @@ def explain_table(body: dict[str, Any]) -> str:
         f"policy {body['policy']} ({body['domain']}) revision {body['revision']}, "
         f"as {body['source']} sees it",
         f"client {body['client']}: slice {body['slice']}, {body['action']}, "
-        f"strategy {body['strategy']}, {body['answers']} answer(s)",
+        f"strategy {body['strategy']}, {body['answers']} answer(s)"
+        + (f", ttl {body['ttl']}" if "ttl" in body else ""),
     ]
+    if body.get("debug_label"):
+        header.append(f"asked as {body['debug_label']}.{body['domain']} (debug label)")
+    if body.get("weights"):
+        weights = " ".join(f"{a}={w}" for a, w in body["weights"].items())
+        header.append(f"slice weights {weights}")
     if body.get("node"):
         node = body["node"]
         labels = ",".join(f"{k}={v}" for k, v in sorted(node["labels"].items())) or "-"

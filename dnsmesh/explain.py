@@ -35,7 +35,9 @@ from dnsmesh.policy import Endpoint, Policy, normalize_domain
 from dnsmesh.selection import pick_sticky
 from dnsmesh.snapshot import (
     DEFAULT_SLICE,
+    NO_CONTEXT,
     CandidateState,
+    CompileContext,
     CompiledPolicy,
     ServfailPolicy,
     Snapshot,
@@ -137,6 +139,10 @@ class Explanation:
     # the controller's rollout table holds them); None while the policy has no canary.
     rollout: dict[str, Any] | None = None
     notes: tuple[str, ...] = field(default=())
+    ttl: int = 0  # of the view's answers (a slice's own ttl, else the policy's)
+    # The slice's weights in place of the endpoints' (spec.slices[i].weights); None: none.
+    weights: dict[str, int] | None = None
+    debug_label: str | None = None  # asked as DEBUG_LABEL.<domain> (debug routing)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -150,6 +156,9 @@ class Explanation:
             "action": self.action,
             "strategy": self.strategy,
             "answers": self.answers,
+            "ttl": self.ttl,
+            "weights": self.weights,
+            "debug_label": self.debug_label,
             "all_down": self.all_down,
             "rollout": self.rollout,
             "candidates": [c.to_json() for c in self.candidates],
@@ -185,15 +194,22 @@ def compile_with_state(
     down: frozenset[str] = frozenset(),
     drained: frozenset[str] = frozenset(),
     canary_share: int | None = None,
+    context: CompileContext = NO_CONTEXT,
+    debug_label: str | None = None,
 ) -> tuple[CompiledPolicy, str | None]:
-    """``policy`` compiled as an agent with this ``health``, mesh ``down`` set, drains and
-    rollout share would compile it (dnsmesh.health.decide_policy: the same ejection bounds,
-    safety rules and on_all_down), and the on_all_down mode in force (None: some endpoint
-    serves)."""
+    """``policy`` compiled as an agent with this ``health``, mesh ``down`` set, drains,
+    rollout share and node labels (``context``) would compile it
+    (dnsmesh.health.decide_policy: the same ejection bounds, safety rules and
+    on_all_down), and the on_all_down mode in force (None: some endpoint serves).
+    ``debug_label``: as it answers DEBUG_LABEL.<domain>."""
     decided = decide_policy(policy, health or {}, down, {}, {}, drained)
+    compiled: CompiledPolicy
     if decided.all_down == "servfail":
-        return ServfailPolicy(policy, revision), decided.all_down
-    compiled = CompiledPolicy(policy, revision, decided.weights, canary_share)
+        compiled = ServfailPolicy(policy, revision, None, context)
+    else:
+        compiled = CompiledPolicy(policy, revision, decided.weights, canary_share, context)
+    if debug_label is not None:
+        compiled = compiled.debug_variant(debug_label) or compiled
     return compiled, decided.all_down
 
 
@@ -303,10 +319,14 @@ def explain(
     spec = policy.spec
     view = compiled.view_of(client)
     slice_id = view.slice or DEFAULT_SLICE
+    written = next((s for s in spec.slices if s.id == view.slice), None)
     notes: list[str] = []
     if view.refuse:
         action = "refuse"
-        notes.append(f"slice {slice_id} refuses this client (REFUSED, EDE 18)")
+        if view.slice is None:
+            notes.append("no slice matches this client and spec.unmatched is refuse (REFUSED)")
+        else:
+            notes.append(f"slice {slice_id} refuses this client (REFUSED, EDE 18)")
     elif isinstance(compiled, ServfailPolicy):
         action = "servfail"
         notes.append("every endpoint in service is down; spec.health.on_all_down is servfail")
@@ -328,13 +348,16 @@ def explain(
         source=source,
         slice=slice_id,
         action=action,
-        strategy=spec.strategy.value,
-        answers=spec.answers,
+        strategy=(spec.strategy if view.refuse else view.strategy).value,
+        answers=spec.answers if view.refuse else view.answers,
         candidates=candidates,
         distribution=distribution,
         all_down=all_down,
         node=node,
         notes=tuple(notes),
+        ttl=spec.ttl if view.refuse else view.ttl,
+        weights=dict(written.weights) if written is not None and written.weights else None,
+        debug_label=compiled.debug_label,
     )
 
 

@@ -170,6 +170,14 @@ _GROUP_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62})$"
 _GROUP_RE = re.compile(_GROUP_PATTERN)
 GroupName = Annotated[str, Field(pattern=_GROUP_PATTERN)]
 
+# Labels, of a policy and of an agent: at most MAX_LABELS, a key of 1-63 characters, a
+# value of at most 63. No control characters in a value: NUL cannot be stored (PostgreSQL)
+# or shown, nor can the rest be shown safely in a listing or a log line.
+MAX_LABELS = 64
+LabelKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$")]
+LabelValue = Annotated[str, Field(max_length=63, pattern=r"^[^\x00-\x1f\x7f]*$")]
+Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)]
+
 
 Location = tuple[str | int, ...]
 
@@ -334,8 +342,36 @@ class Safety(_Strict):
     min_weight_percent: int = Field(default=0, ge=0, le=100)
 
 
+class Unmatched(StrEnum):
+    """What a policy with slices answers a query that no slice matches."""
+
+    DEFAULT = "default"  # the policy's default view (every endpoint)
+    REFUSE = "refuse"  # REFUSED with EDE 18, as a slice with action refuse answers
+
+
+# A debug label is one DNS label, written as it is asked (lower case): it is put in front
+# of the policy's domain (``beta.checkout.mesh.internal``).
+_DEBUG_LABEL_PATTERN = r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$"
+
+
 class SliceMatch(_Strict):
-    client_cidrs: list[IPNetwork] = Field(min_length=1)
+    """Who a slice is for. Each criterion given must hold; at least one is needed (a match
+    of nothing would silently catch every client)."""
+
+    client_cidrs: list[IPNetwork] | None = Field(default=None, min_length=1)
+    # Every one must equal a --label of the agent answering (decided when it compiles).
+    node_labels: Labels | None = Field(default=None, min_length=1)
+    # The query asks for DEBUG_LABEL.<domain> (debug routing: try a slice by name).
+    debug_label: Annotated[str, Field(pattern=_DEBUG_LABEL_PATTERN)] | None = None
+
+    @model_validator(mode="after")
+    def _some_criterion(self) -> SliceMatch:
+        if self.client_cidrs is None and self.node_labels is None and self.debug_label is None:
+            raise consistency_error(
+                type(self).__name__,
+                [((), "give at least one of client_cidrs, node_labels and debug_label")],
+            )
+        return self
 
 
 class Slice(_Strict):
@@ -343,14 +379,32 @@ class Slice(_Strict):
     match: SliceMatch
     groups: list[GroupName] | None = Field(default=None, min_length=1)
     action: SliceAction = SliceAction.ANSWER
+    # Unset: the policy's. weights: ADDRESS -> weight, in place of the endpoints' own.
+    strategy: Strategy | None = None
+    ttl: int | None = Field(default=None, ge=0, le=86400)
+    answers: int | None = Field(default=None, ge=1, le=32)
+    weights: dict[str, Annotated[int, Field(ge=0, le=1_000_000)]] | None = Field(
+        default=None, min_length=1, max_length=1024
+    )
 
     @model_validator(mode="after")
-    def _refuse_takes_no_groups(self) -> Slice:
-        if self.action is SliceAction.REFUSE and self.groups is not None:
-            raise consistency_error(
-                type(self).__name__, [(("groups",), "a slice with action 'refuse' takes no groups")]
-            )
+    def _refuse_takes_no_answers(self) -> Slice:
+        if self.action is not SliceAction.REFUSE:
+            return self
+        problems: list[tuple[Location, str]] = [
+            ((name,), "a slice with action 'refuse' takes no " + name)
+            for name in ("groups", "strategy", "ttl", "answers", "weights")
+            if getattr(self, name) is not None
+        ]
+        if problems:
+            raise consistency_error(type(self).__name__, problems)
         return self
+
+    def weight_overrides(self) -> dict[str, int]:
+        """``weights`` keyed by canonical address text (as endpoints are keyed elsewhere)."""
+        if not self.weights:
+            return {}
+        return {str(ipaddress.ip_address(text)): w for text, w in self.weights.items()}
 
 
 class Cohort(StrEnum):
@@ -433,6 +487,12 @@ class PolicySpec(_Strict):
     slices: list[Slice] = Field(default_factory=list)
     canary: Canary | None = None
     split: Split | None = None
+    # What a query no slice matches gets; unset: ``default`` (the default view).
+    unmatched: Unmatched | None = None
+
+    @property
+    def unmatched_answer(self) -> Unmatched:
+        return Unmatched.DEFAULT if self.unmatched is None else self.unmatched
 
     @property
     def safety_rule(self) -> Safety:
@@ -459,19 +519,7 @@ class PolicySpec(_Strict):
         if not any(e.weight > 0 for e in self.endpoints):
             problems.append((("endpoints",), "at least one endpoint needs a weight above 0"))
         groups = {e.group for e in self.endpoints if e.group}
-        ids: set[str] = set()
-        for index, slice_ in enumerate(self.slices):
-            if slice_.id in ids:
-                problems.append((("slices", index, "id"), f"{slice_.id!r} appears twice"))
-            ids.add(slice_.id)
-            for group in slice_.groups or ():
-                if group not in groups:
-                    problems.append(
-                        (
-                            ("slices", index, "groups"),
-                            f"group {group!r} is not a group of any endpoint",
-                        )
-                    )
+        problems.extend(self._slice_problems(groups))
         fallback = self.health.on_all_down if self.health is not None else None
         if isinstance(fallback, FallbackGroup) and fallback.group not in groups:
             problems.append(
@@ -496,6 +544,32 @@ class PolicySpec(_Strict):
         if problems:
             raise consistency_error(type(self).__name__, problems)
         return self
+
+    def _slice_problems(self, groups: set[str]) -> list[tuple[Location, str]]:
+        problems: list[tuple[Location, str]] = []
+        ids: set[str] = set()
+        addresses = {str(e.address) for e in self.endpoints}
+        for index, slice_ in enumerate(self.slices):
+            if slice_.id in ids:
+                problems.append((("slices", index, "id"), f"{slice_.id!r} appears twice"))
+            ids.add(slice_.id)
+            for group in slice_.groups or ():
+                if group not in groups:
+                    problems.append(
+                        (
+                            ("slices", index, "groups"),
+                            f"group {group!r} is not a group of any endpoint",
+                        )
+                    )
+            label = slice_.match.debug_label
+            where: Location = ("slices", index, "match", "debug_label")
+            if label is not None and self.domain.startswith("*."):
+                # DEBUG.<name> of a wildcard's name is itself a name the wildcard answers.
+                problems.append((where, "a wildcard policy takes no debug label"))
+            elif label is not None and len(label) + 1 + len(self.domain) > _MAX_NAME:
+                problems.append((where, f"{label}.{self.domain} is longer than {_MAX_NAME}"))
+            problems.extend(_weight_problems(index, slice_, addresses))
+        return problems
 
     def _split_problems(self, groups: set[str]) -> list[tuple[Location, str]]:
         if self.split is None:
@@ -522,13 +596,24 @@ class PolicySpec(_Strict):
 _DEFAULT_SAFETY = Safety()
 
 
-# Labels, of a policy and of an agent: at most MAX_LABELS, a key of 1-63 characters, a
-# value of at most 63. No control characters in a value: NUL cannot be stored (PostgreSQL)
-# or shown, nor can the rest be shown safely in a listing or a log line.
-MAX_LABELS = 64
-LabelKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$")]
-LabelValue = Annotated[str, Field(max_length=63, pattern=r"^[^\x00-\x1f\x7f]*$")]
-Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)]
+def _weight_problems(index: int, slice_: Slice, addresses: set[str]) -> list[tuple[Location, str]]:
+    """A slice's weights must name endpoints of the policy, each once."""
+    problems: list[tuple[Location, str]] = []
+    seen: set[str] = set()
+    for text in slice_.weights or {}:
+        try:
+            address = str(ipaddress.ip_address(text))
+        except ValueError:
+            address = None
+        if address is None or address not in addresses:
+            problems.append(
+                (("slices", index, "weights"), f"{text!r} is not the address of an endpoint")
+            )
+        elif address in seen:
+            problems.append((("slices", index, "weights"), f"{address} appears twice"))
+        if address is not None:
+            seen.add(address)
+    return problems
 
 
 class Metadata(_Strict):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dnsmesh.snapshot import CompiledPolicy, ServfailPolicy, Snapshot
+from dnsmesh.snapshot import CompiledPolicy, ServfailPolicy, Snapshot, debug_index
 
 # policy name -> endpoint address -> weight
 Weights = Mapping[str, Mapping[str, int]]
@@ -67,9 +67,13 @@ def reweigh(
         ):
             fresh = hit[3]
         elif failing:
-            fresh = ServfailPolicy(compiled.policy, base.revision, compiled.canary_share)
+            fresh = ServfailPolicy(
+                compiled.policy, base.revision, compiled.canary_share, compiled.context
+            )
         else:
-            fresh = CompiledPolicy(compiled.policy, base.revision, wanted, compiled.canary_share)
+            fresh = CompiledPolicy(
+                compiled.policy, base.revision, wanted, compiled.canary_share, compiled.context
+            )
         kept[compiled.name] = (compiled.policy, base.revision, wanted, fresh)
         return fresh
 
@@ -78,4 +82,4 @@ def reweigh(
     if cache is not None:
         cache.clear()
         cache.update(kept)
-    return Snapshot(base.revision, exact, wildcards, base.wildcard_lengths)
+    return Snapshot(base.revision, exact, wildcards, base.wildcard_lengths, debug_index(exact))

@@ -107,3 +107,13 @@ def pick_sticky(client_key: str, endpoints: Sequence[tuple[bytes, int]], count: 
     ]
     scored.sort(reverse=True)
     return [index for _, index in scored[:count]]
+
+
+def slice_weight(configured: int, effective: int, wanted: int) -> int:
+    """An endpoint's weight in a slice that sets it to ``wanted``: what health made of the
+    configured weight applies to the slice's (0 stays 0, a latency scaling scales it)."""
+    if effective == configured or configured == 0:
+        return wanted
+    if effective == 0 or wanted == 0:
+        return 0
+    return max(1, round(wanted * effective / configured))

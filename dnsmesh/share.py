@@ -32,7 +32,7 @@ from typing import TypeVar
 
 from dnsmesh.health import decide_policy
 from dnsmesh.policy import Endpoint, Policy, SliceAction, Strategy
-from dnsmesh.selection import failover_members
+from dnsmesh.selection import failover_members, slice_weight
 
 DEFAULT_SLICE = "_default"  # as dnsmesh.snapshot names the answers of no slice
 DEFAULT_DRIFT_THRESHOLD = 0.1
@@ -146,6 +146,27 @@ def view_endpoints(policy: Policy, slice_id: str) -> list[Endpoint] | None:
     return None
 
 
+def view_rules(
+    policy: Policy, slice_id: str, weights: Mapping[str, int]
+) -> tuple[Mapping[str, int], Strategy, int]:
+    """The weights, strategy and answer count a view draws by: a slice's own where it
+    sets them (``weights`` are the policy's, as agents serve them)."""
+    spec = policy.spec
+    slice_ = next((s for s in spec.slices if s.id == slice_id), None)
+    if slice_ is None:
+        return weights, spec.strategy, spec.answers
+    written = {str(e.address): e.weight for e in spec.endpoints}
+    overridden = {
+        address: slice_weight(written[address], weights.get(address, written[address]), wanted)
+        for address, wanted in slice_.weight_overrides().items()
+    }
+    return (
+        {**weights, **overridden},
+        slice_.strategy or spec.strategy,
+        slice_.answers or spec.answers,
+    )
+
+
 def view_shares(
     endpoints: Sequence[Endpoint], weights: Mapping[str, int], strategy: Strategy, answers: int
 ) -> dict[str, float]:
@@ -238,7 +259,7 @@ def policy_share(
             view_answers = sum(answered.values())
             if view_answers == 0:
                 continue
-            shares = view_shares(members, weights, spec.strategy, spec.answers)
+            shares = view_shares(members, *view_rules(policy, slice_id, weights))
             for address, count in answered.items():
                 if count:
                     served[address] = served.get(address, 0) + count

@@ -16,6 +16,7 @@ metrics (agent/answer_counts.py), which keeps them across snapshots.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import random
 from collections.abc import Mapping, Sequence
@@ -45,12 +46,22 @@ from dnsmesh.dnswire import (
     record_a,
     record_soa_at_question,
 )
-from dnsmesh.policy import Cohort, Endpoint, Policy, SliceAction, Strategy, check_policy_set
+from dnsmesh.policy import (
+    Cohort,
+    Endpoint,
+    Policy,
+    Slice,
+    SliceAction,
+    Strategy,
+    Unmatched,
+    check_policy_set,
+)
 from dnsmesh.rollout import Side, cohort_of, side_key, traffic_sides
 from dnsmesh.selection import (
     WeightedTable,
     failover_members,
     pick_sticky,
+    slice_weight,
     sticky_key,
 )
 
@@ -368,6 +379,8 @@ class View:
     endpoints: tuple[tuple[Endpoint, ...], tuple[Endpoint, ...]] = ((), ())
     configured: Sequence[Endpoint] = ()
     strategy: Strategy = Strategy.WEIGHTED
+    answers: int = 1  # records per answer
+    ttl: int = 0  # of its answers
     _made: dict[int, tuple[Candidate, ...]] = field(default_factory=dict, compare=False)
 
     def candidates(self, family: int) -> tuple[Candidate, ...]:
@@ -412,7 +425,55 @@ def _compile_view(
         endpoints=(tuple(v4), tuple(v6)),
         configured=configured,
         strategy=spec_strategy,
+        answers=count,
+        ttl=ttl,
     )
+
+
+def _with_slice_weights(
+    endpoints: Sequence[Endpoint], configured: Sequence[Endpoint], slice_: Slice
+) -> tuple[Sequence[Endpoint], Sequence[Endpoint]]:
+    """(effective, configured) endpoints with the slice's ``weights`` in place of theirs."""
+    wanted = slice_.weight_overrides()
+    if not wanted:
+        return endpoints, configured
+    written = {str(e.address): e.weight for e in configured}
+
+    def effective(e: Endpoint) -> Endpoint:
+        address = str(e.address)
+        if address not in wanted:
+            return e
+        weight = slice_weight(written[address], e.weight, wanted[address])
+        return e.model_copy(update={"weight": weight})
+
+    return (
+        [effective(e) for e in endpoints],
+        [
+            e.model_copy(update={"weight": wanted[str(e.address)]})
+            if str(e.address) in wanted
+            else e
+            for e in configured
+        ],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CompileContext:
+    """What the compiling agent knows of itself, which some slices depend on: its node
+    labels (``--label``). A slice whose ``node_labels`` this node does not have is dropped
+    at compile time, so the query path never tests labels."""
+
+    node_labels: Mapping[str, str] = field(default_factory=dict)
+
+    def holds(self, labels: Mapping[str, str] | None) -> bool:
+        node = self.node_labels
+        return labels is None or all(node.get(key) == value for key, value in labels.items())
+
+
+NO_CONTEXT = CompileContext()
+
+# A slice as the query path tests it: its client networks (None: every client) and view.
+_SliceEntry = tuple[tuple[Network, ...] | None, View]
 
 
 # The label of the answers given by a policy's default view (no slice matched): not a valid
@@ -426,11 +487,15 @@ class CompiledPolicy:
     __slots__ = (
         "_default",
         "_memo",
-        "_slice_ids",
+        "_sliced",
         "_slices",
         "_soa",
         "_ttl",
+        "_views",
         "canary_share",
+        "context",
+        "debug_label",
+        "debug_names",
         "domain",
         "name",
         "policy",
@@ -445,9 +510,11 @@ class CompiledPolicy:
         revision: int = 0,
         weights: Mapping[str, int] | None = None,
         canary_share: int | None = None,
+        context: CompileContext = NO_CONTEXT,
     ) -> None:
         """``canary_share``: the canary group's percent of the answers (the controller's
-        rollout); None answers a canary policy by its weights as written."""
+        rollout); None answers a canary policy by its weights as written. ``context``: what
+        node-label slices are decided by."""
         spec = policy.spec
         endpoints = list(spec.endpoints)
         if weights:
@@ -462,6 +529,7 @@ class CompiledPolicy:
             ]
         self.policy = policy
         self.canary_share = canary_share
+        self.context = context
         self.revision = revision  # the snapshot revision this was compiled for
         self.name = policy.name
         self.domain = spec.domain
@@ -482,38 +550,78 @@ class CompiledPolicy:
             if sides is None
             else SplitSettings(policy.name, sides, spec.cohort is Cohort.CLIENT)
         )
-        self._default = _compile_view(
-            endpoints, configured, None, strategy, spec.answers, spec.ttl, None, split
-        )
-        slices: list[tuple[tuple[Network, ...], View]] = []
-        self._slice_ids = tuple(slice_.id for slice_ in spec.slices)
+        if spec.unmatched_answer is Unmatched.REFUSE:
+            # The default view is never answered: a client no slice matches is refused.
+            self._default = View(None, None, refuse=True)
+        else:
+            self._default = _compile_view(
+                endpoints, configured, None, strategy, spec.answers, spec.ttl, None, split
+            )
+        views: list[tuple[str, View]] = [(DEFAULT_SLICE, self._default)]
+        plain: list[_SliceEntry] = []
+        debug: dict[str, list[_SliceEntry]] = {}
         for slice_ in spec.slices:
+            match = slice_.match
+            if not context.holds(match.node_labels):
+                continue  # not for this node: as if not written
             if slice_.action is SliceAction.REFUSE:
                 view = View(None, None, refuse=True, slice=slice_.id)
             else:
+                sliced, written = _with_slice_weights(endpoints, configured, slice_)
                 view = _compile_view(
-                    endpoints,
-                    configured,
+                    sliced,
+                    written,
                     slice_.groups,
-                    strategy,
-                    spec.answers,
-                    spec.ttl,
+                    slice_.strategy or strategy,
+                    slice_.answers or spec.answers,
+                    spec.ttl if slice_.ttl is None else slice_.ttl,
                     slice_.id,
                     split,
                 )
-            slices.append((tuple(slice_.match.client_cidrs), view))
-        self._slices = tuple(slices)
+            views.append((slice_.id, view))
+            networks = None if match.client_cidrs is None else tuple(match.client_cidrs)
+            if match.debug_label is None:
+                plain.append((networks, view))
+            else:
+                debug.setdefault(match.debug_label, []).append((networks, view))
+        self._views = tuple(views)
+        self._slices: tuple[_SliceEntry, ...] = tuple(plain)
+        # Whether respond must pick a view at all: the one test on a policy hit.
+        self._sliced = bool(self._slices) or self._default.refuse
         self._memo: dict[str, View] = {}
+        self.debug_label: str | None = None
+        # DEBUG.<domain> in wire form -> this policy answering as that label's slices
+        # (Snapshot.debug, consulted after exact names): none for a wildcard policy.
+        self.debug_names: dict[bytes, CompiledPolicy] = {
+            name_to_wire(f"{label}.{spec.domain}"): self._debug_variant(label, tuple(entries))
+            for label, entries in debug.items()
+        }
+
+    def _debug_variant(self, label: str, entries: tuple[_SliceEntry, ...]) -> CompiledPolicy:
+        """This policy as DEBUG.<domain> answers it: only the slices of that debug label
+        match (first whose other criteria hold), the rest as unmatched. The views are
+        shared, so its answers count in this policy's ``take_answered``."""
+        variant = copy.copy(self)
+        variant.debug_label = label
+        variant._slices = entries
+        variant._sliced = True
+        variant._memo = {}
+        variant.debug_names = {}
+        return variant
 
     def __repr__(self) -> str:
         return f"CompiledPolicy({self.name!r}, {self.domain!r})"
 
+    def debug_variant(self, label: str) -> CompiledPolicy | None:
+        """This policy as it answers LABEL.<domain>; None: no slice here has that label."""
+        if self.wildcard:
+            return None
+        return self.debug_names.get(name_to_wire(f"{label}.{self.domain}"))
+
     def take_answered(self) -> dict[tuple[str, str], int]:
         """Answers per (slice id or DEFAULT_SLICE, endpoint address) since the last call."""
         out: dict[tuple[str, str], int] = {}
-        views = [(DEFAULT_SLICE, self._default)]
-        views += [(id_, view) for id_, (_, view) in zip(self._slice_ids, self._slices, strict=True)]
-        for slice_id, view in views:
+        for slice_id, view in self._views:
             for picker in (view.v4, view.v6):
                 if picker is not None:
                     for address, count in picker.take_answered().items():
@@ -521,7 +629,9 @@ class CompiledPolicy:
         return out
 
     def view_for(self, client: str) -> View:
-        """The first slice whose client_cidrs contain ``client``, else the default view.
+        """The first slice whose client_cidrs contain ``client`` (a slice without
+        client_cidrs matches every client), else the default view (or the refusal of
+        ``spec.unmatched: refuse``).
 
         Memoised per client string: parsing an address and testing networks costs
         microseconds, a dict hit tens of nanoseconds. An unparseable client matches no slice.
@@ -554,6 +664,8 @@ class CompiledPolicy:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             candidates.append(address.ipv4_mapped)  # a v4 client on a dual-stack socket
         for networks, view in self._slices:
+            if networks is None:
+                return view
             for network in networks:
                 for candidate in candidates:
                     if candidate in network:
@@ -571,7 +683,7 @@ class CompiledPolicy:
         msg_id, query_flags, _qname, question, qtype, qclass, payload, dnssec_ok, _limit = query
         if qclass != CLASS_IN:
             return build_error(query, RCODE_REFUSED)
-        if self._slices:
+        if self._sliced:
             view = self.view_for(client)
             if view.refuse:
                 return build_error(query, RCODE_REFUSED, ede=(EDE_PROHIBITED, ""))
@@ -607,15 +719,22 @@ class ServfailPolicy(CompiledPolicy):
 
     __slots__ = ("_ede",)
 
-    def __init__(self, policy: Policy, revision: int = 0, canary_share: int | None = None) -> None:
-        super().__init__(policy, revision, None, canary_share)
-        # EDE 0 with a reason: none of RFC 8914's codes says "the service is down".
+    def __init__(
+        self,
+        policy: Policy,
+        revision: int = 0,
+        canary_share: int | None = None,
+        context: CompileContext = NO_CONTEXT,
+    ) -> None:
+        # EDE 0 with a reason: none of RFC 8914's codes says "the service is down". Set
+        # first: the debug variants the compile makes are copies of this object.
         self._ede = (EDE_OTHER, f"every endpoint of policy {policy.name} is down")
+        super().__init__(policy, revision, None, canary_share, context)
 
     def respond(self, query: Query, client: str, rng: random.Random) -> bytes:
         if query.qtype not in (TYPE_A, TYPE_AAAA) or query.qclass != CLASS_IN:
             return super().respond(query, client, rng)  # NODATA, REFUSED as always
-        if self._slices and self.view_for(client).refuse:
+        if self._sliced and self.view_for(client).refuse:
             return build_error(query, RCODE_REFUSED, ede=(EDE_PROHIBITED, ""))
         return build_error(query, RCODE_SERVFAIL, ede=self._ede)
 
@@ -639,15 +758,24 @@ class Snapshot:
     # the distinct lengths of those keys, longest first: a miss costs one slice and one dict
     # probe per length rather than one per label of the name
     wildcard_lengths: tuple[int, ...] = ()
+    # DEBUG.<domain> names of slices with a debug_label -> the policy answering as them
+    debug: Mapping[bytes, CompiledPolicy] = field(default_factory=dict)
 
     def lookup(self, qname: bytes) -> CompiledPolicy | None:
-        """Exact name first, then the longest '*.suffix' wildcard with the name strictly below.
+        """Exact name first, then a slice's debug name, then the longest '*.suffix'
+        wildcard with the name strictly below.
 
         ``qname`` is lower-cased wire format (``Query.qname``).
         """
         hit = self.exact.get(qname)
-        if hit is not None or not self.wildcard_lengths:
+        if hit is not None:
             return hit
+        if self.debug:
+            hit = self.debug.get(qname)
+            if hit is not None:
+                return hit
+        if not self.wildcard_lengths:
+            return None
         size = len(qname)
         wildcards = self.wildcards
         for length in self.wildcard_lengths:
@@ -666,12 +794,23 @@ class Snapshot:
         return [*self.exact.values(), *self.wildcards.values()]
 
 
+def debug_index(exact: Mapping[bytes, CompiledPolicy]) -> dict[bytes, CompiledPolicy]:
+    """``Snapshot.debug`` for these policies: a policy of that very name keeps it."""
+    return {
+        name: variant
+        for compiled in exact.values()
+        for name, variant in compiled.debug_names.items()
+        if name not in exact
+    }
+
+
 def compile_snapshot(
     policies: Sequence[Policy],
     revision: int = 0,
     *,
     weights: Mapping[str, Mapping[str, int]] | None = None,
     canary_shares: Mapping[str, int] | None = None,
+    context: CompileContext = NO_CONTEXT,
 ) -> Snapshot:
     """Compile a validated policy set; raises PolicyError if names or domains repeat.
 
@@ -682,6 +821,8 @@ def compile_snapshot(
 
     ``canary_shares``: the canary group's percent of the answers per policy name (the
     controller's rollouts); a canary policy not named answers by its weights as written.
+
+    ``context``: what the compiling agent knows of itself (its node labels, for slices).
     """
     check_policy_set(list(policies))
     exact: dict[bytes, CompiledPolicy] = {}
@@ -690,10 +831,10 @@ def compile_snapshot(
     shares = canary_shares or {}
     for policy in policies:
         share = shares.get(policy.name)
-        compiled = CompiledPolicy(policy, revision, overrides.get(policy.name), share)
+        compiled = CompiledPolicy(policy, revision, overrides.get(policy.name), share, context)
         if compiled.wildcard:
             wildcards[compiled.zone] = compiled
         else:
             exact[compiled.zone] = compiled
     lengths = tuple(sorted({len(key) for key in wildcards}, reverse=True))
-    return Snapshot(revision, exact, wildcards, lengths)
+    return Snapshot(revision, exact, wildcards, lengths, debug_index(exact))

@@ -163,7 +163,12 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--node-name", help="this node's name (default: the hostname)")
     group.add_argument(
-        "--label", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="this node's label (repeatable): sent to the controller, and what policy "
+        "slices with match.node_labels are decided by (also without --controller)",
     )
     group.add_argument(
         "--state-dir",

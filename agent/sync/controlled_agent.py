@@ -27,6 +27,7 @@ from agent.sync.policy_sources import LocalPolicyWatcher, PolicySources
 from agent.sync.state_file import StateDir
 from dnsmesh.drains import DrainSet
 from dnsmesh.probing import Assignment
+from dnsmesh.snapshot import CompileContext
 
 
 class SyncedAgent:
@@ -45,7 +46,11 @@ class SyncedAgent:
             drains=self._drains,
             scope=self.scope,
         )
-        self.sources = PolicySources(self.server.apply_snapshot, self._local_changed)
+        self.sources = PolicySources(
+            self.server.apply_snapshot,
+            self._local_changed,
+            CompileContext(config.labels or sync.labels),
+        )
         self.state_dir = StateDir(sync.state_dir)
         self.sync_config = sync
         self.rng = rng

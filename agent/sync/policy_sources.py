@@ -38,8 +38,8 @@ from dnsmesh.protocol import (
     SnapshotMessage,
     apply_update,
 )
+from dnsmesh.snapshot import NO_CONTEXT, CompileContext, compile_snapshot
 from dnsmesh.snapshot import Snapshot as CompiledSnapshot
-from dnsmesh.snapshot import compile_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,10 @@ class PolicySources:
         self,
         publish: Callable[[CompiledSnapshot], None],
         on_local_changed: Callable[[], None] | None = None,
+        context: CompileContext = NO_CONTEXT,
     ) -> None:
         self.publish = publish
+        self.context = context  # this node's labels, for slices
         self.local: list[SourcedPolicy] = []
         self.running = AppliedState.empty()
         self.on_local_changed = on_local_changed
@@ -156,7 +158,9 @@ class PolicySources:
         # file's canary answers by its weights as written (no engine moves it).
         shares = {p.name: state.rollouts.get(p.name, 0) for p in served if p.spec.canary}
         policies = [s.policy for s in local] + served
-        return compile_snapshot(policies, state.revision, canary_shares=shares)
+        return compile_snapshot(
+            policies, state.revision, canary_shares=shares, context=self.context
+        )
 
     def _log_shadowing(self, before: Sequence[ShadowedPolicy]) -> None:
         after = self.shadowed

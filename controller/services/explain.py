@@ -28,7 +28,7 @@ from dnsmesh import explain as ex
 from dnsmesh.drains import DrainSet
 from dnsmesh.health import EndpointHealth
 from dnsmesh.policy import Policy, check_policy_set, parse_policy
-from dnsmesh.snapshot import compile_snapshot
+from dnsmesh.snapshot import NO_CONTEXT, CompileContext, compile_snapshot
 
 SOURCE = "controller"
 # What a node's last report of an ejected endpoint stands for in decide_policy: ejected.
@@ -56,6 +56,9 @@ class _State:
     node: dict[str, Any] | None
     ejected: frozenset[str]
     rollouts: dict[str, tuple[int, int, str]]  # policy -> (share, step, state)
+    # The node's labels as its agent last said hello with (node-label slices); none
+    # without a node: such slices are left out, as on a node without those labels.
+    context: CompileContext = NO_CONTEXT
 
 
 class ExplainService:
@@ -66,14 +69,18 @@ class ExplainService:
         """GET /v1/explain: NotFound for no such policy (by name or DNS name) or node."""
         state = self.db.read(lambda session: self._state(session, node))
         policy = next((p for p in state.policies if p.name == name), None)
+        debug_label: str | None = None
         if policy is None:
-            # A DNS name: the snapshot's own lookup decides which policy answers it. Only
-            # then is every policy compiled (a name is found without compiling any).
-            found = ex.resolve(compile_snapshot(state.policies, state.revision), name)
+            # A DNS name: the snapshot's own lookup decides which policy answers it (a
+            # slice's debug name included). Only then is every policy compiled (a name is
+            # found without compiling any).
+            snapshot = compile_snapshot(state.policies, state.revision, context=state.context)
+            found = ex.resolve(snapshot, name)
             if found is None:
                 raise NotFound(f"no policy is called or answers {name!r}")
             policy = found.policy
-        return self._explain(policy, client, state).to_json()
+            debug_label = found.debug_label
+        return self._explain(policy, client, state, debug_label).to_json()
 
     def what_if(self, document: object, client: str, node: str | None = None) -> dict[str, Any]:
         """POST /v1/explain: the proposed ``document`` against the policy of that name as
@@ -87,7 +94,9 @@ class ExplainService:
         before = self._explain(current, client, state) if current is not None else None
         return ex.what_if(before, self._explain(proposed, client, state))
 
-    def _explain(self, policy: Policy, client: str, state: _State) -> ex.Explanation:
+    def _explain(
+        self, policy: Policy, client: str, state: _State, debug_label: str | None = None
+    ) -> ex.Explanation:
         drained = state.drains.of(policy.name)
         health = dict.fromkeys(state.ejected, _REPORTED_EJECTED)
         canary = policy.spec.canary
@@ -102,6 +111,8 @@ class ExplainService:
             down=state.down,
             drained=drained,
             canary_share=share,
+            context=state.context,
+            debug_label=debug_label,
         )
         explanation = ex.explain(
             compiled,
@@ -113,6 +124,9 @@ class ExplainService:
             all_down=all_down,
             node=state.node,
         )
+        if state.node is None and any(s.match.node_labels for s in policy.spec.slices):
+            note = "slices with match.node_labels are left out: give a node to include them"
+            explanation = replace(explanation, notes=(*explanation.notes, note))
         if canary is None:
             return explanation
         rollout: dict[str, Any] = {"group": canary.group, "share": share, "state": None}
@@ -123,8 +137,10 @@ class ExplainService:
     def _state(self, session: Session, node: str | None) -> _State:
         node_json: dict[str, Any] | None = None
         ejected: frozenset[str] = frozenset()
+        context = NO_CONTEXT
         if node is not None:
             agent = _agent_on(session, node)
+            context = CompileContext(dict(agent.labels))
             reports = list(
                 session.scalars(
                     select(EndpointHealthRow).where(EndpointHealthRow.agent_id == agent.agent_id)
@@ -147,6 +163,7 @@ class ExplainService:
             node=node_json,
             ejected=ejected,
             rollouts={r.policy_name: (r.share, r.step, r.state) for r in rollout_rows(session)},
+            context=context,
         )
 
 
