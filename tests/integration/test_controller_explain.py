@@ -73,3 +73,36 @@ def test_what_if_of_an_invalid_or_clashing_document_is_422_naming_the_field(api:
     assert "spec.endpoints[0].weight" in paths
     clash = policy_doc("other", domain="checkout.mesh.internal")  # the domain of checkout
     assert api.post("/v1/explain", params={"client": "127.0.0.1"}, json=clash).status_code == 422
+
+
+def test_explain_with_a_node_uses_its_labels_for_node_label_slices(api: Api) -> None:
+    doc = policy_doc()
+    doc["spec"]["slices"] = [
+        {
+            "id": "zone-a",
+            "match": {"node_labels": {"zone": "a"}},
+            "strategy": "sticky",
+            "ttl": 3,
+            "weights": {"127.0.10.2": 40},
+        },
+        {"id": "preview", "match": {"debug_label": "preview"}, "groups": ["v2"]},
+    ]
+    doc["spec"]["unmatched"] = "refuse"
+    assert api.post("/v1/policies", json=doc).status_code == 201
+    for agent_id, node, zone in (("a1", "node-a", "a"), ("b1", "node-b", "b")):
+        hello = {"node_name": node, "labels": {"zone": zone}, "software": "test", "revision": 0}
+        assert api.post(f"/v1/agents/{agent_id}/ack", "agent", json=hello).status_code == 200
+    on_a = explain(api, name="checkout", client="10.1.2.3", node="node-a").json()
+    assert (on_a["slice"], on_a["strategy"], on_a["ttl"]) == ("zone-a", "sticky", 3)
+    assert on_a["weights"] == {"127.0.10.2": 40}
+    assert {c["address"]: c["weight"] for c in on_a["candidates"]} == {
+        "127.0.10.1": 90,
+        "127.0.10.2": 40,
+    }
+    on_b = explain(api, name="checkout", client="10.1.2.3", node="node-b").json()
+    assert on_b["action"] == "refuse" and on_b["slice"] == "_default"
+    no_node = explain(api, name="checkout", client="10.1.2.3").json()
+    assert any("node_labels" in note for note in no_node["notes"])
+    preview = explain(api, name="preview.checkout.mesh.internal", client="10.1.2.3").json()
+    assert (preview["slice"], preview["debug_label"]) == ("preview", "preview")
+    assert preview["distribution"]["A"]["answer"] == ["127.0.10.2"]
