@@ -54,7 +54,8 @@ _POLICY_BODY: dict[str, Any] = {
 _SLICE_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "a slice: {id, match: {client_cidrs}, groups?, action?}",
+        "description": "a slice: {id, match: {client_cidrs?, node_labels?, debug_label?}, "
+        "groups?, action?, strategy?, ttl?, answers?, weights?}",
         "content": {"application/json": {"schema": {"type": "object"}}},
     }
 }

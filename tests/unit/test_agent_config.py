@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 
-from agent.config import HostPort, parse_host_port
+from agent.cli import add_agent_commands
+from agent.config import HostPort, config_from_args, parse_host_port
 from agent.resolvconf import is_self, parse_resolv_conf, upstreams_from_resolv_conf
 from agent.sync.config import parse_labels
 from dnsmesh.errors import ConfigError
@@ -103,3 +105,18 @@ def test_agent_labels_are_held_to_the_limits_the_controller_checks() -> None:
             parse_labels(refused)
     with pytest.raises(ConfigError, match="--label"):
         parse_labels([f"k{i}=v" for i in range(MAX_LABELS + 1)])
+
+
+def _agent_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_agent_commands(parser.add_subparsers(), argparse.ArgumentParser(add_help=False))
+    return parser.parse_args(["agent", *argv])
+
+
+def test_labels_reach_the_config_without_a_controller() -> None:
+    # node-label slices are decided by them, so they count for an agent of files only
+    config = config_from_args(_agent_args("--label", "zone=a", "--label", "rack = 7"))
+    assert config.labels == {"zone": "a", "rack": "7"}
+    assert config_from_args(_agent_args()).labels == {}
+    with pytest.raises(ConfigError, match="--label"):
+        config_from_args(_agent_args("--label", "no-equals-sign"))
