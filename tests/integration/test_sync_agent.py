@@ -103,6 +103,28 @@ def test_pushed_policies_are_answered_and_the_agent_is_reported(
     )
 
 
+def test_pushed_node_label_slices_follow_the_agents_labels(
+    mesh: tuple[Controller, Rest, dict[str, str]], start_synced: Callable[..., Synced]
+) -> None:
+    controller, rest, tokens = mesh
+    doc = policy("web", ["127.0.10.1", "127.0.10.2", "127.0.10.3"])
+    doc["spec"]["slices"] = [
+        {"id": "t2", "match": {"node_labels": {"zone": "t2"}}, "weights": {"127.0.10.3": 0}},
+        {
+            "id": "t1",
+            "match": {"node_labels": {"zone": "t1"}},
+            "weights": {"127.0.10.1": 0, "127.0.10.2": 0},
+        },
+    ]
+    rest.put(doc)
+    # the harness's agent says hello with zone=t1: its slice (127.0.10.3 only) answers
+    agent = start_synced(controller.url, tokens["agent"])
+    wait_until(lambda: agent.resolve("web.mesh.internal") == ["127.0.10.3"], 5, "the zone t1 slice")
+    # every answer, not one by chance (the default view would draw among all three)
+    answers = {tuple(agent.resolve("web.mesh.internal") or ()) for _ in range(30)}
+    assert answers == {("127.0.10.3",)}
+
+
 @pytest.mark.parametrize(("token", "status"), [("viewer", 403), ("unknown", 401)])
 def test_a_refused_token_is_fatal_retried_slowly_and_the_state_file_still_answers(
     mesh: tuple[Controller, Rest, dict[str, str]],
