@@ -12,6 +12,7 @@ import dns.message
 import dns.rcode
 import pytest
 
+from cli.explain import explain_table
 from dnsmesh.dnswire import name_to_wire
 from dnsmesh.errors import PolicyError
 from dnsmesh.explain import compile_with_state, explain
@@ -401,3 +402,14 @@ def test_served_share_uses_the_slice_weights() -> None:
 def test_debug_names_are_exact_only() -> None:
     snap = compiled(DEBUG_SLICES)
     assert set(snap.debug) == {name_to_wire(f"beta.{DOMAIN}")}
+
+
+def test_the_explain_table_names_the_slice_rules() -> None:
+    slices = [
+        {"id": "beta", "match": {"debug_label": "beta"}, "ttl": 4, "weights": {"10.0.2.10": 3}},
+    ]
+    debug, _ = compile_with_state(sliced(slices), 1, debug_label="beta")
+    table = explain_table(explain(debug, "10.9.0.1", source="test").to_json())
+    assert "slice beta, answer, strategy weighted, 1 answer(s), ttl 4" in table
+    assert f"asked as beta.{DOMAIN} (debug label)" in table
+    assert "slice weights 10.0.2.10=3" in table
