@@ -335,7 +335,28 @@ class Safety(_Strict):
 
 
 class SliceMatch(_Strict):
-    client_cidrs: list[IPNetwork] = Field(min_length=1)
+    client_cidrs: list[IPNetwork] = Field(default_factory=list)
+    # The client network a trusted forwarder names in an EDNS Client Subnet option (RFC 7871);
+    # never the address a query came from (dnsmesh/snapshot.py, CompiledPolicy._match).
+    # Unset (None) stays out of the stored document, which reads back as it was written.
+    ecs_cidrs: list[IPNetwork] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> SliceMatch:
+        if not self.client_cidrs and not self.ecs_cidrs:
+            raise consistency_error(
+                type(self).__name__,
+                [(("client_cidrs",), "a slice matches client_cidrs or ecs_cidrs: give one")],
+            )
+        return self
+
+
+class ResourceLimits(_Strict):
+    """What one agent answers for a slice at most: a token bucket of ``burst`` queries,
+    refilled at ``qps`` a second (dnsmesh/slicelimit.py)."""
+
+    qps: float = Field(gt=0, le=1_000_000)
+    burst: int = Field(ge=1, le=1_000_000)
 
 
 class Slice(_Strict):
@@ -343,12 +364,22 @@ class Slice(_Strict):
     match: SliceMatch
     groups: list[GroupName] | None = Field(default=None, min_length=1)
     action: SliceAction = SliceAction.ANSWER
+    resource_limits: ResourceLimits | None = None
 
     @model_validator(mode="after")
     def _refuse_takes_no_groups(self) -> Slice:
         if self.action is SliceAction.REFUSE and self.groups is not None:
             raise consistency_error(
                 type(self).__name__, [(("groups",), "a slice with action 'refuse' takes no groups")]
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_takes_no_limits(self) -> Slice:
+        if self.action is SliceAction.REFUSE and self.resource_limits is not None:
+            raise consistency_error(
+                type(self).__name__,
+                [(("resource_limits",), "a slice with action 'refuse' answers nothing to limit")],
             )
         return self
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, NamedTuple
 
 from dnsmesh.dnswire import (
@@ -53,6 +53,7 @@ from dnsmesh.selection import (
     pick_sticky,
     sticky_key,
 )
+from dnsmesh.slicelimit import BucketKey, SliceBucket
 
 # Per-client memo tables are cleared when they reach this size: a flood of distinct source
 # addresses costs a re-parse each, never unbounded memory.
@@ -369,6 +370,8 @@ class View:
     configured: Sequence[Endpoint] = ()
     strategy: Strategy = Strategy.WEIGHTED
     _made: dict[int, tuple[Candidate, ...]] = field(default_factory=dict, compare=False)
+    # The slice's resource_limits (dnsmesh/slicelimit.py); None: answered without a limit.
+    limit: SliceBucket | None = None
 
     def candidates(self, family: int) -> tuple[Candidate, ...]:
         """The candidates of family 4 or 6, made on first use. Only the query log's writer
@@ -425,11 +428,13 @@ class CompiledPolicy:
 
     __slots__ = (
         "_default",
+        "_ecs_cidrs",
         "_memo",
         "_slice_ids",
         "_slices",
         "_soa",
         "_ttl",
+        "by_client",
         "canary_share",
         "domain",
         "name",
@@ -501,12 +506,27 @@ class CompiledPolicy:
                     slice_.id,
                     split,
                 )
+                if slice_.resource_limits is not None:
+                    view = replace(view, limit=SliceBucket(slice_.resource_limits))
             slices.append((tuple(slice_.match.client_cidrs), view))
         self._slices = tuple(slices)
+        # Each slice's ecs_cidrs, in slice order; () when no slice has any.
+        ecs_cidrs = tuple(tuple(slice_.match.ecs_cidrs or ()) for slice_ in spec.slices)
+        self._ecs_cidrs = ecs_cidrs if any(ecs_cidrs) else ()
         self._memo: dict[str, View] = {}
+        # Whether the answer depends on who asks: an ECS answer's scope (agent/handlers/policy.py).
+        self.by_client = answers_by_client(policy, split)
 
     def __repr__(self) -> str:
         return f"CompiledPolicy({self.name!r}, {self.domain!r})"
+
+    def buckets(self) -> list[tuple[BucketKey, SliceBucket]]:
+        """The token buckets of its slices' resource limits, by (policy, slice id)."""
+        return [
+            ((self.name, view.slice or DEFAULT_SLICE), view.limit)
+            for _, view in self._slices
+            if view.limit is not None
+        ]
 
     def take_answered(self) -> dict[tuple[str, str], int]:
         """Answers per (slice id or DEFAULT_SLICE, endpoint address) since the last call."""
@@ -522,6 +542,8 @@ class CompiledPolicy:
 
     def view_for(self, client: str) -> View:
         """The first slice whose client_cidrs contain ``client``, else the default view.
+        ``client`` is an address, or an ECS network (``ClientSubnet.key``: "10.8.0.0/24",
+        from a trusted forwarder), which ecs_cidrs match as well (``_match``).
 
         Memoised per client string: parsing an address and testing networks costs
         microseconds, a dict hit tens of nanoseconds. An unparseable client matches no slice.
@@ -546,15 +568,18 @@ class CompiledPolicy:
         return self._memo.get(client) or self._match(client)
 
     def _match(self, client: str) -> View:
+        # A "/" is in an ECS network's text only, never in a socket's address.
+        subnet = "/" in client
         try:
-            address = ipaddress.ip_address(client)
+            address = ipaddress.ip_address(client.partition("/")[0] if subnet else client)
         except ValueError:
             return self._default
         candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [address]
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             candidates.append(address.ipv4_mapped)  # a v4 client on a dual-stack socket
-        for networks, view in self._slices:
-            for network in networks:
+        ecs = self._ecs_cidrs if subnet else ()
+        for index, (networks, view) in enumerate(self._slices):
+            for network in (*networks, *ecs[index]) if ecs else networks:
                 for candidate in candidates:
                     if candidate in network:
                         return view
@@ -566,7 +591,8 @@ class CompiledPolicy:
         A/AAAA: records of that family picked per the strategy; any other type, or a family
         with no endpoints: NOERROR/NODATA with the synthesised SOA (RFC 2308 §2.2), never
         NXDOMAIN, since the name exists. A class other than IN is REFUSED: we hold data only
-        for IN. A slice with action refuse answers REFUSED with EDE 18 (RFC 8914 §4.19).
+        for IN. A slice with action refuse answers REFUSED with EDE 18 (RFC 8914 §4.19);
+        a slice over its resource_limits answers REFUSED with EDE 0 naming it (``_over_limit``).
         """
         msg_id, query_flags, _qname, question, qtype, qclass, payload, dnssec_ok, _limit = query
         if qclass != CLASS_IN:
@@ -575,6 +601,8 @@ class CompiledPolicy:
             view = self.view_for(client)
             if view.refuse:
                 return build_error(query, RCODE_REFUSED, ede=(EDE_PROHIBITED, ""))
+            if view.limit is not None and not view.limit.allow():
+                return build_error(query, RCODE_REFUSED, ede=_over_limit(view))
         else:
             view = self._default
         if qtype == TYPE_A:
@@ -618,6 +646,22 @@ class ServfailPolicy(CompiledPolicy):
         if self._slices and self.view_for(client).refuse:
             return build_error(query, RCODE_REFUSED, ede=(EDE_PROHIBITED, ""))
         return build_error(query, RCODE_SERVFAIL, ede=self._ede)
+
+
+def answers_by_client(policy: Policy, split: SplitSettings | None) -> bool:
+    """Whether the answer depends on who asks (an address or an ECS network): slices that
+    match on addresses, sticky picks, or a canary/split whose cohorts follow the client."""
+    spec = policy.spec
+    if any(slice_.match.client_cidrs or slice_.match.ecs_cidrs for slice_ in spec.slices):
+        return True
+    return spec.strategy is Strategy.STICKY or (split is not None and split.by_client)
+
+
+def _over_limit(view: View) -> tuple[int, str]:
+    """The EDE of a query refused by its slice's resource_limits. RFC 8914 has no code for
+    a quota: 18 Prohibited says the client is not authorised, which it is (it is answered
+    again once the bucket refills), so 0 Other with EXTRA-TEXT naming the slice (§4.1)."""
+    return EDE_OTHER, f"over the resource limits of slice {view.slice}"
 
 
 def _at_label_start(qname: bytes, offset: int) -> bool:
@@ -664,6 +708,10 @@ class Snapshot:
 
     def policies(self) -> list[CompiledPolicy]:
         return [*self.exact.values(), *self.wildcards.values()]
+
+    def buckets(self) -> list[tuple[BucketKey, SliceBucket]]:
+        """Every slice's token bucket (resource_limits), by (policy, slice id)."""
+        return [pair for compiled in self.policies() for pair in compiled.buckets()]
 
 
 def compile_snapshot(

@@ -54,7 +54,10 @@ _POLICY_BODY: dict[str, Any] = {
 _SLICE_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "a slice: {id, match: {client_cidrs}, groups?, action?}",
+        "description": (
+            "a slice: {id, match: {client_cidrs?, ecs_cidrs?}, groups?, action?, "
+            "resource_limits?: {qps, burst}}"
+        ),
         "content": {"application/json": {"schema": {"type": "object"}}},
     }
 }
