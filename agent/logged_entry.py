@@ -106,13 +106,15 @@ class LoggedQueryEntry(QueryEntry):
         return query
 
     def _ecs_policy(self, found: WithEcs, client: str) -> tuple[str, bytes] | None:
+        """The line of a policy answer for a trusted forwarder's ECS network names that
+        network as the client: it is the client the policy answered (its slice, its pick)."""
         begun = perf_counter()
         answered = super()._ecs_policy(found, client)
         if answered is not None:
             source, wire = answered
             decided = self._policies.decided if source == Source.POLICY else None
             reason = "" if source == Source.POLICY else _INTERNAL
-            self._add(begun, client, found.query, source, wire, decided, reason)
+            self._add(begun, found.subnet.key, found.query, source, wire, decided, reason)
         return answered
 
     async def forward(

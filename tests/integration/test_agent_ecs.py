@@ -5,6 +5,7 @@ refuses the rest, as /metrics counts."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -20,9 +21,14 @@ import dns.rcode
 import httpx
 import pytest
 
-from tests.integration.conftest import AgentProcess, policy_yaml
+from agent.querylog_config import QueryLogConfig
+from dnsmesh.admission import parse_network
+from dnsmesh.cookies import OPTION_COOKIE
+from tests.integration.conftest import AgentProcess, RunningAgent, policy_yaml
+from tests.support.polling import wait_until
 
 Spawn = Callable[..., AgentProcess]
+StartAgent = Callable[..., RunningAgent]
 TRUSTED = "127.0.0.1"  # the forwarder the agent is told to trust
 UNTRUSTED = "127.0.0.3"
 LIMITED = "127.0.0.5"  # the one client of the limited slice
@@ -149,3 +155,30 @@ def test_a_limited_slice_answers_its_burst_and_refuses_the_rest(agent: AgentProc
     assert {_ask(agent, "web.mesh.test", UNTRUSTED).rcode() for _ in range(10)} == {
         dns.rcode.NOERROR
     }
+
+
+def test_ecs_with_a_cookie_over_tcp_and_its_query_log_line(
+    tmp_path: Path, start_agent: StartAgent
+) -> None:
+    policies = tmp_path / "web.yaml"
+    policies.write_text(policy_yaml("web", "web.mesh.test", ENDPOINTS, slices=SLICES))
+    log = tmp_path / "queries.log"
+    agent = start_agent(
+        policies=policies,
+        query_log=QueryLogConfig(str(log)),
+        trust_ecs_from=(parse_network(f"{TRUSTED}/32"),),
+    )
+    options = [
+        dns.edns.GenericOption(OPTION_COOKIE, b"c" * 8),
+        dns.edns.ECSOption("10.8.3.0", 24),
+    ]
+    query = dns.message.make_query("web.mesh.test", "A", use_edns=0, options=options)
+    reply = dns.query.tcp(query, agent.host, port=agent.port, timeout=3, source=TRUSTED)
+    assert _addresses(reply) == ["10.3.0.2"]
+    echoed = _subnet(reply)
+    assert echoed is not None and echoed.scopelen == 24
+    assert [o for o in reply.options if isinstance(o, dns.edns.CookieOption)]
+    lines = wait_until(lambda: log.exists() and log.read_text().splitlines(), 5.0, "a line")
+    line = json.loads(lines[0])
+    assert (line["source"], line["client"]) == ("policy", "10.8.3.0/24")
+    assert line["decision"]["slice"] == "beta"
