@@ -24,6 +24,11 @@ option pays nothing for all this: the parse raises ``WithCookie`` for one that h
 (dnsmesh/dnswire.py), and the cookie path answers the query without its option as any
 other and adds our cookie to the answer.
 
+EDNS Client Subnet (RFC 7871; dnsmesh/ecs.py) takes the same road: the parse raises
+``WithEcs`` for a query with the option, and from a forwarder ``trust_ecs`` names a policy
+name is answered for the network the option names, the option (with its scope) in the
+answer; any other query with the option is answered as the query without it.
+
 It counts every query it decides, by source, query type, RCODE and latency, in the plain
 lists of agent/tally.py; /metrics reads them at scrape time (agent/metrics/collector.py).
 
