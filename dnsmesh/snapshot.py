@@ -523,8 +523,8 @@ class CompiledPolicy:
     def buckets(self) -> list[tuple[BucketKey, SliceBucket]]:
         """The token buckets of its slices' resource limits, by (policy, slice id)."""
         return [
-            ((self.name, view.slice or DEFAULT_SLICE), view.limit)
-            for _, view in self._slices
+            ((self.name, slice_id), view.limit)
+            for slice_id, (_, view) in zip(self._slice_ids, self._slices, strict=True)
             if view.limit is not None
         ]
 
