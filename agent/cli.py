@@ -104,6 +104,14 @@ def add_agent_commands(
         help="of the queries over the limit, every N-th gets TC=1; 0 drops them all",
     )
     door.add_argument(
+        "--trust-ecs-from",
+        metavar="CIDR",
+        action="append",
+        help="forwarders whose EDNS Client Subnet option names the client (repeatable): "
+        "policy slices match the network it names, and the answer carries its scope. "
+        "Default none: ECS is ignored",
+    )
+    door.add_argument(
         "--amplification-factor",
         type=int,
         default=10,

@@ -243,6 +243,8 @@ class AgentConfig:
     rate_limit_v6_prefix: int = 64
     rate_limit_slip: int = 2  # every 2nd query over the limit gets TC=1, the rest dropped
     amplification_factor: int = 10  # UDP answers over 512 octets: at most this x the query
+    # Forwarders whose ECS option (RFC 7871) stands for the client (--trust-ecs-from).
+    trust_ecs_from: tuple[Network, ...] = ()
     # The admin listener (/metrics, /healthz, /readyz, agent/metrics/admin.py); None: none.
     admin_listen: HostPort | None = HostPort("127.0.0.1", ADMIN_PORT)
     # Clients the guard trusts: loopback cannot be forged from the wire, and the node's own
@@ -322,6 +324,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         check_socket_mark(socket_mark)
     allow = _networks("--allow", args.allow) if args.allow else None
     exempt = _networks("--rate-limit-exempt", args.rate_limit_exempt or [])
+    trust_ecs_from = _networks("--trust-ecs-from", getattr(args, "trust_ecs_from", None) or [])
     if args.rate_limit < 0 or args.rate_limit_burst < 0 or args.rate_limit_slip < 0:
         raise ConfigError(
             "--rate-limit, --rate-limit-burst and --rate-limit-slip cannot be negative"
@@ -368,6 +371,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         rate_limit_v6_prefix=args.rate_limit_prefix_v6,
         rate_limit_slip=args.rate_limit_slip,
         amplification_factor=args.amplification_factor,
+        trust_ecs_from=trust_ecs_from,
         cookie_secret=secret,
         cookie_secret_file=Path(secret_file) if secret_file is not None else None,
         upstream_cookies=getattr(args, "upstream_cookies", False),

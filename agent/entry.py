@@ -24,6 +24,11 @@ option pays nothing for all this: the parse raises ``WithCookie`` for one that h
 (dnsmesh/dnswire.py), and the cookie path answers the query without its option as any
 other and adds our cookie to the answer.
 
+EDNS Client Subnet (RFC 7871; dnsmesh/ecs.py) takes the same road: the parse raises
+``WithEcs`` for a query with the option, and from a forwarder ``trust_ecs`` names a policy
+name is answered for the network the option names, the option (with its scope) in the
+answer; any other query with the option is answered as the query without it.
+
 It counts every query it decides, by source, query type, RCODE and latency, in the plain
 lists of agent/tally.py; /metrics reads them at scrape time (agent/metrics/collector.py).
 
@@ -66,6 +71,7 @@ from dnsmesh.dnswire import (
     MalformedQuery,
     Query,
     WithCookie,
+    WithEcs,
     add_option,
     fit_udp,
     name_to_text,
@@ -105,11 +111,13 @@ class QueryEntry:
         limiter: RateLimiter | None = None,
         amplification_factor: int = 10,
         amplification_exempt: ClientAcl | None = None,
+        trust_ecs: ClientAcl | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         """``wall_clock`` stamps server cookies (Unix time, which agents sharing a secret
-        agree on); ``clock`` drives the rate limiter."""
+        agree on); ``clock`` drives the rate limiter. ``trust_ecs``: the forwarders whose
+        ECS option names the client (``--trust-ecs-from``; None: nobody's)."""
         self.max_inflight = max_inflight
         self.acl = acl
         # The ACL's memo of allowed clients, held here: the hot path tests membership only.
@@ -120,6 +128,7 @@ class QueryEntry:
         # Clients the guard trusts: by default loopback, which cannot be forged from the
         # wire (Linux drops packets from 127/8 or ::1 arriving on another interface).
         self.amplification_exempt = amplification_exempt or ClientAcl(())
+        self.trust_ecs = trust_ecs or ClientAcl(())
         self.clock = clock
         self.cookies = cookies
         self.wall_clock = wall_clock
@@ -170,6 +179,8 @@ class QueryEntry:
             return exc.reply
         except WithCookie as found:
             return self._answer_with_cookie(found, client)
+        except WithEcs as found:
+            return self._answer_with_ecs(found, client)
         if client not in self._admitted and not self.acl.allows(client):
             refusal = (
                 None
@@ -208,6 +219,38 @@ class QueryEntry:
         if isinstance(answer, Query):
             return CookieForward(answer, found.cookie)
         return answer
+
+    def _answer_with_ecs(self, found: WithEcs, client: str) -> bytes | Query | CookieForward | None:
+        """``answer_now`` for a query with an EDNS Client Subnet option (RFC 7871).
+
+        From an allowed client that ``--trust-ecs-from`` names, a policy name is answered
+        for the option's network, with the option in the answer (``_ecs_policy``). Anything
+        else is answered as the query without the option: a name no policy answers does
+        not depend on the client (forwarded without the option: RFC 7871 §7.3 takes an
+        answer without one for scope 0), and an untrusted sender's option is ignored.
+        The policy is asked before the special-use names, which no policy may hold.
+        """
+        answered = self._ecs_policy(found, client)
+        if answered is not None:
+            return answered[1]
+        return self.answer_now(found.plain, client)
+
+    def _ecs_policy(self, found: WithEcs, client: str) -> tuple[str, bytes] | None:
+        """(its source, the answer) of a policy name asked for a trusted forwarder's ECS
+        network, counted; None when the query is not one (``_answer_with_ecs``)."""
+        policies = self.pipeline.policies
+        if policies is None or not self.trust_ecs.allows(client) or not self.acl.allows(client):
+            return None
+        start = self._sample_start()
+        query = found.query
+        try:
+            wire = policies.answer_ecs(query, found.subnet)
+        except Exception as exc:
+            return Source.ERROR, self._failed(query, client, "handler", exc, start)
+        if wire is None:
+            return None
+        self.tallies[Source.POLICY].add(QTYPE_INDEX[query.qtype], wire[3] & 0x0F, start)
+        return Source.POLICY, wire
 
     async def forward(
         self, pending: Query | CookieForward, client: str, udp_size: int | None

@@ -27,7 +27,14 @@ from agent.tally import (
     rcode_of,
 )
 from dnsmesh import dnswire
-from dnsmesh.dnswire import MalformedQuery, Query, WithCookie, parse_query, parse_query_and_cookie
+from dnsmesh.dnswire import (
+    MalformedQuery,
+    Query,
+    WithCookie,
+    WithEcs,
+    parse_query,
+    parse_query_and_cookie,
+)
 
 _INTERNAL = "internal error"
 
@@ -73,6 +80,8 @@ class LoggedQueryEntry(QueryEntry):
             return exc.reply
         except WithCookie as found:  # the plain query is answered (and logged) as any other
             return self._answer_with_cookie(found, client)
+        except WithEcs as found:  # likewise, but for a policy name a trusted forwarder asks
+            return self._answer_with_ecs(found, client)
         if client not in self._admitted and not self.acl.allows(client):
             refusal = (
                 None
@@ -95,6 +104,18 @@ class LoggedQueryEntry(QueryEntry):
             add(begun, client, query, Source.ERROR, failed, None, _INTERNAL)
             return failed
         return query
+
+    def _ecs_policy(self, found: WithEcs, client: str) -> tuple[str, bytes] | None:
+        """The line of a policy answer for a trusted forwarder's ECS network names that
+        network as the client: it is the client the policy answered (its slice, its pick)."""
+        begun = perf_counter()
+        answered = super()._ecs_policy(found, client)
+        if answered is not None:
+            source, wire = answered
+            decided = self._policies.decided if source == Source.POLICY else None
+            reason = "" if source == Source.POLICY else _INTERNAL
+            self._add(begun, found.subnet.key, found.query, source, wire, decided, reason)
+        return answered
 
     async def forward(
         self, pending: Query | CookieForward, client: str, udp_size: int | None

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from agent.answer_counts import AnswerCounts
 from dnsmesh.drains import NO_DRAINS, DrainSet
 from dnsmesh.reweigh import CONFIGURED, Compiled, Effective, reweigh
+from dnsmesh.slicelimit import carry_buckets
 from dnsmesh.snapshot import Snapshot, compile_snapshot
 
 
@@ -83,7 +84,8 @@ class ServedSnapshot:
     def _publish(self) -> None:
         old = self.snapshot
         effective = self.effective
-        self.snapshot = reweigh(  # the one assignment
-            self.base, effective.weights, self._compiled, effective.servfail
-        )
+        new = reweigh(self.base, effective.weights, self._compiled, effective.servfail)
+        # Before it is served: the slices' token buckets go on from where they were.
+        carry_buckets(old.buckets(), new.buckets())
+        self.snapshot = new  # the one assignment
         self.answers.retire(old, self.snapshot)

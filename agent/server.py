@@ -126,6 +126,7 @@ class AgentServer:
             limiter=build_limiter(config),
             amplification_factor=config.amplification_factor,
             amplification_exempt=ClientAcl(config.amplification_exempt),
+            trust_ecs=ClientAcl(config.trust_ecs_from),
             cookies=cookies,
             clock=clock,
         )

@@ -14,6 +14,7 @@ from typing import NamedTuple, NoReturn
 
 from dnsmesh.cookies import OPTION_COOKIE
 from dnsmesh.cookies import valid_length as valid_cookie_length
+from dnsmesh.ecs import OPTION_ECS, ClientSubnet, EcsError, parse_ecs
 from dnsmesh.errors import DnsmeshError
 
 RCODE_NOERROR = 0
@@ -126,6 +127,24 @@ class WithCookie(DnsmeshError):
         self.plain = plain
 
 
+class WithEcs(DnsmeshError):
+    """Raised by ``parse_query`` for a good query that carries an EDNS Client Subnet option
+    (RFC 7871), as ``WithCookie`` is for a COOKIE: ``query`` is the parse, ``subnet`` the
+    option (checked), ``plain`` the packet without it. A query with both raises
+    ``WithCookie`` first, whose ``plain`` still holds the ECS option.
+
+    Raised, not returned, for the reason ``WithCookie`` is: a query without the option
+    pays nothing. The entry (agent/entry.py) answers a policy name for ``subnet`` when the
+    sender is a trusted forwarder, and ``plain`` as any other query otherwise.
+    """
+
+    def __init__(self, query: Query, subnet: ClientSubnet, plain: bytes) -> None:
+        super().__init__("a query with an ECS option")
+        self.query = query
+        self.subnet = subnet
+        self.plain = plain
+
+
 class MalformedQuery(DnsmeshError):
     """The packet is not a query we answer normally; ``reply`` is what to send, if anything."""
 
@@ -169,9 +188,11 @@ def parse_query(packet: bytes) -> Query:
     tail = packet[11:]
     parsed = _TAILS.get(tail)
     if parsed is None:
-        parsed, cookie = _parse_tail(packet, arcount)
+        parsed, cookie, ecs = _parse_tail(packet, arcount)
         if cookie is not None:  # never memoised: see WithCookie
             raise WithCookie(_new_query(Query, (msg_id, flags) + parsed), *cookie)  # noqa: RUF005
+        if ecs is not None:  # never memoised either: see WithEcs
+            raise WithEcs(_new_query(Query, (msg_id, flags) + parsed), *ecs)  # noqa: RUF005
         if len(tail) <= TAIL_MEMO_MAX_OCTETS:
             if len(_TAILS) >= TAIL_MEMO_LIMIT:
                 _TAILS.clear()
@@ -188,9 +209,14 @@ def _reject_header(packet: bytes, flags: int) -> NoReturn:
     raise MalformedQuery("not exactly one question", _header_only(packet, RCODE_FORMERR))
 
 
-def _parse_tail(packet: bytes, arcount: int) -> tuple[_Tail, tuple[bytes, bytes] | None]:
+_Cookie = tuple[bytes, bytes] | None  # a COOKIE option's data, the packet without it
+_Subnet = tuple[ClientSubnet, bytes] | None  # an ECS option, the packet without it
+
+
+def _parse_tail(packet: bytes, arcount: int) -> tuple[_Tail, _Cookie, _Subnet]:
     """(qname, question, qtype, qclass, edns_payload, dnssec_ok, udp_limit) after the
-    header, and the COOKIE option's data and the packet without it, when there is one."""
+    header; the COOKIE option's data and the packet without it, when there is one; the
+    ECS option and the packet without it, when there is one."""
     size = len(packet)
     # Walk the question name. A query has nothing before its question to point at, so a
     # compression pointer (or an extended label type, RFC 6891 §5) here is malformed.
@@ -218,14 +244,13 @@ def _parse_tail(packet: bytes, arcount: int) -> tuple[_Tail, tuple[bytes, bytes]
     if arcount == 0:
         if end != size:
             raise MalformedQuery("trailing bytes", _header_only(packet, RCODE_FORMERR))
-        return (qname, question, qtype, qclass, None, False, 512), None
-    payload, dnssec_ok, cookie = _parse_opt(packet, end, question)
-    return (qname, question, qtype, qclass, payload, dnssec_ok, udp_limit_for(payload)), cookie
+        return (qname, question, qtype, qclass, None, False, 512), None, None
+    payload, dnssec_ok, cookie, ecs = _parse_opt(packet, end, question)
+    parsed = (qname, question, qtype, qclass, payload, dnssec_ok, udp_limit_for(payload))
+    return parsed, cookie, ecs
 
 
-def _parse_opt(
-    packet: bytes, end: int, question: bytes
-) -> tuple[int, bool, tuple[bytes, bytes] | None]:
+def _parse_opt(packet: bytes, end: int, question: bytes) -> tuple[int, bool, _Cookie, _Subnet]:
     """The query's one additional record must be an OPT (RFC 6891 §6.1.1) ending the packet."""
     size = len(packet)
     if end + 11 > size or packet[end] != 0:
@@ -236,17 +261,24 @@ def _parse_opt(
         raise MalformedQuery("bad OPT record", _header_only(packet, RCODE_FORMERR))
     pos = rdata
     cookie = None
+    subnet = None
     others = []  # the options but COOKIE, for the packet without it
+    no_ecs = []  # the options but ECS, for the packet without it
     while pos < size:  # each option must fit exactly (RFC 6891 §6.1.2)
         if pos + 4 > size:
             raise MalformedQuery("bad EDNS option", _header_only(packet, RCODE_FORMERR))
         code, length = _OPTION.unpack_from(packet, pos)
+        option = packet[pos : pos + 4 + length]
         if code != OPTION_COOKIE:
-            others.append(packet[pos : pos + 4 + length])
+            others.append(option)
         elif cookie is None:  # only the first counts (RFC 7873 §5.2), the others go too
             cookie = packet[pos + 4 : pos + 4 + length]
             if not valid_cookie_length(len(cookie)):
                 raise MalformedQuery("malformed COOKIE option", _formerr_with_opt(packet, question))
+        if code != OPTION_ECS:
+            no_ecs.append(option)
+        else:
+            subnet = _parse_subnet(packet, question, option[4:], subnet)
         pos += 4 + length
     if pos != size:
         raise MalformedQuery("bad EDNS option", _header_only(packet, RCODE_FORMERR))
@@ -256,20 +288,43 @@ def _parse_opt(
         reply = HEADER.pack(msg_id, FLAG_QR | (flags & _ECHO_MASK) | FLAG_RA, 1, 0, 0, 1)
         opt = _OPT_FIXED.pack(TYPE_OPT, EDNS_PAYLOAD, RCODE_BADVERS >> 4, 0, 0, 0)
         raise MalformedQuery("unsupported EDNS version", reply + question + b"\x00" + opt)
-    if cookie is None:
-        return payload, bool(opt_flags & _DO_BIT), None
-    kept = b"".join(others)
-    plain = packet[: end + 9] + struct.pack("!H", len(kept)) + kept
-    return payload, bool(opt_flags & _DO_BIT), (cookie, plain)
+    dnssec_ok = bool(opt_flags & _DO_BIT)
+    if cookie is not None:
+        return payload, dnssec_ok, (cookie, _with_options(packet, end, others)), None
+    if subnet is not None:
+        return payload, dnssec_ok, None, (subnet, _with_options(packet, end, no_ecs))
+    return payload, dnssec_ok, None, None
+
+
+def _parse_subnet(
+    packet: bytes, question: bytes, data: bytes, seen: ClientSubnet | None
+) -> ClientSubnet:
+    """An ECS option's data checked (RFC 7871 §6); a malformed one, or a second one (a
+    query is about one client), is FORMERR with the question and our OPT."""
+    if seen is not None:
+        raise MalformedQuery("more than one ECS option", _formerr_with_opt(packet, question))
+    try:
+        return parse_ecs(data)
+    except EcsError as exc:
+        raise MalformedQuery(str(exc), _formerr_with_opt(packet, question)) from None
+
+
+def _with_options(packet: bytes, end: int, options: list[bytes]) -> bytes:
+    """The packet with its OPT's options replaced by ``options`` (the OPT ends it)."""
+    kept = b"".join(options)
+    return packet[: end + 9] + struct.pack("!H", len(kept)) + kept
 
 
 def parse_query_and_cookie(packet: bytes) -> tuple[Query, bytes | None]:
     """``parse_query`` for the paths off the hot one: the query and its COOKIE option's
-    data (None without one). Raises MalformedQuery like it."""
+    data (None without one); an ECS option plays no part there. Raises MalformedQuery
+    like it."""
     try:
         return parse_query(packet), None
     except WithCookie as found:
         return found.query, found.cookie
+    except WithEcs as found:
+        return found.query, None
 
 
 def _formerr_with_opt(packet: bytes, question: bytes) -> bytes:

@@ -363,15 +363,28 @@ class SliceMatch(_Strict):
     node_labels: Labels | None = Field(default=None, min_length=1)
     # The query asks for DEBUG_LABEL.<domain> (debug routing: try a slice by name).
     debug_label: Annotated[str, Field(pattern=_DEBUG_LABEL_PATTERN)] | None = None
+    # The client network a trusted forwarder names in an EDNS Client Subnet option (RFC 7871);
+    # never the address a query came from (dnsmesh/snapshot.py, CompiledPolicy._match).
+    # Unset (None) stays out of the stored document, which reads back as it was written.
+    ecs_cidrs: list[IPNetwork] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _some_criterion(self) -> SliceMatch:
-        if self.client_cidrs is None and self.node_labels is None and self.debug_label is None:
+        criteria = (self.client_cidrs, self.node_labels, self.debug_label, self.ecs_cidrs)
+        if all(criterion is None for criterion in criteria):
             raise consistency_error(
                 type(self).__name__,
-                [((), "give at least one of client_cidrs, node_labels and debug_label")],
+                [((), "give at least one of client_cidrs, node_labels, debug_label and ecs_cidrs")],
             )
         return self
+
+
+class ResourceLimits(_Strict):
+    """What one agent answers for a slice at most: a token bucket of ``burst`` queries,
+    refilled at ``qps`` a second (dnsmesh/slicelimit.py)."""
+
+    qps: float = Field(gt=0, le=1_000_000)
+    burst: int = Field(ge=1, le=1_000_000)
 
 
 class Slice(_Strict):
@@ -386,6 +399,7 @@ class Slice(_Strict):
     weights: dict[str, Annotated[int, Field(ge=0, le=1_000_000)]] | None = Field(
         default=None, min_length=1, max_length=1024
     )
+    resource_limits: ResourceLimits | None = None
 
     @model_validator(mode="after")
     def _refuse_takes_no_answers(self) -> Slice:
@@ -393,7 +407,7 @@ class Slice(_Strict):
             return self
         problems: list[tuple[Location, str]] = [
             ((name,), "a slice with action 'refuse' takes no " + name)
-            for name in ("groups", "strategy", "ttl", "answers", "weights")
+            for name in ("groups", "strategy", "ttl", "answers", "weights", "resource_limits")
             if getattr(self, name) is not None
         ]
         if problems:

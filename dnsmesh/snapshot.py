@@ -20,7 +20,7 @@ import copy
 import ipaddress
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, NamedTuple
 
 from dnsmesh.dnswire import (
@@ -64,6 +64,7 @@ from dnsmesh.selection import (
     slice_weight,
     sticky_key,
 )
+from dnsmesh.slicelimit import BucketKey, SliceBucket
 
 # Per-client memo tables are cleared when they reach this size: a flood of distinct source
 # addresses costs a re-parse each, never unbounded memory.
@@ -74,6 +75,7 @@ _ECHO = FLAG_RD | FLAG_CD
 _pack_header = HEADER.pack
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class _Picker:
@@ -382,6 +384,8 @@ class View:
     answers: int = 1  # records per answer
     ttl: int = 0  # of its answers
     _made: dict[int, tuple[Candidate, ...]] = field(default_factory=dict, compare=False)
+    # The slice's resource_limits (dnsmesh/slicelimit.py); None: answered without a limit.
+    limit: SliceBucket | None = None
 
     def candidates(self, family: int) -> tuple[Candidate, ...]:
         """The candidates of family 4 or 6, made on first use. Only the query log's writer
@@ -472,8 +476,9 @@ class CompileContext:
 
 NO_CONTEXT = CompileContext()
 
-# A slice as the query path tests it: its client networks (None: every client) and view.
-_SliceEntry = tuple[tuple[Network, ...] | None, View]
+# A slice as the query path tests it: its client networks (None: every client), its ECS
+# networks (None: any query, with ECS or not) and its view.
+_SliceEntry = tuple[tuple[Network, ...] | None, tuple[Network, ...] | None, View]
 
 
 # The label of the answers given by a policy's default view (no slice matched): not a valid
@@ -492,6 +497,7 @@ class CompiledPolicy:
         "_soa",
         "_ttl",
         "_views",
+        "by_client",
         "canary_share",
         "context",
         "debug_label",
@@ -578,17 +584,23 @@ class CompiledPolicy:
                     slice_.id,
                     split,
                 )
+                if slice_.resource_limits is not None:
+                    view = replace(view, limit=SliceBucket(slice_.resource_limits))
             views.append((slice_.id, view))
             networks = None if match.client_cidrs is None else tuple(match.client_cidrs)
+            ecs_networks = None if match.ecs_cidrs is None else tuple(match.ecs_cidrs)
+            entry = (networks, ecs_networks, view)
             if match.debug_label is None:
-                plain.append((networks, view))
+                plain.append(entry)
             else:
-                debug.setdefault(match.debug_label, []).append((networks, view))
+                debug.setdefault(match.debug_label, []).append(entry)
         self._views = tuple(views)
         self._slices: tuple[_SliceEntry, ...] = tuple(plain)
         # Whether respond must pick a view at all: the one test on a policy hit.
         self._sliced = bool(self._slices) or self._default.refuse
         self._memo: dict[str, View] = {}
+        # Whether the answer depends on who asks: an ECS answer's scope (agent/handlers/policy.py).
+        self.by_client = answers_by_client(policy, split)
         self.debug_label: str | None = None
         # DEBUG.<domain> in wire form -> this policy answering as that label's slices
         # (Snapshot.debug, consulted after exact names): none for a wildcard policy.
@@ -618,6 +630,14 @@ class CompiledPolicy:
             return None
         return self.debug_names.get(name_to_wire(f"{label}.{self.domain}"))
 
+    def buckets(self) -> list[tuple[BucketKey, SliceBucket]]:
+        """The token buckets of its slices' resource limits, by (policy, slice id)."""
+        return [
+            ((self.name, slice_id), view.limit)
+            for slice_id, view in self._views
+            if view.limit is not None
+        ]
+
     def take_answered(self) -> dict[tuple[str, str], int]:
         """Answers per (slice id or DEFAULT_SLICE, endpoint address) since the last call."""
         out: dict[tuple[str, str], int] = {}
@@ -629,9 +649,10 @@ class CompiledPolicy:
         return out
 
     def view_for(self, client: str) -> View:
-        """The first slice whose client_cidrs contain ``client`` (a slice without
-        client_cidrs matches every client), else the default view (or the refusal of
-        ``spec.unmatched: refuse``).
+        """The first slice whose criteria hold for ``client``, else the default view (or the
+        refusal of ``spec.unmatched: refuse``). ``client`` is an address, or an ECS network
+        (``ClientSubnet.key``: "10.8.0.0/24", from a trusted forwarder): client_cidrs match
+        either, ecs_cidrs only the latter (``_match``).
 
         Memoised per client string: parsing an address and testing networks costs
         microseconds, a dict hit tens of nanoseconds. An unparseable client matches no slice.
@@ -656,20 +677,20 @@ class CompiledPolicy:
         return self._memo.get(client) or self._match(client)
 
     def _match(self, client: str) -> View:
+        # A "/" is in an ECS network's text only, never in a socket's address.
+        subnet = "/" in client
         try:
-            address = ipaddress.ip_address(client)
+            address = ipaddress.ip_address(client.partition("/")[0] if subnet else client)
         except ValueError:
             return self._default
-        candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [address]
+        candidates: list[IPAddress] = [address]
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             candidates.append(address.ipv4_mapped)  # a v4 client on a dual-stack socket
-        for networks, view in self._slices:
-            if networks is None:
+        for networks, ecs_networks, view in self._slices:
+            if ecs_networks is not None and not (subnet and _holds(ecs_networks, candidates)):
+                continue
+            if networks is None or _holds(networks, candidates):
                 return view
-            for network in networks:
-                for candidate in candidates:
-                    if candidate in network:
-                        return view
         return self._default
 
     def respond(self, query: Query, client: str, rng: random.Random) -> bytes:
@@ -678,7 +699,8 @@ class CompiledPolicy:
         A/AAAA: records of that family picked per the strategy; any other type, or a family
         with no endpoints: NOERROR/NODATA with the synthesised SOA (RFC 2308 §2.2), never
         NXDOMAIN, since the name exists. A class other than IN is REFUSED: we hold data only
-        for IN. A slice with action refuse answers REFUSED with EDE 18 (RFC 8914 §4.19).
+        for IN. A slice with action refuse answers REFUSED with EDE 18 (RFC 8914 §4.19);
+        a slice over its resource_limits answers REFUSED with EDE 0 naming it (``_over_limit``).
         """
         msg_id, query_flags, _qname, question, qtype, qclass, payload, dnssec_ok, _limit = query
         if qclass != CLASS_IN:
@@ -687,6 +709,8 @@ class CompiledPolicy:
             view = self.view_for(client)
             if view.refuse:
                 return build_error(query, RCODE_REFUSED, ede=(EDE_PROHIBITED, ""))
+            if view.limit is not None and not view.limit.allow():
+                return build_error(query, RCODE_REFUSED, ede=_over_limit(view))
         else:
             view = self._default
         if qtype == TYPE_A:
@@ -737,6 +761,27 @@ class ServfailPolicy(CompiledPolicy):
         if self._sliced and self.view_for(client).refuse:
             return build_error(query, RCODE_REFUSED, ede=(EDE_PROHIBITED, ""))
         return build_error(query, RCODE_SERVFAIL, ede=self._ede)
+
+
+def answers_by_client(policy: Policy, split: SplitSettings | None) -> bool:
+    """Whether the answer depends on who asks (an address or an ECS network): slices that
+    match on addresses, sticky picks, or a canary/split whose cohorts follow the client."""
+    spec = policy.spec
+    if any(slice_.match.client_cidrs or slice_.match.ecs_cidrs for slice_ in spec.slices):
+        return True
+    return spec.strategy is Strategy.STICKY or (split is not None and split.by_client)
+
+
+def _over_limit(view: View) -> tuple[int, str]:
+    """The EDE of a query refused by its slice's resource_limits. RFC 8914 has no code for
+    a quota: 18 Prohibited says the client is not authorised, which it is (it is answered
+    again once the bucket refills), so 0 Other with EXTRA-TEXT naming the slice (§4.1)."""
+    return EDE_OTHER, f"over the resource limits of slice {view.slice}"
+
+
+def _holds(networks: Sequence[Network], candidates: Sequence[IPAddress]) -> bool:
+    """Whether one of ``candidates`` (an address and its v4-mapped form) is in ``networks``."""
+    return any(candidate in network for network in networks for candidate in candidates)
 
 
 def _at_label_start(qname: bytes, offset: int) -> bool:
@@ -792,6 +837,10 @@ class Snapshot:
 
     def policies(self) -> list[CompiledPolicy]:
         return [*self.exact.values(), *self.wildcards.values()]
+
+    def buckets(self) -> list[tuple[BucketKey, SliceBucket]]:
+        """Every slice's token bucket (resource_limits), by (policy, slice id)."""
+        return [pair for compiled in self.policies() for pair in compiled.buckets()]
 
 
 def debug_index(exact: Mapping[bytes, CompiledPolicy]) -> dict[bytes, CompiledPolicy]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 
 from agent.served import ServedSnapshot
-from dnsmesh.dnswire import Query
+from dnsmesh.dnswire import Query, add_option
+from dnsmesh.ecs import OPTION_ECS, ClientSubnet, ecs_option
 from dnsmesh.snapshot import CompiledPolicy
 
 
@@ -28,6 +29,23 @@ class PolicyAnswers:
             return None
         return policy.respond(query, client, self._rng)
 
+    def answer_ecs(self, query: Query, subnet: ClientSubnet) -> bytes | None:
+        """The answer for the client network a trusted forwarder named (agent/entry.py):
+        the policy answers ``subnet.key`` as the client (its slice, sticky pick and cohort
+        follow the network), and the answer carries the ECS option back (RFC 7871 §7.2.1)
+        with the scope a cache downstream must keep it to: the whole source prefix when
+        the answer depends on who asks, else 0 (any of the forwarder's clients may have it).
+        """
+        policy = self._served.snapshot.lookup(query.qname)
+        if policy is None:
+            return None
+        return _with_subnet(policy, policy.respond(query, subnet.key, self._rng), subnet)
+
+
+def _with_subnet(policy: CompiledPolicy, wire: bytes, subnet: ClientSubnet) -> bytes:
+    scope = subnet.source if policy.by_client else 0
+    return add_option(wire, OPTION_ECS, ecs_option(subnet, scope))
+
 
 class DecidingPolicyAnswers(PolicyAnswers):
     """PolicyAnswers that keeps the compiled policy behind its last answer, for the query
@@ -46,3 +64,10 @@ class DecidingPolicyAnswers(PolicyAnswers):
         if policy is None:
             return None
         return policy.respond(query, client, self._rng)
+
+    def answer_ecs(self, query: Query, subnet: ClientSubnet) -> bytes | None:
+        policy = self._served.snapshot.lookup(query.qname)
+        self.decided = policy
+        if policy is None:
+            return None
+        return _with_subnet(policy, policy.respond(query, subnet.key, self._rng), subnet)

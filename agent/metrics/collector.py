@@ -125,6 +125,17 @@ class AgentCollector(Collector):
         ):
             answers.add_metric([policy, slice_id, endpoint], count)
         yield answers
+        limited = CounterMetricFamily(
+            "dnsmesh_agent_slice_limited",
+            "Policy queries refused because their slice was over its resource_limits "
+            "(this agent's token bucket), by policy and slice.",
+            labels=["policy", "slice"],
+        )
+        for (policy, slice_id), bucket in sorted(
+            served.snapshot.buckets(), key=lambda pair: pair[0]
+        ):
+            limited.add_metric([policy, slice_id], bucket.limited)
+        yield limited
 
     def _upstreams(self) -> Iterator[Metric]:
         client = self.server.upstream

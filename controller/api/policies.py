@@ -54,8 +54,11 @@ _POLICY_BODY: dict[str, Any] = {
 _SLICE_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "a slice: {id, match: {client_cidrs?, node_labels?, debug_label?}, "
-        "groups?, action?, strategy?, ttl?, answers?, weights?}",
+        "description": (
+            "a slice: {id, match: {client_cidrs?, node_labels?, debug_label?, ecs_cidrs?}, "
+            "groups?, action?, strategy?, ttl?, answers?, weights?, "
+            "resource_limits?: {qps, burst}}"
+        ),
         "content": {"application/json": {"schema": {"type": "object"}}},
     }
 }

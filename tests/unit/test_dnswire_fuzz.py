@@ -1,7 +1,7 @@
 """Property tests: random and mutated packets never crash the wire code.
 
-parse_query may only return a Query or raise MalformedQuery, or WithCookie whose copy
-without the option parses to the same Query; whatever it returns, a policy
+parse_query may only return a Query or raise MalformedQuery, or WithCookie or WithEcs
+whose copy without the option parses to the same Query; whatever it returns, a policy
 answers without raising and dnspython can read that answer; every reply a MalformedQuery
 offers is a readable response. parse_upstream_response may only raise BadUpstreamResponse.
 The normal suite runs a few hundred examples each; ``-m slow`` runs a longer campaign.
@@ -30,6 +30,7 @@ from dnsmesh.dnswire import (
     MalformedQuery,
     Query,
     WithCookie,
+    WithEcs,
     build_response,
     fit_udp,
     name_to_text,
@@ -44,10 +45,12 @@ from dnsmesh.snapshot import CompiledPolicy, compile_snapshot
 def _seed_queries() -> list[bytes]:
     out = []
     cookie = dns.edns.GenericOption(dns.edns.OptionType.COOKIE, b"\x07" * 8)
+    ecs = dns.edns.ECSOption("10.8.3.0", 22)
     for name, rdtype in [("api.example", "A"), ("a.B.svc.Example", "AAAA"), ("x", "HTTPS")]:
         out.append(dns.message.make_query(name, rdtype, use_edns=False).to_wire())
         out.append(dns.message.make_query(name, rdtype, use_edns=0, want_dnssec=True).to_wire())
         out.append(dns.message.make_query(name, rdtype, use_edns=0, options=[cookie]).to_wire())
+        out.append(dns.message.make_query(name, rdtype, use_edns=0, options=[ecs]).to_wire())
     return out
 
 
@@ -121,6 +124,10 @@ def _check_query_packet(packet: bytes, client: str) -> None:
     except WithCookie as found:
         assert parse_query(found.plain) == found.query
         query = found.query
+    except WithEcs as subnet:
+        assert parse_query(subnet.plain) == subnet.query
+        query = subnet.query
+        client = subnet.subnet.key  # what a trusted forwarder's query is answered for
     assert isinstance(query, Query)
     assert query.udp_limit == udp_limit_for(query.edns_payload)
     name_to_text(query.qname)

@@ -58,7 +58,7 @@ def refused_paths(slices: list[dict[str, Any]], **spec: Any) -> dict[str, str]:
 def test_a_match_needs_a_criterion() -> None:
     paths = refused_paths([{"id": "empty", "match": {}}])
     assert list(paths) == ["spec.slices[0].match"]
-    assert "client_cidrs, node_labels and debug_label" in paths["spec.slices[0].match"]
+    assert "client_cidrs, node_labels, debug_label and ecs_cidrs" in paths["spec.slices[0].match"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,87 @@
+"""EDNS Client Subnet (RFC 7871): parse the option of a query, build the one of its answer.
+
+Pure, no I/O. A forwarder that serves many clients says with ECS which network the query
+came from (FAMILY, SOURCE PREFIX-LENGTH, the address truncated to it); the answer says with
+SCOPE PREFIX-LENGTH for how much of that network it holds, so a cache downstream hands it
+to those clients only (0: to everyone). The agent trusts ECS only from the forwarders it
+is told to (``--trust-ecs-from``); the parse here checks the option whoever sent it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import Final, NamedTuple
+
+OPTION_ECS: Final = 8  # the EDNS option code (RFC 7871 §6)
+FAMILY_IPV4: Final = 1  # IANA address family numbers
+FAMILY_IPV6: Final = 2
+_ADDRESS_BITS: Final = {FAMILY_IPV4: 32, FAMILY_IPV6: 128}
+_FIXED = struct.Struct("!HBB")  # family, source prefix-length, scope prefix-length
+
+
+class EcsError(ValueError):
+    """A malformed ECS option: the query is answered FORMERR (RFC 7871 §6, §7.1.2)."""
+
+
+class ClientSubnet(NamedTuple):
+    """A query's ECS option: the client's network as the forwarder sent it."""
+
+    family: int  # FAMILY_IPV4 or FAMILY_IPV6
+    source: int  # SOURCE PREFIX-LENGTH
+    address: bytes  # ADDRESS as sent: ceil(source / 8) octets, bits past source zero
+
+    @property
+    def key(self) -> str:
+        """The network as text ("10.8.0.0/24"): the "client" a policy answers for it.
+
+        A client address from a socket never holds a "/", so the compiled policy tells an
+        ECS network from a client address by the text alone (dnsmesh/snapshot.py)."""
+        return self.network.with_prefixlen
+
+    @property
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        size = 4 if self.family == FAMILY_IPV4 else 16
+        padded = self.address + bytes(size - len(self.address))
+        return ipaddress.ip_network((padded, self.source))
+
+
+def parse_ecs(data: bytes) -> ClientSubnet:
+    """The option data of a query's ECS option; EcsError names what is wrong.
+
+    RFC 7871 §6: FAMILY 1 or 2; SOURCE at most the family's address length; SCOPE 0 in a
+    query; ADDRESS exactly ceil(SOURCE / 8) octets with every bit past SOURCE zero. §7.1.2
+    asks for FORMERR for a malformed option, and §6 for these cases explicitly, "as a
+    signal to the software developer making the request to fix their implementation".
+    """
+    if len(data) < _FIXED.size:
+        raise EcsError("ECS option shorter than its 4 fixed octets")
+    family, source, scope = _FIXED.unpack_from(data)
+    bits = _ADDRESS_BITS.get(family)
+    if bits is None:
+        raise EcsError(f"ECS family {family} is neither 1 (IPv4) nor 2 (IPv6)")
+    if source > bits:
+        raise EcsError(f"ECS source prefix-length {source} is longer than {bits}")
+    if scope:
+        raise EcsError("ECS scope prefix-length must be 0 in a query")
+    address = data[_FIXED.size :]
+    if len(address) != (source + 7) // 8:
+        raise EcsError(f"ECS address of {len(address)} octets for a /{source}")
+    if source % 8 and address[-1] & (0xFF >> (source % 8)):
+        raise EcsError(f"ECS address has bits set past its /{source}")
+    return ClientSubnet(family, source, address)
+
+
+def ecs_option(subnet: ClientSubnet, scope: int) -> bytes:
+    """The option data for the answer: FAMILY, SOURCE and ADDRESS copied from the query
+    (RFC 7871 §7.2.1), with ``scope``: how many leading bits of the address the answer
+    depends on (0: none, any client may be given it)."""
+    return _FIXED.pack(subnet.family, subnet.source, scope) + subnet.address
+
+
+def build_ecs(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bytes:
+    """The option data a forwarder sends for ``network`` (scope 0): for tests and tools."""
+    family = FAMILY_IPV4 if network.version == 4 else FAMILY_IPV6
+    source = network.prefixlen
+    address = network.network_address.packed[: (source + 7) // 8]
+    return _FIXED.pack(family, source, 0) + address
