@@ -276,6 +276,21 @@ def test_slice_changes_are_validated_as_the_whole_policy(api: Api) -> None:
     assert [f["path"] for f in assert_error(mismatch, 422, "invalid_policy")["fields"]] == [
         "spec.slices[0].id"
     ]
+    for body, path in (
+        ({"id": "gamma", "match": {}}, "spec.slices[1].match"),
+        (
+            {"id": "gamma", "match": {"node_labels": {"zone": ""}, "bogus": 1}},
+            "spec.slices[1].match.bogus",
+        ),
+        (
+            {"id": "gamma", "match": {"debug_label": "g"}, "weights": {"10.0.0.9": 1}},
+            "spec.slices[1].weights",
+        ),
+    ):
+        error = assert_error(
+            api.post("/v1/policies/checkout/slices", json=body), 422, "invalid_policy"
+        )
+        assert [f["path"] for f in error["fields"]] == [path]
     assert_error(api.post("/v1/policies/checkout/slices", content=b"nope"), 400, "malformed_json")
     assert_error(api.post("/v1/policies/checkout/slices", json=[1]), 422, "invalid_policy")
     assert_error(api.post("/v1/policies/nope/slices", json=unknown_group), 404, "not_found")
