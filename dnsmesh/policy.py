@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -338,18 +339,39 @@ class SliceMatch(_Strict):
     client_cidrs: list[IPNetwork] = Field(min_length=1)
 
 
+class Scale(_Strict):
+    """Demand-driven slices (dnsmesh.scaling): the slice answers from as many of its
+    endpoints as the query rate the agents report needs, ``min`` to ``max`` of them."""
+
+    min: int = Field(default=1, ge=1, le=1024)
+    max: int = Field(ge=1, le=1024)
+    target_qps_per_endpoint: float = Field(gt=0, le=1e9)
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> Scale:
+        if self.min > self.max:
+            raise consistency_error(
+                type(self).__name__, [(("min",), f"is more than max ({self.max})")]
+            )
+        return self
+
+
 class Slice(_Strict):
     id: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     match: SliceMatch
     groups: list[GroupName] | None = Field(default=None, min_length=1)
     action: SliceAction = SliceAction.ANSWER
+    scale: Scale | None = None
 
     @model_validator(mode="after")
     def _refuse_takes_no_groups(self) -> Slice:
+        problems: list[tuple[Location, str]] = []
         if self.action is SliceAction.REFUSE and self.groups is not None:
-            raise consistency_error(
-                type(self).__name__, [(("groups",), "a slice with action 'refuse' takes no groups")]
-            )
+            problems.append((("groups",), "a slice with action 'refuse' takes no groups"))
+        if self.action is SliceAction.REFUSE and self.scale is not None:
+            problems.append((("scale",), "a slice with action 'refuse' takes no scale"))
+        if problems:
+            raise consistency_error(type(self).__name__, problems)
         return self
 
 
@@ -407,6 +429,17 @@ class Split(_Strict):
         if sum(shares.values()) != 100:
             raise ValueError(f"the shares add up to {sum(shares.values())}, not 100")
         return shares
+
+
+def scalable_endpoints(
+    endpoints: Sequence[Endpoint], groups: Sequence[str] | None
+) -> list[Endpoint]:
+    """The endpoints a scaled slice takes its first N from, in their stable order: weight
+    above 0, in the slice's groups (every group when it names none), by priority, then
+    address (IPv4 before IPv6, numerically), so every agent counts them alike."""
+    wanted = None if groups is None else set(groups)
+    members = [e for e in endpoints if e.weight > 0 and (wanted is None or e.group in wanted)]
+    return sorted(members, key=lambda e: (e.priority, e.address.version, int(e.address)))
 
 
 def _domain_field(value: object) -> object:
@@ -470,6 +503,16 @@ class PolicySpec(_Strict):
                         (
                             ("slices", index, "groups"),
                             f"group {group!r} is not a group of any endpoint",
+                        )
+                    )
+            if slice_.scale is not None:
+                members = len(scalable_endpoints(self.endpoints, slice_.groups))
+                if slice_.scale.max > members:
+                    problems.append(
+                        (
+                            ("slices", index, "scale", "max"),
+                            f"is more than the {members} endpoints with a weight above 0 "
+                            "in the slice's groups",
                         )
                     )
         fallback = self.health.on_all_down if self.health is not None else None

@@ -47,6 +47,7 @@ from dnsmesh.dnswire import (
 )
 from dnsmesh.policy import Cohort, Endpoint, Policy, SliceAction, Strategy, check_policy_set
 from dnsmesh.rollout import Side, cohort_of, side_key, traffic_sides
+from dnsmesh.scaling import scaled_members
 from dnsmesh.selection import (
     WeightedTable,
     failover_members,
@@ -435,6 +436,7 @@ class CompiledPolicy:
         "name",
         "policy",
         "revision",
+        "slice_counts",
         "wildcard",
         "zone",
     )
@@ -445,9 +447,12 @@ class CompiledPolicy:
         revision: int = 0,
         weights: Mapping[str, int] | None = None,
         canary_share: int | None = None,
+        slice_counts: Mapping[str, int] | None = None,
     ) -> None:
         """``canary_share``: the canary group's percent of the answers (the controller's
-        rollout); None answers a canary policy by its weights as written."""
+        rollout); None answers a canary policy by its weights as written.
+        ``slice_counts``: how many endpoints each slice with ``scale`` answers from (the
+        controller's scaling), by slice id; a scaled slice not named answers from its min."""
         spec = policy.spec
         endpoints = list(spec.endpoints)
         if weights:
@@ -462,6 +467,7 @@ class CompiledPolicy:
             ]
         self.policy = policy
         self.canary_share = canary_share
+        self.slice_counts = slice_counts or {}
         self.revision = revision  # the snapshot revision this was compiled for
         self.name = policy.name
         self.domain = spec.domain
@@ -491,8 +497,11 @@ class CompiledPolicy:
             if slice_.action is SliceAction.REFUSE:
                 view = View(None, None, refuse=True, slice=slice_.id)
             else:
+                members = scaled_members(spec.endpoints, slice_, self.slice_counts.get(slice_.id))
                 view = _compile_view(
-                    endpoints,
+                    endpoints
+                    if members is None
+                    else [e for e in endpoints if str(e.address) in members],
                     configured,
                     slice_.groups,
                     strategy,
@@ -607,8 +616,14 @@ class ServfailPolicy(CompiledPolicy):
 
     __slots__ = ("_ede",)
 
-    def __init__(self, policy: Policy, revision: int = 0, canary_share: int | None = None) -> None:
-        super().__init__(policy, revision, None, canary_share)
+    def __init__(
+        self,
+        policy: Policy,
+        revision: int = 0,
+        canary_share: int | None = None,
+        slice_counts: Mapping[str, int] | None = None,
+    ) -> None:
+        super().__init__(policy, revision, None, canary_share, slice_counts)
         # EDE 0 with a reason: none of RFC 8914's codes says "the service is down".
         self._ede = (EDE_OTHER, f"every endpoint of policy {policy.name} is down")
 
@@ -672,6 +687,7 @@ def compile_snapshot(
     *,
     weights: Mapping[str, Mapping[str, int]] | None = None,
     canary_shares: Mapping[str, int] | None = None,
+    slice_counts: Mapping[str, Mapping[str, int]] | None = None,
 ) -> Snapshot:
     """Compile a validated policy set; raises PolicyError if names or domains repeat.
 
@@ -682,15 +698,21 @@ def compile_snapshot(
 
     ``canary_shares``: the canary group's percent of the answers per policy name (the
     controller's rollouts); a canary policy not named answers by its weights as written.
+
+    ``slice_counts``: per policy name, how many endpoints each scaled slice answers from
+    (the controller's ``slice_scale``); a scaled slice not named answers from its min.
     """
     check_policy_set(list(policies))
     exact: dict[bytes, CompiledPolicy] = {}
     wildcards: dict[bytes, CompiledPolicy] = {}
     overrides = weights or {}
     shares = canary_shares or {}
+    counts = slice_counts or {}
     for policy in policies:
         share = shares.get(policy.name)
-        compiled = CompiledPolicy(policy, revision, overrides.get(policy.name), share)
+        compiled = CompiledPolicy(
+            policy, revision, overrides.get(policy.name), share, counts.get(policy.name)
+        )
         if compiled.wildcard:
             wildcards[compiled.zone] = compiled
         else:
