@@ -34,6 +34,12 @@ class ScaleRule:
     step_up: int = 2  # endpoints added at most per decision
     step_down: int = 1  # endpoints removed at most per decision
 
+    def __post_init__(self) -> None:
+        if not self.window_s > 0 or not self.hold_s >= 0 or not 0 < self.headroom <= 1:
+            raise ValueError("the window must be above 0, the hold at least 0, headroom 0-1")
+        if self.step_up < 1 or self.step_down < 1:
+            raise ValueError("the steps must be at least 1")
+
 
 @dataclass(frozen=True, slots=True)
 class Demand:
@@ -89,7 +95,7 @@ def decide(
         )
     if count < scale.max and demand.qps > count * target:
         needed = math.ceil(demand.qps / target)
-        new = min(scale.max, count + max(1, rule.step_up), needed)
+        new = min(scale.max, count + rule.step_up, needed)
         return ScaleDecision(
             new, f"{count} -> {new}: {demand.qps:.1f} qps > {count} x {target:g} per endpoint"
         )
@@ -98,7 +104,7 @@ def decide(
         if demand.peak_qps < bar:
             # The fewest endpoints whose bar the peak is still below, one step at most.
             fits = math.floor(demand.peak_qps / (target * rule.headroom)) + 1
-            new = max(scale.min, count - max(1, rule.step_down), fits)
+            new = max(scale.min, count - rule.step_down, fits)
             return ScaleDecision(
                 new,
                 f"{count} -> {new}: at most {demand.peak_qps:.1f} qps for {rule.hold_s:g} s "
