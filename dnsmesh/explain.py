@@ -32,6 +32,7 @@ from typing import Any, Final
 from dnsmesh.dnswire import name_to_wire
 from dnsmesh.health import EndpointHealth, decide_policy
 from dnsmesh.policy import Endpoint, Policy, normalize_domain
+from dnsmesh.scaling import scaled_members
 from dnsmesh.selection import pick_sticky
 from dnsmesh.snapshot import (
     DEFAULT_SLICE,
@@ -185,15 +186,16 @@ def compile_with_state(
     down: frozenset[str] = frozenset(),
     drained: frozenset[str] = frozenset(),
     canary_share: int | None = None,
+    slice_counts: Mapping[str, int] | None = None,
 ) -> tuple[CompiledPolicy, str | None]:
     """``policy`` compiled as an agent with this ``health``, mesh ``down`` set, drains and
     rollout share would compile it (dnsmesh.health.decide_policy: the same ejection bounds,
     safety rules and on_all_down), and the on_all_down mode in force (None: some endpoint
-    serves)."""
+    serves). ``slice_counts``: the scaled slices' counts by slice id (none: their min)."""
     decided = decide_policy(policy, health or {}, down, {}, {}, drained)
     if decided.all_down == "servfail":
-        return ServfailPolicy(policy, revision), decided.all_down
-    compiled = CompiledPolicy(policy, revision, decided.weights, canary_share)
+        return ServfailPolicy(policy, revision, None, slice_counts), decided.all_down
+    compiled = CompiledPolicy(policy, revision, decided.weights, canary_share, slice_counts)
     return compiled, decided.all_down
 
 
@@ -312,6 +314,13 @@ def explain(
         notes.append("every endpoint in service is down; spec.health.on_all_down is servfail")
     else:
         action = "answer"
+    scaled = next((s for s in spec.slices if s.id == view.slice and s.scale is not None), None)
+    if scaled is not None and scaled.scale is not None:
+        members = scaled_members(spec.endpoints, scaled, compiled.slice_counts.get(scaled.id))
+        notes.append(
+            f"slice {scaled.id} scales with demand: {len(members or ())} of its endpoints "
+            f"answer (min {scaled.scale.min}, max {scaled.scale.max})"
+        )
     if all_down is not None and action != "servfail":
         notes.append(f"every endpoint in service is down; on_all_down {all_down} answers")
     candidates = _explained(view, drained, down, ejected, ramp or {})

@@ -24,6 +24,7 @@ from controller.repositories.health import read_down
 from controller.repositories.policies import policy_documents
 from controller.repositories.revision import current_revision
 from controller.repositories.rollouts import rollout_rows
+from controller.repositories.scaling import read_counts
 from dnsmesh import explain as ex
 from dnsmesh.drains import DrainSet
 from dnsmesh.health import EndpointHealth
@@ -56,6 +57,7 @@ class _State:
     node: dict[str, Any] | None
     ejected: frozenset[str]
     rollouts: dict[str, tuple[int, int, str]]  # policy -> (share, step, state)
+    slice_scale: dict[str, dict[str, int]]  # policy -> scaled slice id -> count
 
 
 class ExplainService:
@@ -102,6 +104,7 @@ class ExplainService:
             down=state.down,
             drained=drained,
             canary_share=share,
+            slice_counts=state.slice_scale.get(policy.name),
         )
         explanation = ex.explain(
             compiled,
@@ -147,6 +150,7 @@ class ExplainService:
             node=node_json,
             ejected=ejected,
             rollouts={r.policy_name: (r.share, r.step, r.state) for r in rollout_rows(session)},
+            slice_scale=read_counts(session),
         )
 
 

@@ -89,6 +89,13 @@ def test_counts_rise_with_the_rate_and_fall_after_the_hold(
     assert view["count"] == 3 and view["revision"] == start + 2 and 15 < view["qps"] < 21
     assert view["endpoints"] == ["127.0.40.1", "127.0.40.2", "127.0.40.3"]
 
+    explained = api.get("/v1/explain", params={"name": "web", "client": "127.0.0.5"}).json()
+    assert len(explained["candidates"]) == 3
+    assert (
+        "slice edge scales with demand: 3 of its endpoints answer (min 1, max 3)"
+        in (explained["notes"])
+    )
+
     # the agents get the counts: the snapshot and the change rows carry slice_scale
     service = PolicyService(controller_db)
     assert service.list_policies().slice_scale == {"web": {"edge": 3}}

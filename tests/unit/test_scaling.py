@@ -9,6 +9,7 @@ from typing import Any
 import dns.message
 import pytest
 
+from dnsmesh import explain as ex
 from dnsmesh import protocol
 from dnsmesh.dnswire import parse_query
 from dnsmesh.errors import PolicyError
@@ -218,3 +219,13 @@ def test_slice_scale_travels_in_snapshots_deltas_and_the_state_file() -> None:
     assert protocol.decode_state(protocol.encode_state(after)).slice_scale == after.slice_scale
     wire = protocol.decode_message(protocol.encode_message(moved))
     assert isinstance(wire, protocol.Delta) and wire.slice_scale is not None
+
+
+def test_explain_shows_the_scaled_count_and_its_candidates() -> None:
+    compiled, _ = ex.compile_with_state(web(), 5, slice_counts={"edge": 2})
+    explained = ex.explain(compiled, "127.0.0.9", source="test")
+    assert explained.slice == "edge"
+    assert {c.address for c in explained.candidates} == {"127.0.30.1", "127.0.30.3"}  # policy order
+    assert "slice edge scales with demand: 2 of its endpoints answer (min 1, max 4)" in (
+        explained.notes
+    )
