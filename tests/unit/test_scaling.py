@@ -229,3 +229,19 @@ def test_explain_shows_the_scaled_count_and_its_candidates() -> None:
     assert "slice edge scales with demand: 2 of its endpoints answer (min 1, max 4)" in (
         explained.notes
     )
+
+
+def test_the_controller_takes_the_scale_flags_and_refuses_bad_ones() -> None:
+    from cli.main import build_parser
+    from controller.server import share_settings
+    from dnsmesh.errors import ConfigError
+
+    def settings(*flags: str) -> ScaleRule:
+        args = build_parser().parse_args(["controller", "--database", "sqlite://", *flags])
+        return share_settings(args).scale
+
+    assert settings() == ScaleRule(window_s=60, hold_s=300, step_up=2)
+    assert settings("--scale-window", "10", "--scale-hold", "0").window_s == 10
+    for bad in (["--scale-window", "0"], ["--scale-hold", "-1"], ["--scale-step-up", "0"]):
+        with pytest.raises(ConfigError, match="--scale-window/--scale-hold/--scale-step-up"):
+            settings(*bad)
