@@ -249,6 +249,11 @@ class ControllerClient:
         body: dict[str, Any] = self._request("GET", path, params={"window": window}).json()
         return body
 
+    def scale(self, policy: str) -> dict[str, Any]:
+        """``GET /v1/policies/{name}/scale``: the demand-driven slices' counts and rates."""
+        body: dict[str, Any] = self._request("GET", f"/v1/policies/{policy}/scale").json()
+        return body
+
     def explain(self, name: str, client: str, node: str | None) -> dict[str, Any]:
         """``GET /v1/explain``: what ``client`` gets from policy (or DNS name) ``name``."""
         params = {"name": name, "client": client, **({"node": node} if node else {})}

@@ -86,7 +86,8 @@ def add_client_commands(
         "get", parents=[client], help="show policies, agents, endpoint health or served share"
     )
     get.add_argument(
-        "kind", choices=["policies", "policy", "agents", "agent", "endpoints", "share"]
+        "kind",
+        choices=["policies", "policy", "agents", "agent", "endpoints", "share", "scale"],
     )
     get.add_argument(
         "name",
@@ -150,6 +151,10 @@ def run_get(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         from cli.share import run_get_share
 
         return run_get_share(args, out)
+    if args.kind == "scale":
+        from cli.scale import run_get_scale
+
+        return run_get_scale(args, out)
     selector = _selector(args.selector)
     with ControllerClient(args.server, args.token, ca_file=args.ca_file) as client:
         if args.name:

@@ -229,6 +229,29 @@ def add_controller_commands(
         default=200,
         help="flag only over at least N answers in the window (default 200)",
     )
+    scale = controller.add_argument_group("demand-driven slices (spec.slices[].scale)")
+    scale.add_argument(
+        "--scale-window",
+        metavar="SECONDS",
+        type=float,
+        default=60.0,
+        help="a slice's query rate is measured over this long (default 60)",
+    )
+    scale.add_argument(
+        "--scale-hold",
+        metavar="SECONDS",
+        type=float,
+        default=300.0,
+        help="a slice scales down only after its rate was this long below the bar, and "
+        "this long after its last change (default 300)",
+    )
+    scale.add_argument(
+        "--scale-step-up",
+        metavar="N",
+        type=int,
+        default=2,
+        help="endpoints a slice gains at most per decision (default 2)",
+    )
     controller.set_defaults(run=_run_controller)
 
     db = subcommands.add_parser("db", parents=[common], help="manage the controller database")

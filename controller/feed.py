@@ -8,7 +8,8 @@ Besides policies, a snapshot carries the mesh-wide down set
 (controller.services.endpoint_health), and a delta carries it when a down-set change (a
 change-log row of its own, operation ``down``) lies in its range; the operators' drains
 travel the same way (operation ``drain``), and so does the probe assignment (operation
-``probers``, controller.services.probe_assignment). Each
+``probers``, controller.services.probe_assignment), and so do the scaled slices' counts
+(operation ``scale``, controller.services.scaling). Each
 update is built and encoded once per starting revision and shared by every agent that
 starts there, so a commit costs one read of the change log per replica, not one per agent.
 Every update names the mesh (``mesh_id``, read once at start: it never changes).
@@ -174,6 +175,7 @@ class Feed:
                 listing.drains,
                 listing.rollouts,
                 listing.probers,
+                listing.slice_scale,
             )
             self.encoded += 1
             self._snapshot = Update(listing.revision, protocol.encode_message(message))
@@ -219,6 +221,7 @@ class Feed:
         drains = next((c.drains for c in reversed(changes) if c.is_drain), None)
         rollouts = next((c.rollouts for c in reversed(changes) if c.is_rollout), None)
         probers = next((c.probers for c in reversed(changes) if c.is_probers), None)
+        scaled = next((c.slice_scale for c in reversed(changes) if c.is_scale), None)
         delta = protocol.build_delta(
             since,
             changes[-1].revision,
@@ -228,6 +231,7 @@ class Feed:
             drains,
             rollouts,
             probers,
+            scaled,
         )
         self.encoded += 1
         return Update(delta.revision, protocol.encode_message(delta))

@@ -234,13 +234,20 @@ def push_settings(args: argparse.Namespace) -> PushSettings:
 
 def share_settings(args: argparse.Namespace) -> ShareSettings:
     from controller.services.served_share import ShareSettings
+    from dnsmesh.scaling import ScaleRule
     from dnsmesh.share import ShareRule
 
     try:
         rule = ShareRule(args.share_drift_threshold, args.share_min_answers)
     except ValueError as error:
         raise ConfigError(f"--share-drift-threshold/--share-min-answers: {error}") from None
-    return ShareSettings(rule=rule)
+    try:
+        scale = ScaleRule(
+            window_s=args.scale_window, hold_s=args.scale_hold, step_up=args.scale_step_up
+        )
+    except ValueError as error:
+        raise ConfigError(f"--scale-window/--scale-hold/--scale-step-up: {error}") from None
+    return ShareSettings(rule=rule, scale=scale)
 
 
 def health_settings(args: argparse.Namespace) -> HealthSettings:

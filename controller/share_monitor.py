@@ -4,7 +4,8 @@ gauges current and logs when a policy's served share starts or stops drifting.
 Like controller.quorum_monitor, the hub hands reports over without awaiting the database
 (``record``). Only counts that name a policy this replica serves, one of its slices (or
 ``_default``) and one of its endpoints are kept, so what an agent sends cannot grow the
-table or the gauges beyond the policy set.
+table or the gauges beyond the policy set. Each evaluation also runs the scaling engine of
+demand-driven slices (controller.services.scaling) on the counts written.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from prometheus_client import Gauge
 from controller.batching import BatchQueue
 from controller.db.session import Database
 from controller.errors import DatabaseUnavailable
+from controller.services.scaling import ScaleService
 from controller.services.served_share import (
     DEFAULT_WINDOW_S,
     ReceivedAnswers,
@@ -61,6 +63,8 @@ class ShareMonitor:
     ) -> None:
         self.settings = settings
         self.service = ServedShareService(db, settings)
+        self.scaling = ScaleService(db, settings.scale, settings.bucket_s)
+        self.scale_changes = 0  # slice-scale revisions this replica committed
         self.db = db
         self._known = known
         self._declared: tuple[int, Declared] | None = None
@@ -113,6 +117,7 @@ class ShareMonitor:
             if loop.time() >= next_evaluate:
                 next_evaluate = loop.time() + self.settings.evaluate_s
                 await self.evaluate()
+                await self.scale()
             if loop.time() >= next_prune:
                 next_prune = loop.time() + self.settings.prune_s
                 await self._guarded(self.service.prune)
@@ -161,6 +166,22 @@ class ShareMonitor:
         for name in self._gauged - shares.keys():  # a deleted policy's series ends
             self._gauge.remove(name)
         self._gauged = set(shares)
+
+    async def scale(self) -> None:
+        """One round of the scaling engine (controller.services.scaling), after the counts
+        this round wrote, so a burst scales up within about ``evaluate_s``."""
+        for change in await self._guarded(self.scaling.tick) or []:
+            self.scale_changes += 1
+            log.info(
+                "scale.changed",
+                extra=fields(
+                    policy=change.policy,
+                    slice=change.slice,
+                    revision=change.revision,
+                    count=change.count,
+                    reason=change.reason,
+                ),
+            )
 
     async def _guarded(self, work: Callable[..., T], *args: object) -> T | None:
         try:

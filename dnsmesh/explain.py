@@ -32,6 +32,7 @@ from typing import Any, Final
 from dnsmesh.dnswire import name_to_wire
 from dnsmesh.health import EndpointHealth, decide_policy
 from dnsmesh.policy import Endpoint, Policy, normalize_domain
+from dnsmesh.scaling import scaled_members
 from dnsmesh.selection import pick_sticky
 from dnsmesh.snapshot import (
     DEFAULT_SLICE,
@@ -196,18 +197,22 @@ def compile_with_state(
     canary_share: int | None = None,
     context: CompileContext = NO_CONTEXT,
     debug_label: str | None = None,
+    slice_counts: Mapping[str, int] | None = None,
 ) -> tuple[CompiledPolicy, str | None]:
     """``policy`` compiled as an agent with this ``health``, mesh ``down`` set, drains,
     rollout share and node labels (``context``) would compile it
     (dnsmesh.health.decide_policy: the same ejection bounds, safety rules and
     on_all_down), and the on_all_down mode in force (None: some endpoint serves).
-    ``debug_label``: as it answers DEBUG_LABEL.<domain>."""
+    ``debug_label``: as it answers DEBUG_LABEL.<domain>. ``slice_counts``: the scaled
+    slices' counts by slice id (none: their min)."""
     decided = decide_policy(policy, health or {}, down, {}, {}, drained)
     compiled: CompiledPolicy
     if decided.all_down == "servfail":
-        compiled = ServfailPolicy(policy, revision, None, context)
+        compiled = ServfailPolicy(policy, revision, None, context, slice_counts)
     else:
-        compiled = CompiledPolicy(policy, revision, decided.weights, canary_share, context)
+        compiled = CompiledPolicy(
+            policy, revision, decided.weights, canary_share, context, slice_counts
+        )
     if debug_label is not None:
         compiled = compiled.debug_variant(debug_label) or compiled
     return compiled, decided.all_down
@@ -332,6 +337,13 @@ def explain(
         notes.append("every endpoint in service is down; spec.health.on_all_down is servfail")
     else:
         action = "answer"
+    scaled = next((s for s in spec.slices if s.id == view.slice and s.scale is not None), None)
+    if scaled is not None and scaled.scale is not None:
+        members = scaled_members(spec.endpoints, scaled, compiled.slice_counts.get(scaled.id))
+        notes.append(
+            f"slice {scaled.id} scales with demand: {len(members or ())} of its endpoints "
+            f"answer (min {scaled.scale.min}, max {scaled.scale.max})"
+        )
     if all_down is not None and action != "servfail":
         notes.append(f"every endpoint in service is down; on_all_down {all_down} answers")
     candidates = _explained(view, drained, down, ejected, ramp or {})

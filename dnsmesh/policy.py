@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -387,6 +388,23 @@ class ResourceLimits(_Strict):
     burst: int = Field(ge=1, le=1_000_000)
 
 
+class Scale(_Strict):
+    """Demand-driven slices (dnsmesh.scaling): the slice answers from as many of its
+    endpoints as the query rate the agents report needs, ``min`` to ``max`` of them."""
+
+    min: int = Field(default=1, ge=1, le=1024)
+    max: int = Field(ge=1, le=1024)
+    target_qps_per_endpoint: float = Field(gt=0, le=1e9)
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> Scale:
+        if self.min > self.max:
+            raise consistency_error(
+                type(self).__name__, [(("min",), f"is more than max ({self.max})")]
+            )
+        return self
+
+
 class Slice(_Strict):
     id: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     match: SliceMatch
@@ -400,6 +418,7 @@ class Slice(_Strict):
         default=None, min_length=1, max_length=1024
     )
     resource_limits: ResourceLimits | None = None
+    scale: Scale | None = None
 
     @model_validator(mode="after")
     def _refuse_takes_no_answers(self) -> Slice:
@@ -407,7 +426,15 @@ class Slice(_Strict):
             return self
         problems: list[tuple[Location, str]] = [
             ((name,), "a slice with action 'refuse' takes no " + name)
-            for name in ("groups", "strategy", "ttl", "answers", "weights", "resource_limits")
+            for name in (
+                "groups",
+                "strategy",
+                "ttl",
+                "answers",
+                "weights",
+                "resource_limits",
+                "scale",
+            )
             if getattr(self, name) is not None
         ]
         if problems:
@@ -475,6 +502,17 @@ class Split(_Strict):
         if sum(shares.values()) != 100:
             raise ValueError(f"the shares add up to {sum(shares.values())}, not 100")
         return shares
+
+
+def scalable_endpoints(
+    endpoints: Sequence[Endpoint], groups: Sequence[str] | None
+) -> list[Endpoint]:
+    """The endpoints a scaled slice takes its first N from, in their stable order: weight
+    above 0, in the slice's groups (every group when it names none), by priority, then
+    address (IPv4 before IPv6, numerically), so every agent counts them alike."""
+    wanted = None if groups is None else set(groups)
+    members = [e for e in endpoints if e.weight > 0 and (wanted is None or e.group in wanted)]
+    return sorted(members, key=lambda e: (e.priority, e.address.version, int(e.address)))
 
 
 def _domain_field(value: object) -> object:
@@ -583,6 +621,16 @@ class PolicySpec(_Strict):
             elif label is not None and len(label) + 1 + len(self.domain) > _MAX_NAME:
                 problems.append((where, f"{label}.{self.domain} is longer than {_MAX_NAME}"))
             problems.extend(_weight_problems(index, slice_, addresses))
+            if slice_.scale is not None:
+                members = len(scalable_endpoints(self.endpoints, slice_.groups))
+                if slice_.scale.max > members:
+                    problems.append(
+                        (
+                            ("slices", index, "scale", "max"),
+                            f"is more than the {members} endpoints with a weight above 0 "
+                            "in the slice's groups",
+                        )
+                    )
         return problems
 
     def _split_problems(self, groups: set[str]) -> list[tuple[Location, str]]:

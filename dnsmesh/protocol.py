@@ -20,7 +20,9 @@ drained in, which no agent answers whatever its health. So does ``rollouts``: th
 controller's canary rollouts, each a policy and its canary group's percent of the answers
 (a controller policy with a canary and no entry answers its canary group 0 %). And
 ``probers`` (dnsmesh.probing): which agents probe which endpoint address, so that an
-endpoint gets a bounded number of probes whatever the fleet's size.
+endpoint gets a bounded number of probes whatever the fleet's size. And ``slice_scale``
+(dnsmesh.scaling): how many endpoints each demand-driven slice answers from, each a policy,
+a slice id and a count (a scaled slice with no entry answers from its ``scale.min``).
 
 Every update also names the ``mesh_id`` (a UUID made with the controller's database), and
 the agent's hello names the mesh its state came from: an agent whose state came from
@@ -163,6 +165,36 @@ def rollout_shares(entries: Iterable[RolloutEntry]) -> dict[str, int]:
     return {e.policy: e.share for e in entries}
 
 
+class SliceScaleEntry(BaseModel):
+    """A scaled slice's count in force: slice ``slice`` of ``policy`` answers from its first
+    ``count`` endpoints (dnsmesh.policy.scalable_endpoints)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    policy: str = Field(min_length=1, max_length=63)
+    slice: str = Field(min_length=1, max_length=63)
+    count: int = Field(ge=1, le=1024)
+
+
+SliceScaleList = Annotated[list[SliceScaleEntry], Field(max_length=100_000)]
+SliceCounts = Mapping[str, Mapping[str, int]]  # policy name -> slice id -> endpoint count
+NO_SLICE_COUNTS: SliceCounts = {}
+
+
+def slice_scale_entries(counts: SliceCounts) -> list[SliceScaleEntry]:
+    return [
+        SliceScaleEntry(policy=policy, slice=slice_id, count=counts[policy][slice_id])
+        for policy in sorted(counts)
+        for slice_id in sorted(counts[policy])
+    ]
+
+
+def slice_counts_of(entries: Iterable[SliceScaleEntry]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for entry in entries:
+        out.setdefault(entry.policy, {})[entry.slice] = entry.count
+    return out
+
+
 class ProberEntry(BaseModel):
     """The agents that probe one endpoint address, and what each zone measured of it."""
 
@@ -215,6 +247,9 @@ class SnapshotMessage(_Message):
     rollouts: RolloutList = Field(default_factory=list, description="canary shares in force")
     probers: Probers = Field(default_factory=Probers, description="who probes which endpoint")
     mesh_id: MeshId
+    slice_scale: SliceScaleList = Field(
+        default_factory=list, description="scaled slices' endpoint counts"
+    )
 
 
 class PolicyChange(BaseModel):
@@ -235,6 +270,9 @@ class Delta(_Message):
     )
     probers: Probers | None = Field(default=None, description="the new probers; null: unchanged")
     mesh_id: MeshId
+    slice_scale: SliceScaleList | None = Field(
+        default=None, description="the new scaled slices' counts; null: unchanged"
+    )
 
 
 class Ack(_Message):
@@ -332,6 +370,7 @@ class AppliedState:
     drains: DrainSet = NO_DRAINS
     rollouts: Rollouts = field(default_factory=dict)
     probers: Assignment = NO_ASSIGNMENT  # coordinated probing: who probes which address
+    slice_scale: SliceCounts = field(default_factory=dict)  # demand-driven slices' counts
 
     @classmethod
     def empty(cls) -> AppliedState:
@@ -356,6 +395,7 @@ def apply_update(state: AppliedState, update: SnapshotMessage | Delta) -> Applie
             drain_set(update.drained),
             rollout_shares(update.rollouts),
             assignment_of(update.probers),
+            slice_counts_of(update.slice_scale),
         )
     if update.mesh_id is not None and state.mesh_id not in (None, update.mesh_id):
         raise RevisionGap(f"delta of mesh {update.mesh_id}, agent's state is of {state.mesh_id}")
@@ -376,8 +416,11 @@ def apply_update(state: AppliedState, update: SnapshotMessage | Delta) -> Applie
     drains = state.drains if update.drained is None else drain_set(update.drained)
     rollouts = state.rollouts if update.rollouts is None else rollout_shares(update.rollouts)
     probers = state.probers if update.probers is None else assignment_of(update.probers)
+    scaled = (
+        state.slice_scale if update.slice_scale is None else slice_counts_of(update.slice_scale)
+    )
     mesh_id = update.mesh_id or state.mesh_id
-    return AppliedState(update.revision, merged, down, mesh_id, drains, rollouts, probers)
+    return AppliedState(update.revision, merged, down, mesh_id, drains, rollouts, probers, scaled)
 
 
 def build_delta(
@@ -389,6 +432,7 @@ def build_delta(
     drains: DrainSet | None = None,
     rollouts: Rollouts | None = None,
     probers: Assignment | None = None,
+    slice_scale: SliceCounts | None = None,
 ) -> Delta:
     """A delta from change-log rows in revision order; only each name's last change is kept."""
     last: dict[str, Document | None] = {}
@@ -404,6 +448,7 @@ def build_delta(
         rollouts=None if rollouts is None else rollout_entries(rollouts),
         probers=None if probers is None else prober_entries(probers),
         mesh_id=mesh_id,
+        slice_scale=None if slice_scale is None else slice_scale_entries(slice_scale),
     )
 
 
@@ -415,6 +460,7 @@ def build_snapshot(
     drains: DrainSet = NO_DRAINS,
     rollouts: Rollouts = NO_ROLLOUTS,
     probers: Assignment = NO_ASSIGNMENT,
+    slice_scale: SliceCounts = NO_SLICE_COUNTS,
 ) -> SnapshotMessage:
     return SnapshotMessage(
         revision=revision,
@@ -424,6 +470,7 @@ def build_snapshot(
         rollouts=rollout_entries(rollouts),
         probers=prober_entries(probers),
         mesh_id=mesh_id,
+        slice_scale=slice_scale_entries(slice_scale),
     )
 
 
@@ -438,6 +485,7 @@ def encode_state(state: AppliedState) -> bytes:
         state.drains,
         state.rollouts,
         state.probers,
+        state.slice_scale,
     )
     return snapshot.model_dump_json(indent=1).encode()
 

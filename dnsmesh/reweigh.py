@@ -68,11 +68,20 @@ def reweigh(
             fresh = hit[3]
         elif failing:
             fresh = ServfailPolicy(
-                compiled.policy, base.revision, compiled.canary_share, compiled.context
+                compiled.policy,
+                base.revision,
+                compiled.canary_share,
+                compiled.context,
+                compiled.slice_counts,
             )
         else:
             fresh = CompiledPolicy(
-                compiled.policy, base.revision, wanted, compiled.canary_share, compiled.context
+                compiled.policy,
+                base.revision,
+                wanted,
+                compiled.canary_share,
+                compiled.context,
+                compiled.slice_counts,
             )
         kept[compiled.name] = (compiled.policy, base.revision, wanted, fresh)
         return fresh

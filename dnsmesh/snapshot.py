@@ -57,6 +57,7 @@ from dnsmesh.policy import (
     check_policy_set,
 )
 from dnsmesh.rollout import Side, cohort_of, side_key, traffic_sides
+from dnsmesh.scaling import scaled_members
 from dnsmesh.selection import (
     WeightedTable,
     failover_members,
@@ -506,6 +507,7 @@ class CompiledPolicy:
         "name",
         "policy",
         "revision",
+        "slice_counts",
         "wildcard",
         "zone",
     )
@@ -517,10 +519,13 @@ class CompiledPolicy:
         weights: Mapping[str, int] | None = None,
         canary_share: int | None = None,
         context: CompileContext = NO_CONTEXT,
+        slice_counts: Mapping[str, int] | None = None,
     ) -> None:
         """``canary_share``: the canary group's percent of the answers (the controller's
         rollout); None answers a canary policy by its weights as written. ``context``: what
-        node-label slices are decided by."""
+        node-label slices are decided by. ``slice_counts``: how many endpoints each slice
+        with ``scale`` answers from (the controller's scaling), by slice id; a scaled slice
+        not named answers from its min."""
         spec = policy.spec
         endpoints = list(spec.endpoints)
         if weights:
@@ -536,6 +541,7 @@ class CompiledPolicy:
         self.policy = policy
         self.canary_share = canary_share
         self.context = context
+        self.slice_counts = slice_counts or {}
         self.revision = revision  # the snapshot revision this was compiled for
         self.name = policy.name
         self.domain = spec.domain
@@ -573,7 +579,13 @@ class CompiledPolicy:
             if slice_.action is SliceAction.REFUSE:
                 view = View(None, None, refuse=True, slice=slice_.id)
             else:
-                sliced, written = _with_slice_weights(endpoints, configured, slice_)
+                members = scaled_members(spec.endpoints, slice_, self.slice_counts.get(slice_.id))
+                scaled = (
+                    endpoints
+                    if members is None
+                    else [e for e in endpoints if str(e.address) in members]
+                )
+                sliced, written = _with_slice_weights(scaled, configured, slice_)
                 view = _compile_view(
                     sliced,
                     written,
@@ -749,11 +761,12 @@ class ServfailPolicy(CompiledPolicy):
         revision: int = 0,
         canary_share: int | None = None,
         context: CompileContext = NO_CONTEXT,
+        slice_counts: Mapping[str, int] | None = None,
     ) -> None:
         # EDE 0 with a reason: none of RFC 8914's codes says "the service is down". Set
         # first: the debug variants the compile makes are copies of this object.
         self._ede = (EDE_OTHER, f"every endpoint of policy {policy.name} is down")
-        super().__init__(policy, revision, None, canary_share, context)
+        super().__init__(policy, revision, None, canary_share, context, slice_counts)
 
     def respond(self, query: Query, client: str, rng: random.Random) -> bytes:
         if query.qtype not in (TYPE_A, TYPE_AAAA) or query.qclass != CLASS_IN:
@@ -860,6 +873,7 @@ def compile_snapshot(
     weights: Mapping[str, Mapping[str, int]] | None = None,
     canary_shares: Mapping[str, int] | None = None,
     context: CompileContext = NO_CONTEXT,
+    slice_counts: Mapping[str, Mapping[str, int]] | None = None,
 ) -> Snapshot:
     """Compile a validated policy set; raises PolicyError if names or domains repeat.
 
@@ -872,15 +886,21 @@ def compile_snapshot(
     controller's rollouts); a canary policy not named answers by its weights as written.
 
     ``context``: what the compiling agent knows of itself (its node labels, for slices).
+
+    ``slice_counts``: per policy name, how many endpoints each scaled slice answers from
+    (the controller's ``slice_scale``); a scaled slice not named answers from its min.
     """
     check_policy_set(list(policies))
     exact: dict[bytes, CompiledPolicy] = {}
     wildcards: dict[bytes, CompiledPolicy] = {}
     overrides = weights or {}
     shares = canary_shares or {}
+    counts = slice_counts or {}
     for policy in policies:
         share = shares.get(policy.name)
-        compiled = CompiledPolicy(policy, revision, overrides.get(policy.name), share, context)
+        compiled = CompiledPolicy(
+            policy, revision, overrides.get(policy.name), share, context, counts.get(policy.name)
+        )
         if compiled.wildcard:
             wildcards[compiled.zone] = compiled
         else:

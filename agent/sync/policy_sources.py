@@ -158,8 +158,16 @@ class PolicySources:
         # file's canary answers by its weights as written (no engine moves it).
         shares = {p.name: state.rollouts.get(p.name, 0) for p in served if p.spec.canary}
         policies = [s.policy for s in local] + served
+        # A scaled slice answers from the count the controller's scaling says; a local
+        # file's, and a controller slice before the controller says, from its min.
+        names = {p.name for p in served}
+        counts = {name: c for name, c in state.slice_scale.items() if name in names}
         return compile_snapshot(
-            policies, state.revision, canary_shares=shares, context=self.context
+            policies,
+            state.revision,
+            canary_shares=shares,
+            context=self.context,
+            slice_counts=counts,
         )
 
     def _log_shadowing(self, before: Sequence[ShadowedPolicy]) -> None:

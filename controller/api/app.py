@@ -19,6 +19,7 @@ from controller.api import (
     metrics,
     policies,
     rollouts,
+    scale,
     share,
 )
 from controller.api.body import DEFAULT_MAX_BODY
@@ -103,6 +104,7 @@ def create_app(
     app.include_router(drains.router)
     app.include_router(rollouts.router)
     app.include_router(share.router)
+    app.include_router(scale.router)
     app.include_router(explain.router)
     app.include_router(events.router)
     app.include_router(metrics.router)

@@ -272,3 +272,18 @@ class RolloutRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     # SHA-256 of the canary block and the canary group's endpoints: a change starts anew.
     fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
+class SliceScaleRow(Base):
+    """A demand-driven slice's endpoint count (controller.services.scaling) and why. No row:
+    the slice answers from its ``scale.min``."""
+
+    __tablename__ = "slice_scales"
+
+    policy_name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    slice_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, nullable=False)
+    qps: Mapped[float] = mapped_column(Float, nullable=False)  # the rate the change was made at
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    revision: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

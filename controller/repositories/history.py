@@ -15,12 +15,13 @@ from dnsmesh.drains import Drained, DrainSet
 from dnsmesh.probing import Assignment
 from dnsmesh.protocol import Document, Probers, assignment_of
 
-Operation = Literal["create", "update", "delete", "down", "drain", "rollout", "probers"]
+Operation = Literal["create", "update", "delete", "down", "drain", "rollout", "probers", "scale"]
 DOWN: Final = "down"  # a down-set change (controller.services.endpoint_health); policy ""
 DRAIN: Final = "drain"  # a change of the drains (controller.services.drains); policy ""
 ROLLOUT: Final = "rollout"  # a rollout's move (controller.services.rollouts); policy ""
 PROBERS: Final = "probers"  # a new probe assignment (controller.services.probe_assignment)
-_NOT_POLICIES = (DOWN, DRAIN, ROLLOUT, PROBERS)
+SCALE: Final = "scale"  # a scaled slice's new count (controller.services.scaling); policy ""
+_NOT_POLICIES = (DOWN, DRAIN, ROLLOUT, PROBERS, SCALE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,21 @@ class Change:
         if self.operation != ROLLOUT or self.document is None:
             return None
         return {str(r["policy"]): int(r["share"]) for r in self.document.get("rollouts", [])}
+
+    @property
+    def is_scale(self) -> bool:
+        return self.operation == SCALE
+
+    @property
+    def slice_scale(self) -> dict[str, dict[str, int]] | None:
+        """Every scaled slice's count after this change (``{"slice_scale": [{policy, slice,
+        count}]}``), or None for any other change."""
+        if self.operation != SCALE or self.document is None:
+            return None
+        out: dict[str, dict[str, int]] = {}
+        for entry in self.document.get("slice_scale", []):
+            out.setdefault(str(entry["policy"]), {})[str(entry["slice"])] = int(entry["count"])
+        return out
 
     @property
     def probers(self) -> Assignment | None:
@@ -195,4 +211,6 @@ def _operation(value: str) -> Operation:
         return "rollout"
     if value == "probers":
         return "probers"
+    if value == "scale":
+        return "scale"
     return "delete"

@@ -24,6 +24,7 @@ from controller.repositories.health import read_down
 from controller.repositories.policies import policy_documents
 from controller.repositories.revision import current_revision
 from controller.repositories.rollouts import rollout_rows
+from controller.repositories.scaling import read_counts
 from dnsmesh import explain as ex
 from dnsmesh.drains import DrainSet
 from dnsmesh.health import EndpointHealth
@@ -56,6 +57,7 @@ class _State:
     node: dict[str, Any] | None
     ejected: frozenset[str]
     rollouts: dict[str, tuple[int, int, str]]  # policy -> (share, step, state)
+    slice_scale: dict[str, dict[str, int]]  # policy -> scaled slice id -> count
     # The node's labels as its agent last said hello with (node-label slices); none
     # without a node: such slices are left out, as on a node without those labels.
     context: CompileContext = NO_CONTEXT
@@ -113,6 +115,7 @@ class ExplainService:
             canary_share=share,
             context=state.context,
             debug_label=debug_label,
+            slice_counts=state.slice_scale.get(policy.name),
         )
         explanation = ex.explain(
             compiled,
@@ -164,6 +167,7 @@ class ExplainService:
             ejected=ejected,
             rollouts={r.policy_name: (r.share, r.step, r.state) for r in rollout_rows(session)},
             context=context,
+            slice_scale=read_counts(session),
         )
 
 

@@ -36,6 +36,7 @@ from controller.repositories.history import AuditEntry, Change, Operation
 from controller.repositories.probers import read_probers
 from controller.repositories.revision import bump_revision, current_mesh_id, current_revision
 from controller.repositories.rollouts import read_shares
+from controller.repositories.scaling import read_counts
 from controller.services.policy_rules import (
     IfMatch,
     SliceEdit,
@@ -82,6 +83,8 @@ class PolicyList:
     drains: DrainSet = NO_DRAINS  # the operators' drains in force at ``revision``
     rollouts: Mapping[str, int] = field(default_factory=dict)  # canary shares at ``revision``
     probers: Assignment = NO_ASSIGNMENT  # the probe assignment at ``revision``
+    # the scaled slices' counts at ``revision``
+    slice_scale: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +160,8 @@ class PolicyService:
             drains = read_drains(session, self.db.clock())
             shares = read_shares(session)
             probers = read_probers(session)
-            return PolicyList(revision, items, read_down(session), drains, shares, probers)
+            scaled = read_counts(session)
+            return PolicyList(revision, items, read_down(session), drains, shares, probers, scaled)
 
         return self.db.read(work)
 

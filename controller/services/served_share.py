@@ -23,6 +23,7 @@ from controller.repositories.health import read_down
 from controller.repositories.policies import policy_endpoints, require_policy
 from dnsmesh.policy import parse_policy
 from dnsmesh.protocol import AnswerCount
+from dnsmesh.scaling import ScaleRule
 from dnsmesh.share import PolicyShare, ShareRule, policy_share
 
 DEFAULT_WINDOW_S = 300
@@ -39,6 +40,7 @@ class ShareSettings:
     evaluate_s: float = 10.0  # the drift gauges and flag logs are brought up to date this often
     prune_s: float = 60.0
     batch_delay_s: float = 0.05
+    scale: ScaleRule = field(default_factory=ScaleRule)  # demand-driven slices (--scale-*)
 
 
 @dataclass(frozen=True, slots=True)

@@ -286,6 +286,7 @@ CONTROLLER_TABLES = (
     "endpoint_drains",
     "answer_buckets",
     "rollouts",
+    "slice_scales",
     "probe_assignments",
 )
 
