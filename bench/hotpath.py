@@ -5,6 +5,7 @@
     python3 bench/hotpath.py --ref d0a1c4a   # against any commit, tag or branch
     python3 bench/hotpath.py --queries 20000
     python3 bench/hotpath.py --log           # this tree only: the query log's cost per query
+    python3 bench/hotpath.py --ecs           # slices and EDNS Client Subnet instead
 
 Wall-clock benchmarks (bench/dns.py) swing by tens of percent on a shared machine; valgrind's
 callgrind counts the instructions the CPU executes, which is the same on every run of the
@@ -18,6 +19,11 @@ runs three times under callgrind (no queries, N policy hits, N cache hits) and t
 figure is (run - empty run) / N, which takes away the interpreter's start and the imports.
 The ref's tree is exported with ``git archive`` to a temporary folder and imported from
 there, with this tree's copy of this script doing the measuring.
+
+``--ecs`` measures two other scenarios the same way: a hit on a policy with a slice the
+client is not in (``slice``), and a policy hit whose query carries an ECS option from a
+forwarder the agent trusts (``ecs``: a tree without ECS support answers it as if the
+option were not there, so the change is what honouring it costs).
 
 ``--log`` prices the query log (``--query-log``) in this tree: the same scenarios with the
 log on and every query admitted (no sampling, no rate bound), once counting only the loop's
@@ -44,6 +50,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("hit", "cached")
+ECS_SCENARIOS = ("slice", "ecs")
 # The writer takes what is queued every 0.2 s: 200 lines at the default --query-log-max-rate.
 _LOG_BATCH = 200
 LOG_SCENARIOS = ("hit", "hit+log-loop", "hit+log", "cached", "cached+log-loop", "cached+log")
@@ -57,6 +64,7 @@ def _inner(scenario: str, count: int, timed: bool = False) -> None:
     import gc
     import time
 
+    import dns.edns
     import dns.message
     import dns.rrset
 
@@ -69,6 +77,10 @@ def _inner(scenario: str, count: int, timed: bool = False) -> None:
     from dnsmesh.snapshot import compile_snapshot
 
     config = dataclasses.replace(AgentConfig(), listen=(HostPort("127.0.0.1", 0),), probes=False)
+    if scenario == "ecs" and hasattr(config, "trust_ecs_from"):
+        from dnsmesh.admission import LOOPBACK
+
+        config = dataclasses.replace(config, trust_ecs_from=LOOPBACK)
     base, _, log_part = scenario.partition("+")
     if log_part:
         from agent.querylog_config import QueryLogConfig
@@ -95,7 +107,23 @@ def _inner(scenario: str, count: int, timed: bool = False) -> None:
             },
         }
     )
-    server.apply_snapshot(compile_snapshot([policy]))
+    sliced = parse_policy(
+        {
+            "apiVersion": "dnsmesh/v1",
+            "kind": "Policy",
+            "metadata": {"name": "slice"},
+            "spec": {
+                "domain": "slice.mesh.internal",
+                "ttl": 5,
+                "endpoints": [
+                    {"address": "127.0.10.1", "weight": 90, "group": "v1"},
+                    {"address": "127.0.10.2", "weight": 10, "group": "v2"},
+                ],
+                "slices": [{"id": "beta", "match": {"client_cidrs": ["10.8.0.0/16"]}}],
+            },
+        }
+    )
+    server.apply_snapshot(compile_snapshot([policy, sliced]))
     qname = name_to_wire("cached.bench.test")
     upstream_query = build_upstream_query(qname, 1, 1, 4242)
     response = dns.message.make_response(dns.message.from_wire(upstream_query))
@@ -123,8 +151,10 @@ def _inner(scenario: str, count: int, timed: bool = False) -> None:
     # The shared query state is ``entry`` since the one query entry, ``service`` before.
     shared = getattr(server, "entry", None) or server.service  # type: ignore[attr-defined]
     listener = UdpListener(shared, Socket(), Loop())  # type: ignore[arg-type]
-    name = "hit.mesh.internal" if base == "hit" else "cached.bench.test"
-    wire = dns.message.make_query(name, "A", use_edns=0).to_wire()
+    names = {"hit": "hit.mesh.internal", "slice": "slice.mesh.internal", "ecs": "hit.mesh.internal"}
+    name = names.get(base, "cached.bench.test")
+    options = [dns.edns.ECSOption("10.8.3.0", 24)] if base == "ecs" else []
+    wire = dns.message.make_query(name, "A", use_edns=0, options=options).to_wire()
     client = ("127.0.0.1", 40000)
     received = listener.datagram_received
     # As the agent process runs (agent/app.py): what was built so far frozen, young
@@ -191,9 +221,9 @@ def _callgrind(tree: Path, scenario: str, count: int) -> int:
     return int(found.group(1))
 
 
-def _per_query(tree: Path, count: int) -> dict[str, float]:
+def _per_query(tree: Path, count: int, scenarios: tuple[str, ...]) -> dict[str, float]:
     empty = _callgrind(tree, "hit", 0)
-    return {s: (_callgrind(tree, s, count) - empty) / count for s in SCENARIOS}
+    return {s: (_callgrind(tree, s, count) - empty) / count for s in scenarios}
 
 
 def _timed(scenario: str, count: int) -> float:
@@ -240,6 +270,9 @@ def main() -> None:
     parser.add_argument(
         "--log", action="store_true", help="the query log's cost per query, in this tree only"
     )
+    parser.add_argument(
+        "--ecs", action="store_true", help="a policy hit with slices, and one with ECS, instead"
+    )
     parser.add_argument("--inner", nargs=2, metavar=("SCENARIO", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--tree", help=argparse.SUPPRESS)
     parser.add_argument("--timed", action="store_true", help=argparse.SUPPRESS)
@@ -261,11 +294,15 @@ def main() -> None:
             ["git", "-C", str(ROOT), "archive", args.ref], check=True, capture_output=True
         )
         subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
-        rows = {"before": _per_query(before, args.queries), "after": _per_query(ROOT, args.queries)}
+        scenarios = ECS_SCENARIOS if args.ecs else SCENARIOS
+        rows = {
+            "before": _per_query(before, args.queries, scenarios),
+            "after": _per_query(ROOT, args.queries, scenarios),
+        }
     print(f"instructions per query (callgrind), {args.queries} queries per run")
     print(f"| scenario | before ({args.ref}) | after (this tree) | change |")
     print("|---|---:|---:|---:|")
-    for scenario in SCENARIOS:
+    for scenario in scenarios:
         old, new = rows["before"][scenario], rows["after"][scenario]
         print(f"| {scenario} | {old:,.0f} | {new:,.0f} | {100 * (new - old) / old:+.1f} % |")
 

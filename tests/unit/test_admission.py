@@ -127,6 +127,12 @@ def test_flags_reach_the_config() -> None:
     assert limiter.exempt == (_net("10.1.0.0/16"),)
     defaults = config_from_args(_parse())
     assert defaults.allow is None and build_limiter(defaults) is None
+    assert defaults.trust_ecs_from == ()  # nobody's ECS is believed by default
+
+
+def test_trusted_forwarders_reach_the_config() -> None:
+    config = config_from_args(_parse("--trust-ecs-from", "10.0.0.0/8", "--trust-ecs-from", "::1"))
+    assert config.trust_ecs_from == (_net("10.0.0.0/8"), _net("::1/128"))
 
 
 @pytest.mark.parametrize(
@@ -138,6 +144,7 @@ def test_flags_reach_the_config() -> None:
         (("--rate-limit", "-1"), "--rate-limit"),
         (("--rate-limit-prefix-v6", "129"), "--rate-limit-prefix-v6"),
         (("--amplification-factor", "-1"), "--amplification-factor"),
+        (("--trust-ecs-from", "10.0.0.1/8"), "--trust-ecs-from"),
     ],
 )
 def test_bad_flags_are_refused(argv: tuple[str, ...], message: str) -> None:

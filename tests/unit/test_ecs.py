@@ -177,3 +177,15 @@ def test_the_option_bytes_are_the_rfc_layout() -> None:
     subnet = ClientSubnet(2, 56, bytes.fromhex("20010db80001ff"))
     assert ecs_option(subnet, 48) == struct.pack("!HBB", 2, 56, 48) + subnet.address
     assert subnet.key == "2001:db8:1:ff00::/56"
+
+
+def test_the_key_names_the_network_sent_for_any_prefix() -> None:
+    rng = random.Random(7)
+    for _ in range(2000):
+        if rng.random() < 0.5:
+            bits, raw = 32, ipaddress.IPv4Address(rng.getrandbits(32))
+        else:  # sparse groups, so zero runs are compressed in every way
+            groups = [rng.choice([0, 0, rng.getrandbits(16)]) for _ in range(8)]
+            bits, raw = 128, ipaddress.IPv6Address(int("".join(f"{g:04x}" for g in groups), 16))
+        network = ipaddress.ip_network((raw, rng.randint(0, bits)), strict=False)
+        assert ipaddress.ip_network(parse_ecs(build_ecs(network)).key) == network
