@@ -127,14 +127,22 @@ def ramped(
     policies: Sequence[Policy],
     decided: Mapping[str, Mapping[str, int]],
     now: float,
+    step: float = 0.0,
 ) -> tuple[dict[str, Mapping[str, int]], dict[str, dict[str, float]]]:
     """``decided`` with the ramps applied at ``now``, and the fractions used, per policy:
     a ramping policy's weights become weight x SCALE, its ramping endpoints' weight x
-    SCALE x fraction (at least 1); the other policies keep what health decided."""
+    SCALE x fraction (at least 1); the other policies keep what health decided.
+
+    ``step`` > 0 reads the ramps at ``now`` rounded down to a multiple of it: every ramp
+    moves at the same instants, so however often health decides again (a probe result
+    may, every ``min_gap``), the weights change, and policies are compiled, at most once
+    per step."""
     weights: dict[str, Mapping[str, int]] = dict(decided)
     fractions: dict[str, dict[str, float]] = {}
     if not ramps.active:
         return weights, fractions
+    if step > 0:
+        now -= now % step
     for policy in policies:
         shares = ramps.fractions(policy.name, now)
         if not shares:

@@ -8,8 +8,9 @@ results only mark the weights dirty; a refresh task decides them again at most
 and hands them to the holder only when some effective weight actually changed.
 
 Slow start (dnsmesh.slowstart) is applied on top of what health decided: while an endpoint
-ramps, the refresh task also runs every ``ramp_tick`` seconds, so the ramp advances in
-steps of a second, not per query.
+ramps, the refresh task also runs at every multiple of ``ramp_tick`` seconds, and the ramps
+are read at those instants only, so the ramp advances in steps of a second whatever else
+makes health decide again, and never per query.
 """
 
 from __future__ import annotations
@@ -147,8 +148,11 @@ class HealthMonitor:
     async def _refresh_loop(self) -> None:
         while True:
             if self.ramps.active:
+                # Until the ramps' next step (dnsmesh.slowstart.ramped reads them at
+                # multiples of ramp_tick), or sooner for a probe result.
+                step = self.ramp_tick - self.clock() % self.ramp_tick
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._dirty.wait(), self.ramp_tick)
+                    await asyncio.wait_for(self._dirty.wait(), step)
             else:
                 await self._dirty.wait()
             self._dirty.clear()
@@ -170,7 +174,9 @@ class HealthMonitor:
         now = self.clock()
         previous = self.ramps
         self.ramps = track(previous, policies, decision.weights, decision.servfail, now)
-        weights, self.ramp_fractions = ramped(self.ramps, policies, decision.weights, now)
+        weights, self.ramp_fractions = ramped(
+            self.ramps, policies, decision.weights, now, self.ramp_tick
+        )
         changed = weights != self.weights or decision.servfail != self.decision.servfail
         self.weights = weights
         before = self.decision.all_down

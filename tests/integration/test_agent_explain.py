@@ -29,7 +29,8 @@ CHI2_999 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47}
 
 
 def admin(agent: AgentProcess) -> str:
-    return "http://" + agent.wait_event("agent.admin_listening")[0]["address"]
+    address: str = agent.wait_event("agent.admin_listening")[0]["address"]
+    return "http://" + address
 
 
 def explain(agent: AgentProcess, name: str, client: str) -> httpx.Response:

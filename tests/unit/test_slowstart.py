@@ -25,7 +25,7 @@ A, B, C = "127.0.20.1", "127.0.20.2", "127.0.20.3"
 
 
 def web(addresses: list[str], *, slow_start: Any = 10, weight: int = 1, **spec: Any) -> Policy:
-    health = {} if slow_start is None else {"health": {"slow_start": slow_start}}
+    health: dict[str, Any] = {} if slow_start is None else {"health": {"slow_start": slow_start}}
     endpoints = [{"address": a, "weight": weight} for a in addresses]
     return parse_policy(policy_doc("web", endpoints, **health, **spec))
 
@@ -159,3 +159,16 @@ def test_slow_start_round_trips_and_is_absent_when_unset() -> None:
     assert web([A], slow_start="90s").spec.health is not None
     assert web([A], slow_start="90s").to_document()["spec"]["health"]["slow_start"] == "90s"
     assert "health" not in web([A], slow_start=None).to_document()["spec"]
+
+
+def test_a_step_reads_every_ramp_at_its_multiples_only() -> None:
+    """With step 1 s the weights are the same anywhere within a second, so deciding again
+    (every probe result) compiles nothing new; at the next multiple they move."""
+    before, after = web([A, B]), web([A, B, C])
+    ramps = track(started(before), [after], {}, frozenset(), 2.3)
+    at_start, shares = ramped(ramps, [after], {}, 2.3, step=1.0)
+    assert shares == {"web": {C: FLOOR}}  # read at 2.0, before it began: its start
+    assert ramped(ramps, [after], {}, 2.99, step=1.0)[0] == at_start
+    moved, shares = ramped(ramps, [after], {}, 3.0, step=1.0)
+    assert shares == {"web": {C: pytest.approx(0.1 + 0.9 * 0.7 / 10)}}
+    assert moved != at_start
