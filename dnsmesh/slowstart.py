@@ -62,16 +62,38 @@ def window_of(policy: Policy) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class Served:
+    """A policy as health decided it when last tracked. Its ``addresses`` in service are
+    worked out then only for a policy with a window; for the others (most), only if an edit
+    gives them one, so tracking costs them nothing on every decision."""
+
+    policy: Policy
+    weights: Mapping[str, int] | None
+    servfail: bool
+    addresses: frozenset[str] | None = None
+
+    def in_service(self) -> frozenset[str]:
+        if self.addresses is not None:
+            return self.addresses
+        return in_service(self.policy, self.weights, self.servfail)
+
+
+@dataclass(frozen=True, slots=True)
 class Ramps:
-    """The ramps in progress (``started``) and, per policy, the addresses in service when
-    they were last tracked (``serving``; None before anything was: the agent's start)."""
+    """The ramps in progress (``started``) and, per policy, what was in service when they
+    were last tracked (``serving``; None before anything was: the agent's start)."""
 
     started: Started = field(default_factory=dict)
-    serving: Mapping[str, frozenset[str]] | None = None
+    serving: Mapping[str, Served] | None = None
 
     @property
     def active(self) -> bool:
         return bool(self.started)
+
+    def in_service(self, policy: str) -> frozenset[str] | None:
+        """The addresses ``policy`` had in service when last tracked (None: unknown)."""
+        served = None if self.serving is None else self.serving.get(policy)
+        return None if served is None else served.in_service()
 
     def fractions(self, policy: str, now: float) -> dict[str, float]:
         """address -> fraction of its weight, for the endpoints of ``policy`` ramping at
@@ -97,18 +119,35 @@ def track(
     """The ramps after health decided ``decided`` (and ``servfail``) for ``policies`` at
     ``now``: the ones in progress that are still in service and unfinished, and one for
     each address that entered service since ``previous`` in a policy served then."""
-    serving = {p.name: in_service(p, decided.get(p.name), p.name in servfail) for p in policies}
+    serving: dict[str, Served] = {}
+    known = previous.serving or {}
+    for policy in policies:
+        weights, failing = decided.get(policy.name), policy.name in servfail
+        prior = known.get(policy.name)
+        if (
+            prior is not None
+            and prior.policy is policy
+            and prior.weights == weights
+            and prior.servfail == failing
+            and prior.addresses is not None
+        ):
+            serving[policy.name] = prior  # as decided last time (health decides often)
+            continue
+        now_serving = in_service(policy, weights, failing) if window_of(policy) > 0 else None
+        serving[policy.name] = Served(policy, weights, failing, now_serving)
     if previous.serving is None:
         return Ramps({}, serving)  # the agent's start: what it starts with is not new
     started: dict[str, dict[str, tuple[float, float]]] = {}
     for policy in policies:
         window = window_of(policy)
-        before = previous.serving.get(policy.name)
-        if window <= 0 or before is None:
+        if window <= 0:
+            continue
+        before = previous.in_service(policy.name)
+        if before is None:
             continue
         ongoing = previous.started.get(policy.name, {})
         ramps = {}
-        for address in serving[policy.name]:
+        for address in serving[policy.name].in_service():
             if address in ongoing:
                 begun = ongoing[address][0]
             elif address not in before:

@@ -48,7 +48,7 @@ def test_the_ramp_is_linear_from_the_floor_to_full() -> None:
 def test_what_the_agent_starts_with_does_not_ramp() -> None:
     ramps = started(web([A, B]))
     assert not ramps.active
-    assert ramps.serving == {"web": frozenset({A, B})}
+    assert ramps.in_service("web") == frozenset({A, B})
 
 
 def test_an_endpoint_added_by_a_change_ramps_the_others_do_not() -> None:
@@ -77,7 +77,7 @@ def test_an_endpoint_back_from_ejection_ramps_from_its_return() -> None:
     policy = web([A, B])
     ramps = started(policy)
     ejected = track(ramps, [policy], {"web": {A: 0, B: 1}}, frozenset(), 10.0)
-    assert not ejected.active and ejected.serving == {"web": frozenset({B})}
+    assert not ejected.active and ejected.in_service("web") == frozenset({B})
     back = track(ejected, [policy], {}, frozenset(), 40.0)
     assert back.fractions("web", 40.0) == {A: FLOOR}
     # Tracked again later (every refresh), the ramp keeps its start.
@@ -93,14 +93,14 @@ def test_an_endpoint_back_from_ejection_ramps_from_its_return() -> None:
 def test_servfail_is_out_of_service_for_every_endpoint() -> None:
     policy = web([A, B])
     down = track(started(policy), [policy], {}, frozenset({"web"}), 1.0)
-    assert down.serving == {"web": frozenset()}
+    assert down.in_service("web") == frozenset()
     back = track(down, [policy], {}, frozenset(), 2.0)
     assert back.fractions("web", 2.0) == {A: FLOOR, B: FLOOR}
 
 
 def test_a_standby_of_weight_zero_is_not_in_service() -> None:
     zero = parse_policy(policy_doc("web", [{"address": A}, {"address": B, "weight": 0}]))
-    assert started(zero).serving == {"web": frozenset({A})}
+    assert started(zero).in_service("web") == frozenset({A})
 
 
 def test_a_finished_ramp_is_dropped_and_an_edit_takes_the_new_window() -> None:
@@ -129,7 +129,7 @@ def test_ramped_keeps_what_health_decided_for_the_others() -> None:
 
 
 def test_a_weight_of_one_still_ramps_and_never_reaches_zero() -> None:
-    ramps = Ramps({"web": {A: (0.0, 3600.0)}}, {"web": frozenset({A})})
+    ramps = Ramps({"web": {A: (0.0, 3600.0)}}, {})
     weights, _ = ramped(ramps, [web([A, B])], {}, 0.0)
     assert weights["web"][A] == round(SCALE * FLOOR) >= 1
 
@@ -172,3 +172,10 @@ def test_a_step_reads_every_ramp_at_its_multiples_only() -> None:
     moved, shares = ramped(ramps, [after], {}, 3.0, step=1.0)
     assert shares == {"web": {C: pytest.approx(0.1 + 0.9 * 0.7 / 10)}}
     assert moved != at_start
+
+
+def test_a_window_set_by_the_same_edit_that_adds_an_endpoint_ramps_it() -> None:
+    """What a policy without slow start had in service is worked out only when an edit
+    gives it a window, and then from the policy as it was."""
+    ramps = track(started(web([A], slow_start=None)), [web([A, B])], {}, frozenset(), 1.0)
+    assert ramps.fractions("web", 1.0) == {B: FLOOR}
