@@ -107,7 +107,7 @@ def test_controller_and_agent_explain_what_the_agent_answers(tmp_path: Path) -> 
 
             time_until(controller_knows, timeout=15, what="the ejection reported", step=0.1)
             controller = m.rest.http.get("/v1/explain", params={**params, "node": NODE}).json()
-            local = httpx.get(f"{admin}/explain", params=params, timeout=5).json()
+            local = httpx.get(f"{admin}/explain", params=params, timeout=15).json()
             seen = _answers(agent, "live.explain.test", QUERIES)
 
     # The same view from both sides: .2 ejected by this agent, .4 drained, 1:2 for the rest.

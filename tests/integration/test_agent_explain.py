@@ -34,7 +34,7 @@ def admin(agent: AgentProcess) -> str:
 
 
 def explain(agent: AgentProcess, name: str, client: str) -> httpx.Response:
-    return httpx.get(f"{admin(agent)}/explain", params={"name": name, "client": client}, timeout=5)
+    return httpx.get(f"{admin(agent)}/explain", params={"name": name, "client": client}, timeout=15)
 
 
 def answers(port: int, name: str, count: int, *, source: str = "127.0.0.1") -> list[str]:
@@ -90,7 +90,7 @@ def test_an_added_endpoint_ramps_up_over_slow_start(tmp_path: Path, spawn_agent:
     assert NEW not in answers(port, "web.mesh.internal", 50)
 
     write_atomically(policies / "web.yaml", web(*OLD, NEW))
-    began = agent.wait_event("health.slow_start", timeout=5)[0]
+    began = agent.wait_event("health.slow_start", timeout=15)[0]
     assert began["ramping"] == {"web": [NEW]}
     seen = time.monotonic()
     early: list[str] = []
@@ -163,7 +163,7 @@ def test_admin_explain_refuses_bad_questions(tmp_path: Path, spawn_agent: Spawn)
         "/explain?name=unknown.mesh.internal&client=::1": (404, "no policy is called or answers"),
     }
     for path, (status, error) in cases.items():
-        response = httpx.get(base + path, timeout=5)
+        response = httpx.get(base + path, timeout=15)
         assert response.status_code == status, (path, response.text)
         assert response.headers["content-type"] == "application/json"
         assert error in response.json()["error"], (path, response.text)
