@@ -21,6 +21,7 @@ from agent.cache import Cache
 from agent.config import AgentConfig, HostPort, UpstreamAddress
 from agent.cookie_secret import CookieSecretWatcher
 from agent.entry import QueryEntry
+from agent.explain import explain_here
 from agent.frontdoor import build_acl, build_limiter
 from agent.handlers.loopguard import LoopGuard
 from agent.handoff import Listener
@@ -263,7 +264,7 @@ class AgentServer:
         metrics are not worth leaving the node without DNS (a restart loop would)."""
         if self.config.admin_listen is None:
             return
-        admin = AdminListener(self.config.admin_listen, self.metrics, self.readiness)
+        admin = AdminListener(self.config.admin_listen, self.metrics, self.readiness, self.explain)
         try:
             await admin.start()
         except OSError as exc:
@@ -273,6 +274,10 @@ class AgentServer:
             )
             return
         self.admin = admin
+
+    def explain(self, name: str | None, client: str | None) -> dict[str, Any]:
+        """The admin ``/explain``: what ``client`` gets from ``name`` as served now."""
+        return explain_here(self.served, self.health, name, client)
 
     def readiness(self) -> str | None:
         """None when ready to answer (/readyz): a DNS listener bound and, when policies are

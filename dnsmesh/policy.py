@@ -286,6 +286,10 @@ AllDownAnswer = Annotated[
     PlainSerializer(_dump_on_all_down),
 ]
 
+# At most an hour: a longer ramp keeps a recovered endpoint short of its share for longer
+# than any warm-up needs.
+SlowStartWindow = Annotated[Duration, Field(ge=0, le=3600)]
+
 DEFAULT_FALL = 5  # Envoy's consecutive_5xx default
 DEFAULT_RISE = 1  # what the agent did before rise existed: the first success after ejection
 
@@ -302,6 +306,9 @@ class Health(_Strict):
     # Coordinated probing (dnsmesh.probing): how many agents probe each endpoint; 0: every
     # agent; unset: the controller's --probes-per-endpoint.
     probes_per_endpoint: int | None = Field(default=None, ge=0, le=1000)
+    # Slow start (Envoy's slow_start_config, dnsmesh.slowstart): an endpoint added to the
+    # policy or back in service ramps to its weight over this long; unset or 0: off.
+    slow_start: SlowStartWindow | None = None
 
     @model_validator(mode="after")
     def _one_name_for_fall(self) -> Health:
@@ -333,6 +340,11 @@ class Health(_Strict):
     @property
     def all_down(self) -> OnAllDown | FallbackGroup:
         return OnAllDown.FAIL_OPEN if self.on_all_down is None else self.on_all_down
+
+    @property
+    def slow_start_window(self) -> float:
+        """``slow_start`` in seconds, 0 when unset (off)."""
+        return 0.0 if self.slow_start is None else self.slow_start
 
 
 class Safety(_Strict):

@@ -1,4 +1,4 @@
-"""The agent's admin listener: ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz``.
+"""The agent's admin listener: ``/metrics`` (Prometheus), ``/healthz``, ``/readyz``, ``/explain``.
 
 It runs on the agent's own event loop, so a scrape reads the query counters on the thread
 that writes them (no lock, nothing half counted), and it needs no second server framework:
@@ -8,6 +8,9 @@ connection, answered with ``Connection: close``, a few connections at a time: th
 a scraper and a kubelet, not for the world, and it listens on loopback unless told
 otherwise (agent/config.py ``parse_admin_listen``).
 
+``GET /explain?name=NAME&client=IP`` is agent/explain.py's JSON: 400 for a missing or
+invalid name or client, 404 for a name no policy has or answers.
+
 A scrape formats every series on the loop; with the label sets bounded (agent/tally.py)
 that is a millisecond or so, a pause the DNS queries share.
 """
@@ -16,16 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import NamedTuple
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs
 
 import h11
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from agent.config import HostPort
+from agent.explain import BadQuestion, UnknownName
 from dnsmesh.logs import fields
 
 log = logging.getLogger(__name__)
@@ -38,15 +44,25 @@ _READ_SIZE = 4096
 
 # None: ready; else the reason it is not, shown in the 503's body.
 Readiness = Callable[[], str | None]
+# (name, client) -> the explanation's JSON; raises BadQuestion or UnknownName.
+Explainer = Callable[[str | None, str | None], dict[str, Any]]
+_JSON = b"application/json"
 
 
 class AdminListener:
     """``await start()`` binds (``address`` is then the bound one), ``await stop()``."""
 
-    def __init__(self, address: HostPort, registry: CollectorRegistry, ready: Readiness) -> None:
+    def __init__(
+        self,
+        address: HostPort,
+        registry: CollectorRegistry,
+        ready: Readiness,
+        explain: Explainer | None = None,
+    ) -> None:
         self.address = address
         self.registry = registry
         self.ready = ready
+        self.explain = explain
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.Task[None]] = set()
 
@@ -98,7 +114,7 @@ class AdminListener:
     def _respond(self, request: h11.Request | None) -> Reply:
         if request is None:
             return Reply(400, b"bad request\n")
-        path = request.target.split(b"?", 1)[0]
+        path, _, query = request.target.partition(b"?")
         if request.method not in (b"GET", b"HEAD"):
             return Reply(405, b"GET only\n", extra=((b"Allow", b"GET, HEAD"),))
         if path == b"/metrics":
@@ -112,7 +128,32 @@ class AdminListener:
             if reason is None:
                 return Reply(200, b"ready\n")
             return Reply(503, f"not ready: {reason}\n".encode())
-        return Reply(404, b"not found: /metrics, /healthz, /readyz\n")
+        if path == b"/explain" and self.explain is not None:
+            return self._explain(query)
+        return Reply(404, b"not found: /metrics, /healthz, /readyz, /explain\n")
+
+    def _explain(self, query: bytes) -> Reply:
+        try:
+            params = parse_qs(query.decode("utf-8"), errors="strict")
+        except UnicodeDecodeError:
+            return _json(400, {"error": "the query string is not UTF-8"})
+        assert self.explain is not None
+        try:
+            body = self.explain(_one(params, "name"), _one(params, "client"))
+        except BadQuestion as exc:
+            return _json(400, {"error": str(exc)})
+        except UnknownName as exc:
+            return _json(404, {"error": str(exc)})
+        return _json(200, body)
+
+
+def _one(params: dict[str, list[str]], key: str) -> str | None:
+    values = params.get(key)
+    return values[-1] if values else None
+
+
+def _json(status: int, body: dict[str, Any]) -> Reply:
+    return Reply(status, json.dumps(body, indent=1).encode() + b"\n", _JSON)
 
 
 class Reply(NamedTuple):

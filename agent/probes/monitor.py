@@ -6,6 +6,11 @@ policy set (the server hands both to the holder at once) and plans its probes. P
 results only mark the weights dirty; a refresh task decides them again at most
 ``1 / min_gap`` times a second (dnsmesh.health: ejections, the mesh-wide down set, latency)
 and hands them to the holder only when some effective weight actually changed.
+
+Slow start (dnsmesh.slowstart) is applied on top of what health decided: while an endpoint
+ramps, the refresh task also runs at every multiple of ``ramp_tick`` seconds, and the ramps
+are read at those instants only, so the ramp advances in steps of a second whatever else
+makes health decide again, and never per query.
 """
 
 from __future__ import annotations
@@ -25,10 +30,13 @@ from agent.served import ServedSnapshot
 from dnsmesh.health import Decision, EndpointHealth, decide_weights
 from dnsmesh.logs import fields
 from dnsmesh.protocol import EndpointReport, Report
-from dnsmesh.reweigh import Effective
+from dnsmesh.reweigh import Effective, Weights
+from dnsmesh.slowstart import NOT_STARTED, Ramps, ramped, track
 from dnsmesh.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
+
+RAMP_TICK = 1.0  # seconds between re-weighings while an endpoint ramps (slow start)
 
 
 class HealthMonitor:
@@ -40,6 +48,7 @@ class HealthMonitor:
         *,
         probing: bool = True,
         min_gap: float = 0.25,
+        ramp_tick: float = RAMP_TICK,
         concurrency: int = 64,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -50,9 +59,17 @@ class HealthMonitor:
         self.probing = probing
         self.scope = scope  # coordinated probing: which addresses are this agent's
         self.min_gap = min_gap
+        self.ramp_tick = ramp_tick
         self.clock = clock
         self.health: dict[str, EndpointHealth] = {}
         self.decision = Decision({})
+        self.ramps: Ramps = NOT_STARTED  # slow start: the ramps in progress
+        # What is served: the decision's weights with the ramps applied, and the fractions
+        # of weight the ramping endpoints had then (policy -> address -> fraction).
+        self.weights: Weights = {}
+        self.ramp_fractions: dict[str, dict[str, float]] = {}
+        # What health decided when health.reweighted was last logged.
+        self._logged: tuple[Weights, frozenset[str]] = ({}, frozenset())
         self.fail_open_total = 0  # policies that entered fail-open (all endpoints unhealthy)
         self.ejections_total = 0  # endpoint addresses ejected (each ejection once)
         self.all_down_total = 0  # policies that entered any on_all_down answer
@@ -130,7 +147,14 @@ class HealthMonitor:
 
     async def _refresh_loop(self) -> None:
         while True:
-            await self._dirty.wait()
+            if self.ramps.active:
+                # Until the ramps' next step (dnsmesh.slowstart.ramped reads them at
+                # multiples of ramp_tick), or sooner for a probe result.
+                step = self.ramp_tick - self.clock() % self.ramp_tick
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._dirty.wait(), step)
+            else:
+                await self._dirty.wait()
             self._dirty.clear()
             self._refresh()
             # Bounds recompiles to 1/min_gap a second however many probes finish meanwhile.
@@ -147,11 +171,24 @@ class HealthMonitor:
         decision = decide_weights(
             policies, health, self.served.down, self.decision.levels, self.served.drains
         )
-        changed = (
-            decision.weights != self.decision.weights or decision.servfail != self.decision.servfail
+        now = self.clock()
+        previous = self.ramps
+        self.ramps = track(previous, policies, decision.weights, decision.servfail, now)
+        weights, self.ramp_fractions = ramped(
+            self.ramps, policies, decision.weights, now, self.ramp_tick
         )
+        changed = weights != self.weights or decision.servfail != self.decision.servfail
+        self.weights = weights
         before = self.decision.all_down
         self.decision = decision
+        begun = {
+            name: sorted(set(ramps) - set(previous.started.get(name, {})))
+            for name, ramps in self.ramps.started.items()
+        }
+        begun = {name: addresses for name, addresses in begun.items() if addresses}
+        if begun:
+            self._dirty.set()  # wakes the refresh task, which then runs every ramp_tick
+            log.info("health.slow_start", extra=fields(ramping=begun))
         for name, mode in sorted(decision.all_down.items()):
             if before.get(name) == mode:
                 continue
@@ -165,7 +202,7 @@ class HealthMonitor:
 
     @property
     def effective(self) -> Effective:
-        return Effective(self.decision.weights, self.decision.servfail)
+        return Effective(self.weights, self.decision.servfail)
 
     def _refresh(self) -> None:
         """Decide again for the base being served; hand over the weights if they changed."""
@@ -177,6 +214,9 @@ class HealthMonitor:
     def _reweighted(self, base: Snapshot) -> None:
         self.recompiles += 1
         decision = self.decision
+        if (decision.weights, decision.servfail) == self._logged:
+            return  # only a ramp moved (every ramp_tick): health.slow_start told it began
+        self._logged = (decision.weights, decision.servfail)
         log.info(
             "health.reweighted",
             extra=fields(
