@@ -65,7 +65,8 @@ def add_client_commands(
         action="store_true",
         help="write even where a connected agent's local --policies files define the same "
         "name or domain (the controller refuses that with 409 otherwise; those agents keep "
-        "serving their local file)",
+        "serving their local file), or where a policy would break its spec.safety with the "
+        "drains in force",
     )
     apply.add_argument(
         "--prune",

@@ -17,8 +17,9 @@ def add_rollout_command(
     rollout = subcommands.add_parser(
         "rollout",
         help="see or steer a policy's canary rollout, or switch its blue/green split",
-        description="status shows where a canary stands; pause, resume, promote (100 %%), "
-        "abort (0 %%) steer it; undo writes back the policy's previous revision; switch "
+        # A description is not %-formatted (help strings are): a single % here.
+        description="status shows where a canary stands; pause, resume, promote (100 %), "
+        "abort (0 %) steer it; undo writes back the policy's previous revision; switch "
         "sets spec.split to 100 on GROUP and 0 on the others, in one revision.",
     )
     actions = rollout.add_subparsers(dest="action", required=True, metavar="ACTION")

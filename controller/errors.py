@@ -6,7 +6,8 @@
         ├── AlreadyExists        409  the name (or slice id) is taken
         ├── DomainConflict       409  another policy already has the domain
         ├── LocalPolicyClash     409  a connected agent's local files define the name/domain
-        ├── SafetyRuleBroken     409  a drain would break a policy's spec.safety (``force``)
+        ├── SafetyRuleBroken     409  a drain would break a policy's spec.safety (``force``),
+        │                             or a policy write would with the drains in force
         ├── Conflict             409  the operation does not fit the state (no rollout, ...)
         ├── PreconditionFailed   412  If-Match names a revision that is no longer current
         ├── DatabaseUnavailable  503  the database cannot be reached or dropped the connection
@@ -52,13 +53,13 @@ class LocalPolicyClash(StoreError):
 
 
 class SafetyRuleBroken(StoreError):
-    """A drain would leave a policy with less in service than its ``spec.safety`` asks."""
+    """A drain, or a policy write with the drains in force, would leave a policy with less in
+    service than its ``spec.safety`` asks."""
 
-    def __init__(self, violation: Violation, address: str) -> None:
-        super().__init__(
-            f"draining {address} would break a safety rule: {violation.message} "
-            "(drain with force to do it anyway)"
-        )
+    def __init__(
+        self, violation: Violation, action: str, hint: str = "drain with force to do it anyway"
+    ) -> None:
+        super().__init__(f"{action} would break a safety rule: {violation.message} ({hint})")
         self.violation = violation
         self.fields = [FieldError(f"spec.safety.{violation.rule}", violation.message)]
 

@@ -90,7 +90,18 @@ class RolloutState(StrEnum):
     COMPLETE = "complete"  # the last step was reached while healthy
 
 
-WATCHED: Final = frozenset((RolloutState.PROGRESSING, RolloutState.PAUSED))
+# The states a breach rolls back. At 100 % (complete or promoted) the canary group carries
+# every answer and the stable side still exists, so a breach there is the worst time to
+# stop watching: it rolls back as at any step, until the operator removes the canary.
+# At 0 (rolled back, aborted) there is nothing to take back.
+WATCHED: Final = frozenset(
+    (
+        RolloutState.PROGRESSING,
+        RolloutState.PAUSED,
+        RolloutState.COMPLETE,
+        RolloutState.PROMOTED,
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +219,8 @@ def start(canary: Canary, now: datetime) -> Current:
 def decide(canary: Canary, current: Current, figures: Figures, now: datetime) -> Decision | None:
     """The next transition of a watched rollout, or None (keep going as it is).
 
-    A breach rolls back to 0 whatever the step (paused included). Otherwise a progressing
+    A breach rolls back to 0 whatever the step (paused, complete and promoted included).
+    Otherwise a progressing
     rollout whose interval has passed moves one step up when at least ``min_reports``
     fresh agents report on every canary endpoint; with fewer it waits.
     """
@@ -229,7 +241,7 @@ def decide(canary: Canary, current: Current, figures: Figures, now: datetime) ->
         return None
     step = current.step + 1
     if step >= len(canary.steps):
-        return None  # already at the last step (a complete rollout is no longer watched)
+        return None  # already at the last step: nothing is left to step to
     loss = "n/a" if figures.max_loss is None else f"{figures.max_loss:.3f}"
     reason = (
         f"step {step + 1} of {len(canary.steps)}: healthy for {canary.interval:g} s "

@@ -6,9 +6,10 @@ endpoints counted are those with a configured weight above 0; one is out of serv
 is drained, ejected by the agent's probes or in the quorum's down set.
 
 Every way of taking endpoints out goes through here: an operator's drain is refused when it
-would break a rule (``check``, unless forced), and ejections and the down set take out only
-as many as the rules allow (``admit``), so health can never empty a policy that an operator
-said must keep a floor.
+would break a rule (``check``, unless forced), so is a policy write that would break one
+with the drains already in force (``check_edit``, unless forced), and ejections and the
+down set take out only as many as the rules allow (``admit``), so health can never empty a
+policy that an operator said must keep a floor.
 """
 
 from __future__ import annotations
@@ -57,6 +58,30 @@ def check(policy: Policy, out: Collection[str]) -> Violation | None:
             f"service; spec.safety.min_weight_percent is {rule.min_weight_percent}",
         )
     return None
+
+
+def _kept(policy: Policy, out: Collection[str]) -> tuple[int, float]:
+    """How many endpoints, and what percentage of the configured weight, stay in service."""
+    weights = _weights(policy)
+    serving = [w for a, w in weights.items() if a not in out]
+    total = sum(weights.values())
+    return len(serving), (sum(serving) * 100 / total if total else 100.0)
+
+
+def check_edit(before: Policy | None, after: Policy, out: Collection[str]) -> Violation | None:
+    """The rule a policy write breaks with the addresses ``out`` out of service, or None.
+
+    A write is not refused for a breach it did not make: when the stored policy ``before``
+    already broke a rule with the same ``out`` (a forced drain went past it), ``after`` is
+    refused only if it keeps fewer endpoints or less of its weight in service than it did,
+    so an unrelated edit (a TTL) still goes through, and one that takes more out does not.
+    """
+    violation = check(after, out)
+    if violation is None or before is None or check(before, out) is None:
+        return violation
+    count, percent = _kept(after, out)
+    was_count, was_percent = _kept(before, out)
+    return violation if count < was_count or percent < was_percent else None
 
 
 def admit(

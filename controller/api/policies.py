@@ -32,8 +32,16 @@ Reader = Annotated[Principal, Depends(require(Permission.READ_POLICIES))]
 StaleReader = Annotated[Principal, Depends(require(Permission.READ_POLICIES, stale_ok=True))]
 Writer = Annotated[Principal, Depends(require(Permission.WRITE_POLICIES))]
 # A write whose name or domain a connected agent serves from its own files is refused (409
-# local_policy_clash) unless forced; that agent then shadows the controller's policy.
-Force = Annotated[bool, Query(description="write even if a connected agent's local files clash")]
+# local_policy_clash) unless forced; that agent then shadows the controller's policy. So is
+# one that would break the policy's spec.safety with the drains in force (409
+# safety_min_endpoints / safety_min_weight_percent, as a drain that would is).
+Force = Annotated[
+    bool,
+    Query(
+        description="write even if a connected agent's local files clash, or past the "
+        "policy's safety rules with the drains in force"
+    ),
+]
 # Server-side dry run, as kubectl's: the write's validation and conflict checks run in its
 # transaction, which is discarded; the answer is the one the write would get (status,
 # body), with nothing stored, no revision and no push.

@@ -139,7 +139,7 @@ class DrainService:
         if refused:
             # In a transaction of its own, once the refused one has let go of the write lock.
             self._audit_refusal(address, policy, actor, refused)
-            raise SafetyRuleBroken(refused[0], address)
+            raise SafetyRuleBroken(refused[0], f"draining {address}")
         return DrainResult(revision, written, violations)
 
     def undrain(self, address: str, *, actor: str, policy: str | None = None) -> int:

@@ -5,7 +5,11 @@ the change log row and the audit row, or does none of them; a write that changes
 (the same document again) discards its transaction and says so in its result. A write that
 gives a policy a name or domain that a connected agent serves from its own ``--policies``
 files is refused (LocalPolicyClash, 409) unless forced: that agent would shadow it
-(agent/sync/policy_sources.py), so the operator is told before, not after. Documents are
+(agent/sync/policy_sources.py), so the operator is told before, not after. A write that,
+with the drains in force and the quorum's down set counted as out of service, would break
+the policy's own ``spec.safety`` rule is refused too (SafetyRuleBroken, 409 naming the rule,
+as a drain that would is) unless forced; a breach a forced drain already made does not
+block an edit that takes no more out (dnsmesh.safety.check_edit). Documents are
 validated with ``dnsmesh.policy.parse_policy`` (a slice change as the whole resulting
 policy), so the REST API, YAML files and the agents agree on what a valid policy is.
 """
@@ -27,6 +31,7 @@ from controller.errors import (
     LocalPolicyClash,
     NotFound,
     PreconditionFailed,
+    SafetyRuleBroken,
     StoreError,
 )
 from controller.repositories import agents, history, policies
@@ -48,6 +53,7 @@ from controller.services.policy_rules import (
     remove_slice,
     slice_at,
 )
+from dnsmesh import safety
 from dnsmesh.drains import NO_DRAINS, DrainSet
 from dnsmesh.errors import FieldError, PolicyError
 from dnsmesh.policy import Policy, check_policy_set, parse_policy
@@ -212,6 +218,7 @@ class PolicyService:
                 raise AlreadyExists(f"policy {policy.name!r} already exists")
             if not force:
                 self._refuse_local_clashes(session, policy, None)
+                _refuse_unsafe(_OutOfService.read(session, self.db), policy, None)
             written = self._save(session, revision, policy, None, actor, "policy.create")
             if dry_run:
                 transaction.discard()
@@ -242,6 +249,7 @@ class PolicyService:
                 return Written(_stored(row), changed=False)
             if not force:
                 self._refuse_local_clashes(session, policy, row)
+                _refuse_unsafe(_OutOfService.read(session, self.db), policy, row)
             operation = "policy.update" if row else "policy.create"
             written = self._save(session, revision, policy, row, actor, operation)
             if dry_run:
@@ -312,6 +320,7 @@ class PolicyService:
             moving = {p.name for p in valid} | {r.name for r in doomed}
             owners = policies.domain_owners(session, (p.spec.domain for p in valid))
             locals_ = None if force else self._live_local_policies(session)
+            out = None if force else _OutOfService.read(session, self.db)
             changed: list[tuple[Policy, PolicyRow | None]] = []
             for outcome, candidate in zip(outcomes, parsed, strict=True):
                 if candidate is None or outcome.refusal is not None:
@@ -329,6 +338,12 @@ class PolicyService:
                     try:
                         _refuse_local_clashes(locals_, candidate, current)
                     except LocalPolicyClash as refusal:
+                        outcome.refuse(refusal)
+                        continue
+                if out is not None:
+                    try:
+                        _refuse_unsafe(out, candidate, current)
+                    except SafetyRuleBroken as refusal:
                         outcome.refuse(refusal)
                         continue
                 outcome.outcome = "configured" if current else "created"
@@ -547,6 +562,38 @@ class PolicyService:
             after=document,
         )
         session.flush()
+
+
+@dataclass(frozen=True, slots=True)
+class _OutOfService:
+    """What the safety rules count as out of service besides a policy's own weights: the
+    drains in force and the quorum's down set, read in the write's transaction."""
+
+    drains: DrainSet
+    down: frozenset[str]
+
+    @classmethod
+    def read(cls, session: Session, db: Database) -> _OutOfService:
+        return cls(read_drains(session, db.clock()), frozenset(read_down(session)))
+
+    def of(self, policy: str) -> frozenset[str]:
+        return self.drains.of(policy) | self.down
+
+
+def _refuse_unsafe(out: _OutOfService, policy: Policy, row: PolicyRow | None) -> None:
+    """SafetyRuleBroken if ``policy``, written over ``row``, would break its safety rule
+    with what is out of service now."""
+    gone = out.of(policy.name)
+    if not gone or safety.check(policy, gone) is None:
+        return  # the common case: the stored document is not parsed
+    before = parse_policy(row.document) if row is not None else None
+    violation = safety.check_edit(before, policy, gone)
+    if violation is not None:
+        raise SafetyRuleBroken(
+            violation,
+            f"writing policy {policy.name!r} with the drains in force",
+            "write with force=true to do it anyway",
+        )
 
 
 def _refuse_local_clashes(

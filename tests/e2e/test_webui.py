@@ -319,3 +319,48 @@ def test_the_policy_page_charts_served_against_intended_share(page: Page, ui: Me
     assert width("127.0.30.1", "intended") == pytest.approx(3 * width("127.0.30.2", "intended"))
     assert width("127.0.30.2", "served") == pytest.approx(3 * width("127.0.30.1", "served"))
     assert width("127.0.30.1", "intended") == pytest.approx(width("127.0.30.2", "served"))
+
+
+def test_the_pages_show_drains_and_the_rollout(page: Page, ui: Mesh) -> None:
+    """An endpoint drained by an operator shows its admin state and who drained it, and a
+    canary policy its rollout's group, share, step and state, following each revision."""
+    hosts = [{"address": "127.0.60.1", "weight": 1}, {"address": "127.0.60.2", "weight": 1}]
+    ui.rest.put(policy_doc("drained", hosts))
+    drained = ui.rest.http.post("/v1/endpoints/127.0.60.1/drain", json={"policy": "drained"})
+    assert drained.status_code == 201, drained.text
+    canary = policy_doc(
+        "canary",
+        [
+            {"address": "127.0.61.1", "weight": 1, "group": "v1"},
+            {"address": "127.0.61.2", "weight": 1, "group": "v2"},
+        ],
+        canary={"group": "v2", "steps": [10, 50, 100], "interval": "1h"},
+    )
+    ui.rest.put(canary)
+    try:
+        log_in(page, ui, "viewer")
+        page.click("header a[href='#/endpoints']")
+        row = page.locator("tr[data-address='127.0.60.1']")
+        expect(row.locator("[data-admin-state]")).to_have_attribute("data-admin-state", "drained")
+        expect(row.locator(".drain")).to_contain_text("drained in drained by admin")
+        other = page.locator("tr[data-address='127.0.60.2']")
+        expect(other.locator("[data-admin-state]")).to_have_attribute("data-admin-state", "up")
+
+        page.goto(f"{ui.controller.url}/ui/#/policies/canary")
+        expect(page.locator("#rollout-state")).to_have_text("progressing")  # the engine's round
+        expect(page.locator("#rollout-group")).to_have_text("v2")
+        expect(page.locator("#rollout-share")).to_have_text("10%")
+        expect(page.locator("#rollout-step")).to_have_text("1 of 3")
+        expect(page.locator("#rollout-reason")).to_contain_text("started: policy created")
+        # another client's command is a revision: the page follows it
+        assert ui.rest.http.post("/v1/policies/canary/rollout/abort").status_code == 200
+        expect(page.locator("#rollout-state")).to_have_text("aborted")
+        expect(page.locator("#rollout-share")).to_have_text("0%")
+        expect(page.locator("#rollout-reason")).to_contain_text("abort by admin")
+        page.goto(f"{ui.controller.url}/ui/#/policies/db")
+        expect(page.locator("#policy-yaml")).to_be_visible()
+        expect(page.locator("#rollout")).to_have_count(0)  # no canary, no rollout section
+    finally:
+        ui.rest.http.delete("/v1/endpoints/127.0.60.1/drain?policy=drained")
+        ui.rest.http.delete("/v1/policies/drained")
+        ui.rest.http.delete("/v1/policies/canary")

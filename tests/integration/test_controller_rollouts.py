@@ -94,6 +94,31 @@ def test_the_engine_starts_steps_and_rolls_back(api: Api, controller_db: Databas
     assert all(e["after"]["reason"] for e in audit)
 
 
+def test_a_complete_rollout_is_still_watched_until_the_canary_is_removed(
+    api: Api, controller_db: Database
+) -> None:
+    service, health, clock = engine(controller_db)
+    api.post("/v1/policies", json=canary_policy())
+    service.tick()
+    for share in (50, 100):
+        clock.now += timedelta(seconds=6)
+        report(health, clock, loss=0.0)
+        assert [t.share for t in service.tick()] == [share]
+    assert api.get("/v1/policies/web/rollout").json()["state"] == "complete"
+    report(health, clock, loss=0.5)
+    rolled = service.tick()
+    assert [(t.state, t.share) for t in rolled] == [("rolled_back", 0)]
+    assert "loss 0.500" in rolled[0].reason
+    assert rollout_audit(api)[0]["after"]["reason"] == rolled[0].reason
+    # the operator removes the canary: the rollout ends and nothing is watched any more
+    plain = canary_policy()
+    del plain["spec"]["canary"]
+    api.put("/v1/policies/web", json=plain)
+    assert [t.state for t in service.tick()] == ["ended"]
+    report(health, clock, loss=0.9)
+    assert service.tick() == []
+
+
 def test_operator_commands(api: Api, controller_db: Database) -> None:
     service, _health, _clock = engine(controller_db)
     api.post("/v1/policies", json=canary_policy())

@@ -263,3 +263,25 @@ def test_the_last_step_completes_and_finished_rollouts_are_left_alone() -> None:
     )
     for state in (RolloutState.COMPLETE, RolloutState.ABORTED, RolloutState.PROMOTED):
         assert decide(canary, Current(3, 100, state, None), figures, NOW) is None
+
+
+@pytest.mark.parametrize("state", [RolloutState.COMPLETE, RolloutState.PROMOTED])
+def test_a_breach_at_100_still_rolls_back(state: RolloutState) -> None:
+    """At 100 % the canary group carries everything: a breach there rolls back as at a step."""
+    policy, canary = canary_of()
+    broken = [reading("a", loss=0.5), reading("b")]
+    figures = measure(canary, canary_addresses(policy.spec), broken, frozenset(), 30)
+    decision = decide(canary, Current(2, 100, state, None), figures, NOW)
+    assert decision is not None and (decision.share, decision.state) == (
+        0,
+        RolloutState.ROLLED_BACK,
+    )
+    assert "loss" in decision.reason
+
+
+@pytest.mark.parametrize("state", [RolloutState.ROLLED_BACK, RolloutState.ABORTED])
+def test_a_breach_at_0_changes_nothing(state: RolloutState) -> None:
+    policy, canary = canary_of()
+    broken = [reading("a", loss=0.5), reading("b")]
+    figures = measure(canary, canary_addresses(policy.spec), broken, frozenset(), 30)
+    assert decide(canary, Current(1, 0, state, None), figures, NOW) is None

@@ -135,6 +135,27 @@ def test_admit_takes_candidates_in_order_while_the_rules_hold() -> None:
     assert safety.admit(q, {A}, [B, C]) == ()
 
 
+def test_an_edit_is_refused_for_a_breach_it_makes_not_for_one_it_finds() -> None:
+    rule = {"min_endpoints": 3}
+    stored = policy([A, B, C, D], safety_rule=rule)
+    # new or stored-and-safe: the edit's own breach is refused
+    assert safety.check_edit(None, stored, {A, B}) == safety.check(stored, {A, B})
+    assert safety.check_edit(policy([A, B, C, D]), stored, {A, B}) is not None
+    assert safety.check_edit(None, stored, {A}) is None
+    # already broken by a forced drain: an edit keeping as much in service goes through,
+    # one that takes more out is refused
+    same = policy([A, B, C, D], safety_rule=rule, weights=[1, 1, 1, 1])
+    assert safety.check_edit(stored, same, {A, B}) is None
+    fewer = policy([A, B, C, D], safety_rule=rule, weights=[1, 1, 1, 0])
+    broken = safety.check_edit(stored, fewer, {A, B})
+    assert broken is not None and broken.rule == "min_endpoints"
+    lighter = policy([A, B, C, D], safety_rule={"min_weight_percent": 80}, weights=[4, 4, 2, 2])
+    heavier = policy([A, B, C, D], safety_rule={"min_weight_percent": 80}, weights=[4, 4, 1, 3])
+    assert safety.check_edit(lighter, heavier, {A}) is None  # 8/12 -> 8/12: no worse
+    less = policy([A, B, C, D], safety_rule={"min_weight_percent": 80}, weights=[6, 4, 1, 1])
+    assert safety.check_edit(lighter, less, {A}) is not None  # 8/12 -> 6/12 kept: worse
+
+
 def test_a_safety_floor_above_the_endpoints_is_refused_at_its_field() -> None:
     with pytest.raises(PolicyError) as refused:
         policy([A, B], weights=[1, 0], safety_rule={"min_endpoints": 2})

@@ -1,4 +1,5 @@
-// Endpoint health: each address as the quorum sees it, with every agent's report.
+// Endpoint health: each address as the quorum sees it, with every agent's report, and its
+// admin state (an operator's drains, which beat what health says).
 import { html, useState } from "../vendor/preact-htm.module.js";
 import { api } from "../api.js";
 import { useResource } from "../resource.js";
@@ -30,7 +31,7 @@ export function Endpoints({ revision }) {
         Down now: <span id="down-set">${data.down.length ? data.down.join(", ") : "none"}</span>.
       </p>
       <table class="endpoints">
-        <thead><tr><th>Address</th><th>Policies</th><th>Status</th><th>Voters</th>
+        <thead><tr><th>Address</th><th>Policies</th><th>Status</th><th>Admin</th><th>Voters</th>
           <th>Failing</th><th>Latency (median)</th><th>Loss (mean)</th><th></th></tr></thead>
         <tbody>
           ${data.items.map(
@@ -39,6 +40,8 @@ export function Endpoints({ revision }) {
                 <td>${item.policies.join(", ") || html`<span class="muted">—</span>`}</td>
                 <td><span class=${`badge ${item.status}`} data-status=${item.status}>${item.status}</span>
                   ${item.down && html`<br /><span class="muted">since ${when(item.down_since)}</span>`}</td>
+                <td><span class=${`badge ${item.admin_state}`} data-admin-state=${item.admin_state}>${item.admin_state}</span>
+                  ${item.drains.map((d) => html`<br /><span class="muted drain">${drainText(d)}</span>`)}</td>
                 <td>${item.voters}</td>
                 <td>${item.failing}</td>
                 <td>${ms(item.latency_ms)}</td>
@@ -48,11 +51,18 @@ export function Endpoints({ revision }) {
                 </button></td>
               </tr>
               ${open.has(item.address) &&
-              html`<tr class="detail"><td colspan="8">${AgentReports(item.agents)}</td></tr>`}`,
+              html`<tr class="detail"><td colspan="9">${AgentReports(item.agents)}</td></tr>`}`,
           )}
         </tbody>
       </table>`}
   </section>`;
+}
+
+// "in pay by admin-token until 14:05 (forced)": where, who, and for how long.
+function drainText(drain) {
+  const where = drain.policy ? `in ${drain.policy}` : "in every policy";
+  const until = drain.until ? ` until ${when(drain.until)}` : "";
+  return `drained ${where} by ${drain.drained_by}${until}${drain.forced ? " (forced)" : ""}`;
 }
 
 function AgentReports(reports) {
