@@ -15,7 +15,7 @@ from pathlib import Path
 from agent.periodic import Periodic
 from dnsmesh.errors import PolicyError, PolicyFileError
 from dnsmesh.logs import fields
-from dnsmesh.policyfile import load_policy_path, policy_files
+from dnsmesh.policyfile import ParsedFiles, load_policy_path, policy_files
 from dnsmesh.snapshot import Snapshot, compile_snapshot
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,10 @@ class PolicyWatcher(Periodic):
         self.revision = 0
         self.failures = 0
         self._seen: Fingerprint | None = None
+        # Kept between loads (both only touched by one load at a time): the files that did
+        # not change are not parsed again, and their policies are not compiled again.
+        self.parsed = ParsedFiles()
+        self.compiled: Snapshot | None = None
 
     def load(self) -> bool:
         """Load, compile and apply once; False (logged, nothing applied) if a file is bad."""
@@ -94,9 +98,12 @@ class PolicyWatcher(Periodic):
         )
 
     def _compile(self) -> Snapshot:
-        loaded = load_policy_path(self.path)
-        snapshot = compile_snapshot([s.policy for s in loaded], self.revision + 1)
+        loaded = load_policy_path(self.path, self.parsed)
+        snapshot = compile_snapshot(
+            [s.policy for s in loaded], self.revision + 1, previous=self.compiled
+        )
         self.revision += 1
+        self.compiled = snapshot
         return snapshot
 
     def changed(self) -> bool:

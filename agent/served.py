@@ -70,20 +70,28 @@ class ServedSnapshot:
 
     def set_base(self, base: Snapshot, effective: Effective) -> None:
         """A newly compiled policy set with what health decided for it, at once."""
+        changed = base.changed_since(self.base)
         self.base = base
         self.base_since = self.clock()
-        self.effective = effective
-        self._publish()
+        before, self.effective = self.effective, effective
+        self._publish(None if changed is None else _touched(changed, before, effective))
 
     def set_weights(self, effective: Effective) -> None:
         """What health decided anew for the base being served."""
-        self.effective = effective
-        self._publish()
+        before, self.effective = self.effective, effective
+        self._publish(_touched(frozenset(), before, effective))
 
-    def _publish(self) -> None:
+    def _publish(self, touched: frozenset[str] | None) -> None:
+        """``touched``: the names whose served policy may change (None: any may)."""
         old = self.snapshot
         effective = self.effective
         self.snapshot = reweigh(  # the one assignment
             self.base, effective.weights, self._compiled, effective.servfail
         )
-        self.answers.retire(old, self.snapshot)
+        self.answers.retire(old, self.snapshot, touched)
+
+
+def _touched(changed: frozenset[str], before: Effective, after: Effective) -> frozenset[str]:
+    """The policies whose served form may differ: those the base changed, and those health
+    re-weighs (or stops re-weighing) on either side of the swap."""
+    return changed.union(before.weights, before.servfail, after.weights, after.servfail)

@@ -17,6 +17,7 @@ metrics (agent/answer_counts.py), which keeps them across snapshots.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -462,7 +463,9 @@ class CompiledPolicy:
             ]
         self.policy = policy
         self.canary_share = canary_share
-        self.revision = revision  # the snapshot revision this was compiled for
+        # The revision this was compiled at (the SOA serial of its answers): a policy that
+        # did not change keeps its compiled form, and so this, across revisions.
+        self.revision = revision
         self.name = policy.name
         self.domain = spec.domain
         self.wildcard = spec.domain.startswith("*.")
@@ -628,6 +631,11 @@ def _at_label_start(qname: bytes, offset: int) -> bool:
     return pos == offset
 
 
+# Every snapshot's own number (in this process), so that a snapshot patched from another can
+# say which one: whoever holds the other can then touch only the ``changed`` policies.
+_serials = itertools.count(1)
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """Every policy of one revision, indexed by wire name for exact and wildcard lookup."""
@@ -639,6 +647,14 @@ class Snapshot:
     # the distinct lengths of those keys, longest first: a miss costs one slice and one dict
     # probe per length rather than one per label of the name
     wildcard_lengths: tuple[int, ...] = ()
+    # every compiled policy by its name (never read answering: reweighing and metrics find
+    # a policy by name without walking the others)
+    by_name: Mapping[str, CompiledPolicy] = field(default_factory=dict)
+    serial: int = field(default_factory=lambda: next(_serials), compare=False)
+    # The serial of the snapshot this one was compiled from, and the names whose compiled
+    # policy differs from it (added, changed or removed); None: compiled from nothing.
+    patched_from: int | None = None
+    changed: frozenset[str] = frozenset()
 
     def lookup(self, qname: bytes) -> CompiledPolicy | None:
         """Exact name first, then the longest '*.suffix' wildcard with the name strictly below.
@@ -665,6 +681,11 @@ class Snapshot:
     def policies(self) -> list[CompiledPolicy]:
         return [*self.exact.values(), *self.wildcards.values()]
 
+    def changed_since(self, other: Snapshot) -> frozenset[str] | None:
+        """The names whose compiled policy may differ between ``other`` and this snapshot,
+        when this one was compiled from it; None: any may (compare everything)."""
+        return self.changed if self.patched_from == other.serial else None
+
 
 def compile_snapshot(
     policies: Sequence[Policy],
@@ -672,6 +693,7 @@ def compile_snapshot(
     *,
     weights: Mapping[str, Mapping[str, int]] | None = None,
     canary_shares: Mapping[str, int] | None = None,
+    previous: Snapshot | None = None,
 ) -> Snapshot:
     """Compile a validated policy set; raises PolicyError if names or domains repeat.
 
@@ -682,18 +704,47 @@ def compile_snapshot(
 
     ``canary_shares``: the canary group's percent of the answers per policy name (the
     controller's rollouts); a canary policy not named answers by its weights as written.
+
+    ``previous``: the snapshot these policies replace. A policy that is the same object as
+    the one it compiled, with the same canary share and no weight override, keeps its
+    CompiledPolicy (and the revision it was compiled at, which is its SOA serial): a change
+    of one policy among 100,000 compiles one. The result names what changed from it.
     """
     check_policy_set(list(policies))
     exact: dict[bytes, CompiledPolicy] = {}
     wildcards: dict[bytes, CompiledPolicy] = {}
+    by_name: dict[str, CompiledPolicy] = {}
     overrides = weights or {}
     shares = canary_shares or {}
+    before = previous.by_name if previous is not None else {}
+    changed: set[str] = set()
     for policy in policies:
-        share = shares.get(policy.name)
-        compiled = CompiledPolicy(policy, revision, overrides.get(policy.name), share)
+        name = policy.name
+        share = shares.get(name)
+        override = overrides.get(name)
+        compiled = before.get(name)
+        if (
+            compiled is None
+            or compiled.policy is not policy
+            or compiled.canary_share != share
+            or override
+            or type(compiled) is not CompiledPolicy
+        ):
+            compiled = CompiledPolicy(policy, revision, override, share)
+            changed.add(name)
+        by_name[name] = compiled
         if compiled.wildcard:
             wildcards[compiled.zone] = compiled
         else:
             exact[compiled.zone] = compiled
+    changed.update(before.keys() - by_name.keys())  # removed
     lengths = tuple(sorted({len(key) for key in wildcards}, reverse=True))
-    return Snapshot(revision, exact, wildcards, lengths)
+    return Snapshot(
+        revision,
+        exact,
+        wildcards,
+        lengths,
+        by_name,
+        patched_from=previous.serial if previous is not None else None,
+        changed=frozenset(changed),
+    )

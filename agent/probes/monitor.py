@@ -15,7 +15,8 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from agent.probes.plan import build_plan
 from agent.probes.probers import Ping, aioping_ping
@@ -29,6 +30,8 @@ from dnsmesh.reweigh import Effective
 from dnsmesh.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
+
+_V = TypeVar("_V")
 
 
 class HealthMonitor:
@@ -62,6 +65,7 @@ class HealthMonitor:
             self._observe, concurrency=concurrency, rng=rng, clock=clock, ping=ping
         )
         self._dirty = asyncio.Event()
+        self._decided: tuple[int, object, object, object] | None = None  # see _inputs
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -84,12 +88,30 @@ class HealthMonitor:
 
     def weigh(self, base: Snapshot) -> Effective:
         """The weights for a new compiled policy set (or a new mesh down set or drains),
-        decided now from what is known of health; its probes are planned too."""
-        if self._decide(base):
+        decided now from what is known of health; its probes are planned too.
+
+        A base compiled from the one being served, with the same down set, drains and
+        assignment, is decided only for the policies it changed: the others' decision
+        stands, and a change of one policy among 100,000 costs one policy's work here.
+        """
+        served = self.served.base
+        changed = base.changed_since(served) if self._decided == self._inputs(served) else None
+        if self._decide(base, changed):
             self._reweighted(base)
-        if self._task is not None:
+        if self._task is not None and (changed is None or _probed(changed, served, base)):
             self._replan(base)
         return self.effective
+
+    def _inputs(self, base: Snapshot) -> tuple[int, object, object, object]:
+        """What a decision was made from besides health and the policies (compared by
+        identity: a revision that does not change them keeps the same objects)."""
+        scoped = self.scope is not EVERYTHING
+        return (
+            base.serial,
+            self.served.down,
+            self.served.drains,
+            self.scope.assignment() if scoped else None,
+        )
 
     def _replan(self, base: Snapshot) -> None:
         policies = [c.policy for c in base.policies()]
@@ -136,9 +158,13 @@ class HealthMonitor:
             # Bounds recompiles to 1/min_gap a second however many probes finish meanwhile.
             await asyncio.sleep(self.min_gap)
 
-    def _decide(self, base: Snapshot) -> bool:
-        """Decide the weights for ``base``; whether any effective weight changed."""
-        policies = [c.policy for c in base.policies()]
+    def _decide(self, base: Snapshot, only: frozenset[str] | None = None) -> bool:
+        """Decide the weights for ``base`` (for its policies named in ``only``, keeping the
+        last decision for the rest); whether any effective weight changed."""
+        if only is None:
+            policies = [c.policy for c in base.policies()]
+        else:
+            policies = [base.by_name[n].policy for n in only if n in base.by_name]
         health = self.health
         if self.scope is not EVERYTHING:
             # What this agent does not probe, its zone's probers measured (latency only).
@@ -147,6 +173,9 @@ class HealthMonitor:
         decision = decide_weights(
             policies, health, self.served.down, self.decision.levels, self.served.drains
         )
+        if only is not None:
+            decision = _merged(self.decision, decision, only)
+        self._decided = self._inputs(base)
         changed = (
             decision.weights != self.decision.weights or decision.servfail != self.decision.servfail
         )
@@ -202,3 +231,30 @@ class HealthMonitor:
             )
         self._samples = {}
         return Report(endpoints=endpoints)
+
+
+def _probed(names: frozenset[str], before: Snapshot, after: Snapshot) -> bool:
+    """Whether a policy of ``names`` probes, before or after: only then can the plan move."""
+    for name in names:
+        for snapshot in (before, after):
+            compiled = snapshot.by_name.get(name)
+            if compiled is not None:
+                health = compiled.policy.spec.health
+                if health is not None and health.probe is not None:
+                    return True
+    return False
+
+
+def _merged(last: Decision, some: Decision, names: frozenset[str]) -> Decision:
+    """``last`` with the policies in ``names`` decided anew as ``some``."""
+
+    def kept(table: Mapping[str, _V]) -> dict[str, _V]:
+        return {name: value for name, value in table.items() if name not in names}
+
+    levels = {key: level for key, level in last.levels.items() if key[0] not in names}
+    return Decision(
+        kept(last.weights) | dict(some.weights),
+        levels | dict(some.levels),
+        kept(last.all_down) | dict(some.all_down),
+        kept(last.ejected) | dict(some.ejected),
+    )
