@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -133,13 +134,18 @@ class _WeightedSlots(_Picker):
     __slots__ = ("slots", "total")
 
     def __init__(self, rrs: Sequence[bytes], weights: Sequence[int], owners: Sequence[str]):
+        # Weights 90/10 are the same draw as 9/1: ten slots, not a hundred (compiling and
+        # memory scale with the slots, and 100,000 policies have a lot of them).
+        unit = math.gcd(*weights)
+        owned: list[str] = []
+        slots: list[tuple[bytes, int]] = []
+        for rr, weight, owner in zip(rrs, weights, owners, strict=True):
+            # Every slot of an answer holds the same tuple: a pointer per slot, no copy.
+            owned += [owner] * (weight // unit)
+            slots += [(rr, 1)] * (weight // unit)
         # A hit counter per slot rather than per endpoint: no second table to index.
-        super().__init__(
-            [owner for owner, weight in zip(owners, weights, strict=True) for _ in range(weight)]
-        )
-        self.slots = tuple(
-            (rr, 1) for rr, weight in zip(rrs, weights, strict=True) for _ in range(weight)
-        )
+        super().__init__(owned)
+        self.slots = tuple(slots)
         self.total = len(self.slots)
 
     def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
