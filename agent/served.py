@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 from agent.answer_counts import AnswerCounts
+from agent.release import release
 from dnsmesh.drains import NO_DRAINS, DrainSet
 from dnsmesh.reweigh import CONFIGURED, Compiled, Effective, reweigh
 from dnsmesh.snapshot import Snapshot, compile_snapshot
@@ -71,6 +72,8 @@ class ServedSnapshot:
     def set_base(self, base: Snapshot, effective: Effective) -> None:
         """A newly compiled policy set with what health decided for it, at once."""
         changed = base.changed_since(self.base)
+        if self.base is not self.snapshot:
+            release(self.base)
         self.base = base
         self.base_since = self.clock()
         before, self.effective = self.effective, effective
@@ -89,6 +92,8 @@ class ServedSnapshot:
             self.base, effective.weights, self._compiled, effective.servfail
         )
         self.answers.retire(old, self.snapshot, touched)
+        if old is not self.snapshot:
+            release(old)  # its dicts are freed off the loop
 
 
 def _touched(changed: frozenset[str], before: Effective, after: Effective) -> frozenset[str]:

@@ -47,6 +47,7 @@ from dnsmesh.dnswire import (
     record_a,
     record_soa_at_question,
 )
+from dnsmesh.errors import FieldError, PolicyError
 from dnsmesh.policy import Cohort, Endpoint, Policy, SliceAction, Strategy, check_policy_set
 from dnsmesh.rollout import Side, cohort_of, side_key, traffic_sides
 from dnsmesh.selection import (
@@ -716,7 +717,6 @@ def compile_snapshot(
     CompiledPolicy (and the revision it was compiled at, which is its SOA serial): a change
     of one policy among 100,000 compiles one. The result names what changed from it.
     """
-    check_policy_set(list(policies))
     exact: dict[bytes, CompiledPolicy] = {}
     wildcards: dict[bytes, CompiledPolicy] = {}
     by_name: dict[str, CompiledPolicy] = {}
@@ -738,11 +738,15 @@ def compile_snapshot(
         ):
             compiled = CompiledPolicy(policy, revision, override, share)
             changed.add(name)
+        index = wildcards if compiled.wildcard else exact
+        if name in by_name or compiled.zone in index:
+            # A repeated name or domain: the set check says which, with the set's words.
+            check_policy_set(list(policies))
+            raise PolicyError(
+                [FieldError("spec.domain", "is answered by two policies")], policy=name
+            )
         by_name[name] = compiled
-        if compiled.wildcard:
-            wildcards[compiled.zone] = compiled
-        else:
-            exact[compiled.zone] = compiled
+        index[compiled.zone] = compiled
     changed.update(before.keys() - by_name.keys())  # removed
     lengths = tuple(sorted({len(key) for key in wildcards}, reverse=True))
     return Snapshot(

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.release import release
 from agent.reload import PolicyWatcher
 from dnsmesh.errors import PolicyError
 from dnsmesh.logs import fields
@@ -253,6 +254,7 @@ class PolicySources:
                 )
         view, verdict = prepared.view, prepared.verdict
         if view is not None and prepared.snapshot is not None:
+            release(self.running)  # its policies dict is freed off the loop
             self.running = view
             self._publish(prepared.snapshot, prepared.shadowed or [])
             outcomes.append(Applied(view.revision))
