@@ -724,11 +724,13 @@ def compile_snapshot(
     shares = canary_shares or {}
     before = previous.by_name if previous is not None else {}
     changed: set[str] = set()
+    carried = 0  # names that ``previous`` held too
     for policy in policies:
         name = policy.name
         share = shares.get(name)
         override = overrides.get(name)
         compiled = before.get(name)
+        carried += compiled is not None
         if (
             compiled is None
             or compiled.policy is not policy
@@ -747,7 +749,10 @@ def compile_snapshot(
             )
         by_name[name] = compiled
         index[compiled.zone] = compiled
-    changed.update(before.keys() - by_name.keys())  # removed
+    if carried < len(before):
+        # Some were removed. (A set difference of 100,000 names is one C call of
+        # milliseconds that the loop's thread would wait out: only when there is one.)
+        changed.update(before.keys() - by_name.keys())
     lengths = tuple(sorted({len(key) for key in wildcards}, reverse=True))
     return Snapshot(
         revision,
