@@ -103,8 +103,9 @@ class HealthMonitor:
         return self.effective
 
     def _inputs(self, base: Snapshot) -> tuple[int, object, object, object]:
-        """What a decision was made from besides health and the policies (compared by
-        identity: a revision that does not change them keeps the same objects)."""
+        """What a decision was made from besides health and the policies (compared as
+        values; a revision that does not change them keeps the same objects, which compare
+        at once)."""
         scoped = self.scope is not EVERYTHING
         return (
             base.serial,
