@@ -4,7 +4,7 @@ A snapshot of 100,000 policies holds dicts of 100,000 entries; the one a swap re
 freed when its last reference goes, and freeing such a dict is one C call of milliseconds
 that no thread switch can interrupt. Dropped on the loop, that is a stall of every query in
 flight at each change. So the swap hands what it replaced to ``release``: a daemon thread
-drops it there, and a dict that only it still references is emptied a slice at a time
+drops it there, and a dict or list that only it still references is emptied a slice at a time
 (the loop can take the GIL between two slices, 1 ms apart at most: agent/app.py sets the
 switch interval).
 """
@@ -16,7 +16,8 @@ import sys
 import threading
 from dataclasses import fields, is_dataclass
 
-SLICE = 2048  # dict entries dropped per step: well under a millisecond
+SLICE = 2048  # entries dropped per step: well under a millisecond
+Big = dict[object, object] | list[object]
 
 _pending: queue.SimpleQueue[object] = queue.SimpleQueue()
 _started = threading.Lock()
@@ -35,7 +36,7 @@ def release(*objects: object) -> None:
 
 
 def _run() -> None:
-    held: list[dict[object, object]] = []
+    held: list[Big] = []
     while True:
         try:
             # While something else still holds a dict, look again every 50 ms.
@@ -48,17 +49,17 @@ def _run() -> None:
         held = _free_unshared(held)
 
 
-def _dicts_of(item: object) -> list[dict[object, object]]:
-    """The dicts ``item`` holds: a frozen dataclass (a Snapshot, an AppliedState) would be
-    freed whole in one call, so its dicts are taken out to be freed apart."""
-    if isinstance(item, dict):
+def _dicts_of(item: object) -> list[Big]:
+    """The dicts and lists ``item`` is or holds: a frozen dataclass (a Snapshot, an
+    AppliedState) would be freed whole in one call, so they are taken out to be freed apart."""
+    if isinstance(item, dict | list):
         return [item]
     if is_dataclass(item):
-        return [v for f in fields(item) if isinstance(v := getattr(item, f.name), dict)]
+        return [v for f in fields(item) if isinstance(v := getattr(item, f.name), dict | list)]
     return []
 
 
-def _free_unshared(held: list[dict[object, object]]) -> list[dict[object, object]]:
+def _free_unshared(held: list[Big]) -> list[Big]:
     """Empties, a slice at a time, each dict that nobody else references; the others are
     kept until their other holders let go (a reference the loop drops then costs it a
     decrement, not the free)."""
@@ -69,8 +70,11 @@ def _free_unshared(held: list[dict[object, object]]) -> list[dict[object, object
         # being emptied, so emptying it is the same as freeing it, in pieces.
         if sys.getrefcount(part) == 2:
             while part:
-                for _ in range(min(SLICE, len(part))):
-                    part.popitem()
+                if isinstance(part, list):
+                    del part[-SLICE:]
+                else:
+                    for _ in range(min(SLICE, len(part))):
+                        part.popitem()
         else:
             kept.append(part)
         del part

@@ -296,6 +296,8 @@ class PolicySources:
                 snapshot, shadowed = self._compile(loaded, self.running)
         else:
             loaded = self.local
+        if loaded is not self.local:
+            release(self.local)  # a list as long as the files' policies: freed off the loop
         self.local = loaded
         self._publish(snapshot, shadowed)
         if self.on_local_changed is not None:

@@ -50,3 +50,12 @@ def test_a_dict_still_held_elsewhere_is_left_whole_until_it_is_let_go() -> None:
     del kept  # the release thread was the other holder: it frees them
     assert _wait(lambda: probe() is None)
     assert _wait(lambda: Marker.ended_in == ["dnsmesh-release"] * 2), Marker.ended_in
+
+
+def test_a_released_list_is_emptied_in_the_release_thread() -> None:
+    Marker.ended_in.clear()
+    items: list[object] = [object() for _ in range(5_000)]
+    items.append(Marker())
+    release(items)
+    del items
+    assert _wait(lambda: Marker.ended_in == ["dnsmesh-release"]), Marker.ended_in
