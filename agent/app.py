@@ -85,6 +85,11 @@ async def serve(config: AgentConfig, sync: SyncConfig | None = None) -> int:
     # often finds nothing. The bench helper measured 395 -> 6 young collections in a test
     # and p99 under saturation 16 -> 11 ms. Reference cycles are still collected, less often.
     gc.set_threshold(10_000, 20, 20)
+    # A reload or a controller revision is parsed and compiled in a worker thread; while it
+    # runs, the loop waits for the GIL up to the switch interval each time a query arrives
+    # (5 ms by default). 1 ms keeps that wait inside the stall budget of a change (design.md,
+    # "Compile and swap"); with no worker thread running nothing contends for the GIL.
+    sys.setswitchinterval(0.001)
     try:
         await stop.wait()
     finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 from agent.periodic import Periodic
 from dnsmesh.errors import PolicyError, PolicyFileError
 from dnsmesh.logs import fields
-from dnsmesh.policyfile import load_policy_path, policy_files
+from dnsmesh.policyfile import ParsedFiles, load_policy_path, policy_files
 from dnsmesh.snapshot import NO_CONTEXT, CompileContext, Snapshot, compile_snapshot
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,10 @@ class PolicyWatcher(Periodic):
         self.revision = 0
         self.failures = 0
         self._seen: Fingerprint | None = None
+        # Kept between loads (both only touched by one load at a time): the files that did
+        # not change are not parsed again, and their policies are not compiled again.
+        self.parsed = ParsedFiles()
+        self.compiled: Snapshot | None = None
 
     def load(self) -> bool:
         """Load, compile and apply once; False (logged, nothing applied) if a file is bad."""
@@ -100,11 +104,15 @@ class PolicyWatcher(Periodic):
         )
 
     def _compile(self) -> Snapshot:
-        loaded = load_policy_path(self.path)
+        loaded = load_policy_path(self.path, self.parsed)
         snapshot = compile_snapshot(
-            [s.policy for s in loaded], self.revision + 1, context=self.context
+            [s.policy for s in loaded],
+            self.revision + 1,
+            context=self.context,
+            previous=self.compiled,
         )
         self.revision += 1
+        self.compiled = snapshot
         return snapshot
 
     def changed(self) -> bool:

@@ -22,9 +22,10 @@ import time
 from collections.abc import Callable
 
 from agent.answer_counts import AnswerCounts
+from agent.release import release
 from dnsmesh.drains import NO_DRAINS, DrainSet
 from dnsmesh.reweigh import CONFIGURED, Compiled, Effective, reweigh
-from dnsmesh.slicelimit import carry_buckets
+from dnsmesh.slicelimit import BucketKey, SliceBucket, carry_buckets
 from dnsmesh.snapshot import Snapshot, compile_snapshot
 
 
@@ -71,21 +72,44 @@ class ServedSnapshot:
 
     def set_base(self, base: Snapshot, effective: Effective) -> None:
         """A newly compiled policy set with what health decided for it, at once."""
+        changed = base.changed_since(self.base)
+        if self.base is not self.snapshot:
+            release(self.base)
         self.base = base
         self.base_since = self.clock()
-        self.effective = effective
-        self._publish()
+        before, self.effective = self.effective, effective
+        self._publish(None if changed is None else _touched(changed, before, effective))
 
     def set_weights(self, effective: Effective) -> None:
         """What health decided anew for the base being served."""
-        self.effective = effective
-        self._publish()
+        before, self.effective = self.effective, effective
+        self._publish(_touched(frozenset(), before, effective))
 
-    def _publish(self) -> None:
+    def _publish(self, touched: frozenset[str] | None) -> None:
+        """``touched``: the names whose served policy may change (None: any may)."""
         old = self.snapshot
         effective = self.effective
         new = reweigh(self.base, effective.weights, self._compiled, effective.servfail)
         # Before it is served: the slices' token buckets go on from where they were.
-        carry_buckets(old.buckets(), new.buckets())
+        carry_buckets(_buckets(old, touched), _buckets(new, touched))
         self.snapshot = new  # the one assignment
-        self.answers.retire(old, self.snapshot)
+        self.answers.retire(old, new, touched)
+        if old is not new:
+            release(old)  # its dicts are freed off the loop
+
+
+def _buckets(
+    snapshot: Snapshot, names: frozenset[str] | None
+) -> list[tuple[BucketKey, SliceBucket]]:
+    """The slices' token buckets of the named policies (None: of every one). A policy not
+    touched is the same compiled object on both sides, so its buckets need no carrying."""
+    if names is None:
+        return snapshot.buckets()
+    by_name = snapshot.by_name
+    return [pair for name in names if (c := by_name.get(name)) is not None for pair in c.buckets()]
+
+
+def _touched(changed: frozenset[str], before: Effective, after: Effective) -> frozenset[str]:
+    """The policies whose served form may differ: those the base changed, and those health
+    re-weighs (or stops re-weighing) on either side of the swap."""
+    return changed.union(before.weights, before.servfail, after.weights, after.servfail)

@@ -64,17 +64,61 @@ def policy_files(path: Path) -> list[Path]:
     return [path]
 
 
-def load_policy_path(path: Path) -> list[SourcedPolicy]:
-    """All policies under ``path``, validated as one set (no repeated name or domain)."""
-    if not path.exists():
-        raise PolicyFileError(str(path), [FieldError("", "no such file or folder")])
-    loaded: list[SourcedPolicy] = []
-    for file in policy_files(path):
+# What identifies one version of a file without reading it: size, mtime, ctime, inode.
+FileVersion = tuple[int, int, int, int]
+
+
+class ParsedFiles:
+    """The policies parsed from each file, kept while the file is the same version.
+
+    A reload of a folder where one file changed parses that file only; the others give the
+    same Policy objects as last time, which is what lets the compile keep their compiled
+    form (dnsmesh.snapshot.compile_snapshot's ``previous``). Files that are gone are
+    forgotten at each load.
+    """
+
+    __slots__ = ("_files",)
+
+    def __init__(self) -> None:
+        self._files: dict[str, tuple[FileVersion, list[SourcedPolicy]]] = {}
+
+    def parse(self, file: Path) -> list[SourcedPolicy]:
+        """The file's policies: those parsed before if its version did not change."""
+        source = str(file)
         try:
+            st = file.stat()
+            version = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+            hit = self._files.get(source)
+            if hit is not None and hit[0] == version:
+                return hit[1]
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise PolicyFileError(str(file), [FieldError("", f"cannot read: {exc}")]) from exc
-        loaded.extend(parse_policy_documents(text, str(file)))
+            raise PolicyFileError(source, [FieldError("", f"cannot read: {exc}")]) from exc
+        # The version is the one seen before reading: a write during the read shows as a
+        # new version at the next load, which parses the file again.
+        parsed = parse_policy_documents(text, source)
+        self._files[source] = (version, parsed)
+        return parsed
+
+    def keep_only(self, files: list[Path]) -> None:
+        wanted = {str(file) for file in files}
+        for source in [s for s in self._files if s not in wanted]:
+            del self._files[source]
+
+
+def load_policy_path(path: Path, parsed: ParsedFiles | None = None) -> list[SourcedPolicy]:
+    """All policies under ``path``, validated as one set (no repeated name or domain).
+
+    ``parsed``: the files parsed by earlier loads, reused for the files that did not change.
+    """
+    if not path.exists():
+        raise PolicyFileError(str(path), [FieldError("", "no such file or folder")])
+    parsed = parsed if parsed is not None else ParsedFiles()
+    files = policy_files(path)
+    parsed.keep_only(files)
+    loaded: list[SourcedPolicy] = []
+    for file in files:
+        loaded.extend(parsed.parse(file))
     check_sourced_set(loaded)
     return loaded
 

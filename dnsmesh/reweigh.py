@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dnsmesh.snapshot import CompiledPolicy, ServfailPolicy, Snapshot, debug_index
+from dnsmesh.snapshot import CompiledPolicy, ServfailPolicy, Snapshot
 
 # policy name -> endpoint address -> weight
 Weights = Mapping[str, Mapping[str, int]]
@@ -44,24 +44,29 @@ def reweigh(
 
     ``cache`` keeps the compiled policy of the last call when its policy, revision and
     weights are unchanged: compiling is the expensive part, and usually one endpoint of
-    one policy moved.
+    one policy moved. Only the named policies are visited; the rest of ``base``'s indexes
+    is copied whole (a C-level dict copy, not a walk over 100,000 policies).
     """
     if not weights and not servfail:
         if cache is not None:
             cache.clear()
         return base
     kept: Compiled = {}
-
-    def one(compiled: CompiledPolicy) -> CompiledPolicy:
-        failing = compiled.name in servfail
-        wanted: Mapping[str, int] | None = {} if failing else weights.get(compiled.name)
-        if wanted is None:
-            return compiled
-        hit = cache.get(compiled.name) if cache is not None else None
+    exact = dict(base.exact)
+    wildcards = dict(base.wildcards)
+    by_name = dict(base.by_name)
+    debug = dict(base.debug)
+    for name in weights.keys() | servfail:
+        compiled = base.by_name.get(name)
+        if compiled is None:
+            continue  # decided for a policy this base does not hold
+        failing = name in servfail
+        wanted: Mapping[str, int] = {} if failing else weights[name]
+        hit = cache.get(name) if cache is not None else None
         if (
             hit is not None
             and hit[0] is compiled.policy
-            and hit[1] == base.revision
+            and hit[1] == compiled.revision
             and hit[2] == wanted
             and isinstance(hit[3], ServfailPolicy) == failing
         ):
@@ -69,7 +74,7 @@ def reweigh(
         elif failing:
             fresh = ServfailPolicy(
                 compiled.policy,
-                base.revision,
+                compiled.revision,
                 compiled.canary_share,
                 compiled.context,
                 compiled.slice_counts,
@@ -77,18 +82,19 @@ def reweigh(
         else:
             fresh = CompiledPolicy(
                 compiled.policy,
-                base.revision,
+                compiled.revision,
                 wanted,
                 compiled.canary_share,
                 compiled.context,
                 compiled.slice_counts,
             )
-        kept[compiled.name] = (compiled.policy, base.revision, wanted, fresh)
-        return fresh
-
-    exact = {key: one(c) for key, c in base.exact.items()}
-    wildcards = {key: one(c) for key, c in base.wildcards.items()}
+        kept[name] = (compiled.policy, compiled.revision, wanted, fresh)
+        by_name[name] = fresh
+        (wildcards if compiled.wildcard else exact)[compiled.zone] = fresh
+        if fresh.debug_names:
+            # Its debug names answer as the re-weighed policy (a name a policy holds stays).
+            debug.update((n, v) for n, v in fresh.debug_names.items() if n not in exact)
     if cache is not None:
         cache.clear()
         cache.update(kept)
-    return Snapshot(base.revision, exact, wildcards, base.wildcard_lengths, debug_index(exact))
+    return Snapshot(base.revision, exact, wildcards, base.wildcard_lengths, by_name, debug)

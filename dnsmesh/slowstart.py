@@ -115,12 +115,26 @@ def track(
     decided: Mapping[str, Mapping[str, int]],
     servfail: frozenset[str],
     now: float,
+    only: frozenset[str] | None = None,
 ) -> Ramps:
     """The ramps after health decided ``decided`` (and ``servfail``) for ``policies`` at
     ``now``: the ones in progress that are still in service and unfinished, and one for
-    each address that entered service since ``previous`` in a policy served then."""
-    serving: dict[str, Served] = {}
+    each address that entered service since ``previous`` in a policy served then.
+
+    ``only``: the names health decided anew (``policies`` are those of them still served);
+    every other policy keeps what ``previous`` tracked, so a change of one policy among
+    100,000 tracks one."""
     known = previous.serving or {}
+    serving: dict[str, Served] = {} if only is None else dict(known)
+    started: dict[str, dict[str, tuple[float, float]]] = {}
+    if only is not None:
+        for name in only:
+            serving.pop(name, None)
+        for name, ongoing in previous.started.items():
+            if name not in only:
+                unfinished = {a: r for a, r in ongoing.items() if now - r[0] < r[1]}
+                if unfinished:
+                    started[name] = unfinished
     for policy in policies:
         weights, failing = decided.get(policy.name), policy.name in servfail
         prior = known.get(policy.name)
@@ -137,7 +151,6 @@ def track(
         serving[policy.name] = Served(policy, weights, failing, now_serving)
     if previous.serving is None:
         return Ramps({}, serving)  # the agent's start: what it starts with is not new
-    started: dict[str, dict[str, tuple[float, float]]] = {}
     for policy in policies:
         window = window_of(policy)
         if window <= 0:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import itertools
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -46,6 +48,7 @@ from dnsmesh.dnswire import (
     record_a,
     record_soa_at_question,
 )
+from dnsmesh.errors import FieldError, PolicyError
 from dnsmesh.policy import (
     Cohort,
     Endpoint,
@@ -146,13 +149,18 @@ class _WeightedSlots(_Picker):
     __slots__ = ("slots", "total")
 
     def __init__(self, rrs: Sequence[bytes], weights: Sequence[int], owners: Sequence[str]):
+        # Weights 90/10 are the same draw as 9/1: ten slots, not a hundred (compiling and
+        # memory scale with the slots, and 100,000 policies have a lot of them).
+        unit = math.gcd(*weights)
+        owned: list[str] = []
+        slots: list[tuple[bytes, int]] = []
+        for rr, weight, owner in zip(rrs, weights, owners, strict=True):
+            # Every slot of an answer holds the same tuple: a pointer per slot, no copy.
+            owned += [owner] * (weight // unit)
+            slots += [(rr, 1)] * (weight // unit)
         # A hit counter per slot rather than per endpoint: no second table to index.
-        super().__init__(
-            [owner for owner, weight in zip(owners, weights, strict=True) for _ in range(weight)]
-        )
-        self.slots = tuple(
-            (rr, 1) for rr, weight in zip(rrs, weights, strict=True) for _ in range(weight)
-        )
+        super().__init__(owned)
+        self.slots = tuple(slots)
         self.total = len(self.slots)
 
     def choose(self, client: str, rng: random.Random) -> tuple[bytes, int]:
@@ -542,7 +550,9 @@ class CompiledPolicy:
         self.canary_share = canary_share
         self.context = context
         self.slice_counts = slice_counts or {}
-        self.revision = revision  # the snapshot revision this was compiled for
+        # The revision this was compiled at (the SOA serial of its answers): a policy that
+        # did not change keeps its compiled form, and so this, across revisions.
+        self.revision = revision
         self.name = policy.name
         self.domain = spec.domain
         self.wildcard = spec.domain.startswith("*.")
@@ -805,6 +815,11 @@ def _at_label_start(qname: bytes, offset: int) -> bool:
     return pos == offset
 
 
+# Every snapshot's own number (in this process), so that a snapshot patched from another can
+# say which one: whoever holds the other can then touch only the ``changed`` policies.
+_serials = itertools.count(1)
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """Every policy of one revision, indexed by wire name for exact and wildcard lookup."""
@@ -816,8 +831,16 @@ class Snapshot:
     # the distinct lengths of those keys, longest first: a miss costs one slice and one dict
     # probe per length rather than one per label of the name
     wildcard_lengths: tuple[int, ...] = ()
+    # every compiled policy by its name (never read answering: reweighing and metrics find
+    # a policy by name without walking the others)
+    by_name: Mapping[str, CompiledPolicy] = field(default_factory=dict)
     # DEBUG.<domain> names of slices with a debug_label -> the policy answering as them
     debug: Mapping[bytes, CompiledPolicy] = field(default_factory=dict)
+    serial: int = field(default_factory=lambda: next(_serials), compare=False)
+    # The serial of the snapshot this one was compiled from, and the names whose compiled
+    # policy differs from it (added, changed or removed); None: compiled from nothing.
+    patched_from: int | None = None
+    changed: frozenset[str] = frozenset()
 
     def lookup(self, qname: bytes) -> CompiledPolicy | None:
         """Exact name first, then a slice's debug name, then the longest '*.suffix'
@@ -851,6 +874,11 @@ class Snapshot:
     def policies(self) -> list[CompiledPolicy]:
         return [*self.exact.values(), *self.wildcards.values()]
 
+    def changed_since(self, other: Snapshot) -> frozenset[str] | None:
+        """The names whose compiled policy may differ between ``other`` and this snapshot,
+        when this one was compiled from it; None: any may (compare everything)."""
+        return self.changed if self.patched_from == other.serial else None
+
     def buckets(self) -> list[tuple[BucketKey, SliceBucket]]:
         """Every slice's token bucket (resource_limits), by (policy, slice id)."""
         return [pair for compiled in self.policies() for pair in compiled.buckets()]
@@ -874,6 +902,7 @@ def compile_snapshot(
     canary_shares: Mapping[str, int] | None = None,
     context: CompileContext = NO_CONTEXT,
     slice_counts: Mapping[str, Mapping[str, int]] | None = None,
+    previous: Snapshot | None = None,
 ) -> Snapshot:
     """Compile a validated policy set; raises PolicyError if names or domains repeat.
 
@@ -889,21 +918,59 @@ def compile_snapshot(
 
     ``slice_counts``: per policy name, how many endpoints each scaled slice answers from
     (the controller's ``slice_scale``); a scaled slice not named answers from its min.
+
+    ``previous``: the snapshot these policies replace. A policy that is the same object as
+    the one it compiled, with the same canary share and no weight override, keeps its
+    CompiledPolicy (and the revision it was compiled at, which is its SOA serial): a change
+    of one policy among 100,000 compiles one. The result names what changed from it.
     """
-    check_policy_set(list(policies))
     exact: dict[bytes, CompiledPolicy] = {}
     wildcards: dict[bytes, CompiledPolicy] = {}
+    by_name: dict[str, CompiledPolicy] = {}
     overrides = weights or {}
     shares = canary_shares or {}
     counts = slice_counts or {}
+    before = previous.by_name if previous is not None else {}
+    changed: set[str] = set()
+    carried = 0  # names that ``previous`` held too
     for policy in policies:
-        share = shares.get(policy.name)
-        compiled = CompiledPolicy(
-            policy, revision, overrides.get(policy.name), share, context, counts.get(policy.name)
-        )
-        if compiled.wildcard:
-            wildcards[compiled.zone] = compiled
-        else:
-            exact[compiled.zone] = compiled
+        name = policy.name
+        share = shares.get(name)
+        override = overrides.get(name)
+        compiled = before.get(name)
+        carried += compiled is not None
+        if (
+            compiled is None
+            or compiled.policy is not policy
+            or compiled.canary_share != share
+            or compiled.slice_counts != counts.get(name, {})
+            or (compiled.context is not context and compiled.context != context)
+            or override
+            or type(compiled) is not CompiledPolicy
+        ):
+            compiled = CompiledPolicy(policy, revision, override, share, context, counts.get(name))
+            changed.add(name)
+        index = wildcards if compiled.wildcard else exact
+        if name in by_name or compiled.zone in index:
+            # A repeated name or domain: the set check says which, with the set's words.
+            check_policy_set(list(policies))
+            raise PolicyError(
+                [FieldError("spec.domain", "is answered by two policies")], policy=name
+            )
+        by_name[name] = compiled
+        index[compiled.zone] = compiled
+    if carried < len(before):
+        # Some were removed. (A set difference of 100,000 names is one C call of
+        # milliseconds that the loop's thread would wait out: only when there is one.)
+        changed.update(before.keys() - by_name.keys())
     lengths = tuple(sorted({len(key) for key in wildcards}, reverse=True))
-    return Snapshot(revision, exact, wildcards, lengths, debug_index(exact))
+    return Snapshot(
+        revision,
+        exact,
+        wildcards,
+        lengths,
+        by_name,
+        debug_index(exact),
+        patched_from=previous.serial if previous is not None else None,
+        changed=frozenset(changed),
+    )

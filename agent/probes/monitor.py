@@ -20,7 +20,8 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from agent.probes.plan import build_plan
 from agent.probes.probers import Ping, aioping_ping
@@ -37,6 +38,7 @@ from dnsmesh.snapshot import Snapshot
 log = logging.getLogger(__name__)
 
 RAMP_TICK = 1.0  # seconds between re-weighings while an endpoint ramps (slow start)
+_V = TypeVar("_V")
 
 
 class HealthMonitor:
@@ -79,6 +81,7 @@ class HealthMonitor:
             self._observe, concurrency=concurrency, rng=rng, clock=clock, ping=ping
         )
         self._dirty = asyncio.Event()
+        self._decided: tuple[int, object, object, object] | None = None  # see _inputs
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -101,12 +104,31 @@ class HealthMonitor:
 
     def weigh(self, base: Snapshot) -> Effective:
         """The weights for a new compiled policy set (or a new mesh down set or drains),
-        decided now from what is known of health; its probes are planned too."""
-        if self._decide(base):
+        decided now from what is known of health; its probes are planned too.
+
+        A base compiled from the one being served, with the same down set, drains and
+        assignment, is decided only for the policies it changed: the others' decision
+        stands, and a change of one policy among 100,000 costs one policy's work here.
+        """
+        served = self.served.base
+        changed = base.changed_since(served) if self._decided == self._inputs(served) else None
+        if self._decide(base, changed):
             self._reweighted(base)
-        if self._task is not None:
+        if self._task is not None and (changed is None or _probed(changed, served, base)):
             self._replan(base)
         return self.effective
+
+    def _inputs(self, base: Snapshot) -> tuple[int, object, object, object]:
+        """What a decision was made from besides health and the policies (compared as
+        values; a revision that does not change them keeps the same objects, which compare
+        at once)."""
+        scoped = self.scope is not EVERYTHING
+        return (
+            base.serial,
+            self.served.down,
+            self.served.drains,
+            self.scope.assignment() if scoped else None,
+        )
 
     def _replan(self, base: Snapshot) -> None:
         policies = [c.policy for c in base.policies()]
@@ -160,9 +182,13 @@ class HealthMonitor:
             # Bounds recompiles to 1/min_gap a second however many probes finish meanwhile.
             await asyncio.sleep(self.min_gap)
 
-    def _decide(self, base: Snapshot) -> bool:
-        """Decide the weights for ``base``; whether any effective weight changed."""
-        policies = [c.policy for c in base.policies()]
+    def _decide(self, base: Snapshot, only: frozenset[str] | None = None) -> bool:
+        """Decide the weights for ``base`` (for its policies named in ``only``, keeping the
+        last decision for the rest); whether any effective weight changed."""
+        if only is None:
+            policies = [c.policy for c in base.policies()]
+        else:
+            policies = [base.by_name[n].policy for n in only if n in base.by_name]
         health = self.health
         if self.scope is not EVERYTHING:
             # What this agent does not probe, its zone's probers measured (latency only).
@@ -171,11 +197,17 @@ class HealthMonitor:
         decision = decide_weights(
             policies, health, self.served.down, self.decision.levels, self.served.drains
         )
+        if only is not None:
+            decision = _merged(self.decision, decision, only)
+        self._decided = self._inputs(base)
         now = self.clock()
         previous = self.ramps
-        self.ramps = track(previous, policies, decision.weights, decision.servfail, now)
+        self.ramps = track(previous, policies, decision.weights, decision.servfail, now, only)
+        # Only the policies with a ramp in progress are ramped: those alone are looked up.
+        by_name = base.by_name
+        ramping = [by_name[name].policy for name in self.ramps.started if name in by_name]
         weights, self.ramp_fractions = ramped(
-            self.ramps, policies, decision.weights, now, self.ramp_tick
+            self.ramps, ramping, decision.weights, now, self.ramp_tick
         )
         changed = weights != self.weights or decision.servfail != self.decision.servfail
         self.weights = weights
@@ -242,3 +274,30 @@ class HealthMonitor:
             )
         self._samples = {}
         return Report(endpoints=endpoints)
+
+
+def _probed(names: frozenset[str], before: Snapshot, after: Snapshot) -> bool:
+    """Whether a policy of ``names`` probes, before or after: only then can the plan move."""
+    for name in names:
+        for snapshot in (before, after):
+            compiled = snapshot.by_name.get(name)
+            if compiled is not None:
+                health = compiled.policy.spec.health
+                if health is not None and health.probe is not None:
+                    return True
+    return False
+
+
+def _merged(last: Decision, some: Decision, names: frozenset[str]) -> Decision:
+    """``last`` with the policies in ``names`` decided anew as ``some``."""
+
+    def kept(table: Mapping[str, _V]) -> dict[str, _V]:
+        return {name: value for name, value in table.items() if name not in names}
+
+    levels = {key: level for key, level in last.levels.items() if key[0] not in names}
+    return Decision(
+        kept(last.weights) | dict(some.weights),
+        levels | dict(some.levels),
+        kept(last.all_down) | dict(some.all_down),
+        kept(last.ejected) | dict(some.ejected),
+    )

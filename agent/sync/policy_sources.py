@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.release import release
 from agent.reload import PolicyWatcher
 from dnsmesh.errors import PolicyError
 from dnsmesh.logs import fields
@@ -114,6 +115,7 @@ class Prepared:
     view: AppliedState | None = None  # the new controller state, if any update applied
     verdict: Refused | None = None  # why `view` cannot run, or None
     snapshot: CompiledSnapshot | None = None  # `view` and the local files, compiled
+    shadowed: list[ShadowedPolicy] | None = None  # what the local files shadow in `view`
 
 
 class PolicySources:
@@ -136,12 +138,14 @@ class PolicySources:
         self.local: list[SourcedPolicy] = []
         self.running = AppliedState.empty()
         self.on_local_changed = on_local_changed
-        self._staged_local: tuple[list[SourcedPolicy], AppliedState] | None = None
-
-    @property
-    def shadowed(self) -> list[ShadowedPolicy]:
-        """The controller policies that local files shadow in what runs now."""
-        return [c.shadowed() for c in find_clashes(self.local, self.running.policies)]
+        self._staged_local: (
+            tuple[list[SourcedPolicy], AppliedState, list[ShadowedPolicy]] | None
+        ) = None
+        # The last snapshot published, which the next compile starts from (only the policies
+        # that changed are compiled again), and what the local files shadow in what runs:
+        # both are worked out where the compile runs (a worker thread), not on the loop.
+        self.compiled: CompiledSnapshot | None = None
+        self.shadowed: list[ShadowedPolicy] = []
 
     def acknowledgement(self) -> Ack:
         """The ACK of what runs, with what is local and shadowed."""
@@ -151,8 +155,12 @@ class PolicySources:
             shadowed=self.shadowed,
         )
 
-    def _compile(self, local: Sequence[SourcedPolicy], state: AppliedState) -> CompiledSnapshot:
-        shadowed = {c.controller.name for c in find_clashes(local, state.policies)}
+    def _compile(
+        self, local: Sequence[SourcedPolicy], state: AppliedState
+    ) -> tuple[CompiledSnapshot, list[ShadowedPolicy]]:
+        """The snapshot of both sources, and the controller policies the local ones shadow."""
+        clashes = find_clashes(local, state.policies)
+        shadowed = {c.controller.name for c in clashes}
         served = [p for name, p in state.policies.items() if name not in shadowed]
         # A controller policy's canary answers as its rollout says, 0 % without one; a local
         # file's canary answers by its weights as written (no engine moves it).
@@ -162,13 +170,22 @@ class PolicySources:
         # file's, and a controller slice before the controller says, from its min.
         names = {p.name for p in served}
         counts = {name: c for name, c in state.slice_scale.items() if name in names}
-        return compile_snapshot(
+        snapshot = compile_snapshot(
             policies,
             state.revision,
             canary_shares=shares,
             context=self.context,
             slice_counts=counts,
+            previous=self.compiled,
         )
+        return snapshot, [c.shadowed() for c in clashes]
+
+    def _publish(self, snapshot: CompiledSnapshot, shadowed: list[ShadowedPolicy]) -> None:
+        """Swap in a compiled snapshot (on the loop); logs when the shadowing changed."""
+        before, self.shadowed = self.shadowed, shadowed
+        self.compiled = snapshot
+        self.publish(snapshot)
+        self._log_shadowing(before)
 
     def _log_shadowing(self, before: Sequence[ShadowedPolicy]) -> None:
         after = self.shadowed
@@ -191,7 +208,7 @@ class PolicySources:
     def start_from(self, state: AppliedState) -> None:
         """Serve ``state`` (from the state file) before any local file is loaded."""
         self.running = state
-        self.publish(self._compile(self.local, state))
+        self._publish(*self._compile(self.local, state))
 
     def receive(self, updates: Sequence[Update]) -> list[Outcome]:
         """Apply queued updates in order, compile once, swap once; outcomes by revision.
@@ -229,7 +246,7 @@ class PolicySources:
             return prepared
         prepared.view = view
         try:
-            prepared.snapshot = self._compile(local, view)
+            prepared.snapshot, prepared.shadowed = self._compile(local, view)
         except PolicyError as exc:  # what apply_update's set check cannot see
             prepared.verdict = Refused(view.revision, f"invalid update: {exc}")
         return prepared
@@ -248,10 +265,9 @@ class PolicySources:
                 )
         view, verdict = prepared.view, prepared.verdict
         if view is not None and prepared.snapshot is not None:
-            before = self.shadowed
+            release(self.running)  # its policies dict is freed off the loop
             self.running = view
-            self.publish(prepared.snapshot)
-            self._log_shadowing(before)
+            self._publish(prepared.snapshot, prepared.shadowed or [])
             outcomes.append(Applied(view.revision))
         elif view is not None and verdict is not None:
             log.error(
@@ -275,25 +291,26 @@ class PolicySources:
         controller update landed in between.
         """
         running = self.running
-        snapshot = self._compile(loaded, running)
-        self._staged_local = (loaded, running)
+        snapshot, shadowed = self._compile(loaded, running)
+        self._staged_local = (loaded, running, shadowed)
         return snapshot
 
     def commit_local(self, snapshot: CompiledSnapshot) -> None:
         """Publish the staged local files (on the loop), then report them."""
+        shadowed = self.shadowed
         if self._staged_local is not None:
-            loaded, compiled_with = self._staged_local
+            loaded, compiled_with, shadowed = self._staged_local
             self._staged_local = None
             if compiled_with is not self.running:
                 # A controller update was applied while the files were parsed: compile
                 # again against what runs now, or a stale controller set would be swapped in.
-                snapshot = self._compile(loaded, self.running)
+                snapshot, shadowed = self._compile(loaded, self.running)
         else:
             loaded = self.local
-        before = self.shadowed
+        if loaded is not self.local:
+            release(self.local)  # a list as long as the files' policies: freed off the loop
         self.local = loaded
-        self.publish(snapshot)
-        self._log_shadowing(before)
+        self._publish(snapshot, shadowed)
         if self.on_local_changed is not None:
             self.on_local_changed()
 
@@ -308,7 +325,7 @@ class LocalPolicyWatcher(PolicyWatcher):
     def _compile(self) -> CompiledSnapshot:
         # Inside PolicyWatcher._build's error handling: a file that does not load is logged
         # as a failed reload and the previous local files stay in force.
-        snapshot = self.sources.stage_local(load_policy_path(self.path))
+        snapshot = self.sources.stage_local(load_policy_path(self.path, self.parsed))
         self.revision += 1
         return snapshot
 

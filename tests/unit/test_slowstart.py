@@ -179,3 +179,26 @@ def test_a_window_set_by_the_same_edit_that_adds_an_endpoint_ramps_it() -> None:
     gives it a window, and then from the policy as it was."""
     ramps = track(started(web([A], slow_start=None)), [web([A, B])], {}, frozenset(), 1.0)
     assert ramps.fractions("web", 1.0) == {B: FLOOR}
+
+
+def test_tracking_only_the_changed_names_keeps_the_others_as_tracked() -> None:
+    """An incremental decision (one policy of many changed) tracks that one alone: the
+    others keep what was in service and their ramps in progress; a finished one is dropped."""
+    other = parse_policy(
+        policy_doc("other", [{"address": A}, {"address": B}], health={"slow_start": 10})
+    )
+    ramps = track(started(web([A]), other), [web([A, B]), other], {}, frozenset(), 0.0)
+    assert ramps.fractions("web", 0.0) == {B: FLOOR}
+    edited = parse_policy(
+        policy_doc(
+            "other", [{"address": A}, {"address": B}, {"address": C}], health={"slow_start": 10}
+        )
+    )
+    later = track(ramps, [edited], {}, frozenset(), 5.0, only=frozenset({"other"}))
+    assert later.fractions("web", 5.0) == {B: pytest.approx(0.55)}  # kept, not re-tracked
+    assert later.fractions("other", 5.0) == {C: FLOOR}
+    assert later.in_service("web") == frozenset({A, B})
+    done = track(later, [edited], {}, frozenset(), 12.0, only=frozenset({"other"}))
+    assert "web" not in done.started  # its ramp finished at 10 s
+    removed = track(done, [], {}, frozenset(), 13.0, only=frozenset({"other"}))
+    assert removed.in_service("other") is None
