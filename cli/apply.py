@@ -1,6 +1,6 @@
 """``dnsmesh apply``: a set of policies applied all or none, in one transaction.
 
-The whole set goes to ``POST /v1/policies:apply`` (with ``--prune``: and the labels of the
+The whole set goes to ``POST /v1/apply`` (with ``--prune``: and the labels of the
 policies to delete when the files do not hold them). The controller checks every document
 as a single write would (validation, a domain another policy holds), applies them all in
 one transaction or, when any is refused, none, and says what became of each. Here each
