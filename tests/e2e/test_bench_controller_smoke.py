@@ -1,0 +1,85 @@
+"""Smokes of the controller benchmarks at small N: each runs end to end and prints its table.
+
+bench/apply.py and bench/controller_api.py compare with ``--ref HEAD`` here (the harness of
+the side-by-side mode: a commit exported and its own controller run), bench/controller_push.py
+runs one controller on SQLite and two replicas on PostgreSQL. The numbers are not checked:
+they are the benchmarks' to print, at sizes the loaded test machine can spare.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+POSTGRES = os.environ.get(
+    "DNSMESH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+BENCH_TIMEOUT_S = 110.0
+
+pytestmark = pytest.mark.timing  # several controllers and client processes at once
+
+
+def _bench(*args: str) -> list[str]:
+    """The table rows the bench printed (every line that starts with '| ' past the header)."""
+    try:
+        done = subprocess.run(
+            [sys.executable, *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=BENCH_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as expired:
+        pytest.fail(f"{args[0]} did not finish in {BENCH_TIMEOUT_S} s: {expired.stderr!r}")
+    assert done.returncode == 0, f"{args[0]} failed:\n{done.stdout}\n{done.stderr}"
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    return [row for row in rows[1:] if not row.startswith("|--")]
+
+
+@pytest.mark.postgres
+def test_apply_bench_times_this_build_beside_a_ref() -> None:
+    rows = _bench("bench/apply.py", "--ref", "HEAD", "--policies", "20", "--rounds", "1")
+    assert [row.split("|")[1].strip() for row in rows] == [
+        "create",
+        "dry-run update",
+        "update",
+        "unchanged",
+    ]
+    assert all(len(row.split("|")) == 5 for row in rows)  # phase, before, after
+
+
+@pytest.mark.postgres
+def test_api_bench_runs_the_ref_and_this_build() -> None:
+    rows = _bench(
+        "bench/controller_api.py",
+        *("--no-sqlite", "--ref", "HEAD", "--policies", "10", "--ops", "20"),
+        *("--list-ops", "5", "--max-seconds", "3"),
+    )
+    trees = [row.split("|")[1].strip() for row in rows]
+    assert len(rows) == 8 and trees[0].startswith("before (") and trees[-1] == "this build"
+
+
+def test_push_bench_converges_a_few_agents_on_one_controller() -> None:
+    rows = _bench(
+        "bench/controller_push.py",
+        *("--agents", "20", "--rounds", "1", "--workers", "2", "--settle", "0.5"),
+    )
+    cells = [cell.strip() for cell in rows[0].split("|")[1:-1]]
+    assert cells[0] == "20" and cells[8] == "0"  # agents, missing
+
+
+@pytest.mark.postgres
+def test_push_bench_splits_agents_over_two_replicas() -> None:
+    rows = _bench(
+        "bench/controller_push.py",
+        *("--agents", "20", "--rounds", "1", "--settle", "0.5"),
+        *("--replicas", "2", "--database", POSTGRES),
+    )
+    cells = [cell.strip() for cell in rows[0].split("|")[1:-1]]
+    assert cells[0] == "20" and cells[8] == "0"
