@@ -14,7 +14,6 @@ import os
 import sys
 import time
 
-CONNECT_DEADLINE_S = 180.0
 ROUND_DEADLINE_S = 60.0
 
 
@@ -76,7 +75,7 @@ async def run_worker(args: argparse.Namespace) -> None:
         )
         for i in range(count)
     ]
-    deadline = time.monotonic() + CONNECT_DEADLINE_S
+    deadline = time.monotonic() + args.connect_deadline
     while not all(r.is_set() for r in readies) and time.monotonic() < deadline:
         failed = [t for t in tasks if t.done() and t.exception() is not None]
         if failed:

@@ -192,6 +192,8 @@ def run_size(args: argparse.Namespace, size: int, folder: Path) -> list[Row]:
                 str(count),
                 "--worker-prefix",
                 f"w{index}",
+                "--connect-deadline",
+                str(args.connect_deadline),
             ]
             if args.deflate:
                 command.append("--deflate")
@@ -301,6 +303,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--deflate", action="store_true", help="permessage-deflate (controller --ws-deflate)"
+    )
+    parser.add_argument(
+        "--connect-deadline",
+        type=float,
+        default=600.0,
+        help="seconds for every agent to connect (10,000 on a loaded 2-core machine: minutes)",
     )
     parser.add_argument(
         "--replicas",
