@@ -164,7 +164,7 @@ class Row:
 
 def run_size(args: argparse.Namespace, size: int, folder: Path) -> list[Row]:
     rows: list[Row] = []
-    extra = ["--ws-deflate"] if args.deflate else []
+    extra = (["--ws-deflate"] if args.deflate else []) + args.controller_arg
     with database(args.database, folder) as url, contextlib.ExitStack() as replicas:
         controllers = [
             replicas.enter_context(controller(url, folder, *extra, "--replica-id", f"bench-{i}"))
@@ -305,6 +305,14 @@ def main() -> int:
         "--deflate", action="store_true", help="permessage-deflate (controller --ws-deflate)"
     )
     parser.add_argument(
+        "--controller-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="pass ARG to every controller (repeat: --controller-arg=--probes-per-endpoint "
+        "--controller-arg=0)",
+    )
+    parser.add_argument(
         "--connect-deadline",
         type=float,
         default=600.0,
@@ -337,6 +345,7 @@ def main() -> int:
         f"controller push bench: {os.cpu_count()} CPUs, {args.workers} client processes, "
         f"{'PostgreSQL' if postgres else 'SQLite'}, {args.replicas} replica(s), "
         f"permessage-deflate {'on' if args.deflate else 'off'}, RLIMIT_NOFILE {limit}, "
+        f"controller args {' '.join(args.controller_arg) or '(none)'}, "
         f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
         flush=True,
     )
