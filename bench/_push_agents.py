@@ -36,7 +36,7 @@ async def _agent(
             url,
             additional_headers={"Authorization": f"Bearer {token}"},
             proxy=None,
-            open_timeout=60,
+            open_timeout=180,  # a controller busy with thousands of peers answers late
             compression=compression,
         )
         hello = protocol.Hello(agent_id=agent_id, node_name=f"node-{agent_id}", revision=0)
