@@ -42,7 +42,8 @@ async def _agent(
         hello = protocol.Hello(agent_id=agent_id, node_name=f"node-{agent_id}", revision=0)
         await ws.send(protocol.encode_message(hello))
         first = protocol.decode_message(await ws.recv())
-        assert isinstance(first, protocol.SnapshotMessage)
+        if not isinstance(first, protocol.SnapshotMessage | protocol.Delta):
+            raise RuntimeError(f"{agent_id}: the first answer to the hello was {first!r}")
         await ws.send(protocol.encode_message(protocol.Ack(revision=first.revision)))
     ready.set()
     async with ws:

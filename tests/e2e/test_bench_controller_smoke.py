@@ -1,8 +1,9 @@
 """Smokes of the controller benchmarks at small N: each runs end to end and prints its table.
 
-bench/apply.py and bench/controller_api.py compare with ``--ref HEAD`` here (the harness of
-the side-by-side mode: a commit exported and its own controller run), bench/controller_push.py
-runs one controller on SQLite and two replicas on PostgreSQL. The numbers are not checked:
+bench/controller_api.py compares with ``--ref HEAD`` here (the harness of the side-by-side
+mode: a commit exported and its own controller run; bench/apply.py shares it and runs this
+build only, since each of its trees starts the CLI six times), bench/controller_push.py runs
+one controller on SQLite and two replicas on PostgreSQL. The numbers are not checked:
 they are the benchmarks' to print, at sizes the loaded test machine can spare.
 """
 
@@ -19,9 +20,10 @@ REPO = Path(__file__).resolve().parents[2]
 POSTGRES = os.environ.get(
     "DNSMESH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-BENCH_TIMEOUT_S = 110.0
+BENCH_TIMEOUT_S = 200.0  # process starts are slow on the loaded test machine
 
-pytestmark = pytest.mark.timing  # several controllers and client processes at once
+# Several controllers and client processes at once; longer than the suite's 120 s default.
+pytestmark = [pytest.mark.timing, pytest.mark.timeout(BENCH_TIMEOUT_S + 30)]
 
 
 def _bench(*args: str) -> list[str]:
@@ -43,15 +45,15 @@ def _bench(*args: str) -> list[str]:
 
 
 @pytest.mark.postgres
-def test_apply_bench_times_this_build_beside_a_ref() -> None:
-    rows = _bench("bench/apply.py", "--ref", "HEAD", "--policies", "20", "--rounds", "1")
+def test_apply_bench_times_every_phase() -> None:
+    rows = _bench("bench/apply.py", "--policies", "20", "--rounds", "1")
     assert [row.split("|")[1].strip() for row in rows] == [
         "create",
         "dry-run update",
         "update",
         "unchanged",
     ]
-    assert all(len(row.split("|")) == 5 for row in rows)  # phase, before, after
+    assert all(len(row.split("|")) == 4 for row in rows)  # phase, this build
 
 
 @pytest.mark.postgres
