@@ -210,7 +210,7 @@ Errors: every error status has one shape, with ``fields`` always present:
                               written; Retry-After: 1
     503 commit_unknown        the database connection was lost during COMMIT: the write
                               may or may not have landed. Dnsmesh-Unknown-Revision: R names
-                              the revision it would have (the last, for an :apply); re-read
+                              the revision it would have (the last, for /v1/apply); re-read
                               (GET /readyz, the policy's ETag) before writing again. No
                               Retry-After: a blind retry of a POST could write twice
   While the database is away, GET /v1/policies and GET /v1/policies/{name} answer 200 from
