@@ -172,7 +172,14 @@ def run_size(args: argparse.Namespace, size: int, folder: Path) -> list[Row]:
         ]
         ctl = controllers[0]  # the changes go through the first replica
         secret = tokens(url)
-        http = httpx.Client(base_url=ctl.base_url, trust_env=False, timeout=30)
+        # Idle for most of a round: a kept-alive connection the controller has closed by the
+        # next change (uvicorn's keep-alive is 5 s) would be reset, so none is kept that long.
+        http = httpx.Client(
+            base_url=ctl.base_url,
+            trust_env=False,
+            timeout=30,
+            limits=httpx.Limits(keepalive_expiry=2.0),
+        )
         editor = {"Authorization": f"Bearer {secret['editor']}"}
         viewer = {"Authorization": f"Bearer {secret['viewer']}"}
         assert http.put("/v1/policies/checkout", json=policy(90), headers=editor).status_code == 201
