@@ -9,7 +9,13 @@ ACKed it, relative to the moment the PUT was sent; then it checks /v1/revisions/
 the controller reports all N agents converged. Memory per agent is the controller's RSS
 (/proc/PID/status) after connecting minus before, over N. Every phase has a deadline.
 
+``--replicas 2`` (PostgreSQL only): two controllers on the one fresh database, the agents
+split evenly between them (each client process talks to one replica), the change made
+through the first, and the percentiles taken over all agents: the second replica learns of
+the commit by NOTIFY. Memory per agent is then the RSS growth of both over N.
+
     python bench/controller_push.py --agents 100,1000,5000 [--rounds 3] [--workers 2]
+    python bench/controller_push.py --agents 10000 --replicas 2 --database postgresql://...
 """
 
 from __future__ import annotations
@@ -97,6 +103,10 @@ def database(url: str | None, folder: Path) -> Iterator[str]:
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def client_shares(size: int, workers: int) -> list[int]:
+    return [size // workers + (1 if i < size % workers else 0) for i in range(workers)]
+
+
 @contextlib.contextmanager
 def controller(url: str, folder: Path, *extra: str) -> Iterator[Controller]:
     with ControllerProcess(url, folder, *extra, stop_timeout=30.0) as process:
@@ -154,35 +164,43 @@ class Row:
 
 def run_size(args: argparse.Namespace, size: int, folder: Path) -> list[Row]:
     rows: list[Row] = []
-    with (
-        database(args.database, folder) as url,
-        controller(url, folder, *(["--ws-deflate"] if args.deflate else [])) as ctl,
-    ):
+    extra = (["--ws-deflate"] if args.deflate else []) + args.controller_arg
+    with database(args.database, folder) as url, contextlib.ExitStack() as replicas:
+        controllers = [
+            replicas.enter_context(controller(url, folder, *extra, "--replica-id", f"bench-{i}"))
+            for i in range(args.replicas)
+        ]
+        ctl = controllers[0]  # the changes go through the first replica
         secret = tokens(url)
-        http = httpx.Client(base_url=ctl.base_url, trust_env=False, timeout=30)
+        # Idle for most of a round: a kept-alive connection the controller has closed by the
+        # next change (uvicorn's keep-alive is 5 s) would be reset, so none is kept that long.
+        http = httpx.Client(
+            base_url=ctl.base_url,
+            trust_env=False,
+            timeout=30,
+            limits=httpx.Limits(keepalive_expiry=2.0),
+        )
         editor = {"Authorization": f"Bearer {secret['editor']}"}
         viewer = {"Authorization": f"Bearer {secret['viewer']}"}
         assert http.put("/v1/policies/checkout", json=policy(90), headers=editor).status_code == 201
-        rss_before = ctl.rss_kib()
-        stream = ctl.base_url.replace("http://", "ws://") + "/v1/agents/stream"
+        rss_before = sum(c.rss_kib() for c in controllers)
         workers = []
-        share = [
-            size // args.workers + (1 if i < size % args.workers else 0)
-            for i in range(args.workers)
-        ]
         started = time.monotonic()
         env = {**os.environ, "DNSMESH_BENCH_TOKEN": secret["agent"]}
-        for index, count in enumerate(share):
+        for index, count in enumerate(client_shares(size, args.workers)):
+            target = controllers[index % len(controllers)]
             command = [
                 sys.executable,
                 __file__,
                 "--worker",
                 "--url",
-                stream,
+                target.base_url.replace("http://", "ws://") + "/v1/agents/stream",
                 "--worker-agents",
                 str(count),
                 "--worker-prefix",
                 f"w{index}",
+                "--connect-deadline",
+                str(args.connect_deadline),
             ]
             if args.deflate:
                 command.append("--deflate")
@@ -199,7 +217,7 @@ def run_size(args: argparse.Namespace, size: int, folder: Path) -> list[Row]:
                     raise RuntimeError(f"a worker failed to connect its agents: {answer['error']}")
             connect_s = time.monotonic() - started
             time.sleep(args.settle)  # let the hellos and ACKs of the snapshots be written
-            rss_after = ctl.rss_kib()
+            rss_after = sum(c.rss_kib() for c in controllers)
             per_agent = (rss_after - rss_before) / size
             for round_number in range(1, args.rounds + 1):
                 sent = time.monotonic()
@@ -293,6 +311,26 @@ def main() -> int:
     parser.add_argument(
         "--deflate", action="store_true", help="permessage-deflate (controller --ws-deflate)"
     )
+    parser.add_argument(
+        "--controller-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="pass ARG to every controller (repeat: --controller-arg=--probes-per-endpoint "
+        "--controller-arg=0)",
+    )
+    parser.add_argument(
+        "--connect-deadline",
+        type=float,
+        default=600.0,
+        help="seconds for every agent to connect (10,000 on a loaded 2-core machine: minutes)",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="controllers sharing the database, agents split across them (PostgreSQL)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--worker-agents", type=int, help=argparse.SUPPRESS)
@@ -303,12 +341,19 @@ def main() -> int:
         asyncio.run(run_worker(args))
         return 0
     sizes = [int(s) for s in args.agents.split(",")]
+    postgres = bool(args.database and args.database.startswith("postgres"))
+    if args.replicas > 1 and not postgres:
+        parser.error("--replicas needs --database postgresql://... (replicas share it)")
+    args.workers = max(args.workers, args.replicas)  # each client process has one replica
     if max(sizes) * 2 + 200 > limit * max(1, args.workers):
         print(f"warning: RLIMIT_NOFILE is {limit}", file=sys.stderr)
+    load = os.getloadavg()
     print(
         f"controller push bench: {os.cpu_count()} CPUs, {args.workers} client processes, "
-        f"{'PostgreSQL' if args.database and args.database.startswith('postgres') else 'SQLite'}, "
-        f"permessage-deflate {'on' if args.deflate else 'off'}",
+        f"{'PostgreSQL' if postgres else 'SQLite'}, {args.replicas} replica(s), "
+        f"permessage-deflate {'on' if args.deflate else 'off'}, RLIMIT_NOFILE {limit}, "
+        f"controller args {' '.join(args.controller_arg) or '(none)'}, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
         flush=True,
     )
     print(HEADER, flush=True)

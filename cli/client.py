@@ -157,19 +157,22 @@ class ControllerClient:
         dry_run: bool = False,
         force: bool = False,
     ) -> SetResult:
-        """``POST /v1/policies:apply``: the whole set in one transaction, all or none.
+        """``POST /v1/apply``: the whole set in one transaction, all or none.
 
-        ``prune``: also delete the policies with these labels that the set does not name.
-        A set the controller refuses is a result (every document's outcome), not an error.
+        ``prune``: also delete the policies with these labels that the set does not name
+        (``{}``: every policy it does not name). A set the controller refuses is a result
+        (every document's outcome), not an error.
         """
-        body: dict[str, Any] = {"policies": [p.to_document(with_revision=False) for p in policies]}
+        params = _write_params(dry_run, force)
         if prune is not None:
-            body["prune"] = {"labels": prune}
+            params["prune"] = "true"
+            if prune:
+                params["selector"] = ",".join(f"{k}={v}" for k, v in prune.items())
         response = self._request(
             "POST",
-            "/v1/policies:apply",
-            json=body,
-            params=_write_params(dry_run, force),
+            "/v1/apply",
+            json=[p.to_document(with_revision=False) for p in policies],
+            params=params,
             allow={409, 422},
         )
         answer = response.json()

@@ -78,7 +78,7 @@ def add_client_commands(
         "--selector",
         action="append",
         default=[],
-        metavar="KEY=VALUE",
+        metavar="KEY=VALUE[,KEY=VALUE]",
         help="with --prune (only): prune only policies with these labels (repeat to AND)",
     )
     apply.set_defaults(run=run_apply)
@@ -138,7 +138,18 @@ def run_apply(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     wanted = load_policy_path(args.filename)
     if not wanted:
         raise ConfigError(f"{args.filename} holds no policy (no .yaml or .yml document)")
-    return apply_set(args, wanted, _selector(args.selector), out)
+    return apply_set(args, wanted, _prune_selector(args.selector), out)
+
+
+def _prune_selector(selectors: list[str]) -> dict[str, str]:
+    """``-l`` of apply: each a Kubernetes equality selector (``team=x,env=prod``), all ANDed;
+    checked here as the controller checks its ``selector`` parameter."""
+    from dnsmesh.labelselector import SelectorError, parse_equality_selector
+
+    try:
+        return parse_equality_selector(",".join(selectors))
+    except SelectorError as error:
+        raise ConfigError(f"-l/--selector: {error}") from None
 
 
 def run_get(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:

@@ -18,24 +18,30 @@ Policies (read: viewer, editor, admin, agent; write: editor, admin)
                                                    {name} (else 422); metadata.revision in a
                                                    body is ignored.
     DELETE /v1/policies/{name}                   200 {"deleted": name, "revision": R}
-    POST   /v1/policies:apply {"policies": [policy, ...], "prune"?: {"labels": {K: V}}}
-                                                 a set, in one transaction, all or none:
+    POST   /v1/apply [policy, ...] [?dry_run=true&force=true&prune=true&selector=K=V,K2=V2]
+                                                 a set, in one transaction, as one revision,
+                                                   all or none (what `dnsmesh apply -f` sends):
                                                    200 {"revision", "applied", "dry_run",
                                                    "items": [{"index", "name", "outcome":
                                                    created|configured|unchanged|pruned,
-                                                   "error": null}]}; when any document is
-                                                   refused, nothing is stored: 409 (422 when
+                                                   "error": null}]}; every document is
+                                                   validated (and the set: a name or domain
+                                                   twice) before anything is read; when any
+                                                   is refused, nothing is stored: 409 (422 when
                                                    every refusal is invalid_policy)
                                                    {"error": {"code": "apply_refused",
-                                                   "fields": [{"path": "policies[I]..."}]},
-                                                   the same keys, refused items' "error" the
-                                                   error object}. prune: the policies with
-                                                   those labels ({} = all) the set does not
-                                                   name are deleted (first, so a domain can
-                                                   move to a new policy); pruned items come
-                                                   after the set's. Each change is its own
-                                                   revision; documents are written in order.
-  ?dry_run=true on POST, PUT and DELETE (policies, slices, :apply): the write's validation
+                                                   "fields": [{"path": "[I].spec..."}]}, the
+                                                   same keys, refused items' "error" the error
+                                                   object}. prune=true: the policies the list
+                                                   does not name are deleted (first, so a
+                                                   domain can move to a new policy), only
+                                                   those matching selector (Kubernetes'
+                                                   equality form: K=V or K==V, comma-joined;
+                                                   anything else, or selector without prune,
+                                                   is 422 naming "selector"); pruned items
+                                                   come after the list's. If-Match: the mesh
+                                                   revision the set was planned against.
+  ?dry_run=true on POST, PUT and DELETE (policies, slices, /v1/apply): the write's validation
   and conflict checks run in full (the same status and error as the write), then nothing
   is stored:
   no revision, no change, no audit row, no push. The answer carries ``Dnsmesh-Dry-Run:
@@ -189,7 +195,7 @@ Errors: every error status has one shape, with ``fields`` always present:
                               local policy and file named; fields: metadata.name or
                               spec.domain); ?force=true writes it anyway
     409 agent_connected       DELETE of an agent that is connected
-    409 apply_refused         a document of POST /v1/policies:apply was refused (422 when
+    409 apply_refused         a document of POST /v1/apply was refused (422 when
                               every refused one is invalid); nothing was applied
     412 precondition_failed   If-Match is stale
     413 payload_too_large     the body is larger than --max-body (1 MiB by default), the
@@ -204,7 +210,7 @@ Errors: every error status has one shape, with ``fields`` always present:
                               written; Retry-After: 1
     503 commit_unknown        the database connection was lost during COMMIT: the write
                               may or may not have landed. Dnsmesh-Unknown-Revision: R names
-                              the revision it would have (the last, for an :apply); re-read
+                              the revision it would have (the last, for /v1/apply); re-read
                               (GET /readyz, the policy's ETag) before writing again. No
                               Retry-After: a blind retry of a POST could write twice
   While the database is away, GET /v1/policies and GET /v1/policies/{name} answer 200 from

@@ -11,6 +11,7 @@ from controller.agent_trust import AgentTrust, TrustSettings
 from controller.api import (
     admin,
     agents,
+    apply,
     drains,
     endpoints,
     events,
@@ -98,6 +99,7 @@ def create_app(
     app.add_middleware(RequestMetrics, metrics=counters)  # outermost: sees every status
     app.include_router(admin.router)
     app.include_router(policies.router)
+    app.include_router(apply.router)
     app.include_router(agents.router)
     app.include_router(identity.router)
     app.include_router(endpoints.router)

@@ -19,7 +19,7 @@ from dnsmesh.policy import field_path
 MAX_DEPTH = 32
 # The default of ``dnsmesh controller --max-body``. The largest document we take, a policy
 # with its 1,024 endpoints (each with a group of 63 characters) is under 200 KiB of JSON;
-# an :apply of several such policies still fits.
+# a POST /v1/apply of 1,000 two-endpoint policies is about 400 KiB.
 DEFAULT_MAX_BODY = 1024 * 1024
 # Revisions and ids are BIGINT columns: a larger number would be a 500 (out of range) there.
 MAX_INT = 2**63 - 1

@@ -96,7 +96,7 @@ def from_store_error(error: StoreError) -> ApiError:
     if isinstance(error, InvalidRequest):
         return ApiError(422, "invalid_request", str(error), error.fields)
     if isinstance(error, CommitUnknown):
-        # No Retry-After: retrying blindly could apply the write twice (a POST, an :apply).
+        # No Retry-After: retrying blindly could apply the write twice (a POST, a /v1/apply).
         headers = {} if error.revision is None else {UNKNOWN_REVISION: str(error.revision)}
         return ApiError(503, "commit_unknown", str(error), headers=headers)
     if isinstance(error, DatabaseUnavailable):

@@ -1,5 +1,5 @@
-"""Routes for policies and their slices: /v1/policies[/{name}[/slices[/{id}]]], and a set
-applied in one transaction: POST /v1/policies:apply."""
+"""Routes for policies and their slices: /v1/policies[/{name}[/slices[/{id}]]] (a set applied
+in one transaction is POST /v1/apply: controller/api/apply.py)."""
 
 from __future__ import annotations
 
@@ -17,13 +17,11 @@ from controller.api.deps import (
     policy_store,
     require,
 )
-from controller.api.errors import ApiError, error_body, from_store_error
+from controller.api.errors import ApiError
 from controller.api.selectors import LabelQuery, label_selector
 from controller.api.stale import known_policies, stale_headers, with_labels
 from controller.auth import Permission, Principal
-from controller.errors import DatabaseUnavailable, StoreError
-from controller.services.policies import SetOutcome
-from dnsmesh.errors import FieldError, PolicyError
+from controller.errors import DatabaseUnavailable
 
 router = APIRouter(prefix="/v1/policies", tags=["policies"])
 
@@ -107,107 +105,6 @@ async def create_policy(
         status_code=201,
         headers={"ETag": etag(stored.revision), "Location": f"/v1/policies/{stored.name}"},
     )
-
-
-_SET_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": 'a set: {"policies": [policy, ...], "prune"?: {"labels": {K: V}}}',
-        "content": {"application/json": {"schema": {"type": "object"}}},
-    }
-}
-
-
-# The log events of a set's changes: the same as those of the single writes.
-_LOGGED = {"created": "policy.created", "configured": "policy.updated", "pruned": "policy.deleted"}
-
-
-@router.post(":apply", openapi_extra=_SET_BODY)
-async def apply_policies(
-    request: Request, who: Writer, dry_run: DryRun = False, force: Force = False
-) -> JSONResponse:
-    documents, prune = _set_request(await json_body(request))
-    result = await blocking(
-        policy_store(request).apply_set,
-        documents,
-        actor=who.name,
-        prune=prune,
-        dry_run=dry_run,
-        force=force,
-    )
-    items = [_outcome_json(item) for item in result.items]
-    body: dict[str, Any] = {
-        "revision": result.revision,
-        "applied": result.applied,
-        "dry_run": dry_run,
-        "items": items,
-    }
-    refused = [item for item in result.items if item.refusal is not None]
-    if refused:
-        errors = [_refusal(item.refusal) for item in refused]
-        invalid_only = all(error.code == "invalid_policy" for error in errors)
-        fields = [
-            FieldError(f"policies[{item.index}]" + (f".{f.path}" if f.path else ""), f.message)
-            for item, error in zip(refused, errors, strict=True)
-            for f in (error.fields or [FieldError("", error.message)])
-        ]
-        message = f"{len(refused)} of {len(documents)} policies refused; nothing was applied"
-        error = error_body("apply_refused", message, fields)
-        return JSONResponse({**error, **body}, status_code=422 if invalid_only else 409)
-    if result.applied:
-        for item in result.items:
-            if item.outcome in _LOGGED:
-                log_change(_LOGGED[item.outcome], who, policy=item.name)
-    headers = {_DRY_RUN_HEADER: "true"} if dry_run else {"ETag": etag(result.revision)}
-    return JSONResponse(body, headers=headers)
-
-
-def _set_request(body: object) -> tuple[list[object], dict[str, str] | None]:
-    """The set's documents and prune labels, or 422 naming what is wrong with the body."""
-    if not isinstance(body, dict) or not isinstance(body.get("policies"), list):
-        raise ApiError(
-            422,
-            "invalid_request",
-            'the body must be {"policies": [policy, ...]}',
-            [FieldError("policies", "a list of policy documents is required")],
-        )
-    unknown = sorted(set(body) - {"policies", "prune"})
-    if unknown:
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"unknown fields in the body: {', '.join(unknown)}",
-            [FieldError(name, "not a field of a set") for name in unknown],
-        )
-    prune = body.get("prune")
-    if prune is None:
-        return list(body["policies"]), None
-    labels = prune.get("labels", {}) if isinstance(prune, dict) else None
-    if not isinstance(labels, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-    ):
-        raise ApiError(
-            422,
-            "invalid_request",
-            'prune must be {"labels": {KEY: VALUE, ...}}',
-            [FieldError("prune.labels", "a map of strings to strings is required")],
-        )
-    return list(body["policies"]), dict(labels)
-
-
-def _refusal(refusal: StoreError | PolicyError | None) -> ApiError:
-    if isinstance(refusal, PolicyError):
-        return ApiError(422, "invalid_policy", "the policy does not validate", refusal.errors)
-    assert refusal is not None
-    return from_store_error(refusal)
-
-
-def _outcome_json(item: SetOutcome) -> dict[str, Any]:
-    error = None
-    if item.refusal is not None:
-        refused = _refusal(item.refusal)
-        error = error_body(refused.code, refused.message, refused.fields)["error"]
-    return {"index": item.index, "name": item.name, "outcome": item.outcome, "error": error}
 
 
 @router.get("/{name}")

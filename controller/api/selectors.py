@@ -1,4 +1,5 @@
-"""The ``label=KEY=VALUE`` query parameter of the list routes (policies, agents, endpoints)."""
+"""The ``label=KEY=VALUE`` query parameter of the list routes (policies, agents, endpoints),
+and the ``selector=KEY=VALUE,...`` of POST /v1/apply."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi import Query
 
 from controller.api.errors import ApiError
 from dnsmesh.errors import FieldError
+from dnsmesh.labelselector import SelectorError, parse_equality_selector
 
 LabelQuery = Annotated[list[str] | None, Query(description="KEY=VALUE; repeat to AND")]
 
@@ -29,3 +31,13 @@ def label_selector(selectors: list[str] | None) -> dict[str, str]:
 
 def has_labels(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in wanted.items())
+
+
+def equality_selector(text: str) -> dict[str, str]:
+    """``selector=KEY=VALUE,...`` (Kubernetes' equality form); 422 naming it otherwise."""
+    try:
+        return parse_equality_selector(text)
+    except SelectorError as error:
+        raise ApiError(
+            422, "invalid_request", f"selector: {error}", [FieldError("selector", str(error))]
+        ) from None

@@ -51,6 +51,7 @@ from controller.services.policy_rules import (
     parse_named,
     put_slice,
     remove_slice,
+    same_content,
     slice_at,
 )
 from dnsmesh import safety
@@ -244,7 +245,9 @@ class PolicyService:
             revision = bump_revision(session)
             row = policies.find_policy(session, name)
             check_precondition(name, row, if_match)
-            if row is not None and content(row.document) == policy.to_document(with_revision=False):
+            if row is not None and same_content(
+                row.document, policy.to_document(with_revision=False)
+            ):
                 transaction.discard()
                 return Written(_stored(row), changed=False)
             if not force:
@@ -332,7 +335,7 @@ class PolicyService:
                     outcome.refuse(DomainConflict(message, [FieldError("spec.domain", message)]))
                     continue
                 wanted = candidate.to_document(with_revision=False)
-                if current is not None and content(current.document) == wanted:
+                if current is not None and same_content(current.document, wanted):
                     continue
                 if locals_ is not None:
                     try:
@@ -497,7 +500,7 @@ class PolicyService:
             index = edit(slices)
             document["spec"]["slices"] = slices
             policy = parse_policy(document)  # the whole resulting policy must validate
-            if policy.to_document(with_revision=False) == content(row.document):
+            if same_content(row.document, policy.to_document(with_revision=False)):
                 # The same slice again: not a change (no revision), as for a policy PUT.
                 transaction.discard()
                 return _stored(row), slice_at(row.document, index)

@@ -49,6 +49,17 @@ def content(document: Document) -> Document:
     return copied
 
 
+def same_content(stored: Document, wanted: Document) -> bool:
+    """Whether a stored document holds ``wanted`` (a document without its revision): the
+    same as ``content(stored) == wanted`` without the deep copy, which was most of the cost
+    of checking 1,000 unchanged policies of a set."""
+    metadata = stored.get("metadata")
+    if not isinstance(metadata, dict) or "revision" not in metadata:
+        return stored == wanted
+    bare = {key: value for key, value in metadata.items() if key != "revision"}
+    return {**stored, "metadata": bare} == wanted
+
+
 def slice_at(document: Document, index: int) -> Document:
     slices: list[Document] = document["spec"].get("slices", [])
     return slices[index] if 0 <= index < len(slices) else {}

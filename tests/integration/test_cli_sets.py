@@ -116,58 +116,36 @@ def test_the_set_endpoint_applies_in_one_transaction_all_or_none(scope: Scope) -
     a, b, c, old = (scope.name(w) for w in ("a", "b", "c", "old"))
     team = f"set-{scope.tag}"
     with _http(scope.mesh) as http:
-        first = http.post(
-            "/v1/policies:apply",
-            json={"policies": [_doc(old, f"{old}.mesh.internal", team)]},
-        )
+        first = http.post("/v1/apply", json=[_doc(old, f"{old}.mesh.internal", team)])
         assert first.status_code == 200, first.text
         assert [i["outcome"] for i in first.json()["items"]] == ["created"]
         start = http.get("/v1/policies").json()
 
         # The third takes the domain of a policy outside the set: none of them is stored.
         refused = http.post(
-            "/v1/policies:apply",
-            json={
-                "policies": [
-                    _doc(a, f"{a}.mesh.internal", team),
-                    _doc(b, f"{b}.mesh.internal", team),
-                    _doc(c, f"{old}.mesh.internal", team),
-                ]
-            },
+            "/v1/apply",
+            json=[
+                _doc(a, f"{a}.mesh.internal", team),
+                _doc(b, f"{b}.mesh.internal", team),
+                _doc(c, f"{old}.mesh.internal", team),
+            ],
         )
         assert refused.status_code == 409, refused.text
         body = refused.json()
         assert body["error"]["code"] == "apply_refused" and body["applied"] is False
         assert [i["outcome"] for i in body["items"]] == ["created", "created", "refused"]
         assert body["items"][2]["error"]["code"] == "domain_conflict"
-        assert body["error"]["fields"][0]["path"] == "policies[2].spec.domain"
+        assert body["error"]["fields"][0]["path"] == "[2].spec.domain"
         assert http.get("/v1/policies").json() == start  # no policy, no revision
 
         # With prune, the pruned policy goes first: its domain is free for c.
-        dry = http.post(
-            "/v1/policies:apply",
-            params={"dry_run": "true"},
-            json={
-                "policies": [
-                    _doc(a, f"{a}.mesh.internal", team),
-                    _doc(c, f"{old}.mesh.internal", team),
-                ],
-                "prune": {"labels": {"team": team}},
-            },
-        )
+        pruning = {"prune": "true", "selector": f"team={team}"}
+        wanted = [_doc(a, f"{a}.mesh.internal", team), _doc(c, f"{old}.mesh.internal", team)]
+        dry = http.post("/v1/apply", params={**pruning, "dry_run": "true"}, json=wanted)
         assert dry.status_code == 200, dry.text
         assert dry.json()["applied"] is False and dry.headers["Dnsmesh-Dry-Run"] == "true"
         assert http.get("/v1/policies").json() == start
-        done = http.post(
-            "/v1/policies:apply",
-            json={
-                "policies": [
-                    _doc(a, f"{a}.mesh.internal", team),
-                    _doc(c, f"{old}.mesh.internal", team),
-                ],
-                "prune": {"labels": {"team": team}},
-            },
-        )
+        done = http.post("/v1/apply", params=pruning, json=wanted)
         assert done.status_code == 200, done.text
         outcomes = {i["name"]: i["outcome"] for i in done.json()["items"]}
         assert outcomes == {a: "created", c: "created", old: "pruned"}
@@ -176,8 +154,15 @@ def test_the_set_endpoint_applies_in_one_transaction_all_or_none(scope: Scope) -
         assert {p["metadata"]["name"] for p in after["items"]} == {a, c}
         assert after["revision"] == start["revision"] + 1  # the whole set: one revision
 
-        bad = http.post("/v1/policies:apply", json={"policies": {}})
+        bad = http.post("/v1/apply", json={"policies": []})  # the list itself, not an object
         assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
+        for selector in ("team!=x", "team in (a,b)", "=x", "team"):
+            wrong = http.post("/v1/apply", params={"prune": "true", "selector": selector}, json=[])
+            assert wrong.status_code == 422, (selector, wrong.text)
+            assert wrong.json()["error"]["fields"][0]["path"] == "selector"
+        alone = http.post("/v1/apply", params={"selector": f"team={team}"}, json=wanted)
+        assert alone.status_code == 422 and alone.json()["error"]["fields"][0]["path"] == "selector"
+        assert http.get("/v1/policies").json()["revision"] == after["revision"]
 
 
 def test_the_slice_routes_dry_run_too(scope: Scope, tmp_path: Path) -> None:

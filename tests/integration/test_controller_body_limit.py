@@ -26,7 +26,7 @@ LIMIT = 64 * 1024
 BODY_ROUTES = (
     ("POST", "/v1/policies"),
     ("PUT", "/v1/policies/checkout"),
-    ("POST", "/v1/policies:apply"),
+    ("POST", "/v1/apply"),
     ("POST", "/v1/policies/checkout/slices"),
     ("PUT", "/v1/policies/checkout/slices/beta"),
     ("POST", "/v1/tokens"),
