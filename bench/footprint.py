@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _servers import Server, ServerFailed, query_a, start, wire_name  # noqa: E402
+from _servers import Server, ServerFailed, query_a, start, wire_name
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REF = "c7a93a0"  # the commit the footprint work started from
