@@ -351,9 +351,8 @@ def main() -> int:
     print(f"| {'':{width}} | {cols[0]} | {cols[1]} |")
     print(f"|{'-' * (width + 2)}|{'-' * (len(cols[0]) + 1)}:|{'-' * (len(cols[1]) + 1)}:|")
     for name, values in rows:
-        print(
-            f"| {name:{width}} | {values['this']:>{len(cols[0])}} | {values['ref']:>{len(cols[1])}} |"
-        )
+        this, ref = values["this"].rjust(len(cols[0])), values["ref"].rjust(len(cols[1]))
+        print(f"| {name:{width}} | {this} | {ref} |")
     print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     if args.json:
         print(json.dumps({"starts": starts, "idle_kib": idle, "peak": peak}))
