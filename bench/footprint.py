@@ -174,26 +174,49 @@ class Tree:
         return start(self.label, cmd, port, self.work, None, env=self.env)
 
 
+class PortTaken(ServerFailed):
+    """Another process took the agent's port between our check and its bind."""
+
+
+def answering(tree: Tree, state: Path, upstream: int, *extra: str) -> tuple[Server, float]:
+    """A started agent of TREE once it answers checkout.mesh.internal correctly, and the
+    seconds from exec to that answer. A port taken meanwhile (other processes share the
+    machine) is retried on another, at most three times."""
+    for _ in range(3):
+        began = time.monotonic()
+        server = tree.start(state, upstream, *extra)
+        try:
+            return server, _first_answer(server, began)
+        except PortTaken:
+            server.stop()
+        except BaseException:
+            server.stop()
+            raise
+    raise ServerFailed(f"{tree.label}: no free port in three tries")
+
+
+def _first_answer(server: Server, began: float) -> float:
+    deadline = began + 60
+    while time.monotonic() < deadline:
+        if not server.alive():
+            log = server.log_tail()
+            fault = PortTaken if "Address already in use" in log else ServerFailed
+            raise fault(f"{server.label} exited:\n{log}")
+        try:
+            rcode, addresses = query_a(server.port, "checkout.mesh.internal", timeout=0.005)
+        except (TimeoutError, ConnectionRefusedError):
+            continue
+        if rcode == 0 and addresses and set(addresses) <= set(EXPECT):
+            return time.monotonic() - began
+        raise ServerFailed(f"{server.label}: wrong answer rcode {rcode} {addresses}")
+    raise ServerFailed(f"{server.label}: no answer within 60 s:\n{server.log_tail()}")
+
+
 def cold_start(tree: Tree, upstream: int) -> float:
     """Seconds from exec to the first correct answer of checkout.mesh.internal."""
-    state = tree.state_dir(0)
-    began = time.monotonic()
-    server = tree.start(state, upstream)
-    try:
-        deadline = began + 30
-        while time.monotonic() < deadline:
-            if not server.alive():
-                raise ServerFailed(f"{tree.label} exited:\n{server.log_tail()}")
-            try:
-                rcode, addresses = query_a(server.port, "checkout.mesh.internal", timeout=0.005)
-            except (TimeoutError, ConnectionRefusedError):
-                continue
-            if rcode == 0 and addresses and set(addresses) <= set(EXPECT):
-                return time.monotonic() - began
-            raise ServerFailed(f"{tree.label}: wrong answer rcode {rcode} {addresses}")
-        raise ServerFailed(f"{tree.label}: no answer within 30 s:\n{server.log_tail()}")
-    finally:
-        server.stop()
+    server, elapsed = answering(tree, tree.state_dir(0), upstream)
+    server.stop()
+    return elapsed
 
 
 def status_kib(pid: int, field: str) -> int:
@@ -205,28 +228,12 @@ def status_kib(pid: int, field: str) -> int:
 
 def idle_rss(tree: Tree, upstream: int) -> int:
     """VmRSS in KiB after 2 s idle with the example policies (once answering)."""
-    server = tree.start(tree.state_dir(0), upstream)
+    server, _ = answering(tree, tree.state_dir(0), upstream)
     try:
-        wait_answer(server, "checkout.mesh.internal")
         time.sleep(2.0)
         return status_kib(server.pid, "VmRSS")
     finally:
         server.stop()
-
-
-def wait_answer(server: Server, name: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise ServerFailed(f"{server.label} exited:\n{server.log_tail()}")
-        try:
-            rcode, addresses = query_a(server.port, name, timeout=0.1)
-        except (TimeoutError, ConnectionRefusedError):
-            time.sleep(0.02)
-            continue
-        if rcode == 0 and addresses:
-            return
-    raise ServerFailed(f"{server.label}: no answer for {name}:\n{server.log_tail()}")
 
 
 def ask_many(port: int, names: list[str], window: int = 64) -> int:
@@ -258,9 +265,8 @@ def _receive(sock: socket.socket) -> int:
 
 def peak_rss(tree: Tree, upstream: int, policies: int, cache: int) -> tuple[int, int]:
     """(VmHWM KiB, names answered) with POLICIES policies, a full cache and every policy asked."""
-    server = tree.start(tree.state_dir(policies), upstream, "--cache-size", str(cache))
+    server, _ = answering(tree, tree.state_dir(policies), upstream, "--cache-size", str(cache))
     try:
-        wait_answer(server, "checkout.mesh.internal")
         forwarded = [f"n{i}.forward.bench.example" for i in range(cache)]
         asked = [f"gen-{i}.bench.internal" for i in range(policies)]
         answered = ask_many(server.port, forwarded) + ask_many(server.port, asked)
