@@ -17,6 +17,7 @@ metrics (agent/answer_counts.py), which keeps them across snapshots.
 from __future__ import annotations
 
 import ipaddress
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -132,12 +133,19 @@ class _WeightedSlots(_Picker):
     __slots__ = ("slots", "total")
 
     def __init__(self, rrs: Sequence[bytes], weights: Sequence[int], owners: Sequence[str]):
+        # Weights in lowest terms: 70/30 needs 10 slots, not 100, and the draw is the same.
+        # (Three tables a slot long per policy view: with 10,000 policies of weights 70/30
+        # they were 90 MiB of the agent's memory.)
+        unit = math.gcd(*weights)
+        counts = [weight // unit for weight in weights]
         # A hit counter per slot rather than per endpoint: no second table to index.
         super().__init__(
-            [owner for owner, weight in zip(owners, weights, strict=True) for _ in range(weight)]
+            [owner for owner, count in zip(owners, counts, strict=True) for _ in range(count)]
         )
+        # One answer tuple per endpoint, which its slots all refer to.
+        answers = [(rr, 1) for rr in rrs]
         self.slots = tuple(
-            (rr, 1) for rr, weight in zip(rrs, weights, strict=True) for _ in range(weight)
+            answer for answer, count in zip(answers, counts, strict=True) for _ in range(count)
         )
         self.total = len(self.slots)
 
