@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib
 import logging
 import random
 import secrets
@@ -279,6 +280,9 @@ class AgentServer:
         metrics are not worth leaving the node without DNS (a restart loop would)."""
         if self.config.admin_listen is None:
             return
+        # Imported in a thread: the DNS listeners are answering, and prometheus_client
+        # and h11 imported on the loop would hold their queries meanwhile.
+        await asyncio.to_thread(_import_admin)
         from agent.metrics.admin import AdminListener
 
         admin = AdminListener(self.config.admin_listen, self.metrics, self.readiness)
@@ -415,3 +419,9 @@ class AgentServer:
 
     def counts(self) -> dict[str, int]:
         return self.entry.totals()
+
+
+def _import_admin() -> None:
+    """The admin listener's modules: prometheus_client, h11 and the collector."""
+    for name in ("agent.metrics.admin", "agent.metrics.collector"):
+        importlib.import_module(name)
