@@ -154,6 +154,9 @@ class Tree:
         dead = free_port()  # the controller's: nothing listens there
         cmd = [
             sys.executable,
+            # -P: the working folder (this tree) is not put before PYTHONPATH on sys.path,
+            # so the tree measured is the one on PYTHONPATH, the ref's too.
+            "-P",
             "-m",
             "cli.main",
             "agent",
