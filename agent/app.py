@@ -11,15 +11,17 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import AgentConfig, config_from_args
-from agent.querylog import QueryLog
 from agent.server import AgentServer
 from agent.succession import Succession
 from agent.sync.config import SyncConfig
 from agent.sync.controlled_agent import SyncedAgent
 from dnsmesh.logs import fields
+
+if TYPE_CHECKING:
+    from agent.querylog import QueryLog
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,12 @@ same answers, so the copy of the walk below cannot drift from the original.
 from __future__ import annotations
 
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.answer import Answer, Source
 from agent.entry import PROHIBITED, CookieForward, QueryEntry
 from agent.handlers.policy import DecidingPolicyAnswers
 from agent.pipeline import Pipeline
-from agent.querylog import QueryLog
 from agent.tally import (
     IMMEDIATE_SAMPLE,
     NO_RESPONSE,
@@ -35,6 +34,9 @@ from dnsmesh.dnswire import (
     parse_query,
     parse_query_and_cookie,
 )
+
+if TYPE_CHECKING:
+    from agent.querylog import QueryLog
 
 _INTERNAL = "internal error"
 

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib
 import logging
 import random
 import secrets
 import socket
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any
-
-from prometheus_client.registry import CollectorRegistry
+from typing import TYPE_CHECKING, Any
 
 from agent.cache import Cache
 from agent.config import AgentConfig, HostPort, UpstreamAddress
@@ -33,12 +32,9 @@ from agent.listeners import (
     set_receive_buffer,
 )
 from agent.logged_entry import make_entry
-from agent.metrics.admin import AdminListener
-from agent.metrics.collector import AgentCollector, SyncState
 from agent.pipeline import Pipeline, build_pipeline
 from agent.probes.monitor import HealthMonitor
 from agent.probes.scope import EVERYTHING, ProbeScope
-from agent.querylog import QueryLog
 from agent.reload import PolicyWatcher
 from agent.resolvconf import is_self, upstreams_from_resolv_conf
 from agent.served import ServedSnapshot
@@ -51,6 +47,13 @@ from dnsmesh.drains import NO_DRAINS, DrainSet
 from dnsmesh.errors import ConfigError
 from dnsmesh.logs import fields
 from dnsmesh.snapshot import CompileContext, Snapshot
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
+    from agent.metrics.admin import AdminListener
+    from agent.metrics.collector import SyncState
+    from agent.querylog import QueryLog
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +104,11 @@ class AgentServer:
         )
         self.loop_guard = LoopGuard(self.upstream, config.attempt_timeout)
         # With --query-log, the logging entry and pipeline; chosen here, not per query.
-        self.query_log = QueryLog(config.query_log) if config.query_log is not None else None
+        self.query_log: QueryLog | None = None
+        if config.query_log is not None:
+            from agent.querylog import QueryLog  # here: its formatting is not needed without
+
+            self.query_log = QueryLog(config.query_log)
         self.pipeline: Pipeline = build_pipeline(
             self.served,
             self.cache,
@@ -138,8 +145,8 @@ class AgentServer:
         self.watcher: PolicyWatcher | None = None
         # Ready only once policies are served, when there are any to wait for.
         self.expects_policies = config.policies is not None or sync_state is not None
-        self.metrics = CollectorRegistry(auto_describe=False)
-        self.metrics.register(AgentCollector(self, sync_state))
+        self._sync_state = sync_state
+        self._metrics: CollectorRegistry | None = None
         self.admin: AdminListener | None = None
         self.addresses: list[HostPort] = []
         # Sockets a predecessor handed over (agent/handoff.py), taken instead of binding.
@@ -259,11 +266,30 @@ class AgentServer:
                 ),
             )
 
+    @property
+    def metrics(self) -> CollectorRegistry:
+        """The registry /metrics reads, made on first use: prometheus_client (and the
+        collector) are imported when the admin listener starts, after the DNS listeners,
+        so they cost nothing before the first answer nor on an agent without one."""
+        if self._metrics is None:
+            from prometheus_client.registry import CollectorRegistry
+
+            from agent.metrics.collector import AgentCollector
+
+            self._metrics = CollectorRegistry(auto_describe=False)
+            self._metrics.register(AgentCollector(self, self._sync_state))
+        return self._metrics
+
     async def _start_admin(self) -> None:
         """The admin listener, if configured. One that cannot bind is logged and left out:
         metrics are not worth leaving the node without DNS (a restart loop would)."""
         if self.config.admin_listen is None:
             return
+        # Imported in a thread: the DNS listeners are answering, and prometheus_client
+        # and h11 imported on the loop would hold their queries meanwhile.
+        await asyncio.to_thread(_import_admin)
+        from agent.metrics.admin import AdminListener
+
         admin = AdminListener(self.config.admin_listen, self.metrics, self.readiness, self.explain)
         try:
             await admin.start()
@@ -402,3 +428,9 @@ class AgentServer:
 
     def counts(self) -> dict[str, int]:
         return self.entry.totals()
+
+
+def _import_admin() -> None:
+    """The admin listener's modules: prometheus_client, h11 and the collector."""
+    for name in ("agent.metrics.admin", "agent.metrics.collector"):
+        importlib.import_module(name)

@@ -63,11 +63,10 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import HostPort, HttpsUpstream, TlsUpstream, UpstreamAddress
 from agent.encrypted import Question, StreamFailure, client_context
-from agent.encrypted.doh import DohClient
 from agent.encrypted.dot import DotClient
 from dnsmesh import dnswire
 from dnsmesh.cookies import OPTION_COOKIE, RCODE_BADCOOKIE, ClientCookies
@@ -84,6 +83,9 @@ from dnsmesh.dnsforward import (
 from dnsmesh.errors import UpstreamError, UpstreamTimeout
 from dnsmesh.logs import fields
 from dnsmesh.tcpframing import FrameDecoder, frame
+
+if TYPE_CHECKING:
+    from agent.encrypted.doh import DohClient
 
 log = logging.getLogger(__name__)
 
@@ -682,6 +684,10 @@ class UpstreamClient:
             if isinstance(server, TlsUpstream):
                 stream = DotClient(server, self._tls, self.idle_timeout, self.query_timeout)
             else:
+                # Imported here: httpx and h2 take ~80 ms to import, which an agent
+                # without a DoH upstream (most) never pays, nor its cold start.
+                from agent.encrypted.doh import DohClient
+
                 stream = DohClient(server, self._tls, self.idle_timeout)
             self._streams[server] = stream
         return stream

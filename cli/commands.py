@@ -1,4 +1,8 @@
-"""The client subcommands, kubectl-like: ``apply``, ``get``, ``delete`` against a controller."""
+"""The client subcommands, kubectl-like: ``apply``, ``get``, ``delete`` against a controller.
+
+Their heavy modules (yaml, the policy models) are imported when a command runs: every
+``dnsmesh`` command, ``dnsmesh agent`` too, builds this module's parsers first.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
-
-import yaml
+from typing import TYPE_CHECKING, Any, TextIO
 
 from cli.drains import add_endpoint_command
 from cli.rollouts import add_rollout_command
 from dnsmesh.errors import ConfigError
-from dnsmesh.policy import Policy
-from dnsmesh.policyfile import load_policy_path
+
+if TYPE_CHECKING:
+    from dnsmesh.policy import Policy
 
 _OUTPUTS = ("table", "yaml", "json")
 
@@ -135,6 +138,8 @@ def run_apply(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         raise ConfigError("-l/--selector chooses what --prune deletes; give --prune or drop -l")
     # Every document of every file is validated before the first request: a file with one
     # bad document applies nothing (the error names file, document and field).
+    from dnsmesh.policyfile import load_policy_path
+
     wanted = load_policy_path(args.filename)
     if not wanted:
         raise ConfigError(f"{args.filename} holds no policy (no .yaml or .yml document)")
@@ -184,6 +189,8 @@ def run_get(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         json.dump(documents[0] if args.name else documents, out, indent=2)
         out.write("\n")
     elif args.output == "yaml":
+        import yaml
+
         yaml.safe_dump_all((p.to_document() for p in policies), out, sort_keys=False)
     else:
         out.write(_table(policies))
@@ -222,6 +229,8 @@ def write_output(output: str, body: Any, table: Callable[[], str], out: TextIO) 
         json.dump(body, out, indent=2)
         out.write("\n")
     elif output == "yaml":
+        import yaml
+
         yaml.safe_dump(body, out, sort_keys=False)
     else:
         out.write(table())

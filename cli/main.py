@@ -51,6 +51,20 @@ def version() -> str:
         return "unknown (not installed)"
 
 
+class ShowVersion(argparse.Action):
+    """``--version``, looked up when asked: importlib.metadata and the installed
+    distribution's files cost 30 ms or more, which every command (the agent's cold start
+    among them) would pay at each start for a flag it seldom gets."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs.setdefault("help", "show the version and exit")
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kwargs: Any) -> None:
+        print(f"dnsmesh {version()}")  # to stdout, as argparse's own version action
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Imported here, not at the top, so that importing this module stays cheap.
     from agent.cli import add_agent_commands
@@ -74,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="dnsmesh", description="A DNS-based service mesh: controller, agent and client."
     )
-    parser.add_argument("--version", action="version", version=f"dnsmesh {version()}")
+    parser.add_argument("--version", action=ShowVersion)
     subcommands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
     )

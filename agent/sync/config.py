@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import TypeAdapter, ValidationError
-
-from agent.sync.identity import IDENTITY_FILE
 from dnsmesh.errors import ConfigError
-from dnsmesh.policy import Labels, field_errors
 
 SyncMode = Literal["auto", "ws", "http"]
 STREAM_PATH = "/v1/agents/stream"
 DEFAULT_STATE_DIR = "/var/lib/dnsmesh/agent"
+# The joined agent's key and certificate in the state folder (agent/sync/identity.py). Named
+# here, not there: that module imports cryptography, which the cold start does without.
+IDENTITY_FILE = "identity.pem"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +92,6 @@ def http_url(url: str) -> str:
     return urlunsplit((http, netloc, path.removesuffix(STREAM_PATH), "", ""))
 
 
-_LABELS: TypeAdapter[dict[str, str]] = TypeAdapter(Labels)
-
-
 def tls_context(ca_file: Path | None) -> ssl.SSLContext:
     if ca_file is None:
         return ssl.create_default_context()
@@ -114,8 +110,16 @@ def parse_labels(pairs: list[str]) -> dict[str, str]:
         if not sep or not key.strip():
             raise ConfigError(f"--label {pair!r} is not KEY=VALUE")
         labels[key.strip()] = value.strip()
+    if not labels:
+        return labels
+    # Imported here: pydantic is not needed to start answering (the cold start).
+    from pydantic import TypeAdapter, ValidationError
+
+    from dnsmesh.policy import Labels, field_errors
+
+    checker: TypeAdapter[dict[str, str]] = TypeAdapter(Labels)
     try:
-        return _LABELS.validate_python(labels)
+        return checker.validate_python(labels)
     except ValidationError as error:
         problems = "; ".join(f"{e.path}: {e.message}" for e in field_errors(error))
         raise ConfigError(f"--label: {problems}") from None

@@ -4,30 +4,34 @@ Start order matters: the state file is read and swapped in before the listeners 
 the first query after a restart is answered from the last applied policies even when the
 controller is away; local files are then loaded beside them, shadowing any controller policy
 they clash with (agent/sync/policy_sources.py);
-only then does the sync client start talking to the controller.
+only then does the sync client start talking to the controller. The sync stack
+(httpx, websockets, cryptography: ~0.3 s of imports) is imported only then too, so the
+cold start to the first answer does without it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import importlib
 import random
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.answer_reports import AnswerReports
 from agent.config import AgentConfig
-from agent.metrics.collector import SyncState
 from agent.probes.scope import ProbeScope
 from agent.server import AgentServer
-from agent.sync.client import AgentSync
-from agent.sync.config import SyncConfig
-from agent.sync.credentials import Credentials
-from agent.sync.identity import IdentityFile
+from agent.sync.config import IDENTITY_FILE, SyncConfig
 from agent.sync.policy_sources import LocalPolicyWatcher, PolicySources
 from agent.sync.state_file import StateDir
 from dnsmesh.drains import DrainSet
 from dnsmesh.probing import Assignment
 from dnsmesh.snapshot import CompileContext
+
+if TYPE_CHECKING:
+    from agent.metrics.collector import SyncState
+    from agent.sync.client import AgentSync
 
 
 class SyncedAgent:
@@ -69,6 +73,8 @@ class SyncedAgent:
         """For /metrics: the channel to the controller (None before the sync starts)."""
         if self.sync is None:
             return None
+        from agent.metrics.collector import SyncState  # imported by the scrape already
+
         context = self.sync.context
         return SyncState(
             context.transport, context.last_ack_at, context.last_nack_at, context.nacks
@@ -89,9 +95,11 @@ class SyncedAgent:
 
     async def start(self) -> None:
         self.state_dir.ensure()
-        # A certificate (or a join token) makes the node name the agent id.
-        credentials = Credentials(self.sync_config, IdentityFile(self.state_dir.path))
-        agent_id = credentials.agent_id or self.state_dir.agent_id()
+        # A certificate (or a join token to get one) makes the node name the agent id, as
+        # Credentials.agent_id says; known here without loading the certificate, which
+        # needs cryptography, so that the first answer does not wait for it.
+        mtls = (self.state_dir.path / IDENTITY_FILE).exists() or bool(self.sync_config.join_token)
+        agent_id = self.sync_config.node_name if mtls else self.state_dir.agent_id()
         self.scope.agent_id = agent_id  # before the state file's assignment is planned
         state = self.state_dir.load()  # logs which file it used, or why none
         if state is not None:
@@ -101,6 +109,14 @@ class SyncedAgent:
         await self.server.start()
         if self.watcher is not None:
             self.watcher.start()
+        # Imported in a thread: answering has begun, and on the loop the imports (0.3 s,
+        # seconds on a loaded machine) would hold every query that arrives meanwhile.
+        await asyncio.to_thread(_import_sync_stack)
+        from agent.sync.client import AgentSync
+        from agent.sync.credentials import Credentials
+        from agent.sync.identity import IdentityFile
+
+        credentials = Credentials(self.sync_config, IdentityFile(self.state_dir.path))
         self.sync = AgentSync(
             self.sync_config,
             self.sources,
@@ -123,3 +139,9 @@ class SyncedAgent:
         if self.watcher is not None:
             parts["local files"] = self.watcher.stop()
         await self.server.stop(drain_timeout, also=parts, linger=linger)
+
+
+def _import_sync_stack() -> None:
+    """The modules the sync client needs, with httpx, websockets and cryptography."""
+    for name in ("agent.sync.client", "agent.sync.credentials", "agent.sync.identity"):
+        importlib.import_module(name)

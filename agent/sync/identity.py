@@ -22,13 +22,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from agent.sync.config import IDENTITY_FILE
 from agent.sync.state_file import write_atomically
 from dnsmesh.errors import ConfigError
 from dnsmesh.logs import fields
 
 log = logging.getLogger(__name__)
 
-IDENTITY_FILE = "identity.pem"
 _AGENT_PATH = "/agent/"
 
 
