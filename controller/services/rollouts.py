@@ -31,6 +31,7 @@ from controller.repositories import rollouts as repo
 from controller.repositories.health import read_down
 from controller.repositories.history import ROLLOUT, append_audit, append_change
 from controller.repositories.revision import bump_revision
+from controller.services.engine_round import commit_plan
 from controller.services.parsed_policies import ParsedPolicies
 from controller.services.policies import PolicyService
 from controller.services.policy_rules import content
@@ -124,18 +125,7 @@ class RolloutService:
 
     def tick(self) -> list[Transition]:
         """One engine round; the transitions it committed (none: no write at all)."""
-        if not self.db.read(lambda session: bool(self._plan(session))):
-            return []  # the common case: a read, no lock
-        with self.db.writing() as transaction:
-            session = transaction.session
-            revision = bump_revision(session)  # the lock first: a replica may have done it
-            plan = self._plan(session)
-            if not plan:
-                transaction.discard()
-                return []
-            done = [plan[0](session, revision)]
-            done += [step(session, bump_revision(session)) for step in plan[1:]]
-            return done
+        return commit_plan(self.db, self._plan)
 
     def _plan(self, session: Session) -> list[Step]:
         """The writes this round needs, decided from what is stored now."""

@@ -27,7 +27,7 @@ from controller.db.session import Database, as_utc, iso
 from controller.repositories import policies
 from controller.repositories import scaling as repo
 from controller.repositories.history import SCALE, append_audit, append_change
-from controller.repositories.revision import bump_revision
+from controller.services.engine_round import commit_plan
 from controller.services.parsed_policies import ParsedPolicies
 from dnsmesh import scaling
 from dnsmesh.policy import Policy, Scale, Slice, scalable_endpoints
@@ -118,18 +118,7 @@ class ScaleService:
 
     def tick(self) -> list[ScaleChange]:
         """One engine round; the changes it committed (none: no write at all)."""
-        if not self.db.read(lambda session: bool(self._plan(session))):
-            return []  # the common case: a read, no lock
-        with self.db.writing() as transaction:
-            session = transaction.session
-            revision = bump_revision(session)  # the lock first: a replica may have done it
-            plan = self._plan(session)
-            if not plan:
-                transaction.discard()
-                return []
-            done = [plan[0](session, revision)]
-            done += [step(session, bump_revision(session)) for step in plan[1:]]
-            return done
+        return commit_plan(self.db, self._plan)
 
     def _since(self, now: datetime) -> int:
         """The first bucket any decision looks at: the hold and a window before it."""
