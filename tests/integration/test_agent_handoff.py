@@ -267,6 +267,10 @@ def test_a_crash_costs_the_restart_until_the_state_file_answers(
         agent = spawn_agent(*flags, wait=False)  # what Restart= does (after RestartSec)
         costs.append(first_answer(port, 15.0))
     # The killed agent left its control socket behind: a stale file, replaced, not fatal.
+    # The new one is bound once the agent has started (it answers from the state file first).
+    deadline = time.monotonic() + 10.0
+    while not (state / "agent.sock").is_socket() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert (state / "agent.sock").is_socket()
     print(
         "crash restart, exec to first answer from the state file: "
@@ -328,6 +332,7 @@ def test_a_control_path_too_long_for_a_unix_socket_is_warned_about_not_fatal(
     saved_state(state)
     port = free_port()
     agent = spawn_agent(*agent_flags(state, port, upstream), "--replace")
-    assert agent.events("handoff.failed") and agent.events("handoff.unavailable")
+    # The control socket is bound after the agent started (Succession.after_start).
+    assert agent.events("handoff.failed") and agent.wait_event("handoff.unavailable")
     assert first_answer(port, 5.0) < 5.0
     assert agent.stop() == 0

@@ -82,13 +82,13 @@ def test_a_new_policy_and_an_applied_set_are_checked_too(api: Api) -> None:
 
     fresh = pay(safety={"min_endpoints": 3})
     assert refused_rule(api.post("/v1/policies", json=fresh)) == "safety_min_endpoints"
-    applied = api.post("/v1/policies:apply", json={"policies": [fresh]})
+    applied = api.post("/v1/apply", json=[fresh])
     assert applied.status_code == 409, applied.text
     body = applied.json()
     assert body["applied"] is False and body["error"]["code"] == "apply_refused"
     assert body["items"][0]["error"]["code"] == "safety_min_endpoints"
-    assert body["error"]["fields"][0]["path"] == "policies[0].spec.safety.min_endpoints"
+    assert body["error"]["fields"][0]["path"] == "[0].spec.safety.min_endpoints"
     assert revision(api) == before and api.get("/v1/policies/pay").status_code == 404
 
-    forced = api.post("/v1/policies:apply?force=true", json={"policies": [fresh]})
+    forced = api.post("/v1/apply?force=true", json=[fresh])
     assert forced.status_code == 200 and forced.json()["applied"] is True
