@@ -28,8 +28,8 @@ def _networks() -> Iterator[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         yield ipaddress.ip_network(f"{address}/{source}", strict=False)
     for index in range(60):
         source = (0, 1, 48, 56, 60, 64, 127, 128)[index % 8]
-        address = ipaddress.IPv6Address((0x20010DB8 << 96) + index * 0x1_0000_0F0F_0000_0001)
-        yield ipaddress.ip_network(f"{address}/{source}", strict=False)
+        address6 = ipaddress.IPv6Address((0x20010DB8 << 96) + index * 0x1_0000_0F0F_0000_0001)
+        yield ipaddress.ip_network(f"{address6}/{source}", strict=False)
 
 
 def _packet(network: ipaddress.IPv4Network | ipaddress.IPv6Network, msg_id: int, do: bool) -> bytes:
