@@ -129,6 +129,7 @@ class QueryEntry:
         # wire (Linux drops packets from 127/8 or ::1 arriving on another interface).
         self.amplification_exempt = amplification_exempt or ClientAcl(())
         self.trust_ecs = trust_ecs or ClientAcl(())
+        self._trusted = self.trust_ecs.admitted  # its memo, as ``_admitted`` is the ACL's
         self.clock = clock
         self.cookies = cookies
         self.wall_clock = wall_clock
@@ -239,7 +240,13 @@ class QueryEntry:
         """(its source, the answer) of a policy name asked for a trusted forwarder's ECS
         network, counted; None when the query is not one (``_answer_with_ecs``)."""
         policies = self.pipeline.policies
-        if policies is None or not self.trust_ecs.allows(client) or not self.acl.allows(client):
+        # The ACLs' memos of allowed clients first, as answer_now tests ``_admitted``: a
+        # method call less for each of the two on every query of a known forwarder.
+        if (
+            policies is None
+            or not (client in self._trusted or self.trust_ecs.allows(client))
+            or not (client in self._admitted or self.acl.allows(client))
+        ):
             return None
         start = self._sample_start()
         query = found.query

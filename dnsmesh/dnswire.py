@@ -169,6 +169,14 @@ TAIL_MEMO_LIMIT = 4096
 # Only ordinary-sized queries are kept (a question is at most 259 octets, an OPT with a
 # cookie ~30): big padded or TCP queries would let a client pin megabytes in the memo.
 TAIL_MEMO_MAX_OCTETS = 512
+# The same for the tails of queries with an ECS option, which ``_TAILS`` never holds (they
+# raise WithEcs): the parse, the option, and the tail of the packet without it. A trusted
+# forwarder sends the same few (question, network) pairs over and over, and a hit here
+# skips the parse, the option's checks and the rebuilt packet. Cleared when full, as
+# ``_TAILS`` is, and kept to the same sizes: a flood of networks costs a re-parse each.
+_EcsTail = tuple[_Tail, ClientSubnet, bytes]
+_ECS_TAILS: dict[bytes, _EcsTail] = {}
+ECS_MEMO_LIMIT = 4096
 
 
 def parse_query(packet: bytes) -> Query:
@@ -188,10 +196,15 @@ def parse_query(packet: bytes) -> Query:
     tail = packet[11:]
     parsed = _TAILS.get(tail)
     if parsed is None:
+        known = _ECS_TAILS.get(tail)
+        if known is not None:
+            query = _new_query(Query, (msg_id, flags) + known[0])
+            raise WithEcs(query, known[1], packet[:11] + known[2])
         parsed, cookie, ecs = _parse_tail(packet, arcount)
         if cookie is not None:  # never memoised: see WithCookie
             raise WithCookie(_new_query(Query, (msg_id, flags) + parsed), *cookie)  # noqa: RUF005
-        if ecs is not None:  # never memoised either: see WithEcs
+        if ecs is not None:  # memoised apart: see _ECS_TAILS
+            _keep_ecs_tail(tail, parsed, *ecs)
             raise WithEcs(_new_query(Query, (msg_id, flags) + parsed), *ecs)  # noqa: RUF005
         if len(tail) <= TAIL_MEMO_MAX_OCTETS:
             if len(_TAILS) >= TAIL_MEMO_LIMIT:
@@ -199,6 +212,15 @@ def parse_query(packet: bytes) -> Query:
             _TAILS[tail] = parsed
     # concatenation, not (msg_id, flags, *parsed): measured ~50 ns cheaper per query
     return _new_query(Query, (msg_id, flags) + parsed)  # noqa: RUF005
+
+
+def _keep_ecs_tail(tail: bytes, parsed: _Tail, subnet: ClientSubnet, plain: bytes) -> None:
+    """Memoise an ECS query's parse; ``plain`` from offset 11 on is the same for every
+    packet with this tail (the ID and flags before it are the packet's own)."""
+    if len(tail) <= TAIL_MEMO_MAX_OCTETS:
+        if len(_ECS_TAILS) >= ECS_MEMO_LIMIT:
+            _ECS_TAILS.clear()
+        _ECS_TAILS[tail] = (parsed, subnet, plain[11:])
 
 
 def _reject_header(packet: bytes, flags: int) -> NoReturn:
@@ -510,6 +532,22 @@ def fit_udp(response: bytes, limit: int) -> bytes:
             break
     header = HEADER.pack(msg_id, flags | FLAG_TC, qdcount, 0, 0, 1 if opt else 0)
     return header + response[12:question_end] + opt
+
+
+_BARE_OPTS = (OPT_PLAIN, OPT_DO)
+_RDLEN = struct.Struct("!H")
+
+
+def add_option_to_own(response: bytes, option: bytes) -> bytes:
+    """``add_option`` for one of our own answers to a query with EDNS, with ``option``
+    whole (code, length, data): those end with our OPT, so when it is bare (no option
+    yet, the usual case) the option is appended and the OPT's RDLEN, its last two octets,
+    set, without walking the records; any other is handed to ``add_option``. Only for
+    our answers: a response from elsewhere may end in anything."""
+    if response[-11:] in _BARE_OPTS:
+        return b"".join((response[:-2], _RDLEN.pack(len(option)), option))
+    code, _length = _OPTION.unpack_from(option)
+    return add_option(response, code, option[4:])
 
 
 def add_option(response: bytes, code: int, data: bytes) -> bytes:

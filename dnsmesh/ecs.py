@@ -19,6 +19,14 @@ FAMILY_IPV4: Final = 1  # IANA address family numbers
 FAMILY_IPV6: Final = 2
 _ADDRESS_BITS: Final = {FAMILY_IPV4: 32, FAMILY_IPV6: 128}
 _FIXED = struct.Struct("!HBB")  # family, source prefix-length, scope prefix-length
+_OPTION_HEAD = struct.Struct("!HH")  # option code, option length (RFC 6891 §6.1.2)
+# A trusted forwarder names the same few networks over and over, and the parse's memo
+# (dnsmesh/dnswire.py) hands back the same ClientSubnet for the same query: the network's
+# text and the answer's option are memoised per network (cleared when full, so a flood of
+# distinct networks costs what it did without the memo, and no more memory than this).
+MEMO_LIMIT: Final = 4096
+_KEYS: dict[ClientSubnet, str] = {}
+_OPTIONS: dict[tuple[ClientSubnet, int], bytes] = {}
 
 
 class EcsError(ValueError):
@@ -40,12 +48,23 @@ class ClientSubnet(NamedTuple):
         ECS network from a client address by the text alone (dnsmesh/snapshot.py). Made
         with inet_ntop (RFC 5952 text, as ``ipaddress`` writes it but for the old
         IPv4-compatible ::a.b.c.d) in a fifth of the time ``ipaddress`` takes: this runs
-        for every ECS query a trusted forwarder sends."""
-        if self.family == FAMILY_IPV4:
-            text = socket.inet_ntop(socket.AF_INET, self.address.ljust(4, b"\0"))
-        else:
-            text = socket.inet_ntop(socket.AF_INET6, self.address.ljust(16, b"\0"))
-        return f"{text}/{self.source}"
+        for every ECS query a trusted forwarder sends, and memoised (``MEMO_LIMIT``)."""
+        text = _KEYS.get(self)
+        if text is None:
+            text = network_text(self)
+            if len(_KEYS) >= MEMO_LIMIT:
+                _KEYS.clear()
+            _KEYS[self] = text
+        return text
+
+
+def network_text(subnet: ClientSubnet) -> str:
+    """``ClientSubnet.key`` without the memo."""
+    if subnet.family == FAMILY_IPV4:
+        text = socket.inet_ntop(socket.AF_INET, subnet.address.ljust(4, b"\0"))
+    else:
+        text = socket.inet_ntop(socket.AF_INET6, subnet.address.ljust(16, b"\0"))
+    return f"{text}/{subnet.source}"
 
 
 def parse_ecs(data: bytes) -> ClientSubnet:
@@ -79,6 +98,20 @@ def ecs_option(subnet: ClientSubnet, scope: int) -> bytes:
     (RFC 7871 §7.2.1), with ``scope``: how many leading bits of the address the answer
     depends on (0: none, any client may be given it)."""
     return _FIXED.pack(subnet.family, subnet.source, scope) + subnet.address
+
+
+def answer_option(subnet: ClientSubnet, scope: int) -> bytes:
+    """The whole option for the answer (code, length, then ``ecs_option``'s data), as an
+    OPT's RDATA holds it; memoised per (network, scope) (``MEMO_LIMIT``)."""
+    key = (subnet, scope)
+    option = _OPTIONS.get(key)
+    if option is None:
+        data = ecs_option(subnet, scope)
+        option = _OPTION_HEAD.pack(OPTION_ECS, len(data)) + data
+        if len(_OPTIONS) >= MEMO_LIMIT:
+            _OPTIONS.clear()
+        _OPTIONS[key] = option
+    return option
 
 
 def build_ecs(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bytes:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 
 from agent.served import ServedSnapshot
-from dnsmesh.dnswire import Query, add_option
-from dnsmesh.ecs import OPTION_ECS, ClientSubnet, ecs_option
+from dnsmesh.dnswire import Query, add_option_to_own
+from dnsmesh.ecs import ClientSubnet, answer_option
 from dnsmesh.snapshot import CompiledPolicy
 
 
@@ -44,7 +44,7 @@ class PolicyAnswers:
 
 def _with_subnet(policy: CompiledPolicy, wire: bytes, subnet: ClientSubnet) -> bytes:
     scope = subnet.source if policy.by_client else 0
-    return add_option(wire, OPTION_ECS, ecs_option(subnet, scope))
+    return add_option_to_own(wire, answer_option(subnet, scope))
 
 
 class DecidingPolicyAnswers(PolicyAnswers):

@@ -95,7 +95,7 @@ def test_a_query_with_a_malformed_or_second_option_is_formerr(
 def test_a_query_with_ecs_is_raised_with_the_option_and_a_plain_copy() -> None:
     ede = dns.edns.EDEOption(3)
     packet = _query(ede, dns.edns.ECSOption("10.8.3.0", 24))
-    for _ in range(2):  # never memoised: the second parse raises too
+    for _ in range(2):  # memoised apart: the second parse raises too
         with pytest.raises(dnswire.WithEcs) as caught:
             dnswire.parse_query(packet)
     found = caught.value
