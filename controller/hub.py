@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from controller.agent_events import Acked, AgentConnected, Gone, Nacked, Seen
+from controller.agent_events import Acked, AgentConnected, Event, Gone, Nacked, Seen
 from controller.agent_trust import AgentTrust
 from controller.db.session import Database
 from controller.feed import Feed, Moved, Update
@@ -127,7 +127,10 @@ class Hub:
         await self.feed.snapshot()  # the copy stale reads are served from (known_policies)
         add_commit_listener(self._wake_threadsafe)
         self._spawn(self._watch(), "watch")
-        self._spawn(self.recorder.run(has_agents=lambda: bool(self.sessions)), "recorder")
+        self._spawn(
+            self.recorder.run(has_agents=lambda: bool(self.sessions), written=self._agents_written),
+            "recorder",
+        )
         self._spawn(self.health.run(), "health")
         self._spawn(self.share.run(), "share")
         if self.db.engine.dialect.name == "postgresql":
@@ -168,6 +171,12 @@ class Hub:
 
     def _on_notify(self, _revision: int) -> None:
         self._wake.set()
+
+    def _agents_written(self, batch: Sequence[Event]) -> None:
+        # Connects, disconnects and ACKs (which carry the shadowed names) change who may
+        # probe; a Seen only keeps a row fresh, which the assignment's refresh covers.
+        if any(not isinstance(event, Seen) for event in batch):
+            self.health.probing.touch()
 
     # -- what the routes ask (polling agents, operators) ------------------------------------
 
@@ -245,6 +254,7 @@ class Hub:
         moved = await self.feed.catch_up()
         if moved is Moved.NO:
             return
+        self.health.probing.touch()  # the policies may have changed
         self.metrics.committed(self.feed.head)
         for session in self.sessions.values():
             if moved is Moved.BACK:

@@ -88,6 +88,8 @@ class QuorumMonitor:
                 self._reports.put_back(batch)  # the database is away: again later
                 await asyncio.sleep(1.0)
                 continue
+            if batch:
+                self.probing.reported()  # zone latency may have moved
             await self._expire_drains()
             await self._evaluate()
             await self._roll()

@@ -50,8 +50,14 @@ class AgentRecorder:
         """Waits until everything queued so far is written; False after ``within_s``."""
         return await self._events.flush(within_s)
 
-    async def run(self, *, has_agents: Callable[[], bool]) -> None:
-        """Writes batches until cancelled; heartbeats only while ``has_agents()``."""
+    async def run(
+        self,
+        *,
+        has_agents: Callable[[], bool],
+        written: Callable[[list[Event]], None] | None = None,
+    ) -> None:
+        """Writes batches until cancelled; heartbeats only while ``has_agents()``;
+        ``written(batch)`` after each batch is stored."""
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + self.heartbeat_s
         while True:
@@ -67,6 +73,8 @@ class AgentRecorder:
                 self._events.put_back(batch)  # keep the order; try again
                 await asyncio.sleep(self.retry_s)
                 continue
+            if written is not None:
+                written(batch)
             await self._events.handled(len(batch))
 
     async def _guarded(self, work: Callable[..., None], *args: object) -> bool:

@@ -85,6 +85,7 @@ def run_controller(args: argparse.Namespace) -> int:
     from controller.api import create_app
     from controller.api.body import DEFAULT_MAX_BODY
     from controller.identity_refusals import IdentityRefusals
+    from controller.keepalive import paced_websockets
     from controller.tls_peer import server_context_factory, uvicorn_protocols
 
     url = resolve_database_url(args.database)
@@ -104,7 +105,7 @@ def run_controller(args: argparse.Namespace) -> int:
     shown = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
     refusals = IdentityRefusals()
     trust = None
-    ssl: dict[str, Any] = {}
+    ssl: dict[str, Any] = {"ws": paced_websockets()}  # the TLS protocols below pace too
     if tls is not None:
         trust = TrustSettings(tls.signer, tls.bundle(), args.trust_domain, cert_ttl, require_mtls)
         ssl = {
@@ -130,7 +131,8 @@ def run_controller(args: argparse.Namespace) -> int:
         lifespan="on",  # the push hub says goodbye to its agents at shutdown
         server_header=False,
         # A pong must come back within one more interval, so a dead agent is dropped
-        # (and shown disconnected) about two intervals after it last answered.
+        # (and shown disconnected) about two intervals after it last answered; the interval
+        # grows with the fleet past MAX_PING_RATE pings a second (controller.keepalive).
         ws_ping_interval=push.ping_interval_s,
         ws_ping_timeout=push.ping_interval_s,
         ws_per_message_deflate=push.ws_deflate,

@@ -26,7 +26,7 @@ import asyncio
 import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from controller.identity_refusals import IdentityRefusals, Refusal
 
@@ -127,13 +127,13 @@ def with_peer_certificate(base: type[asyncio.Protocol]) -> type[asyncio.Protocol
 
 
 def uvicorn_protocols() -> dict[str, type[asyncio.Protocol]]:
-    """``http=`` and ``ws=`` for uvicorn.Config: its "auto" choices, certificate-aware."""
+    """``http=`` and ``ws=`` for uvicorn.Config: its "auto" choices, certificate-aware (and
+    the WebSocket one paced, controller.keepalive)."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
-    from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 
-    protocols = {"http": with_peer_certificate(AutoHTTPProtocol)}
-    if AutoWebSocketsProtocol is not None:
-        protocols["ws"] = with_peer_certificate(
-            cast(type[asyncio.Protocol], AutoWebSocketsProtocol)
-        )
-    return protocols
+    from controller.keepalive import paced_websockets
+
+    return {
+        "http": with_peer_certificate(AutoHTTPProtocol),
+        "ws": with_peer_certificate(paced_websockets()),
+    }

@@ -96,6 +96,12 @@ def budgets(policies: Iterable[Policy], default: int) -> dict[str, tuple[int, fr
     return {a: (n, frozenset(names)) for a, (n, names) in found.items()}
 
 
+def coordinated(policies: Iterable[Policy], default: int) -> bool:
+    """Whether any address has a budget (else every agent probes all, and there is nothing
+    to assign: the controller need not look at its agents at all)."""
+    return any(budget > 0 for budget, _ in budgets(policies, default).values())
+
+
 def score(address: str, agent_id: str) -> int:
     """The rendezvous score of a pair: the same on every replica and in every run."""
     digest = hashlib.blake2b(f"{address}\0{agent_id}".encode(), digest_size=8).digest()

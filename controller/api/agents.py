@@ -58,10 +58,12 @@ WebSocket ``GET /v1/agents/stream`` (ws:// or wss://)
      Counts that name no policy, slice or endpoint being served are dropped; the rest are
      summed per time bucket for GET /v1/policies/{name}/share. An agent must not send it
      to a controller whose upgrade response does not name it (an older one closes 4400).
-  7. Keepalive: the controller pings every ``--ping-interval`` seconds (default 5) and
-     closes a connection whose pong has not come within another interval (1011), so a
-     dead agent shows as disconnected within about two intervals. Agents must answer
-     pings (every WebSocket library does); they may ping too.
+  7. Keepalive: the controller pings every ``--ping-interval`` seconds (default 5), or
+     every connections/200 seconds past 1,000 connections (controller.keepalive: at most
+     about 200 pings a second in all), and closes a connection whose pong has not come
+     within ``--ping-interval`` (1011), so a silent agent shows as disconnected within
+     about an interval plus ``--ping-interval`` (10 s; 55 s at 10,000 agents). Agents
+     must answer pings (every WebSocket library does); they may ping too.
 
 HTTP polling (when a WebSocket cannot be opened), same credentials (a certificate acts
 for its own agent id only: 403 for another) and revision semantics:

@@ -12,6 +12,15 @@ row lock, so two replicas commit one change once.
 A zone's latency is the median of the fresh latest reports of that zone's agents; it
 counts as changed when it moves by more than ``LATENCY_MOVE`` of itself (and at least
 1 ms), so the figures agents borrow are refreshed without a revision per report.
+
+Reading every live agent's row each round is O(fleet): at 10,000 agents it was a fifth
+of the controller's CPU. So a round looks only when something it depends on may have
+moved: the hub calls ``touch`` when its agents' rows changed (connects, disconnects,
+shadowed names) and when the feed moved (policies, other replicas' commits); reports
+touch it only while some assignment uses zone latency. A difference waiting out
+``delay_s`` is looked at every round, and every ``refresh_s`` a round looks anyway, for
+what no event tells this replica of (agents of a replica that died going stale). Without
+any budget (``--probes-per-endpoint 0`` and no policy asking) the agents are not read.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ class ProbingSettings:
     agent_stale_s: float = 60.0  # an agent not seen for this long is not connected
     report_stale_s: float = 30.0  # reports older than this give no zone latency
     min_agents: int = 1  # the quorum's: no address gets fewer probers than this
+    refresh_s: float = 10.0  # look this often even when nothing said the fleet changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +78,35 @@ class ProbeAssignmentService:
         # are the same objects' (ParsedPolicies keeps unchanged ones) reuses it, since
         # 1,000 agents x 100 endpoints is 100,000 hashes (bench/probing.py: ~0.1 s).
         self._memo: tuple[tuple[object, ...], dict[str, tuple[str, ...]]] | None = None
+        # Set by touch() on the event loop, cleared by reconcile() in a worker thread before
+        # it reads: a touch during the read makes the next round look again.
+        self._dirty = True
+        self._uses_latency = False  # the last assignment had latency-weighted addresses
+        self._next_look: float | None = None  # monotonic time of the next unasked look
+        self.looks = 0  # rounds that read the stored state (for tests and the bench)
+
+    def touch(self) -> None:
+        """Something the assignment depends on may have changed: the next round looks."""
+        self._dirty = True
+
+    def reported(self) -> None:
+        """Reports were written: news only when zone latency is part of the assignment."""
+        if self._uses_latency:
+            self._dirty = True
+
+    def _should_look(self, monotonic_now: float) -> bool:
+        if self._dirty or self._pending_since is not None:
+            return True
+        return self._next_look is None or monotonic_now >= self._next_look
 
     def wanted(self, session: Session) -> Assignment:
         """The assignment the stored state asks for now."""
         now = self.db.clock()
         settings = self.settings
         policies = self._policies.read(session)
+        if not probing.coordinated(policies, settings.per_endpoint):
+            self._uses_latency = False
+            return Assignment({}, {}, settings.spread_label)
         live = agents.live_agents(session, now - timedelta(seconds=settings.agent_stale_s))
         zones = {agent_id: labels.get(settings.spread_label, "") for agent_id, labels, _ in live}
         connected = [
@@ -94,10 +127,25 @@ class ProbeAssignmentService:
             self._memo = (key, probers)
         fresh_since = now - timedelta(seconds=settings.report_stale_s)
         latency = _zone_latency(session, policies, probers, zones, fresh_since)
+        self._uses_latency = any(
+            p.spec.strategy is Strategy.LATENCY_WEIGHTED for p in policies
+        ) and bool(probers)
         return Assignment(probers, latency, settings.spread_label)
 
     def reconcile(self, monotonic_now: float) -> ProbersChange | None:
         """One round: commits the wanted assignment once it differed for ``delay_s``."""
+        if not self._should_look(monotonic_now):
+            return None
+        self._dirty = False
+        self._next_look = monotonic_now + self.settings.refresh_s
+        self.looks += 1
+        try:
+            return self._reconcile(monotonic_now)
+        except BaseException:
+            self._dirty = True  # the database was away: look again next round
+            raise
+
+    def _reconcile(self, monotonic_now: float) -> ProbersChange | None:
         stored, wanted = self.db.read(lambda session: (read_probers(session), self.wanted(session)))
         if same(stored, wanted):
             self._pending_since = None

@@ -210,3 +210,13 @@ def test_the_controller_refuses_a_budget_its_quorum_cannot_use() -> None:
         health_settings(args(probes_per_endpoint=-1))
     with pytest.raises(ConfigError, match="--report-history-window"):
         health_settings(args(report_history_window=-1))
+
+
+def test_coordination_is_off_only_when_no_address_has_a_budget() -> None:
+    unprobed = policy("plain", ADDRESSES[:2], probe=False)
+    probed = policy("probed", ADDRESSES[:2])
+    assert not probing.coordinated([unprobed], 3), "no probes: nothing to assign"
+    assert not probing.coordinated([probed], 0), "--probes-per-endpoint 0: every agent probes"
+    assert probing.coordinated([probed], 3)
+    assert probing.coordinated([policy("asks", ADDRESSES[:1], per_endpoint=2)], 0)
+    assert not probing.coordinated([policy("all", ADDRESSES[:1], per_endpoint=0)], 3)
