@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.gcwindow import build_without_collection
 from agent.periodic import Periodic
 from dnsmesh.errors import PolicyError, PolicyFileError
 from dnsmesh.logs import fields
@@ -122,7 +123,7 @@ class PolicyWatcher(Periodic):
         if not self.changed():
             return
         try:
-            snapshot = await asyncio.to_thread(self._build)
+            snapshot = await asyncio.to_thread(build_without_collection, self._build)
         except Exception:  # a bug must not stop reloads for good
             log.exception("policy.reload_crashed")
             return

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 
 from agent.answer_reports import AnswerReports
+from agent.gcwindow import build_without_collection
 from agent.sync.config import SyncConfig
 from agent.sync.credentials import Credentials
 from agent.sync.policy_sources import Applied, Outcome, PolicySources, Refused, local_policies
@@ -99,7 +100,8 @@ class ChannelContext:
         # Parsing and compiling a big update is CPU work: in a thread, the loop keeps
         # answering queries between GIL switches (measured with 5,000 policies, one of them
         # changed: the loop's longest stall 60 ms inline -> ~35 ms). The swap is on the loop.
-        prepared = await asyncio.to_thread(self.sources.prepare, updates)
+        # No collection runs meanwhile (agent/gcwindow.py): a full one would stall the loop.
+        prepared = await asyncio.to_thread(build_without_collection, self.sources.prepare, updates)
         outcomes = self.sources.commit(prepared)
         applied = [o for o in outcomes if isinstance(o, Applied)]
         if applied:
