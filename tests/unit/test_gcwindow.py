@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.gcwindow import build_without_collection
+from agent.gcwindow import FREEZE_AFTER, build_without_collection
 from dnsmesh.policyfile import ParsedFiles, load_policy_path
 from dnsmesh.protocol import AppliedState, Delta, PolicyChange, SnapshotMessage, apply_update
 from dnsmesh.snapshot import compile_snapshot
@@ -26,12 +26,12 @@ def collector_restored() -> Iterator[None]:
     (gc.enable if enabled else gc.disable)()
 
 
-def test_the_build_runs_with_collection_off_and_its_objects_end_frozen() -> None:
+def test_a_big_build_runs_with_collection_off_and_its_objects_end_frozen() -> None:
     gc.enable()
 
     def build() -> list[dict[str, int]]:
         assert not gc.isenabled()
-        return [{"i": i} for i in range(1000)]
+        return [{"i": i} for i in range(FREEZE_AFTER)]
 
     built = build_without_collection(build)
     assert gc.isenabled()
@@ -40,6 +40,27 @@ def test_the_build_runs_with_collection_off_and_its_objects_end_frozen() -> None
     scanned = {id(item) for g in range(3) for item in gc.get_objects(generation=g)}
     assert id(built) not in scanned
     assert not any(id(item) in scanned for item in built)
+
+
+class Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_a_small_build_is_left_to_the_collector_so_nothing_is_kept_for_good() -> None:
+    # A freeze keeps the cyclic garbage of the moment for good: not for a small build.
+    gc.enable()
+    gc.collect()
+    probe: list[weakref.ref[Cycle]] = []
+
+    def build() -> list[int]:
+        probe.append(weakref.ref(Cycle()))  # cyclic garbage, as a timed-out forward leaves
+        return [1, 2, 3]
+
+    build_without_collection(build)
+    assert probe[0]() is not None  # only the collector can free it...
+    gc.collect()
+    assert probe[0]() is None  # ...and it still can
 
 
 def test_collection_comes_back_only_when_the_last_of_two_concurrent_builds_ends() -> None:
