@@ -5,8 +5,8 @@ the first query after a restart is answered from the last applied policies even 
 controller is away; local files are then loaded beside them, shadowing any controller policy
 they clash with (agent/sync/policy_sources.py);
 only then does the sync client start talking to the controller. The sync stack
-(httpx, websockets, cryptography: ~0.3 s of imports) is imported only then too, so the
-cold start to the first answer does without it.
+(httpx, websockets, and cryptography for an mTLS agent: ~0.3 s of imports) is imported only
+then too, so the cold start to the first answer does without it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from agent.sync.policy_sources import LocalPolicyWatcher, PolicySources
 from agent.sync.state_file import StateDir
 from dnsmesh.drains import DrainSet
 from dnsmesh.probing import Assignment
+from dnsmesh.protocol import prepare_messages
 from dnsmesh.snapshot import CompileContext
 
 if TYPE_CHECKING:
@@ -111,12 +112,16 @@ class SyncedAgent:
             self.watcher.start()
         # Imported in a thread: answering has begun, and on the loop the imports (0.3 s,
         # seconds on a loaded machine) would hold every query that arrives meanwhile.
-        await asyncio.to_thread(_import_sync_stack)
+        await asyncio.to_thread(_import_sync_stack, mtls)
         from agent.sync.client import AgentSync
         from agent.sync.credentials import Credentials
-        from agent.sync.identity import IdentityFile
 
-        credentials = Credentials(self.sync_config, IdentityFile(self.state_dir.path))
+        identity_file = None
+        if mtls:
+            from agent.sync.identity import IdentityFile
+
+            identity_file = IdentityFile(self.state_dir.path)
+        credentials = Credentials(self.sync_config, identity_file)
         self.sync = AgentSync(
             self.sync_config,
             self.sources,
@@ -141,7 +146,13 @@ class SyncedAgent:
         await self.server.stop(drain_timeout, also=parts, linger=linger)
 
 
-def _import_sync_stack() -> None:
-    """The modules the sync client needs, with httpx, websockets and cryptography."""
-    for name in ("agent.sync.client", "agent.sync.credentials", "agent.sync.identity"):
+def _import_sync_stack(mtls: bool) -> None:
+    """The modules the sync client needs, with httpx and websockets; cryptography only
+    for an agent that speaks mTLS (a token agent never needs it). The messages' validators
+    are built here too, off the loop (dnsmesh.protocol defers them)."""
+    names = ["agent.sync.client", "agent.sync.credentials"]
+    if mtls:
+        names.append("agent.sync.identity")
+    for name in names:
         importlib.import_module(name)
+    prepare_messages()

@@ -19,15 +19,21 @@ import logging
 import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import httpx
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.sync.config import SyncConfig
 from agent.sync.errors import JoinRefused, SyncRetry, parse_retry_after
-from agent.sync.identity import Identity, IdentityFile, csr_pem, new_key
 from dnsmesh.errors import ConfigError
 from dnsmesh.logs import fields
+
+if TYPE_CHECKING:
+    # cryptography (~10 MiB resident, 40 ms to import) is for agents that speak mTLS: a
+    # token agent never loads it (agent/sync/controlled_agent.py imports it only for those).
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from agent.sync.identity import Identity, IdentityFile
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +48,22 @@ class Credentials:
     """The agent's current credentials; ``ensure()`` before each connect."""
 
     def __init__(
-        self, config: SyncConfig, identity_file: IdentityFile, *, clock: Clock = utc_now
+        self, config: SyncConfig, identity_file: IdentityFile | None, *, clock: Clock = utc_now
     ) -> None:
+        """``identity_file`` None: a token agent, with no identity file and no join token."""
+        if identity_file is None and config.join_token:
+            raise ValueError("an agent with a join token keeps its identity in a file")
         self.config = config
         self.file = identity_file
         self.clock = clock
-        self.identity: Identity | None = identity_file.load()
+        self.identity: Identity | None = identity_file.load() if identity_file else None
         self.mtls = self.identity is not None or bool(config.join_token)
         self.changed = asyncio.Event()  # set when a join or renewal stored a new identity
         if self.mtls and not config.http_url.startswith("https://"):
             raise ConfigError("an agent joins over TLS only: give an https:// --controller")
         if self.identity is not None and self.identity.node_name != config.node_name:
             raise ConfigError(
-                f"the agent identity in {identity_file.path} is node "
+                f"the agent identity in {self.identity.path} is node "
                 f"{self.identity.node_name!r}'s, not {config.node_name!r}: pass --node-name "
                 f"{self.identity.node_name}, or move the file away and join again"
             )
@@ -105,6 +114,8 @@ class Credentials:
         await self._join(self.config.join_token)
 
     async def _join(self, token: str) -> None:
+        from agent.sync.identity import csr_pem, new_key  # imported with the file
+
         key = new_key()
         body = await self._post(
             "/v1/join",
@@ -119,6 +130,8 @@ class Credentials:
         identity = self.identity
         if identity is None:
             return
+        from agent.sync.identity import csr_pem, new_key  # imported with the file
+
         key = new_key()
         body = await self._post(
             "/v1/renew",
@@ -129,6 +142,7 @@ class Credentials:
         self._store(key, body, "sync.certificate_renewed")
 
     def _store(self, key: ec.EllipticCurvePrivateKey, body: dict[str, object], event: str) -> None:
+        assert self.file is not None  # only an mTLS agent joins or renews
         try:
             self.identity = self.file.store(key, str(body["certificate"]))
         except (KeyError, ValueError) as exc:

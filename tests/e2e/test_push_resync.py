@@ -24,7 +24,6 @@ import pytest
 from agent.sync.client import AgentSync
 from agent.sync.config import SyncConfig
 from agent.sync.credentials import Credentials
-from agent.sync.identity import IdentityFile
 from agent.sync.policy_sources import PolicySources
 from agent.sync.state_file import StateDir
 from controller.db.engine import build_engine
@@ -59,7 +58,7 @@ def sync_clients(loop: LoopThread, tmp: Path, url: str, token: str) -> Iterator[
             PolicySources(lambda _snapshot: None),
             state,
             state.agent_id(),
-            credentials=Credentials(config, IdentityFile(state.path)),  # a token agent
+            credentials=Credentials(config, None),  # a token agent
             rng=random.Random(n),
         )
         loop.run(sync.start())

@@ -4,8 +4,10 @@ What ``dnsmesh agent --controller ...`` imports before it answers from its state
 command's parsers (every subcommand's), the agent, the controlled agent and the state
 file. httpx (DoH, HTTP probes, the sync client), cryptography (the agent's certificate),
 websockets (the sync channel), prometheus_client (the admin listener) and yaml (policy
-files) come later, when the part that needs them starts. Each test runs a fresh
-interpreter, since this one has imported everything already.
+files) come later, when the part that needs them starts; cryptography only for an agent
+that speaks mTLS. Each test runs a fresh interpreter, since this one has imported everything
+already. (A None in sys.modules is an import blocked on purpose, as cli/__init__.py does for
+httpx's own CLI: not counted as imported.)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from agent.config import config_from_args
 from agent.sync.config import sync_config_from_args
 config_from_args(args)
 sync_config_from_args(args)
-print(json.dumps(sorted({name.split(".")[0] for name in sys.modules})))
+print(json.dumps(sorted({n.split(".")[0] for n, m in sys.modules.items() if m is not None})))
 """
 
 
@@ -65,3 +67,32 @@ def test_a_controlled_agent_starts_without_the_heavy_packages(
 ) -> None:
     assert "agent" in controlled_start  # the probe did import the agent
     assert heavy not in controlled_start
+
+
+_SYNC_PROBE = """
+import json, sys
+import cli.main
+from agent.sync.controlled_agent import _import_sync_stack
+_import_sync_stack(mtls=sys.argv[1] == "mtls")
+print(json.dumps(sorted({n.split(".")[0] for n, m in sys.modules.items() if m is not None})))
+"""
+
+
+def imported_with_sync_stack(mode: str) -> set[str]:
+    """The top-level packages imported once the sync stack of a token or mTLS agent is."""
+    out = subprocess.run(
+        [sys.executable, "-c", _SYNC_PROBE, mode], capture_output=True, text=True, check=True
+    )
+    return set(json.loads(out.stdout))
+
+
+def test_a_token_agent_syncs_without_cryptography_or_httpx_s_own_cli() -> None:
+    token = imported_with_sync_stack("token")
+    assert {"httpx", "websockets"} <= token  # the probe did import the sync stack
+    # cryptography is for mTLS agents; click, rich and pygments only for httpx's CLI,
+    # which cli/__init__.py keeps out (click is installed here, with uvicorn).
+    assert not token & {"cryptography", "click", "rich", "pygments"}
+
+
+def test_an_mtls_agent_loads_cryptography_with_its_sync_stack() -> None:
+    assert "cryptography" in imported_with_sync_stack("mtls")
