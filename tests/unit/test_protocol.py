@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from dnsmesh.errors import PolicyError
+from dnsmesh.policy import parse_policy
 from dnsmesh.protocol import (
     Ack,
     AppliedState,
@@ -23,10 +25,12 @@ from dnsmesh.protocol import (
     SnapshotMessage,
     apply_update,
     build_delta,
+    build_snapshot,
     decode_message,
     decode_state,
     encode_message,
     encode_state,
+    encode_state_pieces,
 )
 
 
@@ -164,6 +168,25 @@ def test_the_state_file_round_trips_and_refuses_corruption() -> None:
         decode_state(
             SnapshotMessage(revision=1, policies=[doc("a", "x")]).model_dump_json().encode()
         )
+
+
+def test_the_state_file_is_the_snapshot_message_of_the_state_written_in_pieces() -> None:
+    """encode_state writes the policies one by one: the same message as dumping it whole."""
+    policies = [parse_policy(d) for d in (doc("a"), doc("b"), doc("c"))]
+    state = AppliedState(
+        9,
+        {p.name: p for p in policies},
+        down=frozenset({"10.0.0.9"}),
+        mesh_id="mesh-1",
+        rollouts={"b": 25},
+    )
+    whole = build_snapshot(
+        9, [p.to_document() for p in policies], state.down, "mesh-1", rollouts=state.rollouts
+    )
+    pieces = list(encode_state_pieces(state))
+    assert len(pieces) == 2 + len(policies)  # head, a piece per policy, tail
+    assert json.loads(b"".join(pieces)) == json.loads(whole.model_dump_json())
+    assert json.loads(encode_state(AppliedState.empty()))["policies"] == []
 
 
 def test_the_down_set_comes_whole_with_snapshots_and_only_when_changed_with_deltas() -> None:
