@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+import dnsmesh.slowstart
 from dnsmesh.errors import PolicyError
 from dnsmesh.explain import explain
 from dnsmesh.policy import Policy, parse_policy
@@ -14,6 +15,7 @@ from dnsmesh.slowstart import (
     NOT_STARTED,
     SCALE,
     Ramps,
+    Serving,
     fraction,
     ramped,
     track,
@@ -129,7 +131,7 @@ def test_ramped_keeps_what_health_decided_for_the_others() -> None:
 
 
 def test_a_weight_of_one_still_ramps_and_never_reaches_zero() -> None:
-    ramps = Ramps({"web": {A: (0.0, 3600.0)}}, {})
+    ramps = Ramps({"web": {A: (0.0, 3600.0)}}, Serving())
     weights, _ = ramped(ramps, [web([A, B])], {}, 0.0)
     assert weights["web"][A] == round(SCALE * FLOOR) >= 1
 
@@ -202,3 +204,29 @@ def test_tracking_only_the_changed_names_keeps_the_others_as_tracked() -> None:
     assert "web" not in done.started  # its ramp finished at 10 s
     removed = track(done, [], {}, frozenset(), 13.0, only=frozenset({"other"}))
     assert removed.in_service("other") is None
+
+
+def test_incremental_decisions_share_the_table_and_fold_it_now_and_then(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A change of one policy among many copies a small layer, not the whole table, and
+    leaves the decision before it as it was; the layer is folded into a new base when it
+    grows past FOLD_AFTER names, with the removed names gone."""
+    monkeypatch.setattr(dnsmesh.slowstart, "FOLD_AFTER", 3)
+    names = [f"p{i}" for i in range(5)]
+    first = {n: parse_policy(policy_doc(n, [{"address": A}])) for n in names}
+    start = started(*first.values())
+    assert start.serving is not None
+    base = start.serving.base
+    edited = {n: parse_policy(policy_doc(n, [{"address": B}])) for n in names}
+    one = track(start, [edited["p0"]], {}, frozenset(), 1.0, only=frozenset({"p0"}))
+    two = track(one, [edited["p1"]], {}, frozenset(), 2.0, only=frozenset({"p1"}))
+    assert one.serving is not None and two.serving is not None
+    assert one.serving.base is base and two.serving.base is base  # shared, not copied
+    assert start.in_service("p0") == {A} and one.in_service("p0") == {B}
+    assert one.in_service("p1") == {A} and two.in_service("p1") == {B}
+    gone = track(two, [], {}, frozenset(), 3.0, only=frozenset({"p2"}))  # p2 removed
+    assert gone.serving is not None and gone.serving.base is not base  # 3 names: folded
+    assert gone.serving.layer == {} and "p2" not in gone.serving.base
+    assert gone.in_service("p2") is None and two.in_service("p2") == {A}
+    assert [gone.in_service(n) for n in ("p0", "p1", "p3")] == [{B}, {B}, {A}]
