@@ -98,6 +98,8 @@ class ParsedFiles:
         # The version is the one seen before reading: a write during the read shows as a
         # new version at the next load, which parses the file again.
         parsed = parse_policy_documents(text, source)
+        if hit is not None:
+            parsed = _reuse_unchanged(hit[1], parsed)
         self._files[source] = (version, parsed)
         return parsed
 
@@ -105,6 +107,24 @@ class ParsedFiles:
         wanted = {str(file) for file in files}
         for source in [s for s in self._files if s not in wanted]:
             del self._files[source]
+
+
+def _reuse_unchanged(before: list[SourcedPolicy], now: list[SourcedPolicy]) -> list[SourcedPolicy]:
+    """``now``, with each policy equal to the one of its name ``before`` replaced by that one.
+
+    An edit of one document in a file of 1,000 re-parses them all; the 999 equal to what
+    they were keep their Policy objects, so the compile keeps their compiled form and the
+    health monitor decides one policy again instead of 1,000 (on the event loop: 12-20 ms
+    at 1,000 policies a file, measured with 100,000 policies).
+    """
+    old = {s.policy.name: s.policy for s in before}
+    out = []
+    for sourced in now:
+        kept = old.get(sourced.policy.name)
+        if kept is not None and kept is not sourced.policy and kept == sourced.policy:
+            sourced = SourcedPolicy(kept, sourced.source, sourced.document)
+        out.append(sourced)
+    return out
 
 
 def load_policy_path(path: Path, parsed: ParsedFiles | None = None) -> list[SourcedPolicy]:

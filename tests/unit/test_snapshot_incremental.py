@@ -129,3 +129,32 @@ def test_parsed_files_reuse_the_policies_of_a_file_that_did_not_change(tmp_path:
     )
     (tmp_path / "a.yaml").unlink()
     assert [s.policy.name for s in load_policy_path(tmp_path, parsed)] == ["b"]
+
+
+def test_a_rewritten_file_keeps_the_policy_objects_of_its_unchanged_documents(
+    tmp_path: Path,
+) -> None:
+    """One document edited in a file of several: the others are equal to what they were, so
+    they stay the same objects (and keep their compiled form); the edited one is new, and
+    one that moved to another position in the file is kept too."""
+
+    def text(*docs: tuple[str, str]) -> str:
+        return "---\n".join(
+            f"apiVersion: dnsmesh/v1\nkind: Policy\nmetadata: {{name: {name}}}\n"
+            f"spec: {{domain: {name}.example, endpoints: [{{address: {address}}}]}}\n"
+            for name, address in docs
+        )
+
+    file = tmp_path / "all.yaml"
+    file.write_text(text(("a", "10.0.0.1"), ("b", "10.0.0.2"), ("c", "10.0.0.3")))
+    parsed = ParsedFiles()
+    first = {s.policy.name: s for s in load_policy_path(file, parsed)}
+    file.write_text(text(("c", "10.0.0.3"), ("a", "10.0.0.1"), ("b", "10.0.0.22")))
+    second = {s.policy.name: s for s in load_policy_path(file, parsed)}
+    assert second["a"].policy is first["a"].policy and second["a"].document == 2
+    assert second["c"].policy is first["c"].policy and second["c"].document == 1
+    assert second["b"].policy is not first["b"].policy
+    assert str(second["b"].policy.spec.endpoints[0].address) == "10.0.0.22"
+    compiled = compile_snapshot([s.policy for s in first.values()])
+    again = compile_snapshot([s.policy for s in second.values()], previous=compiled)
+    assert again.changed == {"b"}
