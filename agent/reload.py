@@ -64,8 +64,12 @@ class PolicyWatcher(Periodic):
         self.compiled: Snapshot | None = None
 
     def load(self) -> bool:
-        """Load, compile and apply once; False (logged, nothing applied) if a file is bad."""
-        snapshot = self._build()
+        """Load, compile and apply once; False (logged, nothing applied) if a file is bad.
+
+        Without the cyclic collector, as a reload: at start it would otherwise run full
+        collections over the growing heap while 100,000 policies are built (2.7 s of a
+        10.7 s load, measured)."""
+        snapshot = build_without_collection(self._build)
         if snapshot is None:
             return False
         self._apply(snapshot)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.answer_reports import AnswerReports
 from agent.config import AgentConfig
+from agent.gcwindow import build_without_collection
 from agent.probes.scope import ProbeScope
 from agent.server import AgentServer
 from agent.sync.config import IDENTITY_FILE, SyncConfig
@@ -102,9 +103,10 @@ class SyncedAgent:
         mtls = (self.state_dir.path / IDENTITY_FILE).exists() or bool(self.sync_config.join_token)
         agent_id = self.sync_config.node_name if mtls else self.state_dir.agent_id()
         self.scope.agent_id = agent_id  # before the state file's assignment is planned
-        state = self.state_dir.load()  # logs which file it used, or why none
+        # Built without the cyclic collector, as every snapshot (agent/gcwindow.py).
+        state = build_without_collection(self.state_dir.load)  # logs which file, or why none
         if state is not None:
-            self.sources.start_from(state)
+            build_without_collection(self.sources.start_from, state)
         if self.watcher is not None:
             self.watcher.load()
         await self.server.start()
