@@ -55,6 +55,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
 
 from dnsmesh.drains import NO_DRAINS, Drained, DrainSet
 from dnsmesh.errors import DnsmeshError, FieldError, PolicyError
+from dnsmesh.jsonpieces import load_object
 from dnsmesh.policy import Labels, Policy, check_policy_set, field_errors, parse_policy
 from dnsmesh.probing import DEFAULT_SPREAD_LABEL, NO_ASSIGNMENT, Assignment
 
@@ -377,8 +378,44 @@ def decode_message(data: str | bytes) -> Message:
     try:
         return _message_adapter().validate_json(data)
     except ValidationError as exc:
-        detail = "; ".join(str(e) for e in field_errors(exc)[:5])
-        raise ProtocolError(f"not a dnsmesh/v{PROTOCOL_VERSION} message: {detail}") from exc
+        raise _not_a_message(exc) from exc
+
+
+# Messages from this size on are worth ``decode_message_in_pieces`` in a worker thread.
+PIECEWISE_FROM = 1 << 20
+
+
+def decode_message_in_pieces(data: str | bytes) -> Message:
+    """``decode_message`` made of short calls, for a big message in a worker thread.
+
+    ``validate_json`` of a snapshot of 100,000 policies (30 MiB) is one call of 0.4 s that
+    holds the GIL, a stall of the event loop however it is threaded. Here the JSON is
+    decoded a member or an element at a time (dnsmesh.jsonpieces), and a snapshot's
+    policies, which ``apply_update`` validates one by one anyway, are only checked to be
+    objects: the envelope alone goes through the message's validator.
+    """
+    try:
+        text = data if isinstance(data, str) else data.decode()
+        document = load_object(text)
+    except ValueError as exc:  # UnicodeDecodeError and json.JSONDecodeError are ValueErrors
+        raise ProtocolError(f"not a dnsmesh/v{PROTOCOL_VERSION} message: {exc}") from exc
+    policies = document.get("policies")
+    try:
+        if (
+            document.get("type") == "snapshot"
+            and isinstance(policies, list)
+            and all(isinstance(p, dict) for p in policies)
+        ):
+            envelope = SnapshotMessage.model_validate({**document, "policies": []})
+            return envelope.model_copy(update={"policies": policies})
+        return _message_adapter().validate_python(document)
+    except ValidationError as exc:
+        raise _not_a_message(exc) from exc
+
+
+def _not_a_message(exc: ValidationError) -> ProtocolError:
+    detail = "; ".join(str(e) for e in field_errors(exc)[:5])
+    return ProtocolError(f"not a dnsmesh/v{PROTOCOL_VERSION} message: {detail}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from agent.answer_reports import AnswerReports
 from agent.gcwindow import build_without_collection
 from agent.sync.config import SyncConfig
 from agent.sync.credentials import Credentials
+from agent.sync.incoming import release_documents
 from agent.sync.policy_sources import Applied, Outcome, PolicySources, Refused, local_policies
 from agent.sync.state_file import StateDir
 from dnsmesh.logs import fields
@@ -103,6 +104,7 @@ class ChannelContext:
         # No collection runs meanwhile (agent/gcwindow.py): a full one would stall the loop.
         prepared = await asyncio.to_thread(build_without_collection, self.sources.prepare, updates)
         outcomes = self.sources.commit(prepared)
+        release_documents(updates)  # parsed now: a big snapshot's are freed off the loop
         applied = [o for o in outcomes if isinstance(o, Applied)]
         if applied:
             self.progress = True

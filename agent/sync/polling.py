@@ -17,6 +17,7 @@ import httpx
 
 from agent.sync.channel import ChannelContext
 from agent.sync.errors import SyncFatal, SyncRetry, parse_retry_after
+from agent.sync.incoming import decode_incoming
 from agent.sync.policy_sources import Outcome
 from agent.sync.session import Apply, Send, SyncSession
 from dnsmesh.logs import fields
@@ -25,7 +26,6 @@ from dnsmesh.protocol import (
     Nack,
     ProtocolError,
     SnapshotMessage,
-    decode_message,
     message_json,
 )
 
@@ -98,7 +98,7 @@ class Poller:
                     # not hold polls; pace ourselves instead of asking in a hot loop.
                     await asyncio.sleep(min(wait / 2, 1.0))
                 continue
-            message = decode_message(response.content)
+            message = await decode_incoming(response.content)
             if not isinstance(message, SnapshotMessage | Delta):
                 raise ProtocolError(f"GET /v1/changes returned a {message.type} message")
             since = await self._apply(message)

@@ -16,6 +16,7 @@ import logging
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
     ConnectionClosed,
+    ConnectionClosedOK,
     InvalidHandshake,
     InvalidHeader,
     InvalidStatus,
@@ -31,6 +32,7 @@ from agent.sync.errors import (
     WebSocketRefused,
     parse_retry_after,
 )
+from agent.sync.incoming import decode_incoming
 from agent.sync.session import (
     Apply,
     Closed,
@@ -49,7 +51,6 @@ from dnsmesh.protocol import (
     FEATURES_HEADER,
     AnswerReport,
     ProtocolError,
-    decode_message,
     encode_message,
 )
 
@@ -212,13 +213,17 @@ async def _open(context: ChannelContext) -> ClientConnection:
 async def _read(ws: ClientConnection, queue: asyncio.Queue[Event]) -> None:
     """Decode every frame into the queue; a close (clean or not) becomes a Closed event."""
     try:
-        async for raw in ws:
+        while True:
+            # Bytes: a big text frame is decoded in a worker thread (agent/sync/incoming.py),
+            # not by websockets on the loop.
+            raw = await ws.recv(decode=False)
             try:
-                message = decode_message(raw)
+                message = await decode_incoming(raw)
             except ProtocolError as exc:
                 queue.put_nowait(Closed(None, f"undecodable message: {exc}"[:300]))
                 return
             queue.put_nowait(message)
+    except ConnectionClosedOK:
         queue.put_nowait(Closed(ws.close_code, ws.close_reason or ""))
     except ConnectionClosed as exc:
         code = exc.rcvd.code if exc.rcvd is not None else None

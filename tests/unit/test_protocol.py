@@ -27,6 +27,7 @@ from dnsmesh.protocol import (
     build_delta,
     build_snapshot,
     decode_message,
+    decode_message_in_pieces,
     decode_state,
     encode_message,
     encode_state,
@@ -187,6 +188,40 @@ def test_the_state_file_is_the_snapshot_message_of_the_state_written_in_pieces()
     assert len(pieces) == 2 + len(policies)  # head, a piece per policy, tail
     assert json.loads(b"".join(pieces)) == json.loads(whole.model_dump_json())
     assert json.loads(encode_state(AppliedState.empty()))["policies"] == []
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        SnapshotMessage(revision=3, policies=[doc("a"), doc("b")], down=["10.0.0.2"], mesh_id="m"),
+        SnapshotMessage(revision=0, policies=[], mesh_id=None),
+        Delta(since=3, revision=4, changes=[PolicyChange(name="a", policy=doc("a"))]),
+        Ack(revision=4),
+    ],
+    ids=["snapshot", "empty snapshot", "delta", "ack"],
+)
+def test_a_message_decoded_in_pieces_is_the_message_decoded_whole(message: Any) -> None:
+    text = encode_message(message)
+    assert decode_message_in_pieces(text) == decode_message(text) == message
+    assert decode_message_in_pieces(text.encode()) == message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"v": 1, "type": "snapshot", "revision": 1, "policies": ["a string"], "mesh_id": null}',
+        '{"v": 1, "type": "snapshot", "revision": -1, "policies": [], "mesh_id": null}',
+        '{"v": 1, "type": "snapshot", "revision": 1, "policies": [{}], "mesh_id": null, "x": 1}',
+        '{"v": 1, "type": "nonsense"}',
+        '{"v": 1, "type": "snapshot", "revision": 1, "policies": [',
+        "[]",
+    ],
+)
+def test_a_message_decoded_in_pieces_is_refused_as_a_whole_one_is(text: str) -> None:
+    with pytest.raises(ProtocolError):
+        decode_message(text)
+    with pytest.raises(ProtocolError):
+        decode_message_in_pieces(text)
 
 
 def test_the_down_set_comes_whole_with_snapshots_and_only_when_changed_with_deltas() -> None:
