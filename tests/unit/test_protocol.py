@@ -151,6 +151,19 @@ def test_an_update_that_does_not_validate_changes_nothing(update: SnapshotMessag
     assert state.revision == 1 and set(state.policies) == {"a"}
 
 
+def test_a_snapshot_keeps_the_objects_of_the_policies_it_repeats() -> None:
+    """A resync's snapshot mostly repeats what runs: those policies stay the same objects
+    (their compiled form is kept), the changed and the new ones are new."""
+    state = apply_update(
+        AppliedState.empty(), SnapshotMessage(revision=1, policies=[doc("a"), doc("b")])
+    )
+    again = apply_update(
+        state, SnapshotMessage(revision=2, policies=[doc("a"), doc("b", "10.0.0.2"), doc("c")])
+    )
+    assert again.policies["a"] is state.policies["a"]
+    assert again.policies["b"] is not state.policies["b"] and set(again.policies) == {"a", "b", "c"}
+
+
 def test_build_delta_keeps_each_names_last_change() -> None:
     delta = build_delta(10, 13, [("a", doc("a")), ("b", doc("b")), ("a", None)])
     assert delta.since == 10 and delta.revision == 13
