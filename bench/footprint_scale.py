@@ -27,7 +27,9 @@ a loaded machine inflates less than the wall clock; the best of 5 changes. **sta
 the state file's write that follows (a worker thread, wall clock, best of 5), and **longest
 loop gap** the worst of 5 of the longest the loop went without running, from the delta to
 its state saved, as a task that sleeps 0.5 ms at a time sees it: the stall a query arriving
-then would wait out, GIL waits included.
+then would wait out, GIL waits included. **resync** is a snapshot of the N policies (one
+changed) received as the agent's channel takes it, from the message's bytes to its state
+saved, and its **longest loop gap** (a tree before agent/sync/incoming.py decodes inline).
 
 The ref's tree is exported with ``git archive`` to a temporary folder and run by the same
 interpreter. Every loop is bounded in count and time; every agent is stopped at the end.
@@ -244,7 +246,12 @@ from agent.served import ServedSnapshot
 from agent.sync.policy_sources import PolicySources
 from agent.sync.state_file import StateDir
 from dnsmesh.policy import parse_policy
-from dnsmesh.protocol import AppliedState, Delta, PolicyChange
+from dnsmesh.protocol import AppliedState, Delta, PolicyChange, SnapshotMessage
+from dnsmesh.protocol import decode_message, encode_message
+try:
+    from agent.sync.incoming import decode_incoming, release_documents
+except ImportError:
+    decode_incoming = release_documents = None
 
 n = int(sys.argv[1])
 sys.setswitchinterval(0.001)  # as the agent runs (agent/app.py)
@@ -284,9 +291,30 @@ async def main():
         saves.append(time.perf_counter() - began)
         ticker.cancel()
         gaps.append(max(beats))
+    # A resync: the whole set again as a snapshot message (one policy changed), decoded
+    # as the agent's channel decodes it (a tree without agent/sync/incoming.py: inline).
+    docs = [doc(i) for i in range(n)]
+    docs[n // 3] = doc(n // 3, moved=99)
+    text = encode_message(SnapshotMessage(revision=sources.running.revision + 1,
+                                          policies=docs, mesh_id="m")).encode()
+    del docs
+    beats = []
+    ticker = asyncio.ensure_future(_heartbeat(beats))
+    await asyncio.sleep(0.01)
+    began = time.perf_counter()
+    message = await decode_incoming(text) if decode_incoming else decode_message(text)
+    prepared = await asyncio.to_thread(sources.prepare, [message])
+    sources.commit(prepared)
+    if release_documents:
+        release_documents([message])
+    del message, prepared
+    await asyncio.to_thread(state_dir.save, sources.running)
+    resync = time.perf_counter() - began
+    await asyncio.sleep(0.3)  # what is freed after it
+    ticker.cancel()
     folder.cleanup()
     print(json.dumps({"prepare": min(prepares), "commit": min(commits), "save": min(saves),
-                      "gap": max(gaps)}))
+                      "gap": max(gaps), "resync": resync, "resync_gap": max(beats)}))
 
 async def _heartbeat(beats):
     last = time.perf_counter()
@@ -314,6 +342,8 @@ class DeltaRow:
     commit_ms: float | None = None
     save_ms: float | None = None
     gap_ms: float | None = None
+    resync_s: float | None = None
+    resync_gap_ms: float | None = None
     error: str = ""
 
 
@@ -337,6 +367,7 @@ def run_delta(tree: Path, label: str, n: int, limit_s: float) -> DeltaRow:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     row.prepare_ms, row.commit_ms = result["prepare"] * 1000, result["commit"] * 1000
     row.save_ms, row.gap_ms = result["save"] * 1000, result["gap"] * 1000
+    row.resync_s, row.resync_gap_ms = result["resync"], result["resync_gap"] * 1000
     return row
 
 
@@ -376,13 +407,15 @@ def print_delta_table(rows: Sequence[DeltaRow]) -> None:
     )
     print(
         "| tree | policies | prepare (worker thread) ms | commit (event loop) ms "
-        "| state save (worker thread) ms | longest loop gap ms | error |"
+        "| state save (worker thread) ms | longest loop gap ms | resync s "
+        "| resync: longest loop gap ms | error |"
     )
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         print(
             f"| {r.tree} | {r.n:,} | {_number(r.prepare_ms, 1)} | {_number(r.commit_ms, 2)} "
-            f"| {_number(r.save_ms, 1)} | {_number(r.gap_ms, 1)} | {r.error} |"
+            f"| {_number(r.save_ms, 1)} | {_number(r.gap_ms, 1)} | {_number(r.resync_s, 2)} "
+            f"| {_number(r.resync_gap_ms, 1)} | {r.error} |"
         )
 
 
