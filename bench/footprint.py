@@ -293,7 +293,8 @@ def peak_rss(tree: Tree, upstream: int, policies: int, cache: int) -> tuple[int,
         forwarded = [f"n{i}.forward.bench.example" for i in range(cache)]
         asked = [f"gen-{i}.bench.internal" for i in range(policies)]
         answered = ask_many(server.port, forwarded) + ask_many(server.port, asked)
-        time.sleep(0.5)
+        # As long as the idle figure waits: the sync stack is imported by then, in both.
+        time.sleep(2.0)
         return status_kib(server.pid, "VmHWM"), answered
     finally:
         server.stop()
