@@ -104,7 +104,6 @@ class ChannelContext:
         # No collection runs meanwhile (agent/gcwindow.py): a full one would stall the loop.
         prepared = await asyncio.to_thread(build_without_collection, self.sources.prepare, updates)
         outcomes = self.sources.commit(prepared)
-        release_documents(updates)  # parsed now: a big snapshot's are freed off the loop
         applied = [o for o in outcomes if isinstance(o, Applied)]
         if applied:
             self.progress = True
@@ -131,6 +130,7 @@ class ChannelContext:
                     ),
                 )
             await self.save()
+        release_documents(updates)  # parsed: a big snapshot's are freed off the loop
         for outcome in outcomes:
             if isinstance(outcome, Refused):
                 self.nacks += 1

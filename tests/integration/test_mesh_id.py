@@ -112,6 +112,12 @@ def test_an_agent_with_another_meshs_state_replaces_it_by_a_snapshot_and_says_so
         )
         assert set(synced.agent.sources.running.policies) == {"alpha", "beta"}
         assert synced.agent.sources.running.mesh_id == served.app.state.policies.mesh_id()
+        # Logged by the agent's loop right after the swap the test saw from its own thread.
+        wait_until(
+            lambda: any(r.getMessage() == "sync.mesh_changed" for r in caplog.records),
+            timeout=5,
+            what="the mesh change logged",
+        )
         changed = [r for r in caplog.records if r.getMessage() == "sync.mesh_changed"]
         assert len(changed) == 1 and "mesh-a" in str(changed[0].__dict__)
     finally:
