@@ -108,6 +108,14 @@ def _v2_share(agents: list[AgentProcess], name: str, v2: str, count: int = 50) -
     return answers.count(v2) / len(answers)
 
 
+def _reports_healthy(m: Mesh, name: str) -> bool:
+    """The rollout's fresh reports show no breach and a loss within its bound."""
+    status = _status(m, name)
+    health, bounds = status.get("health") or {}, status.get("bounds") or {}
+    loss = health.get("max_loss")
+    return health.get("breach") is None and loss is not None and loss <= bounds["max_loss"]
+
+
 def _rollout_audit(m: Mesh, name: str) -> list[dict[str, Any]]:
     items = m.rest.http.get("/v1/audit", params={"limit": 100}).json()["items"]
     return [e for e in items if e["target"] == name and e["operation"].startswith("rollout.")]
@@ -166,11 +174,18 @@ def test_the_canary_steps_up_while_healthy_and_rolls_back_within_a_report_interv
             agent.wait_event("health.returned", timeout=10)
         assert _v2_share(agents, name, v2.host, 50) == 0.0
         assert _status(m, name)["state"] == "rolled_back"
+        # Resumed once the agents' reports say v2 is healthy: their loss is an EWMA and their
+        # ejection lasts a report or two, and a resume while a report still says so is
+        # rolled back again at once (right; CI saw the test ask just after that happened).
+        time_until(lambda: _reports_healthy(m, name), 15, "v2 reported healthy", step=0.1)
         resumed = m.rest.http.post(f"/v1/policies/{name}/rollout/resume")
         assert resumed.status_code == 200 and resumed.json()["share"] == 10
         _wait_share(m, agents, name, 10, timeout=10)
         time_until(
-            lambda: _v2_share(agents, name, v2.host, 20) > 0, 10, "v2 answered again", step=0.1
+            lambda: _v2_share(agents, name, v2.host, 20) > 0,
+            10,
+            f"v2 answered again (rollout: {_status(m, name)})",
+            step=0.1,
         )
 
 
