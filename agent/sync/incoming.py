@@ -3,17 +3,16 @@
 A snapshot of 100,000 policies is a 30 MiB message: ``decode_message`` of it on the loop
 was a 0.6 s stall of every query, and in a worker thread no better, since its one C call
 holds the GIL throughout. A message from ``PIECEWISE_FROM`` bytes on is decoded in a
-worker thread in short calls instead (``decode_message_in_pieces``; UTF-8 a MiB at a
-time), with the cyclic collector off meanwhile (agent/gcwindow.py): the 100,000 documents
-it makes would otherwise be scanned by a collection that holds the GIL for 0.2 s. They
-hold no cycles and die by reference count once applied; ``release_documents`` has them
-freed off the loop too (measured: the loop's longest gap 580 ms -> 3-5 ms).
+worker thread in short calls instead (``decode_message_in_pieces``), with the cyclic
+collector off meanwhile (agent/gcwindow.py): the 100,000 documents it makes would otherwise
+be scanned by a collection that holds the GIL for 0.2 s. They hold no cycles and die by
+reference count once applied; ``release_documents`` has them freed off the loop too
+(measured: the loop's longest gap 580 ms -> 3-5 ms).
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 from collections.abc import Iterable
 
 from agent.gcwindow import build_without_collection
@@ -22,39 +21,17 @@ from dnsmesh.protocol import (
     PIECEWISE_FROM,
     Delta,
     Message,
-    ProtocolError,
     SnapshotMessage,
     decode_message,
     decode_message_in_pieces,
 )
-
-_UTF8_SLICE = 1 << 20
 
 
 async def decode_incoming(data: str | bytes) -> Message:
     """One message from the controller; ProtocolError names what is wrong."""
     if len(data) < PIECEWISE_FROM:
         return decode_message(data)
-    return await asyncio.to_thread(build_without_collection, _decode_big, data)
-
-
-def _decode_big(data: str | bytes) -> Message:
-    if isinstance(data, bytes):
-        try:
-            data = _utf8_in_slices(data)
-        except UnicodeDecodeError as exc:
-            raise ProtocolError(f"not a dnsmesh message: {exc}") from exc
-    return decode_message_in_pieces(data)
-
-
-def _utf8_in_slices(data: bytes) -> str:
-    """``data.decode()`` a MiB per call (the whole at once: 14 ms with the GIL held);
-    UnicodeDecodeError as that would."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    view = memoryview(data)
-    parts = [decoder.decode(view[at : at + _UTF8_SLICE]) for at in range(0, len(data), _UTF8_SLICE)]
-    parts.append(decoder.decode(b"", final=True))
-    return "".join(parts)
+    return await asyncio.to_thread(build_without_collection, decode_message_in_pieces, data)
 
 
 def release_documents(updates: Iterable[SnapshotMessage | Delta]) -> None:

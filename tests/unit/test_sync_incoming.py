@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import agent.sync.incoming as incoming
+from dnsmesh import protocol
 from dnsmesh.protocol import Ack, Delta, ProtocolError, SnapshotMessage, encode_message
 from tests.support.policies import policy_doc
 
@@ -22,7 +23,7 @@ def test_a_big_message_is_decoded_off_the_loop_to_the_same_message(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(incoming, "PIECEWISE_FROM", 10_000)
-    monkeypatch.setattr(incoming, "_UTF8_SLICE", 1000)  # several slices, split mid-character
+    monkeypatch.setattr(protocol, "_UTF8_SLICE", 1000)  # several slices, split mid-character
     big, small = snapshot(300), Ack(revision=7)
     threads: list[str] = []
     decode = incoming.decode_message_in_pieces
