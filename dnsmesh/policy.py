@@ -215,11 +215,12 @@ class _Strict(BaseModel):
         are shared instead: frozen models never change theirs, and ``model_copy`` copies
         the set before it adds to it."""
         given = self.__pydantic_fields_set__
-        shared = _FIELDS_SETS.get(frozenset(given))
+        names = frozenset(given)
+        shared = _FIELDS_SETS.get(names)
         if shared is None:
             if len(_FIELDS_SETS) >= _FIELDS_SETS_MAX:
                 return self
-            shared = _FIELDS_SETS.setdefault(frozenset(given), given)
+            shared = _FIELDS_SETS.setdefault(names, given)
         object.__setattr__(self, "__pydantic_fields_set__", shared)
         return self
 
