@@ -14,7 +14,7 @@ Three figures per tree, each from the real ``dnsmesh agent`` process:
   Twice: *compiled*, with the tree's bytecode cached as an installed package has it (pip
   compiles every module it installs; the cache here is a ``PYTHONPYCACHEPREFIX`` folder
   of the benchmark's, warmed by one start), and *from source*, every module compiled at
-  each start as in a checkout run with ``PYTHONDONTWRITEBYTECODE`` (+100-150 ms here).
+  each start as in a checkout run with ``PYTHONDONTWRITEBYTECODE`` (+70-100 ms here).
 * **idle RSS**: resident memory (VmRSS) after 2 s idle with the example policies.
 * **peak RSS**: the high-water mark (VmHWM) with ``--policies`` generated policies in the
   state file, ``--cache-size`` and as many distinct forwarded names asked, answered by a

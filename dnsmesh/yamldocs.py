@@ -1,10 +1,11 @@
-"""YAML text to plain Python data, as PyYAML's safe loader gives it, in a third of the time.
+"""YAML text to plain Python data, as PyYAML's safe loader gives it, a third faster.
 
 PyYAML with libyaml parses and composes in C, but builds the Python objects in Python, one
 generic ``construct_object`` per node (its memo, its recursion guard, a generator per
 mapping for recursive structures), and resolves every plain scalar's implicit tag with
-regular expressions. That was two thirds of an agent's start with 100,000 policies from
-files. Policy documents are plain mappings, sequences and scalars, so:
+regular expressions. That was the largest part of an agent's start with 100,000 policies
+from files (1,000 policies: 61-68 ms -> 40 ms here). Policy documents are plain mappings,
+sequences and scalars, so:
 
 * ``construct_document`` builds them in one direct pass: a ``str`` scalar is its value,
   other scalars go to the safe constructor of their tag, and a mapping or a sequence built
